@@ -1,0 +1,42 @@
+"""The two-head echo network: a registry backbone with a view head (6 classes) and a grade head (0-10)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from medtransfer.apps.cardiac.synthetic import VIEWS
+
+
+class CardiacNet(nn.Module):
+    """Backbone (pooled features) -> ``view_logits`` (B, 6) and ``grade`` (B,) in [0, 10].
+
+    Args:
+        backbone: registry name (``resnet18`` default, ``densenet121`` option).
+        pretrained: False, True (registry file) or a local ImageNet weight file.
+        n_views: number of view classes.
+        in_chans: input channels.
+    """
+
+    def __init__(self, backbone: str = "resnet18", pretrained: bool | str | Path = False, n_views: int = len(VIEWS),
+                 in_chans: int = 3) -> None:
+        super().__init__()
+        from medtransfer.shared.registry import create_model
+
+        self.backbone = create_model(backbone, pretrained=pretrained, num_classes=0, in_chans=in_chans)
+        dim = int(getattr(self.backbone, "num_features", 512))
+        self.view_head = nn.Linear(dim, n_views)
+        self.grade_head = nn.Linear(dim, 1)
+        self.transfer_head = ["view_head", "grade_head"]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.backbone(x)
+        return self.view_head(f), 10.0 * torch.sigmoid(self.grade_head(f)).squeeze(-1)
+
+
+def build_model(cfg: dict[str, Any], pretrained: bool | str | Path = False) -> CardiacNet:
+    """Build from the resolved config's ``model`` section."""
+    m = cfg["model"]
+    return CardiacNet(backbone=str(m["backbone"]), pretrained=pretrained, n_views=len(VIEWS))

@@ -1,0 +1,287 @@
+"""Stage 1 (view), stage 2 (grade, encoder from the view model) and the transfer-vs-scratch comparison.
+
+All training goes through :func:`medtransfer.shared.finetune.fit`.  Validation uses the manifest's
+``val`` split; test metrics are computed once, after training, on ``test``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from medtransfer.shared.config import resolve_config, save_yaml
+from medtransfer.shared.manifest import read_manifest
+from medtransfer.shared.utils.errors import InputError, MedTransferError
+from medtransfer.apps.cardiac.io import read_frames
+from medtransfer.apps.cardiac.model import build_model
+from medtransfer.apps.cardiac.preprocess import DEFAULT_PREPROC, crop_sector, normalise
+from medtransfer.apps.cardiac.synthetic import VIEWS
+
+DEFAULTS: dict[str, Any] = {
+    "model": {"backbone": "resnet18", "pretrained": ""},  # pretrained: "" (none) or a local weight file
+    "preprocessing": {**DEFAULT_PREPROC, "size": 112},
+    "grade": {"init": "view", "view_weight": 0.5},  # init: view | imagenet | scratch
+    "ood": {"quantile": 0.05},  # max-softmax threshold = this quantile of in-distribution validation frames
+    "train": {"epochs": 6, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "patience": 0, "seed": 0,
+              "strategy": "full", "progress": True},
+}
+
+
+def make_config(overrides: Iterable[str] | dict[str, Any] | None = None, recipe: str | Path | None = None) -> dict[str, Any]:
+    """Resolve the cardiac config (defaults <- recipe <- ``--set`` overrides)."""
+    from medtransfer.shared.finetune import TRAIN_DEFAULTS
+
+    schema = copy.deepcopy(DEFAULTS)
+    schema["train"] = {**TRAIN_DEFAULTS, **schema["train"]}
+    return resolve_config(schema, recipe, overrides)
+
+
+def load_split(manifest: str | Path, split: str, params: dict[str, Any], need_grade: bool = False
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Preprocess one split of a manifest (first frame of each file).
+
+    Returns:
+        (crops uint8 (N, S, S), view indices (N,), grades float32 (N,), NaN where absent).
+    """
+    from rich.progress import track
+
+    recs = [r for r in read_manifest(manifest) if r.split == split]
+    if need_grade:
+        recs = [r for r in recs if r.extra.get("grade", "") != ""]
+    recs = [r for r in recs if r.label in VIEWS]
+    if not recs:
+        raise InputError(manifest, f"no labelled rows in split '{split}'")
+    crops, views, grades = [], [], []
+    for r in track(recs, description=f"preprocess {split}", transient=True):
+        frames, _ = read_frames(r.path, max_frames=1)
+        c, _ = crop_sector(frames[0], params)
+        crops.append(c)
+        views.append(VIEWS.index(r.label))
+        g = r.extra.get("grade", "")
+        grades.append(float(g) if g != "" else np.nan)
+    return np.stack(crops), np.asarray(views, np.int64), np.asarray(grades, np.float32)
+
+
+def _dataset(crops: np.ndarray, views: np.ndarray, grades: np.ndarray, params: dict[str, Any]) -> TensorDataset:
+    return TensorDataset(torch.from_numpy(normalise(crops, params)), torch.from_numpy(views),
+                         torch.from_numpy(np.nan_to_num(grades, nan=0.0)))
+
+
+def _forward(model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:
+    x, v, g = batch
+    logits, grade = model(x)
+    return {"view_logits": logits, "grade": grade}, {"view": v, "grade": g}
+
+
+def view_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Accuracy, macro-F1 and per-class F1."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    pred = np.asarray(logits).argmax(1)
+    out = {"accuracy": float(accuracy_score(y, pred)),
+           "macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(len(VIEWS))), zero_division=0))}
+    per = f1_score(y, pred, average=None, labels=list(range(len(VIEWS))), zero_division=0)
+    out.update({f"f1_{v}": float(s) for v, s in zip(VIEWS, per)})
+    return out
+
+
+def _metrics(out: dict[str, np.ndarray], tgt: dict[str, np.ndarray]) -> dict[str, float]:
+    m = view_metrics(out["view_logits"], tgt["view"])
+    err = out["grade"] - tgt["grade"]
+    m.update(mse=float(np.mean(err**2)), mae=float(np.mean(np.abs(err))))
+    return m
+
+
+def _loss(view_weight: float, grade_weight: float):
+    ce = torch.nn.CrossEntropyLoss()
+
+    def loss(out: dict[str, torch.Tensor], tgt: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = out["grade"].new_zeros(())
+        if view_weight:
+            total = total + view_weight * ce(out["view_logits"], tgt["view"])
+        if grade_weight:
+            total = total + grade_weight * torch.nn.functional.mse_loss(out["grade"], tgt["grade"]) / 10.0
+        return total
+
+    return loss
+
+
+def _pretrained(cfg: dict[str, Any]) -> str | bool:
+    p = str(cfg["model"].get("pretrained") or "")
+    return p if p else False
+
+
+def _calibrate(model: torch.nn.Module, val_ds: TensorDataset, quantile: float) -> dict[str, float]:
+    """Max-softmax and energy thresholds from in-distribution (non-Random) validation images."""
+    from medtransfer.shared.finetune import predict_arrays
+
+    out, tgt = predict_arrays(model, val_ds, _forward, batch_size=64, device="cpu")
+    logits = out["view_logits"].astype(np.float64)
+    z = logits - logits.max(1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    keep = tgt["view"] != VIEWS.index("Random")
+    msp = p.max(1)[keep]
+    energy = -(logits.max(1) + np.log(np.exp(z).sum(1)))[keep]
+    if msp.size == 0:
+        return {"msp_threshold": 0.5, "energy_threshold": 0.0, "quantile": quantile, "n": 0}
+    return {"msp_threshold": float(np.quantile(msp, quantile)),
+            "energy_threshold": float(np.quantile(energy, 1 - quantile)), "quantile": quantile, "n": int(msp.size)}
+
+
+def _run(manifest: Path, out: Path, cfg: dict[str, Any], task: str, model: torch.nn.Module, view_weight: float,
+         grade_weight: float, monitor: str, mode: str, extra: dict[str, Any]) -> dict[str, Any]:
+    from medtransfer.shared.finetune import fit
+
+    params = cfg["preprocessing"]
+    need_grade = grade_weight > 0
+    tr = load_split(manifest, "train", params, need_grade)
+    va = load_split(manifest, "val", params, need_grade)
+    tr_ds, va_ds = _dataset(*tr, params), _dataset(*va, params)
+    counts = np.bincount(tr[1], minlength=len(VIEWS)).astype(np.float64)
+    weights = (1.0 / np.maximum(counts, 1))[tr[1]] if view_weight else None
+    res = fit(model, tr_ds, va_ds, cfg=cfg, run_dir=out, app="cardiac", task=task, loss_fn=_loss(view_weight, grade_weight),
+              metric_fn=_metrics, forward_fn=_forward, head=["view_head", "grade_head"], monitor=monitor, mode=mode,
+              extra_state={"labels": list(VIEWS), "preprocessing": params, **extra}, sampler_weights=weights)
+    best = torch.load(res.best_path, map_location="cpu", weights_only=False)
+    model.load_state_dict(best["model"])
+    ood = _calibrate(model, va_ds, float(cfg["ood"]["quantile"]))
+    test = evaluate(model, manifest, params, out, need_grade=need_grade)
+    info = json.loads((out / "run.json").read_text())
+    info.update(labels=list(VIEWS), preprocessing=params, ood=ood, val=res.best_metrics, test=test, **extra)
+    (out / "run.json").write_text(json.dumps(info, indent=2, default=float))
+    return {"run_dir": str(out), "val": res.best_metrics, "test": test, "ood": ood}
+
+
+def train_view(manifest: str | Path, out: str | Path, overrides: Iterable[str] | dict[str, Any] | None = None,
+               recipe: str | Path | None = None) -> dict[str, Any]:
+    """Stage 1: view classification (6 classes) from the registry backbone.
+
+    Returns:
+        ``{"run_dir", "val", "test", "ood"}`` (test: accuracy, macro-F1, per-class F1).
+    """
+    cfg = make_config(overrides, recipe)
+    model = build_model(cfg, pretrained=_pretrained(cfg))
+    return _run(Path(manifest), Path(out), cfg, "view", model, 1.0, 0.0, "val_accuracy", "max",
+                {"stage": "view", "init": "imagenet" if _pretrained(cfg) else "scratch"})
+
+
+def train_grade(manifest: str | Path, out: str | Path, init_run: str | Path | None = None,
+                overrides: Iterable[str] | dict[str, Any] | None = None, recipe: str | Path | None = None) -> dict[str, Any]:
+    """Stage 2: grade regression 0-10, the encoder initialised from the stage-1 view model.
+
+    ``grade.init`` = ``view`` (needs ``init_run``: the paper's transfer), ``imagenet`` (the
+    ``model.pretrained`` file) or ``scratch``.  ``grade.view_weight`` > 0 keeps training the view
+    head too, so one exported model answers both (0 = pure grade regression).
+    """
+    cfg = make_config(overrides, recipe)
+    init = str(cfg["grade"]["init"])
+    if init == "view":
+        if not init_run:
+            raise MedTransferError("grade.init=view needs the stage-1 run (--init RUN_DIR)")
+        st = torch.load(Path(init_run) / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+        vcfg = st["config"]
+        cfg["model"] = dict(vcfg["model"])
+        cfg["preprocessing"] = dict(vcfg["preprocessing"])
+        model = build_model(cfg)
+        model.load_state_dict(st["model"])
+    elif init == "imagenet":
+        if not _pretrained(cfg):
+            raise MedTransferError("grade.init=imagenet needs model.pretrained=<local weight file>")
+        model = build_model(cfg, pretrained=_pretrained(cfg))
+    elif init == "scratch":
+        model = build_model(cfg)
+    else:
+        raise MedTransferError(f"grade.init must be view, imagenet or scratch (got {init!r})")
+    vw = float(cfg["grade"]["view_weight"])
+    return _run(Path(manifest), Path(out), cfg, "grade", model, vw, 1.0, "val_mse", "min",
+                {"stage": "grade", "init": init, "init_run": str(init_run or "")})
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, manifest: str | Path, params: dict[str, Any], out: Path,
+             need_grade: bool = False) -> dict[str, Any]:
+    """Test-split metrics and plots (confusion matrix PNG; grade scatter PNG when graded)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    from medtransfer.shared.finetune import predict_arrays
+
+    try:
+        te = load_split(manifest, "test", params, need_grade)
+    except InputError:
+        return {}
+    o, t = predict_arrays(model, _dataset(*te, params), _forward, batch_size=64, device="cpu")
+    m = _metrics(o, t)
+    if not need_grade:
+        m.pop("mse"), m.pop("mae")
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ConfusionMatrixDisplay.from_predictions(t["view"], o["view_logits"].argmax(1), labels=list(range(len(VIEWS))),
+                                            display_labels=list(VIEWS), ax=ax, colorbar=False)
+    ax.set_title(f"view, test acc {m['accuracy']:.3f}")
+    fig.tight_layout()
+    fig.savefig(out / "confusion_matrix.png", dpi=100)
+    plt.close(fig)
+    if need_grade:
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        ax.scatter(t["grade"], o["grade"], s=10, alpha=0.6)
+        ax.plot([0, 10], [0, 10], "k--", lw=1)
+        ax.set_xlabel("true grade")
+        ax.set_ylabel("predicted grade")
+        ax.set_title(f"grade, test MSE {m['mse']:.2f} MAE {m['mae']:.2f}")
+        fig.tight_layout()
+        fig.savefig(out / "grade_scatter.png", dpi=100)
+        plt.close(fig)
+    m["n_test"] = int(len(te[1]))
+    (out / "test_metrics.json").write_text(json.dumps(m, indent=2))
+    return m
+
+
+def compare(manifest: str | Path, view_run: str | Path, out: str | Path,
+            overrides: Iterable[str] | dict[str, Any] | None = None) -> dict[str, Any]:
+    """Grade regression at equal budget: encoder from the view model vs from ImageNet (if
+    ``model.pretrained`` is set) or from scratch.  Pure grade loss (view_weight 0) in both arms.
+
+    Returns:
+        ``{"view_init": test metrics, "<baseline>_init": test metrics, "plot": png}``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = make_config(overrides)
+    baseline = "imagenet" if _pretrained(base) else "scratch"
+    ov = dict(overrides) if isinstance(overrides, dict) else {}
+    results: dict[str, Any] = {}
+    for arm in ("view", baseline):
+        cfg_ov = list(overrides) if overrides and not isinstance(overrides, dict) else []
+        cfg_ov += [f"grade.init={arm}", "grade.view_weight=0"]
+        if ov:
+            from medtransfer.shared.config import merge
+
+            cfg_ov = merge(ov, {"grade": {"init": arm, "view_weight": 0.0}})  # type: ignore[assignment]
+        r = train_grade(manifest, out / f"{arm}_init", init_run=view_run if arm == "view" else None, overrides=cfg_ov)
+        results[f"{arm}_init"] = {k: r["test"].get(k) for k in ("mse", "mae", "n_test")}
+        results[f"{arm}_init"]["val_mse"] = r["val"].get("val_mse")
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    names = list(results)
+    ax.bar(names, [results[n]["mse"] for n in names], color=["tab:blue", "tab:gray"])
+    ax.set_ylabel("test MSE (grade 0-10)")
+    ax.set_title("stage-2 init: view model vs " + baseline)
+    fig.tight_layout()
+    fig.savefig(out / "transfer_vs_baseline.png", dpi=100)
+    plt.close(fig)
+    results["plot"] = str(out / "transfer_vs_baseline.png")
+    (out / "comparison.json").write_text(json.dumps(results, indent=2, default=float))
+    save_yaml(base, out / "config.yaml")
+    return results

@@ -1,0 +1,507 @@
+"""Importers (TUAB v2/v3, NMT, generic EDF/BDF/EEGLAB/BrainVision manifests, Bonn), the import
+report, and the memory-mapped window cache built in parallel.  Torch-free.
+
+Importers follow the core contract ``func(root, out_csv, **opts) -> Path``: they write the generic
+manifest (``path,label,split,group`` + extra columns) with the recordings that pass the header
+checks, and ``<out_csv stem>_report.csv`` listing every file found with ``status`` and
+``reason`` (e.g. ``missing required channel(s): A1, A2``).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from medtransfer.apps.eeg.io import (
+    DATA_DEFAULTS, SUFFIXES, header_info, pp_config, pp_hash, preprocess_recording, window_samples,
+)
+from medtransfer.shared.manifest import Record, assign_splits, read_manifest, write_manifest
+from medtransfer.shared.utils.errors import InputError
+
+LABELS = ("normal", "abnormal")
+REPORT_COLS = ["path", "label", "split", "status", "reason", "sfreq", "duration_s", "n_windows",
+               "channels_mapped", "channels_missing", "mapping"]
+
+
+def data_cfg(opts: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The ``data`` config: defaults updated by the given keys (unknown keys refused)."""
+    cfg = dict(DATA_DEFAULTS)
+    for k, v in (opts or {}).items():
+        if v is None:
+            continue
+        if k not in cfg:
+            raise InputError("config", f"unknown data option '{k}' (allowed: {', '.join(sorted(cfg))})")
+        cfg[k] = v
+    if isinstance(cfg["channels"], str):
+        cfg["channels"] = [c.strip() for c in cfg["channels"].split(",") if c.strip()]
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# import report
+# ---------------------------------------------------------------------------------------------
+def _check_records(records: list[Record], cfg: Mapping[str, Any], check: bool) -> tuple[list[Record], list[dict]]:
+    """Header-check each record; return the kept ones and one report row per record."""
+    kept, report = [], []
+    for r in records:
+        row = {"path": r.rel or str(r.path), "label": r.label, "split": r.split}
+        if r.label and r.label not in LABELS:
+            row.update(status="skipped", reason=f"label '{r.label}' is not normal/abnormal")
+            report.append(row)
+            continue
+        if not check:
+            row.update(status="ok", reason="")
+            kept.append(r)
+            report.append(row)
+            continue
+        info = header_info(r.path, cfg)
+        row.update(
+            status="ok" if info["ok"] else "skipped", reason=info["reason"], sfreq=info["sfreq"],
+            duration_s=info["duration_s"], n_windows=info["n_windows"],
+            channels_mapped=len(info["mapped"]), channels_missing=" ".join(info["missing"]),
+            mapping=json.dumps(info["mapped"]),
+        )
+        report.append(row)
+        if info["ok"]:
+            kept.append(r)
+    return kept, report
+
+
+def write_report(rows: list[dict], path: Path) -> Path:
+    """Write the import report CSV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=REPORT_COLS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: r.get(c, "") for c in REPORT_COLS})
+    return path
+
+
+def report_path(out_csv: Path) -> Path:
+    """Where an importer writes its report."""
+    return Path(out_csv).with_name(Path(out_csv).stem + "_report.csv")
+
+
+def _finish(records: list[Record], out_csv: Path, opts: Mapping[str, Any], check: bool = True) -> Path:
+    cfg = data_cfg({k: v for k, v in opts.items() if k in DATA_DEFAULTS})
+    kept, rows = _check_records(records, cfg, check)
+    # validation comes from training recordings only; eval/test stays untouched
+    from_train = [r for r in kept if r.split == "train"]
+    for r in from_train:
+        r.split = ""
+    assign_splits(from_train, val_fraction=float(cfg["val_fraction"]), test_fraction=0.0,
+                  seed=int(cfg["split_seed"]))
+    assign_splits(kept, val_fraction=float(cfg["val_fraction"]), test_fraction=float(cfg["test_fraction"]),
+                  seed=int(cfg["split_seed"]))
+    by_path = {r.rel or str(r.path): r.split for r in kept}
+    for row in rows:
+        if row["path"] in by_path:
+            row["split"] = by_path[row["path"]]
+    write_manifest(kept, out_csv)
+    write_report(rows, report_path(out_csv))
+    n_skip = sum(1 for r in rows if r["status"] != "ok")
+    print(f"eeg import: {len(kept)} recordings kept, {n_skip} skipped -> {out_csv} (report: {report_path(out_csv).name})",
+          file=sys.stderr)
+    return Path(out_csv)
+
+
+# ---------------------------------------------------------------------------------------------
+# importers
+# ---------------------------------------------------------------------------------------------
+def import_tuab(root: str | Path, out_csv: str | Path, check: bool = True, **opts: Any) -> Path:
+    """TUAB (v2.0.x or v3.0.x): ``edf/{train,eval}/{normal,abnormal}/01_tcp_ar/.../*.edf``.
+
+    ``eval`` becomes ``test``; validation recordings are drawn from ``train`` by subject.
+
+    Args:
+        root: any folder above ``edf/`` (e.g. the one holding ``v3.0.1``).
+        out_csv: manifest to write.
+        check: read headers and skip recordings failing the recipe (with reasons in the report).
+        **opts: ``data`` config keys (channels, sfreq, window_seconds, crop_start_s ...).
+
+    Returns:
+        The manifest path.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "TUAB root folder not found")
+    recs = []
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() != ".edf" or not p.is_file():
+            continue
+        parts = [q.lower() for q in p.relative_to(root).parts]
+        if "edf" not in parts:
+            continue
+        tail = parts[parts.index("edf") + 1:]
+        split = "train" if "train" in tail else "test" if ("eval" in tail or "dev" in tail) else ""
+        label = "abnormal" if "abnormal" in tail else "normal" if "normal" in tail else ""
+        if not label:
+            continue
+        m = re.match(r"([a-z0-9]+)_s(\d+)_t(\d+)", p.stem, flags=re.IGNORECASE)
+        group = m.group(1) if m else p.stem
+        recs.append(Record(path=p.resolve(), label=label, split=split, group=group,
+                           extra={"dataset": "tuab", "session": f"s{m.group(2)}" if m else ""}))
+    if not recs:
+        raise InputError(root, "no TUAB recordings found (expected edf/{train,eval}/{normal,abnormal}/01_tcp_ar/...)")
+    return _finish(recs, Path(out_csv), opts, check)
+
+
+def import_nmt(root: str | Path, out_csv: str | Path, check: bool = True, **opts: Any) -> Path:
+    """NMT release: ``{normal,abnormal}/{train,eval}/NNNNNNN.edf`` and ``Labels.csv``
+    (``recordname,label,age,gender,loc``).
+
+    The label comes from ``Labels.csv``; a disagreement with the folder is reported and the
+    recording skipped.  ``eval`` becomes ``test``.
+
+    Args:
+        root: the ``nmt_scalp_eeg_dataset`` folder.
+        out_csv: manifest to write.
+        check: header checks (see :func:`import_tuab`).
+        **opts: ``data`` config keys.
+
+    Returns:
+        The manifest path.
+    """
+    root = Path(root)
+    labels_csv = root / "Labels.csv"
+    if not labels_csv.is_file():
+        raise InputError(root, "not an NMT release folder (Labels.csv missing)")
+    with open(labels_csv, newline="", encoding="utf-8-sig") as f:
+        rd = csv.DictReader(f)
+        need = {"recordname", "label"}
+        if not need <= set(rd.fieldnames or []):
+            raise InputError(labels_csv, f"needs columns recordname,label (found {', '.join(rd.fieldnames or [])})")
+        table = {row["recordname"].strip(): row for row in rd}
+    recs, bad = [], []
+    for p in sorted(root.rglob("*.edf")):
+        parts = [q.lower() for q in p.relative_to(root).parts[:-1]]
+        folder_label = "abnormal" if "abnormal" in parts else "normal" if "normal" in parts else ""
+        split = "test" if "eval" in parts else "train" if "train" in parts else ""
+        row = table.get(p.name)
+        if row is None:
+            bad.append({"path": str(p), "label": folder_label, "split": split, "status": "skipped",
+                        "reason": "not listed in Labels.csv"})
+            continue
+        label = row["label"].strip().lower()
+        if folder_label and label != folder_label:
+            bad.append({"path": str(p), "label": label, "split": split, "status": "skipped",
+                        "reason": f"Labels.csv says {label}, folder says {folder_label}"})
+            continue
+        recs.append(Record(path=p.resolve(), label=label, split=split, group=p.stem,
+                           extra={"dataset": "nmt", "age": row.get("age", ""), "gender": row.get("gender", ""),
+                                  "loc": row.get("loc", "")}))
+    if not recs and not bad:
+        raise InputError(root, "no NMT recordings found (expected {normal,abnormal}/{train,eval}/*.edf)")
+    out = _finish(recs, Path(out_csv), opts, check)
+    if bad:
+        rp = report_path(Path(out_csv))
+        with open(rp, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        write_report(rows + bad, rp)
+    return out
+
+
+def import_generic(root: str | Path, out_csv: str | Path, check: bool = True, **opts: Any) -> Path:
+    """A manifest CSV (``path,label[,split,group]``) or a folder of EDF/BDF/.set/.vhdr files whose
+    parent folder is ``normal`` or ``abnormal``.
+
+    Args:
+        root: CSV manifest or folder.
+        out_csv: manifest to write (checked rows only).
+        check: header checks (see :func:`import_tuab`).
+        **opts: ``data`` config keys.
+
+    Returns:
+        The manifest path.
+    """
+    root = Path(root)
+    if root.is_file():
+        recs = read_manifest(root)
+        for r in recs:
+            r.label = r.label.lower()
+    elif root.is_dir():
+        recs = []
+        for p in sorted(root.rglob("*")):
+            if p.suffix.lower() in SUFFIXES and p.is_file():
+                lab = next((q.lower() for q in reversed(p.relative_to(root).parts[:-1])
+                            if q.lower() in LABELS), "")
+                recs.append(Record(path=p.resolve(), label=lab, group=p.stem))
+    else:
+        raise InputError(root, "neither a manifest CSV nor a folder")
+    if not recs:
+        raise InputError(root, f"no recordings found ({', '.join(SUFFIXES)})")
+    return _finish(recs, Path(out_csv), opts, check)
+
+
+#: the Bonn recipe: one channel, 20 s windows, no start crop, no CAR
+BONN_DATA = {"channels": ["CH1"], "window_seconds": 20.0, "crop_start_s": 0.0, "crop_max_s": 0.0,
+             "car": False, "clip_uv": 0.0, "val_fraction": 0.15, "test_fraction": 0.3}
+
+
+def import_bonn(root: str | Path, out_csv: str | Path, limit_per_set: int | None = None, **opts: Any) -> Path:
+    """Write the Bonn segments (``bonn_dev_int16.npz``) as EDF beside the manifest and import
+    them through the generic path (Z,O normal; N,F,S abnormal; 30% test).
+
+    Args:
+        root: the ``bonn`` folder (or the npz itself).
+        out_csv: manifest to write; EDFs go to ``<out_csv folder>/bonn_edf/``.
+        limit_per_set: first N segments per set only.
+        **opts: ``data`` config keys overriding :data:`BONN_DATA`.
+
+    Returns:
+        The manifest path.
+    """
+    from medtransfer.apps.eeg.synthetic import write_bonn_edfs
+
+    root = Path(root)
+    npz = root if root.suffix == ".npz" else root / "bonn_dev_int16.npz"
+    out_csv = Path(out_csv)
+    rows = write_bonn_edfs(npz, out_csv.parent / "bonn_edf", limit_per_set=limit_per_set)
+    raw_csv = out_csv.with_name(out_csv.stem + "_all.csv")
+    write_manifest(rows, raw_csv)
+    return import_generic(raw_csv, out_csv, **{**BONN_DATA, **opts})
+
+
+# ---------------------------------------------------------------------------------------------
+# window cache
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class CachedRecording:
+    """One preprocessed recording in the cache."""
+
+    case_id: str
+    label: str
+    split: str
+    file: Path
+    n_windows: int
+
+
+def _rec_key(path: Path) -> str:
+    import hashlib
+
+    st = path.stat()
+    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
+
+
+def _work(args: tuple[str, str, dict]) -> dict[str, Any]:
+    """Worker: preprocess one recording into ``out`` (atomic write); returns a small dict."""
+    src, out, pp = args
+    try:
+        win, info = preprocess_recording(src, pp)
+    except InputError as e:
+        return {"ok": False, "reason": e.problem}
+    tmp = out + f".{os.getpid()}.tmp.npy"
+    np.save(tmp, win)
+    os.replace(tmp, out)
+    return {"ok": True, "n_windows": int(win.shape[0]), "filled": info["filled"]}
+
+
+def cache_root(cfg: Mapping[str, Any], manifest: Path | None = None) -> Path:
+    """The cache folder for a preprocessing config (``<cache_dir>/<config hash>``)."""
+    base = Path(cfg.get("cache_dir") or "") if cfg.get("cache_dir") else (
+        (manifest.resolve().parent if manifest else Path.cwd()) / ".eeg_cache")
+    return base / pp_hash(cfg)
+
+
+def build_cache(
+    records: Sequence[Record],
+    cfg: Mapping[str, Any],
+    root: Path,
+    workers: int | None = None,
+    progress: bool = True,
+) -> tuple[list[CachedRecording], list[dict[str, Any]]]:
+    """Preprocess recordings into ``root`` (one ``.npy`` per recording), in parallel, skipping
+    those already cached.
+
+    Args:
+        records: manifest records.
+        cfg: ``data`` config.
+        root: cache folder (from :func:`cache_root`).
+        workers: processes (default ``cfg["workers"]``; 1 = in this process).
+        progress: show a rich progress bar.
+
+    Returns:
+        (cached recordings in record order, error rows ``{path, reason}`` for refused ones).
+    """
+    pp = pp_config(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.json").write_text(json.dumps(pp, indent=1), encoding="utf-8")
+    index_path = root / "index.json"
+    index: dict[str, Any] = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    todo, keys = [], []
+    for r in records:
+        if not r.path.is_file():
+            keys.append(None)
+            continue
+        k = _rec_key(r.path)
+        keys.append(k)
+        ent = index.get(k)
+        if ent is None or (ent.get("ok") and not (root / f"{k}.npy").is_file()):
+            todo.append((k, str(r.path)))
+    todo = list(dict(todo).items())
+    n_workers = int(workers if workers is not None else cfg.get("workers", 1) or 1)
+    if todo:
+        jobs = [(src, str(root / f"{k}.npy"), pp) for k, src in todo]
+        results: dict[str, dict] = {}
+        with _progress(progress, len(jobs), "preprocessing EEG") as advance:
+            if n_workers <= 1 or len(jobs) == 1:
+                for (k, _), job in zip(todo, jobs):
+                    results[k] = _work(job)
+                    advance()
+            else:
+                import multiprocessing as mp
+
+                ctx = mp.get_context("fork" if "torch" not in sys.modules else "forkserver")
+                with ProcessPoolExecutor(max_workers=min(n_workers, len(jobs)), mp_context=ctx) as ex:
+                    futs = {ex.submit(_work, job): k for (k, _), job in zip(todo, jobs)}
+                    for fut in as_completed(futs):
+                        results[futs[fut]] = fut.result()
+                        advance()
+        index.update(results)
+        tmp = index_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(index), encoding="utf-8")
+        os.replace(tmp, index_path)
+    cached, errors = [], []
+    for r, k in zip(records, keys):
+        if k is None:
+            errors.append({"path": r.case_id, "reason": "file not found"})
+            continue
+        ent = index[k]
+        if not ent.get("ok"):
+            errors.append({"path": r.case_id, "reason": ent.get("reason", "failed")})
+            continue
+        cached.append(CachedRecording(r.case_id, r.label, r.split, root / f"{k}.npy", int(ent["n_windows"])))
+    return cached, errors
+
+
+class _progress:
+    """A rich progress bar as a context manager yielding ``advance()`` (silent when disabled)."""
+
+    def __init__(self, show: bool, total: int, text: str) -> None:
+        self.show, self.total, self.text = show, total, text
+        self.bar: Any = None
+
+    def __enter__(self):
+        if self.show:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.console import Console
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+            self.bar.start()
+            tid = self.bar.add_task(self.text, total=self.total)
+            return lambda: self.bar.advance(tid)
+        return lambda: None
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class WindowDataset:
+    """Windows of cached recordings, read through memory maps one window at a time (flat memory).
+
+    Items are ``(x float32 (C, T), y int64)``; ``index[i] = (recording idx, window idx)``.
+
+    Args:
+        recordings: cached recordings.
+        max_windows_per_recording: keep at most this many windows per recording (0 = all).
+    """
+
+    def __init__(self, recordings: Sequence[CachedRecording], max_windows_per_recording: int = 0) -> None:
+        self.recordings = list(recordings)
+        self.index: list[tuple[int, int]] = []
+        for i, r in enumerate(self.recordings):
+            n = r.n_windows if not max_windows_per_recording else min(r.n_windows, max_windows_per_recording)
+            self.index += [(i, w) for w in range(n)]
+        self.targets = np.array([LABELS.index(self.recordings[i].label) if self.recordings[i].label in LABELS else -1
+                                 for i, _ in self.index], dtype=np.int64)
+        self._open: tuple[int, Any] | None = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _mm(self, i: int) -> np.ndarray:
+        if self._open is None or self._open[0] != i:
+            self._open = (i, np.load(self.recordings[i].file, mmap_mode="r"))
+        return self._open[1]
+
+    def __getitem__(self, k: int) -> tuple[np.ndarray, np.int64]:
+        i, w = self.index[k]
+        return np.array(self._mm(i)[w], dtype=np.float32), self.targets[k]
+
+    def __getstate__(self) -> dict:
+        d = dict(self.__dict__)
+        d["_open"] = None
+        return d
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(channels, samples) of one window."""
+        return tuple(np.load(self.recordings[0].file, mmap_mode="r").shape[1:])  # type: ignore[return-value]
+
+    def recording_ids(self) -> np.ndarray:
+        """Recording index of every window."""
+        return np.array([i for i, _ in self.index], dtype=np.int64)
+
+
+def aggregate(window_probs: np.ndarray, rec_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean window probability per recording.
+
+    Returns:
+        (recording ids in ascending order, mean probability per recording).
+    """
+    ids = np.unique(rec_ids)
+    return ids, np.array([float(window_probs[rec_ids == i].mean()) for i in ids])
+
+
+def recording_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Balanced accuracy, AUROC, accuracy, sensitivity, specificity at the recording level."""
+    y = np.asarray(y_true).astype(int)
+    pred = (np.asarray(prob) >= threshold).astype(int)
+    tp = int(((pred == 1) & (y == 1)).sum())
+    tn = int(((pred == 0) & (y == 0)).sum())
+    sens = tp / max(1, int((y == 1).sum()))
+    spec = tn / max(1, int((y == 0).sum()))
+    out = {"balanced_accuracy": (sens + spec) / 2, "sensitivity": sens, "specificity": spec,
+           "accuracy": float((pred == y).mean()) if len(y) else float("nan"), "n_recordings": int(len(y))}
+    out["auroc"] = _auroc(y, np.asarray(prob, dtype=float))
+    return out
+
+
+def _auroc(y: np.ndarray, s: np.ndarray) -> float:
+    """Mann-Whitney AUROC (ties count half); NaN with a single class."""
+    pos, neg = s[y == 1], s[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    gt = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(gt / (len(pos) * len(neg)))
+
+
+def load_split(
+    manifest: Path, cfg: Mapping[str, Any], splits: Iterable[str], workers: int | None = None, progress: bool = True,
+) -> tuple[dict[str, list[CachedRecording]], list[dict]]:
+    """Read a manifest, assign missing splits, build / reuse the cache and return recordings per split."""
+    recs = [r for r in read_manifest(manifest, require_label=True)]
+    for r in recs:
+        r.label = r.label.lower()
+        if r.label not in LABELS:
+            raise InputError(manifest, f"label '{r.label}' of {r.case_id} is not normal/abnormal")
+    assign_splits(recs, val_fraction=float(cfg["val_fraction"]), test_fraction=float(cfg["test_fraction"]),
+                  seed=int(cfg["split_seed"]))
+    want = set(splits)
+    recs = [r for r in recs if r.split in want]
+    cached, errors = build_cache(recs, cfg, cache_root(cfg, manifest), workers=workers, progress=progress)
+    out: dict[str, list[CachedRecording]] = {s: [] for s in splits}
+    for c in cached:
+        out[c.split].append(c)
+    return out, errors

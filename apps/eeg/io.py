@@ -1,0 +1,294 @@
+"""Reading EEG recordings and the paper's preprocessing (torch-free: numpy + MNE only).
+
+Recipe (Darvishi-Bayazi et al. 2024, all keys of the ``data`` config section):
+pick the configured channels (names mapped from ``EEG XX-REF`` / ``-LE`` / ``-Ref`` and the
+10-10 names T7/T8/P7/P8 -> T3/T4/T5/T6), skip the first ``crop_start_s`` seconds and keep up to
+``crop_max_s`` seconds, volts -> microvolts (``scale``), clip at +-``clip_uv``, resample to
+``sfreq``, common average reference (``car``), cut non-overlapping ``window_seconds`` windows.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from medtransfer.shared.utils.errors import InputError
+
+#: the paper's 21 channels, in its order
+PAPER_CHANNELS: list[str] = [
+    "A1", "A2", "FP1", "FP2", "F3", "F4", "C3", "C4", "P3", "P4", "O1", "O2",
+    "F7", "F8", "T3", "T4", "T5", "T6", "FZ", "CZ", "PZ",
+]
+
+#: the ``data`` section of the eeg config: the preprocessing recipe plus data handling keys
+DATA_DEFAULTS: dict[str, Any] = {
+    "channels": list(PAPER_CHANNELS),
+    "sfreq": 100.0,
+    "window_seconds": 60.0,
+    "crop_start_s": 60.0,
+    "crop_max_s": 300.0,  # seconds kept after the start crop (0 = keep all); the paper keeps 60-360 s
+    "scale": 1.0e6,  # volts -> microvolts
+    "clip_uv": 800.0,  # 0 = no clipping
+    "car": True,
+    "fill_missing": False,  # zero-fill missing channels instead of refusing the recording
+    "min_sfreq": 0.0,  # refuse recordings sampled below this (0 = the target sfreq)
+    "cache_dir": "",  # "" = <manifest folder>/.eeg_cache
+    "workers": 2,
+    "max_windows_per_recording": 0,  # 0 = all windows of each recording
+    "val_fraction": 0.15,
+    "test_fraction": 0.15,
+    "split_seed": 0,
+}
+
+#: keys that change the windows (the cache key)
+PREPROCESS_KEYS = ("channels", "sfreq", "window_seconds", "crop_start_s", "crop_max_s", "scale",
+                   "clip_uv", "car", "fill_missing", "min_sfreq")
+PREPROCESS_VERSION = 1
+
+_RENAME_1010 = {"T7": "T3", "T8": "T4", "P7": "T5", "P8": "T6"}
+SUFFIXES = (".edf", ".bdf", ".set", ".vhdr")
+
+
+def canonical_channel(name: str) -> str:
+    """Map a channel label to the paper's naming.
+
+    ``EEG FP1-REF``, ``EEG Fp1-Ref``, ``FP1-LE``, ``Fp1.`` -> ``FP1``; ``T7``/``T8``/``P7``/``P8``
+    -> ``T3``/``T4``/``T5``/``T6``.
+
+    Args:
+        name: the label as stored in the file.
+
+    Returns:
+        The canonical upper-case name.
+    """
+    n = name.strip()
+    n = re.sub(r"^EEG[\s_]+", "", n, flags=re.IGNORECASE)
+    n = re.sub(r"[-_ ]?(REF|LE|AR|AVG)$", "", n, flags=re.IGNORECASE)
+    n = n.rstrip(".").strip().upper()
+    return _RENAME_1010.get(n, n)
+
+
+def map_channels(ch_names: list[str], wanted: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Find each wanted channel among a file's labels.
+
+    Args:
+        ch_names: labels in the file.
+        wanted: canonical names required.
+
+    Returns:
+        (wanted name -> file label for those found, wanted names missing).
+    """
+    found: dict[str, str] = {}
+    for orig in ch_names:
+        c = canonical_channel(orig)
+        if c not in found:
+            found[c] = orig
+    want = [canonical_channel(w) for w in wanted]
+    mapping = {w: found[w] for w in want if w in found}
+    missing = [w for w in want if w not in found]
+    return mapping, missing
+
+
+def pp_config(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The preprocessing keys of a ``data`` config (defaults filled in), in a stable form."""
+    out = {k: data_cfg.get(k, DATA_DEFAULTS[k]) for k in PREPROCESS_KEYS}
+    out["channels"] = [canonical_channel(c) for c in out["channels"]]
+    for k in ("sfreq", "window_seconds", "crop_start_s", "crop_max_s", "scale", "clip_uv", "min_sfreq"):
+        out[k] = float(out[k])
+    out["car"] = bool(out["car"])
+    out["fill_missing"] = bool(out["fill_missing"])
+    if not out["channels"]:
+        raise InputError("config", "data.channels is empty")
+    if out["car"] and len(out["channels"]) < 2:
+        raise InputError("config", "common average reference needs 2+ channels (set data.car=false for one channel)")
+    if out["sfreq"] <= 0 or out["window_seconds"] <= 0:
+        raise InputError("config", "data.sfreq and data.window_seconds must be positive")
+    return out
+
+
+def pp_hash(pp: Mapping[str, Any]) -> str:
+    """Short hash of a preprocessing config (the cache key)."""
+    text = json.dumps({"v": PREPROCESS_VERSION, **pp_config(pp)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def window_samples(pp: Mapping[str, Any]) -> int:
+    """Samples per window at the target rate."""
+    return int(round(float(pp["window_seconds"]) * float(pp["sfreq"])))
+
+
+def read_raw(path: str | Path):
+    """Open a recording lazily with MNE (EDF, BDF, EEGLAB .set, BrainVision .vhdr).
+
+    Raises:
+        InputError: missing, unknown format, unreadable / corrupt / truncated file.
+    """
+    import mne
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    sfx = path.suffix.lower()
+    readers = {
+        ".edf": mne.io.read_raw_edf, ".bdf": mne.io.read_raw_bdf,
+        ".set": mne.io.read_raw_eeglab, ".vhdr": mne.io.read_raw_brainvision,
+    }
+    if sfx not in readers:
+        raise InputError(path, f"unsupported EEG format '{sfx}' (use {', '.join(SUFFIXES)})")
+    if sfx in (".edf", ".bdf"):
+        _check_edf_size(path)
+    try:
+        raw = readers[sfx](str(path), preload=False, verbose="error")
+    except Exception as e:  # MNE raises many types for corrupt files
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise InputError(path, f"cannot read {sfx[1:].upper()} file ({msg[:160]})") from None
+    if len(raw.ch_names) == 0 or raw.n_times == 0:
+        raise InputError(path, "no signal channels in the file (annotations only?)")
+    return raw
+
+
+def _check_edf_size(path: Path) -> None:
+    """Refuse EDF/BDF files whose size disagrees with their header (truncated or not EDF)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(256)
+        if len(head) < 256:
+            raise InputError(path, "not an EDF/BDF file (shorter than its 256-byte header)")
+        try:
+            n_header = int(head[184:192].decode("ascii").strip())
+            n_records = int(head[236:244].decode("ascii").strip())
+            ns = int(head[252:256].decode("ascii").strip())
+        except ValueError:
+            raise InputError(path, "not an EDF/BDF file (header fields unreadable)") from None
+        if ns <= 0:
+            raise InputError(path, "no signal channels in the file (annotations only?)")
+        f.seek(256 + ns * 216)
+        raw_spr = f.read(ns * 8)
+    try:
+        spr = [int(raw_spr[i * 8:(i + 1) * 8].decode("ascii").strip()) for i in range(ns)]
+    except ValueError:
+        raise InputError(path, "not an EDF/BDF file (samples-per-record unreadable)") from None
+    width = 3 if path.suffix.lower() == ".bdf" else 2
+    if n_records > 0:
+        expected = n_header + n_records * sum(spr) * width
+        if size < expected:
+            raise InputError(path, f"truncated file: {size} bytes, header promises {expected}")
+
+
+def header_info(path: str | Path, pp: Mapping[str, Any]) -> dict[str, Any]:
+    """Cheap header-level checks for an import report (no samples read).
+
+    Args:
+        path: the recording.
+        pp: preprocessing config.
+
+    Returns:
+        dict with ``ok`` (bool), ``reason``, ``sfreq``, ``duration_s``, ``n_windows``,
+        ``mapped`` (canonical -> label), ``missing``.  Never raises for bad files.
+    """
+    pp = pp_config(pp)
+    try:
+        raw = read_raw(path)
+    except InputError as e:
+        return {"ok": False, "reason": e.problem, "sfreq": "", "duration_s": "", "n_windows": 0,
+                "mapped": {}, "missing": []}
+    mapping, missing = map_channels(raw.ch_names, pp["channels"])
+    sf = float(raw.info["sfreq"])
+    dur = raw.n_times / sf
+    info = {"ok": True, "reason": "", "sfreq": sf, "duration_s": round(dur, 3), "mapped": mapping,
+            "missing": missing, "n_windows": n_windows_for(dur, pp)}
+    reason = _header_problem(raw, mapping, missing, pp)
+    if reason:
+        info.update(ok=False, reason=reason, n_windows=0)
+    return info
+
+
+def n_windows_for(duration_s: float, pp: Mapping[str, Any]) -> int:
+    """Number of windows a recording of this length gives."""
+    avail = duration_s - float(pp["crop_start_s"])
+    if float(pp["crop_max_s"]) > 0:
+        avail = min(avail, float(pp["crop_max_s"]))
+    return max(0, int(np.floor(avail / float(pp["window_seconds"]) + 1e-9)))
+
+
+def _header_problem(raw: Any, mapping: dict[str, str], missing: list[str], pp: Mapping[str, Any]) -> str:
+    sf = float(raw.info["sfreq"])
+    min_sf = float(pp["min_sfreq"]) or float(pp["sfreq"])
+    if sf < min_sf:
+        return f"sampling rate {sf:g} Hz is below the required {min_sf:g} Hz"
+    if missing and not pp["fill_missing"]:
+        return f"missing required channel(s): {', '.join(missing)}"
+    if not mapping:
+        return "none of the required channels is present"
+    dur = raw.n_times / sf
+    if n_windows_for(dur, pp) < 1:
+        need = float(pp["crop_start_s"]) + float(pp["window_seconds"])
+        return f"recording is {dur:.1f} s, shorter than one window (needs {need:g} s: skip {float(pp['crop_start_s']):g} s + one {float(pp['window_seconds']):g} s window)"
+    return ""
+
+
+def preprocess_recording(path: str | Path, pp: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Run the recipe on one recording.
+
+    Args:
+        path: EDF / BDF / .set / .vhdr file.
+        pp: preprocessing config (``data`` section keys).
+
+    Returns:
+        (windows float32 of shape (n_windows, n_channels, window_samples), info dict with
+        ``orig_sfreq``, ``duration_s``, ``mapped``, ``filled``).
+
+    Raises:
+        InputError: unreadable file, missing channels, too low a rate, too short, NaN, flat channels.
+    """
+    from mne.filter import resample
+
+    pp = pp_config(pp)
+    path = Path(path)
+    raw = read_raw(path)
+    mapping, missing = map_channels(raw.ch_names, pp["channels"])
+    problem = _header_problem(raw, mapping, missing, pp)
+    if problem:
+        raise InputError(path, problem)
+    sf = float(raw.info["sfreq"])
+    start = int(round(float(pp["crop_start_s"]) * sf))
+    stop = raw.n_times
+    if float(pp["crop_max_s"]) > 0:
+        stop = min(stop, start + int(round(float(pp["crop_max_s"]) * sf)))
+    picks = [raw.ch_names.index(mapping[c]) for c in pp["channels"] if c in mapping]
+    try:
+        x = raw.get_data(picks=picks, start=start, stop=stop)
+    except Exception as e:
+        raise InputError(path, f"cannot read samples ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})") from None
+    if not np.all(np.isfinite(x)):
+        bad = [pp["channels"][i] for i in range(x.shape[0]) if not np.all(np.isfinite(x[i]))]
+        raise InputError(path, f"NaN/inf samples in channel(s): {', '.join(bad)}")
+    flat = [c for c, row in zip([c for c in pp["channels"] if c in mapping], x) if np.ptp(row) == 0]
+    if flat:
+        raise InputError(path, f"flat channel(s) (constant signal): {', '.join(flat)}")
+    x = x * float(pp["scale"])
+    if float(pp["clip_uv"]) > 0:
+        np.clip(x, -float(pp["clip_uv"]), float(pp["clip_uv"]), out=x)
+    if abs(sf - float(pp["sfreq"])) > 1e-6:
+        x = resample(x, up=float(pp["sfreq"]), down=sf, npad="auto", verbose="error")
+    if missing:  # only reached with fill_missing: zero rows for missing channels, in config order
+        full = np.zeros((len(pp["channels"]), x.shape[1]), dtype=x.dtype)
+        rows = iter(x)
+        for i, c in enumerate(pp["channels"]):
+            if c in mapping:
+                full[i] = next(rows)
+        x = full
+    if pp["car"]:
+        present = [i for i, c in enumerate(pp["channels"]) if c in mapping]
+        x[present] -= x[present].mean(axis=0, keepdims=True)
+    w = window_samples(pp)
+    n = x.shape[1] // w
+    if n < 1:
+        raise InputError(path, "recording is shorter than one window after cropping")
+    win = x[:, : n * w].reshape(x.shape[0], n, w).transpose(1, 0, 2).astype(np.float32)
+    info = {"orig_sfreq": sf, "duration_s": round(raw.n_times / sf, 3), "mapped": mapping, "filled": missing}
+    return np.ascontiguousarray(win), info

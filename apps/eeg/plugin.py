@@ -1,0 +1,21 @@
+"""The eeg app's spec for the core (torch-free, imports nothing heavy)."""
+from __future__ import annotations
+
+from medtransfer.shared.plugins import AppSpec
+
+SPEC = AppSpec(
+    name="eeg",
+    help="EEG normal/abnormal: TUAB/NMT import, braindecode models, transfer sweep, ONNX predict.",
+    cli="medtransfer.apps.eeg.cli:app",
+    predictor="medtransfer.apps.eeg.predict:EEGPredictor",
+    exporter="medtransfer.apps.eeg.export:export_run",
+    demo="medtransfer.apps.eeg.demo:demo",
+    bench="medtransfer.apps.eeg.bench:bench",
+    importers={
+        "tuab": "medtransfer.apps.eeg.data:import_tuab",
+        "nmt": "medtransfer.apps.eeg.data:import_nmt",
+        "eeg-generic": "medtransfer.apps.eeg.data:import_generic",
+        "bonn": "medtransfer.apps.eeg.data:import_bonn",
+    },
+    data_cards=("tuab.md", "nmt.md"),
+)

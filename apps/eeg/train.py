@@ -1,0 +1,214 @@
+"""Training and recording-level evaluation of braindecode models through the shared engine.
+
+``train`` reads a manifest, preprocesses (cached), builds the model from the shared registry,
+optionally initialises it from a source run (``strict=False``, mismatching tensors skipped, as the
+paper's transfer does) and calls :func:`medtransfer.shared.finetune.fit`.  ``evaluate`` averages
+window probabilities per recording and reports balanced accuracy and AUROC.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from medtransfer.apps.eeg.data import (
+    LABELS, WindowDataset, aggregate, cache_root, data_cfg, load_split, recording_metrics,
+)
+from medtransfer.apps.eeg.io import DATA_DEFAULTS, pp_config, window_samples
+from medtransfer.shared.utils.errors import InputError, MedTransferError
+
+APP, TASK = "eeg", "pathology"
+MODELS = ("shallow", "deep4", "tcn", "eegnet")
+
+
+def defaults() -> dict[str, Any]:
+    """The eeg recipe: ``data`` (preprocessing), ``model``, ``train`` (paper optimiser settings)."""
+    from medtransfer.shared.finetune import TRAIN_DEFAULTS
+
+    train = copy.deepcopy(TRAIN_DEFAULTS)
+    train.update(lr=6.25e-4, weight_decay=5e-4, batch_size=64, epochs=10, scheduler="cosine", patience=5)
+    return {"data": copy.deepcopy(DATA_DEFAULTS), "model": {"name": "shallow", "drop_prob": 0.5},
+            "train": train}
+
+
+def resolve(recipe: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults <- recipe <- overrides (validated)."""
+    from medtransfer.shared.config import resolve_config
+
+    cfg = resolve_config(defaults(), recipe, overrides)
+    pp_config(cfg["data"])  # validates
+    if cfg["model"]["name"] not in MODELS:
+        raise MedTransferError(f"model.name '{cfg['model']['name']}' is not one of {', '.join(MODELS)}")
+    return cfg
+
+
+def build_model(cfg: Mapping[str, Any]):
+    """The braindecode network of a config, from the shared registry."""
+    from medtransfer.shared.registry import create_model
+
+    pp = pp_config(cfg["data"])
+    name = cfg["model"]["name"]
+    n_chans = len(pp["channels"])
+    if n_chans == 1 and name in ("shallow", "deep4"):
+        raise MedTransferError(f"model '{name}' (braindecode) does not build with one channel: use eegnet or tcn")
+    kw: dict[str, Any] = {}
+    if name in ("shallow", "deep4", "eegnet", "tcn"):
+        kw["drop_prob"] = float(cfg["model"].get("drop_prob", 0.5))
+    return create_model(name, n_chans=n_chans, n_outputs=len(LABELS), n_times=window_samples(pp),
+                        sfreq=float(pp["sfreq"]), **kw)
+
+
+def _loss(out, y):
+    import torch.nn.functional as F
+
+    return F.cross_entropy(out, y)
+
+
+def _window_metrics(out: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    p = _softmax(out)[:, 1]
+    m = recording_metrics(y, p)
+    return {"balanced_accuracy": m["balanced_accuracy"], "auroc": m["auroc"]}
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def train(
+    manifest: str | Path,
+    run_dir: str | Path,
+    cfg: Mapping[str, Any] | None = None,
+    init: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train (from scratch or from a source run) on the manifest's train split, validate on val.
+
+    Args:
+        manifest: generic manifest (``path,label[,split,group]``); labels normal/abnormal.
+        run_dir: output run folder.
+        cfg: resolved config (see :func:`resolve`); default recipe when None.
+        init: a source run folder (its ``checkpoints/best.pt``) or a weights file.
+        progress: progress bars.
+
+    Returns:
+        dict with ``run_dir``, ``best_epoch``, ``val`` (recording-level metrics), ``init`` report.
+    """
+    import torch
+
+    from medtransfer.shared.finetune import fit
+    from medtransfer.shared.registry.weights import load_pretrained
+
+    manifest = Path(manifest)
+    cfg = copy.deepcopy(dict(cfg or resolve()))
+    if not cfg["data"].get("cache_dir"):
+        cfg["data"]["cache_dir"] = str(manifest.resolve().parent / ".eeg_cache")
+    cfg["train"]["progress"] = bool(progress and cfg["train"].get("progress", True))
+    torch.manual_seed(int(cfg["train"]["seed"]))
+    splits, errors = load_split(manifest, cfg["data"], ["train", "val"], progress=progress)
+    if not splits["train"]:
+        raise InputError(manifest, "no usable training recordings (see the import report / errors)")
+    mw = int(cfg["data"].get("max_windows_per_recording", 0) or 0)
+    train_ds = WindowDataset(splits["train"], mw)
+    val_ds = WindowDataset(splits["val"], mw) if splits["val"] else None
+    model = build_model(cfg)
+    init_report: dict[str, Any] = {}
+    if init:
+        src = Path(init)
+        wfile = src / "checkpoints" / "best.pt" if src.is_dir() else src
+        if not wfile.is_file():
+            raise InputError(src, "source run has no checkpoints/best.pt")
+        info = load_pretrained(model, wfile, strict=False)
+        init_report = {"source": str(src), "missing": len(info["missing"]), "skipped": len(info["skipped"])}
+    pp = pp_config(cfg["data"])
+    extra = {"labels": list(LABELS), "preprocessing": pp, "model_name": cfg["model"]["name"]}
+    res = fit(model, train_ds, val_ds, cfg=cfg, run_dir=Path(run_dir), app=APP, task=TASK, loss_fn=_loss,
+              metric_fn=_window_metrics, head=["final_layer"], monitor="val_loss", mode="min",
+              extra_state=extra)
+    run_dir = Path(run_dir)
+    info = json.loads((run_dir / "run.json").read_text())
+    info.update({"manifest": str(manifest.resolve()), "init": init_report, "model_name": cfg["model"]["name"],
+                 "n_train_recordings": len(splits["train"]), "n_val_recordings": len(splits["val"]),
+                 "n_train_windows": len(train_ds), "preprocess_errors": errors,
+                 "cache": str(cache_root(cfg["data"], manifest))})
+    (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
+    val = {}
+    if splits["val"]:
+        val = evaluate(run_dir, manifest, split="val", progress=False, write=False)
+    return {"run_dir": str(run_dir), "best_epoch": res.best_epoch, "val": val, "init": init_report,
+            "errors": errors}
+
+
+def load_run(run_dir: str | Path, which: str = "best"):
+    """(model in eval mode, resolved config) of a run."""
+    from medtransfer.shared.finetune import load_checkpoint
+
+    run_dir = Path(run_dir)
+    ck = run_dir / "checkpoints" / f"{which}.pt"
+    if not ck.is_file():
+        raise InputError(run_dir, f"not an eeg run folder (no checkpoints/{which}.pt)")
+    st = load_checkpoint(ck)
+    cfg = st["config"]
+    model = build_model(cfg)
+    model.load_state_dict(st["model"])
+    return model.eval(), cfg
+
+
+def predict_windows(model, ds: WindowDataset, batch_size: int = 64) -> np.ndarray:
+    """Abnormal probability of every window."""
+    from medtransfer.shared.finetune import predict_arrays
+
+    out, _ = predict_arrays(model, ds, batch_size=batch_size, device="cpu")
+    return _softmax(np.asarray(out))[:, 1] if len(ds) else np.zeros(0)
+
+
+def evaluate(
+    run_dir: str | Path,
+    manifest: str | Path,
+    split: str = "test",
+    progress: bool = True,
+    write: bool = True,
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Recording-level metrics of a run on one split of a manifest (window probabilities averaged).
+
+    Args:
+        run_dir: a run folder written by :func:`train`.
+        manifest: manifest to evaluate (its split column, or the same deterministic split).
+        split: ``test`` (default), ``val`` or ``train``; ``all`` = every row.
+        progress: progress bar while preprocessing.
+        write: save ``eval_<manifest>_<split>.json`` and per-recording CSV in the run folder.
+        threshold: abnormal-probability threshold.
+
+    Returns:
+        dict with ``balanced_accuracy``, ``auroc``, ``accuracy``, ``sensitivity``, ``specificity``,
+        ``n_recordings``, ``n_windows``, ``errors``.
+    """
+    model, cfg = load_run(run_dir)
+    manifest = Path(manifest)
+    dcfg = dict(cfg["data"])
+    splits = ["train", "val", "test"] if split == "all" else [split]
+    got, errors = load_split(manifest, dcfg, splits, progress=progress)
+    recs = [r for s in splits for r in got[s]]
+    if not recs:
+        raise InputError(manifest, f"no usable recordings in split '{split}'")
+    ds = WindowDataset(recs)
+    p = predict_windows(model, ds)
+    ids, prob = aggregate(p, ds.recording_ids())
+    y = np.array([LABELS.index(recs[i].label) for i in ids])
+    m = recording_metrics(y, prob, threshold)
+    m.update(n_windows=len(ds), window_balanced_accuracy=recording_metrics(ds.targets, p, threshold)["balanced_accuracy"],
+             errors=errors, split=split)
+    if write:
+        run_dir = Path(run_dir)
+        tag = f"{manifest.stem}_{split}"
+        (run_dir / f"eval_{tag}.json").write_text(json.dumps(m, indent=2))
+        with open(run_dir / f"eval_{tag}_recordings.csv", "w", encoding="utf-8") as f:
+            f.write("case_id,label,prob_abnormal,n_windows\n")
+            for i, pr in zip(ids, prob):
+                f.write(f"{recs[i].case_id},{recs[i].label},{pr:.6f},{int((ds.recording_ids() == i).sum())}\n")
+    return m

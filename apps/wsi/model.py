@@ -1,0 +1,152 @@
+"""Models of the wsi app on the shared registry: patch encoders, the MIL survival model, MoE-PKT.
+
+* Patch encoders: any registry image net (``resnet18`` default, features = pooled output) and
+  ``uni2h``: the UNI2-h architecture (timm ViT-H/14, 1536-d, SwiGLU, 8 register tokens) that
+  reads a user's local UNI2-h weights (``pretrained=PATH``).
+* Survival MIL: the shared ``abmil_gated`` aggregator with one logit per time bin.
+* :class:`MoEPKT`: the Path-PKT mixture of source experts for a target cancer.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from medtransfer.shared.registry import create_model, register_model
+from medtransfer.shared.utils.errors import MedTransferError
+
+
+@register_model("uni2h", family="timm", pretrained_cfg={"filename": "uni2h_pytorch_model.bin", "source": "MahmoodLab/UNI2-h (gated; user-supplied)"},
+                description="UNI2-h architecture (ViT-H/14, 1536-d, SwiGLU, 8 registers); weights from a local file")
+def _uni2h(num_classes: int = 0, depth: int = 24, **kw: Any) -> nn.Module:
+    """UNI2-h-compatible ViT (timm kwargs as published in the UNI2-h model card).
+
+    Args:
+        num_classes: 0 = features (1536-d).
+        depth: transformer blocks (24 in UNI2-h; fewer only for tests).
+    """
+    import timm
+
+    args = dict(img_size=224, patch_size=14, depth=depth, num_heads=24, init_values=1e-5, embed_dim=1536,
+                mlp_ratio=2.66667 * 2, num_classes=num_classes, no_embed_class=True,
+                mlp_layer=timm.layers.SwiGLUPacked, act_layer=torch.nn.SiLU, reg_tokens=8, dynamic_img_size=True)
+    args.update(kw)
+    return timm.create_model("vit_giant_patch14_224", pretrained=False, **args)
+
+
+def build_encoder(name: str = "resnet18", weights: Any = None, **kw: Any) -> tuple[nn.Module, int, bool]:
+    """A registry image net as a patch feature extractor.
+
+    Args:
+        name: registry name (timm family: resnet18, resnet50, densenet121, uni2h, ...).
+        weights: None = random init (features still usable for plumbing, not for science);
+            True = the registry's file from the weights dirs; a path = that file.
+        **kw: passed to the builder (e.g. ``depth`` for ``uni2h``).
+
+    Returns:
+        ``(model, feature_dim, pretrained)``.
+    """
+    model = create_model(name, pretrained=weights or False, num_classes=0, **kw)
+    dim = int(getattr(model, "num_features", 0) or 0)
+    if not dim:
+        with torch.no_grad():
+            dim = int(model.eval()(torch.zeros(2, 3, 224, 224)).shape[-1])
+    return model, dim, bool(weights)
+
+
+def build_mil(in_dim: int, n_bins: int, hidden: int = 512, attn_dim: int = 384, dropout: float = 0.25) -> nn.Module:
+    """The shared gated-attention MIL with one hazard logit per time bin."""
+    return create_model("abmil_gated", in_dim=in_dim, n_outputs=n_bins, hidden=hidden, attn_dim=attn_dim, dropout=dropout)
+
+
+class MoEPKT(nn.Module):
+    """MoE-PKT: route a target slide through the top-k of several frozen source-cancer models.
+
+    A trainable target MIL embeds the bag; ``router`` (Linear hidden -> E) scores the experts;
+    the top-k probabilities (renormalised) weight expert outputs; expert i is Linear+ReLU on
+    source model i's embedding of the same bag; a linear head gives the hazard logits.
+
+    Args:
+        sources: trained source MIL models (frozen here).
+        target: a MIL model for the router's target embedding (trainable).
+        n_bins: hazard bins.
+        top_k: experts used per slide.
+        names: source names (for reports).
+    """
+
+    def __init__(self, sources: Sequence[nn.Module], target: nn.Module, n_bins: int, top_k: int = 2,
+                 names: Optional[Sequence[str]] = None) -> None:
+        super().__init__()
+        if not sources:
+            raise MedTransferError("MoE-PKT needs at least one source model")
+        self.sources = nn.ModuleList(sources)
+        for p in self.sources.parameters():
+            p.requires_grad_(False)
+        self.target = target
+        h = int(target.hidden)
+        self.router = nn.Linear(h, len(sources))
+        self.experts = nn.ModuleList(
+            nn.Sequential(nn.Linear(int(s.hidden), h), nn.ReLU()) for s in sources)
+        self.head = nn.Linear(h, n_bins)
+        self.top_k = max(1, min(int(top_k), len(sources)))
+        self.names = list(names or [f"source{i}" for i in range(len(sources))])
+
+    def train(self, mode: bool = True) -> "MoEPKT":
+        super().train(mode)
+        self.sources.eval()  # frozen: no dropout in the source embeddings
+        return self
+
+    def route(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """Everything the forward computes: logits, router logits/probs, gates, attention."""
+        emb_t, attn = self.target.embed(x, mask)
+        r_logits = self.router(emb_t)
+        probs = torch.softmax(r_logits, dim=-1)
+        kth = torch.topk(probs, self.top_k, dim=-1).values[:, -1:]
+        keep = (probs >= kth).to(probs.dtype)
+        gates = probs * keep
+        gates = gates / gates.sum(-1, keepdim=True).clamp_min(1e-9)
+        outs = torch.stack([e(s.embed(x, mask)[0]) for s, e in zip(self.sources, self.experts)], dim=1)  # (B,E,H)
+        mixed = (gates.unsqueeze(-1) * outs).sum(1)
+        return {"logits": self.head(mixed), "router_logits": r_logits, "probs": probs, "gates": gates,
+                "keep": keep, "attention": attn}
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Hazard logits (B, n_bins)."""
+        return self.route(x, mask)["logits"]
+
+    def embed(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target embedding and attention (used for attention heat maps)."""
+        return self.target.embed(x, mask)
+
+    @staticmethod
+    def aux_losses(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Switch-style balance loss (E * sum f_i P_i) and router z-loss (mean logsumexp^2)."""
+        probs, keep = out["probs"], out["keep"]
+        n_exp = probs.shape[-1]
+        f = keep.mean(0) / keep.sum(-1).mean().clamp_min(1e-9)
+        p = probs.mean(0)
+        balance = n_exp * (f * p).sum()
+        z = torch.logsumexp(out["router_logits"], dim=-1).pow(2).mean()
+        return {"balance": balance, "z": z}
+
+
+class SurvivalHead(nn.Module):
+    """Export wrapper: (features (B,N,D), mask (B,N)) -> risk, hazards, survival, attention."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor):
+        m = mask > 0.5
+        if isinstance(self.model, MoEPKT):
+            out = self.model.route(features, m)
+            logits, attn = out["logits"], out["attention"]
+        else:
+            emb, attn = self.model.embed(features, m)
+            logits = self.model.classifier(emb)
+        hazards = torch.sigmoid(logits)
+        surv = torch.cumprod(1.0 - hazards, dim=-1)
+        risk = -surv.sum(-1)
+        return risk, hazards, surv, attn

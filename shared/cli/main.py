@@ -1,0 +1,288 @@
+"""The ``medtransfer`` command.  Torch-free at import: heavy modules load inside commands."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from medtransfer.shared.utils.errors import MedTransferError
+
+app = typer.Typer(
+    name="medtransfer",
+    help="Transfer learning for clinical AI: train, export to ONNX, predict and batch-score.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Datasets: import into the generic manifest, list importers, split.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def fail(msg: str, code: int = 2) -> None:
+    """Print one line to stderr and exit non-zero."""
+    typer.echo(f"error: {' '.join(str(msg).split())}", err=True)
+    raise typer.Exit(code)
+
+
+def parse_opts(pairs: Optional[List[str]]) -> dict[str, Any]:
+    """``--opt key=value`` pairs (values parsed as YAML scalars)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for p in pairs or []:
+        if "=" not in p:
+            fail(f"--opt expects key=value, got '{p}'")
+        k, v = p.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            out[k.strip()] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------------- data
+@data_app.command("list")
+def data_list() -> None:
+    """List the dataset importers every installed app provides."""
+    from medtransfer.shared.plugins import discover_apps
+
+    for spec in discover_apps().values():
+        for name in spec.importers:
+            typer.echo(f"{name}\t({spec.name})")
+
+
+@data_app.command("import")
+def data_import(
+    name: str = typer.Argument(..., help="importer name (see `medtransfer data list`)"),
+    root: Path = typer.Argument(..., help="dataset root folder as released"),
+    out: Path = typer.Option(..., "--out", "-o", help="manifest CSV to write"),
+    opt: Optional[List[str]] = typer.Option(None, "--opt", help="importer option key=value (repeatable)"),
+) -> None:
+    """Import a dataset from its published layout into the generic manifest CSV."""
+    from medtransfer.shared.plugins import discover_apps, load_object
+
+    try:
+        for spec in discover_apps().values():
+            if name in spec.importers:
+                fn = load_object(spec.importers[name])
+                res = fn(root, out, **parse_opts(opt))
+                typer.echo(f"wrote {res if res else out}")
+                return
+        names = sorted(n for s in discover_apps().values() for n in s.importers)
+        fail(f"unknown dataset '{name}' (known: {', '.join(names) or 'none'})")
+    except MedTransferError as e:
+        fail(str(e))
+
+
+@data_app.command("split")
+def data_split(
+    manifest: Path = typer.Argument(..., help="manifest CSV"),
+    out: Path = typer.Option(..., "--out", "-o", help="manifest CSV with the split column filled"),
+    val: float = typer.Option(0.15, help="validation fraction (of groups)"),
+    test: float = typer.Option(0.15, help="test fraction (of groups)"),
+    seed: int = typer.Option(0, help="split seed"),
+) -> None:
+    """Fill the split column (grouped by the group column, stratified by label, deterministic)."""
+    from medtransfer.shared.manifest import assign_splits, read_manifest, write_manifest
+
+    try:
+        recs = assign_splits(read_manifest(manifest), val, test, seed)
+        write_manifest(recs, out)
+        counts = {s: sum(r.split == s for r in recs) for s in ("train", "val", "test")}
+        typer.echo(json.dumps(counts))
+    except MedTransferError as e:
+        fail(str(e))
+
+
+@app.command("models")
+def models(family: Optional[str] = typer.Option(None, help="timm, monai, braindecode, sam2, mil")) -> None:
+    """List the backbone registry (needs the medtransfer[train] extra)."""
+    from medtransfer.shared.registry import get_entry, list_models
+
+    for n in list_models(family):
+        e = get_entry(n)
+        typer.echo(f"{n}\t{e.family}\t{e.pretrained_cfg.get('filename', '-')}\t{e.description}")
+
+
+# ------------------------------------------------------------------------------------------- export
+@app.command("export")
+def export(
+    run_dir: Path = typer.Argument(..., help="a training run folder (has run.json and checkpoints/)"),
+    out: Path = typer.Option(..., "--out", "-o", help="bundle folder to write"),
+    quantize: Optional[str] = typer.Option(None, help="'int8': also write an int8 model and record the metric change"),
+) -> None:
+    """Export a trained run to an ONNX bundle (model.onnx, metadata.json, README.md)."""
+    from medtransfer.shared.plugins import hook
+
+    info = run_dir / "run.json"
+    if not info.is_file():
+        fail(f"{run_dir}: not a run folder (no run.json)")
+    try:
+        app_name = json.loads(info.read_text())["app"]
+        fn = hook(app_name, "exporter")
+        res = fn(run_dir, out, quantize=quantize)
+        typer.echo(f"wrote {res}")
+    except MedTransferError as e:
+        fail(str(e))
+
+
+# ------------------------------------------------------------------------------------------ predict
+@app.command("predict")
+def predict(
+    bundle: Path = typer.Argument(..., help="bundle folder"),
+    inputs: List[Path] = typer.Argument(..., help="input files"),
+    fmt: str = typer.Option("json", "--format", help="json (one line per input) or table"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for artefacts (masks, plots, crops)"),
+    plot: bool = typer.Option(False, "--plot", help="write plots / contact sheets into --out"),
+    mask: Optional[Path] = typer.Option(None, "--mask", help="first-frame mask (video apps)"),
+    box: Optional[str] = typer.Option(None, "--box", help="first-frame box x0,y0,x1,y1 (video apps)"),
+    opt: Optional[List[str]] = typer.Option(None, "--opt", help="predictor option key=value (repeatable)"),
+) -> None:
+    """Answer each input with the bundle (torch-free). Exit 1 if any input failed."""
+    from medtransfer.shared.runtime.bundle import load_bundle
+    from medtransfer.shared.runtime.predictor import build_predictor
+
+    try:
+        b = load_bundle(bundle)
+        options = {"out_dir": str(out) if out else None, "plot": plot, "mask": str(mask) if mask else None,
+                   "box": box, **parse_opts(opt)}
+        pred = build_predictor(b, **options)
+    except MedTransferError as e:
+        fail(str(e))
+    rows = []
+    failed = 0
+    for p in inputs:
+        try:
+            res = {"input": str(p), "status": "ok", **pred.predict(p)}
+        except MedTransferError as e:
+            res = {"input": str(p), "status": "error", "error": " ".join(str(e).split())}
+            failed += 1
+        except Exception as e:  # noqa: BLE001
+            res = {"input": str(p), "status": "error", "error": f"{p}: {type(e).__name__}: {' '.join(str(e).split())}"}
+            failed += 1
+        if fmt == "json":
+            typer.echo(json.dumps(res, default=_jsonable))
+        else:
+            rows.append(res)
+        if res["status"] == "error":
+            typer.echo(f"error: {res['error']}", err=True)
+    if fmt != "json":
+        _table(rows)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _jsonable(x: Any) -> Any:
+    return x.tolist() if hasattr(x, "tolist") else str(x)
+
+
+def _table(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k, v in r.items() if k not in keys and not isinstance(v, (list, dict))]
+    t = Table(*keys)
+    for r in rows:
+        t.add_row(*[(f"{r[k]:.4g}" if isinstance(r.get(k), float) else str(r.get(k, ""))) for k in keys])
+    Console().print(t)
+
+
+# -------------------------------------------------------------------------------------------- score
+@app.command("score")
+def score_cmd(
+    bundle: Path = typer.Argument(..., help="bundle folder"),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", "-m", help="manifest CSV (path column used)"),
+    input_dir: Optional[Path] = typer.Option(None, "--input-dir", "-i", help="folder of inputs"),
+    out: Path = typer.Option(..., "--out", "-o", help="results CSV"),
+    resume: bool = typer.Option(False, "--resume", help="skip cases already in --out"),
+    workers: int = typer.Option(1, "--workers", "-w", help="processes (local) or actors (ray)"),
+    engine: str = typer.Option("local", "--engine", help="local or ray"),
+    opt: Optional[List[str]] = typer.Option(None, "--opt", help="predictor option key=value"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+) -> None:
+    """Batch-score a manifest or a folder; resumable; bad cases become error rows."""
+    from medtransfer.shared.runtime import score as sc
+    from medtransfer.shared.runtime.bundle import load_bundle
+
+    if (manifest is None) == (input_dir is None):
+        fail("give exactly one of --manifest or --input-dir")
+    try:
+        b = load_bundle(bundle)
+        cases = sc.cases_from_manifest(manifest) if manifest else sc.cases_from_dir(input_dir, b)
+        summary = sc.score(bundle, cases, out, resume=resume, workers=workers, engine=engine,
+                           options=parse_opts(opt), progress=not quiet)
+    except MedTransferError as e:
+        fail(str(e))
+    typer.echo(json.dumps(summary))
+
+
+# --------------------------------------------------------------------------------------------- demo
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="output folder (report.md, bundles/)"),
+    apps: Optional[str] = typer.Option(None, "--apps", help="comma-separated apps (default: all installed)"),
+    full: bool = typer.Option(False, "--full", help="bigger data / more epochs than the quick default"),
+) -> None:
+    """Run every installed app end to end on generated data; write report.md and bundles/."""
+    from medtransfer.shared.demo import run_demo
+
+    try:
+        report = run_demo(out, apps=apps.split(",") if apps else None, fast=not full)
+    except MedTransferError as e:
+        fail(str(e))
+    typer.echo(f"wrote {report}")
+
+
+# -------------------------------------------------------------------------------------------- bench
+@app.command("bench")
+def bench(
+    bundle: Optional[Path] = typer.Option(None, "--bundle", "-b", help="bundle to benchmark (default: build the demo image bundle)"),
+    app_name: Optional[str] = typer.Option(None, "--app", help="also run this app's own benchmark"),
+    workers: int = typer.Option(2, "--workers", help="N for the 1-vs-N score comparison"),
+    batch: int = typer.Option(16, "--batch", help="batch size for throughput"),
+    threads: int = typer.Option(0, "--threads", help="threads for both engines (0 = all cores)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON here"),
+) -> None:
+    """Benchmarks as JSON: ONNX vs eager, predict cold start, score at 1 vs N workers (+ app benches)."""
+    from medtransfer.shared.bench import run_bench
+
+    try:
+        res = run_bench(bundle=bundle, app=app_name, workers=workers, batch=batch, threads=threads)
+    except MedTransferError as e:
+        fail(str(e))
+    text = json.dumps(res, indent=2, default=_jsonable)
+    if out:
+        out.write_text(text)
+    typer.echo(text)
+
+
+# ------------------------------------------------------------------------------------------ app groups
+def _mount_apps() -> None:
+    from medtransfer.shared.plugins import discover_apps, load_object
+
+    for spec in discover_apps().values():
+        if not spec.cli:
+            continue
+        try:
+            sub = load_object(spec.cli)
+        except Exception as e:  # noqa: BLE001 - a broken app must not take the CLI down
+            print(f"warning: CLI of app '{spec.name}' failed to load: {e}", file=sys.stderr)
+            continue
+        app.add_typer(sub, name=spec.name, help=spec.help)
+
+
+_mount_apps()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

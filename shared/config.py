@@ -1,0 +1,163 @@
+"""Configuration: a YAML recipe per app task plus ``--set key=value`` overrides, validated.
+
+A recipe is a nested mapping.  The *schema* is the app's default recipe: every key a user may
+set must exist there, so a typo gets an error naming the unknown key and the keys allowed at
+that level.  Values are parsed as YAML (``--set train.lr=1e-4``, ``--set data.channels=[A1,A2]``)
+and checked against the default's type.  Torch-free.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from medtransfer.shared.utils.errors import ConfigError
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping.
+
+    Raises:
+        ConfigError: missing file or not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def save_yaml(cfg: Mapping[str, Any], path: str | Path) -> Path:
+    """Write a config as YAML (keys in insertion order)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(_plain(cfg), sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def _check_type(key: str, default: Any, value: Any) -> Any:
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true/false, got {value!r}")
+        return value
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value) if isinstance(default, float) else value
+    if isinstance(default, str):
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+        return str(value)
+    if isinstance(default, list):
+        if not isinstance(value, (list, tuple)):
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+        return list(value)
+    if isinstance(default, dict) and not isinstance(value, dict):
+        raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+    return value
+
+
+def merge(schema: Mapping[str, Any], override: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Merge ``override`` into a copy of ``schema``, refusing unknown keys.
+
+    A mapping default that is empty (``{}``) accepts any keys (free-form section).
+
+    Raises:
+        ConfigError: naming the unknown key and the allowed ones.
+    """
+    out = copy.deepcopy(dict(schema))
+    for k, v in override.items():
+        key = f"{prefix}{k}"
+        if k not in out:
+            if schema:
+                allowed = ", ".join(sorted(map(str, schema))) or "(none)"
+                raise ConfigError(f"unknown config key '{key}' (allowed here: {allowed})")
+        d = out.get(k)
+        if isinstance(d, dict) and d and isinstance(v, Mapping):
+            out[k] = merge(d, v, prefix=f"{key}.")
+        elif isinstance(d, dict) and not d:
+            out[k] = _check_type(key, d, v)
+        else:
+            out[k] = _check_type(key, d, v) if k in schema else v
+    return out
+
+
+def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
+    """Turn ``["a.b=1", "c=[x,y]"]`` into a nested mapping (values parsed as YAML).
+
+    Raises:
+        ConfigError: an item without ``=``.
+    """
+    out: dict[str, Any] = {}
+    for item in pairs or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            val = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            val = raw
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: '{p}' is set both as a value and as a section")
+        node[parts[-1]] = val
+    return out
+
+
+def resolve_config(
+    defaults: Mapping[str, Any],
+    recipe: str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Defaults <- recipe YAML <- ``--set`` overrides, each layer validated against the defaults.
+
+    Args:
+        defaults: the app task's default recipe (also the schema).
+        recipe: optional YAML file.
+        overrides: ``key=value`` strings or a nested mapping.
+
+    Returns:
+        The resolved config (a new dict).
+    """
+    cfg = copy.deepcopy(dict(defaults))
+    if recipe:
+        cfg = merge(cfg, load_yaml(recipe))
+    if overrides:
+        ov = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)
+        cfg = merge(cfg, ov)
+    return cfg
+
+
+def get(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+    """Read ``a.b.c`` from a nested mapping."""
+    node: Any = cfg
+    for p in dotted.split("."):
+        if not isinstance(node, Mapping) or p not in node:
+            return default
+        node = node[p]
+    return node

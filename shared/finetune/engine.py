@@ -1,0 +1,456 @@
+"""The training loop every app uses.
+
+``fit`` trains with a validation split and early stopping, keeps best and last checkpoints with
+the resolved config beside them, resumes from ``last.pt`` after an interruption, seeds every RNG,
+uses AMP on CUDA, shows a progress bar, writes per-epoch metrics to CSV/JSON, logs to TensorBoard
+or MLflow only if installed and asked, and runs under ``torchrun`` (DDP; gloo on CPU) unchanged.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from medtransfer.shared.config import save_yaml
+from medtransfer.shared.finetune.strategies import param_groups, setup_strategy, unfreeze_for_epoch
+from medtransfer.shared.utils.seed import seed_everything
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 10,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "optimizer": "adamw",  # adamw | sgd
+    "scheduler": "cosine",  # cosine | none
+    "warmup_epochs": 0,
+    "strategy": "full",  # full | linear_probe | gradual_unfreeze | llrd | lora | adapter
+    "llrd_decay": 0.75,
+    "unfreeze_every": 1,
+    "peft": {},  # targets, r, alpha, reduction, dim, lr_mult, also_train
+    "patience": 5,  # early stopping on the monitored validation metric (0 = off)
+    "monitor": "",  # "" = the task's default (val_loss)
+    "mode": "",  # min | max ("" = task default)
+    "seed": 0,
+    "amp": True,  # used on CUDA only
+    "num_workers": 0,
+    "device": "auto",  # auto | cpu | cuda | mps
+    "grad_accum": 1,
+    "max_grad_norm": 0.0,
+    "resume": True,
+    "log": "none",  # none | tensorboard | mlflow | auto
+    "progress": True,
+}
+
+
+@dataclass
+class FitResult:
+    """What ``fit`` returns."""
+
+    run_dir: Path
+    best_path: Path
+    last_path: Path
+    best_metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = -1
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks the local CUDA device (LOCAL_RANK under torchrun), then CPU."""
+    if name in ("", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    if name == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if name == "cuda":
+        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def _dist() -> tuple[bool, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    if world > 1:
+        return True, torch.distributed.get_rank(), world
+    return False, 0, 1
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by ``fit`` (dict with model, config, epoch, best, ...)."""
+    return torch.load(str(path), map_location=map_location, weights_only=False)
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    if torch.is_tensor(x):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, dict):
+        return {k: _to(v, device) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to(v, device) for v in x)
+    return x
+
+
+def _default_forward(model: nn.Module, batch: Any) -> tuple[Any, Any]:
+    x, y = batch[0], batch[1]
+    return model(x), y
+
+
+def _cat(xs: list[Any]) -> Any:
+    if not xs:
+        return np.zeros((0,))
+    if isinstance(xs[0], dict):
+        return {k: _cat([x[k] for x in xs]) for k in xs[0]}
+    return np.concatenate([np.asarray(x) for x in xs], axis=0)
+
+
+def _numpy(x: Any) -> Any:
+    if torch.is_tensor(x):
+        return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
+    if isinstance(x, dict):
+        return {k: _numpy(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)) and x and torch.is_tensor(x[0]):
+        return type(x)(_numpy(v) for v in x)
+    return x
+
+
+@torch.no_grad()
+def predict_arrays(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    forward_fn: Callable[[nn.Module, Any], tuple[Any, Any]] | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "auto",
+    collate_fn: Callable | None = None,
+) -> tuple[Any, Any]:
+    """Run a model over a dataset; returns (outputs, targets) as numpy arrays (concatenated)."""
+    dev = resolve_device(device) if isinstance(device, str) else device
+    model = model.to(dev).eval()
+    loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, collate_fn=collate_fn)
+    fwd = forward_fn or _default_forward
+    outs, tgts = [], []
+    for batch in loader:
+        o, t = fwd(model, _to(batch, dev))
+        outs.append(_numpy(o))
+        tgts.append(_numpy(t))
+    return _cat(outs), _cat(tgts)
+
+
+class _Loggers:
+    def __init__(self, run_dir: Path, kind: str, cfg: dict[str, Any], enabled: bool) -> None:
+        self.tb = None
+        self.mlflow = None
+        if not enabled or kind == "none":
+            return
+        if kind in ("tensorboard", "auto"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            except Exception:
+                self.tb = None
+        if kind in ("mlflow", "auto") and self.tb is None:
+            try:
+                import mlflow
+
+                mlflow.start_run(run_name=run_dir.name)
+                self.mlflow = mlflow
+            except Exception:
+                self.mlflow = None
+
+    def log(self, row: dict[str, float], step: int) -> None:
+        for k, v in row.items():
+            if not isinstance(v, (int, float)) or k == "epoch":
+                continue
+            if self.tb is not None:
+                self.tb.add_scalar(k, v, step)
+            if self.mlflow is not None:
+                self.mlflow.log_metric(k, float(v), step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.mlflow is not None:
+            self.mlflow.end_run()
+
+
+def fit(
+    model: nn.Module,
+    train_ds: Dataset,
+    val_ds: Dataset | None,
+    *,
+    cfg: dict[str, Any],
+    run_dir: str | Path,
+    app: str,
+    task: str,
+    loss_fn: Callable[[Any, Any], torch.Tensor],
+    metric_fn: Callable[[Any, Any], dict[str, float]] | None = None,
+    forward_fn: Callable[[nn.Module, Any], tuple[Any, Any]] | None = None,
+    collate_fn: Callable | None = None,
+    head: list[str] | None = None,
+    monitor: str = "val_loss",
+    mode: str = "min",
+    extra_state: dict[str, Any] | None = None,
+    sampler_weights: Sequence[float] | None = None,
+) -> FitResult:
+    """Train ``model`` and keep the best checkpoint by a validation metric.
+
+    Args:
+        model: the network (the strategy in ``cfg["train"]`` is applied here).
+        train_ds: training dataset (items go to ``forward_fn`` after default collation).
+        val_ds: validation dataset (never the test split); None = monitor the training loss.
+        cfg: the resolved config; ``cfg["train"]`` holds the keys of ``TRAIN_DEFAULTS``.
+        run_dir: output folder (created; resumed from ``checkpoints/last.pt`` when present).
+        app: app name, written to ``run.json`` (``medtransfer export`` dispatches on it).
+        task: task name, written to ``run.json``.
+        loss_fn: ``loss_fn(outputs, targets) -> scalar tensor``.
+        metric_fn: ``metric_fn(outputs_np, targets_np) -> dict`` on the whole validation set.
+        forward_fn: ``forward_fn(model, batch) -> (outputs, targets)``; default ``model(x), y``.
+        collate_fn: DataLoader collate function.
+        head: head prefixes for the strategy (default ``model.transfer_head``).
+        monitor: metric that picks the best checkpoint (``val_loss`` or a metric_fn key as
+            ``val_<key>``); ``cfg["train"]["monitor"]`` overrides.
+        mode: ``min`` or ``max``; ``cfg["train"]["mode"]`` overrides.
+        extra_state: saved into every checkpoint (label names, preprocessing ...).
+        sampler_weights: per-item weights for a weighted random sampler (class balance).
+
+    Returns:
+        FitResult with the checkpoint paths, the best validation metrics and the history.
+    """
+    tc = {**TRAIN_DEFAULTS, **(cfg.get("train") or {})}
+    monitor = tc.get("monitor") or monitor
+    mode = tc.get("mode") or mode
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    is_dist, rank, world = _dist()
+    main = rank == 0
+    seed_everything(int(tc["seed"]) + rank)
+    device = resolve_device(str(tc["device"]))
+    if main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, run_dir / "config.yaml")
+        run_info = {"app": app, "task": task, "seed": int(tc["seed"]), "monitor": monitor, "mode": mode,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__, "world_size": world}
+        old = run_dir / "run.json"
+        if old.is_file():
+            run_info = {**json.loads(old.read_text()), **run_info, "created": json.loads(old.read_text()).get("created")}
+        (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
+
+    setup_strategy(model, tc, head)
+    model.to(device)
+    groups = param_groups(model, tc, head)
+    if not groups:
+        raise ValueError("no trainable parameters for this strategy")
+    if tc["optimizer"] == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=float(tc["lr"]), momentum=0.9)
+    else:
+        opt = torch.optim.AdamW(groups, lr=float(tc["lr"]))
+    epochs = int(tc["epochs"])
+    warm = int(tc["warmup_epochs"])
+
+    def lr_lambda(ep: int) -> float:
+        if ep < warm:
+            return (ep + 1) / (warm + 1)
+        if tc["scheduler"] == "cosine" and epochs > warm:
+            return 0.5 * (1 + math.cos(math.pi * (ep - warm) / max(1, epochs - warm)))
+        return 1.0
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+    use_amp = bool(tc["amp"]) and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    train_model: nn.Module = model
+    if is_dist:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+
+    bs = int(tc["batch_size"])
+    nw = int(tc["num_workers"])
+    g = torch.Generator().manual_seed(int(tc["seed"]))
+    if is_dist:
+        sampler = torch.utils.data.DistributedSampler(train_ds, shuffle=True, seed=int(tc["seed"]))
+        train_loader = DataLoader(train_ds, batch_size=bs, sampler=sampler, num_workers=nw, collate_fn=collate_fn)
+    elif sampler_weights is not None:
+        ws = torch.as_tensor(list(sampler_weights), dtype=torch.double)
+        sampler = torch.utils.data.WeightedRandomSampler(ws, num_samples=len(ws), replacement=True, generator=g)
+        train_loader = DataLoader(train_ds, batch_size=bs, sampler=sampler, num_workers=nw, collate_fn=collate_fn)
+    else:
+        sampler = None
+        train_loader = DataLoader(train_ds, batch_size=bs, shuffle=True, generator=g, num_workers=nw,
+                                  collate_fn=collate_fn, drop_last=len(train_ds) > bs and len(train_ds) % bs == 1)
+    val_loader = DataLoader(val_ds, batch_size=bs, shuffle=False, num_workers=nw, collate_fn=collate_fn) if val_ds else None
+
+    fwd = forward_fn or _default_forward
+    start_epoch = 0
+    best_val = math.inf if mode == "min" else -math.inf
+    best_metrics: dict[str, float] = {}
+    best_epoch = -1
+    history: list[dict[str, float]] = []
+    bad_epochs = 0
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    if tc["resume"] and last_path.is_file():
+        st = load_checkpoint(last_path)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        start_epoch = int(st["epoch"]) + 1
+        best_val = st["best"]["value"]
+        best_metrics = st["best"].get("metrics", {})
+        best_epoch = st["best"].get("epoch", -1)
+        history = st.get("history", [])
+        bad_epochs = st.get("bad_epochs", 0)
+        if "rng" in st:
+            torch.set_rng_state(st["rng"]["torch"])
+            g.set_state(st["rng"]["loader"])
+
+    loggers = _Loggers(run_dir, str(tc["log"]), cfg, enabled=main)
+    progress = _progress(enabled=main and bool(tc["progress"]))
+    accum = max(1, int(tc["grad_accum"]))
+    stopped = start_epoch >= epochs
+    try:
+        with progress:
+            task_id = progress.add_task(f"{app}/{task}", total=max(0, epochs - start_epoch) * len(train_loader))
+            for epoch in range(start_epoch, epochs):
+                if stopped:
+                    break
+                unfreeze_for_epoch(model, epoch, tc, head)
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(epoch)
+                train_model.train()
+                t0 = time.time()
+                tot, n = 0.0, 0
+                opt.zero_grad(set_to_none=True)
+                for i, batch in enumerate(train_loader):
+                    batch = _to(batch, device)
+                    with torch.autocast(device_type=device.type, enabled=use_amp):
+                        out, tgt = fwd(train_model, batch)
+                        loss = loss_fn(out, tgt)
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}, step {i}")
+                    scaler.scale(loss / accum).backward()
+                    if (i + 1) % accum == 0 or i + 1 == len(train_loader):
+                        if float(tc["max_grad_norm"]) > 0:
+                            scaler.unscale_(opt)
+                            nn.utils.clip_grad_norm_(model.parameters(), float(tc["max_grad_norm"]))
+                        scaler.step(opt)
+                        scaler.update()
+                        opt.zero_grad(set_to_none=True)
+                    bsz = _batch_len(tgt)
+                    tot += float(loss.detach()) * bsz
+                    n += bsz
+                    progress.update(task_id, advance=1, description=f"{app}/{task} ep {epoch + 1}/{epochs} loss {tot / max(n, 1):.4f}")
+                sched.step()
+                row: dict[str, float] = {"epoch": epoch, "train_loss": tot / max(n, 1), "lr": opt.param_groups[0]["lr"],
+                                         "seconds": time.time() - t0}
+                if val_loader is not None and main:
+                    row.update(_validate(model, val_loader, fwd, loss_fn, metric_fn, device, use_amp))
+                key = monitor if monitor in row else ("val_loss" if "val_loss" in row else "train_loss")
+                value = float(row[key])
+                improved = value < best_val if mode == "min" else value > best_val
+                if is_dist:
+                    flag = torch.tensor([1.0 if improved else 0.0], device=device)
+                    torch.distributed.broadcast(flag, 0)
+                    improved = bool(flag.item())
+                history.append(row)
+                if improved:
+                    best_val, best_metrics, best_epoch, bad_epochs = value, dict(row), epoch, 0
+                else:
+                    bad_epochs += 1
+                state = {
+                    "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "epoch": epoch, "config": cfg, "app": app, "task": task, "history": history,
+                    "best": {"value": best_val, "metrics": best_metrics, "epoch": best_epoch, "monitor": key},
+                    "bad_epochs": bad_epochs, "rng": {"torch": torch.get_rng_state(), "loader": g.get_state()},
+                    **(extra_state or {}),
+                }
+                if main:
+                    if improved:
+                        _atomic_save({k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "rng")}, best_path)
+                    _atomic_save(state, last_path)
+                    _write_metrics(run_dir, history)
+                    loggers.log(row, epoch)
+                patience = int(tc["patience"])
+                if patience and bad_epochs >= patience:
+                    stopped = True
+    finally:
+        loggers.close()
+    if main and not best_path.is_file() and last_path.is_file():
+        st = load_checkpoint(last_path)
+        _atomic_save({k: v for k, v in st.items() if k not in ("optimizer", "scheduler", "rng")}, best_path)
+    if main:
+        summary = {"best_epoch": best_epoch, "monitor": monitor, "best": best_metrics, "epochs_run": len(history)}
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    if is_dist:
+        torch.distributed.barrier()
+    return FitResult(run_dir, best_path, last_path, best_metrics, history, best_epoch)
+
+
+def _batch_len(t: Any) -> int:
+    if torch.is_tensor(t):
+        return int(t.shape[0]) if t.ndim else 1
+    if isinstance(t, dict):
+        return _batch_len(next(iter(t.values())))
+    if isinstance(t, (list, tuple)):
+        return len(t)
+    return 1
+
+
+@torch.no_grad()
+def _validate(model, loader, fwd, loss_fn, metric_fn, device, use_amp) -> dict[str, float]:
+    model.eval()
+    tot, n = 0.0, 0
+    outs, tgts = [], []
+    for batch in loader:
+        batch = _to(batch, device)
+        with torch.autocast(device_type=device.type, enabled=use_amp):
+            out, tgt = fwd(model, batch)
+            loss = loss_fn(out, tgt)
+        b = _batch_len(tgt)
+        tot += float(loss) * b
+        n += b
+        outs.append(_numpy(out))
+        tgts.append(_numpy(tgt))
+    row = {"val_loss": tot / max(n, 1)}
+    if metric_fn is not None:
+        for k, v in (metric_fn(_cat(outs), _cat(tgts)) or {}).items():
+            row[f"val_{k}"] = float(v)
+    return row
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, str(tmp))
+    os.replace(tmp, path)
+
+
+def _write_metrics(run_dir: Path, history: list[dict[str, float]]) -> None:
+    keys: list[str] = []
+    for r in history:
+        keys += [k for k in r if k not in keys]
+    with open(run_dir / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in history:
+            w.writerow(r)
+    (run_dir / "metrics.json").write_text(json.dumps(history, indent=2, default=float))
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=False,
+    )

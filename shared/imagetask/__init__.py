@@ -1,0 +1,1 @@
+"""Generic image classification task on the shared core."""

@@ -1,0 +1,182 @@
+"""The generic CSV manifest every app's train / evaluate and ``score`` accept.
+
+Columns: ``path,label[,split,group]`` plus any extra columns an app needs (kept as strings).
+``path`` is relative to the CSV's folder (absolute paths are kept).  ``split`` is one of
+``train``, ``val``, ``test`` (empty = unassigned); ``group`` keeps recordings of one patient
+together when splits are made.  Torch-free.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from medtransfer.shared.utils.errors import InputError
+
+REQUIRED = ("path", "label")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Record:
+    """One manifest row.
+
+    Attributes:
+        path: absolute path of the input file (resolved against the CSV folder).
+        label: label as written (class name, number, or empty for unlabelled inputs).
+        split: train / val / test or "" when unassigned.
+        group: grouping key (patient / subject) or "".
+        extra: any other columns, as strings.
+        rel: the path as written in the CSV.
+    """
+
+    path: Path
+    label: str = ""
+    split: str = ""
+    group: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+    rel: str = ""
+
+    @property
+    def case_id(self) -> str:
+        """Stable identifier of the case (the path as written in the manifest)."""
+        return self.rel or str(self.path)
+
+
+def read_manifest(csv_path: str | Path, require_label: bool = False) -> list[Record]:
+    """Read a manifest CSV.
+
+    Args:
+        csv_path: the CSV file.
+        require_label: raise when a row has an empty label.
+
+    Returns:
+        The records, in file order.
+
+    Raises:
+        InputError: missing file, missing ``path`` column, bad split value.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise InputError(csv_path, "manifest not found")
+    base = csv_path.resolve().parent
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        cols = [c.strip() for c in (reader.fieldnames or [])]
+        if "path" not in cols:
+            raise InputError(csv_path, f"manifest needs a 'path' column (found: {', '.join(cols) or 'none'})")
+        out: list[Record] = []
+        for i, row in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            rel = row.pop("path")
+            if not rel:
+                raise InputError(csv_path, f"line {i}: empty path")
+            label = row.pop("label", "")
+            split = row.pop("split", "").lower()
+            group = row.pop("group", "")
+            if split and split not in SPLITS:
+                raise InputError(csv_path, f"line {i}: split '{split}' is not one of {', '.join(SPLITS)}")
+            if require_label and not label:
+                raise InputError(csv_path, f"line {i}: empty label for {rel}")
+            p = Path(rel)
+            p = p if p.is_absolute() else (base / p)
+            out.append(Record(path=p, label=label, split=split, group=group, extra=row, rel=rel))
+    return out
+
+
+def write_manifest(records: Iterable[Record | dict], csv_path: str | Path, relative: bool = True) -> Path:
+    """Write records as a manifest CSV, paths relative to the CSV folder when possible.
+
+    Args:
+        records: Record objects or dicts with at least ``path``.
+        csv_path: output CSV.
+        relative: write paths relative to the CSV folder.
+
+    Returns:
+        The CSV path.
+    """
+    csv_path = Path(csv_path)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    base = csv_path.resolve().parent
+    rows: list[dict[str, str]] = []
+    extra_cols: list[str] = []
+    for r in records:
+        if isinstance(r, Record):
+            d = {"path": str(r.path), "label": r.label, "split": r.split, "group": r.group, **r.extra}
+        else:
+            d = {k: ("" if v is None else str(v)) for k, v in r.items()}
+        p = Path(d["path"])
+        if relative and p.is_absolute():
+            try:
+                d["path"] = str(p.resolve().relative_to(base))
+            except ValueError:
+                import os
+
+                d["path"] = os.path.relpath(p.resolve(), base)
+        for k in d:
+            if k not in ("path", "label", "split", "group") and k not in extra_cols:
+                extra_cols.append(k)
+        rows.append(d)
+    cols = ["path", "label", "split", "group", *extra_cols]
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for d in rows:
+            w.writerow({c: d.get(c, "") for c in cols})
+    return csv_path
+
+
+def _bucket(key: str, seed: int) -> float:
+    h = hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
+    return int(h[:12], 16) / float(1 << 48)
+
+
+def assign_splits(
+    records: Sequence[Record],
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    stratify: bool = True,
+) -> list[Record]:
+    """Give records without a split one, deterministically, keeping groups together.
+
+    Records that already carry a split keep it.  Groups (or single records without a group)
+    are hashed with the seed, then cut per label (stratified) into train / val / test.
+
+    Args:
+        records: the records.
+        val_fraction: fraction of groups for validation.
+        test_fraction: fraction of groups for test.
+        seed: split seed.
+        stratify: cut each label's groups separately.
+
+    Returns:
+        The same records, with ``split`` filled in.
+    """
+    todo = [r for r in records if not r.split]
+    units: dict[str, list[Record]] = {}
+    for r in todo:
+        units.setdefault(r.group or r.case_id, []).append(r)
+    strata: dict[str, list[str]] = {}
+    for key, rs in units.items():
+        strata.setdefault(rs[0].label if stratify else "", []).append(key)
+    for keys in strata.values():
+        keys.sort(key=lambda k: _bucket(k, seed))
+        n = len(keys)
+        n_test = int(round(n * test_fraction))
+        n_val = int(round(n * val_fraction))
+        if n >= 3:
+            n_test = max(n_test, 1 if test_fraction > 0 else 0)
+            n_val = max(n_val, 1 if val_fraction > 0 else 0)
+        for i, k in enumerate(keys):
+            split = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+            for r in units[k]:
+                r.split = split
+    return list(records)
+
+
+def by_split(records: Sequence[Record], split: str) -> list[Record]:
+    """Records of one split."""
+    return [r for r in records if r.split == split]

@@ -1,0 +1,1 @@
+"""Torch-free runtime: bundles, predictors, batch scoring.  Must never import torch."""

@@ -1,0 +1,71 @@
+"""The torch-free predictor interface each app implements for ``predict`` and ``score``.
+
+A predictor is built from a verified :class:`Bundle` and answers one input file at a time with
+a JSON-serialisable dict.  Bad input raises :class:`InputError` (one line naming the file); the
+caller turns that into an error line or an error row.  Torch-free.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtransfer.shared.runtime.bundle import Bundle
+
+
+class Predictor:
+    """Base class: subclasses implement :meth:`predict`.
+
+    Args:
+        bundle: the verified bundle.
+        options: predictor options from the CLI (``--opt key=value``), e.g. output folders.
+    """
+
+    #: suffixes this predictor accepts when ``score --input-dir`` walks a folder
+    suffixes: tuple[str, ...] = ()
+
+    def __init__(self, bundle: Bundle, **options: Any) -> None:
+        self.bundle = bundle
+        self.options = options
+
+    def predict(self, path: Path, **case: Any) -> dict[str, Any]:
+        """Answer one input.
+
+        Args:
+            path: the input file (or folder, for frame folders / cases).
+            case: extra manifest columns for this case (e.g. a prompt).
+
+        Returns:
+            A flat-ish JSON-serialisable dict (nested values are JSON-encoded in CSV rows).
+        """
+        raise NotImplementedError
+
+    def list_inputs(self, folder: Path) -> list[Path]:
+        """Inputs found in a folder for ``score --input-dir`` (sorted, recursive)."""
+        sfx = tuple(s.lower() for s in self.suffixes)
+        return sorted(p for p in folder.rglob("*") if p.is_file() and (not sfx or p.suffix.lower() in sfx))
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Numerically stable softmax (numpy)."""
+    z = x - np.max(x, axis=axis, keepdims=True)
+    e = np.exp(z)
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function (numpy)."""
+    return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
+
+
+def build_predictor(bundle: Bundle, **options: Any) -> Predictor:
+    """The app's predictor for this bundle (found through the app's plugin spec)."""
+    from medtransfer.shared.plugins import get_app, load_object
+    from medtransfer.shared.utils.errors import BundleError
+
+    spec = get_app(bundle.app)
+    if not spec.predictor:
+        raise BundleError(f"{bundle.path}: app '{bundle.app}' has no predictor")
+    cls = load_object(spec.predictor)
+    return cls(bundle, **options)

@@ -1,0 +1,28 @@
+"""Reproducibility: one call seeds python, numpy and (if imported) torch."""
+from __future__ import annotations
+
+import os
+import random
+import sys
+
+import numpy as np
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed every RNG the suite uses.
+
+    Args:
+        seed: the seed.
+        deterministic: also ask torch for deterministic kernels.
+    """
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    if "torch" in sys.modules:
+        import torch
+
+        torch.manual_seed(seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(seed)
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
