@@ -60,6 +60,11 @@ def _check_type(key: str, default: Any, value: Any) -> Any:
             raise ConfigError(f"config key '{key}' must be true/false, got {value!r}")
         return value
     if isinstance(default, (int, float)) and not isinstance(default, bool):
+        if isinstance(value, str):
+            try:  # YAML 1.1 reads "1e-4" as a string
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
         return float(value) if isinstance(default, float) else value

@@ -1,0 +1,146 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit, load_checkpoint
+from medtransfer.shared.finetune.strategies import param_groups, setup_strategy, stages
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Linear(4, 16)
+        self.body = nn.Sequential(nn.ReLU(), nn.Linear(16, 16), nn.ReLU())
+        self.head = nn.Linear(16, 2)
+        self.transfer_head = ["head"]
+
+    def forward(self, x):
+        return self.head(self.body(self.stem(x)))
+
+
+def data(n=128, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    return TensorDataset(x, y)
+
+
+def acc(out, y):
+    return {"accuracy": float((out.argmax(1) == y).mean())}
+
+
+def cfg(**train):
+    return {"train": {**TRAIN_DEFAULTS, "batch_size": 16, "lr": 0.01, "progress": False, **train}}
+
+
+def test_fit_learns_and_writes_run(tmp_path):
+    res = fit(Net(), data(), data(64, 1), cfg=cfg(epochs=6, patience=0), run_dir=tmp_path, app="t", task="cls",
+              loss_fn=nn.functional.cross_entropy, metric_fn=acc, monitor="val_accuracy", mode="max")
+    assert res.best_metrics["val_accuracy"] > 0.85
+    for f in ("run.json", "config.yaml", "metrics.csv", "metrics.json", "checkpoints/best.pt", "checkpoints/last.pt"):
+        assert (tmp_path / f).is_file(), f
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["epochs"] == 6
+    assert json.loads((tmp_path / "run.json").read_text())["app"] == "t"
+    assert len(json.loads((tmp_path / "metrics.json").read_text())) == 6
+    assert load_checkpoint(res.best_path)["best"]["epoch"] == res.best_epoch
+
+
+def test_resume_continues_where_it_stopped(tmp_path):
+    def net():
+        torch.manual_seed(0)
+        return Net()
+
+    full = fit(net(), data(), data(64, 1), cfg=cfg(epochs=4, patience=0), run_dir=tmp_path / "a", app="t",
+               task="c", loss_fn=nn.functional.cross_entropy)
+    calls = {"n": 0}
+
+    def dying_loss(out, y):  # killed during epoch 3 (8 train + 4 val calls per epoch)
+        calls["n"] += 1
+        if calls["n"] > 2 * 12 + 3:
+            raise KeyboardInterrupt
+        return nn.functional.cross_entropy(out, y)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(net(), data(), data(64, 1), cfg=cfg(epochs=4, patience=0), run_dir=tmp_path / "b", app="t", task="c",
+            loss_fn=dying_loss)
+    assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["epoch"] == 1
+    resumed = fit(net(), data(), data(64, 1), cfg=cfg(epochs=4, patience=0), run_dir=tmp_path / "b", app="t",
+                  task="c", loss_fn=nn.functional.cross_entropy)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
+    np.testing.assert_allclose([h["train_loss"] for h in resumed.history], [h["train_loss"] for h in full.history],
+                               rtol=1e-5)
+
+
+def test_early_stopping(tmp_path):
+    res = fit(Net(), data(), data(64, 1), cfg=cfg(epochs=30, patience=2, lr=0.0), run_dir=tmp_path, app="t",
+              task="c", loss_fn=nn.functional.cross_entropy)
+    assert len(res.history) <= 3  # lr=0: no improvement after the first epoch
+
+
+def test_linear_probe_trains_only_head(tmp_path):
+    m = Net()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    fit(m, data(), None, cfg=cfg(epochs=1, strategy="linear_probe"), run_dir=tmp_path, app="t", task="c",
+        loss_fn=nn.functional.cross_entropy)
+    after = m.state_dict()
+    assert torch.equal(before["stem.weight"], after["stem.weight"])
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+
+
+def test_llrd_and_gradual_unfreeze_groups():
+    m = Net()
+    tc = {**TRAIN_DEFAULTS, "strategy": "llrd", "lr": 1.0, "llrd_decay": 0.5}
+    setup_strategy(m, tc)
+    lrs = {id(p): g["lr"] for g in param_groups(m, tc) for p in g["params"]}
+    assert lrs[id(m.head.weight)] == 1.0 and lrs[id(m.body[1].weight)] == 0.5 and lrs[id(m.stem.weight)] == 0.25
+    assert [len(s) for s in stages(m)] == [2, 2]
+    m2 = Net()
+    tc2 = {**TRAIN_DEFAULTS, "strategy": "gradual_unfreeze", "unfreeze_every": 1}
+    setup_strategy(m2, tc2)
+    from medtransfer.shared.finetune.strategies import unfreeze_for_epoch
+
+    assert not m2.body[1].weight.requires_grad
+    unfreeze_for_epoch(m2, 1, tc2)
+    assert m2.body[1].weight.requires_grad and not m2.stem.weight.requires_grad
+    unfreeze_for_epoch(m2, 2, tc2)
+    assert m2.stem.weight.requires_grad
+
+
+def test_lora_strategy_freezes_base(tmp_path):
+    m = Net()
+    fit(m, data(), None, cfg=cfg(epochs=1, strategy="lora", peft={"targets": ["body.1"], "r": 2}), run_dir=tmp_path,
+        app="t", task="c", loss_fn=nn.functional.cross_entropy)
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable == {"body.1.lora_a.weight", "body.1.lora_b.weight", "head.weight", "head.bias"}
+
+
+@pytest.mark.slow
+def test_runs_under_torchrun_ddp_gloo(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch
+        from torch.utils.data import TensorDataset
+        from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit
+        torch.manual_seed(0)
+        x = torch.randn(64, 4); y = (x[:, 0] > 0).long()
+        net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        cfg = {{"train": {{**TRAIN_DEFAULTS, "epochs": 2, "batch_size": 8, "progress": False}}}}
+        fit(net, TensorDataset(x, y), TensorDataset(x, y), cfg=cfg, run_dir=r"{tmp_path / 'run'}", app="t", task="c",
+            loss_fn=torch.nn.functional.cross_entropy)
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                        str(script)], capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["world_size"] == 2
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
