@@ -1,0 +1,76 @@
+"""Export a cardiac run to ONE bundle: ``model.onnx`` with outputs ``view_logits`` and ``grade``.
+
+Choice: a single two-head graph (shared encoder).  Exported from the stage-2 run when it trained
+the view head too (``grade.view_weight`` > 0), so both outputs come from one forward pass; a
+stage-1 run exports too (its ``grade`` output is then untrained and marked so in the metadata).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medtransfer.shared.utils.errors import MedTransferError
+from medtransfer.apps.cardiac.model import build_model
+from medtransfer.apps.cardiac.synthetic import VIEWS
+
+
+def load_run_model(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
+    """(model in eval mode, config, run.json) from a run's best checkpoint."""
+    run_dir = Path(run_dir)
+    ck = run_dir / "checkpoints" / "best.pt"
+    if not ck.is_file():
+        raise MedTransferError(f"{run_dir}: no checkpoints/best.pt (not a finished cardiac run)")
+    st = torch.load(ck, map_location="cpu", weights_only=False)
+    cfg = st["config"]
+    model = build_model(cfg)
+    model.load_state_dict(st["model"])
+    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    return model.eval(), cfg, info
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None) -> Path:
+    """Write the bundle.
+
+    Args:
+        run_dir: a stage-1 (view) or stage-2 (grade) run.
+        out_dir: bundle folder.
+        quantize: ``int8`` also writes ``model_int8.onnx`` (dynamic quantisation).
+
+    Returns:
+        The bundle folder.
+    """
+    from medtransfer.shared.export import export_onnx, quantize_int8, write_bundle
+
+    model, cfg, info = load_run_model(run_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    params = dict(cfg["preprocessing"])
+    s = int(params["size"])
+    ex = (torch.randn(2, int(params["channels"]), s, s),)
+    parity = export_onnx(model, ex, out / "model.onnx", ["image"], ["view_logits", "grade"],
+                         dynamic={"image": {0: "batch"}}, parity_args=[(torch.randn(3, int(params["channels"]), s, s),)])
+    files = [out / "model.onnx"]
+    if quantize == "int8":
+        quantize_int8(out / "model.onnx", out / "model_int8.onnx")
+        files.append(out / "model_int8.onnx")
+    stage = info.get("stage", "view")
+    grade_ok = stage == "grade"
+    view_ok = stage == "view" or float(cfg.get("grade", {}).get("view_weight", 0) or 0) > 0
+    write_bundle(
+        out, name="cardiac-view-grade", app="cardiac", task="view+grade", files=files,
+        inputs={"image": {"shape": [-1, int(params["channels"]), s, s], "dtype": "float32",
+                          "description": "sector-cropped gray echo frame, normalised, replicated to channels"}},
+        outputs={"view_logits": {"shape": [-1, len(VIEWS)], "labels": list(VIEWS), "trained": view_ok},
+                 "grade": {"shape": [-1], "range": [0, 10], "trained": grade_ok}},
+        preprocessing=params, labels=list(VIEWS),
+        metrics={"val": info.get("val", {}), "test": info.get("test", {}), "parity": parity},
+        data_card="data_cards/cactus.md",
+        description="Echo view classification (CACTUS 6 classes) and image-quality grade 0-10 from one "
+                    f"{cfg['model']['backbone']} encoder; stage-2 encoder initialised from the view model.",
+        extra={"ood": info.get("ood", {}), "stage": stage, "init": info.get("init", ""),
+               "unreliable_rule": "view == Random OR max softmax < ood.msp_threshold OR sector not found"},
+    )
+    return out

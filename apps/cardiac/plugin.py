@@ -1,0 +1,15 @@
+"""The cardiac app's spec (torch-free; imports nothing heavy)."""
+from medtransfer.shared.plugins import AppSpec
+
+SPEC = AppSpec(
+    name="cardiac",
+    help="Echo view classification then quality grading by transfer (CACTUS).",
+    cli="medtransfer.apps.cardiac.cli:app",
+    predictor="medtransfer.apps.cardiac.predict:CardiacPredictor",
+    exporter="medtransfer.apps.cardiac.export:export_run",
+    demo="medtransfer.apps.cardiac.demo:demo",
+    bench="medtransfer.apps.cardiac.bench:bench",
+    importers={"cactus": "medtransfer.apps.cardiac.data:import_cactus",
+               "echo_folder": "medtransfer.apps.cardiac.data:import_folder"},
+    data_cards=("cactus.md",),
+)

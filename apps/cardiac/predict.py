@@ -1,0 +1,101 @@
+"""Torch-free cardiac predictor: per-frame and aggregated view + grade, with an 'unreliable' flag.
+
+A frame is unreliable when its view is ``Random``, its max softmax is below the threshold
+calibrated on validation (``metadata.ood.msp_threshold``), or no fan-shaped sector was found.
+A cine is aggregated by averaging frame probabilities and grades over its reliable frames (all
+frames when none is reliable); the cine is unreliable when most of its frames are.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtransfer.shared.runtime.bundle import Bundle
+from medtransfer.shared.runtime.predictor import Predictor, softmax
+from medtransfer.apps.cardiac.io import ALL_SUFFIXES, read_frames
+from medtransfer.apps.cardiac.preprocess import contact_sheet, crop_sector, normalise
+
+
+def _truthy(v: Any) -> bool:
+    return str(v).lower() in ("1", "true", "yes", "on")
+
+
+class CardiacPredictor(Predictor):
+    """Answers one echo file (image, DICOM, GIF/AVI/MP4).
+
+    Options (``--opt``): ``max_frames`` (default 32), ``batch`` (default 16), ``contact_sheet``
+    (write the crops used as ``<out_dir>/<stem>_crops.png``; also on with ``--plot``),
+    ``msp_threshold`` (override the calibrated threshold), ``model`` (``model.onnx`` default).
+    """
+
+    suffixes = ALL_SUFFIXES
+
+    def __init__(self, bundle: Bundle, **options: Any) -> None:
+        super().__init__(bundle, **options)
+        self.params = bundle.preprocessing
+        self.labels = bundle.labels
+        ood = dict(bundle.meta.get("ood") or {})
+        self.msp_threshold = float(options.get("msp_threshold", ood.get("msp_threshold", 0.5)))
+        self.max_frames = int(options.get("max_frames", 32))
+        self.batch = int(options.get("batch", 16))
+        self.model_file = str(options.get("model", "model.onnx"))
+
+    def run_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(view logits, grades) for a float32 batch, in chunks of ``batch``."""
+        logits, grades = [], []
+        for i in range(0, len(x), self.batch):
+            out = self.bundle.run({"image": x[i : i + self.batch]}, name=self.model_file)
+            logits.append(out["view_logits"])
+            grades.append(out["grade"].reshape(-1))
+        return np.concatenate(logits), np.concatenate(grades)
+
+    def predict(self, path: Path, **case: Any) -> dict[str, Any]:
+        """Per-frame and aggregated results for one file."""
+        path = Path(path)
+        frames, info = read_frames(path, max_frames=self.max_frames)
+        crops, sectors = [], []
+        for fr in frames:
+            c, s = crop_sector(fr, self.params)
+            crops.append(c)
+            sectors.append(s)
+        logits, grades = self.run_batch(normalise(crops, self.params))
+        probs = softmax(logits.astype(np.float64), axis=1)
+        per_frame = []
+        for k in range(len(frames)):
+            vi = int(probs[k].argmax())
+            reasons = []
+            if self.labels[vi] == "Random":
+                reasons.append("Random view")
+            if probs[k, vi] < self.msp_threshold:
+                reasons.append(f"low confidence {probs[k, vi]:.2f} < {self.msp_threshold:.2f}")
+            if not sectors[k]["found"]:
+                reasons.append("no ultrasound sector: " + sectors[k]["reason"])
+            per_frame.append({"frame": k, "view": self.labels[vi], "view_prob": round(float(probs[k, vi]), 4),
+                              "grade": round(float(grades[k]), 3), "unreliable": bool(reasons), "reasons": reasons})
+        ok = np.array([not f["unreliable"] for f in per_frame])
+        use = ok if ok.any() else np.ones(len(per_frame), bool)
+        mp = probs[use].mean(0)
+        vi = int(mp.argmax())
+        n_unrel = int((~ok).sum())
+        reasons = sorted({r.split(":")[0].split(" 0")[0] for f in per_frame for r in f["reasons"]})
+        res: dict[str, Any] = {
+            "file": path.name, "kind": info.get("kind"), "n_frames": len(frames),
+            "view": self.labels[vi], "view_prob": round(float(mp[vi]), 4),
+            "probs": {lab: round(float(p), 4) for lab, p in zip(self.labels, mp)},
+            "grade": round(float(np.mean(grades[use])), 3),
+            "unreliable": bool(n_unrel * 2 > len(per_frame) or self.labels[vi] == "Random"),
+            "unreliable_frames": n_unrel, "reasons": reasons,
+            "sector": {k: v for k, v in sectors[0].items()},
+            **self.bundle.provenance(),
+        }
+        if len(frames) > 1:
+            res["frames"] = per_frame
+        if _truthy(self.options.get("contact_sheet", False)) or _truthy(self.options.get("plot", False)):
+            out_dir = Path(self.options.get("out_dir") or ".")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            titles = [f"#{f['frame']} {f['view']} {f['view_prob']:.2f} g{f['grade']:.1f}{' !' if f['unreliable'] else ''}"
+                      for f in per_frame]
+            res["contact_sheet"] = str(contact_sheet(crops, titles, out_dir / f"{path.stem}_crops.png"))
+        return res
