@@ -160,9 +160,9 @@ def demo(out_dir: str | Path, fast: bool = True) -> dict[str, Any]:
     from medtransfer.shared.runtime import score as sc
 
     out_dir = Path(out_dir)
-    root = make_shapes(out_dir / "data" / "shapes", n_per_class=40 if fast else 150)
+    root = make_shapes(out_dir / "data" / "shapes", n_per_class=150 if fast else 400)
     man = import_image_folder(root, out_dir / "data" / "shapes.csv")
-    best = train(man, out_dir / "run", overrides=[f"train.epochs={4 if fast else 10}", "train.progress=false"])
+    best = train(man, out_dir / "run", overrides=[f"train.epochs={8 if fast else 20}", "train.progress=false"])
     test = evaluate(out_dir / "run", man)
     bundle = export_run(out_dir / "run", out_dir / "bundle")
     summary = sc.score(bundle, sc.cases_from_manifest(man), out_dir / "scores.csv", progress=False)
