@@ -107,7 +107,8 @@ def run_bench(bundle: Path | None = None, app: str | None = None, workers: int =
     tmp = tempfile.TemporaryDirectory()
     if bundle is None:
         from medtransfer.shared.imagetask.data import make_shapes
-        from medtransfer.shared.imagetask.task import export_run, import_image_folder, train
+        from medtransfer.shared.imagetask.data import import_image_folder
+        from medtransfer.shared.imagetask.task import export_run, train
 
         work = Path(tmp.name)
         root = make_shapes(work / "shapes", n_per_class=30)
