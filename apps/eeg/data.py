@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from medtransfer.apps.eeg.io import (
-    DATA_DEFAULTS, SUFFIXES, header_info, pp_config, pp_hash, preprocess_recording, window_samples,
+    DATA_DEFAULTS, SUFFIXES, header_info, pp_config, pp_hash, preprocess_recording,
 )
 from medtransfer.shared.manifest import Record, assign_splits, read_manifest, write_manifest
 from medtransfer.shared.utils.errors import InputError
@@ -359,6 +359,10 @@ def build_cache(
                     advance()
             else:
                 import multiprocessing as mp
+
+                from medtransfer.apps.eeg.io import warm_imports
+
+                warm_imports()  # imported once here, inherited by forked workers
 
                 ctx = mp.get_context("fork" if "torch" not in sys.modules else "forkserver")
                 with ProcessPoolExecutor(max_workers=min(n_workers, len(jobs)), mp_context=ctx) as ex:

@@ -35,6 +35,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "clip_uv": 800.0,  # 0 = no clipping
     "car": True,
     "fill_missing": False,  # zero-fill missing channels instead of refusing the recording
+    "resample": "auto",  # auto (polyphase when the rate ratio is a small fraction, else FFT) | poly | fft (MNE's)
     "min_sfreq": 0.0,  # refuse recordings sampled below this (0 = the target sfreq)
     "cache_dir": "",  # "" = <manifest folder>/.eeg_cache
     "workers": 2,
@@ -46,7 +47,7 @@ DATA_DEFAULTS: dict[str, Any] = {
 
 #: keys that change the windows (the cache key)
 PREPROCESS_KEYS = ("channels", "sfreq", "window_seconds", "crop_start_s", "crop_max_s", "scale",
-                   "clip_uv", "car", "fill_missing", "min_sfreq")
+                   "clip_uv", "car", "fill_missing", "min_sfreq", "resample")
 PREPROCESS_VERSION = 1
 
 _RENAME_1010 = {"T7": "T3", "T8": "T4", "P7": "T5", "P8": "T6"}
@@ -105,6 +106,9 @@ def pp_config(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise InputError("config", "data.channels is empty")
     if out["car"] and len(out["channels"]) < 2:
         raise InputError("config", "common average reference needs 2+ channels (set data.car=false for one channel)")
+    out["resample"] = str(out["resample"])
+    if out["resample"] not in ("auto", "poly", "fft"):
+        raise InputError("config", f"data.resample must be auto, poly or fft (got '{out['resample']}')")
     if out["sfreq"] <= 0 or out["window_seconds"] <= 0:
         raise InputError("config", "data.sfreq and data.window_seconds must be positive")
     return out
@@ -166,6 +170,8 @@ def _check_edf_size(path: Path) -> None:
             raise InputError(path, "not an EDF/BDF file (header fields unreadable)") from None
         if ns <= 0:
             raise InputError(path, "no signal channels in the file (annotations only?)")
+        if size < 256 + ns * 256:
+            raise InputError(path, f"truncated file: {size} bytes, shorter than its {256 + ns * 256}-byte header")
         f.seek(256 + ns * 216)
         raw_spr = f.read(ns * 8)
     try:
@@ -245,8 +251,6 @@ def preprocess_recording(path: str | Path, pp: Mapping[str, Any]) -> tuple[np.nd
     Raises:
         InputError: unreadable file, missing channels, too low a rate, too short, NaN, flat channels.
     """
-    from mne.filter import resample
-
     pp = pp_config(pp)
     path = Path(path)
     raw = read_raw(path)
@@ -274,7 +278,7 @@ def preprocess_recording(path: str | Path, pp: Mapping[str, Any]) -> tuple[np.nd
     if float(pp["clip_uv"]) > 0:
         np.clip(x, -float(pp["clip_uv"]), float(pp["clip_uv"]), out=x)
     if abs(sf - float(pp["sfreq"])) > 1e-6:
-        x = resample(x, up=float(pp["sfreq"]), down=sf, npad="auto", verbose="error")
+        x = resample_signal(x, sf, float(pp["sfreq"]), pp["resample"])
     if missing:  # only reached with fill_missing: zero rows for missing channels, in config order
         full = np.zeros((len(pp["channels"]), x.shape[1]), dtype=x.dtype)
         rows = iter(x)
@@ -292,3 +296,41 @@ def preprocess_recording(path: str | Path, pp: Mapping[str, Any]) -> tuple[np.nd
     win = x[:, : n * w].reshape(x.shape[0], n, w).transpose(1, 0, 2).astype(np.float32)
     info = {"orig_sfreq": sf, "duration_s": round(raw.n_times / sf, 3), "mapped": mapping, "filled": missing}
     return np.ascontiguousarray(win), info
+
+
+def resample_signal(x: np.ndarray, sf_in: float, sf_out: float, method: str = "auto") -> np.ndarray:
+    """Resample channels x samples from ``sf_in`` to ``sf_out``.
+
+    ``poly``: MNE's polyphase method (scipy's Kaiser-windowed FIR anti-aliasing), used by ``auto`` when
+    the rate ratio reduces to a fraction with terms <= 64 (250->100 is 2/5, 200->100 is 1/2);
+    ``fft``: MNE's FFT resampling (what ``raw.resample`` / braindecode do), used otherwise.
+
+    Args:
+        x: channels x samples.
+        sf_in: input rate.
+        sf_out: output rate.
+        method: ``auto``, ``poly`` or ``fft``.
+
+    Returns:
+        The resampled array (float64).
+    """
+    from fractions import Fraction
+
+    frac = Fraction(sf_out / sf_in).limit_denominator(1000)
+    exact = abs(float(frac) - sf_out / sf_in) < 1e-9
+    small = frac.numerator <= 64 and frac.denominator <= 64
+    from mne.filter import resample
+
+    if method == "poly" or (method == "auto" and exact and small):
+        return resample(x, up=frac.numerator, down=frac.denominator, method="polyphase", verbose="error")
+    return resample(x, up=sf_out, down=sf_in, npad="auto", verbose="error")
+
+
+def warm_imports() -> None:
+    """Import the lazily loaded readers / filters once (before forking workers or timing)."""
+    import mne.filter  # noqa: F401
+    import mne.io  # noqa: F401
+    import scipy.signal  # noqa: F401
+
+    for method in ("poly", "fft"):  # first calls build filters / FFT plans lazily
+        resample_signal(np.zeros((1, 500)), 250.0, 100.0, method)

@@ -272,3 +272,33 @@ def write_bonn_edfs(
         rows.append({"path": p, "label": "normal" if s in ("Z", "O") else "abnormal", "group": str(sid),
                      "bonn_set": s})
     return rows
+
+
+def write_brainvision(path: Path, data_uv: np.ndarray, sfreq: float, labels: Sequence[str]) -> Path:
+    """Write a minimal BrainVision triplet (``.vhdr``/``.vmrk``/``.eeg``, float32 multiplexed, uV).
+
+    Used for fixtures of the generic importer (NaN samples can only be stored in float formats).
+
+    Args:
+        path: the ``.vhdr`` file to write.
+        data_uv: channels x samples in microvolts (NaN allowed).
+        sfreq: sampling rate.
+        labels: channel names.
+
+    Returns:
+        The ``.vhdr`` path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stem = path.stem
+    chans = "\n".join(f"Ch{i + 1}={lab},,1,µV" for i, lab in enumerate(labels))
+    path.write_text(
+        "Brain Vision Data Exchange Header File Version 1.0\n[Common Infos]\nCodepage=UTF-8\n"
+        f"DataFile={stem}.eeg\nMarkerFile={stem}.vmrk\nDataFormat=BINARY\nDataOrientation=MULTIPLEXED\n"
+        f"NumberOfChannels={len(labels)}\nSamplingInterval={1e6 / sfreq:g}\n[Binary Infos]\n"
+        f"BinaryFormat=IEEE_FLOAT_32\n[Channel Infos]\n{chans}\n", encoding="utf-8")
+    path.with_suffix(".vmrk").write_text(
+        "Brain Vision Data Exchange Marker File, Version 1.0\n[Common Infos]\nCodepage=UTF-8\n"
+        f"DataFile={stem}.eeg\n[Marker Infos]\n", encoding="utf-8")
+    np.asarray(data_uv, dtype="<f4").T.tofile(path.with_suffix(".eeg"))
+    return path

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from medtransfer.apps.eeg.data import (
-    LABELS, WindowDataset, aggregate, cache_root, data_cfg, load_split, recording_metrics,
+    LABELS, WindowDataset, aggregate, cache_root, load_split, recording_metrics,
 )
 from medtransfer.apps.eeg.io import DATA_DEFAULTS, pp_config, window_samples
 from medtransfer.shared.utils.errors import InputError, MedTransferError
@@ -47,6 +47,11 @@ def resolve(recipe: str | Path | None = None, overrides: Iterable[str] | Mapping
 
 def build_model(cfg: Mapping[str, Any]):
     """The braindecode network of a config, from the shared registry."""
+    import warnings
+
+    with warnings.catch_warnings():  # braindecode's import-time deprecation noise (MNE montage names)
+        warnings.simplefilter("ignore")
+        import braindecode.models  # noqa: F401
     from medtransfer.shared.registry import create_model
 
     pp = pp_config(cfg["data"])
@@ -136,9 +141,12 @@ def train(
                  "n_train_windows": len(train_ds), "preprocess_errors": errors,
                  "cache": str(cache_root(cfg["data"], manifest))})
     (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
-    val = {}
+    val: dict[str, Any] = {}
     if splits["val"]:
-        val = evaluate(run_dir, manifest, split="val", progress=False, write=False)
+        val = evaluate(run_dir, manifest, split="val", progress=False, write=False, threshold=0.5)
+        info["threshold"] = val["best_threshold"]
+        info["threshold_source"] = "validation split (max recording-level balanced accuracy)"
+        (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
     return {"run_dir": str(run_dir), "best_epoch": res.best_epoch, "val": val, "init": init_report,
             "errors": errors}
 
@@ -172,7 +180,7 @@ def evaluate(
     split: str = "test",
     progress: bool = True,
     write: bool = True,
-    threshold: float = 0.5,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Recording-level metrics of a run on one split of a manifest (window probabilities averaged).
 
@@ -182,13 +190,17 @@ def evaluate(
         split: ``test`` (default), ``val`` or ``train``; ``all`` = every row.
         progress: progress bar while preprocessing.
         write: save ``eval_<manifest>_<split>.json`` and per-recording CSV in the run folder.
-        threshold: abnormal-probability threshold.
+        threshold: abnormal-probability threshold (default: the run's, chosen on its validation split).
 
     Returns:
         dict with ``balanced_accuracy``, ``auroc``, ``accuracy``, ``sensitivity``, ``specificity``,
         ``n_recordings``, ``n_windows``, ``errors``.
     """
     model, cfg = load_run(run_dir)
+    if threshold is None:
+        info_path = Path(run_dir) / "run.json"
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        threshold = float(info.get("threshold", 0.5))
     manifest = Path(manifest)
     dcfg = dict(cfg["data"])
     splits = ["train", "val", "test"] if split == "all" else [split]
@@ -202,7 +214,7 @@ def evaluate(
     y = np.array([LABELS.index(recs[i].label) for i in ids])
     m = recording_metrics(y, prob, threshold)
     m.update(n_windows=len(ds), window_balanced_accuracy=recording_metrics(ds.targets, p, threshold)["balanced_accuracy"],
-             errors=errors, split=split)
+             errors=errors, split=split, threshold=threshold, best_threshold=best_threshold(y, prob))
     if write:
         run_dir = Path(run_dir)
         tag = f"{manifest.stem}_{split}"
@@ -212,3 +224,21 @@ def evaluate(
             for i, pr in zip(ids, prob):
                 f.write(f"{recs[i].case_id},{recs[i].label},{pr:.6f},{int((ds.recording_ids() == i).sum())}\n")
     return m
+
+
+def best_threshold(y: np.ndarray, prob: np.ndarray) -> float:
+    """The threshold maximising balanced accuracy (midpoints between sorted scores; ties -> nearest 0.5).
+
+    Used on the validation split only; 0.5 when it holds a single class.
+    """
+    y = np.asarray(y).astype(int)
+    if len(np.unique(y)) < 2:
+        return 0.5
+    s = np.unique(np.asarray(prob, dtype=float))
+    cands = np.concatenate([[0.5], (s[:-1] + s[1:]) / 2]) if len(s) > 1 else np.array([0.5])
+    best, best_t = -1.0, 0.5
+    for t in sorted(cands, key=lambda c: abs(c - 0.5)):
+        ba = recording_metrics(y, prob, float(t))["balanced_accuracy"]
+        if ba > best + 1e-12:
+            best, best_t = ba, float(t)
+    return round(best_t, 6)

@@ -1,0 +1,222 @@
+"""``medtransfer eeg ...``: synth, preprocess, train, evaluate, transfer, bonn.
+
+Torch-free at import: heavy modules are imported inside the commands.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from medtransfer.shared.utils.errors import MedTransferError
+
+app = typer.Typer(help="EEG normal/abnormal: TUAB/NMT import, paper preprocessing, transfer, ONNX.",
+                  no_args_is_help=True, add_completion=False)
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {' '.join(str(msg).split())}", err=True)
+    raise typer.Exit(2)
+
+
+def _data_overrides(channels: Optional[str], sfreq: Optional[float], window_seconds: Optional[float],
+                    crop_start: Optional[float], crop_max: Optional[float], car: Optional[bool],
+                    fill_missing: Optional[bool], cache_dir: Optional[Path], workers: Optional[int]) -> dict:
+    d: dict = {}
+    if channels:
+        d["channels"] = [c.strip() for c in channels.split(",") if c.strip()]
+    for k, v in (("sfreq", sfreq), ("window_seconds", window_seconds), ("crop_start_s", crop_start),
+                 ("crop_max_s", crop_max)):
+        if v is not None:
+            d[k] = float(v)
+    if car is not None:
+        d["car"] = car
+    if fill_missing is not None:
+        d["fill_missing"] = fill_missing
+    if cache_dir is not None:
+        d["cache_dir"] = str(cache_dir)
+    if workers is not None:
+        d["workers"] = workers
+    return d
+
+
+_CH = typer.Option(None, "--channels", help="comma-separated channel list (default: the paper's 21)")
+_SF = typer.Option(None, "--sfreq", help="target sampling rate in Hz (default 100)")
+_WS = typer.Option(None, "--window-seconds", help="window length in s (default 60)")
+_CS = typer.Option(None, "--crop-start", help="seconds skipped at the start (default 60)")
+_CM = typer.Option(None, "--crop-max", help="seconds kept after the start crop (default 300; 0 = all)")
+_CAR = typer.Option(None, "--car/--no-car", help="common average reference (default on)")
+_FM = typer.Option(None, "--fill-missing/--no-fill-missing", help="zero-fill missing channels (default: refuse)")
+_CD = typer.Option(None, "--cache-dir", help="window cache folder (default <manifest folder>/.eeg_cache)")
+_WK = typer.Option(None, "--workers", help="preprocessing processes (default 2)")
+
+
+def _cfg(config: Optional[Path], sets: Optional[List[str]], data: dict, model: Optional[str] = None,
+         epochs: Optional[int] = None, strategy: Optional[str] = None, seed: Optional[int] = None) -> dict:
+    from medtransfer.apps.eeg.train import resolve
+
+    ov: dict = {"data": data}
+    if model:
+        ov["model"] = {"name": model}
+    tr: dict = {}
+    if epochs is not None:
+        tr["epochs"] = epochs
+    if strategy:
+        tr["strategy"] = strategy
+    if seed is not None:
+        tr["seed"] = seed
+    if tr:
+        ov["train"] = tr
+    cfg = resolve(config, ov)
+    if sets:
+        from medtransfer.shared.config import merge, parse_overrides
+
+        cfg = merge(cfg, parse_overrides(sets))
+    return cfg
+
+
+@app.command("synth")
+def synth(
+    kind: str = typer.Argument(..., help="tuab or nmt"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder to write"),
+    n_per_class: int = typer.Option(6, help="train recordings per class"),
+    eval_per_class: int = typer.Option(3, help="eval recordings per class"),
+    duration: float = typer.Option(130.0, help="recording length (s)"),
+    seed: int = typer.Option(0, help="random seed"),
+) -> None:
+    """Write a synthetic EDF dataset in the TUAB (v3) or NMT release layout."""
+    from medtransfer.apps.eeg import synthetic as S
+
+    if kind == "tuab":
+        S.make_tuab(out, n_per_class, eval_per_class, duration, seed=seed)
+    elif kind == "nmt":
+        S.make_nmt(out, n_per_class, eval_per_class, duration, seed=seed)
+    else:
+        _fail(f"kind must be tuab or nmt, got '{kind}'")
+    typer.echo(f"wrote {out}")
+
+
+@app.command("preprocess")
+def preprocess(
+    manifest: Path = typer.Option(..., "--manifest", "-m", help="manifest CSV"),
+    channels: Optional[str] = _CH, sfreq: Optional[float] = _SF, window_seconds: Optional[float] = _WS,
+    crop_start: Optional[float] = _CS, crop_max: Optional[float] = _CM, car: Optional[bool] = _CAR,
+    fill_missing: Optional[bool] = _FM, cache_dir: Optional[Path] = _CD, workers: Optional[int] = _WK,
+) -> None:
+    """Preprocess every recording of a manifest into the window cache (a second run is instant)."""
+    from medtransfer.apps.eeg.data import data_cfg, load_split
+
+    try:
+        cfg = data_cfg(_data_overrides(channels, sfreq, window_seconds, crop_start, crop_max, car, fill_missing,
+                                       cache_dir, workers))
+        got, errors = load_split(manifest, cfg, ["train", "val", "test"])
+    except MedTransferError as e:
+        _fail(str(e))
+    n = {k: len(v) for k, v in got.items()}
+    w = sum(r.n_windows for v in got.values() for r in v)
+    typer.echo(json.dumps({"recordings": n, "windows": w, "errors": errors}))
+
+
+@app.command("train")
+def train_cmd(
+    manifest: Path = typer.Option(..., "--manifest", "-m", help="manifest CSV (labels normal/abnormal)"),
+    out: Path = typer.Option(..., "--out", "-o", help="run folder"),
+    init: Optional[Path] = typer.Option(None, "--init", help="source run folder to start from (transfer)"),
+    model: Optional[str] = typer.Option(None, "--model", help="shallow | deep4 | tcn | eegnet"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="full | linear_probe | llrd | gradual_unfreeze"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    config: Optional[Path] = typer.Option(None, "--config", help="recipe YAML"),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help="config override key=value (repeatable)"),
+    channels: Optional[str] = _CH, sfreq: Optional[float] = _SF, window_seconds: Optional[float] = _WS,
+    crop_start: Optional[float] = _CS, crop_max: Optional[float] = _CM, car: Optional[bool] = _CAR,
+    fill_missing: Optional[bool] = _FM, cache_dir: Optional[Path] = _CD, workers: Optional[int] = _WK,
+) -> None:
+    """Train on the manifest's train split (validation on val; test untouched)."""
+    from medtransfer.apps.eeg.train import train
+
+    try:
+        data = _data_overrides(channels, sfreq, window_seconds, crop_start, crop_max, car, fill_missing,
+                               cache_dir, workers)
+        if init is not None and (init / "config.yaml").is_file() and not config:
+            # the source run's recipe is the starting point; flags and --set still apply
+            from medtransfer.shared.config import load_yaml
+
+            src = load_yaml(init / "config.yaml")
+            data = {**{k: v for k, v in src.get("data", {}).items() if k != "cache_dir"}, **data}
+            model = model or src.get("model", {}).get("name")
+        cfg = _cfg(config, sets, data, model, epochs, strategy, seed)
+        res = train(manifest, out, cfg, init=init)
+    except MedTransferError as e:
+        _fail(str(e))
+    typer.echo(json.dumps({"run_dir": res["run_dir"], "best_epoch": res["best_epoch"], "val": res["val"]},
+                          default=str))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run_dir: Path = typer.Argument(..., help="run folder"),
+    manifest: Path = typer.Option(..., "--manifest", "-m", help="manifest CSV"),
+    split: str = typer.Option("test", "--split", help="test | val | train | all"),
+) -> None:
+    """Print recording-level metrics as JSON (balanced_accuracy, auroc, ...)."""
+    from medtransfer.apps.eeg.train import evaluate
+
+    try:
+        m = evaluate(run_dir, manifest, split=split)
+    except MedTransferError as e:
+        _fail(str(e))
+    typer.echo(json.dumps(m, default=str))
+
+
+@app.command("transfer")
+def transfer_cmd(
+    source: Path = typer.Option(..., "--source", help="source manifest (e.g. TUAB)"),
+    target: Path = typer.Option(..., "--target", help="target manifest (e.g. NMT)"),
+    out: Path = typer.Option(..., "--out", "-o", help="sweep folder"),
+    strategies: str = typer.Option("full", "--strategies", help="comma list: full, linear_probe, llrd"),
+    fractions: str = typer.Option("0.01,0.05,0.1,0.25,1.0", "--fractions", help="target label fractions"),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="comma list of seeds"),
+    model: Optional[str] = typer.Option(None, "--model", help="shallow | deep4 | tcn | eegnet"),
+    source_run: Optional[Path] = typer.Option(None, "--source-run", help="reuse a trained source run"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    config: Optional[Path] = typer.Option(None, "--config", help="recipe YAML"),
+    sets: Optional[List[str]] = typer.Option(None, "--set", help="config override key=value"),
+    channels: Optional[str] = _CH, sfreq: Optional[float] = _SF, window_seconds: Optional[float] = _WS,
+    crop_start: Optional[float] = _CS, crop_max: Optional[float] = _CM, workers: Optional[int] = _WK,
+) -> None:
+    """Pretrain on source, fine-tune on target fractions (vs scratch), report forgetting; CSV + plot."""
+    from medtransfer.apps.eeg.transfer import sweep
+
+    try:
+        data = _data_overrides(channels, sfreq, window_seconds, crop_start, crop_max, None, None, None, workers)
+        cfg = _cfg(config, sets, data, model, epochs)
+        res = sweep(source, target, out, cfg,
+                    strategies=[s.strip() for s in strategies.split(",") if s.strip()],
+                    fractions=[float(f) for f in fractions.split(",") if f.strip()],
+                    seeds=[int(s) for s in seeds.split(",") if s.strip()], source_run=source_run)
+    except MedTransferError as e:
+        _fail(str(e))
+    typer.echo(json.dumps({k: str(v) for k, v in res.items() if k in ("table", "plot", "summary")}))
+
+
+@app.command("bonn")
+def bonn_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="manifest CSV to write (EDFs go beside it)"),
+    root: Optional[Path] = typer.Option(None, "--root", help="bonn folder (default ../shared/data/eeg/bonn)"),
+) -> None:
+    """Write the Bonn segments as single-channel EDF and import them through the generic manifest."""
+    from medtransfer.apps.eeg.data import import_bonn
+
+    root = root or Path.cwd().parent / "shared" / "data" / "eeg" / "bonn"
+    try:
+        p = import_bonn(root, out)
+    except MedTransferError as e:
+        _fail(str(e))
+    typer.echo(f"wrote {p}")
+    print("train with: medtransfer eeg train --manifest {0} --out RUN --model eegnet --channels CH1 "
+          "--window-seconds 5 --crop-start 0 --crop-max 0 --no-car --epochs 30 --set data.clip_uv=0 "
+          "--set train.lr=0.002".format(p), file=sys.stderr)

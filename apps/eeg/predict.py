@@ -1,0 +1,86 @@
+"""Torch-free recording-level predict: EDF/BDF/.set/.vhdr -> the bundle's recipe -> ONNX window
+probabilities -> mean -> label, with an optional per-window abnormality trace plot."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtransfer.apps.eeg.io import SUFFIXES, preprocess_recording
+from medtransfer.shared.runtime.predictor import Predictor, softmax
+
+
+class EEGPredictor(Predictor):
+    """Normal / abnormal for one recording.
+
+    Options: ``out_dir`` (folder for plots), ``plot`` (write ``<stem>_trace.png``),
+    ``batch`` (windows per ONNX call, default 32), ``threshold`` (default from the bundle).
+    """
+
+    suffixes = SUFFIXES
+
+    def __init__(self, bundle: Any, **options: Any) -> None:
+        super().__init__(bundle, **options)
+        self.pp = {k: v for k, v in bundle.preprocessing.items() if k not in ("aggregation", "threshold")}
+        self.threshold = float(options.get("threshold") or bundle.preprocessing.get("threshold", 0.5))
+        self.labels = bundle.labels or ["normal", "abnormal"]
+
+    def predict(self, path: Path, **case: Any) -> dict[str, Any]:
+        """Answer one recording.
+
+        Returns:
+            ``label``, ``probability`` (abnormal), ``n_windows``, ``window_probabilities``,
+            ``channels_mapped`` and ``plot`` when asked.
+
+        Raises:
+            InputError: unreadable file, missing channels, too short, NaN, flat channels, low rate.
+        """
+        path = Path(path)
+        win, info = preprocess_recording(path, self.pp)
+        bs = int(self.options.get("batch") or 32)
+        probs = []
+        for i in range(0, len(win), bs):
+            x = win[i:i + bs]
+            logits = self.bundle.run({"eeg": x.astype(np.float32)})["logits"]
+            probs.append(softmax(logits, axis=1)[:, self.labels.index("abnormal")])
+        p = np.concatenate(probs)
+        prob = float(p.mean())
+        out: dict[str, Any] = {
+            "label": "abnormal" if prob >= self.threshold else "normal",
+            "probability": round(prob, 6),
+            "n_windows": int(len(p)),
+            "window_probabilities": [round(float(v), 5) for v in p],
+            "channels_mapped": len(info["mapped"]),
+        }
+        if info["filled"]:
+            out["channels_zero_filled"] = info["filled"]
+        if self.options.get("plot"):
+            out["plot"] = str(self._plot(path, p, prob))
+        return out
+
+    def _plot(self, path: Path, p: np.ndarray, prob: float) -> Path:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        out_dir = Path(self.options.get("out_dir") or ".")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        w = float(self.pp["window_seconds"])
+        t0 = float(self.pp["crop_start_s"])
+        edges = t0 + w * np.arange(len(p) + 1)
+        fig, ax = plt.subplots(figsize=(7, 2.6))
+        ax.stairs(p, edges, color="tab:red", lw=1.5, label="window P(abnormal)")
+        ax.axhline(self.threshold, ls="--", color="grey", lw=0.8, label="threshold")
+        ax.axhline(prob, ls=":", color="k", lw=1, label=f"recording mean {prob:.2f}")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("time in recording (s)")
+        ax.set_ylabel("P(abnormal)")
+        ax.set_title(f"{path.name}: per-window abnormality", fontsize=9)
+        ax.legend(fontsize=7, loc="center right", framealpha=0.8)
+        fig.tight_layout()
+        f = out_dir / f"{path.stem}_trace.png"
+        fig.savefig(f, dpi=110)
+        plt.close(fig)
+        return f
