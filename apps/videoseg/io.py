@@ -192,7 +192,7 @@ def read_masks(path: str | Path, n_frames: int | None = None, time_axis: str | i
     """Read a mask stack as ``{frame_index: (H, W) uint8 0/1}`` (frames without a mask absent).
 
     Args:
-        path: ``.npy`` / ``.npz`` / ``.mha`` stack or a PNG folder.
+        path: ``.npy`` / ``.npz`` / ``.mha`` stack, a PNG folder, or one PNG (frame 0's mask).
         n_frames: the video's frame count, to check the stack against.
         time_axis: for ``.mha`` (see :func:`mha_time_first`).
 
@@ -215,6 +215,13 @@ def read_masks(path: str | Path, n_frames: int | None = None, time_axis: str | i
                 if m is None:
                     raise InputError(p, "unreadable mask image")
                 out[_frame_number(p)] = (m > 0).astype(np.uint8)
+        elif path.suffix.lower() in IMAGE_SUFFIXES:  # one mask image = the first frame's mask
+            import cv2
+
+            m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+            if m is None:
+                raise InputError(path, "unreadable mask image")
+            out = {0: (m > 0).astype(np.uint8)}
         elif path.suffix.lower() in (".npy", ".npz"):
             data = np.load(path, allow_pickle=False)
             if isinstance(data, np.lib.npyio.NpzFile):
@@ -237,7 +244,7 @@ def read_masks(path: str | Path, n_frames: int | None = None, time_axis: str | i
             arr = mha_time_first(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), time_axis)
             out = {i: (arr[i] > 0).astype(np.uint8) for i in range(arr.shape[0])}
         else:
-            raise InputError(path, "unsupported mask format (use .npy, .npz, .mha or a PNG folder)")
+            raise InputError(path, "unsupported mask format (use .npy, .npz, .mha, .png or a PNG folder)")
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001

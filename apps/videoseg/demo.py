@@ -1,0 +1,119 @@
+"""``medtransfer demo`` section for videoseg: synthetic echo cines in the EchoNet layout -> import
+-> short adapter fine-tune -> ONNX export (parity-checked) -> torch-free propagation on the test
+videos -> Dice / HD95 / NSD / ASD beside the copy-first-frame baseline -> overlay plots.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _plots(out: Path, video: Path, masks: np.ndarray, gt: dict[int, np.ndarray], per_frame: list[float]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import cv2
+    import matplotlib.pyplot as plt
+
+    from medtransfer.apps.videoseg.io import open_video
+
+    frames = open_video(video).read()
+    idx = np.linspace(0, len(frames) - 1, 6).astype(int)
+    fig, axes = plt.subplots(1, len(idx), figsize=(2.2 * len(idx), 2.4))
+    for ax, i in zip(axes, idx):
+        rgb = cv2.cvtColor(frames[i], cv2.COLOR_GRAY2RGB)
+        cnts, _ = cv2.findContours(masks[i].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(rgb, cnts, -1, (255, 40, 40), 1)
+        if i in gt:
+            cnts, _ = cv2.findContours(gt[i].astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+            cv2.drawContours(rgb, cnts, -1, (40, 255, 40), 1)
+        ax.imshow(rgb)
+        ax.set_title(f"frame {i}", fontsize=8)
+        ax.axis("off")
+    fig.suptitle("red: ONNX propagation, green: reference", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "videoseg_overlay.png", dpi=90)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    ax.plot(range(1, len(per_frame) + 1), per_frame, marker=".")
+    ax.set_xlabel("frame (prompt frame 0 excluded)")
+    ax.set_ylabel("Dice vs true mask")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "videoseg_dice_per_frame.png", dpi=90)
+    plt.close(fig)
+    return ["videoseg_overlay.png", "videoseg_dice_per_frame.png"]
+
+
+def demo(out_dir: Path, fast: bool = True) -> dict[str, Any]:
+    """Run the videoseg demo into ``out_dir``.
+
+    Args:
+        out_dir: output folder (report plots, run, bundle).
+        fast: the micro SAM2 at 128 px and one epoch (CPU, ~2 min); False: SAM2.1 tiny at 256 px.
+
+    Returns:
+        ``{"markdown", "bundle", "metrics"}``.
+    """
+    from medtransfer.apps.videoseg.data import import_echonet, load_manifest_cases
+    from medtransfer.apps.videoseg.evaluate import evaluate, frame_metrics
+    from medtransfer.apps.videoseg.export import export_run
+    from medtransfer.apps.videoseg.io import read_masks
+    from medtransfer.apps.videoseg.model import MICRO_OVERRIDES
+    from medtransfer.apps.videoseg.predict import VideoSegPredictor
+    from medtransfer.apps.videoseg.propagate import mask_to_box
+    from medtransfer.apps.videoseg.synthetic import make_echonet_like
+    from medtransfer.apps.videoseg.train import resolve, train
+    from medtransfer.shared.runtime.bundle import Bundle
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    root = make_echonet_like(out / "videoseg_data" / "EchoNet-Synthetic", n_videos=5, n_frames=24,
+                             splits=("TRAIN", "TRAIN", "VAL", "TEST", "TEST"))
+    manifest = import_echonet(root, out / "videoseg_data" / "manifest.csv")
+    sets = ["model.image_size=128", f"model.overrides={json.dumps(MICRO_OVERRIDES)}", "model.adapter_blocks=2",
+            "train.epochs=1", "data.clip_len=3", "train.progress=false"] if fast else \
+        ["model.image_size=256", "train.epochs=3", "data.clip_len=4"]
+    cfg = resolve(overrides=sets)
+    tr = train(manifest, out / "videoseg_run", cfg)
+    bundle = export_run(out / "videoseg_run", out / "videoseg_bundle")
+    meta = Bundle(bundle).meta
+    ev = evaluate(manifest, bundle, split="test")
+    # full-clip propagation on one test video, scored on every frame with the synthetic truth
+    case = [c for c in load_manifest_cases(manifest) if c.split == "test"][0]
+    truth = read_masks(root / "SyntheticMasks" / f"{case.video.stem}.npz")
+    pred = VideoSegPredictor(Bundle(bundle), out_dir=str(out / "videoseg_predict")).predict(case.video, box=",".join(map(str, mask_to_box(truth[0]))))
+    masks = np.load(pred["masks"])["masks"]
+    fm = frame_metrics(masks[1:], np.stack([truth[i] for i in range(1, len(masks))]))
+    copy = frame_metrics(np.repeat(truth[0][None], len(masks) - 1, 0), np.stack([truth[i] for i in range(1, len(masks))]))
+    plots = _plots(out, case.video, masks, truth, [float(v) for v in fm["dice"]])
+    par = meta["metrics"]["propagation_parity"]
+    p = tr["params"]
+    m, c = ev["model"], ev["copy_first"]
+    md = [
+        "## Video segmentation (SAM2 + DD-Adapters, ONNX streaming)",
+        "",
+        f"Synthetic echo-like cines (beating ellipse LV, EchoNet-Dynamic layout), {'micro SAM2 at 128 px, 1 epoch' if fast else 'SAM2.1 tiny at 256 px'}, "
+        "random init (no pretrained weights offline): the numbers show the pipeline works end to end, not clinical accuracy.",
+        "",
+        f"Trainable parameters: {p['trainable']:,} of {p['total']:,} (DD-Adapters {p['adapter']:,}, mask decoder {p['decoder']:,}).",
+        f"ONNX vs PyTorch propagation, per-frame Dice: min {par['min_dice']:.4f} over {par['frames']} frames.",
+        "",
+        "| test split (ED/ES tracings, prompt frame excluded) | Dice | HD95 px | NSD (2 px) | ASD px |",
+        "|---|---|---|---|---|",
+        f"| tracker (ONNX) | {m['dice']:.3f} | {m['hd95']:.2f} | {m['nsd']:.3f} | {m['asd']:.2f} |",
+        f"| copy first-frame mask | {c['dice']:.3f} | {c['hd95']:.2f} | {c['nsd']:.3f} | {c['asd']:.2f} |",
+        "",
+        f"Every frame of `{case.video.name}`: tracker Dice {np.nanmean(fm['dice']):.3f}, copy-first {np.nanmean(copy['dice']):.3f}.",
+        "",
+        *[f"![{Path(x).stem}]({x})" for x in plots],
+        "",
+    ]
+    metrics = {"test": {"model": m, "copy_first": c}, "all_frames_one_video": {"model_dice": float(np.nanmean(fm["dice"])), "copy_first_dice": float(np.nanmean(copy["dice"]))},
+               "propagation_parity_min_dice": par["min_dice"], "params": p, "val": tr["best_metrics"]}
+    (out / "videoseg_metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    return {"markdown": "\n".join(md), "bundle": str(bundle), "metrics": metrics}

@@ -1,0 +1,279 @@
+"""The videoseg model: SAM2 (official package) + adapters, split into exportable parts.
+
+* :func:`build_model` - SAM2 from the shared registry (local checkpoint or random init) with the
+  adapters of :mod:`.adapters`, encoder frozen.
+* ``EncoderPart``, ``DecoderPart``, ``MaskPromptPart``, ``MemoryEncoderPart``,
+  ``MemoryAttentionPart`` - the networks of the video path as modules with tensor-only inputs and
+  outputs (ONNX export and the PyTorch backend of the streaming loop).  ``MemoryAttentionPart``
+  reuses SAM2's memory-attention weights with a real-valued rotary encoding (SAM2's uses complex
+  numbers, which the ONNX exporter cannot write).
+* :class:`TorchBackend` - those parts behind the numpy interface of :mod:`.propagate`.
+* :func:`clip_forward` - differentiable forward of a training clip through SAM2's ``track_step``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medtransfer.apps.videoseg.adapters import configure_peft
+
+MODEL_DEFAULTS: dict[str, Any] = {
+    "arch": "sam2.1_hiera_tiny",
+    "image_size": 256,
+    "checkpoint": "",
+    "adapter": "dd_adapter",
+    "adapter_blocks": 6,
+    "dilations": [1, 3],
+    "lora_r": 8,
+    "train_decoder": True,
+    "train_memory": False,
+    "overrides": [],  # extra hydra overrides of the SAM2 config (e.g. a micro model for tests)
+}
+
+#: a very small SAM2 (fewer Hiera blocks, one memory-attention layer) for tests on 2 CPU cores
+MICRO_OVERRIDES = [
+    "++model.image_encoder.trunk.stages=[1,1,2,1]",
+    "++model.image_encoder.trunk.global_att_blocks=[3]",
+    "++model.memory_attention.num_layers=1",
+    "++model.memory_attention.layer.dim_feedforward=256",
+]
+
+
+def build_model(mcfg: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """SAM2 + adapters, frozen except adapters (+ decoder / memory as configured).
+
+    Args:
+        mcfg: the ``model`` section (see :data:`MODEL_DEFAULTS`).
+
+    Returns:
+        ``(model, parameter_report)``.
+    """
+    import medtransfer.shared.models.sam2_builder  # noqa: F401  (registers the SAM2 names)
+    from medtransfer.shared.models.sam2_builder import load_sam2_checkpoint
+    from medtransfer.shared.registry import create_model
+
+    m = {**MODEL_DEFAULTS, **(mcfg or {})}
+    model = create_model(m["arch"], image_size=int(m["image_size"]), extra_overrides=list(m["overrides"] or []))
+    if m["checkpoint"]:
+        load_sam2_checkpoint(model, m["checkpoint"])
+    report = configure_peft(
+        model, m["adapter"], n_blocks=int(m["adapter_blocks"]), dilations=tuple(m["dilations"]),
+        lora_r=int(m["lora_r"]), train_decoder=bool(m["train_decoder"]), train_memory=bool(m["train_memory"]),
+    )
+    return model, report
+
+
+# --------------------------------------------------------------------------------------------
+# training forward
+# --------------------------------------------------------------------------------------------
+def clip_forward(
+    sam: nn.Module, frames: torch.Tensor, box: torch.Tensor | None = None, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Track one object through a clip the way SAM2's ``track_step`` does (differentiable).
+
+    Args:
+        sam: the SAM2Base model.
+        frames: (T, 3, S, S) normalised frames; frame 0 is prompted.
+        box: (4,) ``x0,y0,x1,y1`` in S-pixel coordinates, or
+        mask: (S, S) 0/1 prompt mask for frame 0.
+
+    Returns:
+        ``(logits (T, 1, S, S), object_scores (T, 1))``.
+    """
+    T = frames.shape[0]
+    backbone_out = sam.forward_image(frames)
+    _, feats, pos, sizes = sam._prepare_backbone_features(backbone_out)
+    out_dict: dict[str, dict[int, Any]] = {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
+    logits, scores = [], []
+    for t in range(T):
+        f_t = [x[:, t : t + 1] for x in feats]
+        p_t = [x[:, t : t + 1] for x in pos]
+        pts = mk = None
+        if t == 0:
+            if box is not None:
+                pts = {"point_coords": box.view(1, 2, 2).float(), "point_labels": torch.tensor([[2, 3]], dtype=torch.int32)}
+            else:
+                mk = mask.view(1, 1, *mask.shape[-2:]).float()
+        # the steps of SAM2Base.track_step, keeping the object score in training mode too
+        out, sam_outputs, _, _ = sam._track_step(t, t == 0, f_t, p_t, sizes, pts, mk, out_dict, T, False, None)
+        _, _, _, low, high, obj_ptr, score = sam_outputs
+        out.update(pred_masks=low, pred_masks_high_res=high, obj_ptr=obj_ptr)
+        sam._encode_memory_in_output(f_t, sizes, pts, True, high, score, out)
+        out_dict["cond_frame_outputs" if t == 0 else "non_cond_frame_outputs"][t] = out
+        logits.append(high)
+        scores.append(score)
+    return torch.cat(logits, 0), torch.cat(scores, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# exportable parts
+# --------------------------------------------------------------------------------------------
+class EncoderPart(nn.Module):
+    """image (1,3,S,S) -> vision feature (1,256,g,g), its position encoding, high-res feats 0/1."""
+
+    def __init__(self, sam: nn.Module) -> None:
+        super().__init__()
+        self.sam = sam
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.sam.forward_image(image)
+        fpn, pos = out["backbone_fpn"], out["vision_pos_enc"]
+        return fpn[-1], pos[-1], fpn[0], fpn[1]
+
+
+class DecoderPart(nn.Module):
+    """Prompt encoder + mask decoder + object pointer on (memory-conditioned) features.
+
+    Args:
+        sam: the SAM2Base model.
+        multimask: pick the best of 3 masks (tracking frames) or output one (box prompt).
+    """
+
+    def __init__(self, sam: nn.Module, multimask: bool) -> None:
+        super().__init__()
+        self.sam = sam
+        self.multimask = multimask
+
+    def forward(self, pix: torch.Tensor, hr0: torch.Tensor, hr1: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.sam._forward_sam_heads(
+            pix, point_inputs={"point_coords": coords, "point_labels": labels},
+            high_res_features=[hr0, hr1], multimask_output=self.multimask,
+        )
+        return out[3], out[4], out[5], out[6]
+
+
+class MaskPromptPart(nn.Module):
+    """Mask prompt on the first frame: the mask is the output; the decoder gives the pointer."""
+
+    def __init__(self, sam: nn.Module) -> None:
+        super().__init__()
+        self.sam = sam
+
+    def forward(self, pix: torch.Tensor, hr0: torch.Tensor, hr1: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.sam._use_mask_as_output(pix, [hr0, hr1], mask)
+        return out[3], out[4], out[5], out[6]
+
+
+class MemoryEncoderPart(nn.Module):
+    """(raw feature, high-res mask logits, object score) -> memory feature and its position enc."""
+
+    def __init__(self, sam: nn.Module) -> None:
+        super().__init__()
+        self.sam = sam
+
+    def forward(self, feat: torch.Tensor, mask_logits: torch.Tensor, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = (feat.shape[2], feat.shape[3])
+        mf, mp = self.sam._encode_new_memory([feat.flatten(2).permute(2, 0, 1)], [g], mask_logits, score, is_mask_from_pts=False)
+        return mf, mp[-1]
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Real-valued rotary encoding: pairs (x0, x1) rotated by the angle of (cos, sin)."""
+    xr = x.reshape(*x.shape[:-1], -1, 2)
+    x0, x1 = xr[..., 0], xr[..., 1]
+    return torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1).flatten(-2)
+
+
+class MemoryAttentionPart(nn.Module):
+    """SAM2 memory attention with a real-valued RoPE (exportable); same weights, same maths.
+
+    Inputs are sequence-first like SAM2's: ``curr``/``curr_pos`` (HW,1,256); spatial memory
+    ``mem``/``mem_pos`` (n_mem*HW,1,64) (rotary-encoded); pointer tokens ``ptr``/``ptr_pos``
+    (n_ptr,1,64) (not rotary-encoded).  Output: (HW,1,256).
+    """
+
+    def __init__(self, sam: nn.Module, grid: int) -> None:
+        super().__init__()
+        self.ma = sam.memory_attention
+        layer0 = self.ma.layers[0]
+        for name, attn in (("sa", layer0.self_attn), ("ca", layer0.cross_attn_image)):
+            cis = attn.compute_cis(end_x=grid, end_y=grid)
+            self.register_buffer(f"{name}_cos", cis.real.float().contiguous(), persistent=False)
+            self.register_buffer(f"{name}_sin", cis.imag.float().contiguous(), persistent=False)
+        self.hw = grid * grid
+
+    def _attn(self, attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_rope_k: int | None) -> torch.Tensor:
+        q = attn._separate_heads(attn.q_proj(q), attn.num_heads)
+        k = attn._separate_heads(attn.k_proj(k), attn.num_heads)
+        v = attn._separate_heads(attn.v_proj(v), attn.num_heads)
+        q = _rotate(q, cos, sin)
+        if n_rope_k is None:
+            k = _rotate(k, cos, sin)
+        else:
+            idx = torch.arange(n_rope_k, device=k.device) % self.hw
+            k = torch.cat([_rotate(k[:, :, :n_rope_k], cos[idx], sin[idx]), k[:, :, n_rope_k:]], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return attn.out_proj(attn._recombine_heads(out))
+
+    def forward(self, curr: torch.Tensor, curr_pos: torch.Tensor, mem: torch.Tensor, mem_pos: torch.Tensor, ptr: torch.Tensor, ptr_pos: torch.Tensor) -> torch.Tensor:
+        ma = self.ma
+        n_rope = mem.shape[0]
+        memory = torch.cat([mem, ptr], 0).transpose(0, 1)
+        memory_pos = torch.cat([mem_pos, ptr_pos], 0).transpose(0, 1)
+        out = curr + 0.1 * curr_pos if ma.pos_enc_at_input else curr
+        out = out.transpose(0, 1)
+        qpos = curr_pos.transpose(0, 1)
+        for layer in ma.layers:
+            t2 = layer.norm1(out)
+            qk = t2 + qpos if layer.pos_enc_at_attn else t2
+            out = out + self._attn(layer.self_attn, qk, qk, t2, self.sa_cos, self.sa_sin, None)
+            t2 = layer.norm2(out)
+            q = t2 + qpos if layer.pos_enc_at_cross_attn_queries else t2
+            k = memory + memory_pos if layer.pos_enc_at_cross_attn_keys else memory
+            out = out + self._attn(layer.cross_attn_image, q, k, memory, self.ca_cos, self.ca_sin, n_rope)
+            t2 = layer.norm3(out)
+            out = out + layer.linear2(layer.activation(layer.linear1(t2)))
+        return ma.norm(out).transpose(0, 1)
+
+
+def model_constants(sam: nn.Module) -> dict[str, np.ndarray]:
+    """The small tensors and settings the numpy loop needs (saved as ``constants.npz``)."""
+    return {
+        "image_size": np.array(sam.image_size),
+        "num_maskmem": np.array(sam.num_maskmem),
+        "max_obj_ptrs": np.array(sam.max_obj_ptrs_in_encoder),
+        "mem_dim": np.array(sam.mem_dim),
+        "no_mem_embed": sam.no_mem_embed.detach().float().numpy().reshape(-1),
+        "maskmem_tpos_enc": sam.maskmem_tpos_enc.detach().float().numpy(),
+        "obj_ptr_tpos_w": sam.obj_ptr_tpos_proj.weight.detach().float().numpy(),
+        "obj_ptr_tpos_b": sam.obj_ptr_tpos_proj.bias.detach().float().numpy(),
+    }
+
+
+class TorchBackend:
+    """The PyTorch parts behind the numpy interface of :class:`~.propagate.StreamingPropagator`."""
+
+    def __init__(self, sam: nn.Module) -> None:
+        sam.eval()
+        g = sam.image_size // 16
+        self.parts = {
+            "encoder": EncoderPart(sam), "box": DecoderPart(sam, False), "track": DecoderPart(sam, True),
+            "mask": MaskPromptPart(sam), "memory_encoder": MemoryEncoderPart(sam), "memory_attention": MemoryAttentionPart(sam, g),
+        }
+        self.consts = model_constants(sam)
+
+    @staticmethod
+    def _run(mod: nn.Module, *xs: np.ndarray) -> tuple[np.ndarray, ...]:
+        with torch.inference_mode():
+            out = mod(*[torch.from_numpy(np.ascontiguousarray(x)) for x in xs])
+        out = out if isinstance(out, tuple) else (out,)
+        return tuple(o.float().numpy() for o in out)
+
+    def encode_image(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self._run(self.parts["encoder"], image)
+
+    def decode(self, kind: str, pix: np.ndarray, hr0: np.ndarray, hr1: np.ndarray, *prompt: np.ndarray) -> tuple[np.ndarray, ...]:
+        if kind == "track":
+            prompt = (np.zeros((1, 1, 2), np.float32), -np.ones((1, 1), np.int32))
+        return self._run(self.parts[kind], pix, hr0, hr1, *prompt)
+
+    def encode_memory(self, feat: np.ndarray, mask_logits: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self._run(self.parts["memory_encoder"], feat, mask_logits, score)
+        return a, b
+
+    def attend(self, *xs: np.ndarray) -> np.ndarray:
+        return self._run(self.parts["memory_attention"], *xs)[0]
