@@ -78,6 +78,7 @@ class Encoder:
         import torch
 
         with torch.inference_mode():
+            tiles = tiles if tiles.flags.writeable else tiles.copy()
             x = torch.from_numpy(tiles).to(self.device).permute(0, 3, 1, 2).float()
             x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
             return self.model(x).float().cpu().numpy()

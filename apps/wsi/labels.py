@@ -202,15 +202,16 @@ def import_tcga(root: Path, out_csv: Path, features: Optional[str] = None, endpo
                              "censored": str(c.censored), "oncotree_code": c.oncotree})
     for stem in sorted(set(have) - used):
         errors.append({"study": "", "case_id": "", "slide_id": stem, "error": "feature bag has no label row"})
-    if not rows:
-        raise InputError(root, "no labelled slide left after matching labels to feature bags")
-    write_manifest(rows, out_csv, relative=bool(feat_dir))
     err_path = out_csv.with_suffix(".errors.csv")
     if errors:
+        err_path.parent.mkdir(parents=True, exist_ok=True)
         with open(err_path, "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=["study", "case_id", "slide_id", "error"])
             w.writeheader()
             w.writerows(errors)
     elif err_path.exists():
         err_path.unlink()
+    if not rows:
+        raise InputError(root, f"no labelled slide left after matching labels to feature bags (see {err_path.name})")
+    write_manifest(rows, out_csv, relative=bool(feat_dir))
     return out_csv

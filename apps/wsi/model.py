@@ -65,7 +65,9 @@ class MoEPKT(nn.Module):
 
     A trainable target MIL embeds the bag; ``router`` (Linear hidden -> E) scores the experts;
     the top-k probabilities (renormalised) weight expert outputs; expert i is Linear+ReLU on
-    source model i's embedding of the same bag; a linear head gives the hazard logits.
+    source model i's embedding of the same bag; a linear head gives the hazard logits.  It is
+    initialised as a gated ensemble of the sources (identity experts, mean of the source heads)
+    so that few target patients fine-tune a sensible start instead of a random one.
 
     Args:
         sources: trained source MIL models (frozen here).
@@ -91,6 +93,21 @@ class MoEPKT(nn.Module):
         self.head = nn.Linear(h, n_bins)
         self.top_k = max(1, min(int(top_k), len(sources)))
         self.names = list(names or [f"source{i}" for i in range(len(sources))])
+        self._init_from_sources(n_bins)
+
+    @torch.no_grad()
+    def _init_from_sources(self, n_bins: int) -> None:
+        """Start as a gated ensemble of the source models: identity experts (the source embeddings
+        are non-negative, so ReLU keeps them) and the mean of the source heads."""
+        h = self.head.in_features
+        heads = [s.classifier for s in self.sources if isinstance(getattr(s, "classifier", None), nn.Linear)]
+        for s, e in zip(self.sources, self.experts):
+            if int(s.hidden) == h:
+                e[0].weight.copy_(torch.eye(h))
+                e[0].bias.zero_()
+        if heads and all(c.out_features == n_bins and c.in_features == h for c in heads):
+            self.head.weight.copy_(torch.stack([c.weight for c in heads]).mean(0))
+            self.head.bias.copy_(torch.stack([c.bias for c in heads]).mean(0))
 
     def train(self, mode: bool = True) -> "MoEPKT":
         super().train(mode)
@@ -147,6 +164,7 @@ class SurvivalHead(nn.Module):
             emb, attn = self.model.embed(features, m)
             logits = self.model.classifier(emb)
         hazards = torch.sigmoid(logits)
-        surv = torch.cumprod(1.0 - hazards, dim=-1)
+        # S_j = prod_{i<=j} (1 - h_i) = exp(-cumsum(softplus(logit_i))): exact, stable, and exportable
+        surv = torch.exp(-torch.cumsum(torch.nn.functional.softplus(logits), dim=-1))
         risk = -surv.sum(-1)
         return risk, hazards, surv, attn

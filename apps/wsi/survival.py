@@ -149,8 +149,11 @@ def td_auc(train_times: np.ndarray, train_events: np.ndarray, times: np.ndarray,
 
 
 def km_plot(times: np.ndarray, events: np.ndarray, risk: np.ndarray, out_png: str | Path, title: str = "",
-            n_groups: int = 2) -> dict[str, Any]:
-    """Kaplan-Meier curves by predicted risk group (split at risk quantiles) plus a log-rank test.
+            n_groups: int = 2, groups: Optional[np.ndarray] = None) -> dict[str, Any]:
+    """Kaplan-Meier curves by predicted risk group plus a log-rank test.
+
+    Groups are cut at quantiles of ``risk`` unless ``groups`` (ints 0..n_groups-1, e.g. from a
+    threshold fixed on training data) is given.
 
     Returns:
         ``{"png", "logrank_p", "groups": [{"name", "n", "events", "median_months"}]}``.
@@ -166,8 +169,11 @@ def km_plot(times: np.ndarray, events: np.ndarray, risk: np.ndarray, out_png: st
     times = np.asarray(times, float)
     events = np.asarray(events).astype(bool)
     risk = np.asarray(risk, float)
-    cuts = np.quantile(risk, np.linspace(0, 1, n_groups + 1)[1:-1])
-    group = np.searchsorted(cuts, risk, side="right")
+    if groups is not None:
+        group = np.asarray(groups).astype(int)
+    else:
+        cuts = np.quantile(risk, np.linspace(0, 1, n_groups + 1)[1:-1])
+        group = np.searchsorted(cuts, risk, side="right")
     names = ["low risk", "high risk"] if n_groups == 2 else [f"risk group {g + 1}" for g in range(n_groups)]
     fig, ax = plt.subplots(figsize=(5.5, 4))
     info = []

@@ -71,11 +71,27 @@ def make_slide(path: str | Path, size: tuple[int, int] = (1536, 1024), mpp: Opti
 
 
 def hazard_score(cases: Sequence[Case]) -> np.ndarray:
-    """A per-patient latent hazard from the real labels: standardised -log(time), events pushed up."""
-    t = np.array([max(c.time, 0.1) for c in cases])
+    """A per-patient latent hazard consistent with the real labels: the martingale residual.
+
+    ``r_i = event_i - H(t_i)`` with the Nelson-Aalen cumulative hazard ``H`` of each study: early
+    events score highest, then later events, then censored patients by follow-up length, so the
+    score is concordant with every comparable pair.  Standardised per study.
+    """
+    t = np.array([max(c.time, 1e-3) for c in cases])
     e = np.array([c.event for c in cases], float)
-    z = -np.log(t) + 0.5 * e
-    return (z - z.mean()) / (z.std() + 1e-9)
+    study = np.array([c.study for c in cases])
+    z = np.zeros(len(cases))
+    for s in np.unique(study):
+        sel = study == s
+        ts, es = t[sel], e[sel]
+        grid = np.unique(ts[es > 0])
+        at_risk = np.array([(ts >= g).sum() for g in grid], float)
+        d = np.array([((ts == g) & (es > 0)).sum() for g in grid], float)
+        cum = np.concatenate([[0.0], np.cumsum(d / np.maximum(at_risk, 1))])
+        H = cum[np.searchsorted(grid, ts, side="right")]
+        r = es - H
+        z[sel] = (r - r.mean()) / (r.std() + 1e-9)
+    return z
 
 
 def cancer_direction(study: str, dim: int, seed: int = 0, shared: float = 0.7, families: Optional[dict[str, str]] = None) -> np.ndarray:
@@ -91,7 +107,7 @@ def cancer_direction(study: str, dim: int, seed: int = 0, shared: float = 0.7, f
 
 
 def planted_bags(cases: Sequence[Case], dim: int = 64, n_patches: tuple[int, int] = (24, 64), strength: float = 2.5,
-                 seed: int = 0, per_slide: bool = False) -> dict[str, np.ndarray]:
+                 seed: int = 0, per_slide: bool = False, slide_noise: float = 0.0, style: float = 0.1) -> dict[str, np.ndarray]:
     """Feature bags with a planted survival signal.
 
     Each patch is N(cancer style, I); a fraction ``sigmoid(2 * hazard)`` of each patient's patches
@@ -104,6 +120,9 @@ def planted_bags(cases: Sequence[Case], dim: int = 64, n_patches: tuple[int, int
         strength: signal amplitude.
         seed: random seed.
         per_slide: key bags by slide id stem instead of case id (each slide its own bag).
+        style: std of each cancer's offset (a domain shift between cancers).
+        slide_noise: std of a per-slide offset added to all its patches (stain / scanner batch
+            effects): makes the risk direction harder to find from few patients.
 
     Returns:
         key -> (n, dim) float32 bag (a case's slides are concatenated unless ``per_slide``).
@@ -117,13 +136,15 @@ def planted_bags(cases: Sequence[Case], dim: int = 64, n_patches: tuple[int, int
     for c, zi in zip(cases, z):
         if c.study not in dirs:
             dirs[c.study] = cancer_direction(c.study, dim, seed)
-            styles[c.study] = np.random.default_rng([seed, 17, zlib.crc32(c.study.encode())]).standard_normal(dim) * 0.5
+            styles[c.study] = np.random.default_rng([seed, 17, zlib.crc32(c.study.encode())]).standard_normal(dim) * style
         frac = 1.0 / (1.0 + np.exp(-2.0 * zi))
         parts = []
         for sid in c.slides:
             rng = np.random.default_rng([seed, zlib.crc32(sid.encode())])
             n = int(rng.integers(n_patches[0], n_patches[1] + 1))
             x = rng.standard_normal((n, dim)).astype(np.float32) + styles[c.study]
+            if slide_noise:
+                x += (slide_noise * rng.standard_normal(dim)).astype(np.float32)
             risky = rng.random(n) < frac
             x[risky] += strength * dirs[c.study]
             if per_slide:
@@ -132,3 +153,45 @@ def planted_bags(cases: Sequence[Case], dim: int = 64, n_patches: tuple[int, int
         if not per_slide:
             out[c.case_id] = np.concatenate(parts).astype(np.float32)
     return out
+
+
+def make_survpath_tables(root: str | Path, studies: Sequence[str] = ("tcga_aaa", "tcga_bbb"), n_cases: int = 60,
+                         folds: int = 5, seed: int = 0) -> Path:
+    """Write SurvPath-layout tables and k-fold splits with random labels (for when the real ones are absent).
+
+    Some patients get two slides. Returns the labels root.
+    """
+    import csv
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for s in studies:
+        md = root / "datasets_csv" / "metadata"
+        md.mkdir(parents=True, exist_ok=True)
+        cols = ["", "case_id", "slide_id", "age", "site", "survival_months", "survival_months_dss", "survival_months_pfi",
+                "censorship", "censorship_dss", "censorship_pfi", "is_female", "oncotree_code", "train"]
+        rows, ids = [], []
+        for i in range(n_cases):
+            cid = f"TCGA-{s[-3:].upper()}-{i:04d}"
+            ids.append(cid)
+            t = float(rng.exponential(30) + 1)
+            c = int(rng.random() < 0.6)
+            for k in range(1 + int(rng.random() < 0.15)):
+                sid = f"{cid}-01Z-00-DX{k + 1}.{zlib.crc32((cid + str(k)).encode()):08X}.svs"
+                rows.append([len(rows), cid, sid, 60, "XX", t, t, t, c, c, c, 0, s[-4:].upper(), 1.0])
+        with open(md / f"{s}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(cols)
+            w.writerows(rows)
+        sd = root / "splits" / "5foldcv" / s
+        sd.mkdir(parents=True, exist_ok=True)
+        order = rng.permutation(len(ids))
+        for k in range(folds):
+            val = [ids[j] for j in order[k::folds]]
+            train = [x for x in ids if x not in set(val)]
+            with open(sd / f"splits_{k}.csv", "w", newline="") as f:
+                w = csv.writer(f)
+                w.writerow(["", "train", "val"])
+                for j in range(len(train)):
+                    w.writerow([j, train[j], val[j] if j < len(val) else ""])
+    return root

@@ -1,0 +1,154 @@
+"""``medtransfer wsi ...``: extract feature bags, train / cross-validate survival, MoE-PKT comparison.
+
+Torch-free at import: heavy modules are imported inside the commands.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from medtransfer.shared.utils.errors import MedTransferError
+
+app = typer.Typer(help="Whole-slide prognosis: tiling + feature bags, attention-MIL survival, MoE-PKT.",
+                  no_args_is_help=True)
+
+
+def _fail(msg: str) -> None:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(2)
+
+
+def _bags(labels: Path, synthetic: bool, dim: int, seed: int, strength: float = 1.5) -> Optional[dict[str, Any]]:
+    if not synthetic:
+        return None
+    from medtransfer.apps.wsi.labels import find_studies, read_table
+    from medtransfer.apps.wsi.synthetic import planted_bags
+
+    cases = []
+    for s, p in find_studies(labels).items():
+        cases += read_table(p, "dss", s)[0]
+    return planted_bags(cases, dim=dim, seed=seed, strength=strength)
+
+
+@app.command("extract")
+def extract(
+    source: Path = typer.Argument(..., help="a slide file or a folder of slides"),
+    out: Path = typer.Option(..., "--out", "-o", help="folder for <slide>.h5 bags and thumbnails/"),
+    encoder: str = typer.Option("resnet18", "--encoder", help="registry encoder (resnet18, resnet50, uni2h, ...)"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="local encoder weights (default: random init, flagged in the h5)"),
+    mpp: Optional[float] = typer.Option(None, "--mpp", help="level-0 microns/pixel for slides lacking it"),
+    target_mpp: float = typer.Option(0.5, "--target-mpp", help="tile resolution in um/px (0.5 ~ 20x)"),
+    patch_size: int = typer.Option(224, "--patch-size", help="tile side at --target-mpp"),
+    batch_size: int = typer.Option(32, "--batch-size", help="tiles per encoder batch"),
+    tissue: float = typer.Option(0.25, "--tissue", help="minimum tissue fraction per tile"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="redo slides already done"),
+) -> None:
+    """Tile slides on tissue and write CLAM/TRIDENT-style h5 feature bags (resumable per slide)."""
+    from medtransfer.apps.wsi.features import extract_many
+
+    try:
+        res = extract_many(source, out, encoder, weights, target_mpp, patch_size, mpp, batch_size, tissue, device, overwrite)
+    except MedTransferError as e:
+        _fail(str(e))
+    for r in res:
+        msg = f"{r.status:8s} {r.slide}: " + (r.error if r.status == "error" else f"{r.n_tiles} tiles x {r.feature_dim}-d -> {r.h5}")
+        typer.echo(msg)
+    counts = {s: sum(r.status == s for r in res) for s in ("done", "skipped", "error")}
+    typer.echo(json.dumps(counts))
+    if counts["error"]:
+        raise typer.Exit(1)
+
+
+@app.command("train")
+def train(
+    labels: Path = typer.Option(..., "--labels", help="SurvPath labels root (datasets_csv/, splits/)"),
+    study: str = typer.Option(..., "--study", help="cohort, e.g. tcga_blca"),
+    out: Path = typer.Option(..., "--out", "-o", help="run folder"),
+    features: Optional[Path] = typer.Option(None, "--features", help="folder of <slide>.h5 bags"),
+    synthetic: bool = typer.Option(False, "--synthetic", help="planted-signal bags keyed to the tables"),
+    dim: int = typer.Option(128, "--dim", help="feature size of --synthetic bags"),
+    strength: float = typer.Option(1.5, "--strength", help="planted signal strength of --synthetic bags"),
+    fold: int = typer.Option(0, "--fold", help="official fold to hold out (-1 = train on all)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="config override key=value"),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML recipe"),
+) -> None:
+    """Train one exportable survival MIL (``medtransfer export RUN --out BUNDLE``)."""
+    from medtransfer.apps.wsi.train import make_config, train_run
+
+    try:
+        cfg = make_config(set_, recipe)
+        bags = _bags(labels, synthetic, dim, int(cfg["train"]["seed"]), strength)
+        if bags is None and features is None:
+            _fail("give --features DIR or --synthetic")
+        m = train_run(labels, study, out, cfg, features, bags, None if fold < 0 else fold)
+    except MedTransferError as e:
+        _fail(str(e))
+    typer.echo(json.dumps(m, default=float))
+
+
+@app.command("cv")
+def cv(
+    labels: Path = typer.Option(..., "--labels"),
+    study: str = typer.Option(..., "--study"),
+    out: Path = typer.Option(..., "--out", "-o"),
+    features: Optional[Path] = typer.Option(None, "--features"),
+    synthetic: bool = typer.Option(False, "--synthetic"),
+    dim: int = typer.Option(128, "--dim", help="feature size of --synthetic bags"),
+    strength: float = typer.Option(1.5, "--strength", help="planted signal strength of --synthetic bags"),
+    folds: int = typer.Option(5, "--folds"),
+    set_: Optional[List[str]] = typer.Option(None, "--set"),
+) -> None:
+    """k-fold cross-validation on the official splits: C-index / td-AUC mean +- sd, KM plot."""
+    from medtransfer.apps.wsi.train import cross_validate, load_cohort, make_config
+
+    try:
+        cfg = make_config(set_)
+        bags = _bags(labels, synthetic, dim, int(cfg["train"]["seed"]), strength)
+        if bags is None and features is None:
+            _fail("give --features DIR or --synthetic")
+        coh = load_cohort(labels, study, features, str(cfg["data"]["endpoint"]), bags)
+        r = cross_validate(coh, labels, study, cfg, out, folds)
+    except MedTransferError as e:
+        _fail(str(e))
+    typer.echo(f"{study}: C-index {r['c_index_mean']:.3f} +- {r['c_index_sd']:.3f}, td-AUC {r['td_auc_mean']:.3f} "
+               f"+- {r['td_auc_sd']:.3f}, KM log-rank p={r['km']['logrank_p']:.2g} ({r['km']['png']})")
+
+
+@app.command("pkt")
+def pkt(
+    labels: Path = typer.Option(..., "--labels"),
+    target: str = typer.Option(..., "--target", help="target cancer (few patients)"),
+    sources: str = typer.Option(..., "--sources", help="comma-separated source cancers"),
+    out: Path = typer.Option(..., "--out", "-o"),
+    features: Optional[Path] = typer.Option(None, "--features"),
+    synthetic: bool = typer.Option(False, "--synthetic"),
+    dim: int = typer.Option(128, "--dim", help="feature size of --synthetic bags"),
+    strength: float = typer.Option(1.5, "--strength", help="planted signal strength of --synthetic bags"),
+    n_train: int = typer.Option(40, "--n-train", help="target training patients per fold"),
+    folds: int = typer.Option(5, "--folds"),
+    finetune: str = typer.Option("best", "--finetune", help="single-source fine-tune: best (source picked on training patients), all, none"),
+    set_: Optional[List[str]] = typer.Option(None, "--set"),
+) -> None:
+    """Cancer-specific vs single-source fine-tune vs MoE-PKT, per fold, in one command."""
+    from medtransfer.apps.wsi.train import load_cohort, make_config, pkt_compare, train_sources
+
+    try:
+        cfg = make_config(set_)
+        bags = _bags(labels, synthetic, dim, int(cfg["train"]["seed"]), strength)
+        if bags is None and features is None:
+            _fail("give --features DIR or --synthetic")
+        ep = str(cfg["data"]["endpoint"])
+        srcs = [s.strip() for s in sources.split(",") if s.strip()]
+        models = train_sources({s: load_cohort(labels, s, features, ep, bags) for s in srcs}, cfg, out)
+        r = pkt_compare(load_cohort(labels, target, features, ep, bags), models, labels, target, cfg, out,
+                        n_train, folds, finetune)
+    except MedTransferError as e:
+        _fail(str(e))
+    for name, v in r["methods"].items():
+        typer.echo(f"{name:32s} C-index {v['mean']:.3f} +- {v['sd']:.3f}")
+    typer.echo("routing: " + ", ".join(f"{k} {v:.2f}" for k, v in r["routing"]["mean_gate"].items()))
+    typer.echo(f"figure: {r['png']}")

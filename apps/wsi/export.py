@@ -1,0 +1,126 @@
+"""Export a wsi survival run to a bundle: the aggregator (MIL or MoE-PKT with its experts inside,
+one variable-length bag in; risk, hazards, survival and attention out) and, when the run's bags
+came from a registry encoder, the patch encoder (uint8-range RGB tiles in, features out)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from medtransfer.apps.wsi.features import IMAGENET_MEAN, IMAGENET_STD
+from medtransfer.apps.wsi.model import SurvivalHead, build_encoder
+from medtransfer.shared.config import load_yaml
+from medtransfer.shared.export import export_onnx, write_bundle
+from medtransfer.shared.finetune import load_checkpoint
+from medtransfer.shared.utils.errors import MedTransferError
+
+
+class EncoderONNX(nn.Module):
+    """Patch encoder with the normalisation inside: (B, 3, H, W) float in [0, 255] -> (B, D)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        return self.model((tiles - self.mean) / self.std)
+
+
+def rebuild(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """The trained aggregator of a run (last-epoch weights), its wsi info and its config."""
+    from medtransfer.apps.wsi.train import build_moe, new_mil
+
+    run_dir = Path(run_dir)
+    info_p, cfg_p, ck = run_dir / "run.json", run_dir / "config.yaml", run_dir / "checkpoints" / "last.pt"
+    for p in (info_p, cfg_p, ck):
+        if not p.is_file():
+            raise MedTransferError(f"{run_dir}: not a finished wsi run (missing {p.name})")
+    info = json.loads(info_p.read_text())
+    w = info.get("wsi") or {}
+    if "in_dim" not in w:
+        raise MedTransferError(f"{run_dir}: run.json has no wsi model description")
+    cfg = load_yaml(cfg_p)
+    dim = int(w["in_dim"])
+    if w.get("kind") == "moe":
+        names = list(w["sources"])
+        model: nn.Module = build_moe([new_mil(dim, cfg) for _ in names], dim, cfg, names)
+    else:
+        model = new_mil(dim, cfg)
+    model.load_state_dict(load_checkpoint(ck)["model"])
+    return model.eval(), w, cfg
+
+
+def export_run(run_dir: str | Path, out_dir: str | Path, quantize: Optional[str] = None,
+               encoder: Optional[str] = None, encoder_weights: Any = None) -> Path:
+    """Export a run (``medtransfer export RUN_DIR --out BUNDLE``).
+
+    Args:
+        run_dir: a run written by ``medtransfer wsi train`` (or the demo).
+        out_dir: bundle folder.
+        quantize: unused for the aggregator (tiny); accepted for the common signature.
+        encoder: patch encoder to add (default: the run's ``encoder`` when its feature size matches).
+        encoder_weights: local weights for that encoder (default: the run's).
+
+    Returns:
+        The bundle folder.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    model, w, cfg = rebuild(run_dir)
+    dim = int(w["in_dim"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    head = SurvivalHead(model).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 9, dim, generator=g)
+    m = torch.ones(2, 9)
+    m[1, 6:] = 0
+    x1 = torch.randn(1, 23, dim, generator=g)
+    parity = export_onnx(head, (x, m), out_dir / "model.onnx", ["features", "mask"],
+                         ["risk", "hazards", "survival", "attention"],
+                         dynamic={"features": {0: "batch", 1: "n_patches"}, "mask": {0: "batch", 1: "n_patches"}},
+                         atol=1e-4, parity_args=[(x1, torch.ones(1, 23))])
+    files = ["model.onnx"]
+    enc_name = encoder or w.get("encoder")
+    pre: dict[str, Any] = {"bin_edges_months": w["edges"], "feature_dim": dim, "endpoint": cfg["data"]["endpoint"],
+                           "risk_threshold": w.get("risk_threshold")}
+    metrics: dict[str, Any] = {"onnx_parity_max_abs_diff": parity["max_abs_diff"]}
+    if enc_name:
+        enc, edim, pre_ok = build_encoder(enc_name, encoder_weights if encoder_weights is not None else w.get("encoder_weights"))
+        if edim != dim:
+            raise MedTransferError(f"encoder {enc_name} gives {edim}-d features but the aggregator expects {dim}")
+        ps = int(w.get("patch_size", 224))
+        tiles = torch.rand(2, 3, ps, ps, generator=g) * 255
+        ep = export_onnx(EncoderONNX(enc).eval(), (tiles,), out_dir / "encoder.onnx", ["tiles"], ["features"],
+                         dynamic={"tiles": {0: "batch"}}, atol=1e-3)
+        files.append("encoder.onnx")
+        metrics["encoder_parity_max_abs_diff"] = ep["max_abs_diff"]
+        pre.update({"encoder": enc_name, "encoder_pretrained": bool(pre_ok), "patch_size": ps,
+                    "target_mpp": float(w.get("target_mpp", 0.5)), "tissue_fraction_min": float(w.get("tissue_fraction_min", 0.25)),
+                    "tile_input": "RGB float32 0-255, NCHW; normalisation inside the graph"})
+    cvp = run_dir / "cv.json"
+    if cvp.is_file():
+        cv = json.loads(cvp.read_text())
+        metrics.update({"cv_c_index_mean": cv.get("c_index_mean"), "cv_c_index_sd": cv.get("c_index_sd")})
+    metrics.update(w.get("metrics") or {})
+    n_bins = len(w["edges"]) - 1
+    kind = w.get("kind", "mil")
+    write_bundle(
+        out_dir, name=f"wsi-survival-{kind}-{w.get('study', 'model')}", app="wsi", task="survival", files=files,
+        inputs={"features": {"shape": [-1, -1, dim], "dtype": "float32", "format": "patch-feature bag (padded)"},
+                "mask": {"shape": [-1, -1], "dtype": "float32", "value_range": [0, 1], "format": "1 = real patch"}},
+        outputs={"risk": {"shape": [-1], "dtype": "float32", "format": "-sum(survival); higher = worse"},
+                 "hazards": {"shape": [-1, n_bins], "dtype": "float32"},
+                 "survival": {"shape": [-1, n_bins], "dtype": "float32"},
+                 "attention": {"shape": [-1, -1], "dtype": "float32"}},
+        preprocessing=pre, labels=[f"bin{i}" for i in range(n_bins)], metrics=metrics,
+        data_card="data_cards/tcga_survival.md",
+        description=(f"Discrete-time survival from whole-slide feature bags ({kind}: "
+                     + ("MoE-PKT over source models " + ", ".join(w.get("sources", [])) if kind == "moe" else "gated attention MIL")
+                     + f"), {n_bins} hazard bins."),
+        extra={"model_kind": kind, "sources": w.get("sources", []), "study": w.get("study", "")},
+    )
+    return out_dir

@@ -1,0 +1,16 @@
+"""The wsi app's spec for the core (torch-free, imports nothing heavy)."""
+from __future__ import annotations
+
+from medtransfer.shared.plugins import AppSpec
+
+SPEC = AppSpec(
+    name="wsi",
+    help="Whole-slide prognosis: tiling + feature bags, attention-MIL survival, MoE-PKT transfer, ONNX scoring.",
+    cli="medtransfer.apps.wsi.cli:app",
+    predictor="medtransfer.apps.wsi.predict:WSIPredictor",
+    exporter="medtransfer.apps.wsi.export:export_run",
+    demo="medtransfer.apps.wsi.demo:demo",
+    bench="medtransfer.apps.wsi.bench:bench",
+    importers={"tcga": "medtransfer.apps.wsi.labels:import_tcga"},
+    data_cards=("tcga_survival.md", "uni2h_dss.md"),
+)

@@ -1,0 +1,116 @@
+"""Torch-free slide scoring: a feature bag (.h5) or a slide (tiled, encoded with the bundle's
+``encoder.onnx``) -> risk, hazards and survival curve, with optional attention / survival plots."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtransfer.apps.wsi.slide import SLIDE_SUFFIXES
+from medtransfer.shared.runtime.predictor import Predictor
+from medtransfer.shared.utils.errors import InputError
+
+
+class WSIPredictor(Predictor):
+    """Scores one slide or feature bag per call.
+
+    Options: ``out_dir`` + ``plot`` (write attention overlay / survival curve PNGs), ``mpp``
+    (level-0 MPP for slides without metadata), ``batch_size`` (tiles per encoder call),
+    ``max_patches`` (cap on the bag size, first patches kept; 0 = all).
+    """
+
+    suffixes = (".h5",) + SLIDE_SUFFIXES
+
+    def _features_from_slide(self, path: Path) -> tuple[np.ndarray, Any, Any, Any]:
+        from medtransfer.apps.wsi.slide import iter_tile_batches, open_slide, plan_tiles
+
+        pre = self.bundle.preprocessing
+        if "encoder.onnx" not in (self.bundle.meta.get("files") or {}):
+            raise InputError(path, "this bundle has no patch encoder: score feature bags (.h5) instead")
+        mpp = self.options.get("mpp")
+        slide = open_slide(path)
+        try:
+            tiling, thumb, mask = plan_tiles(slide, path, float(pre["target_mpp"]), int(pre["patch_size"]),
+                                             float(mpp) if mpp not in (None, "") else None, float(pre.get("tissue_fraction_min", 0.25)))
+            feats = np.zeros((len(tiling.coords), int(pre["feature_dim"])), np.float32)
+            bs = int(self.options.get("batch_size", 32))
+            for idx, tiles in iter_tile_batches(slide, tiling, batch_size=bs):
+                x = np.ascontiguousarray(tiles.transpose(0, 3, 1, 2), dtype=np.float32)
+                feats[idx] = self.bundle.run({"tiles": x}, name="encoder.onnx")["features"]
+        finally:
+            try:
+                slide.close()
+            except Exception:
+                pass
+        return feats, tiling, thumb, mask
+
+    def predict(self, path: Path, **case: Any) -> dict[str, Any]:
+        """Score one input.
+
+        Returns:
+            ``{"risk", "risk_group", "hazards", "survival", "bin_edges_months", "n_patches",
+            "top_patches" (coords of the most attended tiles), "plots"}``.
+        """
+        from medtransfer.apps.wsi.features import read_bag
+
+        path = Path(path)
+        pre = self.bundle.preprocessing
+        tiling = thumb = mask = None
+        if path.suffix.lower() == ".h5":
+            feats, coords, _ = read_bag(path)
+        elif path.suffix.lower() in SLIDE_SUFFIXES:
+            feats, tiling, thumb, mask = self._features_from_slide(path)
+            coords = tiling.coords
+        else:
+            raise InputError(path, f"not a feature bag (.h5) or a slide ({', '.join(SLIDE_SUFFIXES)})")
+        dim = int(pre["feature_dim"])
+        if feats.shape[1] != dim:
+            raise InputError(path, f"features are {feats.shape[1]}-d but the model expects {dim}-d (other encoder?)")
+        cap = int(self.options.get("max_patches", 0) or 0)
+        if cap and len(feats) > cap:
+            feats, coords = feats[:cap], coords[:cap]
+        out = self.bundle.run({"features": feats[None].astype(np.float32), "mask": np.ones((1, len(feats)), np.float32)})
+        risk = float(out["risk"][0])
+        attn = out["attention"][0]
+        thr = pre.get("risk_threshold")
+        top = np.argsort(-attn)[:5]
+        res: dict[str, Any] = {
+            "risk": risk,
+            "risk_group": ("high" if risk > float(thr) else "low") if thr is not None else "",
+            "hazards": [round(float(v), 6) for v in out["hazards"][0]],
+            "survival": [round(float(v), 6) for v in out["survival"][0]],
+            "bin_edges_months": pre.get("bin_edges_months"),
+            "n_patches": int(len(feats)),
+            "top_patches": [[int(coords[i][0]), int(coords[i][1])] for i in top],
+        }
+        out_dir = self.options.get("out_dir")
+        if self.options.get("plot") and out_dir:
+            res["plots"] = self._plots(Path(out_dir), path, res, attn, tiling, thumb, mask)
+        return res
+
+    def _plots(self, out_dir: Path, path: Path, res: dict[str, Any], attn: np.ndarray, tiling: Any, thumb: Any, mask: Any) -> list[str]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stem = path.stem
+        edges = np.asarray(res["bin_edges_months"], float)
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        ax.step(np.concatenate([[0], edges[1:]]), np.concatenate([[1], res["survival"]]), where="post")
+        ax.set_xlabel("months")
+        ax.set_ylabel("predicted survival")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{stem[:30]} risk {res['risk']:.2f} {res['risk_group']}", fontsize=8)
+        fig.tight_layout()
+        p1 = out_dir / f"{stem}_survival.png"
+        fig.savefig(p1, dpi=100)
+        plt.close(fig)
+        plots = [str(p1)]
+        if tiling is not None:
+            from medtransfer.apps.wsi.slide import save_overlay
+
+            plots.append(str(save_overlay(thumb, mask, tiling, out_dir / f"{stem}_attention.png", scores=attn)))
+        return plots

@@ -1,0 +1,502 @@
+"""Survival training on feature bags through ``shared.finetune.fit``: one model, k-fold CV, MoE-PKT.
+
+Protocol (written into every report): patient-level bags (a patient's slides pooled), official
+5-fold splits (train on the fold's train cases, report on its held-out cases), hazard bins cut
+on the training cases only, a fixed number of epochs and the LAST epoch's weights (no early
+stopping, no model selection on held-out cases), seeds fixed per fold.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medtransfer.apps.wsi.labels import Case, find_studies, read_splits, read_table, slide_stem
+from medtransfer.apps.wsi.model import MoEPKT, build_mil
+from medtransfer.apps.wsi.survival import c_index, km_plot, make_bins, mean_sd, nll_loss, pad_bags, risk_from_logits, td_auc, to_bins
+from medtransfer.shared.config import resolve_config
+from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit, load_checkpoint
+from medtransfer.shared.utils.errors import InputError, MedTransferError
+
+APP, TASK = "wsi", "survival"
+
+DEFAULTS: dict[str, Any] = {
+    "data": {"endpoint": "dss", "max_patches": 512},
+    "threads": 1,
+    "min_steps": 150,  # small cohorts get more epochs: at least this many optimizer steps  # torch threads for bag models (small nets: more threads only add contention)
+    "model": {"hidden": 64, "attn_dim": 32, "dropout": 0.25, "n_bins": 4, "bins": "quantile"},
+    "loss": {"alpha": 0.5},
+    "moe": {"top_k": 2, "balance_weight": 0.01, "z_weight": 0.01},
+    "train": {**TRAIN_DEFAULTS, "epochs": 20, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4,
+              "patience": 0, "progress": False, "amp": False},
+}
+
+
+def make_config(overrides: Any = None, recipe: Optional[str | Path] = None) -> dict[str, Any]:
+    """The resolved config: defaults <- recipe <- overrides (validated)."""
+    return resolve_config(DEFAULTS, recipe, overrides)
+
+
+# ---------------------------------------------------------------------------- data
+class BagDataset(Dataset):
+    """Patient bags with survival targets; items are (bag, bin, censored, time)."""
+
+    def __init__(self, bags: Sequence[np.ndarray], bins: np.ndarray, censored: np.ndarray, times: np.ndarray,
+                 max_patches: int = 0) -> None:
+        self.bags, self.bins, self.censored, self.times = list(bags), bins, censored, times
+        self.max_patches = int(max_patches or 0)
+
+    def __len__(self) -> int:
+        return len(self.bags)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int, int, float]:
+        b = self.bags[i]
+        if self.max_patches and len(b) > self.max_patches:
+            b = b[np.sort(np.random.choice(len(b), self.max_patches, replace=False))]
+        return b, int(self.bins[i]), int(self.censored[i]), float(self.times[i])
+
+
+def collate_bags(items: Sequence[tuple[np.ndarray, int, int, float]]) -> tuple[torch.Tensor, ...]:
+    """Pad a batch of bags: (x (B,N,D), mask (B,N), bin, censored, time)."""
+    x, m = pad_bags([it[0] for it in items])
+    return (torch.from_numpy(x), torch.from_numpy(m), torch.tensor([it[1] for it in items]),
+            torch.tensor([it[2] for it in items]), torch.tensor([it[3] for it in items], dtype=torch.float32))
+
+
+def forward_fn(model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:
+    """fit's forward: logits (plus router outputs for MoE-PKT) and the survival targets."""
+    x, m, y, c, t = batch
+    tgt = {"bin": y, "censored": c, "time": t}
+    if isinstance(model, MoEPKT) or isinstance(getattr(model, "module", None), MoEPKT):
+        out = (model.module if hasattr(model, "module") else model).route(x, m)
+        return {"logits": out["logits"], "probs": out["probs"], "keep": out["keep"], "router_logits": out["router_logits"]}, tgt
+    return {"logits": model(x, m)}, tgt
+
+
+def make_loss(cfg: dict[str, Any]):
+    """loss_fn(outputs, targets): hazard NLL (+ balance and z losses for MoE-PKT)."""
+    alpha = float(cfg["loss"]["alpha"])
+    wb, wz = float(cfg["moe"]["balance_weight"]), float(cfg["moe"]["z_weight"])
+
+    def loss_fn(out: dict[str, torch.Tensor], tgt: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss = nll_loss(out["logits"], tgt["bin"], tgt["censored"], alpha=alpha)
+        if "probs" in out:
+            aux = MoEPKT.aux_losses(out)
+            loss = loss + wb * aux["balance"] + wz * aux["z"]
+        return loss
+
+    return loss_fn
+
+
+def metric_fn(out: dict[str, np.ndarray], tgt: dict[str, np.ndarray]) -> dict[str, float]:
+    """C-index on a set of patients (fit's per-epoch metric when a validation set is given)."""
+    risk, _, _ = risk_from_logits(out["logits"])
+    return {"c_index": c_index(tgt["time"], 1 - tgt["censored"], risk)}
+
+
+@dataclass
+class Cohort:
+    """Patients with bags: cases[i] pairs with bags[cases[i].case_id]."""
+
+    cases: list[Case]
+    bags: dict[str, np.ndarray]
+    errors: list[dict[str, str]] = field(default_factory=list)
+
+    def subset(self, ids: Sequence[str]) -> list[Case]:
+        idx = {c.case_id: c for c in self.cases}
+        return [idx[i] for i in ids if i in idx]
+
+
+def load_cohort(labels_root: str | Path, study: str, features: Optional[str | Path] = None,
+                endpoint: str = "dss", bags: Optional[dict[str, np.ndarray]] = None) -> Cohort:
+    """Cases of one study with their bags (from an h5 folder or given in memory by case id).
+
+    Slides without an h5 and h5 files without a label become error rows; a patient with no bag
+    at all is dropped (error row); the rest is kept.
+    """
+    from medtransfer.apps.wsi.features import read_bag
+
+    tables = find_studies(labels_root)
+    if study not in tables:
+        raise InputError(labels_root, f"unknown study '{study}' (found: {', '.join(tables)})")
+    cases, errors = read_table(tables[study], endpoint, study)
+    out: dict[str, np.ndarray] = {}
+    if bags is not None:
+        out = {c.case_id: bags[c.case_id] for c in cases if c.case_id in bags}
+        errors += [{"study": study, "case_id": c.case_id, "slide_id": "", "error": "no bag"} for c in cases if c.case_id not in bags]
+    else:
+        if features is None:
+            raise MedTransferError("give a features folder (h5 bags) or in-memory bags")
+        fdir = Path(features)
+        have = {p.stem: p for p in fdir.glob("*.h5")}
+        used = set()
+        for c in cases:
+            parts = []
+            for sid in c.slides:
+                st = slide_stem(sid)
+                if st not in have:
+                    errors.append({"study": study, "case_id": c.case_id, "slide_id": sid, "error": "label row has no feature bag"})
+                    continue
+                try:
+                    parts.append(read_bag(have[st])[0])
+                    used.add(st)
+                except InputError as e:
+                    errors.append({"study": study, "case_id": c.case_id, "slide_id": sid, "error": str(e)})
+            if parts:
+                out[c.case_id] = np.concatenate(parts)
+        errors += [{"study": study, "case_id": "", "slide_id": s, "error": "feature bag has no label row"}
+                   for s in sorted(set(have) - used)]
+    kept = [c for c in cases if c.case_id in out]
+    if not kept:
+        raise InputError(labels_root, f"{study}: no patient has a feature bag")
+    return Cohort(kept, out, errors)
+
+
+def _arrays(cases: Sequence[Case]) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([c.time for c in cases], float), np.array([c.censored for c in cases], int)
+
+
+def _dataset(cases: Sequence[Case], bags: dict[str, np.ndarray], edges: np.ndarray, max_patches: int) -> BagDataset:
+    t, c = _arrays(cases)
+    return BagDataset([bags[x.case_id] for x in cases], to_bins(t, edges), c, t, max_patches)
+
+
+# ---------------------------------------------------------------------------- training
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Temporarily set torch's intra-op threads (0 = leave as is)."""
+    old = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def train_model(model: torch.nn.Module, cases: Sequence[Case], bags: dict[str, np.ndarray], edges: np.ndarray,
+                cfg: dict[str, Any], run_dir: str | Path, head: Optional[list[str]] = None,
+                extra: Optional[dict[str, Any]] = None, val_cases: Optional[Sequence[Case]] = None) -> torch.nn.Module:
+    """Fit a survival model with ``shared.finetune.fit``; returns it with its LAST-epoch weights.
+
+    Args:
+        model: GatedAttentionMIL or MoEPKT.
+        cases: training patients.
+        bags: case id -> (n, D).
+        edges: hazard bin edges (from the training cases).
+        cfg: resolved config.
+        run_dir: fit's run folder (resumed when complete: nothing is retrained).
+        head: trainable prefixes with ``train.strategy=linear_probe`` (MoE: all but the sources).
+        extra: saved into run.json and the checkpoints (edges, feature dim, model kind ...).
+        val_cases: optional validation patients (never the held-out fold).
+    """
+    mp = int(cfg["data"]["max_patches"])
+    ds = _dataset(cases, bags, edges, mp)
+    val = _dataset(val_cases, bags, edges, 0) if val_cases else None
+    state = {"wsi": {"edges": [float(e) for e in edges], **(extra or {})}}
+    steps = max(1, math.ceil(len(ds) / int(cfg["train"]["batch_size"])))
+    need = math.ceil(int(cfg.get("min_steps", 0)) / steps)
+    if need > int(cfg["train"]["epochs"]):
+        cfg = copy.deepcopy(cfg)
+        cfg["train"]["epochs"] = need
+    with torch_threads(int(cfg.get("threads", 1))):
+            res = fit(model, ds, val, cfg=cfg, run_dir=run_dir, app=APP, task=TASK, loss_fn=make_loss(cfg),
+                  metric_fn=metric_fn if val else None, forward_fn=forward_fn, collate_fn=collate_bags, head=head,
+                  monitor="val_c_index" if val else "train_loss", mode="max" if val else "min", extra_state=state)
+    last = load_checkpoint(res.last_path)
+    model.load_state_dict(last["model"])
+    info_p = Path(run_dir) / "run.json"
+    info = json.loads(info_p.read_text()) if info_p.is_file() else {}
+    info.update(state)
+    info_p.write_text(json.dumps(info, indent=2, default=float))
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, bags: Sequence[np.ndarray], batch_size: int = 32) -> dict[str, np.ndarray]:
+    """Hazard logits (and MoE gates when the model is MoE-PKT) for bags, in order."""
+    model.eval()
+    logits, gates = [], []
+    with torch_threads(1):
+        for i in range(0, len(bags), batch_size):
+            x, m = pad_bags(bags[i:i + batch_size])
+            xt, mt = torch.from_numpy(x), torch.from_numpy(m)
+            if isinstance(model, MoEPKT):
+                out = model.route(xt, mt)
+                logits.append(out["logits"].numpy())
+                gates.append(out["gates"].numpy())
+            else:
+                logits.append(model(xt, mt).numpy())
+    out = {"logits": np.concatenate(logits)}
+    if gates:
+        out["gates"] = np.concatenate(gates)
+    return out
+
+
+def evaluate(model: torch.nn.Module, cases: Sequence[Case], bags: dict[str, np.ndarray],
+             train_cases: Sequence[Case]) -> dict[str, Any]:
+    """C-index and time-dependent AUC on ``cases`` (train cases give the censoring distribution)."""
+    pred = predict_logits(model, [bags[c.case_id] for c in cases])
+    risk, _, _ = risk_from_logits(pred["logits"])
+    t, cen = _arrays(cases)
+    tt, tc = _arrays(train_cases)
+    auc, _, _ = td_auc(tt, 1 - tc, t, 1 - cen, risk)
+    out = {"c_index": c_index(t, 1 - cen, risk), "td_auc": auc, "n": len(cases), "events": int((1 - cen).sum()),
+           "risk": risk}
+    if "gates" in pred:
+        out["gates"] = pred["gates"]
+    return out
+
+
+def _edges(cases: Sequence[Case], cfg: dict[str, Any]) -> np.ndarray:
+    t, c = _arrays(cases)
+    return make_bins(t, 1 - c, int(cfg["model"]["n_bins"]), str(cfg["model"]["bins"]))
+
+
+def new_mil(in_dim: int, cfg: dict[str, Any]) -> torch.nn.Module:
+    """A fresh survival MIL from the config."""
+    m = cfg["model"]
+    return build_mil(in_dim, int(m["n_bins"]), int(m["hidden"]), int(m["attn_dim"]), float(m["dropout"]))
+
+
+def _cfg_seed(cfg: dict[str, Any], seed: int, **train: Any) -> dict[str, Any]:
+    c = copy.deepcopy(cfg)
+    c["train"]["seed"] = int(seed)
+    c["train"].update(train)
+    return c
+
+
+def cross_validate(cohort: Cohort, labels_root: str | Path, study: str, cfg: dict[str, Any], out_dir: str | Path,
+                   folds: Optional[int] = None) -> dict[str, Any]:
+    """k-fold CV on the official splits: C-index / td-AUC per fold, mean +- sd, KM plot.
+
+    Returns:
+        ``{"study", "folds": [...], "c_index_mean", "c_index_sd", "td_auc_mean", "td_auc_sd", "km": {...}}``.
+    """
+    out_dir = Path(out_dir)
+    splits = read_splits(labels_root, study, folds)
+    rows, pooled_t, pooled_c, pooled_g = [], [], [], []
+    dim = next(iter(cohort.bags.values())).shape[1]
+    for k, (tr_ids, te_ids) in enumerate(splits):
+        tr, te = cohort.subset(tr_ids), cohort.subset(te_ids)
+        if len(tr) < 4 or len(te) < 2:
+            raise MedTransferError(f"{study} fold {k}: too few patients with bags (train {len(tr)}, test {len(te)})")
+        c = _cfg_seed(cfg, int(cfg["train"]["seed"]) + k)
+        torch.manual_seed(int(c["train"]["seed"]))
+        edges = _edges(tr, c)
+        model = train_model(new_mil(dim, c), tr, cohort.bags, edges, c, out_dir / f"fold{k}",
+                            extra={"in_dim": dim, "kind": "mil", "study": study, "fold": k, "config": c["model"]})
+        ev = evaluate(model, te, cohort.bags, tr)
+        tr_risk = evaluate(model, tr, cohort.bags, tr)["risk"]
+        pooled_t += [x.time for x in te]
+        pooled_c += [x.censored for x in te]
+        pooled_g += list((ev["risk"] > np.median(tr_risk)).astype(float))  # cut at the TRAIN median risk
+        rows.append({"fold": k, "c_index": ev["c_index"], "td_auc": ev["td_auc"], "n_train": len(tr), "n_test": ev["n"],
+                     "events_test": ev["events"]})
+    cm, cs = mean_sd([r["c_index"] for r in rows])
+    am, asd = mean_sd([r["td_auc"] for r in rows])
+    km = km_plot(np.array(pooled_t), 1 - np.array(pooled_c), np.array(pooled_g), out_dir / f"km_{study}.png",
+                 title=f"{study} held-out folds,", groups=np.array(pooled_g, int))
+    res = {"study": study, "folds": rows, "c_index_mean": cm, "c_index_sd": cs, "td_auc_mean": am, "td_auc_sd": asd,
+           "km": km, "protocol": __doc__.split("Protocol")[1].strip().split("\n\n")[0].replace("\n", " ")}
+    (out_dir / "cv.json").write_text(json.dumps(res, indent=2, default=float))
+    return res
+
+
+# ---------------------------------------------------------------------------- Path-PKT
+def train_sources(cohorts: dict[str, Cohort], cfg: dict[str, Any], out_dir: str | Path) -> dict[str, torch.nn.Module]:
+    """One survival MIL per source cancer, on all of that cancer's patients."""
+    out = {}
+    for i, (study, coh) in enumerate(cohorts.items()):
+        dim = next(iter(coh.bags.values())).shape[1]
+        c = _cfg_seed(cfg, int(cfg["train"]["seed"]) + 100 + i)
+        torch.manual_seed(int(c["train"]["seed"]))
+        edges = _edges(coh.cases, c)
+        out[study] = train_model(new_mil(dim, c), coh.cases, coh.bags, edges, c, Path(out_dir) / f"source_{study}",
+                                 extra={"in_dim": dim, "kind": "mil", "study": study, "config": c["model"]})
+    return out
+
+
+def pkt_compare(target: Cohort, sources: dict[str, torch.nn.Module], labels_root: str | Path, study: str,
+                cfg: dict[str, Any], out_dir: str | Path, n_train: int = 40, folds: Optional[int] = None,
+                finetune: str = "best") -> dict[str, Any]:
+    """Cancer-specific vs single-source fine-tune vs MoE-PKT on a target cancer with few patients.
+
+    For each official fold: ``n_train`` patients drawn (seeded) from the fold's train cases; all
+    methods see the same patients and are scored on the fold's held-out cases.  ``finetune``:
+    ``best`` fine-tunes the one source whose frozen model ranks the fold's training patients best
+    (chosen on training patients only), ``all`` fine-tunes every source, ``none`` skips it.
+
+    Returns:
+        ``{"target", "n_train", "methods": {name: {"c_index": [...], "mean", "sd"}}, "routing": {...}}``.
+    """
+    out_dir = Path(out_dir)
+    splits = read_splits(labels_root, study, folds)
+    dim = next(iter(target.bags.values())).shape[1]
+    names = list(sources)
+    res: dict[str, list[float]] = {"cancer-specific": [], "moe-pkt": []}
+    if finetune == "best":
+        res["finetune (best source)"] = []
+    elif finetune == "all":
+        for s in names:
+            res[f"finetune:{s}"] = []
+    picked: list[str] = []
+    gates_all: list[np.ndarray] = []
+    for k, (tr_ids, te_ids) in enumerate(splits):
+        rng = np.random.default_rng(int(cfg["train"]["seed"]) + k)
+        tr_all, te = target.subset(tr_ids), target.subset(te_ids)
+        tr = [tr_all[i] for i in sorted(rng.choice(len(tr_all), min(n_train, len(tr_all)), replace=False))]
+        c = _cfg_seed(cfg, int(cfg["train"]["seed"]) + k)
+        edges = _edges(tr, c)
+        torch.manual_seed(int(c["train"]["seed"]))
+        m = train_model(new_mil(dim, c), tr, target.bags, edges, c, out_dir / f"fold{k}" / "specific",
+                        extra={"in_dim": dim, "kind": "mil", "study": study})
+        res["cancer-specific"].append(evaluate(m, te, target.bags, tr)["c_index"])
+        todo = []
+        if finetune == "all":
+            todo = [(f"finetune:{s}", s) for s in names]
+        elif finetune == "best":
+            score = {s: evaluate(sources[s], tr, target.bags, tr)["c_index"] for s in names}
+            best = max(score, key=score.get)
+            picked.append(best)
+            todo = [("finetune (best source)", best)]
+        for key, s in todo:
+            ft = copy.deepcopy(sources[s])
+            if ft.classifier.out_features != int(c["model"]["n_bins"]):  # same bin count: keep the source head
+                ft.classifier = torch.nn.Linear(ft.hidden, int(c["model"]["n_bins"]))
+            torch.manual_seed(int(c["train"]["seed"]))
+            ft = train_model(ft, tr, target.bags, edges, c, out_dir / f"fold{k}" / f"finetune_{s}",
+                             extra={"in_dim": dim, "kind": "mil", "study": study, "source": s})
+            res[key].append(evaluate(ft, te, target.bags, tr)["c_index"])
+        torch.manual_seed(int(c["train"]["seed"]))
+        moe = build_moe([copy.deepcopy(sources[s]) for s in names], dim, c, names)
+        cm = copy.deepcopy(c)
+        cm["train"]["strategy"] = "linear_probe"
+        moe = train_model(moe, tr, target.bags, edges, cm, out_dir / f"fold{k}" / "moe",
+                          head=["target", "router", "experts", "head"],
+                          extra={"in_dim": dim, "kind": "moe", "study": study, "sources": names})
+        ev = evaluate(moe, te, target.bags, tr)
+        res["moe-pkt"].append(ev["c_index"])
+        gates_all.append(ev["gates"])
+    methods = {}
+    for name, vals in res.items():
+        mu, sd = mean_sd(vals)
+        methods[name] = {"c_index": vals, "mean": mu, "sd": sd}
+    if finetune == "all":
+        per_fold = np.array([res[n] for n in res if n.startswith("finetune:")])
+        mu, sd = mean_sd(list(per_fold.mean(0)))
+        methods["finetune (mean over sources)"] = {"c_index": list(per_fold.mean(0)), "mean": mu, "sd": sd}
+    g = np.concatenate(gates_all)
+    routing = {"mean_gate": {n: float(v) for n, v in zip(names, g.mean(0))},
+               "selected_fraction": {n: float(v) for n, v in zip(names, (g > 0).mean(0))}}
+    out = {"target": study, "n_train": n_train, "sources": names, "methods": methods, "routing": routing,
+           "finetune_source_per_fold": picked}
+    plot_pkt(out, out_dir / f"pkt_{study}.png")
+    out["png"] = str(out_dir / f"pkt_{study}.png")
+    (out_dir / "pkt.json").write_text(json.dumps(out, indent=2, default=float))
+    return out
+
+
+def build_moe(sources: Sequence[torch.nn.Module], in_dim: int, cfg: dict[str, Any], names: Sequence[str]) -> MoEPKT:
+    """MoE-PKT over (frozen) source models with a fresh target MIL for the router."""
+    return MoEPKT(list(sources), new_mil(in_dim, cfg), int(cfg["model"]["n_bins"]), int(cfg["moe"]["top_k"]), names)
+
+
+def plot_pkt(res: dict[str, Any], out_png: str | Path) -> Path:
+    """Bar chart of C-index per method (mean +- sd over folds) and the MoE routing weights."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meths = res["methods"]
+    names = list(meths)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [2, 1]})
+    a.bar(range(len(names)), [meths[n]["mean"] for n in names], yerr=[meths[n]["sd"] for n in names],
+          color=["#888" if n == "cancer-specific" else "#c44" if n == "moe-pkt" else "#69c" for n in names], capsize=3)
+    a.set_xticks(range(len(names)), [n.replace("finetune:", "ft ") for n in names], rotation=30, ha="right", fontsize=8)
+    a.set_ylabel("C-index (held-out folds)")
+    a.set_ylim(0.4, 1.0)
+    a.axhline(0.5, color="k", lw=0.5, ls=":")
+    a.set_title(f"{res['target']}: {res['n_train']} training patients per fold")
+    r = res["routing"]["mean_gate"]
+    b.bar(range(len(r)), list(r.values()), color="#c44")
+    b.set_xticks(range(len(r)), list(r), rotation=30, ha="right", fontsize=8)
+    b.set_title("MoE-PKT mean routing weight")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def finalize_run(model: torch.nn.Module, run_dir: str | Path, cohort: Cohort, train_cases: Sequence[Case],
+                 test_cases: Sequence[Case], extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Write the held-out metrics, the training-median risk threshold and encoder info into run.json."""
+    ev_tr = evaluate(model, train_cases, cohort.bags, train_cases)
+    info_p = Path(run_dir) / "run.json"
+    info = json.loads(info_p.read_text())
+    w = info.setdefault("wsi", {})
+    w["risk_threshold"] = float(np.median(ev_tr["risk"]))
+    metrics = {"train_c_index": ev_tr["c_index"], "n_train": len(train_cases)}
+    if test_cases:
+        ev = evaluate(model, test_cases, cohort.bags, train_cases)
+        metrics.update({"test_c_index": ev["c_index"], "test_td_auc": ev["td_auc"], "n_test": len(test_cases)})
+    w["metrics"] = metrics
+    w.update(extra or {})
+    info_p.write_text(json.dumps(info, indent=2, default=float))
+    return metrics
+
+
+def bag_attrs(features: str | Path) -> dict[str, Any]:
+    """Encoder / tiling attributes shared by the h5 bags of a folder (from the first one)."""
+    import h5py
+
+    for p in sorted(Path(features).glob("*.h5")):
+        with h5py.File(p, "r") as f:
+            a = dict(f.attrs)
+        return {"encoder": str(a.get("encoder", "")) or None, "patch_size": int(a.get("patch_size", 224)),
+                "target_mpp": float(a.get("mpp", 0.5)), "tissue_fraction_min": float(a.get("tissue_fraction_min", 0.25))}
+    return {}
+
+
+def train_run(labels_root: str | Path, study: str, out: str | Path, cfg: dict[str, Any],
+              features: Optional[str | Path] = None, bags: Optional[dict[str, np.ndarray]] = None,
+              fold: Optional[int] = 0) -> dict[str, Any]:
+    """Train one exportable survival MIL on a study (train cases of official fold ``fold``, or all
+    cases when ``fold`` is None), score the fold's held-out cases, and write the run folder."""
+    coh = load_cohort(labels_root, study, features, str(cfg["data"]["endpoint"]), bags)
+    if fold is None:
+        tr, te = coh.cases, []
+    else:
+        tr_ids, te_ids = read_splits(labels_root, study)[fold]
+        tr, te = coh.subset(tr_ids), coh.subset(te_ids)
+    dim = next(iter(coh.bags.values())).shape[1]
+    torch.manual_seed(int(cfg["train"]["seed"]))
+    edges = _edges(tr, cfg)
+    model = train_model(new_mil(dim, cfg), tr, coh.bags, edges, cfg, out,
+                        extra={"in_dim": dim, "kind": "mil", "study": study, "fold": fold})
+    extra = bag_attrs(features) if features else {}
+    metrics = finalize_run(model, out, coh, tr, te, extra)
+    if coh.errors:
+        _write_errors(Path(out) / "errors.csv", coh.errors)
+    return metrics
+
+
+def _write_errors(path: Path, rows: list[dict[str, str]]) -> Path:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["study", "case_id", "slide_id", "error"])
+        w.writeheader()
+        w.writerows(rows)
+    return path

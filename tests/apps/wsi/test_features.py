@@ -1,0 +1,77 @@
+import csv
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from medtransfer.apps.wsi.features import extract_many, read_bag
+from medtransfer.shared.utils.errors import InputError
+
+
+def test_extract_folder_resumable_with_error_rows(slide_dir: Path, tmp_path: Path, tile_opts: dict) -> None:
+    out = tmp_path / "bags"
+    res = extract_many(slide_dir, out, "resnet18", None, tile_opts["target_mpp"], tile_opts["patch_size"],
+                       batch_size=8, show_progress=False)
+    by = {r.slide: r for r in res}
+    assert by["good_a"].status == by["good_b"].status == "done"
+    assert by["no_mpp"].status == "error" and "--mpp" in by["no_mpp"].error
+    assert by["blank"].status == "error" and "tissue" in by["blank"].error
+    assert by["corrupt"].status == "error"
+    with h5py.File(out / "good_a.h5", "r") as f:
+        n = f["coords"].shape[0]
+        assert f["coords"].shape == (n, 2) and f["features"].shape == (n, 512) and n > 0
+        assert f.attrs["patch_size"] == 64 and f.attrs["patch_level"] == 2 and f.attrs["mpp"] == 2.0
+        assert f.attrs["complete"] and f.attrs["encoder"] == "resnet18" and not f.attrs["pretrained"]
+        assert np.isfinite(f["features"][()]).all() and f["features"][()].std() > 0
+    assert (out / "thumbnails" / "good_a.png").is_file()
+    with open(out / "extract_log.csv") as fh:
+        assert sum(1 for r in csv.DictReader(fh) if r["status"] == "error") == 3
+    mtime = (out / "good_a.h5").stat().st_mtime_ns
+    # second run: nothing recomputed for the finished slides; --mpp rescues the slide without MPP
+    res2 = extract_many(slide_dir, out, "resnet18", None, tile_opts["target_mpp"], tile_opts["patch_size"], mpp=0.5,
+                        batch_size=8, show_progress=False)
+    by2 = {r.slide: r for r in res2}
+    assert by2["good_a"].status == by2["good_b"].status == "skipped"
+    assert by2["good_a"].n_tiles == n
+    assert (out / "good_a.h5").stat().st_mtime_ns == mtime
+    assert by2["no_mpp"].status == "done"
+    feats, coords, attrs = read_bag(out / "no_mpp.h5")
+    assert attrs["level0_mpp"] == 0.5 and feats.shape[0] == coords.shape[0]
+
+
+def test_partial_h5_is_redone(slide_dir: Path, tmp_path: Path, tile_opts: dict) -> None:
+    out = tmp_path / "bags"
+    out.mkdir()
+    with h5py.File(out / "good_a.h5", "w") as f:  # an interrupted run's leftover
+        f.create_dataset("coords", data=np.zeros((3, 2)))
+    single = slide_dir / "good_a.tif"
+    res = extract_many(single, out, "resnet18", None, tile_opts["target_mpp"], tile_opts["patch_size"], show_progress=False)
+    assert res[0].status == "done" and read_bag(out / "good_a.h5")[0].shape[1] == 512
+
+
+def test_read_bag_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        read_bag(tmp_path / "x.h5")
+    (tmp_path / "bad.h5").write_bytes(b"not hdf5")
+    with pytest.raises(InputError, match="HDF5"):
+        read_bag(tmp_path / "bad.h5")
+    with h5py.File(tmp_path / "empty.h5", "w") as f:
+        f.create_dataset("features", data=np.zeros((0, 8), np.float32))
+    with pytest.raises(InputError, match="non-empty"):
+        read_bag(tmp_path / "empty.h5")
+
+
+def test_uni2h_option_gives_1536d() -> None:
+    import torch
+
+    from medtransfer.apps.wsi.model import build_encoder
+    from medtransfer.shared.utils.errors import WeightsError
+
+    model, dim, pre = build_encoder("uni2h", None, depth=1)  # full depth 24 = 681M params; 1 block for the test
+    assert dim == 1536 and not pre
+    assert model.num_prefix_tokens == 9  # class token + 8 registers, as UNI2-h
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(2, 3, 224, 224)).shape == (2, 1536)
+    with pytest.raises(WeightsError):
+        build_encoder("uni2h", "/nonexistent/uni2h.bin", depth=1)

@@ -1,0 +1,174 @@
+"""Training (k-fold CV, MoE-PKT), export to ONNX and torch-free scoring of bags and slides."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medtransfer.apps.wsi.features import write_bag
+from medtransfer.apps.wsi.labels import find_studies, read_table
+from medtransfer.apps.wsi.synthetic import make_survpath_tables, planted_bags
+from medtransfer.apps.wsi.train import cross_validate, load_cohort, make_config, pkt_compare, train_run, train_sources
+
+FAST = ["train.epochs=4", "min_steps=120", "model.hidden=32", "model.attn_dim=16"]
+
+
+@pytest.mark.realdata
+def test_cv_on_real_tables_with_planted_signal(labels_root: Path, tmp_path: Path) -> None:
+    cases, _ = read_table(find_studies(labels_root)["tcga_blca"], "dss", "tcga_blca")
+    bags = planted_bags(cases, dim=32, seed=0)
+    coh = load_cohort(labels_root, "tcga_blca", bags=bags)
+    res = cross_validate(coh, labels_root, "tcga_blca", make_config(["train.epochs=15"]), tmp_path / "cv")
+    assert len(res["folds"]) == 5
+    assert res["c_index_mean"] >= 0.75, res["folds"]
+    assert 0.5 < res["td_auc_mean"] <= 1
+    assert res["km"]["logrank_p"] < 0.01 and Path(res["km"]["png"]).is_file()
+    assert json.loads((tmp_path / "cv" / "cv.json").read_text())["c_index_sd"] >= 0
+
+
+@pytest.fixture(scope="module")
+def moe_setup(tmp_path_factory):
+    """Synthetic SurvPath tables (3 cohorts), planted bags, sources + one MoE-PKT fold, exported."""
+    from medtransfer.apps.wsi.export import export_run
+
+    d = tmp_path_factory.mktemp("moe")
+    root = make_survpath_tables(d / "labels", studies=("tcga_aaa", "tcga_bbb", "tcga_ccc"), n_cases=60)
+    cases = []
+    for s, p in find_studies(root).items():
+        cases += read_table(p, "dss", s)[0]
+    bags = planted_bags(cases, dim=16, seed=0, n_patches=(8, 24))
+    cfg = make_config(FAST + ["moe.top_k=1"])
+    sources = train_sources({s: load_cohort(root, s, bags=bags) for s in ("tcga_aaa", "tcga_bbb")}, cfg, d / "pkt")
+    res = pkt_compare(load_cohort(root, "tcga_ccc", bags=bags), sources, root, "tcga_ccc", cfg, d / "pkt",
+                      n_train=30, folds=1, finetune="best")
+    bundle = export_run(d / "pkt" / "fold0" / "moe", d / "bundle")
+    feats = d / "feats"
+    for cid in list(bags)[:3]:
+        write_bag(feats / f"{cid}.h5", np.zeros((len(bags[cid]), 2), np.int64), bags[cid], {"complete": True})
+    return {"root": root, "res": res, "bundle": bundle, "feats": feats, "bags": bags}
+
+
+def test_pkt_compare_reports_all_methods(moe_setup) -> None:
+    res = moe_setup["res"]
+    assert set(res["methods"]) == {"cancer-specific", "moe-pkt", "finetune (best source)"}
+    assert all(len(v["c_index"]) == 1 and 0 <= v["mean"] <= 1 for v in res["methods"].values())
+    assert res["finetune_source_per_fold"][0] in ("tcga_aaa", "tcga_bbb")
+    sel = res["routing"]["selected_fraction"]
+    assert sum(sel.values()) == pytest.approx(1.0)  # top-1 routing: one expert per slide
+    assert Path(res["png"]).stat().st_size > 5000
+
+
+def test_moe_bundle_matches_torch_and_predicts_torch_free(moe_setup) -> None:
+    import onnx
+    import torch
+
+    from medtransfer.apps.wsi.export import rebuild
+    from medtransfer.apps.wsi.model import SurvivalHead
+
+    b = moe_setup["bundle"]
+    meta = json.loads((b / "metadata.json").read_text())
+    assert meta["app"] == "wsi" and meta["model_kind"] == "moe" and meta["sources"] == ["tcga_aaa", "tcga_bbb"]
+    g = onnx.load(str(b / "model.onnx")).graph
+    assert [i.name for i in g.input] == ["features", "mask"]
+    assert g.input[0].type.tensor_type.shape.dim[1].dim_param  # n_patches is dynamic
+    # the experts live inside the one graph: parity on a bag length never seen at export
+    model, _, _ = rebuild(b.parent / "pkt" / "fold0" / "moe")
+    x = np.random.default_rng(0).standard_normal((1, 37, 16)).astype(np.float32)
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(str(b / "model.onnx")).run(None, {"features": x, "mask": np.ones((1, 37), np.float32)})
+    with torch.no_grad():
+        ref = SurvivalHead(model)(torch.from_numpy(x), torch.ones(1, 37))
+    np.testing.assert_allclose(got[0], ref[0].numpy(), atol=1e-4)
+    # torch-free scoring in a fresh process
+    code = f"""
+import json, sys
+from pathlib import Path
+import medtransfer.apps.wsi.plugin, medtransfer.apps.wsi.predict, medtransfer.apps.wsi.cli
+from medtransfer.shared.runtime.bundle import load_bundle
+from medtransfer.shared.runtime.predictor import build_predictor
+from medtransfer.shared.utils.errors import InputError
+p = build_predictor(load_bundle({str(b)!r}), out_dir={str(b.parent / 'pred')!r}, plot=True)
+rows = [p.predict(f) for f in sorted(Path({str(moe_setup['feats'])!r}).glob('*.h5'))]
+try:
+    p.predict(Path({str(b / 'metadata.json')!r}))
+    bad = 'accepted'
+except InputError as e:
+    bad = str(e)
+print(json.dumps({{"rows": rows, "bad": bad, "torch": "torch" in sys.modules}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["torch"] is False
+    assert len(r["rows"]) == 3
+    for row in r["rows"]:
+        assert np.isfinite(row["risk"]) and len(row["survival"]) == 4 and row["risk_group"] == ""
+        assert all(a >= b for a, b in zip(row["survival"], row["survival"][1:]))
+        assert Path(row["plots"][0]).is_file()
+    assert "not a feature bag" in r["bad"]
+
+
+@pytest.fixture(scope="module")
+def slide_bundle(tmp_path_factory, tile_opts):
+    """A 512-d MIL run (bags of resnet18 size) exported with the resnet18 patch encoder."""
+    from medtransfer.apps.wsi.export import export_run
+
+    d = tmp_path_factory.mktemp("e2e")
+    root = make_survpath_tables(d / "labels", studies=("tcga_aaa",), n_cases=30)
+    cases = read_table(find_studies(root)["tcga_aaa"], "dss")[0]
+    bags = planted_bags(cases, dim=512, seed=0, n_patches=(4, 8))
+    run = d / "run"
+    m = train_run(root, "tcga_aaa", run, make_config(FAST + ["train.epochs=2", "min_steps=0"]), bags=bags, fold=0)
+    assert 0 <= m["test_c_index"] <= 1
+    info = json.loads((run / "run.json").read_text())
+    info["wsi"].update({"encoder": "resnet18", "patch_size": tile_opts["patch_size"], "target_mpp": tile_opts["target_mpp"]})
+    (run / "run.json").write_text(json.dumps(info))
+    return export_run(run, d / "bundle")
+
+
+def test_slide_scoring_end_to_end(slide_bundle: Path, slide_dir: Path, tmp_path: Path) -> None:
+    from medtransfer.shared.runtime.bundle import load_bundle
+    from medtransfer.shared.runtime.predictor import build_predictor
+    from medtransfer.shared.utils.errors import InputError
+
+    meta = json.loads((slide_bundle / "metadata.json").read_text())
+    assert set(meta["files"]) == {"model.onnx", "encoder.onnx"} and meta["preprocessing"]["encoder"] == "resnet18"
+    p = build_predictor(load_bundle(slide_bundle), out_dir=str(tmp_path), plot=True)
+    r = p.predict(slide_dir / "good_a.tif")
+    assert np.isfinite(r["risk"]) and r["risk_group"] in ("low", "high") and r["n_patches"] > 0
+    assert any(x.endswith("_attention.png") for x in r["plots"])
+    with pytest.raises(InputError, match="--mpp"):
+        p.predict(slide_dir / "no_mpp.tif")
+    p2 = build_predictor(load_bundle(slide_bundle), mpp=0.5)
+    assert p2.predict(slide_dir / "no_mpp.tif")["n_patches"] > 0
+    with pytest.raises(InputError):
+        p.predict(slide_dir / "corrupt.svs")
+
+
+def test_cli_predict_and_score_bags(moe_setup, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medtransfer.shared.cli.main import app
+
+    runner = CliRunner()
+    bags = sorted(moe_setup["feats"].glob("*.h5"))
+    r = runner.invoke(app, ["predict", str(moe_setup["bundle"]), str(bags[0])])
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.output.strip().splitlines()[0])
+    assert row["status"] == "ok" and np.isfinite(row["risk"])
+    (moe_setup["feats"] / "broken.h5").write_bytes(b"junk")
+    try:
+        r = runner.invoke(app, ["score", str(moe_setup["bundle"]), "--input-dir", str(moe_setup["feats"]),
+                                "--out", str(tmp_path / "scores.csv"), "--quiet"])
+    finally:
+        (moe_setup["feats"] / "broken.h5").unlink()
+    assert (tmp_path / "scores.csv").is_file(), r.output
+    import csv
+
+    with open(tmp_path / "scores.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4
+    assert sum(1 for x in rows if x.get("status") == "error") == 1  # the broken bag is an error row, the rest scored
