@@ -129,9 +129,13 @@ def train_cmd(
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="full | linear_probe | llrd | gradual_unfreeze"),
     seed: Optional[int] = typer.Option(None, "--seed"),
-    config: Optional[Path] = typer.Option(None, "--config", help="recipe YAML"),
+    config: Optional[Path] = typer.Option(None, "--config", "--recipe",
+                                          help="recipe YAML (e.g. apps/eeg/recipes/bonn.yaml)"),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="config override key=value (repeatable)"),
     channels: Optional[str] = _CH, sfreq: Optional[float] = _SF, window_seconds: Optional[float] = _WS,
+    window_stride: Optional[float] = typer.Option(
+        None, "--window-stride", help="seconds between TRAINING window starts (overlap when < window; "
+                                      "evaluation windows never overlap; default 0 = window length)"),
     crop_start: Optional[float] = _CS, crop_max: Optional[float] = _CM, car: Optional[bool] = _CAR,
     fill_missing: Optional[bool] = _FM, cache_dir: Optional[Path] = _CD, workers: Optional[int] = _WK,
 ) -> None:
@@ -141,6 +145,8 @@ def train_cmd(
     try:
         data = _data_overrides(channels, sfreq, window_seconds, crop_start, crop_max, car, fill_missing,
                                cache_dir, workers)
+        if window_stride is not None:
+            data["window_stride_seconds"] = float(window_stride)
         if init is not None and (init / "config.yaml").is_file() and not config:
             # the source run's recipe is the starting point; flags and --set still apply
             from medtransfer.shared.config import load_yaml
@@ -183,7 +189,7 @@ def transfer_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="shallow | deep4 | tcn | eegnet"),
     source_run: Optional[Path] = typer.Option(None, "--source-run", help="reuse a trained source run"),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
-    config: Optional[Path] = typer.Option(None, "--config", help="recipe YAML"),
+    config: Optional[Path] = typer.Option(None, "--config", "--recipe", help="recipe YAML"),
     sets: Optional[List[str]] = typer.Option(None, "--set", help="config override key=value"),
     channels: Optional[str] = _CH, sfreq: Optional[float] = _SF, window_seconds: Optional[float] = _WS,
     crop_start: Optional[float] = _CS, crop_max: Optional[float] = _CM, workers: Optional[int] = _WK,
@@ -217,6 +223,5 @@ def bonn_cmd(
     except MedTransferError as e:
         _fail(str(e))
     typer.echo(f"wrote {p}")
-    print("train with: medtransfer eeg train --manifest {0} --out RUN --model eegnet --channels CH1 "
-          "--window-seconds 5 --crop-start 0 --crop-max 0 --no-car --epochs 30 --set data.clip_uv=0 "
-          "--set train.lr=0.002".format(p), file=sys.stderr)
+    recipe = Path(__file__).resolve().parent / "recipes" / "bonn.yaml"
+    print(f"train with: medtransfer eeg train --manifest {p} --out RUN --recipe {recipe}", file=sys.stderr)

@@ -265,7 +265,9 @@ def import_bonn(root: str | Path, out_csv: str | Path, limit_per_set: int | None
     root = Path(root)
     npz = root if root.suffix == ".npz" else root / "bonn_dev_int16.npz"
     out_csv = Path(out_csv)
-    rows = write_bonn_edfs(npz, out_csv.parent / "bonn_edf", limit_per_set=limit_per_set)
+    # absolute EDF paths: write_manifest only relativises absolute paths, so a relative --out
+    # (e.g. bonn/bonn.csv) would otherwise be resolved twice against the manifest folder
+    rows = write_bonn_edfs(npz, out_csv.resolve().parent / "bonn_edf", limit_per_set=limit_per_set)
     raw_csv = out_csv.with_name(out_csv.stem + "_all.csv")
     write_manifest(rows, raw_csv)
     return import_generic(raw_csv, out_csv, **{**BONN_DATA, **opts})
@@ -414,19 +416,27 @@ class _progress:
 class WindowDataset:
     """Windows of cached recordings, read through memory maps one window at a time (flat memory).
 
-    Items are ``(x float32 (C, T), y int64)``; ``index[i] = (recording idx, window idx)``.
+    Items are ``(x float32 (C, T), y int64)``; ``index[i] = (recording idx, start sample)``.
 
     Args:
         recordings: cached recordings.
         max_windows_per_recording: keep at most this many windows per recording (0 = all).
+        stride: samples between window starts (0 = the window length: the cached, non-overlapping
+            windows).  A smaller stride gives overlapping windows cut from the same contiguous
+            signal (the cached windows are consecutive); used for training windows only.
     """
 
-    def __init__(self, recordings: Sequence[CachedRecording], max_windows_per_recording: int = 0) -> None:
+    def __init__(self, recordings: Sequence[CachedRecording], max_windows_per_recording: int = 0,
+                 stride: int = 0) -> None:
         self.recordings = list(recordings)
         self.index: list[tuple[int, int]] = []
+        self.win = int(self.shape[1]) if self.recordings else 0
+        self.stride = int(stride) if stride and 0 < int(stride) < self.win else self.win
         for i, r in enumerate(self.recordings):
-            n = r.n_windows if not max_windows_per_recording else min(r.n_windows, max_windows_per_recording)
-            self.index += [(i, w) for w in range(n)]
+            starts = list(range(0, (r.n_windows - 1) * self.win + 1, self.stride)) if self.win else []
+            if max_windows_per_recording:
+                starts = starts[:max_windows_per_recording]
+            self.index += [(i, st) for st in starts]
         self.targets = np.array([LABELS.index(self.recordings[i].label) if self.recordings[i].label in LABELS else -1
                                  for i, _ in self.index], dtype=np.int64)
         self._open: tuple[int, Any] | None = None
@@ -440,8 +450,13 @@ class WindowDataset:
         return self._open[1]
 
     def __getitem__(self, k: int) -> tuple[np.ndarray, np.int64]:
-        i, w = self.index[k]
-        return np.array(self._mm(i)[w], dtype=np.float32), self.targets[k]
+        i, st = self.index[k]
+        w, off = divmod(st, self.win)
+        mm = self._mm(i)
+        if off == 0:
+            return np.array(mm[w], dtype=np.float32), self.targets[k]
+        x = np.concatenate([mm[w][:, off:], mm[w + 1][:, :off]], axis=1)
+        return np.asarray(x, dtype=np.float32), self.targets[k]
 
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)

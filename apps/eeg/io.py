@@ -40,6 +40,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "cache_dir": "",  # "" = <manifest folder>/.eeg_cache
     "workers": 2,
     "max_windows_per_recording": 0,  # 0 = all windows of each recording
+    "window_stride_seconds": 0.0,  # training windows only: 0 = window_seconds (no overlap); < window = overlap
     "val_fraction": 0.15,
     "test_fraction": 0.15,
     "split_seed": 0,

@@ -30,7 +30,10 @@ def defaults() -> dict[str, Any]:
 
     train = copy.deepcopy(TRAIN_DEFAULTS)
     train.update(lr=6.25e-4, weight_decay=5e-4, batch_size=64, epochs=10, scheduler="cosine", patience=5)
-    return {"data": copy.deepcopy(DATA_DEFAULTS), "model": {"name": "shallow", "drop_prob": 0.5},
+    train["class_weight"] = "none"  # none | balanced (cross-entropy weights n / (2 n_class) on training windows)
+    return {"data": copy.deepcopy(DATA_DEFAULTS),
+            "model": {"name": "shallow", "drop_prob": 0.5,
+                      "kwargs": {}},  # extra braindecode constructor arguments, e.g. {F1: 16, D: 2} for eegnet
             "train": train}
 
 
@@ -42,6 +45,10 @@ def resolve(recipe: str | Path | None = None, overrides: Iterable[str] | Mapping
     pp_config(cfg["data"])  # validates
     if cfg["model"]["name"] not in MODELS:
         raise MedTransferError(f"model.name '{cfg['model']['name']}' is not one of {', '.join(MODELS)}")
+    if str(cfg["train"].get("class_weight", "none")) not in ("none", "balanced"):
+        raise MedTransferError(f"train.class_weight must be none or balanced (got '{cfg['train']['class_weight']}')")
+    if float(cfg["data"].get("window_stride_seconds", 0) or 0) < 0:
+        raise MedTransferError("data.window_stride_seconds must be >= 0 (0 = no overlap)")
     return cfg
 
 
@@ -62,6 +69,7 @@ def build_model(cfg: Mapping[str, Any]):
     kw: dict[str, Any] = {}
     if name in ("shallow", "deep4", "eegnet", "tcn"):
         kw["drop_prob"] = float(cfg["model"].get("drop_prob", 0.5))
+    kw.update(dict(cfg["model"].get("kwargs") or {}))
     return create_model(name, n_chans=n_chans, n_outputs=len(LABELS), n_times=window_samples(pp),
                         sfreq=float(pp["sfreq"]), **kw)
 
@@ -70,6 +78,32 @@ def _loss(out, y):
     import torch.nn.functional as F
 
     return F.cross_entropy(out, y)
+
+
+def class_weights(targets: np.ndarray) -> np.ndarray:
+    """Balanced cross-entropy weights ``n / (n_classes_present * n_c)`` (1 for a class absent from training)."""
+    t = np.asarray(targets)
+    t = t[t >= 0]
+    n = np.bincount(t, minlength=len(LABELS)).astype(float)
+    k = max(1, int((n > 0).sum()))
+    return np.where(n > 0, len(t) / (k * np.maximum(n, 1)), 1.0)
+
+
+def _weighted_loss(weights: np.ndarray):
+    def loss(out, y):
+        import torch
+        import torch.nn.functional as F
+
+        return F.cross_entropy(out, y, weight=torch.as_tensor(weights, dtype=out.dtype, device=out.device))
+
+    return loss
+
+
+def train_stride(cfg: Mapping[str, Any]) -> int:
+    """Samples between training-window starts (``data.window_stride_seconds``; 0 = no overlap)."""
+    pp = pp_config(cfg["data"])
+    st = float(cfg["data"].get("window_stride_seconds", 0) or 0)
+    return int(round(st * float(pp["sfreq"]))) if st > 0 else 0
 
 
 def _window_metrics(out: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -118,8 +152,11 @@ def train(
     if not splits["train"]:
         raise InputError(manifest, "no usable training recordings (see the import report / errors)")
     mw = int(cfg["data"].get("max_windows_per_recording", 0) or 0)
-    train_ds = WindowDataset(splits["train"], mw)
-    val_ds = WindowDataset(splits["val"], mw) if splits["val"] else None
+    train_ds = WindowDataset(splits["train"], mw, stride=train_stride(cfg))  # overlapping when a stride is set
+    val_ds = WindowDataset(splits["val"], mw) if splits["val"] else None  # evaluation windows: no overlap
+    loss_fn = _loss
+    if str(cfg["train"].get("class_weight", "none")) == "balanced":
+        loss_fn = _weighted_loss(class_weights(train_ds.targets))
     model = build_model(cfg)
     init_report: dict[str, Any] = {}
     if init:
@@ -131,7 +168,7 @@ def train(
         init_report = {"source": str(src), "missing": len(info["missing"]), "skipped": len(info["skipped"])}
     pp = pp_config(cfg["data"])
     extra = {"labels": list(LABELS), "preprocessing": pp, "model_name": cfg["model"]["name"]}
-    res = fit(model, train_ds, val_ds, cfg=cfg, run_dir=Path(run_dir), app=APP, task=TASK, loss_fn=_loss,
+    res = fit(model, train_ds, val_ds, cfg=cfg, run_dir=Path(run_dir), app=APP, task=TASK, loss_fn=loss_fn,
               metric_fn=_window_metrics, head=["final_layer"], monitor="val_loss", mode="min",
               extra_state=extra)
     run_dir = Path(run_dir)
