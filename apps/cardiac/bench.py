@@ -26,6 +26,12 @@ def bench(size: int = 112, batch: int = 8, threads: int = 2, iters: int = 10, ba
     from medtransfer.apps.cardiac.model import CardiacNet
     from medtransfer.shared.export import export_onnx
 
+    if bundle:  # time the bundle's own graph: its input side and backbone, not the defaults
+        import json
+
+        meta = json.loads((Path(bundle) / "metadata.json").read_text())
+        size = int(meta.get("preprocessing", {}).get("size", size))
+        backbone = str(meta.get("backbone", backbone))
     torch.set_num_threads(threads)
     model = CardiacNet(backbone=backbone).eval()
     tmp = tempfile.TemporaryDirectory()

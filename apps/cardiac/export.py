@@ -45,7 +45,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = 
     from medtransfer.shared.export import export_onnx, quantize_int8, write_bundle
 
     model, cfg, info = load_run_model(run_dir)
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # write_bundle reads relative file paths as relative to the bundle
     out.mkdir(parents=True, exist_ok=True)
     params = dict(cfg["preprocessing"])
     s = int(params["size"])
@@ -70,7 +70,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = 
         data_card="data_cards/cactus.md",
         description="Echo view classification (CACTUS 6 classes) and image-quality grade 0-10 from one "
                     f"{cfg['model']['backbone']} encoder; stage-2 encoder initialised from the view model.",
-        extra={"ood": info.get("ood", {}), "stage": stage, "init": info.get("init", ""),
+        extra={"ood": info.get("ood", {}), "stage": stage, "backbone": str(cfg["model"]["backbone"]), "init": info.get("init", ""),
                "unreliable_rule": "view == Random OR max softmax < ood.msp_threshold OR sector not found"},
     )
     return out

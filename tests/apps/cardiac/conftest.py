@@ -41,6 +41,13 @@ def runs(manifest, tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def bundle(runs, tmp_path_factory) -> Path:
+    import os
+
     from medtransfer.apps.cardiac.export import export_run
 
-    return export_run(runs["dir"] / "grade", tmp_path_factory.mktemp("b") / "bundle")
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("b"))  # a relative out folder, as `medtransfer export RUN --out B` gets it
+    try:
+        return export_run(runs["dir"] / "grade", "bundle")
+    finally:
+        os.chdir(cwd)
