@@ -98,16 +98,22 @@ def score_scaling(bundle_dir: Path, cases, workers: int) -> dict[str, Any]:
 
 
 def run_bench(bundle: Path | None = None, app: str | None = None, workers: int = 2, batch: int = 16,
-              threads: int = 0) -> dict[str, Any]:
-    """All core benchmarks (on the given bundle or a freshly built demo image bundle) plus an
-    app's own benchmark when ``app`` is given."""
+              threads: int = 0, samples: list[Path] | None = None) -> dict[str, Any]:
+    """All core benchmarks on a bundle (default: a freshly built demo image bundle).
+
+    ONNX vs eager uses the bundle's run (image, or an app exporter's ``eager_model`` hook), else
+    the app's own bench hook with ``bundle=``; cold start and 1-vs-N score scaling run on
+    ``samples`` (inputs for that bundle).  With ``app``, that app's own benchmark is added.
+    """
+    import inspect
+
     from medtransfer.shared.runtime.score import Case
 
     res: dict[str, Any] = {"cpu_count": os.cpu_count()}
     tmp = tempfile.TemporaryDirectory()
+    samples = list(samples or [])
     if bundle is None:
-        from medtransfer.shared.imagetask.data import make_shapes
-        from medtransfer.shared.imagetask.data import import_image_folder
+        from medtransfer.shared.imagetask.data import import_image_folder, make_shapes
         from medtransfer.shared.imagetask.task import export_run, train
 
         work = Path(tmp.name)
@@ -115,20 +121,24 @@ def run_bench(bundle: Path | None = None, app: str | None = None, workers: int =
         man = import_image_folder(root, work / "m.csv")
         train(man, work / "run", overrides=["train.epochs=1", "train.progress=false"])
         bundle = export_run(work / "run", work / "bundle")
-        meta = json.loads((bundle / "metadata.json").read_text())
-        samples = sorted(root.rglob("*.png"))
+        samples = samples or sorted(root.rglob("*.png"))
         res["bundle"] = "demo image bundle (resnet18, 1x64x64)"
     else:
-        meta = json.loads((bundle / "metadata.json").read_text())
-        samples = []
         res["bundle"] = str(bundle)
     bundle = Path(bundle)
-    if meta["app"] == "image":
+    meta = json.loads((bundle / "metadata.json").read_text())
+    if meta["app"] == "image" or meta.get("run_dir"):
         res.update(_with_run(bundle, meta, batch, threads))
-        if samples:
-            res.update(cold_start(bundle, samples[0]))
-            cases = [Case(p.name, str(p), {}) for p in samples[:60]]
-            res.update(score_scaling(bundle, cases, workers))
+    if "onnx_over_eager" not in res and meta["app"] != "image":
+        from medtransfer.shared.plugins import hook
+
+        fn = hook(meta["app"], "bench")
+        if "bundle" in inspect.signature(fn).parameters:
+            res[f"{meta['app']}_bundle_bench"] = fn(bundle=str(bundle))
+    if samples:
+        res.update(cold_start(bundle, samples[0]))
+        cases = [Case(str(p), str(p), {}) for p in samples[:60]]
+        res.update(score_scaling(bundle, cases, workers))
     if app:
         from medtransfer.shared.plugins import hook
 

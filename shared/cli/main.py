@@ -247,12 +247,13 @@ def bench(
     batch: int = typer.Option(16, "--batch", help="batch size for throughput"),
     threads: int = typer.Option(0, "--threads", help="threads for both engines (0 = all cores)"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON here"),
+    sample: Optional[List[Path]] = typer.Option(None, "--sample", help="input(s) for cold start and score scaling"),
 ) -> None:
     """Benchmarks as JSON: ONNX vs eager, predict cold start, score at 1 vs N workers (+ app benches)."""
     from medtransfer.shared.bench import run_bench
 
     try:
-        res = run_bench(bundle=bundle, app=app_name, workers=workers, batch=batch, threads=threads)
+        res = run_bench(bundle=bundle, app=app_name, workers=workers, batch=batch, threads=threads, samples=sample)
     except MedTransferError as e:
         fail(str(e))
     text = json.dumps(res, indent=2, default=_jsonable)
