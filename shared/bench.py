@@ -148,7 +148,12 @@ def run_bench(bundle: Path | None = None, app: str | None = None, workers: int =
 
 
 def _with_run(bundle: Path, meta: dict[str, Any], batch: int, threads: int) -> dict[str, Any]:
+    """ONNX vs eager at batch 1 (what predict / score run per case) and at ``batch``."""
     try:
-        return onnx_vs_eager(bundle, batch, threads) if meta.get("run_dir") else {}
+        rows = [onnx_vs_eager(bundle, b, threads) for b in sorted({1, batch})]
     except Exception as e:  # noqa: BLE001
         return {"onnx_vs_eager_error": str(e)}
+    out: dict[str, Any] = {"onnx_vs_eager": rows}
+    out.update(rows[-1])  # headline keys at the requested batch
+    out["onnx_over_eager_batch1"] = rows[0]["onnx_over_eager"]
+    return out
