@@ -54,7 +54,10 @@ def onnx_vs_eager(bundle_dir: Path, batch: int = 16, threads: int = 0) -> dict[s
 
 
 def _eager_model(bundle_dir: Path, meta: dict[str, Any]):
-    from medtransfer.shared.plugins import get_app, load_object
+    """The PyTorch model behind a bundle: the image task's run, or the app exporter's ``eager_model``."""
+    import importlib
+
+    from medtransfer.shared.plugins import get_app
 
     run_dir = meta.get("run_dir")
     if meta["app"] == "image" and run_dir:
@@ -62,10 +65,7 @@ def _eager_model(bundle_dir: Path, meta: dict[str, Any]):
 
         return load_run(run_dir)[0].eval()
     spec = get_app(meta["app"])
-    mod = spec.exporter.split(":")[0] if spec.exporter else None
-    import importlib
-
-    m = importlib.import_module(mod) if mod else None
+    m = importlib.import_module(spec.exporter.partition(":")[0]) if spec.exporter else None
     if m is None or not hasattr(m, "eager_model"):
         raise RuntimeError(f"app '{meta['app']}' has no eager_model(bundle_dir) hook for the ONNX-vs-eager bench")
     return m.eager_model(bundle_dir).eval()

@@ -21,6 +21,18 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def _config_and_bags(labels: Path, features: Optional[Path], synthetic: bool, dim: int, strength: float,
+                     set_: Optional[List[str]], recipe: Optional[Path] = None) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+    """Resolved config plus the bags source (planted synthetic bags, or None to read --features)."""
+    from medtransfer.apps.wsi.train import make_config
+
+    cfg = make_config(set_, recipe)
+    bags = _bags(labels, synthetic, dim, int(cfg["train"]["seed"]), strength)
+    if bags is None and features is None:
+        _fail("give --features DIR or --synthetic")
+    return cfg, bags
+
+
 def _bags(labels: Path, synthetic: bool, dim: int, seed: int, strength: float = 1.5) -> Optional[dict[str, Any]]:
     if not synthetic:
         return None
@@ -77,13 +89,10 @@ def train(
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML recipe"),
 ) -> None:
     """Train one exportable survival MIL (``medtransfer export RUN --out BUNDLE``)."""
-    from medtransfer.apps.wsi.train import make_config, train_run
+    from medtransfer.apps.wsi.train import train_run
 
     try:
-        cfg = make_config(set_, recipe)
-        bags = _bags(labels, synthetic, dim, int(cfg["train"]["seed"]), strength)
-        if bags is None and features is None:
-            _fail("give --features DIR or --synthetic")
+        cfg, bags = _config_and_bags(labels, features, synthetic, dim, strength, set_, recipe)
         m = train_run(labels, study, out, cfg, features, bags, None if fold < 0 else fold)
     except MedTransferError as e:
         _fail(str(e))
@@ -103,13 +112,10 @@ def cv(
     set_: Optional[List[str]] = typer.Option(None, "--set"),
 ) -> None:
     """k-fold cross-validation on the official splits: C-index / td-AUC mean +- sd, KM plot."""
-    from medtransfer.apps.wsi.train import cross_validate, load_cohort, make_config
+    from medtransfer.apps.wsi.train import cross_validate, load_cohort
 
     try:
-        cfg = make_config(set_)
-        bags = _bags(labels, synthetic, dim, int(cfg["train"]["seed"]), strength)
-        if bags is None and features is None:
-            _fail("give --features DIR or --synthetic")
+        cfg, bags = _config_and_bags(labels, features, synthetic, dim, strength, set_)
         coh = load_cohort(labels, study, features, str(cfg["data"]["endpoint"]), bags)
         r = cross_validate(coh, labels, study, cfg, out, folds)
     except MedTransferError as e:
@@ -134,13 +140,10 @@ def pkt(
     set_: Optional[List[str]] = typer.Option(None, "--set"),
 ) -> None:
     """Cancer-specific vs single-source fine-tune vs MoE-PKT, per fold, in one command."""
-    from medtransfer.apps.wsi.train import load_cohort, make_config, pkt_compare, train_sources
+    from medtransfer.apps.wsi.train import load_cohort, pkt_compare, train_sources
 
     try:
-        cfg = make_config(set_)
-        bags = _bags(labels, synthetic, dim, int(cfg["train"]["seed"]), strength)
-        if bags is None and features is None:
-            _fail("give --features DIR or --synthetic")
+        cfg, bags = _config_and_bags(labels, features, synthetic, dim, strength, set_)
         ep = str(cfg["data"]["endpoint"])
         srcs = [s.strip() for s in sources.split(",") if s.strip()]
         models = train_sources({s: load_cohort(labels, s, features, ep, bags) for s in srcs}, cfg, out)

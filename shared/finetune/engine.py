@@ -244,7 +244,8 @@ def fit(
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__, "world_size": world}
         old = run_dir / "run.json"
         if old.is_file():
-            run_info = {**json.loads(old.read_text()), **run_info, "created": json.loads(old.read_text()).get("created")}
+            prev = json.loads(old.read_text())
+            run_info = {**prev, **run_info, "created": prev.get("created")}
         (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
 
     setup_strategy(model, tc, head)

@@ -54,6 +54,12 @@ def classification_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float
             "macro_f1": float(f1_score(y, pred, average="macro"))}
 
 
+def _split(recs: list[Record], cfg: dict[str, Any]) -> list[Record]:
+    """The run's train / val / test assignment (same fractions and seed as training)."""
+    d = cfg["data"]
+    return assign_splits(recs, d["val_fraction"], d["test_fraction"], d["split_seed"])
+
+
 def _build(cfg: dict[str, Any], n_classes: int):
     pre = cfg["model"]["pretrained"]
     pretrained: Any = False if pre in ("", None, False, "false") else (True if pre in (True, "true") else pre)
@@ -66,7 +72,7 @@ def train(manifest: str | Path, out: str | Path, recipe: str | Path | None = Non
     """Fine-tune an image classifier on a manifest; returns the best validation metrics."""
     cfg = resolve_config(defaults(), recipe, list(overrides or []))
     recs = read_manifest(manifest, require_label=True)
-    assign_splits(recs, cfg["data"]["val_fraction"], cfg["data"]["test_fraction"], cfg["data"]["split_seed"])
+    _split(recs, cfg)
     labels = sorted({r.label for r in recs})
     prep = _prep(cfg)
     tr, va = by_split(recs, "train"), by_split(recs, "val")
@@ -97,7 +103,7 @@ def evaluate(run_dir: str | Path, manifest: str | Path, split: str = "test") -> 
     """Metrics of the best checkpoint on one split of a manifest."""
     model, cfg, labels, prep = load_run(run_dir)
     recs = read_manifest(manifest, require_label=True)
-    assign_splits(recs, cfg["data"]["val_fraction"], cfg["data"]["test_fraction"], cfg["data"]["split_seed"])
+    _split(recs, cfg)
     sel = by_split(recs, split) if split != "all" else recs
     logits, y = predict_arrays(model, ImageDataset(sel, labels, prep), device="cpu")
     return {"split": split, "n": len(sel), **classification_metrics(logits, y)}
@@ -122,7 +128,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = 
     if quantize == "int8":
         quantize_int8(out_dir / "model.onnx", out_dir / "model.int8.onnx")
         files.append("model.int8.onnx")
-        metrics["int8"] = _int8_delta(run_dir, out_dir, model, prep)
+        metrics["int8"] = _int8_delta(run_dir, out_dir, cfg, prep)
     elif quantize:
         raise MedTransferError(f"unknown --quantize '{quantize}' (int8)")
     write_bundle(out_dir, name=f"image-{run_dir.name}", app="image", task="classification", files=files,
@@ -134,15 +140,13 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = 
     return out_dir
 
 
-def _int8_delta(run_dir: Path, out_dir: Path, model, prep) -> dict[str, float]:
+def _int8_delta(run_dir: Path, out_dir: Path, cfg: dict[str, Any], prep: dict[str, Any]) -> dict[str, float]:
     """Validation accuracy of fp32 ONNX vs int8 ONNX (the metric change quantization costs)."""
     import onnxruntime as ort
 
     info = json.loads((run_dir / "run.json").read_text())
     recs = read_manifest(info["manifest"], require_label=True)
-    cfg = load_checkpoint(run_dir / "checkpoints" / "best.pt")["config"]
-    assign_splits(recs, cfg["data"]["val_fraction"], cfg["data"]["test_fraction"], cfg["data"]["split_seed"])
-    va = by_split(recs, "val")
+    va = by_split(_split(recs, cfg), "val")
     labels = info["labels"]
     x = np.stack([load_image(r.path, prep) for r in va])
     y = np.array([labels.index(r.label) for r in va])
