@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from medtransfer.shared.rundir import RunDir
 from medtransfer.shared.config import resolve_config, save_yaml
 from medtransfer.shared.manifest import read_manifest
 from medtransfer.shared.utils.errors import InputError, MedTransferError
@@ -147,13 +148,12 @@ def _run(manifest: Path, out: Path, cfg: dict[str, Any], task: str, model: torch
     res = fit(model, tr_ds, va_ds, cfg=cfg, run_dir=out, app="cardiac", task=task, loss_fn=_loss(view_weight, grade_weight),
               metric_fn=_metrics, forward_fn=_forward, head=["view_head", "grade_head"], monitor=monitor, mode=mode,
               extra_state={"labels": list(VIEWS), "preprocessing": params, **extra}, sampler_weights=weights)
-    best = torch.load(res.best_path, map_location="cpu", weights_only=False)
+    run = RunDir(out)
+    best = run.load_checkpoint("best")
     model.load_state_dict(best["model"])
     ood = _calibrate(model, va_ds, float(cfg["ood"]["quantile"]))
     test = evaluate(model, manifest, params, out, need_grade=need_grade)
-    info = json.loads((out / "run.json").read_text())
-    info.update(labels=list(VIEWS), preprocessing=params, ood=ood, val=res.best_metrics, test=test, **extra)
-    (out / "run.json").write_text(json.dumps(info, indent=2, default=float))
+    run.update_info(labels=list(VIEWS), preprocessing=params, ood=ood, val=res.best_metrics, test=test, **extra)
     return {"run_dir": str(out), "val": res.best_metrics, "test": test, "ood": ood}
 
 
@@ -183,7 +183,7 @@ def train_grade(manifest: str | Path, out: str | Path, init_run: str | Path | No
     if init == "view":
         if not init_run:
             raise MedTransferError("grade.init=view needs the stage-1 run (--init RUN_DIR)")
-        st = torch.load(Path(init_run) / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+        st = RunDir(init_run).load_checkpoint("best")
         vcfg = st["config"]
         cfg["model"] = dict(vcfg["model"])
         cfg["preprocessing"] = dict(vcfg["preprocessing"])

@@ -7,6 +7,7 @@ window probabilities per recording and reports balanced accuracy and AUROC.
 """
 from __future__ import annotations
 
+from medtransfer.shared.rundir import RunDir
 import copy
 import json
 from pathlib import Path
@@ -148,6 +149,7 @@ def train(
         cfg["data"]["cache_dir"] = str(manifest.resolve().parent / ".eeg_cache")
     cfg["train"]["progress"] = bool(progress and cfg["train"].get("progress", True))
     torch.manual_seed(int(cfg["train"]["seed"]))
+    init_sd = _read_init(Path(init)) if init else None  # verified before any data is read
     splits, errors = load_split(manifest, cfg["data"], ["train", "val"], progress=progress)
     if not splits["train"]:
         raise InputError(manifest, "no usable training recordings (see the import report / errors)")
@@ -161,10 +163,7 @@ def train(
     init_report: dict[str, Any] = {}
     if init:
         src = Path(init)
-        wfile = src / "checkpoints" / "best.pt" if src.is_dir() else src
-        if not wfile.is_file():
-            raise InputError(src, "source run has no checkpoints/best.pt")
-        info = load_pretrained(model, wfile, strict=False)
+        info = load_pretrained(model, init_sd, strict=False)
         init_report = {"source": str(src), "missing": len(info["missing"]), "skipped": len(info["skipped"])}
     pp = pp_config(cfg["data"])
     extra = {"labels": list(LABELS), "preprocessing": pp, "model_name": cfg["model"]["name"]}
@@ -172,31 +171,44 @@ def train(
               metric_fn=_window_metrics, head=["final_layer"], monitor="val_loss", mode="min",
               extra_state=extra)
     run_dir = Path(run_dir)
-    info = json.loads((run_dir / "run.json").read_text())
+    run = RunDir(run_dir)
+    info = run.info()
     info.update({"manifest": str(manifest.resolve()), "init": init_report, "model_name": cfg["model"]["name"],
                  "n_train_recordings": len(splits["train"]), "n_val_recordings": len(splits["val"]),
                  "n_train_windows": len(train_ds), "preprocess_errors": errors,
                  "cache": str(cache_root(cfg["data"], manifest))})
-    (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
+    run.write_info(info)
     val: dict[str, Any] = {}
     if splits["val"]:
         val = evaluate(run_dir, manifest, split="val", progress=False, write=False, threshold=0.5)
         info["threshold"] = val["best_threshold"]
         info["threshold_source"] = "validation split (max recording-level balanced accuracy)"
-        (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
+        run.update_info(threshold=info["threshold"], threshold_source=info["threshold_source"])
     return {"run_dir": str(run_dir), "best_epoch": res.best_epoch, "val": val, "init": init_report,
             "errors": errors}
 
 
+def _read_init(src: Path) -> dict[str, Any]:
+    """The state dict to start from: a source run's verified best checkpoint, or a weights file."""
+    from medtransfer.shared.registry.weights import read_state_dict
+
+    if src.is_dir():
+        run = RunDir(src)
+        if not run.has_checkpoint("best"):
+            raise InputError(src, "source run has no checkpoints/best.pt")
+        return dict(run.load_checkpoint("best")["model"])
+    if not src.is_file():
+        raise InputError(src, "--init: no such run folder or weights file")
+    return read_state_dict(src)
+
+
 def load_run(run_dir: str | Path, which: str = "best"):
     """(model in eval mode, resolved config) of a run."""
-    from medtransfer.shared.finetune import load_checkpoint
 
-    run_dir = Path(run_dir)
-    ck = run_dir / "checkpoints" / f"{which}.pt"
-    if not ck.is_file():
+    run = RunDir(run_dir)
+    if not run.has_checkpoint(which):
         raise InputError(run_dir, f"not an eeg run folder (no checkpoints/{which}.pt)")
-    st = load_checkpoint(ck)
+    st = run.load_checkpoint(which)
     cfg = st["config"]
     model = build_model(cfg)
     model.load_state_dict(st["model"])
@@ -235,9 +247,7 @@ def evaluate(
     """
     model, cfg = load_run(run_dir)
     if threshold is None:
-        info_path = Path(run_dir) / "run.json"
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-        threshold = float(info.get("threshold", 0.5))
+        threshold = float(RunDir(run_dir).info().get("threshold", 0.5))
     manifest = Path(manifest)
     dcfg = dict(cfg["data"])
     splits = ["train", "val", "test"] if split == "all" else [split]

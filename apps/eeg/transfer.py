@@ -7,6 +7,7 @@ Outputs ``<out>/transfer_results.csv`` (one row per fraction x seed x mode), ``t
 """
 from __future__ import annotations
 
+from medtransfer.shared.rundir import RunDir
 import copy
 import csv
 import json
@@ -92,7 +93,7 @@ def sweep(
         raise MedTransferError(f"unknown strategy {bad[0]!r} (use {', '.join(STRATEGY_ALIASES)})")
     if source_run is None:
         source_run = out / "source"
-        if not (Path(source_run) / "checkpoints" / "best.pt").is_file() or not (Path(source_run) / "summary.json").is_file():
+        if not RunDir(source_run, must_exist=False).has_checkpoint("best") or not (Path(source_run) / "summary.json").is_file():
             train(source, source_run, cfg, progress=progress)
     before = evaluate(source_run, source, split="test", progress=progress, write=False)
     recs = _split_target(target, cfg["data"])

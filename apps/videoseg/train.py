@@ -9,7 +9,7 @@ best checkpoint is kept by validation Dice (prompt frame excluded).
 """
 from __future__ import annotations
 
-import json
+from medtransfer.shared.rundir import RunDir
 from pathlib import Path
 from typing import Any
 
@@ -210,18 +210,13 @@ def train(manifest: str | Path, run_dir: str | Path, cfg: dict[str, Any] | None 
         loss_fn=make_loss(prompt), metric_fn=dice_metric, forward_fn=make_forward(prompt), head=head,
         monitor="val_dice", mode="max", extra_state={"params": params},
     )
-    run_json = Path(run_dir) / "run.json"
-    info = json.loads(run_json.read_text())
-    info.update({"params": params, "manifest": str(Path(manifest).resolve()), "n_train": len(tr), "n_val": len(va)})
-    run_json.write_text(json.dumps(info, indent=2))
+    RunDir(run_dir).update_info(params=params, manifest=str(Path(manifest).resolve()), n_train=len(tr), n_val=len(va))
     return {"run_dir": str(run_dir), "best_path": str(res.best_path), "best_metrics": res.best_metrics, "params": params}
 
 
 def load_run_model(run_dir: str | Path, which: str = "best") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model of a run and load its checkpoint.  Returns ``(model, cfg)``."""
-    from medtransfer.shared.finetune import load_checkpoint
-
-    st = load_checkpoint(Path(run_dir) / "checkpoints" / f"{which}.pt")
+    st = RunDir(run_dir).load_checkpoint(which)
     cfg = st["config"]
     mcfg = {**cfg["model"], "checkpoint": ""}  # weights come from the run checkpoint
     model, _ = build_model(mcfg)

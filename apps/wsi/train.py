@@ -22,8 +22,9 @@ from torch.utils.data import Dataset
 from medtransfer.apps.wsi.labels import Case, find_studies, read_splits, read_table, slide_stem
 from medtransfer.apps.wsi.model import MoEPKT, build_mil
 from medtransfer.apps.wsi.survival import c_index, km_plot, make_bins, mean_sd, nll_loss, pad_bags, risk_from_logits, td_auc, to_bins
+from medtransfer.shared.rundir import RunDir
 from medtransfer.shared.config import resolve_config
-from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit, load_checkpoint
+from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit
 from medtransfer.shared.utils.errors import InputError, MedTransferError
 
 APP, TASK = "wsi", "survival"
@@ -122,7 +123,8 @@ def load_cohort(labels_root: str | Path, study: str, features: Optional[str | Pa
     Slides without an h5 and h5 files without a label become error rows; a patient with no bag
     at all is dropped (error row); the rest is kept.
     """
-    from medtransfer.apps.wsi.features import read_bag
+    from medtransfer.apps.wsi.features import ImplausibleBagError, find_bags, read_bag
+    from medtransfer.shared.runtime.gates import check_feature_bag
 
     tables = find_studies(labels_root)
     if study not in tables:
@@ -131,12 +133,19 @@ def load_cohort(labels_root: str | Path, study: str, features: Optional[str | Pa
     out: dict[str, np.ndarray] = {}
     if bags is not None:
         out = {c.case_id: bags[c.case_id] for c in cases if c.case_id in bags}
+        for cid, x in out.items():  # in-memory bags pass the same gate as files
+            try:
+                check_feature_bag(x, f"bag of case {cid}")
+            except InputError as e:
+                raise ImplausibleBagError(e.path, e.problem) from None
         errors += [{"study": study, "case_id": c.case_id, "slide_id": "", "error": "no bag"} for c in cases if c.case_id not in bags]
     else:
         if features is None:
             raise MedTransferError("give a features folder (h5 bags) or in-memory bags")
         fdir = Path(features)
-        have = {p.stem: p for p in fdir.glob("*.h5")}
+        if not fdir.is_dir():
+            raise InputError(fdir, "features folder not found")
+        have = find_bags(fdir)
         used = set()
         for c in cases:
             parts = []
@@ -148,6 +157,8 @@ def load_cohort(labels_root: str | Path, study: str, features: Optional[str | Pa
                 try:
                     parts.append(read_bag(have[st])[0])
                     used.add(st)
+                except ImplausibleBagError:
+                    raise  # NaN / inf / out-of-range features would poison training: refuse, naming the file
                 except InputError as e:
                     errors.append({"study": study, "case_id": c.case_id, "slide_id": sid, "error": str(e)})
             if parts:
@@ -208,15 +219,12 @@ def train_model(model: torch.nn.Module, cases: Sequence[Case], bags: dict[str, n
         cfg = copy.deepcopy(cfg)
         cfg["train"]["epochs"] = need
     with torch_threads(int(cfg.get("threads", 1))):
-            res = fit(model, ds, val, cfg=cfg, run_dir=run_dir, app=APP, task=TASK, loss_fn=make_loss(cfg),
-                  metric_fn=metric_fn if val else None, forward_fn=forward_fn, collate_fn=collate_bags, head=head,
-                  monitor="val_c_index" if val else "train_loss", mode="max" if val else "min", extra_state=state)
-    last = load_checkpoint(res.last_path)
-    model.load_state_dict(last["model"])
-    info_p = Path(run_dir) / "run.json"
-    info = json.loads(info_p.read_text()) if info_p.is_file() else {}
-    info.update(state)
-    info_p.write_text(json.dumps(info, indent=2, default=float))
+        fit(model, ds, val, cfg=cfg, run_dir=run_dir, app=APP, task=TASK, loss_fn=make_loss(cfg),
+            metric_fn=metric_fn if val else None, forward_fn=forward_fn, collate_fn=collate_bags, head=head,
+            monitor="val_c_index" if val else "train_loss", mode="max" if val else "min", extra_state=state)
+    run = RunDir(run_dir)
+    model.load_state_dict(run.load_checkpoint("last")["model"])
+    run.update_info(**state)
     return model.eval()
 
 
@@ -443,8 +451,8 @@ def finalize_run(model: torch.nn.Module, run_dir: str | Path, cohort: Cohort, tr
                  test_cases: Sequence[Case], extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Write the held-out metrics, the training-median risk threshold and encoder info into run.json."""
     ev_tr = evaluate(model, train_cases, cohort.bags, train_cases)
-    info_p = Path(run_dir) / "run.json"
-    info = json.loads(info_p.read_text())
+    run = RunDir(run_dir)
+    info = run.info()
     w = info.setdefault("wsi", {})
     w["risk_threshold"] = float(np.median(ev_tr["risk"]))
     metrics = {"train_c_index": ev_tr["c_index"], "n_train": len(train_cases)}
@@ -453,7 +461,7 @@ def finalize_run(model: torch.nn.Module, run_dir: str | Path, cohort: Cohort, tr
         metrics.update({"test_c_index": ev["c_index"], "test_td_auc": ev["td_auc"], "n_test": len(test_cases)})
     w["metrics"] = metrics
     w.update(extra or {})
-    info_p.write_text(json.dumps(info, indent=2, default=float))
+    run.write_info(info)
     return metrics
 
 
@@ -461,7 +469,9 @@ def bag_attrs(features: str | Path) -> dict[str, Any]:
     """Encoder / tiling attributes shared by the h5 bags of a folder (from the first one)."""
     import h5py
 
-    for p in sorted(Path(features).glob("*.h5")):
+    from medtransfer.apps.wsi.features import find_bags
+
+    for p in find_bags(features).values():
         with h5py.File(p, "r") as f:
             a = dict(f.attrs)
         return {"encoder": str(a.get("encoder", "")) or None, "patch_size": int(a.get("patch_size", 224)),

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from medtransfer.shared.config import save_yaml
 from medtransfer.shared.finetune.strategies import param_groups, setup_strategy, unfreeze_for_epoch
+from medtransfer.shared.rundir import RunDir, load_checkpoint_file
 from medtransfer.shared.utils.seed import seed_everything
 
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -88,8 +89,15 @@ def _dist() -> tuple[bool, int, int]:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by ``fit`` (dict with model, config, epoch, best, ...)."""
-    return torch.load(str(path), map_location=map_location, weights_only=False)
+    """Read a checkpoint written by ``fit`` (dict with model, config, epoch, best, ...).
+
+    Safe: ``weights_only=True``; when the file sits in a run folder (``RUN/checkpoints/X.pt``)
+    its sha256 is verified against ``RUN/run.json``.  Prefer :class:`RunDir.load_checkpoint`.
+    """
+    p = Path(path)
+    if p.parent.name == "checkpoints" and p.stem in ("best", "last") and (p.parent.parent / "run.json").is_file():
+        return RunDir(p.parent.parent).load_checkpoint(p.stem, map_location=map_location)
+    return load_checkpoint_file(p, map_location=map_location)
 
 
 def _to(x: Any, device: torch.device) -> Any:
@@ -237,16 +245,16 @@ def fit(
     main = rank == 0
     seed_everything(int(tc["seed"]) + rank)
     device = resolve_device(str(tc["device"]))
+    run = RunDir(run_dir, must_exist=False)
     if main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
         run_info = {"app": app, "task": task, "seed": int(tc["seed"]), "monitor": monitor, "mode": mode,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__, "world_size": world}
-        old = run_dir / "run.json"
-        if old.is_file():
-            prev = json.loads(old.read_text())
+        prev = run.info()
+        if prev:
             run_info = {**prev, **run_info, "created": prev.get("created")}
-        (run_dir / "run.json").write_text(json.dumps(run_info, indent=2))
+        run.write_info(run_info)
 
     setup_strategy(model, tc, head)
     model.to(device)
@@ -302,7 +310,7 @@ def fit(
     bad_epochs = 0
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     if tc["resume"] and last_path.is_file():
-        st = load_checkpoint(last_path)
+        st = run.load_checkpoint("last")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
@@ -378,8 +386,8 @@ def fit(
                 }
                 if main:
                     if improved:
-                        _atomic_save({k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "rng")}, best_path)
-                    _atomic_save(state, last_path)
+                        run.save_checkpoint({k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "rng")}, "best")
+                    run.save_checkpoint(state, "last")
                     _write_metrics(run_dir, history)
                     loggers.log(row, epoch)
                 patience = int(tc["patience"])
@@ -388,8 +396,8 @@ def fit(
     finally:
         loggers.close()
     if main and not best_path.is_file() and last_path.is_file():
-        st = load_checkpoint(last_path)
-        _atomic_save({k: v for k, v in st.items() if k not in ("optimizer", "scheduler", "rng")}, best_path)
+        st = run.load_checkpoint("last")
+        run.save_checkpoint({k: v for k, v in st.items() if k not in ("optimizer", "scheduler", "rng")}, "best")
     if main:
         summary = {"best_epoch": best_epoch, "monitor": monitor, "best": best_metrics, "epochs_run": len(history)}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
@@ -428,12 +436,6 @@ def _validate(model, loader, fwd, loss_fn, metric_fn, device, use_amp) -> dict[s
         for k, v in (metric_fn(_cat(outs), _cat(tgts)) or {}).items():
             row[f"val_{k}"] = float(v)
     return row
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, str(tmp))
-    os.replace(tmp, path)
 
 
 def _write_metrics(run_dir: Path, history: list[dict[str, float]]) -> None:

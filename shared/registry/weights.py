@@ -94,14 +94,17 @@ def _download(url: str, dest: Path, sha256: str | None) -> Path:  # pragma: no c
 
 def read_state_dict(path: Path) -> dict[str, Any]:
     """Read a state dict from .pt/.pth/.bin (torch) or .safetensors, unwrapping common wrappers."""
-    import torch
+    from medtransfer.shared.rundir import load_checkpoint_file
 
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        sd: Any = load_file(str(path))
+        try:
+            sd: Any = load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - any unreadable file is one line
+            raise WeightsError(f"{path}: not a readable safetensors file ({type(e).__name__})") from None
     else:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+        sd = load_checkpoint_file(path)  # weights_only=True: a pickle with code is refused
     for key in ("state_dict", "model", "model_state_dict", "net"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
@@ -111,19 +114,19 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def load_pretrained(model, path: Path, strict: bool = False, skip_mismatch: bool = True) -> dict[str, list[str]]:
+def load_pretrained(model, path: "Path | dict", strict: bool = False, skip_mismatch: bool = True) -> dict[str, list[str]]:
     """Load weights into a model, skipping tensors whose shape differs (a new head, other in_chans).
 
     Args:
         model: the torch module.
-        path: weight file.
+        path: weight file, or an already-verified state dict (e.g. from ``RunDir.load_checkpoint``).
         strict: raise on missing / unexpected keys.
         skip_mismatch: drop tensors whose shapes differ instead of failing.
 
     Returns:
         ``{"missing": [...], "unexpected": [...], "skipped": [...]}``.
     """
-    sd = read_state_dict(Path(path))
+    sd = dict(path) if isinstance(path, dict) else read_state_dict(Path(path))
     own = model.state_dict()
     skipped = []
     if skip_mismatch:

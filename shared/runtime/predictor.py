@@ -41,6 +41,19 @@ class Predictor:
         """
         raise NotImplementedError
 
+    def output_dir(self, path: Path) -> Path | None:
+        """Folder for this input's artefacts: ``out_dir/<path relative to input_root, no suffix>``.
+
+        ``out_dir`` and ``input_root`` come from the options (``predict``/``score`` set them); with no
+        ``out_dir`` there are no artefacts (nothing is written beside the inputs).  Not created here.
+        """
+        from medtransfer.shared.runtime.outputs import output_dir
+
+        out = self.options.get("out_dir")
+        if not out:
+            return None
+        return output_dir(out, path, self.options.get("input_root"))
+
     def list_inputs(self, folder: Path) -> list[Path]:
         """Inputs found in a folder for ``score --input-dir`` (sorted, recursive)."""
         sfx = tuple(s.lower() for s in self.suffixes)

@@ -1,0 +1,235 @@
+"""Plausibility gates: implausible input never comes back as a plain confident answer.
+
+Every predictor runs its modality's gates before (or right after) inference.  A gate either
+raises :class:`InputError` (the case becomes an error row / error line: the input cannot be
+answered at all, e.g. NaN features, a 30000x30000 image header) or returns reasons that mark the
+answer ``unreliable: true`` with ``reasons`` (the input can be answered but is outside the
+documented physiological / physical range, e.g. EEG at 1e4x normal amplitude, a flat channel).
+
+The documented ranges live in :data:`LIMITS`; each app may override a limit from its bundle
+metadata (``metadata["gates"]``), so the range a bundle used is recorded with it.
+Torch-free; no message ever quotes file content.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from medtransfer.shared.utils.errors import InputError
+
+#: Documented plausibility limits, by modality.  Units in the key names.
+LIMITS: dict[str, Any] = {
+    # Scalp / intracranial EEG: clinical scalp EEG is tens of microvolts; intracranial and
+    # artefact-laden recordings reach a few millivolts.  Above ~10 mV peak-to-peak the recording
+    # is not EEG at this calibration (wrong unit / gain, disconnected or saturated amplifier).
+    "eeg_max_abs_uv": 10_000.0,
+    # A channel whose robust std is below this is flat (disconnected electrode, zero-filled).
+    "eeg_flat_std_uv": 0.1,
+    # Fraction of flat / saturated channels above which the answer is unreliable.
+    "eeg_bad_channel_fraction": 0.2,
+    # Images: refuse before decoding anything larger than this (pixels = width * height).
+    "image_max_pixels": 64_000_000,
+    "image_max_side": 20_000,
+    "image_min_side": 16,
+    # Video frames: per-frame limits (the same as images) and a frame-count ceiling.
+    "video_max_frames": 20_000,
+    # Feature bags (WSI): |value| above this is not a normalised encoder feature.
+    "feature_max_abs": 1e4,
+}
+
+
+def limit(name: str, overrides: Mapping[str, Any] | None = None) -> Any:
+    """One limit, from the bundle's ``gates`` overrides when present, else :data:`LIMITS`."""
+    if overrides and name in overrides:
+        return overrides[name]
+    return LIMITS[name]
+
+
+def mark_unreliable(result: dict[str, Any], reasons: Iterable[str]) -> dict[str, Any]:
+    """Merge gate reasons into an answer: sets ``unreliable`` and extends ``reasons``.
+
+    Args:
+        result: the predictor's answer (modified in place and returned).
+        reasons: short reasons (no file content).
+
+    Returns:
+        The same dict.
+    """
+    reasons = [r for r in reasons if r]
+    old = list(result.get("reasons") or [])
+    result["reasons"] = old + [r for r in reasons if r not in old]
+    result["unreliable"] = bool(result.get("unreliable")) or bool(reasons)
+    return result
+
+
+def require_finite(arr: np.ndarray, path: str | Path, what: str = "values") -> None:
+    """Raise InputError when ``arr`` holds NaN or inf (counts only, never values).
+
+    Args:
+        arr: the array to check.
+        path: the input file, for the message.
+        what: what the array is ("features", "signal", ...).
+    """
+    a = np.asarray(arr)
+    if a.dtype.kind not in "fc":
+        return
+    bad = ~np.isfinite(a)
+    if bad.any():
+        raise InputError(path, f"{what} contain {int(bad.sum())} NaN/inf value(s) of {a.size}; refusing to answer")
+
+
+def check_image_size(width: int, height: int, path: str | Path, overrides: Mapping[str, Any] | None = None,
+                     frames: int = 1) -> None:
+    """Refuse implausible image / video dimensions (call this with the header's size, before decoding).
+
+    Raises:
+        InputError: empty, too small, too large (pixels or side) or too many frames.
+    """
+    w, h = int(width), int(height)
+    if w <= 0 or h <= 0:
+        raise InputError(path, f"image has no pixels ({w}x{h})")
+    lo = int(limit("image_min_side", overrides))
+    if min(w, h) < lo:
+        raise InputError(path, f"image {w}x{h} is smaller than {lo} px on a side")
+    side = int(limit("image_max_side", overrides))
+    if max(w, h) > side:
+        raise InputError(path, f"image {w}x{h} exceeds {side} px on a side; refused before decoding")
+    px = int(limit("image_max_pixels", overrides))
+    if w * h > px:
+        raise InputError(path, f"image {w}x{h} has {w * h} pixels (limit {px}); refused before decoding")
+    nf = int(limit("video_max_frames", overrides))
+    if frames > nf:
+        raise InputError(path, f"{frames} frames exceed the limit of {nf}")
+
+
+def image_header_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of a PNG / JPEG / BMP / TIFF / GIF from its header, without decoding pixels.
+
+    Raises:
+        InputError: not a readable image header.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:  # lazy: reads the header only
+            return int(im.size[0]), int(im.size[1])
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise InputError(path, "not a readable image (unknown or corrupt header)") from None
+    except Image.DecompressionBombError:
+        raise InputError(path, "image dimensions are implausibly large; refused before decoding") from None
+
+
+def eeg_reasons(data_uv: np.ndarray, ch_names: list[str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> list[str]:
+    """Plausibility reasons for an EEG array in microvolts, shape (channels, samples).
+
+    Raises InputError for NaN/inf (nothing can be answered); returns reasons (possibly empty) for
+    implausible amplitude and flat / saturated channels.
+    """
+    x = np.asarray(data_uv, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        return ["empty recording"]
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise InputError("signal", f"{int(bad.sum())} NaN/inf samples")
+    names = ch_names or [str(i) for i in range(x.shape[0])]
+    reasons: list[str] = []
+    peak = float(np.max(np.abs(x)))
+    max_uv = float(limit("eeg_max_abs_uv", overrides))
+    if peak > max_uv:
+        reasons.append(f"amplitude {peak:.3g} uV exceeds the plausible EEG range ({max_uv:.0f} uV): wrong unit, gain or saturated amplifier")
+    q75, q25 = np.percentile(x, [75, 25], axis=1)
+    robust_std = (q75 - q25) / 1.349
+    flat = [names[i] for i in np.flatnonzero(robust_std < float(limit("eeg_flat_std_uv", overrides)))]
+    mx, mn = x.max(axis=1, keepdims=True), x.min(axis=1, keepdims=True)
+    sat_frac = ((x >= mx) | (x <= mn)).mean(axis=1)
+    saturated = [names[i] for i in np.flatnonzero((sat_frac > 0.05) & (robust_std >= float(limit("eeg_flat_std_uv", overrides))))]
+    frac = float(limit("eeg_bad_channel_fraction", overrides))
+    n_bad = len(set(flat) | set(saturated))
+    if n_bad and n_bad / x.shape[0] > frac:
+        reasons.append(f"{n_bad} of {x.shape[0]} channels flat or saturated (limit {frac:.0%})")
+    elif flat:
+        reasons.append(f"flat channel(s): {', '.join(flat[:8])}")
+    return reasons
+
+
+# ------------------------------------------------------------------ image / video content gates
+# (cardiac, videoseg, the core image task).  Header checks use :func:`check_image_size` above;
+# this block adds what only the decoded pixels can tell, and a ceiling on what a decode allocates.
+LIMITS.setdefault("image_min_std", 1.0)  # grey levels (0-255): below this a frame is blank / constant
+LIMITS.setdefault("decode_max_bytes", 2 * 1024**3)  # refuse a decode that would allocate more than this
+
+
+def check_decode_bytes(n_bytes: int, path: str | Path, overrides: Mapping[str, Any] | None = None) -> None:
+    """Refuse a decode whose output (frames x height x width x channels x bytes) exceeds the ceiling.
+
+    Args:
+        n_bytes: bytes the decoded array would take, computed from the header.
+        path: the input file, for the message.
+        overrides: the bundle's ``gates`` overrides.
+
+    Raises:
+        InputError: the decoded pixels would exceed ``decode_max_bytes``.
+    """
+    cap = int(limit("decode_max_bytes", overrides))
+    if int(n_bytes) > cap:
+        raise InputError(path, f"decoded pixels would take {int(n_bytes) / 1024**2:.0f} MiB "
+                               f"(limit {cap / 1024**2:.0f} MiB); refused before decoding")
+
+
+def image_content_reasons(frames: Any, overrides: Mapping[str, Any] | None = None) -> list[str]:
+    """Reasons an image / cine is not plausible content: blank or constant frames.
+
+    Args:
+        frames: one image (H, W[, C]) or a sequence / array of frames, grey levels 0-255.
+        overrides: the bundle's ``gates`` overrides (``image_min_std``).
+
+    Returns:
+        ``[]`` when every frame has content; else one short reason (counts only, no values
+        beyond the measured spread).
+    """
+    if isinstance(frames, np.ndarray) and frames.ndim in (2, 3) and (frames.ndim == 2 or frames.shape[-1] in (1, 3, 4)):
+        frames = [frames]
+    lo = float(limit("image_min_std", overrides))
+    stds = [float(np.asarray(f, dtype=np.float32).std()) if np.asarray(f).size else 0.0 for f in frames]
+    if not stds:
+        return ["no frames"]
+    blank = sum(s < lo for s in stds)
+    if blank == len(stds):
+        return [f"blank / constant image (pixel std {max(stds):.2f} < {lo:g} grey levels)"]
+    if blank:
+        return [f"{blank} of {len(stds)} frames blank / constant"]
+    return []
+
+
+# ------------------------------------------------------------------------------------------------
+# Feature bags (wsi app): one gate for every path that reads a bag (predict, score, training).
+# ------------------------------------------------------------------------------------------------
+def check_feature_bag(features: np.ndarray, path: str | Path,
+                      overrides: Mapping[str, Any] | None = None) -> None:
+    """Refuse a feature bag that cannot be answered: empty, not (N, D), NaN/inf, or |x| above the limit.
+
+    Encoder features are normalised activations (a few units; UNI / ResNet features stay far
+    below ``feature_max_abs``); NaN / inf or huge values mean a failed extraction or a file
+    written by something else.  Counts and limits only, never values.
+
+    Args:
+        features: the bag, shape (N, D).
+        path: the bag file, for the message.
+        overrides: bundle ``gates`` overrides (``feature_max_abs``).
+
+    Raises:
+        InputError: the bag is empty, malformed, non-finite or out of range.
+    """
+    a = np.asarray(features)
+    if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] == 0:
+        raise InputError(path, f"features must be a non-empty (N, D) array, got shape {tuple(a.shape)}")
+    if a.dtype.kind not in "fiu":
+        raise InputError(path, f"features must be numeric (got dtype kind '{a.dtype.kind}')")
+    require_finite(a, path, "features")
+    lim = float(limit("feature_max_abs", overrides))
+    n_big = int((np.abs(a) > lim).sum())
+    if n_big:
+        raise InputError(path, f"{n_big} feature value(s) exceed |x| <= {lim:g} (not normalised encoder features); refusing to answer")

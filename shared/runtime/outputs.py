@@ -1,0 +1,78 @@
+"""Where per-input outputs go: derived from the input's path relative to the input root.
+
+Two inputs never share an output folder: ``a/s1.svs`` and ``b/s1.tif`` under one root map to
+``OUT/a/s1`` and ``OUT/b/s1``; ``pt.v1.mha`` and ``pt.v2.mha`` to ``OUT/pt.v1`` and ``OUT/pt.v2``.
+When two inputs would still map to one key (``s1.svs`` and ``s1.tif`` in one folder) the caller
+gets a one-line error naming both, before any work.  Nothing is ever written beside the inputs
+unless the user names that folder as the output.  Torch-free.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Sequence
+
+from medtransfer.shared.utils.errors import InputError, MedTransferError
+
+
+def input_root(paths: Sequence[str | Path]) -> Path:
+    """The deepest folder that holds every input (their common parent, resolved)."""
+    if not paths:
+        return Path.cwd()
+    parents = [str(Path(p).resolve().parent) for p in paths]
+    return Path(os.path.commonpath(parents))
+
+
+def output_key(path: str | Path, root: str | Path | None = None) -> str:
+    """The output key of one input: its path relative to ``root``, without the last suffix, posix.
+
+    Args:
+        path: the input file (or frame folder).
+        root: the input root (default: the input's own folder, i.e. the key is its stem).
+
+    Returns:
+        e.g. ``"a/s1"`` for ``ROOT/a/s1.svs``.
+
+    Raises:
+        InputError: the input is not inside ``root``.
+    """
+    p = Path(path).resolve()
+    base = Path(root).resolve() if root is not None else p.parent
+    try:
+        rel = p.relative_to(base)
+    except ValueError:
+        raise InputError(path, f"is not inside the input root {base}") from None
+    parts = list(PurePosixPath(rel.as_posix()).parts)
+    if not parts or any(x in ("", ".", "..") for x in parts):
+        raise InputError(path, "cannot derive an output name from this path")
+    last = parts[-1]
+    if p.is_file() and "." in last.strip("."):
+        last = last[: last.rfind(".")]
+    parts[-1] = last
+    return "/".join(parts)
+
+
+def unique_keys(paths: Iterable[str | Path], root: str | Path | None = None) -> dict[str, Path]:
+    """Output key -> input for many inputs; refuses a clash with one line naming both inputs.
+
+    Args:
+        paths: the inputs.
+        root: the input root (default: their common parent).
+
+    Raises:
+        MedTransferError: two inputs map to one output key.
+    """
+    paths = [Path(p) for p in paths]
+    base = Path(root) if root is not None else input_root(paths)
+    out: dict[str, Path] = {}
+    for p in paths:
+        k = output_key(p, base)
+        if k in out and out[k].resolve() != p.resolve():
+            raise MedTransferError(f"{out[k]} and {p} would write the same output '{k}'; rename one or score them separately")
+        out[k] = p
+    return out
+
+
+def output_dir(out_root: str | Path, path: str | Path, root: str | Path | None = None) -> Path:
+    """``out_root/<output key>`` for one input (not created)."""
+    return Path(out_root) / output_key(path, root)
