@@ -134,6 +134,60 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+#: Ranges of the shared training keys (``train.*``): checked in every resolved config.
+#: Each entry: (kind, argument): ``gt`` / ``ge`` a number, ``in`` a set of names.
+TRAIN_RULES: dict[str, tuple[str, Any]] = {
+    "lr": ("gt", 0.0),
+    "batch_size": ("ge", 1),
+    "epochs": ("ge", 1),
+    "weight_decay": ("ge", 0.0),
+    "warmup_epochs": ("ge", 0),
+    "patience": ("ge", 0),
+    "grad_accum": ("ge", 1),
+    "num_workers": ("ge", 0),
+    "max_grad_norm": ("ge", 0.0),
+    "llrd_decay": ("gt", 0.0),
+    "unfreeze_every": ("ge", 1),
+    "seed": ("ge", 0),
+    "strategy": ("in", ("full", "linear_probe", "gradual_unfreeze", "llrd", "lora", "adapter")),
+    "optimizer": ("in", ("adamw", "sgd")),
+    "scheduler": ("in", ("cosine", "none")),
+    "mode": ("in", ("", "min", "max")),
+    "device": ("in", ("auto", "cpu", "cuda", "mps")),
+    "log": ("in", ("none", "tensorboard", "mlflow", "auto")),
+}
+
+
+def check_ranges(cfg: Mapping[str, Any], rules: Mapping[str, tuple[str, Any]] | None = None,
+                 section: str = "train") -> None:
+    """Refuse out-of-range values of ``cfg[section]`` (lr > 0, batch_size >= 1, known names ...).
+
+    Args:
+        cfg: a resolved config.
+        rules: key -> (kind, argument); default :data:`TRAIN_RULES`.
+        section: the section the rules apply to.
+
+    Raises:
+        ConfigError: naming the key, the value and the allowed range.
+    """
+    node = cfg.get(section)
+    if not isinstance(node, Mapping):
+        return
+    for key, (kind, arg) in (rules or TRAIN_RULES).items():
+        if key not in node:
+            continue
+        v = node[key]
+        name = f"{section}.{key}"
+        if kind == "in":
+            if v not in arg:
+                raise ConfigError(f"config key '{name}' must be one of {', '.join(repr(a) for a in arg if a != '')}, got {v!r}")
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+            raise ConfigError(f"config key '{name}' must be a number, got {v!r}")
+        if (kind == "gt" and not v > arg) or (kind == "ge" and not v >= arg):
+            raise ConfigError(f"config key '{name}' must be {'>' if kind == 'gt' else '>='} {arg}, got {v!r}")
+
+
 def resolve_config(
     defaults: Mapping[str, Any],
     recipe: str | Path | None = None,
@@ -155,6 +209,7 @@ def resolve_config(
     if overrides:
         ov = overrides if isinstance(overrides, Mapping) else parse_overrides(overrides)
         cfg = merge(cfg, ov)
+    check_ranges(cfg)
     return cfg
 
 

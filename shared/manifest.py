@@ -62,28 +62,83 @@ def read_manifest(csv_path: str | Path, require_label: bool = False) -> list[Rec
     if not csv_path.is_file():
         raise InputError(csv_path, "manifest not found")
     base = csv_path.resolve().parent
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        cols = [c.strip() for c in (reader.fieldnames or [])]
-        if "path" not in cols:
-            raise InputError(csv_path, f"manifest needs a 'path' column (found: {', '.join(cols) or 'none'})")
-        out: list[Record] = []
-        for i, row in enumerate(reader, start=2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
-            rel = row.pop("path")
-            if not rel:
-                raise InputError(csv_path, f"line {i}: empty path")
-            label = row.pop("label", "")
-            split = row.pop("split", "").lower()
-            group = row.pop("group", "")
-            if split and split not in SPLITS:
-                raise InputError(csv_path, f"line {i}: split '{split}' is not one of {', '.join(SPLITS)}")
-            if require_label and not label:
-                raise InputError(csv_path, f"line {i}: empty label for {rel}")
-            p = Path(rel)
-            p = p if p.is_absolute() else (base / p)
-            out.append(Record(path=p, label=label, split=split, group=group, extra=row, rel=rel))
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's BOM is accepted
+            return _read_rows(csv.DictReader(f, strict=True), csv_path, base, require_label)
+    except UnicodeDecodeError as e:
+        raise InputError(csv_path, f"not UTF-8 text (byte {e.start}); save the manifest as CSV UTF-8") from None
+    except csv.Error as e:
+        raise InputError(csv_path, f"CSV syntax error near line {_line(e)}: {e}") from None
+
+
+def _line(e: csv.Error) -> str:
+    import re
+
+    m = re.search(r"line (\d+)", str(e))
+    return m.group(1) if m else "?"
+
+
+def _read_rows(reader: "csv.DictReader[str]", csv_path: Path, base: Path, require_label: bool) -> list[Record]:
+    """Parse the rows of an opened manifest (see :func:`read_manifest`)."""
+    cols = [c.strip() for c in (reader.fieldnames or [])]
+    if "path" not in cols:
+        raise InputError(csv_path, f"manifest needs a 'path' column (found: {', '.join(cols) or 'none'})")
+    if len(set(cols)) != len(cols):
+        raise InputError(csv_path, "duplicate column names in the header")
+    out: list[Record] = []
+    for row in reader:
+        i = reader.line_num
+        if None in row:  # more fields than header columns: an unquoted comma
+            raise InputError(csv_path, f"line {i}: {len(cols) + len(row[None])} fields for {len(cols)} columns "
+                                       "(a comma inside a value must be quoted)")
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        rel = row.pop("path")
+        if not rel:
+            raise InputError(csv_path, f"line {i}: empty path")
+        rel = normalise_rel(rel)
+        label = row.pop("label", "")
+        split = row.pop("split", "").lower()
+        group = row.pop("group", "")
+        if split and split not in SPLITS:
+            raise InputError(csv_path, f"line {i}: split '{split}' is not one of {', '.join(SPLITS)}")
+        if require_label and not label:
+            raise InputError(csv_path, f"line {i}: empty label for {rel}")
+        p = Path(rel)
+        p = p if p.is_absolute() else (base / p)
+        out.append(Record(path=p, label=label, split=split, group=group, extra=row, rel=rel))
     return out
+
+
+def normalise_rel(rel: str) -> str:
+    """``./a.edf``, ``a//b.edf`` and ``a/../a.edf`` -> one spelling (absolute paths stay absolute)."""
+    import os
+
+    return Path(os.path.normpath(rel.replace("\\", "/"))).as_posix()
+
+
+def require_classes(records: Sequence[Record], csv_path: str | Path, split: str = "train", min_classes: int = 2) -> list[str]:
+    """Refuse training on label-less or single-class data; returns the sorted class names.
+
+    Args:
+        records: manifest records (already split).
+        csv_path: the manifest, for the message.
+        split: the split that is trained on ("" = all records).
+        min_classes: classes needed.
+
+    Raises:
+        InputError: naming the manifest, the split and what is missing.
+    """
+    sel = [r for r in records if not split or r.split == split]
+    if not sel:
+        raise InputError(csv_path, f"no rows in split '{split}' to train on")
+    unlabelled = sum(not r.label for r in sel)
+    if unlabelled:
+        raise InputError(csv_path, f"{unlabelled} of {len(sel)} {split or ''} rows have no label; training needs labels")
+    classes = sorted({r.label for r in sel})
+    if len(classes) < min_classes:
+        raise InputError(csv_path, f"split '{split}' has only class {classes[0]!r}; training needs at least "
+                                   f"{min_classes} classes")
+    return classes
 
 
 def write_manifest(records: Iterable[Record | dict], csv_path: str | Path, relative: bool = True) -> Path:

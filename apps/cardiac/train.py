@@ -142,6 +142,11 @@ def _run(manifest: Path, out: Path, cfg: dict[str, Any], task: str, model: torch
     need_grade = grade_weight > 0
     tr = load_split(manifest, "train", params, need_grade)
     va = load_split(manifest, "val", params, need_grade)
+    if view_weight and np.unique(tr[1]).size < 2:
+        raise InputError(manifest, f"split 'train' has only view {VIEWS[int(tr[1][0])]!r}; view training needs "
+                                   "at least 2 views")
+    if need_grade and np.unique(tr[2]).size < 2:
+        raise InputError(manifest, "split 'train' has a single grade value; grade training needs varied grades")
     tr_ds, va_ds = _dataset(*tr, params), _dataset(*va, params)
     counts = np.bincount(tr[1], minlength=len(VIEWS)).astype(np.float64)
     weights = (1.0 / np.maximum(counts, 1))[tr[1]] if view_weight else None

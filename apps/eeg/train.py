@@ -153,6 +153,10 @@ def train(
     splits, errors = load_split(manifest, cfg["data"], ["train", "val"], progress=progress)
     if not splits["train"]:
         raise InputError(manifest, "no usable training recordings (see the import report / errors)")
+    classes = sorted({str(r.label) for r in splits["train"]})
+    if len(classes) < 2:
+        raise InputError(manifest, f"split 'train' has only class {classes[0]!r}; training needs normal and abnormal "
+                                   "recordings")
     mw = int(cfg["data"].get("max_windows_per_recording", 0) or 0)
     train_ds = WindowDataset(splits["train"], mw, stride=train_stride(cfg))  # overlapping when a stride is set
     val_ds = WindowDataset(splits["val"], mw) if splits["val"] else None  # evaluation windows: no overlap

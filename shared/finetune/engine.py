@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from medtransfer.shared.config import save_yaml
+from medtransfer.shared.config import check_ranges, save_yaml
 from medtransfer.shared.finetune.strategies import param_groups, setup_strategy, unfreeze_for_epoch
 from medtransfer.shared.rundir import RunDir, load_checkpoint_file
 from medtransfer.shared.utils.seed import seed_everything
@@ -237,6 +237,7 @@ def fit(
         FitResult with the checkpoint paths, the best validation metrics and the history.
     """
     tc = {**TRAIN_DEFAULTS, **(cfg.get("train") or {})}
+    check_ranges({"train": tc})  # programmatic callers get the same range checks as the CLI
     monitor = tc.get("monitor") or monitor
     mode = tc.get("mode") or mode
     run_dir = Path(run_dir)

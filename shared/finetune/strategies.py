@@ -16,7 +16,9 @@ from typing import Any
 
 from torch import nn
 
-STRATEGIES = ("full", "linear_probe", "gradual_unfreeze", "llrd", "lora", "adapter")
+from medtransfer.shared.config import TRAIN_RULES
+
+STRATEGIES: tuple[str, ...] = tuple(TRAIN_RULES["strategy"][1])  # one list: config checks and setup agree
 
 
 def head_names(model: nn.Module, head: list[str] | None = None) -> list[str]:

@@ -1,6 +1,7 @@
 """Train / evaluate / export for the generic image task (torch side)."""
 from __future__ import annotations
 
+from medtransfer.shared.rundir import RunDir
 import json
 from importlib import resources
 from pathlib import Path
@@ -11,9 +12,9 @@ import torch
 from torch.utils.data import Dataset
 
 from medtransfer.shared.config import load_yaml, resolve_config
-from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit, load_checkpoint, predict_arrays
+from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit, predict_arrays
 from medtransfer.shared.imagetask.data import load_image
-from medtransfer.shared.manifest import Record, assign_splits, by_split, read_manifest
+from medtransfer.shared.manifest import Record, assign_splits, by_split, read_manifest, require_classes
 from medtransfer.shared.registry import create_model
 from medtransfer.shared.utils.errors import MedTransferError
 
@@ -73,6 +74,7 @@ def train(manifest: str | Path, out: str | Path, recipe: str | Path | None = Non
     cfg = resolve_config(defaults(), recipe, list(overrides or []))
     recs = read_manifest(manifest, require_label=True)
     _split(recs, cfg)
+    require_classes(recs, manifest, "train")
     labels = sorted({r.label for r in recs})
     prep = _prep(cfg)
     tr, va = by_split(recs, "train"), by_split(recs, "val")
@@ -83,15 +85,13 @@ def train(manifest: str | Path, out: str | Path, recipe: str | Path | None = Non
               app="image", task="classification", loss_fn=torch.nn.functional.cross_entropy,
               metric_fn=classification_metrics, monitor="val_accuracy", mode="max",
               extra_state={"labels": labels, "preprocessing": prep})
-    info = json.loads((Path(out) / "run.json").read_text())
-    info.update(labels=labels, preprocessing=prep, manifest=str(Path(manifest).resolve()))
-    (Path(out) / "run.json").write_text(json.dumps(info, indent=2))
+    RunDir(out).update_info(labels=labels, preprocessing=prep, manifest=str(Path(manifest).resolve()))
     return {"best_epoch": res.best_epoch, **res.best_metrics}
 
 
 def load_run(run_dir: str | Path):
     """Rebuild the model of a run from its best checkpoint; returns (model, cfg, labels, prep)."""
-    ck = load_checkpoint(Path(run_dir) / "checkpoints" / "best.pt")
+    ck = RunDir(run_dir).load_checkpoint("best")
     cfg, labels, prep = ck["config"], ck["labels"], ck["preprocessing"]
     cfg = {**cfg, "model": {**cfg["model"], "pretrained": ""}}
     model = _build(cfg, len(labels))
@@ -109,8 +109,27 @@ def evaluate(run_dir: str | Path, manifest: str | Path, split: str = "test") -> 
     return {"split": split, "n": len(sel), **classification_metrics(logits, y)}
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None) -> Path:
-    """Export a run as an ONNX bundle (dynamic batch), parity-checked; optional int8 copy."""
+def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, overwrite: bool = True) -> Path:
+    """Export a run as an ONNX bundle (dynamic batch), parity-checked; optional int8 copy.
+
+    Args:
+        run_dir: a run written by :func:`train`.
+        out_dir: bundle folder (relative, absolute, empty or an existing bundle).
+        quantize: ``"int8"`` also writes ``model.int8.onnx`` and records the accuracy change.
+        overwrite: replace an existing bundle at ``out_dir`` (the CLI asks for ``--overwrite``).
+
+    Returns:
+        The bundle folder (absolute), written atomically through ``staged_output``.
+    """
+    from medtransfer.shared.export.atomic import staged_output
+
+    with staged_output(out_dir, overwrite=overwrite) as tmp:
+        _write_bundle_files(run_dir, tmp, quantize)
+    return Path(out_dir).absolute()
+
+
+def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None) -> Path:
+    """Write the bundle into ``out_dir`` (the staging folder of :func:`export_run`)."""
     from medtransfer.shared.export import export_onnx, quantize_int8, write_bundle
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
@@ -144,7 +163,7 @@ def _int8_delta(run_dir: Path, out_dir: Path, cfg: dict[str, Any], prep: dict[st
     """Validation accuracy of fp32 ONNX vs int8 ONNX (the metric change quantization costs)."""
     import onnxruntime as ort
 
-    info = json.loads((run_dir / "run.json").read_text())
+    info = RunDir(run_dir).info()
     recs = read_manifest(info["manifest"], require_label=True)
     va = by_split(_split(recs, cfg), "val")
     labels = info["labels"]
@@ -169,7 +188,7 @@ def demo(out_dir: str | Path, fast: bool = True) -> dict[str, Any]:
     best = train(man, out_dir / "run", overrides=[f"train.epochs={8 if fast else 20}", "train.progress=false"])
     test = evaluate(out_dir / "run", man)
     bundle = export_run(out_dir / "run", out_dir / "bundle")
-    summary = sc.score(bundle, sc.cases_from_manifest(man), out_dir / "scores.csv", progress=False)
+    summary = sc.score(bundle, sc.cases_from_manifest(man), out_dir / "scores.csv", progress=False, overwrite=True)
     _plot_history(out_dir / "run", out_dir / "training.png")
     md = "\n".join([
         "Noisy circle / square / triangle PNGs through the whole core: manifest, fine-tune (resnet18),",

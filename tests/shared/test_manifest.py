@@ -42,3 +42,65 @@ def test_existing_split_is_kept():
     recs = [Record(path=Path(f"/x/{i}"), label="a", split="test" if i == 0 else "") for i in range(10)]
     assign_splits(recs, seed=0)
     assert recs[0].split == "test"
+
+
+# ------------------------------------------------------------------------------- hardening (issue 9)
+def test_bom_prefixed_manifest_is_read(tmp_path):
+    """Excel writes 'CSV UTF-8' with a BOM; the 'path' column must still be found."""
+    from medtransfer.shared.manifest import read_manifest
+
+    m = tmp_path / "m.csv"
+    m.write_bytes("\ufeffpath,label\na.png,x\n".encode("utf-8"))
+    recs = read_manifest(m)
+    assert [r.rel for r in recs] == ["a.png"] and recs[0].label == "x"
+
+
+def test_paths_normalised_to_one_case_id(tmp_path):
+    from medtransfer.shared.manifest import read_manifest
+
+    m = tmp_path / "m.csv"
+    m.write_text("path,label\na.edf,x\n./a.edf,x\nsub/../a.edf,x\n")
+    assert {r.case_id for r in read_manifest(m)} == {"a.edf"}
+
+
+def test_non_utf8_and_duplicate_columns_are_input_errors(tmp_path):
+    import pytest
+
+    from medtransfer.shared.manifest import read_manifest
+    from medtransfer.shared.utils.errors import InputError
+
+    m = tmp_path / "m.csv"
+    m.write_bytes(b"path,label\n\xff\xfe.png,x\n")
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_manifest(m)
+    m.write_text("path,label,label\na.png,x,y\n")
+    with pytest.raises(InputError, match="duplicate column"):
+        read_manifest(m)
+
+
+def test_require_classes(tmp_path):
+    import pytest
+
+    from medtransfer.shared.manifest import Record, require_classes
+    from medtransfer.shared.utils.errors import InputError
+
+    recs = [Record(path=tmp_path / f"{i}", label=lab, split="train") for i, lab in enumerate("aab")]
+    assert require_classes(recs, "m.csv") == ["a", "b"]
+    with pytest.raises(InputError, match="only class 'a'"):
+        require_classes(recs[:2], "m.csv")
+    recs[0].label = ""
+    with pytest.raises(InputError, match="no label"):
+        require_classes(recs, "m.csv")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.fuzz
+def test_fuzz_manifest_csv(fuzz, tmp_path):
+    """Mutated manifests: records or one-line InputError, never another exception."""
+    from medtransfer.shared.manifest import read_manifest
+
+    seed = ('\ufeffpath,label,split,group,grade\n"a b.png",A4C,train,p1,7\n./x/y.png,PL,val,p2,\n'
+            '/abs/z.png,SC,test,,3\nq.png,,,,\n').encode("utf-8")
+    fuzz.run(seed, ".csv", read_manifest, tmp_path)
