@@ -78,6 +78,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def amp_settings(amp: Any, device: torch.device) -> tuple[bool, torch.dtype | None]:
+    """Mixed precision on CUDA only: bf16 where the card supports it (no scaler), else fp16 + GradScaler.
+
+    Args:
+        amp: ``train.amp`` (true / false).
+        device: the training device.
+
+    Returns:
+        (enabled, dtype).
+    """
+    if not amp or device.type != "cuda":
+        return False, None
+    return True, (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+
 def _dist() -> tuple[bool, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
@@ -277,8 +292,8 @@ def fit(
         return 1.0
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-    use_amp = bool(tc["amp"]) and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    use_amp, amp_dtype = amp_settings(tc["amp"], device)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     train_model: nn.Module = model
     if is_dist:
@@ -288,19 +303,21 @@ def fit(
 
     bs = int(tc["batch_size"])
     nw = int(tc["num_workers"])
+    # on CUDA: pinned host memory for async copies and workers kept alive between epochs
+    lk: dict[str, Any] = {"pin_memory": device.type == "cuda", "persistent_workers": nw > 0}
     g = torch.Generator().manual_seed(int(tc["seed"]))
     if is_dist:
         sampler = torch.utils.data.DistributedSampler(train_ds, shuffle=True, seed=int(tc["seed"]))
-        train_loader = DataLoader(train_ds, batch_size=bs, sampler=sampler, num_workers=nw, collate_fn=collate_fn)
+        train_loader = DataLoader(train_ds, batch_size=bs, sampler=sampler, num_workers=nw, collate_fn=collate_fn, **lk)
     elif sampler_weights is not None:
         ws = torch.as_tensor(list(sampler_weights), dtype=torch.double)
         sampler = torch.utils.data.WeightedRandomSampler(ws, num_samples=len(ws), replacement=True, generator=g)
-        train_loader = DataLoader(train_ds, batch_size=bs, sampler=sampler, num_workers=nw, collate_fn=collate_fn)
+        train_loader = DataLoader(train_ds, batch_size=bs, sampler=sampler, num_workers=nw, collate_fn=collate_fn, **lk)
     else:
         sampler = None
         train_loader = DataLoader(train_ds, batch_size=bs, shuffle=True, generator=g, num_workers=nw,
-                                  collate_fn=collate_fn, drop_last=len(train_ds) > bs and len(train_ds) % bs == 1)
-    val_loader = DataLoader(val_ds, batch_size=bs, shuffle=False, num_workers=nw, collate_fn=collate_fn) if val_ds else None
+                                  collate_fn=collate_fn, **lk, drop_last=len(train_ds) > bs and len(train_ds) % bs == 1)
+    val_loader = DataLoader(val_ds, batch_size=bs, shuffle=False, num_workers=nw, collate_fn=collate_fn, **lk) if val_ds else None
 
     fwd = forward_fn or _default_forward
     start_epoch = 0
@@ -344,7 +361,7 @@ def fit(
                 opt.zero_grad(set_to_none=True)
                 for i, batch in enumerate(train_loader):
                     batch = _to(batch, device)
-                    with torch.autocast(device_type=device.type, enabled=use_amp):
+                    with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
                         out, tgt = fwd(train_model, batch)
                         loss = loss_fn(out, tgt)
                     if not torch.isfinite(loss):
@@ -365,7 +382,7 @@ def fit(
                 row: dict[str, float] = {"epoch": epoch, "train_loss": tot / max(n, 1), "lr": opt.param_groups[0]["lr"],
                                          "seconds": time.time() - t0}
                 if val_loader is not None and main:
-                    row.update(_validate(model, val_loader, fwd, loss_fn, metric_fn, device, use_amp))
+                    row.update(_validate(model, val_loader, fwd, loss_fn, metric_fn, device, use_amp, amp_dtype))
                 key = monitor if monitor in row else ("val_loss" if "val_loss" in row else "train_loss")
                 value = float(row[key])
                 improved = value < best_val if mode == "min" else value > best_val
@@ -418,13 +435,13 @@ def _batch_len(t: Any) -> int:
 
 
 @torch.no_grad()
-def _validate(model, loader, fwd, loss_fn, metric_fn, device, use_amp) -> dict[str, float]:
+def _validate(model, loader, fwd, loss_fn, metric_fn, device, use_amp, amp_dtype=None) -> dict[str, float]:
     model.eval()
     tot, n = 0.0, 0
     outs, tgts = [], []
     for batch in loader:
         batch = _to(batch, device)
-        with torch.autocast(device_type=device.type, enabled=use_amp):
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
             out, tgt = fwd(model, batch)
             loss = loss_fn(out, tgt)
         b = _batch_len(tgt)

@@ -82,9 +82,11 @@ def test_resume_continues_where_it_stopped(tmp_path):
 
 
 def test_early_stopping(tmp_path):
-    res = fit(Net(), data(), data(64, 1), cfg=cfg(epochs=30, patience=2, lr=0.0), run_dir=tmp_path, app="t",
-              task="c", loss_fn=nn.functional.cross_entropy)
-    assert len(res.history) <= 3  # lr=0: no improvement after the first epoch
+    # a monitored metric that never improves after the first epoch (lr=0 is refused by the range checks)
+    res = fit(Net(), data(), data(64, 1), cfg=cfg(epochs=30, patience=2), run_dir=tmp_path, app="t",
+              task="c", loss_fn=nn.functional.cross_entropy, metric_fn=lambda o, t: {"const": 1.0},
+              monitor="val_const", mode="max")
+    assert len(res.history) == 3 and res.best_epoch == 0
 
 
 def test_linear_probe_trains_only_head(tmp_path):
@@ -144,3 +146,13 @@ def test_runs_under_torchrun_ddp_gloo(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["world_size"] == 2
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
+
+
+def test_amp_settings_cpu_off_and_cuda_dtype():
+    from medtransfer.shared.finetune.engine import amp_settings
+
+    assert amp_settings(True, torch.device("cpu")) == (False, None)
+    assert amp_settings(False, torch.device("cuda", 0)) == (False, None)
+    if torch.cuda.is_available():
+        on, dt = amp_settings(True, torch.device("cuda", 0))
+        assert on and dt == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
