@@ -95,9 +95,11 @@ def clip_forward(
         pts = mk = None
         if t == 0:
             if box is not None:
-                pts = {"point_coords": box.view(1, 2, 2).float(), "point_labels": torch.tensor([[2, 3]], dtype=torch.int32)}
+                # prompts live where the frames live (a CUDA run must not mix devices)
+                pts = {"point_coords": box.view(1, 2, 2).float().to(frames.device),
+                       "point_labels": torch.tensor([[2, 3]], dtype=torch.int32, device=frames.device)}
             else:
-                mk = mask.view(1, 1, *mask.shape[-2:]).float()
+                mk = mask.view(1, 1, *mask.shape[-2:]).float().to(frames.device)
         # the steps of SAM2Base.track_step, keeping the object score in training mode too
         out, sam_outputs, _, _ = sam._track_step(t, t == 0, f_t, p_t, sizes, pts, mk, out_dict, T, False, None)
         _, _, _, low, high, obj_ptr, score = sam_outputs

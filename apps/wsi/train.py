@@ -232,17 +232,18 @@ def train_model(model: torch.nn.Module, cases: Sequence[Case], bags: dict[str, n
 def predict_logits(model: torch.nn.Module, bags: Sequence[np.ndarray], batch_size: int = 32) -> dict[str, np.ndarray]:
     """Hazard logits (and MoE gates when the model is MoE-PKT) for bags, in order."""
     model.eval()
+    dev = next(model.parameters()).device  # a CUDA-trained model evaluates where it lives
     logits, gates = [], []
     with torch_threads(1):
         for i in range(0, len(bags), batch_size):
             x, m = pad_bags(bags[i:i + batch_size])
-            xt, mt = torch.from_numpy(x), torch.from_numpy(m)
+            xt, mt = torch.from_numpy(x).to(dev), torch.from_numpy(m).to(dev)
             if isinstance(model, MoEPKT):
                 out = model.route(xt, mt)
-                logits.append(out["logits"].numpy())
-                gates.append(out["gates"].numpy())
+                logits.append(out["logits"].float().cpu().numpy())
+                gates.append(out["gates"].float().cpu().numpy())
             else:
-                logits.append(model(xt, mt).numpy())
+                logits.append(model(xt, mt).float().cpu().numpy())
     out = {"logits": np.concatenate(logits)}
     if gates:
         out["gates"] = np.concatenate(gates)
