@@ -4,4 +4,9 @@ Torch-free modules (safe for the runtime): ``manifest``, ``config``, ``runtime``
 ``data.registry``.  Torch modules: ``registry``, ``peft``, ``finetune``, ``export``, ``models``.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:  # one version source: pyproject.toml
+    __version__ = version("medtransfer")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"

@@ -48,11 +48,39 @@ def data_cfg(opts: Mapping[str, Any] | None = None) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # import report
 # ---------------------------------------------------------------------------------------------
-def _check_records(records: list[Record], cfg: Mapping[str, Any], check: bool) -> tuple[list[Record], list[dict]]:
-    """Header-check each record; return the kept ones and one report row per record."""
+def csv_relative(path: str | Path, out_csv: str | Path) -> str:
+    """``path`` as the manifest contract writes it: relative to the CSV's folder (posix), whatever
+    the working directory; kept absolute only when no relative path exists (another drive).
+
+    Args:
+        path: a file (absolute, or relative to the working directory).
+        out_csv: the CSV the path is written into.
+
+    Returns:
+        The path text for the CSV.
+    """
+    p = Path(path).absolute()
+    base = Path(out_csv).absolute().parent
+    try:
+        rel = os.path.relpath(p, base)
+    except ValueError:
+        return str(p)
+    if rel.startswith(".."):  # one side may be spelled through a symlink: prefer a path inside the folder
+        try:
+            rel = str(p.resolve().relative_to(base.resolve()))
+        except ValueError:
+            pass
+    return Path(rel).as_posix()
+
+
+def _check_records(records: list[Record], cfg: Mapping[str, Any], check: bool,
+                   out_csv: Path | None = None) -> tuple[list[Record], list[dict]]:
+    """Header-check each record; return the kept ones and one report row per record (paths
+    relative to ``out_csv``'s folder when given)."""
     kept, report = [], []
     for r in records:
-        row = {"path": r.rel or str(r.path), "label": r.label, "split": r.split}
+        row = {"path": csv_relative(r.path, out_csv) if out_csv is not None else (r.rel or str(r.path)),
+               "label": r.label, "split": r.split}
         if r.label and r.label not in LABELS:
             row.update(status="skipped", reason=f"label '{r.label}' is not normal/abnormal")
             report.append(row)
@@ -93,7 +121,7 @@ def report_path(out_csv: Path) -> Path:
 
 def _finish(records: list[Record], out_csv: Path, opts: Mapping[str, Any], check: bool = True) -> Path:
     cfg = data_cfg({k: v for k, v in opts.items() if k in DATA_DEFAULTS})
-    kept, rows = _check_records(records, cfg, check)
+    kept, rows = _check_records(records, cfg, check, Path(out_csv))
     # validation comes from training recordings only; eval/test stays untouched
     from_train = [r for r in kept if r.split == "train"]
     for r in from_train:
@@ -102,11 +130,14 @@ def _finish(records: list[Record], out_csv: Path, opts: Mapping[str, Any], check
                   seed=int(cfg["split_seed"]))
     assign_splits(kept, val_fraction=float(cfg["val_fraction"]), test_fraction=float(cfg["test_fraction"]),
                   seed=int(cfg["split_seed"]))
-    by_path = {r.rel or str(r.path): r.split for r in kept}
+    by_path = {csv_relative(r.path, out_csv): r.split for r in kept}
     for row in rows:
         if row["path"] in by_path:
             row["split"] = by_path[row["path"]]
-    write_manifest(kept, out_csv)
+    # paths relative to the CSV's folder as the files were found (symlinks kept, not resolved),
+    # whatever the working directory and however root / out_csv were given
+    write_manifest([{"path": csv_relative(r.path, out_csv), "label": r.label, "split": r.split, "group": r.group,
+                     **r.extra} for r in kept], out_csv)
     write_report(rows, report_path(out_csv))
     n_skip = sum(1 for r in rows if r["status"] != "ok")
     print(f"eeg import: {len(kept)} recordings kept, {n_skip} skipped -> {out_csv} (report: {report_path(out_csv).name})",
@@ -148,7 +179,7 @@ def import_tuab(root: str | Path, out_csv: str | Path, check: bool = True, **opt
             continue
         m = re.match(r"([a-z0-9]+)_s(\d+)_t(\d+)", p.stem, flags=re.IGNORECASE)
         group = m.group(1) if m else p.stem
-        recs.append(Record(path=p.resolve(), label=label, split=split, group=group,
+        recs.append(Record(path=p.absolute(), label=label, split=split, group=group,
                            extra={"dataset": "tuab", "session": f"s{m.group(2)}" if m else ""}))
     if not recs:
         raise InputError(root, "no TUAB recordings found (expected edf/{train,eval}/{normal,abnormal}/01_tcp_ar/...)")
@@ -188,15 +219,15 @@ def import_nmt(root: str | Path, out_csv: str | Path, check: bool = True, **opts
         split = "test" if "eval" in parts else "train" if "train" in parts else ""
         row = table.get(p.name)
         if row is None:
-            bad.append({"path": str(p), "label": folder_label, "split": split, "status": "skipped",
+            bad.append({"path": csv_relative(p, out_csv), "label": folder_label, "split": split, "status": "skipped",
                         "reason": "not listed in Labels.csv"})
             continue
         label = row["label"].strip().lower()
         if folder_label and label != folder_label:
-            bad.append({"path": str(p), "label": label, "split": split, "status": "skipped",
+            bad.append({"path": csv_relative(p, out_csv), "label": label, "split": split, "status": "skipped",
                         "reason": f"Labels.csv says {label}, folder says {folder_label}"})
             continue
-        recs.append(Record(path=p.resolve(), label=label, split=split, group=p.stem,
+        recs.append(Record(path=p.absolute(), label=label, split=split, group=p.stem,
                            extra={"dataset": "nmt", "age": row.get("age", ""), "gender": row.get("gender", ""),
                                   "loc": row.get("loc", "")}))
     if not recs and not bad:
@@ -234,7 +265,7 @@ def import_generic(root: str | Path, out_csv: str | Path, check: bool = True, **
             if p.suffix.lower() in SUFFIXES and p.is_file():
                 lab = next((q.lower() for q in reversed(p.relative_to(root).parts[:-1])
                             if q.lower() in LABELS), "")
-                recs.append(Record(path=p.resolve(), label=lab, group=p.stem))
+                recs.append(Record(path=p.absolute(), label=lab, group=p.stem))
     else:
         raise InputError(root, "neither a manifest CSV nor a folder")
     if not recs:
@@ -267,7 +298,7 @@ def import_bonn(root: str | Path, out_csv: str | Path, limit_per_set: int | None
     out_csv = Path(out_csv)
     # absolute EDF paths: write_manifest only relativises absolute paths, so a relative --out
     # (e.g. bonn/bonn.csv) would otherwise be resolved twice against the manifest folder
-    rows = write_bonn_edfs(npz, out_csv.resolve().parent / "bonn_edf", limit_per_set=limit_per_set)
+    rows = write_bonn_edfs(npz, out_csv.absolute().parent / "bonn_edf", limit_per_set=limit_per_set)
     raw_csv = out_csv.with_name(out_csv.stem + "_all.csv")
     write_manifest(rows, raw_csv)
     return import_generic(raw_csv, out_csv, **{**BONN_DATA, **opts})

@@ -148,16 +148,68 @@ def read_raw(path: str | Path):
         _check_edf_size(path)
     try:
         raw = readers[sfx](str(path), preload=False, verbose="error")
-    except Exception as e:  # MNE raises many types for corrupt files
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(path, f"cannot read {sfx[1:].upper()} file ({msg[:160]})") from None
+    except InputError:
+        raise
+    except Exception as e:  # MNE raises many types for corrupt files; its messages may quote header bytes
+        raise InputError(path, f"cannot read {sfx[1:].upper()} file (corrupt or unsupported header: {type(e).__name__})") from None
     if len(raw.ch_names) == 0 or raw.n_times == 0:
         raise InputError(path, "no signal channels in the file (annotations only?)")
     return raw
 
 
-def _check_edf_size(path: Path) -> None:
-    """Refuse EDF/BDF files whose size disagrees with their header (truncated or not EDF)."""
+#: standard 10-20 / 10-10 electrode names (canonical, upper case): the only channel labels a
+#: message may name; any other label is free text from the file header and is never quoted
+STANDARD_ELECTRODES: frozenset[str] = frozenset(
+    ["A1", "A2", "M1", "M2", "NZ", "IZ", "FPZ", "FP1", "FP2", "AFZ", "OZ", "POZ", "CPZ", "FCZ", "FZ", "CZ", "PZ",
+     "T3", "T4", "T5", "T6", "T9", "T10", "P9", "P10", "F9", "F10", "TP9", "TP10", "FT9", "FT10"]
+    + [f"{row}{i}" for row in ("AF", "F", "FC", "C", "CP", "P", "PO", "O", "FT", "TP") for i in range(1, 9)]
+)
+
+#: per-signal fields of an EDF/BDF header: (name used in messages, width in bytes)
+_EDF_SIGNAL_FIELDS = (("label", 16), ("transducer type", 80), ("physical dimension", 8),
+                      ("physical minimum", 8), ("physical maximum", 8), ("digital minimum", 8),
+                      ("digital maximum", 8), ("prefiltering", 80), ("samples per record", 8), ("reserved", 32))
+_EDF_MAX_SIGNALS = 4096
+
+
+def safe_channel_name(label: str, index: int) -> str:
+    """A channel name fit for a message: the canonical electrode name when the label is a standard
+    10-20 / 10-10 electrode (``EEG Fp1-REF`` -> ``FP1``), else ``signal <index + 1>`` (never free text)."""
+    c = canonical_channel(label)
+    return c if c in STANDARD_ELECTRODES else f"signal {index + 1}"
+
+
+def _edf_number(raw: bytes, path: Path, field: str, index: int | None = None, kind: type = float) -> float:
+    """One numeric header field; a one-line error naming the field (never its bytes) when it is not a number."""
+    where = f" of signal {index + 1}" if index is not None else ""
+    try:
+        text = raw.decode("ascii").strip()
+        v = kind(text) if kind is int else float(text)
+    except (UnicodeDecodeError, ValueError):
+        raise InputError(path, f"EDF header field '{field}'{where} is not a number") from None
+    if kind is float and not np.isfinite(v):
+        raise InputError(path, f"EDF header field '{field}'{where} is not a finite number")
+    return v
+
+
+def edf_header(path: str | Path) -> dict[str, Any]:
+    """Validate an EDF/BDF header before MNE decodes it; return the per-signal ranges.
+
+    Checks the fixed header (signal count, header size, record count and duration), every
+    signal's numeric fields and the file size the header promises.  Messages name the field,
+    never its content.
+
+    Args:
+        path: the ``.edf`` / ``.bdf`` file.
+
+    Returns:
+        ``{"n_signals", "n_records", "record_s", "signals": [{"label", "physical_min",
+        "physical_max", "digital_min", "digital_max", "samples_per_record"}, ...]}``.
+
+    Raises:
+        InputError: not an EDF/BDF file, unreadable field, truncated file.
+    """
+    path = Path(path)
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(256)
@@ -167,23 +219,70 @@ def _check_edf_size(path: Path) -> None:
             n_header = int(head[184:192].decode("ascii").strip())
             n_records = int(head[236:244].decode("ascii").strip())
             ns = int(head[252:256].decode("ascii").strip())
-        except ValueError:
+        except (UnicodeDecodeError, ValueError):
             raise InputError(path, "not an EDF/BDF file (header fields unreadable)") from None
         if ns <= 0:
             raise InputError(path, "no signal channels in the file (annotations only?)")
+        if ns > _EDF_MAX_SIGNALS:
+            raise InputError(path, f"EDF header declares {ns} signals (more than {_EDF_MAX_SIGNALS}); not a valid recording")
         if size < 256 + ns * 256:
             raise InputError(path, f"truncated file: {size} bytes, shorter than its {256 + ns * 256}-byte header")
-        f.seek(256 + ns * 216)
-        raw_spr = f.read(ns * 8)
-    try:
-        spr = [int(raw_spr[i * 8:(i + 1) * 8].decode("ascii").strip()) for i in range(ns)]
-    except ValueError:
-        raise InputError(path, "not an EDF/BDF file (samples-per-record unreadable)") from None
+        if n_header != 256 + ns * 256:
+            raise InputError(path, f"EDF header field 'bytes in header' disagrees with its {ns} signals (expected {256 + ns * 256})")
+        if n_records < -1:
+            raise InputError(path, "EDF header field 'number of data records' is negative")
+        record_s = _edf_number(head[244:252], path, "duration of a data record")
+        sig = f.read(ns * 256)
+    fields: dict[str, list[bytes]] = {}
+    off = 0
+    for name, width in _EDF_SIGNAL_FIELDS:
+        fields[name] = [sig[off + i * width: off + (i + 1) * width] for i in range(ns)]
+        off += ns * width
+    labels = [b.decode("latin-1").strip() for b in fields["label"]]
+    signals = []
+    for i in range(ns):
+        ann = labels[i] in ("EDF Annotations", "BDF Annotations")
+        spr = int(_edf_number(fields["samples per record"][i], path, "samples per record", i, int))
+        if spr < 0 or (spr == 0 and not ann):
+            raise InputError(path, f"EDF header field 'samples per record' of signal {i + 1} is not positive")
+        vals = {k: _edf_number(fields[name][i], path, name, i)
+                for k, name in (("physical_min", "physical minimum"), ("physical_max", "physical maximum"),
+                                ("digital_min", "digital minimum"), ("digital_max", "digital maximum"))}
+        signals.append({"label": labels[i], "annotation": ann, "samples_per_record": spr, **vals})
+    if all(s["annotation"] for s in signals):
+        raise InputError(path, "no signal channels in the file (annotations only?)")
+    if not record_s > 0 and n_records != 0:
+        raise InputError(path, "EDF header field 'duration of a data record' is not positive")
     width = 3 if path.suffix.lower() == ".bdf" else 2
     if n_records > 0:
-        expected = n_header + n_records * sum(spr) * width
+        expected = n_header + n_records * sum(s["samples_per_record"] for s in signals) * width
         if size < expected:
             raise InputError(path, f"truncated file: {size} bytes, header promises {expected}")
+    elif n_records == 0:
+        raise InputError(path, "EDF header says the file holds no data records")
+    return {"n_signals": ns, "n_records": n_records, "record_s": record_s, "signals": signals}
+
+
+def _check_edf_size(path: Path) -> None:
+    """Refuse EDF/BDF files whose header is invalid or whose size disagrees with it (see :func:`edf_header`)."""
+    edf_header(path)
+
+
+def empty_range_signals(path: str | Path) -> tuple[list[int], list[str]]:
+    """Data signals of an EDF/BDF whose header gives an empty range (digital min == max or physical
+    min == max): their samples cannot be scaled to physical units (MNE warns and returns volts).
+
+    Args:
+        path: the ``.edf`` / ``.bdf`` file.
+
+    Returns:
+        (indices among the data signals, i.e. in MNE's channel order, of the empty-range signals;
+        the labels of all data signals, for matching).
+    """
+    sigs = [s for s in edf_header(path)["signals"] if not s["annotation"]]
+    bad = [i for i, s in enumerate(sigs)
+           if s["digital_min"] == s["digital_max"] or s["physical_min"] == s["physical_max"]]
+    return bad, [s["label"] for s in sigs]
 
 
 def header_info(path: str | Path, pp: Mapping[str, Any]) -> dict[str, Any]:
@@ -238,16 +337,22 @@ def _header_problem(raw: Any, mapping: dict[str, str], missing: list[str], pp: M
     return ""
 
 
-def preprocess_recording(path: str | Path, pp: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+def preprocess_recording(path: str | Path, pp: Mapping[str, Any],
+                         gates: bool | Mapping[str, Any] = False) -> tuple[np.ndarray, dict[str, Any]]:
     """Run the recipe on one recording.
 
     Args:
         path: EDF / BDF / .set / .vhdr file.
         pp: preprocessing config (``data`` section keys).
+        gates: also run the plausibility gates (True, or a mapping of limit overrides from the
+            bundle's ``gates``): amplitude, flat / saturated channels on the raw signal in
+            microvolts (before scaling and clipping), and EDF/BDF channels whose header range is
+            empty.  Their reasons go to ``info["reasons"]``.
 
     Returns:
         (windows float32 of shape (n_windows, n_channels, window_samples), info dict with
-        ``orig_sfreq``, ``duration_s``, ``mapped``, ``filled``).
+        ``orig_sfreq``, ``duration_s``, ``mapped``, ``filled`` and ``reasons`` (gate reasons,
+        empty without ``gates``)).
 
     Raises:
         InputError: unreadable file, missing channels, too low a rate, too short, NaN, flat channels.
@@ -267,14 +372,17 @@ def preprocess_recording(path: str | Path, pp: Mapping[str, Any]) -> tuple[np.nd
     picks = [raw.ch_names.index(mapping[c]) for c in pp["channels"] if c in mapping]
     try:
         x = raw.get_data(picks=picks, start=start, stop=stop)
-    except Exception as e:
-        raise InputError(path, f"cannot read samples ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})") from None
+    except Exception as e:  # never quote the library's message (it may carry file content)
+        raise InputError(path, f"cannot read samples (corrupt data records: {type(e).__name__})") from None
+    present_names = [c for c in pp["channels"] if c in mapping]
     if not np.all(np.isfinite(x)):
-        bad = [pp["channels"][i] for i in range(x.shape[0]) if not np.all(np.isfinite(x[i]))]
+        bad = [present_names[i] for i in range(x.shape[0]) if not np.all(np.isfinite(x[i]))]
         raise InputError(path, f"NaN/inf samples in channel(s): {', '.join(bad)}")
-    flat = [c for c, row in zip([c for c in pp["channels"] if c in mapping], x) if np.ptp(row) == 0]
+    flat = [c for c, row in zip(present_names, x) if np.ptp(row) == 0]
     if flat:
         raise InputError(path, f"flat channel(s) (constant signal): {', '.join(flat)}")
+    reasons = gate_reasons(path, x, present_names, picks, list(raw.ch_names),
+                           None if isinstance(gates, bool) else gates) if gates else []
     x = x * float(pp["scale"])
     if float(pp["clip_uv"]) > 0:
         np.clip(x, -float(pp["clip_uv"]), float(pp["clip_uv"]), out=x)
@@ -295,8 +403,50 @@ def preprocess_recording(path: str | Path, pp: Mapping[str, Any]) -> tuple[np.nd
     if n < 1:
         raise InputError(path, "recording is shorter than one window after cropping")
     win = x[:, : n * w].reshape(x.shape[0], n, w).transpose(1, 0, 2).astype(np.float32)
-    info = {"orig_sfreq": sf, "duration_s": round(raw.n_times / sf, 3), "mapped": mapping, "filled": missing}
+    info = {"orig_sfreq": sf, "duration_s": round(raw.n_times / sf, 3), "mapped": mapping, "filled": missing,
+            "reasons": reasons}
     return np.ascontiguousarray(win), info
+
+
+def gate_reasons(path: str | Path, x_volts: np.ndarray, names: list[str], picks: list[int],
+                 ch_names: list[str], overrides: Mapping[str, Any] | None = None) -> list[str]:
+    """Plausibility reasons for the picked channels of one recording (see ``shared.runtime.gates``).
+
+    Args:
+        path: the recording (EDF/BDF headers are checked for empty-range channels).
+        x_volts: picked channels x samples as MNE returns them (volts), before scaling / clipping.
+        names: canonical channel names of the rows (from the recipe, never header text).
+        picks: the rows' indices in ``ch_names``.
+        ch_names: MNE's channel names of the file (to match the EDF header's signals).
+        overrides: limit overrides (the bundle's ``gates``).
+
+    Returns:
+        Reasons (empty when plausible).
+
+    Raises:
+        InputError: NaN / inf samples.
+    """
+    from medtransfer.shared.runtime.gates import eeg_reasons
+
+    path = Path(path)
+    finite = np.isfinite(x_volts)
+    if not finite.all():
+        raise InputError(path, f"{int((~finite).sum())} NaN/inf samples")
+    reasons = []
+    if path.suffix.lower() in (".edf", ".bdf"):
+        bad, labels = empty_range_signals(path)
+        if len(labels) == len(ch_names):  # MNE keeps the data signals in file order
+            bad_rows = [r for r, k in enumerate(picks) if k in bad]
+        else:  # fall back to matching labels
+            bad_labels = {labels[i] for i in bad}
+            bad_rows = [r for r, k in enumerate(picks) if ch_names[k] in bad_labels]
+        empty = [names[r] if names[r] in STANDARD_ELECTRODES else f"channel {r + 1}" for r in bad_rows]
+        if empty:
+            reasons.append(f"{len(empty)} channel(s) with an empty range in the EDF header (digital or physical "
+                           f"min == max; samples cannot be scaled): {', '.join(empty[:8])}")
+    # MNE returns volts; the documented ranges are in microvolts
+    reasons += eeg_reasons(np.asarray(x_volts, dtype=np.float64) * 1e6, names, overrides)
+    return reasons
 
 
 def resample_signal(x: np.ndarray, sf_in: float, sf_out: float, method: str = "auto") -> np.ndarray:

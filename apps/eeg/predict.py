@@ -8,14 +8,22 @@ from typing import Any
 import numpy as np
 
 from medtransfer.apps.eeg.io import SUFFIXES, preprocess_recording
+from medtransfer.shared.runtime.gates import mark_unreliable
 from medtransfer.shared.runtime.predictor import Predictor, softmax
+from medtransfer.shared.utils.errors import InputError
 
 
 class EEGPredictor(Predictor):
     """Normal / abnormal for one recording.
 
-    Options: ``out_dir`` (folder for plots), ``plot`` (write ``<stem>_trace.png``),
+    Options: ``out_dir`` (folder for plots), ``plot`` (write ``out_dir/<input key>/trace.png``, the key
+    being the input's path relative to ``input_root`` without its suffix; no plot without ``out_dir``),
     ``batch`` (windows per ONNX call, default 32), ``threshold`` (default from the bundle).
+
+    Plausibility gates (``shared.runtime.gates``, limits overridable by the bundle's ``gates``
+    metadata): NaN / inf samples are an error; amplitude beyond the EEG range, flat or saturated
+    channels and EDF/BDF channels with an empty header range give ``unreliable: true`` with
+    ``reasons``.  Every answer carries ``unreliable`` and ``reasons``.
     """
 
     suffixes = SUFFIXES
@@ -25,6 +33,8 @@ class EEGPredictor(Predictor):
         self.pp = {k: v for k, v in bundle.preprocessing.items() if k not in ("aggregation", "threshold")}
         self.threshold = float(options.get("threshold") or bundle.preprocessing.get("threshold", 0.5))
         self.labels = bundle.labels or ["normal", "abnormal"]
+        self.gates = dict((getattr(bundle, "meta", None) or {}).get("gates") or {})
+        self._outputs: dict[Path, Path] = {}
 
     def predict(self, path: Path, **case: Any) -> dict[str, Any]:
         """Answer one recording.
@@ -34,10 +44,12 @@ class EEGPredictor(Predictor):
             ``channels_mapped`` and ``plot`` when asked.
 
         Raises:
-            InputError: unreadable file, missing channels, too short, NaN, flat channels, low rate.
+            InputError: unreadable file, missing channels, too short, NaN, flat channels, low rate,
+                non-finite model output.
         """
         path = Path(path)
-        win, info = preprocess_recording(path, self.pp)
+        out_dir = self._artefact_dir(path) if self.options.get("plot") else None  # refuse a clash before any work
+        win, info = preprocess_recording(path, self.pp, gates=self.gates or True)
         bs = int(self.options.get("batch") or 32)
         probs = []
         for i in range(0, len(win), bs):
@@ -45,6 +57,8 @@ class EEGPredictor(Predictor):
             logits = self.bundle.run({"eeg": x.astype(np.float32)})["logits"]
             probs.append(softmax(logits, axis=1)[:, self.labels.index("abnormal")])
         p = np.concatenate(probs)
+        if not np.all(np.isfinite(p)):
+            raise InputError(path, "the model gave non-finite probabilities for this recording")
         prob = float(p.mean())
         out: dict[str, Any] = {
             "label": "abnormal" if prob >= self.threshold else "normal",
@@ -55,17 +69,29 @@ class EEGPredictor(Predictor):
         }
         if info["filled"]:
             out["channels_zero_filled"] = info["filled"]
-        if self.options.get("plot"):
-            out["plot"] = str(self._plot(path, p, prob))
+        mark_unreliable(out, info.get("reasons") or [])
+        if out_dir is not None:
+            out["plot"] = str(self._plot(path, out_dir, p, prob))
         return out
 
-    def _plot(self, path: Path, p: np.ndarray, prob: float) -> Path:
+    def _artefact_dir(self, path: Path) -> Path | None:
+        """This input's artefact folder (``out_dir/<key>``); refuses a folder another input already used."""
+        out_dir = self.output_dir(path)
+        if out_dir is None:
+            return None
+        prev = self._outputs.get(out_dir.resolve())
+        if prev is not None and prev != path.resolve():
+            raise InputError(path, f"its plots would overwrite those of {prev.name} in {out_dir}; "
+                                   "give the inputs' common folder as input root or predict them separately")
+        self._outputs[out_dir.resolve()] = path.resolve()
+        return out_dir
+
+    def _plot(self, path: Path, out_dir: Path, p: np.ndarray, prob: float) -> Path:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        out_dir = Path(self.options.get("out_dir") or ".")
         out_dir.mkdir(parents=True, exist_ok=True)
         w = float(self.pp["window_seconds"])
         t0 = float(self.pp["crop_start_s"])
@@ -80,7 +106,7 @@ class EEGPredictor(Predictor):
         ax.set_title(f"{path.name}: per-window abnormality", fontsize=9)
         ax.legend(fontsize=7, loc="center right", framealpha=0.8)
         fig.tight_layout()
-        f = out_dir / f"{path.stem}_trace.png"
+        f = out_dir / "trace.png"
         fig.savefig(f, dpi=110)
         plt.close(fig)
         return f

@@ -96,35 +96,126 @@ def h5_is_complete(h5_path: Path, encoder: str, target_mpp: float, patch_size: i
             return (bool(a.get("complete", False)) and str(a.get("encoder", "")) == encoder
                     and abs(float(a.get("mpp", -1)) - target_mpp) < 1e-6 and int(a.get("patch_size", -1)) == patch_size
                     and "features" in f and "coords" in f and f["features"].shape[0] == f["coords"].shape[0])
-    except OSError:
+    except Exception:  # a corrupt / foreign h5 is simply not a finished extraction: redo it
         return False
 
 
-def read_bag(h5_path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+class ImplausibleBagError(InputError):
+    """A feature bag whose values are implausible (NaN / inf / |x| above ``feature_max_abs``).
+
+    Prediction turns it into an error row like any InputError; training refuses to start on it
+    (one such bag would poison the model), naming the file.
+    """
+
+
+def read_bag(h5_path: str | Path, gates: Optional[dict[str, Any]] = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Read ``features`` (N, D), ``coords`` (N, 2) and attributes from a feature-bag h5.  Torch-free.
 
+    The bag passes the plausibility gate (``shared.runtime.gates.check_feature_bag``): non-empty,
+    finite, ``|x| <= feature_max_abs``.  Messages never quote the file's content.
+
+    Args:
+        h5_path: the bag.
+        gates: limit overrides (a bundle's ``gates`` metadata).
+
     Raises:
-        InputError: missing file, not HDF5, no ``features``, or an empty bag.
+        InputError: missing file, not HDF5, no ``features``, bad shapes, or an empty bag.
+        ImplausibleBagError: NaN / inf or out-of-range feature values.
     """
     import h5py
+
+    from medtransfer.shared.runtime.gates import check_feature_bag
 
     h5_path = Path(h5_path)
     if not h5_path.is_file():
         raise InputError(h5_path, "feature bag not found")
     try:
         with h5py.File(h5_path, "r") as f:
-            if "features" not in f:
+            ds = f.get("features")
+            if not isinstance(ds, h5py.Dataset):
                 raise InputError(h5_path, "h5 has no 'features' dataset")
-            feats = np.asarray(f["features"][()], dtype=np.float32)
-            coords = np.asarray(f["coords"][()]) if "coords" in f else np.zeros((len(feats), 2), np.int64)
-            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
-    except OSError as e:
-        raise InputError(h5_path, f"not a readable HDF5 file ({str(e).splitlines()[0][:80]})") from None
+            if ds.dtype.kind not in "fiu":
+                raise InputError(h5_path, f"'features' must be numeric (dtype kind '{ds.dtype.kind}')")
+            if ds.ndim not in (2, 3) or (ds.ndim == 3 and ds.shape[0] != 1):
+                raise InputError(h5_path, f"features must be a non-empty (N, D) array, got shape {tuple(ds.shape)}")
+            _check_declared_size(ds, h5_path, "features")
+            feats = np.asarray(ds[()], dtype=np.float32)
+            c = f.get("coords")
+            if isinstance(c, h5py.Dataset):
+                if c.dtype.kind not in "fiu":
+                    raise InputError(h5_path, f"'coords' must be numeric (dtype kind '{c.dtype.kind}')")
+                _check_declared_size(c, h5_path, "coords")
+                coords = np.asarray(c[()])
+            else:
+                coords = None
+            attrs = {}
+            for k in f.attrs.keys():
+                try:
+                    v = f.attrs[k]
+                    attrs[k] = v.item() if hasattr(v, "item") and getattr(v, "size", 1) == 1 else v
+                except Exception:  # an attribute h5py cannot decode is not needed to answer
+                    continue
+    except InputError:
+        raise
+    except Exception as e:  # h5py raises OSError, KeyError, ValueError, RuntimeError ... for corrupt files
+        raise InputError(h5_path, f"not a readable HDF5 feature bag (corrupt or truncated file: {type(e).__name__})") from None
     if feats.ndim == 3 and feats.shape[0] == 1:  # some tools save (1, N, D)
         feats = feats[0]
-    if feats.ndim != 2 or feats.shape[0] == 0:
+    if feats.ndim != 2 or feats.shape[0] == 0 or feats.shape[1] == 0:
         raise InputError(h5_path, f"features must be a non-empty (N, D) array, got shape {feats.shape}")
+    if coords is None:
+        coords = np.zeros((len(feats), 2), np.int64)
+    if coords.ndim == 3 and coords.shape[0] == 1:
+        coords = coords[0]
+    if coords.ndim != 2 or coords.shape[0] != feats.shape[0] or coords.shape[1] < 2:
+        raise InputError(h5_path, f"coords must be ({feats.shape[0]}, 2) like the features, got shape {coords.shape}")
+    if not np.all(np.isfinite(coords)):
+        raise InputError(h5_path, "coords contain NaN/inf")
+    try:
+        check_feature_bag(feats, h5_path, gates)
+    except InputError as e:
+        raise ImplausibleBagError(h5_path, e.problem) from None
     return feats, coords, attrs
+
+
+#: largest bag read (elements): 1M patches x 2048-d; a header declaring more is refused before reading
+MAX_BAG_ELEMENTS = 2 ** 31
+
+
+def _check_declared_size(ds: Any, path: Path, what: str) -> None:
+    """Refuse a dataset whose declared size is impossible for this file (before allocating it)."""
+    n = int(np.prod(ds.shape, dtype=np.float64)) if ds.shape else 1
+    if n > MAX_BAG_ELEMENTS:
+        raise InputError(path, f"'{what}' declares {n} values (limit {MAX_BAG_ELEMENTS}); refused before reading")
+    if ds.compression is None and n * ds.dtype.itemsize > 2 * path.stat().st_size + (1 << 20):
+        raise InputError(path, f"'{what}' declares more data than the file holds (truncated or corrupt)")
+
+
+def find_bags(features_dir: str | Path) -> dict[str, Path]:
+    """Feature bags under a folder (recursive, as ``wsi extract`` lays them out), keyed by slide name.
+
+    Labels match bags by slide name (the file stem, e.g. TCGA ``slide_id`` minus ``.svs``), so two
+    bags with one name in different sub-folders are ambiguous and refused.
+
+    Args:
+        features_dir: the folder given to ``wsi extract --out``.
+
+    Returns:
+        slide name -> h5 path (sorted by path).
+
+    Raises:
+        MedTransferError: two bags share a slide name.
+    """
+    out: dict[str, Path] = {}
+    base = Path(features_dir)
+    for p in sorted(base.rglob("*.h5")):
+        if not p.is_file():
+            continue
+        if p.stem in out:
+            raise MedTransferError(f"{out[p.stem]} and {p} are both bags of slide '{p.stem}'; labels match bags by "
+                                   "slide name, so keep one or give each cohort its own features folder")
+        out[p.stem] = p
+    return out
 
 
 def write_bag(h5_path: Path, coords: np.ndarray, features: np.ndarray, attrs: dict[str, Any]) -> Path:
@@ -164,8 +255,9 @@ def extract_slide(
     tissue_fraction_min: float = 0.25,
     overwrite: bool = False,
     progress: Optional[Callable[[int], None]] = None,
+    key: Optional[str] = None,
 ) -> ExtractResult:
-    """Tile one slide, encode its tiles and write ``out_dir/<slide name>.h5`` plus a thumbnail PNG.
+    """Tile one slide, encode its tiles and write ``out_dir/<key>.h5`` plus a thumbnail PNG.
 
     Args:
         slide_path: the slide.
@@ -178,12 +270,15 @@ def extract_slide(
         tissue_fraction_min: minimum tissue fraction per tile.
         overwrite: redo even when a complete h5 exists.
         progress: called with the number of tiles done after each batch.
+        key: output key (the slide's path relative to the input root, without suffix, e.g.
+            ``a/s1``; default: the slide's name).  Bags go to ``out_dir/<key>.h5``, thumbnails to
+            ``out_dir/thumbnails/<key>.png``.
 
     Returns:
         An :class:`ExtractResult` (status done / skipped; errors raise InputError).
     """
     slide_path, out_dir = Path(slide_path), Path(out_dir)
-    name = slide_name(slide_path)
+    name = key or slide_name(slide_path)
     h5_path = out_dir / f"{name}.h5"
     if not overwrite and h5_is_complete(h5_path, encoder.name, target_mpp, patch_size):
         return _skipped(name, h5_path)
@@ -200,15 +295,18 @@ def extract_slide(
                 progress(done)
     except InputError:
         raise
-    except Exception as e:
-        raise InputError(slide_path, f"reading tiles failed ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+    except Exception as e:  # the decoder's message may quote file content: the type only
+        raise InputError(slide_path, f"reading tiles failed (corrupt or unsupported tile data: {type(e).__name__})") from None
     finally:
         try:
             slide.close()
         except Exception:
             pass
+    from medtransfer.shared.runtime.gates import require_finite
+
+    require_finite(feats, slide_path, "encoder features")
     attrs = {**tiling.attrs(), "encoder": encoder.name, "feature_dim": int(encoder.feature_dim),
-             "pretrained": bool(encoder.pretrained), "slide": slide_path.name, "complete": True,
+             "pretrained": bool(encoder.pretrained), "slide": slide_path.name, "key": name, "complete": True,
              "coords_convention": "level-0 top-left (x, y)"}
     write_bag(h5_path, tiling.coords, feats, attrs)
     overlay = save_overlay(thumb, mask, tiling, out_dir / "thumbnails" / f"{name}.png")
@@ -233,18 +331,30 @@ def extract_many(
 ) -> list[ExtractResult]:
     """Extract feature bags for a slide or every slide in a folder; bad slides become error rows.
 
-    Writes ``out_dir/extract_log.csv`` (one row per slide: done / skipped / error).
+    Each slide's outputs are named by its path relative to ``source`` without the suffix
+    (``a/s1.svs`` -> ``out_dir/a/s1.h5``, ``out_dir/thumbnails/a/s1.png``), so two slides never
+    share a bag; two slides that would still map to one name (``s1.svs`` and ``s1.tif`` in one
+    folder) are refused with one line before any work.  Writes ``out_dir/extract_log.csv`` (one
+    row per slide: done / skipped / error).
 
     Returns:
-        One :class:`ExtractResult` per slide.
+        One :class:`ExtractResult` per slide (``slide`` is its output key).
+
+    Raises:
+        InputError: no slides found.
+        MedTransferError: two slides map to one output name.
     """
     import csv
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from medtransfer.shared.runtime.outputs import unique_keys
+
     slides = find_slides(source)
     if not slides:
         raise InputError(source, "no slide files found")
+    root = Path(source) if Path(source).is_dir() else Path(source).parent
+    keyed = unique_keys(slides, root)  # refuses a clash before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     enc: Optional[Encoder] = None
@@ -252,8 +362,7 @@ def extract_many(
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeRemainingColumn(), disable=not show_progress, transient=True) as bar:
         task = bar.add_task("slides", total=len(slides))
-        for sp in slides:
-            name = slide_name(sp)
+        for name, sp in keyed.items():
             if not overwrite and h5_is_complete(out_dir / f"{name}.h5", encoder, target_mpp, patch_size):
                 results.append(_skipped(name, out_dir / f"{name}.h5"))
                 bar.advance(task)
@@ -263,7 +372,7 @@ def extract_many(
             bar.update(task, description=f"{name[:40]}")
             try:
                 results.append(extract_slide(sp, out_dir, enc, target_mpp, patch_size, mpp, batch_size,
-                                             tissue_fraction_min, overwrite))
+                                             tissue_fraction_min, overwrite, key=name))
             except MedTransferError as e:
                 results.append(ExtractResult(name, "error", error=str(e)))
             bar.advance(task)

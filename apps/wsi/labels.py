@@ -143,6 +143,23 @@ def slide_stem(slide_id: str) -> str:
     return slide_id[:-4] if slide_id.lower().endswith((".svs", ".tif")) else slide_id
 
 
+def _csv_relative(path: Path, out_csv: Path) -> str:
+    """``path`` relative to the CSV's folder (posix; symlinks kept), whatever the working directory."""
+    import os
+
+    p, base = Path(path).absolute(), Path(out_csv).absolute().parent
+    try:
+        rel = os.path.relpath(p, base)
+    except ValueError:  # another drive: no relative path exists
+        return str(p)
+    if rel.startswith(".."):  # one side may be spelled through a symlink: prefer a path inside the folder
+        try:
+            rel = str(p.resolve().relative_to(base.resolve()))
+        except ValueError:
+            pass
+    return Path(rel).as_posix()
+
+
 def import_tcga(root: Path, out_csv: Path, features: Optional[str] = None, endpoint: str = "dss",
                 studies: Optional[str] = None, fold: int = 0, **_: Any) -> Path:
     """Importer (``medtransfer data import tcga ROOT --out m.csv``): one manifest row per slide.
@@ -155,7 +172,8 @@ def import_tcga(root: Path, out_csv: Path, features: Optional[str] = None, endpo
     Args:
         root: SurvPath labels root.
         out_csv: manifest to write.
-        features: folder of ``<slide>.h5`` bags (optional).
+        features: folder of ``<slide>.h5`` bags (optional; searched recursively, as ``wsi extract``
+            lays them out; two bags of one slide name are refused).
         endpoint: os / dss / pfi.
         studies: comma-separated subset (e.g. ``tcga_blca,tcga_brca``).
         fold: official fold giving the split column.
@@ -163,6 +181,7 @@ def import_tcga(root: Path, out_csv: Path, features: Optional[str] = None, endpo
     Returns:
         The manifest path.
     """
+    from medtransfer.apps.wsi.features import find_bags
     from medtransfer.shared.manifest import write_manifest
 
     root, out_csv = Path(root), Path(out_csv)
@@ -174,7 +193,9 @@ def import_tcga(root: Path, out_csv: Path, features: Optional[str] = None, endpo
             raise InputError(root, f"unknown study {', '.join(unknown)} (found: {', '.join(tables)})")
         tables = {s: tables[s] for s in want}
     feat_dir = Path(features) if features else None
-    have = {p.stem: p for p in feat_dir.glob("*.h5")} if feat_dir and feat_dir.is_dir() else {}
+    if feat_dir is not None and not feat_dir.is_dir():
+        raise InputError(feat_dir, "features folder not found")
+    have = find_bags(feat_dir) if feat_dir is not None else {}
     rows, errors, used = [], [], set()
     for study, path in tables.items():
         cases, errs = read_table(path, endpoint, study)
@@ -193,7 +214,7 @@ def import_tcga(root: Path, out_csv: Path, features: Optional[str] = None, endpo
                     if stem not in have:
                         errors.append({"study": study, "case_id": c.case_id, "slide_id": sid, "error": "label row has no feature bag (slide not extracted)"})
                         continue
-                    p = str(have[stem].resolve())
+                    p = _csv_relative(have[stem], out_csv)
                     used.add(stem)
                 else:
                     p = sid
@@ -213,5 +234,5 @@ def import_tcga(root: Path, out_csv: Path, features: Optional[str] = None, endpo
         err_path.unlink()
     if not rows:
         raise InputError(root, f"no labelled slide left after matching labels to feature bags (see {err_path.name})")
-    write_manifest(rows, out_csv, relative=bool(feat_dir))
+    write_manifest(rows, out_csv, relative=False)  # bag paths are already relative to the CSV's folder
     return out_csv

@@ -9,16 +9,26 @@ import numpy as np
 
 from medtransfer.apps.wsi.slide import SLIDE_SUFFIXES
 from medtransfer.shared.runtime.predictor import Predictor
-from medtransfer.shared.utils.errors import InputError
+from medtransfer.shared.utils.errors import InputError, MedTransferError
 
 
 class WSIPredictor(Predictor):
     """Scores one slide or feature bag per call.
 
-    Options: ``out_dir`` + ``plot`` (write attention overlay / survival curve PNGs), ``mpp``
-    (level-0 MPP for slides without metadata), ``batch_size`` (tiles per encoder call),
-    ``max_patches`` (cap on the bag size, first patches kept; 0 = all).
+    Options: ``out_dir`` + ``plot`` (write ``survival.png`` / ``attention.png`` into
+    ``out_dir/<input key>/``, the key being the input's path relative to ``input_root`` without its
+    suffix), ``mpp`` (level-0 MPP for slides without metadata), ``batch_size`` (tiles per encoder
+    call), ``max_patches`` (cap on the bag size, first patches kept; 0 = all).
+
+    Plausibility gates (``shared.runtime.gates.check_feature_bag``, limits overridable by the
+    bundle's ``gates`` metadata): an empty bag, NaN / inf or ``|x| > feature_max_abs`` features
+    (read from an .h5 or computed by the encoder) and non-finite model outputs are errors.
     """
+
+    def __init__(self, bundle: Any, **options: Any) -> None:
+        super().__init__(bundle, **options)
+        self.gates = dict((getattr(bundle, "meta", None) or {}).get("gates") or {})
+        self._outputs: dict[Path, Path] = {}
 
     suffixes = (".h5",) + SLIDE_SUFFIXES
 
@@ -38,6 +48,10 @@ class WSIPredictor(Predictor):
             for idx, tiles in iter_tile_batches(slide, tiling, batch_size=bs):
                 x = np.ascontiguousarray(tiles.transpose(0, 3, 1, 2), dtype=np.float32)
                 feats[idx] = self.bundle.run({"tiles": x}, name="encoder.onnx")["features"]
+        except MedTransferError:
+            raise
+        except Exception as e:  # the decoder's message may quote file content: the type only
+            raise InputError(path, f"reading tiles failed (corrupt or unsupported tile data: {type(e).__name__})") from None
         finally:
             try:
                 slide.close()
@@ -54,16 +68,20 @@ class WSIPredictor(Predictor):
         """
         from medtransfer.apps.wsi.features import read_bag
 
+        from medtransfer.shared.runtime.gates import check_feature_bag
+
         path = Path(path)
         pre = self.bundle.preprocessing
         tiling = thumb = mask = None
+        if path.suffix.lower() not in (".h5",) + SLIDE_SUFFIXES:
+            raise InputError(path, f"not a feature bag (.h5) or a slide ({', '.join(SLIDE_SUFFIXES)})")
+        out_dir = self._artefact_dir(path) if self.options.get("plot") else None  # refuse a clash before any work
         if path.suffix.lower() == ".h5":
-            feats, coords, _ = read_bag(path)
-        elif path.suffix.lower() in SLIDE_SUFFIXES:
+            feats, coords, _ = read_bag(path, self.gates)
+        else:
             feats, tiling, thumb, mask = self._features_from_slide(path)
             coords = tiling.coords
-        else:
-            raise InputError(path, f"not a feature bag (.h5) or a slide ({', '.join(SLIDE_SUFFIXES)})")
+            check_feature_bag(feats, path, self.gates)  # the encoder's output passes the same gate
         dim = int(pre["feature_dim"])
         if feats.shape[1] != dim:
             raise InputError(path, f"features are {feats.shape[1]}-d but the model expects {dim}-d (other encoder?)")
@@ -73,6 +91,8 @@ class WSIPredictor(Predictor):
         out = self.bundle.run({"features": feats[None].astype(np.float32), "mask": np.ones((1, len(feats)), np.float32)})
         risk = float(out["risk"][0])
         attn = out["attention"][0]
+        if not (np.isfinite(risk) and np.all(np.isfinite(out["hazards"])) and np.all(np.isfinite(out["survival"]))):
+            raise InputError(path, "the model gave a non-finite risk for this bag; refusing to answer")
         thr = pre.get("risk_threshold")
         top = np.argsort(-attn)[:5]
         res: dict[str, Any] = {
@@ -84,10 +104,21 @@ class WSIPredictor(Predictor):
             "n_patches": int(len(feats)),
             "top_patches": [[int(coords[i][0]), int(coords[i][1])] for i in top],
         }
-        out_dir = self.options.get("out_dir")
-        if self.options.get("plot") and out_dir:
-            res["plots"] = self._plots(Path(out_dir), path, res, attn, tiling, thumb, mask)
+        if out_dir is not None:
+            res["plots"] = self._plots(out_dir, path, res, attn, tiling, thumb, mask)
         return res
+
+    def _artefact_dir(self, path: Path) -> Path | None:
+        """This input's artefact folder (``out_dir/<key>``); refuses a folder another input already used."""
+        out_dir = self.output_dir(path)
+        if out_dir is None:
+            return None
+        prev = self._outputs.get(out_dir.resolve())
+        if prev is not None and prev != path.resolve():
+            raise InputError(path, f"its plots would overwrite those of {prev.name} in {out_dir}; "
+                                   "give the inputs' common folder as input root or score them separately")
+        self._outputs[out_dir.resolve()] = path.resolve()
+        return out_dir
 
     def _plots(self, out_dir: Path, path: Path, res: dict[str, Any], attn: np.ndarray, tiling: Any, thumb: Any, mask: Any) -> list[str]:
         import matplotlib
@@ -105,12 +136,12 @@ class WSIPredictor(Predictor):
         ax.set_ylim(0, 1.02)
         ax.set_title(f"{stem[:30]} risk {res['risk']:.2f} {res['risk_group']}", fontsize=8)
         fig.tight_layout()
-        p1 = out_dir / f"{stem}_survival.png"
+        p1 = out_dir / "survival.png"
         fig.savefig(p1, dpi=100)
         plt.close(fig)
         plots = [str(p1)]
         if tiling is not None:
             from medtransfer.apps.wsi.slide import save_overlay
 
-            plots.append(str(save_overlay(thumb, mask, tiling, out_dir / f"{stem}_attention.png", scores=attn)))
+            plots.append(str(save_overlay(thumb, mask, tiling, out_dir / "attention.png", scores=attn)))
         return plots

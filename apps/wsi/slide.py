@@ -48,13 +48,20 @@ def open_slide(path: str | Path) -> Any:
             pass  # fall through to tiffslide (e.g. generic TIFFs OpenSlide refuses)
     except ImportError:
         pass
+    import logging
+
     import tiffslide
 
+    log = logging.getLogger("tifffile")  # its warnings quote header offsets / values: keep them out of logs
+    level = log.level
+    log.setLevel(logging.ERROR + 1)
     try:
         slide = tiffslide.TiffSlide(str(path))
         _ = slide.level_dimensions
-    except Exception as e:
-        raise InputError(path, f"cannot read as a slide ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'corrupt file'})") from None
+    except Exception as e:  # the library's message may quote header bytes: name the type only
+        raise InputError(path, f"cannot read as a slide (corrupt or unsupported TIFF header: {type(e).__name__})") from None
+    finally:
+        log.setLevel(level)
     return slide
 
 

@@ -1,9 +1,21 @@
 """Resumable batch scoring: one CSV row per case, appended as soon as it is done.
 
-- Every row is written with one ``write`` + ``flush`` + ``fsync``; on ``--resume`` a torn last
-  line (the job was SIGKILLed mid-write) is cut off and every case already in the file is
-  skipped, so a killed-and-restarted job scores each case exactly once.
-- A bad case becomes an error row (``status=error``, one-line ``error``); the job goes on.
+- One job per results file: ``score`` holds an exclusive ``flock`` on ``<out>.lock`` for its whole
+  life (pid and host written inside); a second job on the same ``--out`` is refused with one line
+  naming the holder.  The kernel drops the lock when the holder dies, so a SIGKILLed job never
+  blocks its restart.
+- Nothing is lost by accident: an existing ``--out`` needs ``resume`` (continue it) or ``overwrite``
+  (replace it, atomically, once scoring starts); ``--out`` that is the manifest, an input, inside
+  the input folder or inside the bundle is refused; ``resume`` against rows of another bundle
+  (their ``bundle_sha256``) is refused unless ``overwrite``.  An unwritable ``--out`` is one line
+  before any work starts.
+- Every row is written with one ``write`` + ``flush`` + ``fsync``; on ``resume`` a torn last line
+  (the job was SIGKILLed mid-write) is cut off under the lock and every case already in the file
+  is skipped, so a killed-and-restarted job scores each case exactly once.
+- Paths are normalised before de-duplication: ``a.edf``, ``./a.edf`` and its absolute path (or a
+  symlink to it) are one case.  Every listed case gets exactly one row; a bad case (missing file,
+  folder, symlink loop, unreadable content) becomes an error row (``status=error``, one-line
+  ``error``) and the job goes on.
 - Every row carries provenance: bundle name, version, sha256.
 - ``engine="local"`` uses ``workers`` processes (each with its own ONNX Runtime session);
   ``engine="ray"`` uses a Ray Data actor pool (local Ray, or the cluster in ``RAY_ADDRESS``).
@@ -12,19 +24,26 @@ Torch-free.
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import io
 import json
 import os
+import socket
+import stat
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from medtransfer.shared.runtime.bundle import Bundle, load_bundle
 from medtransfer.shared.runtime.predictor import build_predictor
 from medtransfer.shared.utils.errors import InputError, MedTransferError
 
 BASE_COLUMNS = ["case", "status", "error", "result", "bundle_name", "bundle_version", "bundle_sha256", "seconds"]
+ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -44,12 +63,88 @@ def cases_from_manifest(csv_path: str | Path) -> list[Case]:
 
 
 def cases_from_dir(folder: str | Path, bundle: Bundle) -> list[Case]:
-    """Cases from a folder, filtered by the predictor's accepted suffixes."""
+    """Cases from a folder, filtered by the predictor's accepted suffixes.
+
+    Entries whose name looks like an input but that are no readable file (a folder named
+    ``x.png``, a symlink loop, a dangling symlink) are cases too, so they get an error row
+    instead of vanishing from the results.
+
+    Args:
+        folder: the input folder (walked recursively).
+        bundle: the bundle whose predictor decides which suffixes are inputs.
+
+    Returns:
+        The cases, ids relative to ``folder`` (posix), sorted.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(folder, "input folder not found")
     pred = build_predictor(bundle)
-    return [Case(p.relative_to(folder).as_posix(), str(p), {}) for p in pred.list_inputs(folder)]
+    found = list(pred.list_inputs(folder))
+    sfx = tuple(s.lower() for s in pred.suffixes)
+    if sfx:
+        have = set(found)
+        found += [p for p in folder.rglob("*") if p not in have and p.suffix.lower() in sfx and not p.is_file()]
+    return [Case(p.relative_to(folder).as_posix(), str(p), {}) for p in sorted(found)]
+
+
+def path_problem(path: str | Path, folders_ok: bool = False) -> str | None:
+    """What makes ``path`` unusable as an input, in a few words, or None when it is a readable file.
+
+    Args:
+        path: the input.
+        folders_ok: the predictor reads folders (frame folders) too.
+
+    Returns:
+        e.g. ``"file not found"``, ``"is a folder, expected a file"``, ``"symlink loop"``, or None.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        return _stat_problem(e)
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return "broken symlink (its target does not exist)"
+            return _stat_problem(e)
+    if stat.S_ISDIR(st.st_mode):
+        return None if folders_ok else "is a folder, expected a file"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file (a pipe, socket or device)"
+    return None
+
+
+def _stat_problem(e: OSError) -> str:
+    if e.errno == errno.ELOOP:
+        return "symlink loop"
+    if e.errno in (errno.ENOENT, errno.ENOTDIR):
+        return "file not found"
+    return (e.strerror or type(e).__name__).lower()
+
+
+def case_key(case: Case) -> str:
+    """The identity of a case for de-duplication: its resolved path (symlinks followed)."""
+    return os.path.realpath(os.path.abspath(case.path))
+
+
+def unique_cases(cases: Iterable[Case]) -> tuple[list[Case], dict[str, list[str]]]:
+    """Cases with duplicates of one resolved file dropped (the first listed one is kept).
+
+    Returns:
+        The unique cases, and for each kept case id every id listed for the same file.
+    """
+    first: dict[str, Case] = {}
+    aliases: dict[str, list[str]] = {}
+    for c in cases:
+        k = case_key(c)
+        if k not in first:
+            first[k] = c
+            aliases[c.case_id] = [c.case_id]
+        elif c.case_id not in aliases[first[k].case_id]:
+            aliases[first[k].case_id].append(c.case_id)
+    return list(first.values()), aliases
 
 
 def _one_line(e: BaseException) -> str:
@@ -64,11 +159,15 @@ class CaseScorer:
         self.bundle = load_bundle(bundle_dir, threads=threads)
         self.predictor = build_predictor(self.bundle, **(options or {}))
         self.prov = self.bundle.provenance()
+        self.folders_ok = bool(getattr(self.predictor, "accepts_folders", False))
 
     def __call__(self, case: Case) -> dict[str, Any]:
         t0 = time.perf_counter()
         row: dict[str, Any] = {"case": case.case_id, **self.prov}
         try:
+            problem = path_problem(case.path, self.folders_ok)
+            if problem:
+                raise InputError(case.path, problem)
             res = self.predictor.predict(Path(case.path), **case.extra)
             row.update(status="ok", error="", result=json.dumps(res, sort_keys=True, default=_jsonable))
         except Exception as e:  # noqa: BLE001 - every failure is a row, never a crash
@@ -83,33 +182,191 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
-def read_done(out_csv: Path) -> set[str]:
-    """Cases already in a results file; cuts off a torn last line first."""
+# ------------------------------------------------------------------------------ the results file
+def lock_path(out_csv: str | Path) -> Path:
+    """The lock file of a results file: ``<out>.lock`` beside it."""
+    out_csv = Path(out_csv)
+    return out_csv.with_name(out_csv.name + ".lock")
+
+
+_HELD: dict[str, list[Any]] = {}  # lock file (resolved) -> [open file, depth] held by this process
+
+
+def check_writable(out_csv: str | Path) -> None:
+    """Refuse, with one line, a results path that cannot be written (before any work starts).
+
+    Creates the parent folder if needed; writes nothing else.
+
+    Raises:
+        MedTransferError: ``out_csv`` is a folder, its folder cannot be created, or it (or its
+            lock file) cannot be written.
+    """
+    out_csv = Path(out_csv)
+    if out_csv.is_dir():
+        raise MedTransferError(f"{out_csv}: --out is a folder, expected a CSV file")
+    try:
+        out_csv.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MedTransferError(f"{out_csv}: cannot create its folder ({e.strerror or type(e).__name__})") from None
+    if not os.access(out_csv.parent, os.W_OK | os.X_OK):
+        raise MedTransferError(f"{out_csv}: cannot write there (permission denied on {out_csv.parent})")
+    if out_csv.exists() and not os.access(out_csv, os.W_OK):
+        raise MedTransferError(f"{out_csv}: cannot write it (permission denied)")
+
+
+@contextmanager
+def lock_output(out_csv: str | Path) -> Iterator[Path]:
+    """Hold the exclusive lock on a results file for the ``with`` block (re-entrant in one process).
+
+    ``fcntl.flock(LOCK_EX | LOCK_NB)`` on ``<out>.lock``, with ``"<pid> <host>"`` written into it.
+    The kernel releases the lock when the process dies (even SIGKILL), so a stale lock file never
+    blocks a restart.  The lock file is removed on a clean exit.
+
+    Raises:
+        MedTransferError: another process holds the lock ("already being written by pid N on HOST"),
+            or the lock file cannot be created.
+    """
+    check_writable(out_csv)
+    lp = lock_path(out_csv)
+    key = os.path.realpath(lp)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try:
+            yield lp
+        finally:
+            _HELD[key][1] -= 1
+        return
+    f = _acquire(Path(out_csv), lp)
+    _HELD[key] = [f, 1]
+    try:
+        yield lp
+    finally:
+        del _HELD[key]
+        try:
+            if os.path.exists(lp) and os.stat(lp).st_ino == os.fstat(f.fileno()).st_ino:
+                os.unlink(lp)  # still holding the lock: nobody else can be using this inode
+        except OSError:
+            pass
+        f.close()
+
+
+def _acquire(out_csv: Path, lp: Path) -> Any:
+    for _ in range(20):
+        try:
+            f = open(lp, "a+", encoding="utf-8")  # noqa: SIM115 - held for the job
+        except OSError as e:
+            raise MedTransferError(f"{out_csv}: cannot create the lock file {lp.name} ({e.strerror or type(e).__name__})") from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(f)
+            f.close()
+            raise MedTransferError(f"{out_csv}: already being written by {holder} (lock {lp}); "
+                                   "wait for that job or stop it") from None
+        try:  # the previous holder may have removed the file between our open and our lock
+            same = os.stat(lp).st_ino == os.fstat(f.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:
+            f.close()
+            continue
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        f.flush()
+        return f
+    raise MedTransferError(f"{out_csv}: could not take the lock {lp} (it keeps being replaced)")
+
+
+def _holder(f: Any) -> str:
+    for _ in range(25):  # the holder writes its pid right after locking: give it a moment
+        f.seek(0)
+        parts = f.read(200).split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            return f"pid {parts[0]} on {parts[1]}"
+        time.sleep(0.02)
+    return "another process"
+
+
+def check_out_path(out_csv: str | Path, manifest: str | Path | None = None, input_dir: str | Path | None = None,
+                   bundle_dir: str | Path | None = None, cases: Iterable[Case] = ()) -> None:
+    """Refuse a results path that would destroy or feed back into the job's own inputs.
+
+    Args:
+        out_csv: the results file.
+        manifest: the manifest (``--out`` must not be it).
+        input_dir: the input folder (``--out`` must not be inside it: it would be scored).
+        bundle_dir: the bundle (``--out`` must not be inside it).
+        cases: the cases (``--out`` and its lock file must not be any of them).
+
+    Raises:
+        MedTransferError: one line naming ``--out`` and what it collides with.
+    """
+    out = Path(os.path.realpath(out_csv))
+    lock = Path(os.path.realpath(lock_path(out_csv)))
+    if manifest is not None and out == Path(os.path.realpath(manifest)):
+        raise MedTransferError(f"{out_csv}: --out is the manifest; it would be overwritten (choose another --out)")
+    for folder, what in ((input_dir, "the input folder"), (bundle_dir, "the bundle")):
+        if folder is not None:
+            d = Path(os.path.realpath(folder))
+            if out == d or d in out.parents:
+                raise MedTransferError(f"{out_csv}: --out is inside {what} {folder} (choose a path outside it)")
+    for c in cases:
+        if Path(case_key(c)) in (out, lock):
+            raise MedTransferError(f"{out_csv}: --out is the input of case '{c.case_id}'; it would be overwritten "
+                                   "(choose another --out)")
+
+
+def read_header(out_csv: Path) -> list[str] | None:
+    """The column names of an existing results file (None when it is missing or empty)."""
     if not out_csv.is_file() or out_csv.stat().st_size == 0:
-        return set()
-    with open(out_csv, "rb+") as f:
+        return None
+    with open(out_csv, newline="", encoding="utf-8", errors="replace") as f:
+        line = f.readline()
+    if not line.endswith("\n") and (",".join(BASE_COLUMNS) + "\r\n").startswith(line):
+        return None  # torn header: the job died writing it, nothing was scored
+    return next(csv.reader([line.rstrip("\r\n")]), [])
+
+
+def read_rows(out_csv: Path, repair: bool = True) -> list[dict[str, str]]:
+    """The rows of a results file; with ``repair`` a torn last line is cut off first (hold the lock)."""
+    if not out_csv.is_file() or out_csv.stat().st_size == 0:
+        return []
+    with open(out_csv, "rb+" if repair else "rb") as f:
         data = f.read()
         if not data.endswith(b"\n"):
             cut = data.rfind(b"\n") + 1
-            f.truncate(cut)
+            if repair:
+                f.truncate(cut)
             data = data[:cut]
-    done = set()
-    reader = csv.DictReader(io.StringIO(data.decode("utf-8")))
-    for row in reader:
-        if row.get("case"):
-            done.add(row["case"])
-    return done
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8", errors="replace"))))
+
+
+def read_done(out_csv: Path) -> set[str]:
+    """Cases already in a results file; cuts off a torn last line first."""
+    return {r["case"] for r in read_rows(Path(out_csv)) if r.get("case")}
 
 
 class RowWriter:
-    """Appends rows durably (one write + fsync per row)."""
+    """Appends rows durably (one write + fsync per row).
+
+    Args:
+        out_csv: the results file.
+        fresh: start a new file: written to a temporary file beside it and renamed over
+            ``out_csv`` (atomic), so an existing file is replaced only when this is constructed.
+    """
 
     def __init__(self, out_csv: Path, fresh: bool) -> None:
         out_csv.parent.mkdir(parents=True, exist_ok=True)
         new = fresh or not out_csv.is_file() or out_csv.stat().st_size == 0
-        self.f = open(out_csv, "w" if new else "a", newline="", encoding="utf-8")
         if new:
+            tmp = out_csv.with_name(f".{out_csv.name}.{os.getpid()}.tmp")
+            self.f = open(tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115 - open for the job
             self._write(BASE_COLUMNS)
+            os.replace(tmp, out_csv)
+            _fsync_dir(out_csv.parent)
+        else:
+            self.f = open(out_csv, "a", newline="", encoding="utf-8")  # noqa: SIM115 - open for the job
 
     def _write(self, values: list[Any]) -> None:
         buf = io.StringIO()
@@ -125,6 +382,62 @@ class RowWriter:
         self.f.close()
 
 
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def plan_resume(out_csv: Path, sha256: str, resume: bool, overwrite: bool) -> tuple[set[str], bool]:
+    """Decide what happens to an existing results file (call while holding its lock).
+
+    Args:
+        out_csv: the results file.
+        sha256: the bundle's sha256.
+        resume: continue the file.
+        overwrite: replace the file.
+
+    Returns:
+        The case ids already done, and whether the file is started afresh.
+
+    Raises:
+        MedTransferError: the file exists and neither flag is given; it is not a ``score`` results
+            file; or (``resume`` without ``overwrite``) its rows come from another bundle.
+    """
+    header = read_header(out_csv)
+    if header is None:
+        return set(), True
+    ours = header == BASE_COLUMNS
+    if not resume and not overwrite:
+        what = (f"{sum(1 for r in read_rows(out_csv, repair=False) if r.get('case'))} rows" if ours
+                else "and is not a results file of `score`")
+        raise MedTransferError(f"{out_csv}: already exists ({what}); add --resume to continue it or --overwrite "
+                               "to replace it")
+    if overwrite and not resume:
+        return set(), True
+    if not ours:
+        if overwrite:
+            return set(), True
+        raise MedTransferError(f"{out_csv}: is not a results file of `score` (its columns differ); choose another "
+                               "--out, or add --overwrite to replace it")
+    rows = read_rows(out_csv)  # under the lock: cut a torn last line
+    other = sorted({r.get("bundle_sha256") or "" for r in rows} - {sha256, ""})
+    if other:
+        if overwrite:
+            return set(), True
+        raise MedTransferError(f"{out_csv}: holds rows from another bundle (sha256 {other[0][:12]}...), not this one "
+                               f"({sha256[:12]}...); --resume would mix them: choose another --out or add --overwrite")
+    return {r["case"] for r in rows if r.get("case")}, False
+
+
+# ----------------------------------------------------------------------------------- engines
 def _local_results(bundle_dir: str, todo: list[Case], workers: int, options: dict[str, Any]) -> Iterator[dict[str, Any]]:
     if workers <= 1:
         scorer = CaseScorer(bundle_dir, options)
@@ -186,52 +499,65 @@ def score(
     engine: str = "local",
     options: dict[str, Any] | None = None,
     progress: bool = True,
+    overwrite: bool = False,
+    manifest: str | Path | None = None,
+    input_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Score cases into ``out_csv``.
+    """Score cases into ``out_csv`` under an exclusive lock on it.
 
     Args:
         bundle_dir: the bundle (verified before anything is scored).
-        cases: the cases.
-        out_csv: results CSV (appended to with ``resume``, else overwritten).
-        resume: skip cases already in ``out_csv``.
+        cases: the cases (the same resolved file listed twice is one case).
+        out_csv: results CSV; if it already holds rows, ``resume`` or ``overwrite`` is required.
+        resume: skip cases already in ``out_csv`` (refused when its rows come from another bundle,
+            unless ``overwrite``).
         workers: processes (local) or actors (ray).
         engine: ``local`` or ``ray``.
         options: predictor options.
         progress: show a progress bar.
+        overwrite: replace ``out_csv`` (atomically, when scoring starts); with ``resume``: resume
+            when the rows come from this bundle, else replace.
+        manifest: the manifest the cases come from (``out_csv`` must not be it).
+        input_dir: the folder the cases come from (``out_csv`` must not be inside it).
 
     Returns:
-        Summary: total, skipped, ok, error, seconds, cases_per_s, out.
+        Summary: total, duplicates, skipped, ok, error, seconds, cases_per_s, out, engine, workers.
+
+    Raises:
+        MedTransferError: bad bundle or engine, ``out_csv`` locked by another job, unwritable,
+            colliding with an input, or existing without ``resume`` / ``overwrite``.
     """
+    if engine not in ENGINES:
+        raise MedTransferError(f"unknown engine '{engine}' (local or ray)")
     bundle_dir = str(bundle_dir)
-    load_bundle(bundle_dir)  # refuse a bad bundle before touching the output
     out_csv = Path(out_csv)
     cases = list(cases)
-    done = read_done(out_csv) if resume else set()
-    todo = [c for c in cases if c.case_id not in done]
-    seen: set[str] = set()
-    todo = [c for c in todo if not (c.case_id in seen or seen.add(c.case_id))]
-    writer = RowWriter(out_csv, fresh=not resume)
-    counts = {"ok": 0, "error": 0}
-    t0 = time.perf_counter()
-    if engine == "local":
-        results = _local_results(bundle_dir, todo, workers, options or {})
-    elif engine == "ray":
-        results = _ray_results(bundle_dir, todo, workers, options or {})
-    else:
-        raise MedTransferError(f"unknown engine '{engine}' (local or ray)")
-    from rich.progress import Progress
+    check_out_path(out_csv, manifest=manifest, input_dir=input_dir, bundle_dir=bundle_dir, cases=cases)
+    with lock_output(out_csv):
+        sha = load_bundle(bundle_dir).sha256  # refuse a bad bundle before touching the output
+        unique, aliases = unique_cases(cases)
+        done, fresh = plan_resume(out_csv, sha, resume, overwrite)
+        todo = [c for c in unique if not any(a in done for a in aliases[c.case_id])]
+        counts = {"ok": 0, "error": 0}
+        t0 = time.perf_counter()
+        if engine == "local":
+            results = _local_results(bundle_dir, todo, workers, options or {})
+        else:
+            results = _ray_results(bundle_dir, todo, workers, options or {})
+        from rich.progress import Progress
 
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("scoring", total=len(todo))
-        try:
-            for row in results:
-                writer.write(row)
-                counts[row["status"]] = counts.get(row["status"], 0) + 1
-                bar.update(task, advance=1)
-        finally:
-            writer.close()
-    secs = time.perf_counter() - t0
-    return {"total": len(cases), "skipped": len(cases) - len(todo), "ok": counts.get("ok", 0),
-            "error": counts.get("error", 0), "seconds": round(secs, 3),
+        writer = RowWriter(out_csv, fresh=fresh)
+        with Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task("scoring", total=len(todo))
+            try:
+                for row in results:
+                    writer.write(row)
+                    counts[row["status"]] = counts.get(row["status"], 0) + 1
+                    bar.update(task, advance=1)
+            finally:
+                writer.close()
+        secs = time.perf_counter() - t0
+    return {"total": len(cases), "duplicates": len(cases) - len(unique), "skipped": len(unique) - len(todo),
+            "ok": counts.get("ok", 0), "error": counts.get("error", 0), "seconds": round(secs, 3),
             "cases_per_s": round(len(todo) / secs, 3) if secs > 0 and todo else 0.0, "out": str(out_csv),
             "engine": engine, "workers": workers}

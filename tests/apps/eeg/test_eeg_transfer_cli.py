@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -51,7 +52,7 @@ def test_cli_train_evaluate_json(tuab_csv, tmp_path):
 
 def test_cli_errors_are_one_line(tmp_path):
     r = CliRunner().invoke(app, ["evaluate", str(tmp_path), "--manifest", str(tmp_path / "none.csv")])
-    assert r.exit_code == 2 and "no checkpoints/best.pt" in r.output
+    assert r.exit_code == 2 and "not a run folder" in r.output
     r = CliRunner().invoke(app, ["train", "--manifest", str(tmp_path / "none.csv"), "--out", str(tmp_path / "r"),
                                  "--model", "resnet"])
     assert r.exit_code == 2 and "model.name" in r.output
@@ -76,4 +77,6 @@ def test_top_level_cli_import_export_predict(tuab_root, trained_run, tmp_path):
     lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     assert lines[0]["status"] == "ok" and lines[0]["label"] in ("normal", "abnormal")
     assert lines[1]["status"] == "error" and "truncated" in lines[1]["error"]
-    assert (tmp_path / "p" / f"{f.stem}_trace.png").is_file()
+    plot = Path(lines[0]["plot"])  # out_dir/<input path relative to the inputs' common folder>/trace.png
+    assert plot.is_file() and plot.name == "trace.png" and plot.parent.name == f.stem
+    assert tmp_path / "p" in plot.parents

@@ -139,7 +139,7 @@ def test_slide_scoring_end_to_end(slide_bundle: Path, slide_dir: Path, tmp_path:
     p = build_predictor(load_bundle(slide_bundle), out_dir=str(tmp_path), plot=True)
     r = p.predict(slide_dir / "good_a.tif")
     assert np.isfinite(r["risk"]) and r["risk_group"] in ("low", "high") and r["n_patches"] > 0
-    assert any(x.endswith("_attention.png") for x in r["plots"])
+    assert any(Path(x) == tmp_path / "good_a" / "attention.png" for x in r["plots"])  # out_dir/<input key>/
     with pytest.raises(InputError, match="--mpp"):
         p.predict(slide_dir / "no_mpp.tif")
     p2 = build_predictor(load_bundle(slide_bundle), mpp=0.5)
