@@ -1,4 +1,7 @@
-"""``medtransfer cardiac ...``: phantoms, train-view, train-grade, compare (heavy imports inside commands)."""
+"""``medtransfer cardiac ...``: phantoms, train-view, train-grade, compare (heavy imports inside commands).
+
+Known errors are raised as our own errors (``InputError`` ...); ``main()`` prints them as one line.
+"""
 from __future__ import annotations
 
 import json
@@ -12,6 +15,26 @@ app = typer.Typer(help="Echo view classification and quality grading (CACTUS).",
 
 def _print(obj: object) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _manifest(path: Path) -> Path:
+    """The manifest CSV argument, checked: a folder (empty or not) is named as the problem.
+
+    Raises:
+        InputError: missing path, an empty folder ("no images found (looked for ...)"), or a folder
+            of echo files where a manifest CSV is expected.
+    """
+    from medtransfer.apps.cardiac.io import list_inputs
+    from medtransfer.shared.utils.errors import InputError
+
+    path = Path(path)
+    if path.is_dir():
+        n = len(list_inputs(path))  # raises "no images found (looked for ...)" on an empty folder
+        raise InputError(path, f"is a folder of {n} echo file(s), not a manifest CSV; make one with "
+                               f"`medtransfer data import echo_folder {path} --out m.csv`")
+    if not path.is_file():
+        raise InputError(path, "manifest not found")
+    return path
 
 
 @app.command("phantoms")
@@ -31,7 +54,7 @@ def train_view_cmd(manifest: Path, out: Path = typer.Option(..., "--out", help="
     """Stage 1: train the view classifier."""
     from medtransfer.apps.cardiac.train import train_view
 
-    _print(train_view(manifest, out, set_ or [], recipe))
+    _print(train_view(_manifest(manifest), out, set_ or [], recipe))
 
 
 @app.command("train-grade")
@@ -42,7 +65,7 @@ def train_grade_cmd(manifest: Path, out: Path = typer.Option(..., "--out"),
     """Stage 2: grade regression initialised from the view model."""
     from medtransfer.apps.cardiac.train import train_grade
 
-    _print(train_grade(manifest, out, init, set_ or [], recipe))
+    _print(train_grade(_manifest(manifest), out, init, set_ or [], recipe))
 
 
 @app.command("compare")
@@ -51,4 +74,4 @@ def compare_cmd(manifest: Path, view_run: Path = typer.Option(..., "--view-run")
     """Grade from the view model vs from ImageNet/scratch, equal budget; prints both."""
     from medtransfer.apps.cardiac.train import compare
 
-    _print(compare(manifest, view_run, out, set_ or []))
+    _print(compare(_manifest(manifest), view_run, out, set_ or []))

@@ -110,7 +110,8 @@ def import_cactus(root: str | Path, out_csv: str | Path, *, val_fraction: float 
                     continue
                 m = GROUP_PATTERN.search(name)
                 group = f"{view}/{m.group(1)}" if m else ""
-                records.append(Record(path=p, label=view, group=group, extra={"grade": f"{g:g}", "source": "cactus"}))
+                # absolute: write_manifest then writes it relative to the CSV's folder, not the cwd
+                records.append(Record(path=p.resolve(), label=view, group=group, extra={"grade": f"{g:g}", "source": "cactus"}))
     if n_rows and n_missing / n_rows > allow_missing:
         problems.append(f"{n_missing} of {n_rows} graded images not found under {base}")
     if problems:
@@ -143,9 +144,9 @@ def import_folder(root: str | Path, out_csv: str | Path, *, seed: int = 0, **_: 
     for p in sorted(root.rglob("*")):
         if p.is_file() and (p.suffix.lower() in ALL_SUFFIXES):
             lab = p.parent.name if p.parent.name in VIEWS else ""
-            recs.append(Record(path=p, label=lab, extra={"grade": "", "source": "folder"}))
+            recs.append(Record(path=p.resolve(), label=lab, extra={"grade": "", "source": "folder"}))
     if not recs:
-        raise InputError(root, "no echo files found (PNG/JPEG/DICOM/GIF/AVI/MP4)")
+        raise InputError(root, f"no images found (looked for {', '.join(ALL_SUFFIXES)})")
     labelled = [r for r in recs if r.label]
     if labelled:
         assign_splits(labelled, seed=seed)

@@ -64,7 +64,7 @@ Stage 2 (grade 0-10, encoder from the view model, view head kept): test MSE
 |---|---|---|---|---|
 {rows}
 
-Crops used for the phantom cine: ![crops](predict/phantom_cine_crops.png)
+Crops used for the phantom cine: ![crops](predict/phantom_cine/crops.png)
 """
     (out / "cardiac.md").write_text(md)
     return {"markdown": md, "bundle": str(bundle), "metrics": metrics}

@@ -3,7 +3,9 @@
 A frame is unreliable when its view is ``Random``, its max softmax is below the threshold
 calibrated on validation (``metadata.ood.msp_threshold``), or no fan-shaped sector was found.
 A cine is aggregated by averaging frame probabilities and grades over its reliable frames (all
-frames when none is reliable); the cine is unreliable when most of its frames are.
+frames when none is reliable); the cine is unreliable when most of its frames are.  Blank /
+constant input (``gates.image_content_reasons``) is always unreliable, with the reason.
+Artefacts (the contact sheet) are written only under ``out_dir`` (``OUT/<input key>/crops.png``).
 """
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from medtransfer.shared.runtime import gates
 from medtransfer.shared.runtime.bundle import Bundle
 from medtransfer.shared.runtime.predictor import Predictor, softmax
-from medtransfer.apps.cardiac.io import ALL_SUFFIXES, read_frames
+from medtransfer.apps.cardiac.io import ALL_SUFFIXES, list_inputs, read_frames
 from medtransfer.apps.cardiac.preprocess import contact_sheet, crop_sector, normalise
 
 
@@ -26,7 +29,8 @@ class CardiacPredictor(Predictor):
     """Answers one echo file (image, DICOM, GIF/AVI/MP4).
 
     Options (``--opt``): ``max_frames`` (default 32), ``batch`` (default 16), ``contact_sheet``
-    (write the crops used as ``<out_dir>/<stem>_crops.png``; also on with ``--plot``),
+    (write the crops used as ``<out_dir>/<input key>/crops.png``; also on with ``--plot``; needs
+    ``out_dir``: nothing is written beside the inputs),
     ``msp_threshold`` (override the calibrated threshold), ``model`` (``model.onnx`` default).
     """
 
@@ -41,6 +45,15 @@ class CardiacPredictor(Predictor):
         self.max_frames = int(options.get("max_frames", 32))
         self.batch = int(options.get("batch", 16))
         self.model_file = str(options.get("model", "model.onnx"))
+        self.gates = dict(bundle.meta.get("gates") or {})
+
+    def list_inputs(self, folder: Path) -> list[Path]:
+        """Echo files under ``folder`` for ``score --input-dir``.
+
+        Raises:
+            InputError: an empty folder ("no images found (looked for .png, .jpg, ...)").
+        """
+        return list_inputs(folder)
 
     def run_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(view logits, grades) for a float32 batch, in chunks of ``batch``."""
@@ -54,7 +67,8 @@ class CardiacPredictor(Predictor):
     def predict(self, path: Path, **case: Any) -> dict[str, Any]:
         """Per-frame and aggregated results for one file."""
         path = Path(path)
-        frames, info = read_frames(path, max_frames=self.max_frames)
+        frames, info = read_frames(path, max_frames=self.max_frames, overrides=self.gates)
+        content = gates.image_content_reasons(frames, self.gates)
         crops, sectors = [], []
         for fr in frames:
             c, s = crop_sector(fr, self.params)
@@ -90,12 +104,18 @@ class CardiacPredictor(Predictor):
             "sector": {k: v for k, v in sectors[0].items()},
             **self.bundle.provenance(),
         }
+        if content:
+            gates.mark_unreliable(res, content)
         if len(frames) > 1:
             res["frames"] = per_frame
         if _truthy(self.options.get("contact_sheet", False)) or _truthy(self.options.get("plot", False)):
-            out_dir = Path(self.options.get("out_dir") or ".")
-            out_dir.mkdir(parents=True, exist_ok=True)
-            titles = [f"#{f['frame']} {f['view']} {f['view_prob']:.2f} g{f['grade']:.1f}{' !' if f['unreliable'] else ''}"
-                      for f in per_frame]
-            res["contact_sheet"] = str(contact_sheet(crops, titles, out_dir / f"{path.stem}_crops.png"))
+            out_dir = self.output_dir(path)
+            if out_dir is None:
+                res["contact_sheet"] = None
+                res["artefacts"] = "not written: give --out DIR (nothing is written beside the inputs)"
+            else:
+                out_dir.mkdir(parents=True, exist_ok=True)
+                titles = [f"#{f['frame']} {f['view']} {f['view_prob']:.2f} g{f['grade']:.1f}{' !' if f['unreliable'] else ''}"
+                          for f in per_frame]
+                res["contact_sheet"] = str(contact_sheet(crops, titles, out_dir / "crops.png"))
         return res

@@ -262,6 +262,8 @@ def compare(manifest: str | Path, view_run: str | Path, out: str | Path,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not RunDir(view_run).has_checkpoint("best"):  # refuse before any folder is made
+        raise InputError(view_run, "not a finished view run (no checkpoints/best.pt)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base = make_config(overrides)

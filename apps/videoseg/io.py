@@ -9,15 +9,21 @@ grey ``(H, W)`` arrays.
 Masks: a ``(T, H, W)`` stack in ``.npy`` / ``.npz`` (key ``masks``, optional ``frames`` listing the
 frame index of each mask when only some frames are labelled), ``.mha``, or a folder of PNGs named
 by frame number.  Frames without a mask are allowed.
+
+Every reader checks the size its header declares (frame width / height / count: OpenCV
+``CAP_PROP_FRAME_*``, SimpleITK ``ReadImageInformation``, the PIL / ``.npy`` header) against
+``shared.runtime.gates`` BEFORE decoding pixels, and turns the library's exceptions into one-line
+:class:`InputError` (never quoting file content).
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
+from medtransfer.shared.runtime import gates
 from medtransfer.shared.utils.errors import InputError
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".mha", ".mhd")
@@ -32,7 +38,7 @@ def _frame_number(p: Path) -> int:
 def _to_uint8(a: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
     if a.dtype == np.uint8:
         return a
-    a = a.astype(np.float32)
+    a = np.nan_to_num(a.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
     lo = float(np.min(a)) if lo is None else lo
     hi = float(np.max(a)) if hi is None else hi
     return np.clip((a - lo) / max(hi - lo, 1e-6) * 255.0, 0, 255).astype(np.uint8)
@@ -54,12 +60,90 @@ def mha_time_first(arr: np.ndarray, time_axis: str | int = "auto") -> np.ndarray
     return np.moveaxis(arr, int(time_axis), 0)
 
 
+def _stack_shape(size_xyz: tuple[int, ...], time_axis: str | int = "auto") -> tuple[int, int, int]:
+    """(frames, height, width) of an image stack from its SimpleITK size (x, y[, z]), no pixels read."""
+    shape = tuple(int(v) for v in reversed(size_xyz))  # numpy order, as GetArrayFromImage gives it
+    if len(shape) == 2:
+        return 1, shape[0], shape[1]
+    if time_axis == "auto":
+        time_axis = -1 if (shape[0] == shape[1] and shape[2] != shape[0]) else 0
+    t = shape[int(time_axis)]
+    rest = [v for i, v in enumerate(shape) if i != (int(time_axis) % 3)]
+    return t, rest[0], rest[1]
+
+
+def read_stack(path: Path, time_axis: str | int = "auto", overrides: Mapping[str, Any] | None = None) -> np.ndarray:
+    """Read a ``.mha`` / ``.mhd`` / NIfTI stack as a numpy array (time first), header checked first.
+
+    ``ImageFileReader.ReadImageInformation`` gives the size before any pixel is read; the frame
+    size, frame count and decoded bytes are checked against the gates.
+
+    Raises:
+        InputError: unreadable header, not a 2-D / 3-D scalar image, implausible size, bad pixel data.
+    """
+    try:
+        import SimpleITK as sitk
+
+        rd = sitk.ImageFileReader()
+        rd.SetFileName(str(path))
+        rd.ReadImageInformation()
+        size = tuple(int(v) for v in rd.GetSize())
+        comps = int(rd.GetNumberOfComponents())
+    except Exception as e:  # noqa: BLE001 - ITK raises RuntimeError with file details: type only
+        raise InputError(path, f"unreadable image stack header ({type(e).__name__})") from None
+    if len(size) not in (2, 3):
+        raise InputError(path, f"image stack has {len(size)} dimensions (expected 2 or 3)")
+    if comps != 1:
+        raise InputError(path, f"image stack has {comps} components per pixel (expected one grey value)")
+    t, h, w = _stack_shape(size, time_axis)
+    if t <= 0:
+        raise InputError(path, "image stack has no frames")
+    gates.check_image_size(w, h, path, overrides, frames=t)
+    gates.check_decode_bytes(t * h * w * 8, path, overrides)  # up to float64 per pixel
+    try:
+        arr = sitk.GetArrayFromImage(rd.Execute())
+    except Exception as e:  # noqa: BLE001
+        raise InputError(path, f"image stack pixel data cannot be read ({type(e).__name__})") from None
+    if arr.ndim not in (2, 3) or arr.dtype.kind not in "uifb":
+        raise InputError(path, f"image stack has an unsupported pixel layout ({arr.dtype.name}, {arr.ndim}-D)")
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8)
+    return mha_time_first(arr, time_axis)
+
+
+def image_size(path: Path, overrides: Mapping[str, Any] | None = None) -> tuple[int, int]:
+    """(width, height) of a PNG / JPEG / TIFF frame or mask from its header, checked before decoding."""
+    try:
+        w, h = gates.image_header_size(path)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any PIL failure on a broken header
+        raise InputError(path, f"not a readable image header ({type(e).__name__})") from None
+    gates.check_image_size(w, h, path, overrides)
+    return w, h
+
+
+def _imread(path: Path, flags: int, overrides: Mapping[str, Any] | None = None) -> np.ndarray:
+    """cv2.imread after the header check; None / OpenCV errors -> InputError."""
+    import cv2
+
+    image_size(path, overrides)
+    try:
+        im = cv2.imread(str(path), flags)
+    except cv2.error:
+        im = None
+    if im is None:
+        raise InputError(path, "unreadable image (pixel data cannot be decoded)")
+    return im
+
+
 class VideoReader:
     """Lazy frame reader.
 
     Args:
         path: AVI/MP4 file, ``.mha`` cine, or a folder of frame images.
         time_axis: for ``.mha``: ``auto``, 0 or -1 (see :func:`mha_time_first`).
+        overrides: gate limit overrides (the bundle's ``gates``).
 
     Attributes:
         n_frames: number of frames (from the container header; checked while reading).
@@ -70,9 +154,10 @@ class VideoReader:
         InputError: missing, unreadable, empty or truncated video.
     """
 
-    def __init__(self, path: str | Path, time_axis: str | int = "auto") -> None:
+    def __init__(self, path: str | Path, time_axis: str | int = "auto", overrides: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.time_axis = time_axis
+        self.overrides = dict(overrides or {})
         self.fps = 0.0
         self._stack: np.ndarray | None = None
         self._files: list[Path] = []
@@ -85,18 +170,13 @@ class VideoReader:
             )
             if not self._files:
                 raise InputError(self.path, "frame folder holds no PNG/JPEG/TIFF frames")
+            gates.check_image_size(16, 16, self.path, overrides, frames=len(self._files))
             first = self._read_image(self._files[0])
             self.n_frames = len(self._files)
             self.height, self.width = first.shape
         elif self.path.suffix.lower() in (".mha", ".mhd", ".nii", ".gz"):
             self.kind = "mha"
-            try:
-                import SimpleITK as sitk
-
-                arr = sitk.GetArrayFromImage(sitk.ReadImage(str(self.path)))
-            except Exception as e:  # noqa: BLE001
-                raise InputError(self.path, f"unreadable image stack ({str(e).splitlines()[0][:80] if str(e) else type(e).__name__})") from None
-            arr = mha_time_first(arr, time_axis)
+            arr = read_stack(self.path, time_axis, overrides)
             lo, hi = np.percentile(arr[0], [0.5, 99.5]) if arr.dtype != np.uint8 else (None, None)
             self._stack = _to_uint8(arr, lo, hi)
             self.n_frames, self.height, self.width = self._stack.shape
@@ -105,26 +185,38 @@ class VideoReader:
             import cv2
 
             cap = cv2.VideoCapture(str(self.path))
-            if not cap.isOpened():
-                raise InputError(self.path, "not a readable video (OpenCV could not open it)")
-            self.n_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-            self.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-            ok, fr = cap.read()
-            cap.release()
+            try:
+                if not cap.isOpened():
+                    raise InputError(self.path, "not a readable video (OpenCV could not open it)")
+                # the container's declared geometry, checked before any frame is decoded
+                w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+                h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+                self.n_frames = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+                fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+                self.fps = fps if np.isfinite(fps) and 0 < fps < 10_000 else 0.0
+                gates.check_image_size(w, h, self.path, overrides, frames=max(self.n_frames, 1))
+                ok, fr = cap.read()
+            except cv2.error:
+                raise InputError(self.path, "video cannot be decoded (OpenCV error)") from None
+            finally:
+                cap.release()
             if not ok or fr is None:
                 raise InputError(self.path, "video has no decodable frame (corrupt or truncated)")
+            if fr.ndim != 3 or fr.shape[2] != 3:
+                raise InputError(self.path, f"video frames have an unexpected layout {tuple(fr.shape)}")
             self.height, self.width = fr.shape[:2]
+            gates.check_image_size(self.width, self.height, self.path, overrides, frames=max(self.n_frames, 1))
         if self.n_frames <= 0:
             raise InputError(self.path, "video has no frames")
 
     def _read_image(self, p: Path) -> np.ndarray:
         import cv2
 
-        im = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-        if im is None:
-            raise InputError(p, "unreadable frame image")
-        if im.ndim == 3:
-            im = cv2.cvtColor(im[..., :3], cv2.COLOR_BGR2GRAY)
+        im = _imread(p, cv2.IMREAD_UNCHANGED, self.overrides)
+        if im.ndim == 3 and im.shape[2] >= 3:
+            im = cv2.cvtColor(np.ascontiguousarray(im[..., :3]), cv2.COLOR_BGR2GRAY)
+        elif im.ndim == 3:
+            im = im[..., 0]
         return _to_uint8(im)
 
     def __len__(self) -> int:
@@ -162,9 +254,14 @@ class VideoReader:
                 if start:
                     cap.set(cv2.CAP_PROP_POS_FRAMES, start)
                 for i in range(start, stop):
-                    ok, fr = cap.read()
+                    try:
+                        ok, fr = cap.read()
+                    except cv2.error:
+                        ok, fr = False, None
                     if not ok or fr is None:
                         raise InputError(self.path, f"video truncated: frame {i} of {self.n_frames} could not be decoded")
+                    if fr.shape[:2] != (self.height, self.width) or fr.ndim != 3:
+                        raise InputError(self.path, f"frame {i} size {fr.shape[:2]} differs from the first frame's {(self.height, self.width)}")
                     yield cv2.cvtColor(fr, cv2.COLOR_BGR2GRAY)
             finally:
                 cap.release()
@@ -183,9 +280,9 @@ class VideoReader:
         return np.stack([got[i] for i in order]) if got else np.zeros((0, self.height, self.width), np.uint8)
 
 
-def open_video(path: str | Path, time_axis: str | int = "auto") -> VideoReader:
-    """Open a video for lazy reading (see :class:`VideoReader`)."""
-    return VideoReader(path, time_axis=time_axis)
+def open_video(path: str | Path, time_axis: str | int = "auto", overrides: Mapping[str, Any] | None = None) -> VideoReader:
+    """Open a video for lazy reading (see :class:`VideoReader`); the entry point predict / score use."""
+    return VideoReader(path, time_axis=time_axis, overrides=overrides)
 
 
 def read_masks(path: str | Path, n_frames: int | None = None, time_axis: str | int = "auto") -> dict[int, np.ndarray]:
@@ -210,26 +307,17 @@ def read_masks(path: str | Path, n_frames: int | None = None, time_axis: str | i
                 raise InputError(path, "mask folder holds no PNG masks")
             import cv2
 
+            gates.check_image_size(16, 16, path, None, frames=len(files))
             for p in files:
-                m = cv2.imread(str(p), cv2.IMREAD_GRAYSCALE)
-                if m is None:
-                    raise InputError(p, "unreadable mask image")
+                m = _imread(p, cv2.IMREAD_GRAYSCALE)
                 out[_frame_number(p)] = (m > 0).astype(np.uint8)
         elif path.suffix.lower() in IMAGE_SUFFIXES:  # one mask image = the first frame's mask
             import cv2
 
-            m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-            if m is None:
-                raise InputError(path, "unreadable mask image")
+            m = _imread(path, cv2.IMREAD_GRAYSCALE)
             out = {0: (m > 0).astype(np.uint8)}
         elif path.suffix.lower() in (".npy", ".npz"):
-            data = np.load(path, allow_pickle=False)
-            if isinstance(data, np.lib.npyio.NpzFile):
-                key = "masks" if "masks" in data.files else data.files[0]
-                arr = np.asarray(data[key])
-                frames = np.asarray(data["frames"]).tolist() if "frames" in data.files else None
-            else:
-                arr, frames = np.asarray(data), None
+            arr, frames = _read_npy_masks(path)
             if arr.ndim == 2:
                 arr = arr[None]
             if arr.ndim != 3:
@@ -239,9 +327,7 @@ def read_masks(path: str | Path, n_frames: int | None = None, time_axis: str | i
                 raise InputError(path, "'frames' and 'masks' lengths differ")
             out = {int(f): (arr[i] > 0).astype(np.uint8) for i, f in enumerate(frames)}
         elif path.suffix.lower() in (".mha", ".mhd", ".nii", ".gz"):
-            import SimpleITK as sitk
-
-            arr = mha_time_first(sitk.GetArrayFromImage(sitk.ReadImage(str(path))), time_axis)
+            arr = read_stack(path, time_axis)
             out = {i: (arr[i] > 0).astype(np.uint8) for i in range(arr.shape[0])}
         else:
             raise InputError(path, "unsupported mask format (use .npy, .npz, .mha, .png or a PNG folder)")
@@ -252,6 +338,47 @@ def read_masks(path: str | Path, n_frames: int | None = None, time_axis: str | i
     if n_frames is not None and out and max(out) >= n_frames:
         raise InputError(path, f"mask for frame {max(out)} but the video has {n_frames} frames")
     return out
+
+
+def _check_npy_shape(shape: tuple[int, ...], path: Path) -> None:
+    if len(shape) not in (2, 3):
+        raise InputError(path, f"mask stack must be (T, H, W), got shape {tuple(shape)}")
+    t, h, w = (1, *shape) if len(shape) == 2 else shape
+    gates.check_image_size(w, h, path, None, frames=max(int(t), 1))
+
+
+def _read_npy_masks(path: Path) -> tuple[np.ndarray, list[int] | None]:
+    """Masks (and optional ``frames``) from ``.npy`` / ``.npz``; the array header's shape is checked first."""
+    import zipfile
+
+    from numpy.lib import format as npf
+
+    def _header(f: Any) -> tuple[int, ...]:
+        major, _minor = npf.read_magic(f)
+        read = npf.read_array_header_1_0 if major == 1 else npf.read_array_header_2_0
+        shape, _, _ = read(f)  # header only, no data
+        return tuple(int(v) for v in shape)
+
+    if path.suffix.lower() == ".npy":
+        with open(path, "rb") as f:
+            _check_npy_shape(_header(f), path)
+        return np.asarray(np.load(path, allow_pickle=False)), None
+    with zipfile.ZipFile(path) as z:
+        names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
+        if not names:
+            raise InputError(path, "no arrays in the .npz")
+        key = "masks" if "masks" in names else names[0]
+        with z.open(key + ".npy") as f:
+            _check_npy_shape(_header(f), path)
+        if "frames" in names:
+            with z.open("frames.npy") as f:
+                fs = _header(f)
+            if len(fs) != 1 or fs[0] > int(gates.limit("video_max_frames")):
+                raise InputError(path, f"'frames' must be a 1-D list of frame indices, got shape {fs}")
+    with np.load(path, allow_pickle=False) as data:
+        arr = np.asarray(data[key])
+        frames = np.asarray(data["frames"]).astype(np.int64).tolist() if "frames" in data.files else None
+    return arr, frames
 
 
 def write_masks(path: str | Path, masks: np.ndarray, frames: list[int] | None = None) -> Path:

@@ -1,8 +1,10 @@
 """Torch-free prediction: the streaming loop on ONNX Runtime, reading the video lazily.
 
 ``medtransfer predict BUNDLE VIDEO --box x0,y0,x1,y1 | --mask FIRST_FRAME_MASK --out DIR`` writes
-``DIR/<video name>/masks.npz`` (``masks``: (T, H, W) uint8) and ``overlay.gif`` beside it (``--opt
-gif=false`` skips the GIF).  Imports no torch.
+``DIR/<input key>/masks.npz`` (``masks``: (T, H, W) uint8) and ``overlay.gif`` beside it (``--opt
+gif=false`` skips the GIF).  The input key is the video's path relative to the input root without
+its last suffix (``pt.v1.mha`` -> ``pt.v1``), so two inputs never share an output folder.  Without
+``--out`` nothing is written (the answer says so).  Imports no torch.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import numpy as np
 
 from medtransfer.apps.videoseg.io import VIDEO_SUFFIXES, open_video, overlay_gif, read_masks
 from medtransfer.apps.videoseg.propagate import StreamingPropagator, check_box
+from medtransfer.shared.runtime import gates
 from medtransfer.shared.runtime.bundle import Bundle
 from medtransfer.shared.runtime.predictor import Predictor
 from medtransfer.shared.utils.errors import InputError
@@ -65,11 +68,13 @@ def parse_box(box: Any) -> list[float]:
 class VideoSegPredictor(Predictor):
     """Track one object through a video from a first-frame box or mask.
 
-    Options: ``out_dir`` (masks.npz and the GIF go to ``out_dir/<video name>/``), ``gif`` (default on),
+    Options: ``out_dir`` (masks.npz and the GIF go to ``out_dir/<input key>/``; none: nothing is
+    written), ``input_root`` (set by predict / score), ``gif`` (default on),
     ``box`` / ``mask`` (default prompt), ``max_frames`` (0 = all).
     """
 
     suffixes = VIDEO_SUFFIXES
+    accepts_folders = True  # frame folders are videos too (score's input check lets folders through)
 
     def __init__(self, bundle: Bundle, **options: Any) -> None:
         super().__init__(bundle, **options)
@@ -82,7 +87,7 @@ class VideoSegPredictor(Predictor):
             InputError: bad video, no prompt, prompt outside the image, empty or mis-sized mask.
         """
         path = Path(path)
-        reader = open_video(path)
+        reader = open_video(path, overrides=self.bundle.meta.get("gates") or None)
         box = case.get("box") or self.options.get("box")
         mask_path = case.get("mask") or self.options.get("mask")
         n = reader.n_frames
@@ -103,18 +108,24 @@ class VideoSegPredictor(Predictor):
             box = b
         else:
             raise InputError(path, "no prompt: give --box x0,y0,x1,y1 or --mask FIRST_FRAME_MASK")
+        content = gates.image_content_reasons(reader.read([0]), self.bundle.meta.get("gates") or None)
         out = np.zeros((n, reader.height, reader.width), np.uint8)
         for t, m in self.prop.run(reader.frames(0, n), n, box=None if mask is not None else box, mask=mask):
             out[t] = m
-        stem = path.name.split(".")[0]
-        out_dir = Path(self.options.get("out_dir") or (path.parent / "videoseg_out")) / stem
-        out_dir.mkdir(parents=True, exist_ok=True)
-        npz = out_dir / "masks.npz"
-        np.savez_compressed(npz, masks=out)
+        out_dir = self.output_dir(path)
         res: dict[str, Any] = {"input": str(path), "frames": int(n), "height": reader.height, "width": reader.width,
-                               "masks": str(npz), "area_first": int(out[0].sum()), "area_mean": float(out.reshape(n, -1).sum(1).mean()),
+                               "masks": None, "area_first": int(out[0].sum()), "area_mean": float(out.reshape(n, -1).sum(1).mean()),
                                "empty_frames": int((out.reshape(n, -1).sum(1) == 0).sum())}
-        if str(self.options.get("gif", True)).lower() not in ("false", "0", "no"):
-            res["overlay"] = str(overlay_gif(out_dir / "overlay.gif", reader.frames(0, n), out, fps=reader.fps or 10))
+        if out_dir is None:
+            res["artefacts"] = "not written: give --out DIR for masks.npz and overlay.gif (nothing is written beside the inputs)"
+        else:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            npz = out_dir / "masks.npz"
+            np.savez_compressed(npz, masks=out)
+            res["masks"] = str(npz)
+            if str(self.options.get("gif", True)).lower() not in ("false", "0", "no"):
+                res["overlay"] = str(overlay_gif(out_dir / "overlay.gif", reader.frames(0, n), out, fps=reader.fps or 10))
+        if content:
+            gates.mark_unreliable(res, [f"first frame: {r}" for r in content])
         res.update(self.bundle.provenance())
         return res

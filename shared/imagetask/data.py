@@ -1,15 +1,22 @@
-"""Image reading/preprocessing (torch-free), folder importer and the shapes fixture generator."""
+"""Image reading/preprocessing (torch-free), folder importer and the shapes fixture generator.
+
+:func:`read_image` (what ``predict``, ``score`` and training read through) checks the header's
+size against ``shared.runtime.gates`` before decoding any pixel, turns PIL's exceptions into one-line
+:class:`InputError`, and reports blank / constant images as plausibility reasons.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from medtransfer.shared.manifest import Record, assign_splits, write_manifest
+from medtransfer.shared.runtime import gates
 from medtransfer.shared.utils.errors import InputError
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: kept for callers; the limit applied is ``gates.LIMITS["image_max_pixels"]`` (or the bundle's override)
 MAX_PIXELS = 80_000_000
 
 
@@ -18,32 +25,63 @@ def default_preprocessing(size: int = 64) -> dict[str, Any]:
     return {"size": size, "grayscale": True, "mean": 0.5, "std": 0.25, "resize": "area"}
 
 
-def load_image(path: str | Path, prep: dict[str, Any]) -> np.ndarray:
-    """Read and preprocess one image to (1, size, size) float32.
+def read_image(path: str | Path, prep: dict[str, Any], overrides: Mapping[str, Any] | None = None
+               ) -> tuple[np.ndarray, list[str]]:
+    """Read and preprocess one image to (C, size, size) float32, with its plausibility reasons.
+
+    The header's width / height are checked (``gates.image_header_size`` / ``check_image_size``)
+    before the pixels are decoded.
+
+    Args:
+        path: the image file.
+        prep: the bundle's preprocessing parameters.
+        overrides: the bundle's ``gates`` limit overrides.
+
+    Returns:
+        (array, reasons): reasons is empty unless the image is blank / constant.
 
     Raises:
-        InputError: unreadable / not an image / too large / odd channel count.
+        InputError: missing / unreadable / implausibly sized / undecodable / odd channel count.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     path = Path(path)
+    if path.is_dir():
+        raise InputError(path, "is a folder, not an image file")
     if not path.is_file():
         raise InputError(path, "file not found")
     try:
+        w, h = gates.image_header_size(path)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any PIL failure on a broken header
+        raise InputError(path, f"not a readable image header ({type(e).__name__})") from None
+    gates.check_image_size(w, h, path, overrides)
+    try:
         with Image.open(path) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise InputError(path, f"image too large ({im.width}x{im.height} pixels)")
             bands = len(im.getbands())
             if bands not in (1, 2, 3, 4):
                 raise InputError(path, f"unexpected channel count {bands}")
             im = im.convert("L") if prep.get("grayscale", True) else im.convert("RGB")
             size = int(prep["size"])
-            im = im.resize((size, size), Image.Resampling.BOX)
-            arr = np.asarray(im, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as e:
-        raise InputError(path, f"not a readable image ({type(e).__name__})") from None
+            raw = np.asarray(im.resize((size, size), Image.Resampling.BOX), dtype=np.float32)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL decoders raise many types on broken pixel data
+        raise InputError(path, f"image pixel data cannot be decoded ({type(e).__name__})") from None
+    reasons = gates.image_content_reasons(raw, overrides)
+    arr = raw / 255.0
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-    return ((arr - float(prep["mean"])) / float(prep["std"])).astype(np.float32)
+    return ((arr - float(prep["mean"])) / float(prep["std"])).astype(np.float32), reasons
+
+
+def load_image(path: str | Path, prep: dict[str, Any]) -> np.ndarray:
+    """Read and preprocess one image to (1, size, size) float32 (see :func:`read_image`).
+
+    Raises:
+        InputError: unreadable / not an image / too large / odd channel count.
+    """
+    return read_image(path, prep)[0]
 
 
 def import_image_folder(root: str | Path, out_csv: str | Path, seed: int = 0, **_: Any) -> Path:

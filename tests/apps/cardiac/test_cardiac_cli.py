@@ -27,7 +27,7 @@ def test_data_import_and_predict(cactus_copy, bundle, tmp_path):
     lines = [json.loads(x) for x in r.output.splitlines() if x.startswith("{")]
     assert lines[0]["status"] == "ok" and lines[0]["n_frames"] == 3
     assert lines[1]["status"] == "error" and "junk.dcm" in lines[1]["error"]
-    assert (tmp_path / "o" / "c_crops.png").is_file()
+    assert (tmp_path / "o" / "c" / "crops.png").is_file()  # OUT/<input key>/crops.png
     assert r.exit_code == 1
 
 
