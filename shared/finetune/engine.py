@@ -256,24 +256,96 @@ def fit(
     monitor = tc.get("monitor") or monitor
     mode = tc.get("mode") or mode
     run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
     is_dist, rank, world = _dist()
     main = rank == 0
     seed_everything(int(tc["seed"]) + rank)
     device = resolve_device(str(tc["device"]))
     run = RunDir(run_dir, must_exist=False)
     if main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, run_dir / "config.yaml")
-        run_info = {"app": app, "task": task, "seed": int(tc["seed"]), "monitor": monitor, "mode": mode,
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__, "world_size": world}
-        prev = run.info()
-        if prev:
-            run_info = {**prev, **run_info, "created": prev.get("created")}
-        run.write_info(run_info)
+        _start_run(run, cfg, app, task, monitor, mode, world)
 
     setup_strategy(model, tc, head)
     model.to(device)
+    opt, sched = _optimizer(model, tc, head)
+    use_amp, amp_dtype = amp_settings(tc["amp"], device)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    train_model: nn.Module = model
+    if is_dist:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+    g = torch.Generator().manual_seed(int(tc["seed"]))
+    train_loader, val_loader, sampler = _loaders(train_ds, val_ds, tc, device, g, is_dist, collate_fn, sampler_weights)
+
+    st = _Tracker(mode)
+    if tc["resume"] and run.has_checkpoint("last"):
+        st.resume(run.load_checkpoint("last"), model, opt, sched, g)
+
+    fwd = forward_fn or _default_forward
+    step = _Step(fwd, loss_fn, opt, scaler, device, use_amp, amp_dtype, max(1, int(tc["grad_accum"])),
+                 float(tc["max_grad_norm"]))
+    epochs = int(tc["epochs"])
+    loggers = _Loggers(run_dir, str(tc["log"]), cfg, enabled=main)
+    progress = _progress(enabled=main and bool(tc["progress"]))
+    try:
+        with progress:
+            bar = progress.add_task(f"{app}/{task}", total=max(0, epochs - st.start_epoch) * len(train_loader))
+            for epoch in range(st.start_epoch, epochs):
+                if st.stopped:
+                    break
+                unfreeze_for_epoch(model, epoch, tc, head)
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(epoch)
+
+                def tick(loss: float, epoch: int = epoch) -> None:
+                    progress.update(bar, advance=1, description=f"{app}/{task} ep {epoch + 1}/{epochs} loss {loss:.4f}")
+
+                row = step.epoch(train_model, model, train_loader, epoch, tick)
+                sched.step()
+                row["lr"] = opt.param_groups[0]["lr"]
+                if val_loader is not None and main:
+                    row.update(_validate(model, val_loader, fwd, loss_fn, metric_fn, device, use_amp, amp_dtype))
+                key = monitor if monitor in row else ("val_loss" if "val_loss" in row else "train_loss")
+                improved = st.update(row, epoch, key, _agree(is_dist, device))
+                if main:
+                    _checkpoint(run, st, model, opt, sched, g, epoch, key, improved, cfg, app, task, extra_state)
+                    _write_metrics(run_dir, st.history)
+                    loggers.log(row, epoch)
+                patience = int(tc["patience"])
+                st.stopped = bool(patience and st.bad_epochs >= patience)
+    finally:
+        loggers.close()
+    if main and not run.has_checkpoint("best") and run.has_checkpoint("last"):
+        last = run.load_checkpoint("last")
+        run.save_checkpoint({k: v for k, v in last.items() if k not in _RESUME_ONLY}, "best")
+    if main:
+        summary = {"best_epoch": st.best_epoch, "monitor": monitor, "best": st.best_metrics, "epochs_run": len(st.history)}
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    if is_dist:
+        torch.distributed.barrier()
+    return FitResult(run_dir, run.checkpoint_path("best"), run.checkpoint_path("last"), st.best_metrics, st.history,
+                     st.best_epoch)
+
+
+# ------------------------------------------------------------------------------- fit's parts
+_RESUME_ONLY = ("optimizer", "scheduler", "rng")  # kept in last.pt only
+
+
+def _start_run(run: RunDir, cfg: dict[str, Any], app: str, task: str, monitor: str, mode: str, world: int) -> None:
+    """Create the run folder: config.yaml beside the checkpoints and run.json (kept across resumes)."""
+    run.checkpoint_path("last").parent.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, run.path / "config.yaml")
+    info = {"app": app, "task": task, "seed": int((cfg.get("train") or {}).get("seed", 0)), "monitor": monitor,
+            "mode": mode, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__, "world_size": world}
+    prev = run.info()
+    if prev:
+        info = {**prev, **info, "created": prev.get("created")}
+    run.write_info(info)
+
+
+def _optimizer(model: nn.Module, tc: dict[str, Any], head: list[str] | None
+               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW or SGD over the strategy's parameter groups, with warm-up then cosine (or constant)."""
     groups = param_groups(model, tc, head)
     if not groups:
         raise ValueError("no trainable parameters for this strategy")
@@ -281,147 +353,149 @@ def fit(
         opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=float(tc["lr"]), momentum=0.9)
     else:
         opt = torch.optim.AdamW(groups, lr=float(tc["lr"]))
-    epochs = int(tc["epochs"])
-    warm = int(tc["warmup_epochs"])
+    epochs, warm, kind = int(tc["epochs"]), int(tc["warmup_epochs"]), str(tc["scheduler"])
 
     def lr_lambda(ep: int) -> float:
         if ep < warm:
             return (ep + 1) / (warm + 1)
-        if tc["scheduler"] == "cosine" and epochs > warm:
+        if kind == "cosine" and epochs > warm:
             return 0.5 * (1 + math.cos(math.pi * (ep - warm) / max(1, epochs - warm)))
         return 1.0
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
-    use_amp, amp_dtype = amp_settings(tc["amp"], device)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
 
-    train_model: nn.Module = model
-    if is_dist:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
-        )
 
-    bs = int(tc["batch_size"])
-    nw = int(tc["num_workers"])
-    # on CUDA: pinned host memory for async copies and workers kept alive between epochs
-    lk: dict[str, Any] = {"pin_memory": device.type == "cuda", "persistent_workers": nw > 0}
-    g = torch.Generator().manual_seed(int(tc["seed"]))
+def _loaders(train_ds: Dataset, val_ds: Dataset | None, tc: dict[str, Any], device: torch.device,
+             g: torch.Generator, is_dist: bool, collate_fn: Callable | None,
+             sampler_weights: Sequence[float] | None) -> tuple[DataLoader, DataLoader | None, Any]:
+    """Training loader (distributed, class-weighted or shuffled), validation loader, and the sampler."""
+    bs, nw, seed = int(tc["batch_size"]), int(tc["num_workers"]), int(tc["seed"])
+    # on CUDA: pinned host memory for async copies; workers kept alive between epochs
+    kw: dict[str, Any] = {"num_workers": nw, "collate_fn": collate_fn, "pin_memory": device.type == "cuda",
+                          "persistent_workers": nw > 0}
+    sampler: Any = None
     if is_dist:
-        sampler = torch.utils.data.DistributedSampler(train_ds, shuffle=True, seed=int(tc["seed"]))
-        train_loader = DataLoader(train_ds, batch_size=bs, sampler=sampler, num_workers=nw, collate_fn=collate_fn, **lk)
+        sampler = torch.utils.data.DistributedSampler(train_ds, shuffle=True, seed=seed)
+        train = DataLoader(train_ds, batch_size=bs, sampler=sampler, **kw)
     elif sampler_weights is not None:
         ws = torch.as_tensor(list(sampler_weights), dtype=torch.double)
         sampler = torch.utils.data.WeightedRandomSampler(ws, num_samples=len(ws), replacement=True, generator=g)
-        train_loader = DataLoader(train_ds, batch_size=bs, sampler=sampler, num_workers=nw, collate_fn=collate_fn, **lk)
+        train = DataLoader(train_ds, batch_size=bs, sampler=sampler, **kw)
     else:
-        sampler = None
-        train_loader = DataLoader(train_ds, batch_size=bs, shuffle=True, generator=g, num_workers=nw,
-                                  collate_fn=collate_fn, **lk, drop_last=len(train_ds) > bs and len(train_ds) % bs == 1)
-    val_loader = DataLoader(val_ds, batch_size=bs, shuffle=False, num_workers=nw, collate_fn=collate_fn, **lk) if val_ds else None
+        n = len(train_ds)  # type: ignore[arg-type]
+        train = DataLoader(train_ds, batch_size=bs, shuffle=True, generator=g, drop_last=n > bs and n % bs == 1, **kw)
+    val = DataLoader(val_ds, batch_size=bs, shuffle=False, **kw) if val_ds else None
+    return train, val, sampler
 
-    fwd = forward_fn or _default_forward
-    start_epoch = 0
-    best_val = math.inf if mode == "min" else -math.inf
-    best_metrics: dict[str, float] = {}
-    best_epoch = -1
-    history: list[dict[str, float]] = []
-    bad_epochs = 0
-    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    if tc["resume"] and last_path.is_file():
-        st = run.load_checkpoint("last")
+
+class _Tracker:
+    """Best-so-far, history and early-stopping counters; restored from ``last.pt`` on resume."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.start_epoch = 0
+        self.best_val = math.inf if mode == "min" else -math.inf
+        self.best_metrics: dict[str, float] = {}
+        self.best_epoch = -1
+        self.history: list[dict[str, float]] = []
+        self.bad_epochs = 0
+        self.stopped = False
+
+    def resume(self, st: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+               g: torch.Generator) -> None:
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
-        start_epoch = int(st["epoch"]) + 1
-        best_val = st["best"]["value"]
-        best_metrics = st["best"].get("metrics", {})
-        best_epoch = st["best"].get("epoch", -1)
-        history = st.get("history", [])
-        bad_epochs = st.get("bad_epochs", 0)
-        if "rng" in st:
-            torch.set_rng_state(st["rng"]["torch"])
-            g.set_state(st["rng"]["loader"])
+        self.start_epoch = int(st["epoch"]) + 1
+        self.best_val = float(st["best"]["value"])
+        self.best_metrics = dict(st["best"].get("metrics", {}))
+        self.best_epoch = int(st["best"].get("epoch", -1))
+        self.history = list(st.get("history", []))
+        self.bad_epochs = int(st.get("bad_epochs", 0))
+        rng = st.get("rng") or {}
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+            g.set_state(rng["loader"])
+        if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(list(rng["cuda"]))
 
-    loggers = _Loggers(run_dir, str(tc["log"]), cfg, enabled=main)
-    progress = _progress(enabled=main and bool(tc["progress"]))
-    accum = max(1, int(tc["grad_accum"]))
-    stopped = start_epoch >= epochs
-    try:
-        with progress:
-            task_id = progress.add_task(f"{app}/{task}", total=max(0, epochs - start_epoch) * len(train_loader))
-            for epoch in range(start_epoch, epochs):
-                if stopped:
-                    break
-                unfreeze_for_epoch(model, epoch, tc, head)
-                if hasattr(sampler, "set_epoch"):
-                    sampler.set_epoch(epoch)
-                train_model.train()
-                t0 = time.time()
-                tot, n = 0.0, 0
-                opt.zero_grad(set_to_none=True)
-                for i, batch in enumerate(train_loader):
-                    batch = _to(batch, device)
-                    with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                        out, tgt = fwd(train_model, batch)
-                        loss = loss_fn(out, tgt)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}, step {i}")
-                    scaler.scale(loss / accum).backward()
-                    if (i + 1) % accum == 0 or i + 1 == len(train_loader):
-                        if float(tc["max_grad_norm"]) > 0:
-                            scaler.unscale_(opt)
-                            nn.utils.clip_grad_norm_(model.parameters(), float(tc["max_grad_norm"]))
-                        scaler.step(opt)
-                        scaler.update()
-                        opt.zero_grad(set_to_none=True)
-                    bsz = _batch_len(tgt)
-                    tot += float(loss.detach()) * bsz
-                    n += bsz
-                    progress.update(task_id, advance=1, description=f"{app}/{task} ep {epoch + 1}/{epochs} loss {tot / max(n, 1):.4f}")
-                sched.step()
-                row: dict[str, float] = {"epoch": epoch, "train_loss": tot / max(n, 1), "lr": opt.param_groups[0]["lr"],
-                                         "seconds": time.time() - t0}
-                if val_loader is not None and main:
-                    row.update(_validate(model, val_loader, fwd, loss_fn, metric_fn, device, use_amp, amp_dtype))
-                key = monitor if monitor in row else ("val_loss" if "val_loss" in row else "train_loss")
-                value = float(row[key])
-                improved = value < best_val if mode == "min" else value > best_val
-                if is_dist:
-                    flag = torch.tensor([1.0 if improved else 0.0], device=device)
-                    torch.distributed.broadcast(flag, 0)
-                    improved = bool(flag.item())
-                history.append(row)
-                if improved:
-                    best_val, best_metrics, best_epoch, bad_epochs = value, dict(row), epoch, 0
-                else:
-                    bad_epochs += 1
-                state = {
-                    "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "epoch": epoch, "config": cfg, "app": app, "task": task, "history": history,
-                    "best": {"value": best_val, "metrics": best_metrics, "epoch": best_epoch, "monitor": key},
-                    "bad_epochs": bad_epochs, "rng": {"torch": torch.get_rng_state(), "loader": g.get_state()},
-                    **(extra_state or {}),
-                }
-                if main:
-                    if improved:
-                        run.save_checkpoint({k: v for k, v in state.items() if k not in ("optimizer", "scheduler", "rng")}, "best")
-                    run.save_checkpoint(state, "last")
-                    _write_metrics(run_dir, history)
-                    loggers.log(row, epoch)
-                patience = int(tc["patience"])
-                if patience and bad_epochs >= patience:
-                    stopped = True
-    finally:
-        loggers.close()
-    if main and not best_path.is_file() and last_path.is_file():
-        st = run.load_checkpoint("last")
-        run.save_checkpoint({k: v for k, v in st.items() if k not in ("optimizer", "scheduler", "rng")}, "best")
-    if main:
-        summary = {"best_epoch": best_epoch, "monitor": monitor, "best": best_metrics, "epochs_run": len(history)}
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    if is_dist:
-        torch.distributed.barrier()
-    return FitResult(run_dir, best_path, last_path, best_metrics, history, best_epoch)
+    def update(self, row: dict[str, float], epoch: int, key: str, agree: Callable[[bool], bool]) -> bool:
+        """Record an epoch; returns whether the monitored value improved (agreed across ranks)."""
+        value = float(row[key])
+        improved = agree(value < self.best_val if self.mode == "min" else value > self.best_val)
+        self.history.append(row)
+        if improved:
+            self.best_val, self.best_metrics, self.best_epoch, self.bad_epochs = value, dict(row), epoch, 0
+        else:
+            self.bad_epochs += 1
+        return improved
+
+
+def _agree(is_dist: bool, device: torch.device) -> Callable[[bool], bool]:
+    """Under DDP rank 0 decides whether an epoch improved; every rank follows."""
+    def agree(flag: bool) -> bool:
+        if not is_dist:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        torch.distributed.broadcast(t, 0)
+        return bool(t.item())
+
+    return agree
+
+
+class _Step:
+    """One training epoch: autocast forward, scaled backward, accumulation, clipping."""
+
+    def __init__(self, fwd: Callable, loss_fn: Callable, opt: torch.optim.Optimizer, scaler: Any, device: torch.device,
+                 use_amp: bool, amp_dtype: torch.dtype | None, accum: int, max_grad_norm: float) -> None:
+        self.fwd, self.loss_fn, self.opt, self.scaler = fwd, loss_fn, opt, scaler
+        self.device, self.use_amp, self.amp_dtype = device, use_amp, amp_dtype
+        self.accum, self.max_grad_norm = accum, max_grad_norm
+
+    def epoch(self, train_model: nn.Module, model: nn.Module, loader: DataLoader, epoch: int,
+              tick: Callable[[float], None]) -> dict[str, float]:
+        train_model.train()
+        t0 = time.time()
+        tot, n = 0.0, 0
+        self.opt.zero_grad(set_to_none=True)
+        for i, batch in enumerate(loader):
+            batch = _to(batch, self.device)
+            with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+                out, tgt = self.fwd(train_model, batch)
+                loss = self.loss_fn(out, tgt)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss is {loss.item()} at epoch {epoch}, step {i}")
+            self.scaler.scale(loss / self.accum).backward()
+            if (i + 1) % self.accum == 0 or i + 1 == len(loader):
+                if self.max_grad_norm > 0:
+                    self.scaler.unscale_(self.opt)
+                    nn.utils.clip_grad_norm_(model.parameters(), self.max_grad_norm)
+                self.scaler.step(self.opt)
+                self.scaler.update()
+                self.opt.zero_grad(set_to_none=True)
+            bsz = _batch_len(tgt)
+            tot += float(loss.detach()) * bsz
+            n += bsz
+            tick(tot / max(n, 1))
+        return {"epoch": epoch, "train_loss": tot / max(n, 1), "seconds": time.time() - t0}
+
+
+def _checkpoint(run: RunDir, st: _Tracker, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+                g: torch.Generator, epoch: int, key: str, improved: bool, cfg: dict[str, Any], app: str, task: str,
+                extra_state: dict[str, Any] | None) -> None:
+    """``last.pt`` every epoch (with optimiser, scheduler and RNG for resume); ``best.pt`` when improved."""
+    rng: dict[str, Any] = {"torch": torch.get_rng_state(), "loader": g.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    state = {
+        "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "epoch": epoch, "config": cfg, "app": app, "task": task, "history": st.history,
+        "best": {"value": st.best_val, "metrics": st.best_metrics, "epoch": st.best_epoch, "monitor": key},
+        "bad_epochs": st.bad_epochs, "rng": rng, **(extra_state or {}),
+    }
+    if improved:
+        run.save_checkpoint({k: v for k, v in state.items() if k not in _RESUME_ONLY}, "best")
+    run.save_checkpoint(state, "last")
 
 
 def _batch_len(t: Any) -> int:
