@@ -6,12 +6,12 @@ stage-1 run exports too (its ``grade`` output is then untrained and marked so in
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from medtransfer.shared.rundir import RunDir
 from medtransfer.shared.utils.errors import MedTransferError
 from medtransfer.apps.cardiac.model import build_model
 from medtransfer.apps.cardiac.synthetic import VIEWS
@@ -19,29 +19,37 @@ from medtransfer.apps.cardiac.synthetic import VIEWS
 
 def load_run_model(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
     """(model in eval mode, config, run.json) from a run's best checkpoint."""
-    run_dir = Path(run_dir)
-    ck = run_dir / "checkpoints" / "best.pt"
-    if not ck.is_file():
+    run = RunDir(run_dir)
+    if not run.has_checkpoint("best"):
         raise MedTransferError(f"{run_dir}: no checkpoints/best.pt (not a finished cardiac run)")
-    st = torch.load(ck, map_location="cpu", weights_only=False)
+    st = run.load_checkpoint("best")
     cfg = st["config"]
     model = build_model(cfg)
     model.load_state_dict(st["model"])
-    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
-    return model.eval(), cfg, info
+    return model.eval(), cfg, run.info()
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None) -> Path:
+def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, overwrite: bool = True) -> Path:
     """Write the bundle.
 
     Args:
         run_dir: a stage-1 (view) or stage-2 (grade) run.
         out_dir: bundle folder.
         quantize: ``int8`` also writes ``model_int8.onnx`` (dynamic quantisation).
+        overwrite: replace an existing bundle at ``out_dir`` (the CLI asks for ``--overwrite``).
 
     Returns:
-        The bundle folder.
+        The bundle folder (absolute), written atomically through ``staged_output``.
     """
+    from medtransfer.shared.export.atomic import staged_output
+
+    with staged_output(out_dir, overwrite=overwrite) as tmp:
+        _write_bundle_files(run_dir, tmp, quantize)
+    return Path(out_dir).absolute()
+
+
+def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None) -> Path:
+    """Write the bundle into ``out_dir`` (the staging folder of :func:`export_run`)."""
     from medtransfer.shared.export import export_onnx, quantize_int8, write_bundle
 
     model, cfg, info = load_run_model(run_dir)

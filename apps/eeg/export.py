@@ -1,6 +1,7 @@
 """Export an eeg run to an ONNX bundle (window logits; recording aggregation done by the predictor)."""
 from __future__ import annotations
 
+from medtransfer.shared.rundir import RunDir
 import json
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from medtransfer.apps.eeg.data import LABELS
 from medtransfer.apps.eeg.io import pp_config, window_samples
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None) -> Path:
+def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, overwrite: bool = True) -> Path:
     """Write ``model.onnx`` (input ``eeg`` [batch, channels, samples] in microvolts after the
     recipe, output ``logits`` [batch, 2]), ``metadata.json`` with the preprocessing recipe, and the
     model card.
@@ -18,10 +19,20 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = 
         run_dir: a run folder written by ``medtransfer eeg train``.
         out_dir: bundle folder.
         quantize: ``"int8"`` also writes ``model_int8.onnx``.
+        overwrite: replace an existing bundle at ``out_dir`` (the CLI asks for ``--overwrite``).
 
     Returns:
-        The bundle folder.
+        The bundle folder (absolute), written atomically through ``staged_output``.
     """
+    from medtransfer.shared.export.atomic import staged_output
+
+    with staged_output(out_dir, overwrite=overwrite) as tmp:
+        _write_bundle_files(run_dir, tmp, quantize)
+    return Path(out_dir).absolute()
+
+
+def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None) -> Path:
+    """Write the bundle into ``out_dir`` (the staging folder of :func:`export_run`)."""
     import torch
 
     from medtransfer.apps.eeg.train import load_run
@@ -29,7 +40,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = 
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model, cfg = load_run(run_dir)
-    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    info = RunDir(run_dir).info()
     pp = pp_config(cfg["data"])
     c, t = len(pp["channels"]), window_samples(pp)
     g = torch.Generator().manual_seed(0)

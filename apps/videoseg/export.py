@@ -10,6 +10,7 @@ between the two is recorded (must be >= 0.99).
 """
 from __future__ import annotations
 
+from medtransfer.shared.rundir import RunDir
 import json
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,7 @@ def propagation_parity(sam: torch.nn.Module, bundle_dir: str | Path, frames: np.
     return {"per_frame_dice": [round(d, 5) for d in dices], "min_dice": float(min(dices)), "frames": n}
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None) -> Path:
+def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, overwrite: bool = True) -> Path:
     """``medtransfer export RUN_DIR --out B`` for videoseg runs.
 
     Args:
@@ -116,10 +117,20 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = 
         out_dir: bundle folder.
         quantize: not supported for the video path (int8 changes the masks too much to keep the
             parity promise); must be None.
+        overwrite: replace an existing bundle at ``out_dir`` (the CLI asks for ``--overwrite``).
 
     Returns:
-        The bundle folder.
+        The bundle folder (absolute), written atomically through ``staged_output``.
     """
+    from medtransfer.shared.export.atomic import staged_output
+
+    with staged_output(out_dir, overwrite=overwrite) as tmp:
+        _write_bundle_files(run_dir, tmp, quantize)
+    return Path(out_dir).absolute()
+
+
+def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None) -> Path:
+    """Write the bundle into ``out_dir`` (the staging folder of :func:`export_run`)."""
     from medtransfer.apps.videoseg.synthetic import make_cine
     from medtransfer.apps.videoseg.propagate import mask_to_box
     from medtransfer.apps.videoseg.train import load_run_model
@@ -139,7 +150,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = 
     sj = run_dir / "summary.json"
     if sj.is_file():
         summary = json.loads(sj.read_text()).get("best", {})
-    run = json.loads((run_dir / "run.json").read_text())
+    run = RunDir(run_dir).info()
     S = int(cfg["model"]["image_size"])
     write_bundle(
         out, name="videoseg-track", app="videoseg", task="track",

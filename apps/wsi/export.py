@@ -12,9 +12,8 @@ from torch import nn
 
 from medtransfer.apps.wsi.features import IMAGENET_MEAN, IMAGENET_STD
 from medtransfer.apps.wsi.model import SurvivalHead, build_encoder
-from medtransfer.shared.config import load_yaml
+from medtransfer.shared.rundir import RunDir
 from medtransfer.shared.export import export_onnx, write_bundle
-from medtransfer.shared.finetune import load_checkpoint
 from medtransfer.shared.utils.errors import MedTransferError
 
 
@@ -35,28 +34,27 @@ def rebuild(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any], dict[str, A
     """The trained aggregator of a run (last-epoch weights), its wsi info and its config."""
     from medtransfer.apps.wsi.train import build_moe, new_mil
 
-    run_dir = Path(run_dir)
-    info_p, cfg_p, ck = run_dir / "run.json", run_dir / "config.yaml", run_dir / "checkpoints" / "last.pt"
-    for p in (info_p, cfg_p, ck):
+    run = RunDir(run_dir)
+    for p in (run.path / "config.yaml", run.checkpoint_path("last")):
         if not p.is_file():
             raise MedTransferError(f"{run_dir}: not a finished wsi run (missing {p.name})")
-    info = json.loads(info_p.read_text())
-    w = info.get("wsi") or {}
+    state = run.load_checkpoint("last")  # verified and weights-only, before anything is built
+    w = run.info().get("wsi") or {}
     if "in_dim" not in w:
         raise MedTransferError(f"{run_dir}: run.json has no wsi model description")
-    cfg = load_yaml(cfg_p)
+    cfg = run.config()
     dim = int(w["in_dim"])
     if w.get("kind") == "moe":
         names = list(w["sources"])
         model: nn.Module = build_moe([new_mil(dim, cfg) for _ in names], dim, cfg, names)
     else:
         model = new_mil(dim, cfg)
-    model.load_state_dict(load_checkpoint(ck)["model"])
+    model.load_state_dict(state["model"])
     return model.eval(), w, cfg
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, quantize: Optional[str] = None,
-               encoder: Optional[str] = None, encoder_weights: Any = None) -> Path:
+               encoder: Optional[str] = None, encoder_weights: Any = None, overwrite: bool = True) -> Path:
     """Export a run (``medtransfer export RUN_DIR --out BUNDLE``).
 
     Args:
@@ -65,10 +63,21 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantize: Optional[str]
         quantize: unused for the aggregator (tiny); accepted for the common signature.
         encoder: patch encoder to add (default: the run's ``encoder`` when its feature size matches).
         encoder_weights: local weights for that encoder (default: the run's).
+        overwrite: replace an existing bundle at ``out_dir`` (the CLI asks for ``--overwrite``).
 
     Returns:
-        The bundle folder.
+        The bundle folder (absolute), written atomically through ``staged_output``.
     """
+    from medtransfer.shared.export.atomic import staged_output
+
+    with staged_output(out_dir, overwrite=overwrite) as tmp:
+        _write_bundle_files(run_dir, tmp, quantize, encoder, encoder_weights)
+    return Path(out_dir).absolute()
+
+
+def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None, encoder: Optional[str] = None,
+                        encoder_weights: Any = None) -> Path:
+    """Write the bundle into ``out_dir`` (the staging folder of :func:`export_run`)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model, w, cfg = rebuild(run_dir)
     dim = int(w["in_dim"])

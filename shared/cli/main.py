@@ -113,20 +113,55 @@ def export(
     run_dir: Path = typer.Argument(..., help="a training run folder (has run.json and checkpoints/)"),
     out: Path = typer.Option(..., "--out", "-o", help="bundle folder to write"),
     quantize: Optional[str] = typer.Option(None, help="'int8': also write an int8 model and record the metric change"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing bundle at --out"),
 ) -> None:
-    """Export a trained run to an ONNX bundle (model.onnx, metadata.json, README.md)."""
+    """Export a trained run to an ONNX bundle (model files, metadata.json, README.md, checksums.sha256).
+
+    --out may be relative, absolute or an existing empty folder; the bundle is written into a
+    hidden temp folder beside it and renamed into place at the end, so a failed export leaves
+    nothing behind.  A non-empty folder that is not a bundle is refused; an existing bundle is
+    replaced only with --overwrite.
+    """
     from medtransfer.shared.plugins import hook
 
     info = run_dir / "run.json"
     if not info.is_file():
         fail(f"{run_dir}: not a run folder (no run.json)")
     try:
+        from medtransfer.shared.export.atomic import check_output, staged_output
+
+        check_output(out, overwrite)  # refuse before the (slow) export
         app_name = json.loads(info.read_text())["app"]
         fn = hook(app_name, "exporter")
-        res = fn(run_dir, out, quantize=quantize)
-        typer.echo(f"wrote {res}")
+        with staged_output(out, overwrite=overwrite) as tmp:
+            fn(run_dir, tmp, quantize=quantize)
+        typer.echo(f"wrote {Path(out).absolute()}")
     except MedTransferError as e:
         fail(str(e))
+
+
+@app.command("verify")
+def verify(bundle: Path = typer.Argument(..., help="bundle folder")) -> None:
+    """Check a bundle: schema version, every file against checksums.sha256, nothing unlisted.
+
+    Prints each file with OK and its size, the schema and the bundle sha256 (the
+    bundle_sha256 of scored rows); exits 2 with one error line when the bundle is refused.
+    """
+    from medtransfer.shared.runtime.bundle import load_bundle
+
+    try:
+        b = load_bundle(bundle)
+    except MedTransferError as e:
+        fail(str(e))
+    typer.echo(f"bundle  {b.path}")
+    typer.echo(f"schema  {b.schema}")
+    typer.echo(f"model   {b.name} {b.version} (app {b.app}, task {b.task})")
+    for c in b.checks:
+        note = "  (operating-system file, not part of the bundle)" if c.status != "OK" else ""
+        typer.echo(f"{c.status:<7} {c.size:>12,d}  {c.name}{note}")
+    n = sum(c.status == "OK" for c in b.checks)
+    typer.echo(f"sha256  {b.sha256}  (bundle_sha256: sha256 of checksums.sha256)")
+    typer.echo(f"verified {n} files against checksums.sha256; nothing unlisted")
 
 
 # ------------------------------------------------------------------------------------------ predict
@@ -147,8 +182,13 @@ def predict(
 
     try:
         b = load_bundle(bundle)
-        options = {"out_dir": str(out) if out else None, "plot": plot, "mask": str(mask) if mask else None,
-                   "box": box, **parse_opts(opt)}
+        from medtransfer.shared.runtime.outputs import input_root, unique_keys
+
+        root = input_root(inputs)  # per-input outputs: OUT/<path relative to this root, no suffix>
+        if out:
+            unique_keys(inputs, root)  # two inputs mapping to one output folder: one line, before any work
+        options = {"out_dir": str(out) if out else None, "input_root": str(root), "plot": plot,
+                   "mask": str(mask) if mask else None, "box": box, **parse_opts(opt)}
         pred = build_predictor(b, **options)
     except MedTransferError as e:
         fail(str(e))
@@ -199,23 +239,40 @@ def score_cmd(
     manifest: Optional[Path] = typer.Option(None, "--manifest", "-m", help="manifest CSV (path column used)"),
     input_dir: Optional[Path] = typer.Option(None, "--input-dir", "-i", help="folder of inputs"),
     out: Path = typer.Option(..., "--out", "-o", help="results CSV"),
-    resume: bool = typer.Option(False, "--resume", help="skip cases already in --out"),
+    resume: bool = typer.Option(False, "--resume", help="skip cases already in --out (same bundle only)"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out (with --resume: only if its rows come from another bundle)"),
     workers: int = typer.Option(1, "--workers", "-w", help="processes (local) or actors (ray)"),
     engine: str = typer.Option("local", "--engine", help="local or ray"),
     opt: Optional[List[str]] = typer.Option(None, "--opt", help="predictor option key=value"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
-    """Batch-score a manifest or a folder; resumable; bad cases become error rows."""
+    """Batch-score a manifest or a folder; resumable; bad cases become error rows.
+
+    One job per --out (a lock held for the job's life); an existing --out needs --resume or
+    --overwrite; --out may not be the manifest, an input, or inside the input folder or the bundle.
+    """
     from medtransfer.shared.runtime import score as sc
     from medtransfer.shared.runtime.bundle import load_bundle
 
     if (manifest is None) == (input_dir is None):
         fail("give exactly one of --manifest or --input-dir")
+    if engine not in sc.ENGINES:
+        fail(f"unknown engine '{engine}' (local or ray)")
+    options = parse_opts(opt)
     try:
-        b = load_bundle(bundle)
-        cases = sc.cases_from_manifest(manifest) if manifest else sc.cases_from_dir(input_dir, b)
-        summary = sc.score(bundle, cases, out, resume=resume, workers=workers, engine=engine,
-                           options=parse_opts(opt), progress=not quiet)
+        sc.check_out_path(out, manifest=manifest, input_dir=input_dir, bundle_dir=bundle)
+        with sc.lock_output(out):  # before any work: unwritable or busy --out is refused first
+            b = load_bundle(bundle)
+            cases = sc.cases_from_manifest(manifest) if manifest else sc.cases_from_dir(input_dir, b)
+            if options.get("out_dir"):  # per-case artefacts: OUT/<path relative to the input root>, no clashes
+                from medtransfer.shared.runtime.outputs import input_root, unique_keys
+
+                paths = [Path(c.path) for c in cases if Path(c.path).exists()]
+                root = Path(input_dir) if input_dir else input_root(paths)
+                options.setdefault("input_root", str(root))
+                unique_keys(paths, root)
+            summary = sc.score(bundle, cases, out, resume=resume, overwrite=overwrite, workers=workers, engine=engine,
+                               options=options, progress=not quiet, manifest=manifest, input_dir=input_dir)
     except MedTransferError as e:
         fail(str(e))
     typer.echo(json.dumps(summary))
@@ -281,8 +338,28 @@ _mount_apps()
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: every known error is one line on stderr and exit code 2.
+
+    Known errors are our own (MedTransferError and its subclasses: input, config, bundle,
+    weights), OS errors on user paths (missing, unwritable, a folder where a file was expected)
+    and CSV syntax errors.  Anything else is a bug and keeps its traceback.
+    """
+    import csv
+
+    try:
+        app(standalone_mode=True)
+    except MedTransferError as e:
+        _die(str(e))
+    except OSError as e:
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        _die(f"{where}{e.strerror or type(e).__name__}")
+    except csv.Error as e:
+        _die(f"CSV syntax error: {e}")
+
+
+def _die(msg: str) -> None:
+    sys.stderr.write(f"error: {' '.join(str(msg).split())}\n")
+    sys.exit(2)
 
 
 if __name__ == "__main__":

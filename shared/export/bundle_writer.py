@@ -1,13 +1,18 @@
-"""Write ``metadata.json`` (MONAI-bundle-like) and the ``README.md`` model card."""
+"""Write ``metadata.json`` (MONAI-bundle-like), the ``README.md`` model card and ``checksums.sha256``."""
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from importlib import metadata as im
 from pathlib import Path
 from typing import Any
 
+from medtransfer.shared.runtime.schema import (
+    CARD, CHECKSUMS, METADATA, OS_FILES, SCHEMA, format_checksums, is_plain_name, validate_metadata,
+)
+from medtransfer.shared.utils.errors import BundleError
 from medtransfer.shared.utils.hashing import sha256_file
 
 LIBS = ("medtransfer", "torch", "onnx", "onnxruntime", "numpy", "timm", "monai", "braindecode", "mne", "sam2",
@@ -43,14 +48,19 @@ def write_bundle(
     intended_use: str = "Research use only. Not a medical device.",
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the bundle's metadata and model card; hashes every model file.
+    """Write the bundle's metadata, model card and ``checksums.sha256`` (schema ``medtransfer-bundle/2``).
+
+    The metadata goes through the same typed model the reader validates
+    (:class:`medtransfer.shared.runtime.schema.BundleMeta`); the checksums cover every file in
+    the folder, so the folder must hold only the listed model files (plus files this call writes).
 
     Args:
         out_dir: the bundle folder (model files already written inside it).
         name: bundle name.
         app: app name (``predict`` picks the app's predictor from it).
         task: task name.
-        files: model files inside ``out_dir`` (relative or absolute).
+        files: model files directly inside ``out_dir``: plain names, or paths (absolute, or
+            relative to the working directory) that resolve to files in ``out_dir``.
         inputs: input name -> spec (shape with -1 for dynamic dims, dtype, value_range, ...).
         outputs: output name -> spec.
         preprocessing: every parameter the predictor needs to reproduce the input.
@@ -60,19 +70,22 @@ def write_bundle(
         version: bundle version.
         description: one paragraph for the model card.
         intended_use: intended-use statement.
-        extra: more keys for metadata.json.
+        extra: more keys for metadata.json (may not replace the keys above).
 
     Returns:
         Path of ``metadata.json``.
+
+    Raises:
+        BundleError: a model file outside the folder or missing, an unlisted file in the folder,
+            or metadata the schema refuses.
     """
-    out_dir = Path(out_dir)
-    hashes = {}
+    out_dir = Path(out_dir).resolve()
+    hashes: dict[str, str] = {}
     for f in files:
-        p = Path(f)
-        p = p if p.is_absolute() else out_dir / p
-        hashes[p.relative_to(out_dir).as_posix()] = sha256_file(p)
-    meta = {
-        "schema": "medtransfer-bundle/1",
+        rel = _model_file_name(out_dir, f)
+        hashes[rel] = sha256_file(out_dir / rel)
+    meta: dict[str, Any] = {
+        "schema": SCHEMA,
         "name": name,
         "version": version,
         "app": app,
@@ -89,12 +102,59 @@ def write_bundle(
         "data_card": data_card,
         "libraries": library_versions(),
         "files": hashes,
-        **(extra or {}),
     }
-    path = out_dir / "metadata.json"
-    path.write_text(json.dumps(meta, indent=2, default=_jsonable), encoding="utf-8")
-    (out_dir / "README.md").write_text(_card(meta), encoding="utf-8")
+    clash = sorted(set(extra or {}) & set(meta))
+    if clash:
+        raise ValueError(f"write_bundle: extra keys may not replace metadata fields: {', '.join(clash)}")
+    meta.update(extra or {})
+    # JSON round trip (numpy scalars, paths -> JSON types), then the one typed description
+    desc = validate_metadata(json.loads(json.dumps(meta, default=_jsonable)), f"{out_dir / METADATA} (being written)")
+    path = out_dir / METADATA
+    (out_dir / CHECKSUMS).unlink(missing_ok=True)
+    path.write_text(desc.to_json(), encoding="utf-8")
+    (out_dir / CARD).write_text(_card(desc.to_dict()), encoding="utf-8")
+    write_checksums(out_dir, list(hashes))
     return path
+
+
+def write_checksums(out_dir: str | Path, model_files: list[str]) -> Path:
+    """Write ``checksums.sha256`` over the metadata, the model card and ``model_files``.
+
+    Args:
+        out_dir: the bundle folder.
+        model_files: the plain names listed in the metadata's ``files``.
+
+    Returns:
+        Path of ``checksums.sha256``.
+
+    Raises:
+        BundleError: the folder holds anything else (except the ignored OS view files), a link
+            or a sub-folder.
+    """
+    out_dir = Path(out_dir)
+    want = {METADATA, CARD, *model_files}
+    for e in sorted(os.scandir(out_dir), key=lambda e: e.name):
+        if e.name == CHECKSUMS or (e.name in OS_FILES and e.is_file(follow_symlinks=False)):
+            continue
+        if e.is_symlink() or not e.is_file(follow_symlinks=False):
+            raise BundleError(f"{out_dir / e.name}: a bundle holds only regular files (no links or folders)")
+        if e.name not in want:
+            raise BundleError(f"{out_dir / e.name}: not one of the bundle's files; list it in files= or remove it")
+    digests = {n: sha256_file(out_dir / n) for n in want}
+    path = out_dir / CHECKSUMS
+    path.write_text(format_checksums(digests), encoding="utf-8", newline="\n")
+    return path
+
+
+def _model_file_name(out_dir: Path, f: str | Path) -> str:
+    """The plain name of a model file that must lie directly inside ``out_dir``."""
+    p = Path(f)
+    cands = [p] if p.is_absolute() else [out_dir / p, Path.cwd() / p]
+    for c in cands:
+        c = c.resolve()
+        if c.parent == out_dir and c.is_file() and is_plain_name(c.name) and c.name not in (METADATA, CARD, CHECKSUMS):
+            return c.name
+    raise BundleError(f"{f}: not a model file directly inside the bundle folder {out_dir}")
 
 
 def _jsonable(x: Any) -> Any:
@@ -119,5 +179,7 @@ def _card(meta: dict[str, Any]) -> str:
     lines += ["", "## Preprocessing", "```json", json.dumps(meta["preprocessing"], indent=2, default=_jsonable), "```"]
     lines += ["", "## Metrics", "```json", json.dumps(meta["metrics"], indent=2, default=_jsonable), "```"]
     lines += ["", "## Files (sha256)"] + [f"- `{k}`: `{v}`" for k, v in meta["files"].items()]
+    lines += ["", f"Every file of this folder (this card and `{METADATA}` included) is listed in `{CHECKSUMS}`:",
+              f"`sha256sum -c {CHECKSUMS}` inside the folder, or `medtransfer verify <this folder>`, checks them."]
     lines += ["", "## Use", "```", f"medtransfer predict <this folder> INPUT", f"medtransfer score <this folder> --input-dir DIR --out results.csv", "```", ""]
     return "\n".join(lines)

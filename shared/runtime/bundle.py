@@ -1,22 +1,45 @@
-"""ONNX bundles on disk: ``model.onnx`` (+ other model files), ``metadata.json``, ``README.md``.
+"""ONNX bundles on disk: model files, ``metadata.json``, ``README.md`` and ``checksums.sha256``.
 
-Loading verifies the sha256 of every model file listed in the metadata and refuses a bundle
-that does not match.  Torch-free.
+The layout, the typed metadata and the integrity rules are defined once in
+:mod:`medtransfer.shared.runtime.schema`.  Loading validates the metadata against that model
+(a bad field, a newer schema -> one-line :class:`BundleError`) and, unless ``verify=False``,
+checks that the folder holds exactly the files listed in ``checksums.sha256`` with matching
+sha256 (metadata and model card included; no unlisted, linked or nested entries).
+Predictors read the metadata only through the validated model (:attr:`Bundle.description`,
+or its plain-dict copy :attr:`Bundle.meta`).  Torch-free.
 """
 from __future__ import annotations
 
-import json
+import hashlib
 import os
+import stat
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from medtransfer.shared.runtime.schema import (
+    CARD, CHECKSUMS, METADATA, OS_FILES, BundleMeta, FileCheck, format_checksums, parse_checksums,
+    read_metadata_bytes,
+)
 from medtransfer.shared.utils.errors import BundleError
-from medtransfer.shared.utils.hashing import sha256_file
+from medtransfer.shared.utils.hashing import sha256_file, sha256_text
 
-METADATA = "metadata.json"
+__all__ = ["Bundle", "BundleMeta", "FileCheck", "load_bundle", "METADATA", "CHECKSUMS"]
+
+
+def _read_regular(path: Path, what: str) -> bytes:
+    """Bytes of a regular, non-linked file inside a bundle (BundleError otherwise)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing ({what})") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise BundleError(f"{path}: symbolic link inside the bundle; bundle refused")
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleError(f"{path}: not a regular file; bundle refused")
+    return path.read_bytes()
 
 
 class Bundle:
@@ -24,77 +47,126 @@ class Bundle:
 
     Args:
         path: the bundle folder.
-        verify: check every file's sha256 against ``metadata.json``.
+        verify: check the folder against ``checksums.sha256`` (every file, its sha256, nothing
+            unlisted); the metadata is schema-validated either way.
         threads: intra-op threads for ONNX Runtime sessions (0 = ORT default).
+
+    Raises:
+        BundleError: not a bundle, invalid metadata, a newer schema, or a failed integrity check.
     """
 
     def __init__(self, path: str | Path, verify: bool = True, threads: int = 0) -> None:
         self.path = Path(path)
         meta_path = self.path / METADATA
-        if not meta_path.is_file():
+        if not self.path.is_dir() or not (meta_path.exists() or meta_path.is_symlink()):
             raise BundleError(f"{self.path}: not a bundle (no {METADATA})")
-        try:
-            self.meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise BundleError(f"{meta_path}: not valid JSON ({e.msg})") from None
-        for key in ("name", "version", "app", "task", "files"):
-            if key not in self.meta:
-                raise BundleError(f"{meta_path}: missing '{key}'")
+        data = _read_regular(meta_path, "bundle metadata")
+        self._meta_sha = hashlib.sha256(data).hexdigest()  # what was parsed is what gets verified
+        #: the validated metadata (the one typed description, shared with the writer)
+        self.description: BundleMeta = read_metadata_bytes(data, str(meta_path))
+        #: plain-dict copy of :attr:`description` (JSON key names, app keys included)
+        self.meta: dict[str, Any] = self.description.to_dict()
         self.threads = threads
         self._sessions: dict[str, Any] = {}
+        self.checks: list[FileCheck] = []
         if verify:
-            self.verify()
+            self.checks = self.verify()
 
     # -- identity -------------------------------------------------------------------------
     @property
     def name(self) -> str:
-        return str(self.meta["name"])
+        return self.description.name
 
     @property
     def version(self) -> str:
-        return str(self.meta["version"])
+        return self.description.version
 
     @property
     def app(self) -> str:
-        return str(self.meta["app"])
+        return self.description.app
 
     @property
     def task(self) -> str:
-        return str(self.meta["task"])
+        return self.description.task
+
+    @property
+    def schema(self) -> str:
+        """The schema string of the metadata, e.g. ``medtransfer-bundle/2``."""
+        return self.description.schema_id
 
     @property
     def labels(self) -> list[str]:
-        return list(self.meta.get("labels") or [])
+        return list(self.description.labels)
 
     @property
     def preprocessing(self) -> dict[str, Any]:
-        return dict(self.meta.get("preprocessing") or {})
+        return dict(self.meta["preprocessing"])
 
     @cached_property
     def sha256(self) -> str:
-        """A digest of the whole bundle: sha256 of its metadata file."""
-        return sha256_file(self.path / METADATA)
+        """The bundle's identity: sha256 of its canonical ``checksums.sha256`` (which covers every
+        file, metadata and model card included), so a change to any file changes it."""
+        data = _read_regular(self.path / CHECKSUMS, "bundle checksums")
+        return sha256_text(format_checksums(parse_checksums(data, str(self.path / CHECKSUMS))))
 
     def provenance(self) -> dict[str, str]:
         """The fields every scored row carries."""
         return {"bundle_name": self.name, "bundle_version": self.version, "bundle_sha256": self.sha256}
 
     # -- integrity ------------------------------------------------------------------------
-    def verify(self) -> None:
-        """Check every listed file exists and matches its sha256.
+    def verify(self) -> list[FileCheck]:
+        """Check the folder against ``checksums.sha256`` and the metadata's ``files``.
+
+        Returns:
+            One :class:`FileCheck` per file (``OK``), plus ignored OS view files (``ignored``).
 
         Raises:
-            BundleError: naming the first file that is missing or altered.
+            BundleError: naming the first entry that is unlisted, missing, linked, nested or altered.
         """
-        files = self.meta.get("files") or {}
-        if not files:
-            raise BundleError(f"{self.path}: metadata lists no model files")
-        for rel, digest in files.items():
-            f = self.path / rel
-            if not f.is_file():
-                raise BundleError(f"{f}: listed in metadata but missing")
-            if sha256_file(f) != digest:
-                raise BundleError(f"{f}: sha256 does not match metadata (file altered or corrupt); bundle refused")
+        where = self.path / CHECKSUMS
+        if not (where.exists() or where.is_symlink()):
+            raise BundleError(f"{where}: missing; bundle refused (bundles from before schema 2 must be re-exported)")
+        listed = parse_checksums(_read_regular(where, "bundle checksums"), str(where))
+        files = self.description.files
+        for required in (METADATA, CARD, *files):
+            if required not in listed:
+                raise BundleError(f"{self.path / required}: not covered by {CHECKSUMS}; bundle refused")
+        for name in listed:
+            if name not in files and name not in (METADATA, CARD):
+                raise BundleError(f"{self.path / name}: in {CHECKSUMS} but not one of the bundle's files in "
+                                  f"{METADATA}; bundle refused")
+        ignored: list[FileCheck] = []
+        with os.scandir(self.path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        present = set()
+        for e in entries:
+            p = self.path / e.name
+            if e.is_symlink():
+                raise BundleError(f"{p}: symbolic link inside the bundle; bundle refused")
+            if e.name == CHECKSUMS:
+                continue
+            if e.is_dir(follow_symlinks=False):
+                raise BundleError(f"{p}: unexpected folder inside the bundle; bundle refused")
+            if not e.is_file(follow_symlinks=False):
+                raise BundleError(f"{p}: not a regular file; bundle refused")
+            if e.name in OS_FILES:
+                ignored.append(FileCheck(e.name, e.stat(follow_symlinks=False).st_size, "", "ignored"))
+                continue
+            if e.name not in listed:
+                raise BundleError(f"{p}: not listed in {CHECKSUMS} (unexpected file in the bundle); bundle refused")
+            present.add(e.name)
+        checks: list[FileCheck] = []
+        for name in sorted(listed):
+            p = self.path / name
+            if name not in present:
+                raise BundleError(f"{p}: listed in {CHECKSUMS} but missing; bundle refused")
+            digest = self._meta_sha if name == METADATA else sha256_file(p)
+            if digest != listed[name]:
+                raise BundleError(f"{p}: sha256 does not match {CHECKSUMS} (file altered or corrupt); bundle refused")
+            if name in files and files[name] != digest:
+                raise BundleError(f"{p}: sha256 in {METADATA} differs from {CHECKSUMS}; bundle refused")
+            checks.append(FileCheck(name, p.stat().st_size, digest, "OK"))
+        return checks + ignored
 
     # -- inference ------------------------------------------------------------------------
     def session(self, name: str = "model.onnx"):
@@ -103,6 +175,8 @@ class Bundle:
         Args:
             name: model file inside the bundle.
         """
+        if name not in self.description.files:
+            raise BundleError(f"{self.path / name}: not a model file of this bundle")
         if name not in self._sessions:
             import onnxruntime as ort
 
