@@ -6,6 +6,7 @@ stage-1 run exports too (its ``grade`` output is then untrained and marked so in
 """
 from __future__ import annotations
 
+from medtransfer.shared.runtime.gates import limits_for
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
         data_card="data_cards/cactus.md",
         description="Echo view classification (CACTUS 6 classes) and image-quality grade 0-10 from one "
                     f"{cfg['model']['backbone']} encoder; stage-2 encoder initialised from the view model.",
-        extra={"ood": info.get("ood", {}), "stage": stage, "backbone": str(cfg["model"]["backbone"]), "init": info.get("init", ""),
+        extra={"gates": limits_for("image_", "video_", "decode_"), "ood": info.get("ood", {}), "stage": stage, "backbone": str(cfg["model"]["backbone"]), "init": info.get("init", ""),
                "unreliable_rule": "view == Random OR max softmax < ood.msp_threshold OR sector not found"},
     )
     return out

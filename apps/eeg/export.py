@@ -1,6 +1,7 @@
 """Export an eeg run to an ONNX bundle (window logits; recording aggregation done by the predictor)."""
 from __future__ import annotations
 
+from medtransfer.shared.runtime.gates import limits_for
 from medtransfer.shared.rundir import RunDir
 import json
 from pathlib import Path
@@ -68,7 +69,8 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
         labels=list(LABELS), metrics=metrics, data_card="data_cards/tuab.md",
         description=(f"braindecode {name} classifying {pp['window_seconds']:g} s EEG windows as normal/abnormal; "
                      "a recording's answer is the mean of its window probabilities."),
-        extra={"init": info.get("init", {}), "model_name": name, "run_dir": str(run_dir.resolve())},
+        extra={"init": info.get("init", {}), "model_name": name, "run_dir": str(run_dir.resolve()),
+               "gates": limits_for("eeg_")},
     )
     return out_dir
 

@@ -10,6 +10,7 @@ between the two is recorded (must be >= 0.99).
 """
 from __future__ import annotations
 
+from medtransfer.shared.runtime.gates import limits_for
 from medtransfer.shared.rundir import RunDir
 import json
 from pathlib import Path
@@ -166,7 +167,8 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
         description=(f"SAM2 ({cfg['model']['arch']}, {S} px) with {cfg['model']['adapter']} adapters; the video path "
                      "(image encoder, prompt encoder + mask decoder, memory encoder, memory attention) as ONNX graphs "
                      "driven by a torch-free streaming loop."),
-        extra={"params": run.get("params", {}), "graphs": list(GRAPHS), "arch": cfg["model"]["arch"]},
+        extra={"params": run.get("params", {}), "graphs": list(GRAPHS), "arch": cfg["model"]["arch"],
+               "gates": limits_for("image_", "video_", "decode_")},
     )
     if par["min_dice"] < 0.99:
         raise MedTransferError(f"{out}: ONNX propagation differs from PyTorch (min per-frame Dice {par['min_dice']:.3f} < 0.99)")

@@ -3,6 +3,7 @@ one variable-length bag in; risk, hazards, survival and attention out) and, when
 came from a registry encoder, the patch encoder (uint8-range RGB tiles in, features out)."""
 from __future__ import annotations
 
+from medtransfer.shared.runtime.gates import limits_for
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -130,6 +131,7 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
         description=(f"Discrete-time survival from whole-slide feature bags ({kind}: "
                      + ("MoE-PKT over source models " + ", ".join(w.get("sources", [])) if kind == "moe" else "gated attention MIL")
                      + f"), {n_bins} hazard bins."),
-        extra={"model_kind": kind, "sources": w.get("sources", []), "study": w.get("study", "")},
+        extra={"model_kind": kind, "sources": w.get("sources", []), "study": w.get("study", ""),
+               "gates": limits_for("feature_", "image_")},
     )
     return out_dir

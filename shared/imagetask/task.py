@@ -1,6 +1,7 @@
 """Train / evaluate / export for the generic image task (torch side)."""
 from __future__ import annotations
 
+from medtransfer.shared.runtime.gates import limits_for
 from medtransfer.shared.rundir import RunDir
 import json
 from importlib import resources
@@ -155,7 +156,7 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
                  outputs={"logits": {"shape": [-1, len(labels)], "dtype": "float32"}},
                  preprocessing=prep, labels=labels, metrics=metrics, data_card="",
                  description="Image classifier fine-tuned with the medtransfer core.",
-                 extra={"run_dir": str(run_dir.resolve())})
+                 extra={"run_dir": str(run_dir.resolve()), "gates": limits_for("image_", "decode_")})
     return out_dir
 
 

@@ -40,6 +40,18 @@ LIMITS: dict[str, Any] = {
 }
 
 
+def limits_for(*prefixes: str) -> dict[str, Any]:
+    """The limits a bundle records as ``metadata["gates"]`` (those whose names start with a prefix).
+
+    Args:
+        prefixes: e.g. ``"eeg_"`` or ``"image_", "video_"``.
+
+    Returns:
+        name -> limit, so the range a bundle was exported with travels with it.
+    """
+    return {k: v for k, v in LIMITS.items() if k.startswith(prefixes)}
+
+
 def limit(name: str, overrides: Mapping[str, Any] | None = None) -> Any:
     """One limit, from the bundle's ``gates`` overrides when present, else :data:`LIMITS`."""
     if overrides and name in overrides:
