@@ -133,7 +133,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = 
 def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None) -> Path:
     """Write the bundle into ``out_dir`` (the staging folder of :func:`export_run`)."""
     from medtransfer.apps.videoseg.synthetic import make_cine
-    from medtransfer.apps.videoseg.propagate import mask_to_box
+    from medtransfer.apps.videoseg.propagate import mask_to_box, preprocessing_spec
     from medtransfer.apps.videoseg.train import load_run_model
     from medtransfer.shared.export import write_bundle
     from medtransfer.shared.utils.errors import MedTransferError
@@ -159,8 +159,7 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
         inputs={"video": {"type": "video", "format": "AVI/MP4/.mha/frame folder", "channels": 1, "dtype": "uint8"},
                 "prompt": {"type": "box x0,y0,x1,y1 or first-frame mask (H, W)"}},
         outputs={"masks": {"type": "mask stack", "shape": [-1, -1, -1], "dtype": "uint8", "file": "masks.npz"}},
-        preprocessing={"image_size": S, "resize": "bilinear to SxS", "scale": "1/255", "mean": [0.485, 0.456, 0.406],
-                       "std": [0.229, 0.224, 0.225], "grey_to_rgb": True},
+        preprocessing=preprocessing_spec(S),  # from the constants training and the runtime use
         metrics={"validation": summary, "onnx_parity": {k: v["max_abs_diff"] for k, v in rep.items()},
                  "propagation_parity": par},
         data_card="data_cards/echonet_dynamic.md",

@@ -42,6 +42,13 @@ def preprocess(frame: np.ndarray, size: int) -> np.ndarray:
     return ((x - MEAN) / STD)[None].astype(np.float32)
 
 
+def preprocessing_spec(size: int) -> dict[str, Any]:
+    """What :func:`preprocess` does, for the bundle's metadata (built from the same constants)."""
+    return {"image_size": int(size), "resize": "cv2.INTER_LINEAR to SxS", "scale": "1/255",
+            "mean": [float(v) for v in MEAN.ravel()], "std": [float(v) for v in STD.ravel()], "grey_to_rgb": True,
+            "function": f"{preprocess.__module__}.preprocess"}
+
+
 def sine_pe_1d(pos: np.ndarray, dim: int, temperature: float = 10000.0) -> np.ndarray:
     """SAM2's ``get_1d_sine_pe`` in numpy: (N,) -> (N, dim)."""
     pe_dim = dim // 2

@@ -11,24 +11,10 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from medtransfer.apps.wsi.features import IMAGENET_MEAN, IMAGENET_STD
-from medtransfer.apps.wsi.model import SurvivalHead, build_encoder
+from medtransfer.apps.wsi.model import SurvivalHead, build_tile_encoder
 from medtransfer.shared.rundir import RunDir
 from medtransfer.shared.export import export_onnx, write_bundle
 from medtransfer.shared.utils.errors import MedTransferError
-
-
-class EncoderONNX(nn.Module):
-    """Patch encoder with the normalisation inside: (B, 3, H, W) float in [0, 255] -> (B, D)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
-
-    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
-        return self.model((tiles - self.mean) / self.std)
 
 
 def rebuild(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
@@ -99,12 +85,12 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
                            "risk_threshold": w.get("risk_threshold")}
     metrics: dict[str, Any] = {"onnx_parity_max_abs_diff": parity["max_abs_diff"]}
     if enc_name:
-        enc, edim, pre_ok = build_encoder(enc_name, encoder_weights if encoder_weights is not None else w.get("encoder_weights"))
+        enc, edim, pre_ok = build_tile_encoder(enc_name, encoder_weights if encoder_weights is not None else w.get("encoder_weights"))
         if edim != dim:
             raise MedTransferError(f"encoder {enc_name} gives {edim}-d features but the aggregator expects {dim}")
         ps = int(w.get("patch_size", 224))
         tiles = torch.rand(2, 3, ps, ps, generator=g) * 255
-        ep = export_onnx(EncoderONNX(enc).eval(), (tiles,), out_dir / "encoder.onnx", ["tiles"], ["features"],
+        ep = export_onnx(enc.eval(), (tiles,), out_dir / "encoder.onnx", ["tiles"], ["features"],
                          dynamic={"tiles": {0: "batch"}}, atol=1e-3)
         files.append("encoder.onnx")
         metrics["encoder_parity_max_abs_diff"] = ep["max_abs_diff"]

@@ -23,10 +23,6 @@ import numpy as np
 from medtransfer.shared.utils.errors import InputError, MedTransferError
 from medtransfer.apps.wsi.slide import find_slides, grid_note, iter_tile_batches, open_slide, plan_tiles, save_overlay, slide_name
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
 @dataclass
 class ExtractResult:
     """Outcome for one slide (an error row when ``status == "error"``)."""
@@ -61,17 +57,16 @@ class Encoder:
     def __init__(self, name: str = "resnet18", weights: Any = None, device: str = "auto", patch_size: int = 224) -> None:
         import torch
 
-        from medtransfer.apps.wsi.model import build_encoder
+        from medtransfer.apps.wsi.model import build_tile_encoder
 
         self.name = name
-        self.model, self.feature_dim, self.pretrained = build_encoder(name, weights)
+        # the same module (normalisation inside) that export writes to encoder.onnx
+        self.model, self.feature_dim, self.pretrained = build_tile_encoder(name, weights)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         self.model = self.model.eval().to(self.device).to(memory_format=torch.channels_last)
         self.patch_size = patch_size
-        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255.0
-        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255.0
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
         """(B, H, W, 3) uint8 -> (B, D) float32 features."""
@@ -80,8 +75,7 @@ class Encoder:
         with torch.inference_mode():
             tiles = tiles if tiles.flags.writeable else tiles.copy()
             x = torch.from_numpy(tiles).to(self.device).permute(0, 3, 1, 2).float()
-            x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
-            return self.model(x).float().cpu().numpy()
+            return self.model(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
 
 
 def h5_is_complete(h5_path: Path, encoder: str, target_mpp: float, patch_size: int) -> bool:

@@ -13,14 +13,13 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from medtransfer.shared.registry import create_model, register_model
+from medtransfer.shared.registry import create_model
 from medtransfer.shared.utils.errors import MedTransferError
 
 
-@register_model("uni2h", family="timm", pretrained_cfg={"filename": "uni2h_pytorch_model.bin", "source": "MahmoodLab/UNI2-h (gated; user-supplied)"},
-                description="UNI2-h architecture (ViT-H/14, 1536-d, SwiGLU, 8 registers); weights from a local file")
-def _uni2h(num_classes: int = 0, depth: int = 24, **kw: Any) -> nn.Module:
-    """UNI2-h-compatible ViT (timm kwargs as published in the UNI2-h model card).
+def uni2h(num_classes: int = 0, depth: int = 24, **kw: Any) -> nn.Module:
+    """UNI2-h-compatible ViT (timm kwargs as published in the UNI2-h model card); registered as
+    ``uni2h`` by the wsi plugin's ``backbones`` declaration.
 
     Args:
         num_classes: 0 = features (1536-d).
@@ -53,6 +52,34 @@ def build_encoder(name: str = "resnet18", weights: Any = None, **kw: Any) -> tup
         with torch.no_grad():
             dim = int(model.eval()(torch.zeros(2, 3, 224, 224)).shape[-1])
     return model, dim, bool(weights)
+
+
+#: The tile normalisation every encoder of this app sees (ImageNet statistics on 0-255 RGB).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class TileEncoder(nn.Module):
+    """The one tile preprocessing + encoder: (B, 3, H, W) float RGB in [0, 255] -> (B, D) features.
+
+    Feature extraction (h5 bags for training) and the exported ONNX encoder both run this module,
+    so the normalisation has one source of truth.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0)
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        return self.model((tiles - self.mean) / self.std)
+
+
+def build_tile_encoder(name: str = "resnet18", weights: Any = None, **kw: Any) -> tuple[TileEncoder, int, bool]:
+    """:func:`build_encoder` wrapped in :class:`TileEncoder` (normalisation inside)."""
+    model, dim, pre = build_encoder(name, weights, **kw)
+    return TileEncoder(model), dim, pre
 
 
 def build_mil(in_dim: int, n_bins: int, hidden: int = 512, attn_dim: int = 384, dropout: float = 0.25) -> nn.Module:

@@ -19,7 +19,7 @@ def input_root(paths: Sequence[str | Path]) -> Path:
     """The deepest folder that holds every input (their common parent, resolved)."""
     if not paths:
         return Path.cwd()
-    parents = [str(Path(p).resolve().parent) for p in paths]
+    parents = [os.path.dirname(os.path.abspath(p)) for p in paths]  # symlinked inputs keep their own folder
     return Path(os.path.commonpath(parents))
 
 
@@ -36,12 +36,16 @@ def output_key(path: str | Path, root: str | Path | None = None) -> str:
     Raises:
         InputError: the input is not inside ``root``.
     """
-    p = Path(path).resolve()
-    base = Path(root).resolve() if root is not None else p.parent
+    # as the user spelled them (absolute, not symlink-resolved): a symlinked input is keyed by its link
+    p = Path(os.path.abspath(path))
+    base = Path(os.path.abspath(root)) if root is not None else p.parent
     try:
         rel = p.relative_to(base)
     except ValueError:
-        raise InputError(path, f"is not inside the input root {base}") from None
+        try:
+            rel = Path(path).resolve().relative_to(base.resolve())
+        except ValueError:
+            raise InputError(path, f"is not inside the input root {base}") from None
     parts = list(PurePosixPath(rel.as_posix()).parts)
     if not parts or any(x in ("", ".", "..") for x in parts):
         raise InputError(path, "cannot derive an output name from this path")

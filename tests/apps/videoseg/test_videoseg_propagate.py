@@ -130,3 +130,20 @@ def test_metrics_known_values():
     assert m["dice"][1] == pytest.approx(2 * 18 * 20 / 800)
     assert m["hd95"][1] == pytest.approx(2.0)
     assert 0 < m["asd"][1] <= 2.0
+
+
+def test_bundle_preprocessing_is_what_the_runtime_does(vs_bundle):
+    """The bundle's preprocessing block comes from the runtime's constants, and reproduces preprocess()."""
+    import cv2
+
+    from medtransfer.apps.videoseg.propagate import preprocess, preprocessing_spec
+    from medtransfer.shared.runtime.bundle import load_bundle
+
+    pre = load_bundle(vs_bundle).preprocessing
+    S = int(pre["image_size"])
+    assert pre == preprocessing_spec(S)
+    frame = (np.arange(37 * 53) % 251).astype(np.uint8).reshape(37, 53)
+    assert pre["scale"] == "1/255" and pre["resize"].startswith("cv2.INTER_LINEAR")
+    x = cv2.resize(frame, (S, S), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
+    want = (np.repeat(x[None], 3, 0) - np.array(pre["mean"], np.float32)[:, None, None]) / np.array(pre["std"], np.float32)[:, None, None]
+    np.testing.assert_allclose(preprocess(frame, S)[0], want, rtol=1e-6, atol=1e-6)

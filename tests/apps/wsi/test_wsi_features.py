@@ -75,3 +75,39 @@ def test_uni2h_option_gives_1536d() -> None:
         assert model.eval()(torch.zeros(2, 3, 224, 224)).shape == (2, 1536)
     with pytest.raises(WeightsError):
         build_encoder("uni2h", "/nonexistent/uni2h.bin", depth=1)
+
+
+def test_h5_features_equal_the_exported_onnx_encoder(slide_dir: Path, tmp_path: Path, tile_opts: dict) -> None:
+    """One preprocessing source: features stored in an h5 bag == the bundle's encoder.onnx on the same tiles."""
+    import onnxruntime as ort
+    import timm
+    import torch
+
+    from medtransfer.apps.wsi.model import build_tile_encoder
+    from medtransfer.apps.wsi.slide import Tiling, open_slide, read_tiles_plain
+    from medtransfer.shared.export import export_onnx
+
+    torch.manual_seed(0)
+    weights = tmp_path / "enc.pt"
+    torch.save(timm.create_model("resnet18", num_classes=0).state_dict(), str(weights))
+    single = tmp_path / "one"
+    single.mkdir()
+    (single / "good_a.tif").symlink_to(slide_dir / "good_a.tif")
+    out = tmp_path / "bags"
+    res = extract_many(single, out, "resnet18", str(weights), tile_opts["target_mpp"], tile_opts["patch_size"],
+                       batch_size=8, show_progress=False)
+    assert res[0].status == "done", res[0].error
+    feats, coords, a = read_bag(out / "good_a.h5")
+    tiling = Tiling(coords=coords, patch_level=int(a["patch_level"]), read_size=int(a["read_size"]),
+                    patch_size=int(a["patch_size"]), patch_size_level0=int(a["patch_size_level0"]),
+                    level0_mpp=float(a["level0_mpp"]), target_mpp=float(a["mpp"]),
+                    tissue_fraction_min=float(a["tissue_fraction_min"]), thumb_scale=1.0)
+    tiles = np.stack(list(read_tiles_plain(open_slide(single / "good_a.tif"), tiling)))
+    enc, _, _ = build_tile_encoder("resnet18", str(weights))
+    ps = tiling.patch_size
+    export_onnx(enc.eval(), (torch.rand(2, 3, ps, ps) * 255,), tmp_path / "encoder.onnx", ["tiles"], ["features"],
+                dynamic={"tiles": {0: "batch"}}, atol=1e-3)
+    sess = ort.InferenceSession(str(tmp_path / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    onnx_feats = sess.run(None, {"tiles": tiles.transpose(0, 3, 1, 2).astype(np.float32)})[0]
+    assert onnx_feats.shape == feats.shape
+    np.testing.assert_allclose(onnx_feats, feats, rtol=1e-4, atol=1e-4)
