@@ -30,7 +30,8 @@ def load_run_model(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]
     return model.eval(), cfg, run.info()
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, overwrite: bool = True) -> Path:
+def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, overwrite: bool = True,
+               force: bool = False) -> Path:
     """Write the bundle.
 
     Args:
@@ -38,15 +39,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = 
         out_dir: bundle folder.
         quantize: ``int8`` also writes ``model_int8.onnx`` (dynamic quantisation).
         overwrite: replace an existing bundle at ``out_dir`` (the CLI asks for ``--overwrite``).
+        force: export even below the trivial baseline (the bundle is then marked unreliable).
 
     Returns:
-        The bundle folder (absolute), written atomically through ``staged_output``.
+        The bundle folder (absolute), written atomically (see ``shared.export.export_bundle``).
     """
-    from medtransfer.shared.export.atomic import staged_output
+    from medtransfer.shared.export import export_bundle
 
-    with staged_output(out_dir, overwrite=overwrite) as tmp:
-        _write_bundle_files(run_dir, tmp, quantize)
-    return Path(out_dir).absolute()
+    return export_bundle(run_dir, out_dir, _write_bundle_files, quantize, overwrite, force)
 
 
 def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None) -> Path:

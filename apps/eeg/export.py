@@ -11,7 +11,8 @@ from medtransfer.apps.eeg.data import LABELS
 from medtransfer.apps.eeg.io import pp_config, window_samples
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, overwrite: bool = True) -> Path:
+def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, overwrite: bool = True,
+               force: bool = False) -> Path:
     """Write ``model.onnx`` (input ``eeg`` [batch, channels, samples] in microvolts after the
     recipe, output ``logits`` [batch, 2]), ``metadata.json`` with the preprocessing recipe, and the
     model card.
@@ -21,15 +22,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = 
         out_dir: bundle folder.
         quantize: ``"int8"`` also writes ``model_int8.onnx``.
         overwrite: replace an existing bundle at ``out_dir`` (the CLI asks for ``--overwrite``).
+        force: export even below the trivial baseline (the bundle is then marked unreliable).
 
     Returns:
-        The bundle folder (absolute), written atomically through ``staged_output``.
+        The bundle folder (absolute), written atomically (see ``shared.export.export_bundle``).
     """
-    from medtransfer.shared.export.atomic import staged_output
+    from medtransfer.shared.export import export_bundle
 
-    with staged_output(out_dir, overwrite=overwrite) as tmp:
-        _write_bundle_files(run_dir, tmp, quantize)
-    return Path(out_dir).absolute()
+    return export_bundle(run_dir, out_dir, _write_bundle_files, quantize, overwrite, force)
 
 
 def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None) -> Path:
@@ -74,14 +74,3 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
     )
     return out_dir
 
-
-def eager_model(bundle_dir: str | Path):
-    """The PyTorch model behind a bundle (for the core's ONNX-vs-eager bench), from its run folder."""
-    from medtransfer.apps.eeg.train import load_run
-    from medtransfer.shared.utils.errors import BundleError
-
-    meta = json.loads((Path(bundle_dir) / "metadata.json").read_text())
-    run = meta.get("run_dir")
-    if not run or not Path(run).is_dir():
-        raise BundleError(f"{bundle_dir}: the run folder of this bundle is not available")
-    return load_run(run)[0]

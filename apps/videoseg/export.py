@@ -110,7 +110,8 @@ def propagation_parity(sam: torch.nn.Module, bundle_dir: str | Path, frames: np.
     return {"per_frame_dice": [round(d, 5) for d in dices], "min_dice": float(min(dices)), "frames": n}
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, overwrite: bool = True) -> Path:
+def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, overwrite: bool = True,
+               force: bool = False) -> Path:
     """``medtransfer export RUN_DIR --out B`` for videoseg runs.
 
     Args:
@@ -119,15 +120,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = 
         quantize: not supported for the video path (int8 changes the masks too much to keep the
             parity promise); must be None.
         overwrite: replace an existing bundle at ``out_dir`` (the CLI asks for ``--overwrite``).
+        force: export even below the trivial baseline (the bundle is then marked unreliable).
 
     Returns:
-        The bundle folder (absolute), written atomically through ``staged_output``.
+        The bundle folder (absolute), written atomically (see ``shared.export.export_bundle``).
     """
-    from medtransfer.shared.export.atomic import staged_output
+    from medtransfer.shared.export import export_bundle
 
-    with staged_output(out_dir, overwrite=overwrite) as tmp:
-        _write_bundle_files(run_dir, tmp, quantize)
-    return Path(out_dir).absolute()
+    return export_bundle(run_dir, out_dir, _write_bundle_files, quantize, overwrite, force)
 
 
 def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None) -> Path:

@@ -41,7 +41,8 @@ def rebuild(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any], dict[str, A
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, quantize: Optional[str] = None,
-               encoder: Optional[str] = None, encoder_weights: Any = None, overwrite: bool = True) -> Path:
+               encoder: Optional[str] = None, encoder_weights: Any = None, overwrite: bool = True,
+               force: bool = False) -> Path:
     """Export a run (``medtransfer export RUN_DIR --out BUNDLE``).
 
     Args:
@@ -51,15 +52,17 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantize: Optional[str]
         encoder: patch encoder to add (default: the run's ``encoder`` when its feature size matches).
         encoder_weights: local weights for that encoder (default: the run's).
         overwrite: replace an existing bundle at ``out_dir`` (the CLI asks for ``--overwrite``).
+        force: export even below the trivial baseline (the bundle is then marked unreliable).
 
     Returns:
-        The bundle folder (absolute), written atomically through ``staged_output``.
+        The bundle folder (absolute), written atomically (see ``shared.export.export_bundle``).
     """
-    from medtransfer.shared.export.atomic import staged_output
+    from medtransfer.shared.export import export_bundle
 
-    with staged_output(out_dir, overwrite=overwrite) as tmp:
-        _write_bundle_files(run_dir, tmp, quantize, encoder, encoder_weights)
-    return Path(out_dir).absolute()
+    def write(run: Path, tmp: Path, q: Optional[str]) -> Path:
+        return _write_bundle_files(run, tmp, q, encoder, encoder_weights)
+
+    return export_bundle(run_dir, out_dir, write, quantize, overwrite, force)
 
 
 def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None, encoder: Optional[str] = None,

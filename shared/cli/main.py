@@ -10,12 +10,43 @@ import typer
 
 from medtransfer.shared.utils.errors import MedTransferError
 
+def known_error_line(e: BaseException) -> str | None:
+    """The one line for a known error (ours, an OS error on a user path, a CSV syntax error); None for a bug."""
+    import csv
+
+    if isinstance(e, MedTransferError):
+        msg = str(e)
+    elif isinstance(e, OSError):
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        msg = f"{where}{e.strerror or type(e).__name__}"
+    elif isinstance(e, csv.Error):
+        msg = f"CSV syntax error: {e}"
+    else:
+        return None
+    return "error: " + " ".join(msg.split())
+
+
+class _OneLineErrors(typer.core.TyperGroup):
+    """The one error path: any known error escaping any command (core or app) is one line + exit 2."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as e:  # noqa: BLE001 - known errors become one line; bugs keep their traceback
+            line = known_error_line(e)
+            if line is None:
+                raise
+            typer.echo(line, err=True)
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
     name="medtransfer",
     help="Transfer learning for clinical AI: train, export to ONNX, predict and batch-score.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=_OneLineErrors,
 )
 data_app = typer.Typer(help="Datasets: import into the generic manifest, list importers, split.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -114,6 +145,8 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="bundle folder to write"),
     quantize: Optional[str] = typer.Option(None, help="'int8': also write an int8 model and record the metric change"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing bundle at --out"),
+    force: bool = typer.Option(False, "--force", help="export a run that does not beat its trivial baseline "
+                                                      "(the bundle and every answer are marked unreliable)"),
 ) -> None:
     """Export a trained run to an ONNX bundle (model files, metadata.json, README.md, checksums.sha256).
 
@@ -122,22 +155,15 @@ def export(
     nothing behind.  A non-empty folder that is not a bundle is refused; an existing bundle is
     replaced only with --overwrite.
     """
+    from medtransfer.shared.export.atomic import check_output
     from medtransfer.shared.plugins import hook
+    from medtransfer.shared.rundir import RunDir
 
-    info = run_dir / "run.json"
-    if not info.is_file():
-        fail(f"{run_dir}: not a run folder (no run.json)")
-    try:
-        from medtransfer.shared.export.atomic import check_output, staged_output
-
-        check_output(out, overwrite)  # refuse before the (slow) export
-        app_name = json.loads(info.read_text())["app"]
-        fn = hook(app_name, "exporter")
-        with staged_output(out, overwrite=overwrite) as tmp:
-            fn(run_dir, tmp, quantize=quantize)
-        typer.echo(f"wrote {Path(out).absolute()}")
-    except MedTransferError as e:
-        fail(str(e))
+    run = RunDir(run_dir)
+    check_output(out, overwrite)  # refuse before the (slow) export
+    fn = hook(run.app, "exporter")  # every exporter writes through shared.export.export_bundle (atomic, guarded)
+    res = fn(run_dir, out, quantize=quantize, overwrite=overwrite, force=force)
+    typer.echo(f"wrote {res}")
 
 
 @app.command("verify")
@@ -196,7 +222,7 @@ def predict(
     failed = 0
     for p in inputs:
         try:
-            res = {"input": str(p), "status": "ok", **pred.predict(p)}
+            res = {"input": str(p), "status": "ok", **pred.answer(p)}
         except MedTransferError as e:
             res = {"input": str(p), "status": "error", "error": " ".join(str(e).split())}
             failed += 1
@@ -344,22 +370,14 @@ def main() -> None:
     weights), OS errors on user paths (missing, unwritable, a folder where a file was expected)
     and CSV syntax errors.  Anything else is a bug and keeps its traceback.
     """
-    import csv
-
     try:
-        app(standalone_mode=True)
-    except MedTransferError as e:
-        _die(str(e))
-    except OSError as e:
-        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-        _die(f"{where}{e.strerror or type(e).__name__}")
-    except csv.Error as e:
-        _die(f"CSV syntax error: {e}")
-
-
-def _die(msg: str) -> None:
-    sys.stderr.write(f"error: {' '.join(str(msg).split())}\n")
-    sys.exit(2)
+        app(standalone_mode=True)  # commands' known errors are handled by _OneLineErrors
+    except Exception as e:  # noqa: BLE001 - the same rule for anything outside a command
+        line = known_error_line(e)
+        if line is None:
+            raise
+        sys.stderr.write(line + "\n")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from importlib import metadata as im
 from pathlib import Path
 from typing import Any
 
+from medtransfer.shared.export.guard import current_verdict
 from medtransfer.shared.runtime.schema import (
     CARD, CHECKSUMS, METADATA, OS_FILES, SCHEMA, format_checksums, is_plain_name, validate_metadata,
 )
@@ -43,7 +44,7 @@ def write_bundle(
     labels: list[str] | None = None,
     metrics: dict[str, Any] | None = None,
     data_card: str = "",
-    version: str = "0.1.0",
+    version: str | None = None,
     description: str = "",
     intended_use: str = "Research use only. Not a medical device.",
     extra: dict[str, Any] | None = None,
@@ -67,7 +68,7 @@ def write_bundle(
         labels: class names, if any.
         metrics: validation / test metrics (plus parity, quantization deltas...).
         data_card: path of the data card (relative to the repo, e.g. ``data_cards/cactus.md``).
-        version: bundle version.
+        version: bundle version (default: the installed medtransfer version).
         description: one paragraph for the model card.
         intended_use: intended-use statement.
         extra: more keys for metadata.json (may not replace the keys above).
@@ -87,7 +88,7 @@ def write_bundle(
     meta: dict[str, Any] = {
         "schema": SCHEMA,
         "name": name,
-        "version": version,
+        "version": version or _package_version(),
         "app": app,
         "task": task,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -107,6 +108,11 @@ def write_bundle(
     if clash:
         raise ValueError(f"write_bundle: extra keys may not replace metadata fields: {', '.join(clash)}")
     meta.update(extra or {})
+    verdict = current_verdict()  # set by export_bundle: the run's trivial-baseline comparison
+    if verdict:
+        meta["baseline"] = verdict
+        if verdict.get("unreliable"):
+            meta["unreliable"] = verdict["unreliable"]
     # JSON round trip (numpy scalars, paths -> JSON types), then the one typed description
     desc = validate_metadata(json.loads(json.dumps(meta, default=_jsonable)), f"{out_dir / METADATA} (being written)")
     path = out_dir / METADATA
@@ -115,6 +121,12 @@ def write_bundle(
     (out_dir / CARD).write_text(_card(desc.to_dict()), encoding="utf-8")
     write_checksums(out_dir, list(hashes))
     return path
+
+
+def _package_version() -> str:
+    from medtransfer.shared import __version__
+
+    return str(__version__)
 
 
 def write_checksums(out_dir: str | Path, model_files: list[str]) -> Path:
@@ -166,7 +178,15 @@ def _jsonable(x: Any) -> Any:
 
 
 def _card(meta: dict[str, Any]) -> str:
-    lines = [f"# {meta['name']} (v{meta['version']})", "", meta.get("description") or "", "",
+    lines = [f"# {meta['name']} (v{meta['version']})", ""]
+    if meta.get("unreliable"):
+        lines += [f"> **UNRELIABLE**: {meta['unreliable']}. Exported with --force; every answer is flagged.", ""]
+    b = meta.get("baseline")
+    lines += [meta.get("description") or "", ""]
+    if b:
+        lines += [f"- trivial baseline ({b['split']} {b['metric']}): model {b['model']:.4g} vs {b['baseline_name']} "
+                  f"{b['baseline']:.4g}", ""]
+    lines += [
              f"- app / task: `{meta['app']}` / `{meta['task']}`", f"- intended use: {meta['intended_use']}",
              f"- data card: `{meta['data_card'] or 'n/a'}`", f"- created: {meta['created']}", "", "## Inputs"]
     for k, v in meta["inputs"].items():

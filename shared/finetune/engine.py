@@ -32,7 +32,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "lr": 1e-3,
     "weight_decay": 1e-4,
     "optimizer": "adamw",  # adamw | sgd
-    "scheduler": "cosine",  # cosine | none
+    "scheduler": "cosine",  # cosine | step | none
+    "step_size": 1,  # scheduler=step: epochs between decays (torch StepLR)
+    "gamma": 0.1,  # scheduler=step: decay factor
     "warmup_epochs": 0,
     "strategy": "full",  # full | linear_probe | gradual_unfreeze | llrd | lora | adapter
     "llrd_decay": 0.75,
@@ -354,12 +356,15 @@ def _optimizer(model: nn.Module, tc: dict[str, Any], head: list[str] | None
     else:
         opt = torch.optim.AdamW(groups, lr=float(tc["lr"]))
     epochs, warm, kind = int(tc["epochs"]), int(tc["warmup_epochs"]), str(tc["scheduler"])
+    step_size, gamma = int(tc.get("step_size", 1)), float(tc.get("gamma", 0.1))
 
     def lr_lambda(ep: int) -> float:
         if ep < warm:
             return (ep + 1) / (warm + 1)
         if kind == "cosine" and epochs > warm:
             return 0.5 * (1 + math.cos(math.pi * (ep - warm) / max(1, epochs - warm)))
+        if kind == "step":  # torch.optim.lr_scheduler.StepLR's rule, after the warm-up
+            return gamma ** ((ep - warm) // step_size)
         return 1.0
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from medtransfer.shared.config import load_yaml, resolve_config
 from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit, predict_arrays
 from medtransfer.shared.imagetask.data import load_image
+from medtransfer.shared.export.guard import baseline_record
 from medtransfer.shared.manifest import Record, assign_splits, by_split, read_manifest, require_classes
 from medtransfer.shared.registry import create_model
 from medtransfer.shared.utils.errors import MedTransferError
@@ -86,8 +87,12 @@ def train(manifest: str | Path, out: str | Path, recipe: str | Path | None = Non
               app="image", task="classification", loss_fn=torch.nn.functional.cross_entropy,
               metric_fn=classification_metrics, monitor="val_accuracy", mode="max",
               extra_state={"labels": labels, "preprocessing": prep})
-    RunDir(out).update_info(labels=labels, preprocessing=prep, manifest=str(Path(manifest).resolve()))
-    return {"best_epoch": res.best_epoch, **res.best_metrics}
+    # the trivial baseline beside the model, on the same validation cases: always the majority training class
+    majority = max(labels, key=lambda c: sum(r.label == c for r in tr))
+    base = baseline_record("accuracy", res.best_metrics.get("val_accuracy", float("nan")),
+                           sum(r.label == majority for r in va) / len(va), f"majority class '{majority}'")
+    RunDir(out).update_info(labels=labels, preprocessing=prep, manifest=str(Path(manifest).resolve()), baseline=base)
+    return {"best_epoch": res.best_epoch, **res.best_metrics, "baseline": base}
 
 
 def load_run(run_dir: str | Path):
@@ -107,10 +112,14 @@ def evaluate(run_dir: str | Path, manifest: str | Path, split: str = "test") -> 
     _split(recs, cfg)
     sel = by_split(recs, split) if split != "all" else recs
     logits, y = predict_arrays(model, ImageDataset(sel, labels, prep), device="cpu")
-    return {"split": split, "n": len(sel), **classification_metrics(logits, y)}
+    train = by_split(recs, "train") or recs
+    majority = max(labels, key=lambda c: sum(r.label == c for r in train))
+    base = {"baseline": f"majority class '{majority}'", "baseline_accuracy": sum(r.label == majority for r in sel) / max(len(sel), 1)}
+    return {"split": split, "n": len(sel), **classification_metrics(logits, y), **base}
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, overwrite: bool = True) -> Path:
+def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, overwrite: bool = True,
+               force: bool = False) -> Path:
     """Export a run as an ONNX bundle (dynamic batch), parity-checked; optional int8 copy.
 
     Args:
@@ -118,15 +127,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = 
         out_dir: bundle folder (relative, absolute, empty or an existing bundle).
         quantize: ``"int8"`` also writes ``model.int8.onnx`` and records the accuracy change.
         overwrite: replace an existing bundle at ``out_dir`` (the CLI asks for ``--overwrite``).
+        force: export even below the trivial baseline (the bundle is then marked unreliable).
 
     Returns:
-        The bundle folder (absolute), written atomically through ``staged_output``.
+        The bundle folder (absolute), written atomically (see ``shared.export.export_bundle``).
     """
-    from medtransfer.shared.export.atomic import staged_output
+    from medtransfer.shared.export import export_bundle
 
-    with staged_output(out_dir, overwrite=overwrite) as tmp:
-        _write_bundle_files(run_dir, tmp, quantize)
-    return Path(out_dir).absolute()
+    return export_bundle(run_dir, out_dir, _write_bundle_files, quantize, overwrite, force)
 
 
 def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None) -> Path:

@@ -102,6 +102,13 @@ class Bundle:
     def preprocessing(self) -> dict[str, Any]:
         return dict(self.meta["preprocessing"])
 
+    @property
+    def unreliable(self) -> str:
+        """Why every answer of this bundle is unreliable ("" = nothing known), e.g. a run exported
+        with ``--force`` below its trivial baseline (``metadata["unreliable"]``)."""
+        reason = self.meta.get("unreliable") or ""
+        return " ".join(str(reason).split())[:300]
+
     @cached_property
     def sha256(self) -> str:
         """The bundle's identity: sha256 of its canonical ``checksums.sha256`` (which covers every

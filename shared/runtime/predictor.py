@@ -41,6 +41,16 @@ class Predictor:
         """
         raise NotImplementedError
 
+    def answer(self, path: Path, **case: Any) -> dict[str, Any]:
+        """:meth:`predict` plus what holds for every answer of the bundle (``predict`` and ``score``
+        call this): a bundle marked unreliable (exported below its trivial baseline) flags each answer."""
+        res = self.predict(path, **case)
+        if self.bundle.unreliable:
+            from medtransfer.shared.runtime.gates import mark_unreliable
+
+            mark_unreliable(res, [f"bundle: {self.bundle.unreliable}"])
+        return res
+
     def output_dir(self, path: Path) -> Path | None:
         """Folder for this input's artefacts: ``out_dir/<path relative to input_root, no suffix>``.
 

@@ -168,7 +168,7 @@ class CaseScorer:
             problem = path_problem(case.path, self.folders_ok)
             if problem:
                 raise InputError(case.path, problem)
-            res = self.predictor.predict(Path(case.path), **case.extra)
+            res = self.predictor.answer(Path(case.path), **case.extra)
             row.update(status="ok", error="", result=json.dumps(res, sort_keys=True, default=_jsonable))
         except Exception as e:  # noqa: BLE001 - every failure is a row, never a crash
             row.update(status="error", error=_one_line(e), result="")

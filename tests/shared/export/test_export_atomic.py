@@ -112,14 +112,14 @@ def test_staged_output_existing_targets(tmp_path):
 def test_cli_export_relative_overwrite_and_verify(image_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = str(image_run["run"])
-    r = runner.invoke(app, ["export", run, "--out", "rel/dir"])
+    r = runner.invoke(app, ["export", run, "--out", "rel/dir", "--force"])  # plumbing run: below baseline
     assert r.exit_code == 0, r.output
     out = tmp_path / "rel" / "dir"
     assert sorted(os.listdir(out)) == ["README.md", "checksums.sha256", "metadata.json", "model.onnx"]
     assert os.listdir(tmp_path / "rel") == ["dir"]
-    r = runner.invoke(app, ["export", run, "--out", "rel/dir"])
+    r = runner.invoke(app, ["export", run, "--out", "rel/dir", "--force"])
     assert r.exit_code == 2 and "pass --overwrite" in r.output and len(r.output.strip().splitlines()) == 1
-    r = runner.invoke(app, ["export", run, "--out", str(out), "--overwrite"])
+    r = runner.invoke(app, ["export", run, "--out", str(out), "--overwrite", "--force"])
     assert r.exit_code == 0, r.output
 
     r = runner.invoke(app, ["verify", "rel/dir"])
@@ -149,12 +149,12 @@ def test_cli_export_failure_leaves_nothing(image_run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(ex, "export_onnx", broken)
     monkeypatch.chdir(tmp_path)
-    r = runner.invoke(app, ["export", str(image_run["run"]), "--out", "rel/dir"])
+    r = runner.invoke(app, ["export", str(image_run["run"]), "--out", "rel/dir", "--force"])
     assert r.exit_code == 2 and "ONNX differs" in r.output
     assert os.listdir(tmp_path) == []
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "a.txt").write_text("mine")
-    r = runner.invoke(app, ["export", str(image_run["run"]), "--out", "notes", "--overwrite"])
+    r = runner.invoke(app, ["export", str(image_run["run"]), "--out", "notes", "--overwrite", "--force"])
     assert r.exit_code == 2 and "not empty and not a bundle" in r.output
     assert os.listdir(notes) == ["a.txt"]

@@ -156,3 +156,17 @@ def test_amp_settings_cpu_off_and_cuda_dtype():
     if torch.cuda.is_available():
         on, dt = amp_settings(True, torch.device("cuda", 0))
         assert on and dt == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+
+def test_step_scheduler_matches_torch_steplr(tmp_path):
+    """scheduler=step follows torch's StepLR (DD-SAM2's schedule) epoch by epoch."""
+    res = fit(Net(), data(), None, cfg=cfg(epochs=5, scheduler="step", step_size=2, gamma=0.5, lr=0.1, patience=0),
+              run_dir=tmp_path, app="t", task="c", loss_fn=nn.functional.cross_entropy)
+    ref_opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    ref = torch.optim.lr_scheduler.StepLR(ref_opt, step_size=2, gamma=0.5)
+    want = []
+    for _ in range(5):
+        ref_opt.step()
+        ref.step()
+        want.append(ref_opt.param_groups[0]["lr"])
+    assert [round(r["lr"], 10) for r in res.history] == [round(w, 10) for w in want]
