@@ -1,7 +1,6 @@
 """Demo: phantoms in the CACTUS layout -> import -> view -> grade -> export -> predict."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,21 @@ def real_data_dir() -> Path | None:
 
 
 def demo(out_dir: Path, fast: bool = True) -> dict[str, Any]:
-    """Run the whole cardiac pipeline on phantoms.
+    """The demo hook: :func:`run` on phantoms, then :func:`report` (also saved as ``cardiac.md``)."""
+    from medtransfer.shared.demo import app_section
+
+    res = run(Path(out_dir), fast)
+    md = report(res)
+    (Path(out_dir) / "cardiac.md").write_text(md)
+    return app_section(out_dir, res, md, "cardiac_metrics.json")
+
+
+def run(out: Path, fast: bool = True) -> dict[str, Any]:
+    """Phantoms in the CACTUS layout -> import -> view -> grade -> export -> predict.
 
     Returns:
-        ``{"markdown", "bundle", "metrics"}``.
+        ``n_per_view``, ``view`` and ``grade`` (training results), ``bundle``, ``answers``
+        (predictions on a phantom cine and any real ultrasound DICOMs), ``metrics``.
     """
     from medtransfer.apps.cardiac.data import import_cactus
     from medtransfer.apps.cardiac.export import export_run
@@ -30,7 +40,6 @@ def demo(out_dir: Path, fast: bool = True) -> dict[str, Any]:
     from medtransfer.apps.cardiac.train import train_grade, train_view
     from medtransfer.shared.runtime.bundle import load_bundle
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n = FAST_N_PER_VIEW if fast else 150
     make_cactus_tree(out / "phantoms", n_per_view=n, n_sessions=10, size=(144, 192))
@@ -44,19 +53,23 @@ def demo(out_dir: Path, fast: bool = True) -> dict[str, Any]:
     answers = [pred.predict(cine_path)]
     real = real_data_dir()
     if real is not None:
-        for f in sorted((real / "pydicom_ultrasound").glob("*.dcm")):
-            answers.append(pred.predict(f))
-    rows = "\n".join(f"| {a['file']} | {a['n_frames']} | {a['view']} {a['view_prob']:.2f} | {a['grade']:.1f} | "
-                     f"{'yes' if a['unreliable'] else 'no'} |" for a in answers)
+        answers += [pred.predict(f) for f in sorted((real / "pydicom_ultrasound").glob("*.dcm"))]
     metrics = {"view_test": v["test"], "grade_test": g["test"], "ood": g["ood"]}
-    (out / "cardiac_metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-    md = f"""## Cardiac: view, then grade by transfer (phantoms in the CACTUS layout)
+    return {"n_per_view": n, "view": v, "grade": g, "bundle": bundle, "answers": answers, "metrics": metrics}
 
-{6 * n} phantom images, group-aware splits. Stage 1 (view, resnet18 from scratch): test accuracy
-**{v['test'].get('accuracy', float('nan')):.3f}**, macro-F1 {v['test'].get('macro_f1', float('nan')):.3f}.
+
+def report(res: dict[str, Any]) -> str:
+    """The report section (Markdown, links relative to the demo folder) of a :func:`run` result."""
+    v, g, nan = res["view"], res["grade"], float("nan")
+    rows = "\n".join(f"| {a['file']} | {a['n_frames']} | {a['view']} {a['view_prob']:.2f} | {a['grade']:.1f} | "
+                     f"{'yes' if a['unreliable'] else 'no'} |" for a in res["answers"])
+    return f"""## Cardiac: view, then grade by transfer (phantoms in the CACTUS layout)
+
+{6 * res['n_per_view']} phantom images, group-aware splits. Stage 1 (view, resnet18 from scratch): test accuracy
+**{v['test'].get('accuracy', nan):.3f}**, macro-F1 {v['test'].get('macro_f1', nan):.3f}.
 Stage 2 (grade 0-10, encoder from the view model, view head kept): test MSE
-**{g['test'].get('mse', float('nan')):.2f}**, MAE {g['test'].get('mae', float('nan')):.2f}, view accuracy
-{g['test'].get('accuracy', float('nan')):.3f}. OOD max-softmax threshold {g['ood'].get('msp_threshold', 0):.3f}.
+**{g['test'].get('mse', nan):.2f}**, MAE {g['test'].get('mae', nan):.2f}, view accuracy
+{g['test'].get('accuracy', nan):.3f}. OOD max-softmax threshold {g['ood'].get('msp_threshold', 0):.3f}.
 
 ![view confusion](run_view/confusion_matrix.png) ![grade](run_grade/grade_scatter.png)
 
@@ -66,5 +79,3 @@ Stage 2 (grade 0-10, encoder from the view model, view head kept): test MSE
 
 Crops used for the phantom cine: ![crops](predict/phantom_cine/crops.png)
 """
-    (out / "cardiac.md").write_text(md)
-    return {"markdown": md, "bundle": str(bundle), "metrics": metrics}

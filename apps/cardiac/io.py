@@ -21,7 +21,6 @@ from medtransfer.shared.utils.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".gif", ".avi", ".mp4", ".mov", ".mkv")
-DICOM_SUFFIXES = (".dcm", ".dicom", "")
 ALL_SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES + (".dcm", ".dicom")
 
 #: refuse images above this many pixels per frame (a very large image is not an echo frame)

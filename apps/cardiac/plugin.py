@@ -9,7 +9,8 @@ SPEC = AppSpec(
     exporter="medtransfer.apps.cardiac.export:export_run",
     demo="medtransfer.apps.cardiac.demo:demo",
     bench="medtransfer.apps.cardiac.bench:bench",
+    bench_eager="medtransfer.apps.cardiac.export:load_run_model",
     importers={"cactus": "medtransfer.apps.cardiac.data:import_cactus",
                "echo_folder": "medtransfer.apps.cardiac.data:import_folder"},
-    data_cards=("cactus.md",),
+    data_cards=("cactus.md", "own_folders.md"),
 )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -294,7 +293,3 @@ def cine(view: str, quality: float, n: int, seed: int = 0, size: tuple[int, int]
     """A short phantom cine (independent speckle per frame)."""
     return [render(view, quality, np.random.default_rng(seed * 1000 + k), size=size) for k in range(n)]
 
-
-def describe() -> dict[str, Any]:
-    """What the generator writes (for reports)."""
-    return {"views": list(VIEWS), "images_dir": IMAGES_DIR, "grades_dir": GRADES_DIR, "grade_columns": list(GRADE_COLUMNS)}

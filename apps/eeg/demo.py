@@ -3,7 +3,6 @@ train on TUAB, export + torch-free predict with a per-window trace, TUAB -> NMT 
 from __future__ import annotations
 
 import csv
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -11,35 +10,43 @@ from typing import Any
 
 def demo_config(fast: bool = True) -> dict[str, Any]:
     """The demo recipe: the paper's pipeline with short windows so it runs in about a minute on 2 cores."""
-    from medtransfer.apps.eeg.train import resolve
+    from medtransfer.apps.eeg.train import make_config
 
     data = {"window_seconds": 8.0, "crop_start_s": 10.0, "crop_max_s": 0.0, "sfreq": 50.0 if fast else 100.0}
-    return resolve(overrides={"data": data, "model": {"name": "shallow"},
+    return make_config(overrides={"data": data, "model": {"name": "shallow"},
                               "train": {"epochs": 6 if fast else 15, "lr": 3e-3, "batch_size": 32, "patience": 0,
                                         "progress": False}})
 
 
 def demo(out_dir: Path, fast: bool = True) -> dict[str, Any]:
-    """Run the eeg demo.
+    """The demo hook: :func:`run` (``fast``: about 1-2 minutes on 2 CPU cores), then :func:`report`."""
+    from medtransfer.shared.demo import app_section
+
+    res = run(Path(out_dir), fast)
+    return app_section(out_dir, res, report(res, Path(out_dir)), "eeg_demo.json")
+
+
+def run(out_dir: Path, fast: bool = True) -> dict[str, Any]:
+    """Generate TUAB / NMT-layout EDFs, import, train on TUAB, export, predict one NMT recording,
+    sweep the TUAB -> NMT transfer.
 
     Args:
-        out_dir: output folder (data, runs, bundle, plots).
-        fast: small data and few epochs (about 1-2 minutes on 2 CPU cores).
+        out_dir: output folder.
+        fast: small data and few epochs.
 
     Returns:
-        ``markdown`` (report section with relative links to PNGs), ``bundle``, ``metrics``.
+        Everything :func:`report` needs: ``cfg``, ``n_src``, ``n_tgt``, ``n_skipped``, ``src_test``,
+        ``bundle``, ``example``, ``prediction``, ``sweep``, ``seeds``, ``metrics``.
     """
     from medtransfer.apps.eeg import synthetic as S
     from medtransfer.apps.eeg.data import import_nmt, import_tuab, report_path
     from medtransfer.apps.eeg.export import export_run
+    from medtransfer.apps.eeg.predict import EEGPredictor
     from medtransfer.apps.eeg.train import evaluate, train
     from medtransfer.apps.eeg.transfer import sweep
     from medtransfer.shared.runtime.bundle import load_bundle
 
-    from medtransfer.apps.eeg.predict import EEGPredictor
-
     t0 = time.time()
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n, ne, dur = (8, 3, 42.0) if fast else (20, 6, 130.0)
     tuab_root, nmt_root = out_dir / "data" / "tuab", out_dir / "data" / "nmt_scalp_eeg_dataset"
@@ -52,26 +59,41 @@ def demo(out_dir: Path, fast: bool = True) -> dict[str, Any]:
     dopts = {k: cfg["data"][k] for k in ("window_seconds", "crop_start_s", "crop_max_s", "sfreq")}
     src_csv = import_tuab(tuab_root, out_dir / "data" / "tuab.csv", **dopts)
     tgt_csv = import_nmt(nmt_root, out_dir / "data" / "nmt.csv", **dopts)
-    n_src = sum(1 for _ in open(src_csv)) - 1
-    n_tgt = sum(1 for _ in open(tgt_csv)) - 1
 
     # 1. source model + bundle + predict on a target recording
     src_run = out_dir / "runs" / "tuab_source"
     train(src_csv, src_run, cfg, progress=False)
     src_test = evaluate(src_run, src_csv, split="test", progress=False)
     bundle = export_run(src_run, out_dir / "bundle_eeg")
-    pred = EEGPredictor(load_bundle(bundle), plot=True, out_dir=str(out_dir))
     example = sorted((nmt_root / "abnormal" / "eval").glob("*.edf"))[0]
-    p = pred.predict(example)
-    trace = Path(p["plot"]).relative_to(out_dir).as_posix()
+    p = EEGPredictor(load_bundle(bundle), plot=True, out_dir=str(out_dir)).predict(example)
 
     # 2. transfer sweep TUAB -> NMT
-    fr = [0.125, 0.25, 1.0] if fast else [0.05, 0.1, 0.25, 0.5, 1.0]
     seeds = [0, 1] if fast else [0, 1, 2]
     sw = sweep(src_csv, tgt_csv, out_dir / "transfer", cfg, strategies=["full"] if fast else ["full", "linear_probe"],
-               fractions=fr, seeds=seeds, source_run=src_run, progress=False)
-    plot_rel = Path(sw["plot"]).relative_to(out_dir).as_posix()
-    table_rel = Path(sw["summary"]).relative_to(out_dir).as_posix()
+               fractions=[0.125, 0.25, 1.0] if fast else [0.05, 0.1, 0.25, 0.5, 1.0], seeds=seeds,
+               source_run=src_run, progress=False)
+    with open(report_path(src_csv), newline="") as f:
+        n_skipped = sum(1 for row in csv.DictReader(f) if row["status"] != "ok")
+    metrics = {"source_test_balanced_accuracy": src_test["balanced_accuracy"], "source_test_auroc": src_test["auroc"],
+               "predict_example": {"file": example.name, "label": p["label"], "probability": p["probability"]},
+               "transfer_summary": sw["summary_rows"], "seconds": round(time.time() - t0, 1)}
+    return {"cfg": cfg, "n_src": _rows(src_csv), "n_tgt": _rows(tgt_csv), "n_skipped": n_skipped,
+            "src_test": src_test, "bundle": bundle, "example": example, "prediction": p, "sweep": sw,
+            "seeds": seeds, "metrics": metrics}
+
+
+def _rows(manifest: Path) -> int:
+    """Data rows of a CSV."""
+    with open(manifest, newline="") as f:
+        return sum(1 for _ in csv.DictReader(f))
+
+
+def report(res: dict[str, Any], out_dir: Path) -> str:
+    """The report section (Markdown, links relative to ``out_dir``) of a :func:`run` result."""
+    cfg, src_test, p, sw = res["cfg"], res["src_test"], res["prediction"], res["sweep"]
+    rel = {k: Path(v).relative_to(out_dir).as_posix() for k, v in
+           (("trace", p["plot"]), ("plot", sw["plot"]), ("table", sw["summary"]))}
     lines = ["| mode | % target train | n rec | target BA | target AUROC | forgetting (source BA drop) |",
              "|---|---|---|---|---|---|"]
     for r in sw["summary_rows"]:
@@ -80,34 +102,28 @@ def demo(out_dir: Path, fast: bool = True) -> dict[str, Any]:
             return "-" if m == "" else f"{m:.2f} ± {s:.2f}"
         lines.append(f"| {r['mode']} | {100 * r['fraction']:g} | {r['n_target_train']} | {f('target_balanced_accuracy')} | "
                      f"{f('target_auroc')} | {f('forgetting')} |")
-    n_skipped = sum(1 for row in csv.DictReader(open(report_path(src_csv))) if row["status"] != "ok")
-    metrics = {"source_test_balanced_accuracy": src_test["balanced_accuracy"], "source_test_auroc": src_test["auroc"],
-               "predict_example": {"file": example.name, "label": p["label"], "probability": p["probability"]},
-               "transfer_summary": sw["summary_rows"], "seconds": round(time.time() - t0, 1)}
-    md = "\n".join([
+    return "\n".join([
         "## EEG: normal vs abnormal, TUAB -> NMT transfer (synthetic EDFs)",
         "",
-        f"Synthetic EDF recordings written with edfio in the TUAB v3 tree ({n_src} recordings, `EEG XX-REF`, "
-        f"250 Hz) and the NMT release layout ({n_tgt} recordings, `Labels.csv`, `-LE` names with T7/T8, 200 Hz, "
+        f"Synthetic EDF recordings written with edfio in the TUAB v3 tree ({res['n_src']} recordings, `EEG XX-REF`, "
+        f"250 Hz) and the NMT release layout ({res['n_tgt']} recordings, `Labels.csv`, `-LE` names with T7/T8, 200 Hz, "
         "other gain and alpha rhythm, milder abnormality). Abnormal = delta slowing, weaker alpha, spikes. "
         f"Recipe: 21 paper channels, skip {cfg['data']['crop_start_s']:g} s, uV, clip ±800, resample to "
         f"{cfg['data']['sfreq']:g} Hz, CAR, {cfg['data']['window_seconds']:g} s windows (demo size; the default is "
-        f"60 s at 100 Hz). Import report: {n_skipped} recordings skipped. Model: braindecode ShallowFBCSPNet.",
+        f"60 s at 100 Hz). Import report: {res['n_skipped']} recordings skipped. Model: braindecode ShallowFBCSPNet.",
         "",
         f"- TUAB test (recording level, mean of window probabilities): balanced accuracy "
         f"**{src_test['balanced_accuracy']:.2f}**, AUROC **{src_test['auroc']:.2f}** ({src_test['n_recordings']} recordings)",
-        f"- ONNX bundle `{bundle.name}`; torch-free predict on NMT `{example.name}` (abnormal): "
+        f"- ONNX bundle `{Path(res['bundle']).name}`; torch-free predict on NMT `{res['example'].name}` (abnormal): "
         f"**{p['label']}**, P(abnormal) = {p['probability']:.2f} over {p['n_windows']} windows",
         "",
-        f"![per-window abnormality trace]({trace})",
+        f"![per-window abnormality trace]({rel['trace']})",
         "",
         f"Transfer sweep (fine-tune the TUAB model on a fraction of NMT training recordings vs. training from "
-        f"scratch; {len(seeds)} seeds; NMT test split; table: `{table_rel}`):",
+        f"scratch; {len(res['seeds'])} seeds; NMT test split; table: `{rel['table']}`):",
         "",
         *lines,
         "",
-        f"![transfer sweep]({plot_rel})",
+        f"![transfer sweep]({rel['plot']})",
         "",
     ])
-    (out_dir / "eeg_demo.json").write_text(json.dumps(metrics, indent=2, default=str))
-    return {"markdown": md, "bundle": str(bundle), "metrics": metrics}

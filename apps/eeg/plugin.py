@@ -11,11 +11,12 @@ SPEC = AppSpec(
     exporter="medtransfer.apps.eeg.export:export_run",
     demo="medtransfer.apps.eeg.demo:demo",
     bench="medtransfer.apps.eeg.bench:bench",
+    bench_eager="medtransfer.apps.eeg.train:load_run",
     importers={
         "tuab": "medtransfer.apps.eeg.data:import_tuab",
         "nmt": "medtransfer.apps.eeg.data:import_nmt",
         "eeg-generic": "medtransfer.apps.eeg.data:import_generic",
         "bonn": "medtransfer.apps.eeg.data:import_bonn",
     },
-    data_cards=("tuab.md", "nmt.md"),
+    data_cards=("tuab.md", "nmt.md", "bonn.md", "own_folders.md"),
 )

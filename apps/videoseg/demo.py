@@ -50,14 +50,21 @@ def _plots(out: Path, video: Path, masks: np.ndarray, gt: dict[int, np.ndarray],
 
 
 def demo(out_dir: Path, fast: bool = True) -> dict[str, Any]:
-    """Run the videoseg demo into ``out_dir``.
+    """The demo hook: :func:`run` (``fast``: micro SAM2 at 128 px, one epoch, ~2 min on CPU; else SAM2.1
+    tiny at 256 px), then :func:`report`."""
+    from medtransfer.shared.demo import app_section
 
-    Args:
-        out_dir: output folder (report plots, run, bundle).
-        fast: the micro SAM2 at 128 px and one epoch (CPU, ~2 min); False: SAM2.1 tiny at 256 px.
+    res = run(Path(out_dir), fast)
+    return app_section(out_dir, res, report(res, fast), "videoseg_metrics.json")
+
+
+def run(out: Path, fast: bool = True) -> dict[str, Any]:
+    """Synthetic EchoNet-layout cines -> import -> adapter fine-tune -> export -> evaluate -> one
+    full-clip propagation scored on every frame -> plots.
 
     Returns:
-        ``{"markdown", "bundle", "metrics"}``.
+        Everything :func:`report` needs: ``bundle``, ``video``, ``plots``, ``frame_dice`` and
+        ``copy_dice`` (mean over the full clip), ``metrics``.
     """
     from medtransfer.apps.videoseg.data import import_echonet, load_manifest_cases
     from medtransfer.apps.videoseg.evaluate import evaluate, frame_metrics
@@ -67,10 +74,9 @@ def demo(out_dir: Path, fast: bool = True) -> dict[str, Any]:
     from medtransfer.apps.videoseg.predict import VideoSegPredictor
     from medtransfer.apps.videoseg.propagate import mask_to_box
     from medtransfer.apps.videoseg.synthetic import make_echonet_like
-    from medtransfer.apps.videoseg.train import resolve, train
+    from medtransfer.apps.videoseg.train import make_config, train
     from medtransfer.shared.runtime.bundle import Bundle
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     root = make_echonet_like(out / "videoseg_data" / "EchoNet-Synthetic", n_videos=5, n_frames=24,
                              splits=("TRAIN", "TRAIN", "VAL", "TEST", "TEST"))
@@ -78,8 +84,7 @@ def demo(out_dir: Path, fast: bool = True) -> dict[str, Any]:
     sets = ["model.image_size=128", f"model.overrides={json.dumps(MICRO_OVERRIDES)}", "model.adapter_blocks=2",
             "train.epochs=1", "data.clip_len=3", "train.progress=false"] if fast else \
         ["model.image_size=256", "train.epochs=3", "data.clip_len=4"]
-    cfg = resolve(overrides=sets)
-    tr = train(manifest, out / "videoseg_run", cfg)
+    tr = train(manifest, out / "videoseg_run", make_config(overrides=sets))
     bundle = export_run(out / "videoseg_run", out / "videoseg_bundle")
     meta = Bundle(bundle).meta
     ev = evaluate(manifest, bundle, split="test")
@@ -88,13 +93,24 @@ def demo(out_dir: Path, fast: bool = True) -> dict[str, Any]:
     truth = read_masks(root / "SyntheticMasks" / f"{case.video.stem}.npz")
     pred = VideoSegPredictor(Bundle(bundle), out_dir=str(out / "videoseg_predict")).predict(case.video, box=",".join(map(str, mask_to_box(truth[0]))))
     masks = np.load(pred["masks"])["masks"]
-    fm = frame_metrics(masks[1:], np.stack([truth[i] for i in range(1, len(masks))]))
-    copy = frame_metrics(np.repeat(truth[0][None], len(masks) - 1, 0), np.stack([truth[i] for i in range(1, len(masks))]))
+    later = np.stack([truth[i] for i in range(1, len(masks))])
+    fm = frame_metrics(masks[1:], later)
+    copy = frame_metrics(np.repeat(truth[0][None], len(masks) - 1, 0), later)
     plots = _plots(out, case.video, masks, truth, [float(v) for v in fm["dice"]])
+    frame_dice, copy_dice = float(np.nanmean(fm["dice"])), float(np.nanmean(copy["dice"]))
     par = meta["metrics"]["propagation_parity"]
-    p = tr["params"]
-    m, c = ev["model"], ev["copy_first"]
-    md = [
+    metrics = {"test": {"model": ev["model"], "copy_first": ev["copy_first"]},
+               "all_frames_one_video": {"model_dice": frame_dice, "copy_first_dice": copy_dice},
+               "propagation_parity_min_dice": par["min_dice"], "params": tr["params"], "val": tr["best_metrics"]}
+    return {"bundle": bundle, "video": case.video, "plots": plots, "frame_dice": frame_dice, "copy_dice": copy_dice,
+            "parity": par, "metrics": metrics}
+
+
+def report(res: dict[str, Any], fast: bool) -> str:
+    """The report section (Markdown, links relative to the demo folder) of a :func:`run` result."""
+    p, par = res["metrics"]["params"], res["parity"]
+    m, c = res["metrics"]["test"]["model"], res["metrics"]["test"]["copy_first"]
+    return "\n".join([
         "## Video segmentation (SAM2 + DD-Adapters, ONNX streaming)",
         "",
         f"Synthetic echo-like cines (beating ellipse LV, EchoNet-Dynamic layout), {'micro SAM2 at 128 px, 1 epoch' if fast else 'SAM2.1 tiny at 256 px'}, "
@@ -108,12 +124,8 @@ def demo(out_dir: Path, fast: bool = True) -> dict[str, Any]:
         f"| tracker (ONNX) | {m['dice']:.3f} | {m['hd95']:.2f} | {m['nsd']:.3f} | {m['asd']:.2f} |",
         f"| copy first-frame mask | {c['dice']:.3f} | {c['hd95']:.2f} | {c['nsd']:.3f} | {c['asd']:.2f} |",
         "",
-        f"Every frame of `{case.video.name}`: tracker Dice {np.nanmean(fm['dice']):.3f}, copy-first {np.nanmean(copy['dice']):.3f}.",
+        f"Every frame of `{res['video'].name}`: tracker Dice {res['frame_dice']:.3f}, copy-first {res['copy_dice']:.3f}.",
         "",
-        *[f"![{Path(x).stem}]({x})" for x in plots],
+        *[f"![{Path(x).stem}]({x})" for x in res["plots"]],
         "",
-    ]
-    metrics = {"test": {"model": m, "copy_first": c}, "all_frames_one_video": {"model_dice": float(np.nanmean(fm["dice"])), "copy_first_dice": float(np.nanmean(copy["dice"]))},
-               "propagation_parity_min_dice": par["min_dice"], "params": p, "val": tr["best_metrics"]}
-    (out / "videoseg_metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-    return {"markdown": "\n".join(md), "bundle": str(bundle), "metrics": metrics}
+    ])

@@ -3,7 +3,6 @@ real TCGA tables (k-fold CV, KM plot), MoE-PKT vs cancer-specific vs single-sour
 ONNX export and torch-free scoring."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -22,14 +21,23 @@ def _rel(p: str | Path, base: Path) -> str:
 
 
 def demo(out_dir: Path, fast: bool = True) -> dict[str, Any]:
-    """Run the wsi demo into ``out_dir``.
+    """The demo hook: :func:`run` (``fast``: 3 transfer folds, fewer epochs; else 5 folds), then :func:`report`."""
+    from medtransfer.shared.demo import app_section
+
+    res = run(Path(out_dir), fast)
+    return app_section(out_dir, res, report(res, Path(out_dir)), "wsi_metrics.json")
+
+
+def run(out_dir: Path, fast: bool = True) -> dict[str, Any]:
+    """Slides -> bags, survival CV, MoE-PKT transfer, export and torch-free scoring.
 
     Args:
-        out_dir: output folder (figures, runs, bundle).
-        fast: quick settings (3 transfer folds, fewer epochs); False = 5 folds everywhere.
+        out_dir: output folder.
+        fast: quick settings.
 
     Returns:
-        ``{"markdown", "bundle", "metrics"}``.
+        Everything :func:`report` needs: ``slides``, ``cmu``, ``cv``, ``pkt``, ``sources``,
+        ``real_labels``, ``bundle``, ``scored``, ``metrics``.
     """
     from medtransfer.apps.wsi.export import export_run
     from medtransfer.apps.wsi.features import extract_many, write_bag
@@ -40,48 +48,79 @@ def demo(out_dir: Path, fast: bool = True) -> dict[str, Any]:
     from medtransfer.shared.runtime.predictor import build_predictor
 
     t0 = time.time()
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md: list[str] = ["## WSI prognosis (wsi)", ""]
-    metrics: dict[str, Any] = {}
+    res: dict[str, Any] = {"cmu": None}
 
     # 1. slides -> feature bags (generated pyramidal TIFFs, one without MPP; the real CMU slide)
     sl = out_dir / "slides"
     make_slide(sl / "synthetic_a.tif", size=(1536, 1024), seed=1)
     make_slide(sl / "synthetic_b.tif", size=(1536, 1024), seed=2)
     make_slide(sl / "synthetic_no_mpp.tif", size=(768, 512), seed=3, mpp=None)
-    ex = extract_many(sl, out_dir / "bags_synthetic", "resnet18", None, target_mpp=1.0, patch_size=112,
-                      batch_size=32, show_progress=False)
-    rows = [f"| {r.slide} | {r.status} | {r.n_tiles} | {r.error or r.extra.get('grid', '')} |" for r in ex]
-    md += ["### Slides to feature bags", "",
-           "Tissue detection on the thumbnail (Otsu on saturation), non-overlapping tiles at the target MPP,",
-           "resnet18 features (random init: no weights offline), CLAM/TRIDENT h5 (`coords`, `features`).", "",
-           "| slide | status | tiles | note |", "|---|---|---|---|", *rows, ""]
-    overlays = [r.overlay for r in ex if r.overlay]
+    res["slides"] = extract_many(sl, out_dir / "bags_synthetic", "resnet18", None, target_mpp=1.0, patch_size=112,
+                                 batch_size=32, show_progress=False)
     if REAL_CMU.is_file():
-        cmu = extract_many(REAL_CMU.resolve(), out_dir / "bags_cmu", "resnet18", None, target_mpp=0.5, patch_size=224,
-                           show_progress=False)[0]
-        metrics["cmu_tiles"] = cmu.n_tiles
+        res["cmu"] = extract_many(REAL_CMU.resolve(), out_dir / "bags_cmu", "resnet18", None, target_mpp=0.5,
+                                  patch_size=224, show_progress=False)[0]
+
+    # 2. planted-signal bags keyed to the real TCGA tables
+    res["real_labels"] = REAL_LABELS.is_dir()
+    root = REAL_LABELS.resolve() if res["real_labels"] else make_survpath_tables(
+        out_dir / "labels_synthetic", ("tcga_blca", "tcga_brca", "tcga_coadread", "tcga_hnsc", "tcga_stad"), 120)
+    cases = []
+    for s, p in find_studies(root).items():
+        cases += read_table(p, "dss", s)[0]
+    bags = planted_bags(cases, **BAGS)
+    cfg = make_config(overrides=["train.epochs=15"] if fast else ["train.epochs=20"])
+    res["cv"] = cross_validate(load_cohort(root, "tcga_blca", bags=bags), root, "tcga_blca", cfg, out_dir / "cv_blca")
+
+    # 3. Path-PKT: sources -> MoE on a target with few patients
+    res["sources"] = srcs = ["tcga_blca", "tcga_brca", "tcga_coadread", "tcga_hnsc"]
+    cfg_t = make_config(overrides=["train.epochs=4"] if fast else ["train.epochs=10"])
+    models = train_sources({s: load_cohort(root, s, bags=bags) for s in srcs}, cfg_t, out_dir / "pkt")
+    res["pkt"] = pkt_compare(load_cohort(root, "tcga_stad", bags=bags), models, root, "tcga_stad", cfg_t,
+                             out_dir / "pkt", n_train=24, folds=3 if fast else 5, finetune="best")
+
+    # 4. export MoE (experts inside one ONNX graph) and score bags torch-free
+    res["bundle"] = bundle = export_run(out_dir / "pkt" / "fold0" / "moe", out_dir / "bundle_wsi_moe")
+    bag_dir = out_dir / "bags_tcga_planted"
+    target_cases = [c for c in cases if c.study == "tcga_stad"][:4]
+    for c in target_cases:
+        write_bag(bag_dir / f"{c.case_id}.h5", np.zeros((len(bags[c.case_id]), 2), np.int64), bags[c.case_id],
+                  {"complete": True, "encoder": "synthetic"})
+    pred = build_predictor(load_bundle(bundle), out_dir=str(out_dir / "predictions"), plot=True)
+    res["scored"] = [(c, pred.predict(bag_dir / f"{c.case_id}.h5")) for c in target_cases]
+
+    cv, pk = res["cv"], res["pkt"]
+    res["metrics"] = {
+        **({"cmu_tiles": res["cmu"].n_tiles} if res["cmu"] is not None else {}),
+        "cv_blca_c_index": [cv["c_index_mean"], cv["c_index_sd"]],
+        "cv_blca_td_auc": [cv["td_auc_mean"], cv["td_auc_sd"]],
+        "pkt": {k: [v["mean"], v["sd"]] for k, v in pk["methods"].items()},
+        "pkt_routing": pk["routing"]["mean_gate"],
+        "seconds": round(time.time() - t0, 1),
+    }
+    return res
+
+
+def report(res: dict[str, Any], out_dir: Path) -> str:
+    """The report section (Markdown, links relative to ``out_dir``) of a :func:`run` result."""
+    rows = [f"| {r.slide} | {r.status} | {r.n_tiles} | {r.error or r.extra.get('grid', '')} |" for r in res["slides"]]
+    md: list[str] = ["## WSI prognosis (wsi)", "", "### Slides to feature bags", "",
+                     "Tissue detection on the thumbnail (Otsu on saturation), non-overlapping tiles at the target MPP,",
+                     "resnet18 features (random init: no weights offline), CLAM/TRIDENT h5 (`coords`, `features`).", "",
+                     "| slide | status | tiles | note |", "|---|---|---|---|", *rows, ""]
+    overlays = [r.overlay for r in res["slides"] if r.overlay]
+    cmu = res["cmu"]
+    if cmu is not None:
         md += [f"Real slide CMU-1-Small-Region.svs (Aperio, 20x): **{cmu.n_tiles} tissue tiles** of 224 px at 0.5 um/px "
                f"-> `{_rel(cmu.h5, out_dir)}`.", ""]
         overlays = [cmu.overlay] + overlays
     md += [" ".join(f"![tiles]({_rel(p, out_dir)})" for p in overlays[:2]), ""]
 
-    # 2. planted-signal bags keyed to the real TCGA tables
-    real = REAL_LABELS.is_dir()
-    root = REAL_LABELS.resolve() if real else make_survpath_tables(out_dir / "labels_synthetic",
-                                                                  ("tcga_blca", "tcga_brca", "tcga_coadread", "tcga_hnsc", "tcga_stad"), 120)
-    cases = []
-    for s, p in find_studies(root).items():
-        cases += read_table(p, "dss", s)[0]
-    bags = planted_bags(cases, **BAGS)
-    cfg = make_config(["train.epochs=15"] if fast else ["train.epochs=20"])
-    cv = cross_validate(load_cohort(root, "tcga_blca", bags=bags), root, "tcga_blca", cfg, out_dir / "cv_blca")
-    metrics["cv_blca_c_index"] = [cv["c_index_mean"], cv["c_index_sd"]]
-    metrics["cv_blca_td_auc"] = [cv["td_auc_mean"], cv["td_auc_sd"]]
+    cv = res["cv"]
     fold_txt = ", ".join(f"{r['c_index']:.3f}" for r in cv["folds"])
     md += ["### Survival: gated attention MIL, discrete-time hazards, 5-fold CV", "",
-           f"Labels: {'the real TCGA/SurvPath tables' if real else 'SYNTHETIC tables (real ones absent)'} "
+           f"Labels: {'the real TCGA/SurvPath tables' if res['real_labels'] else 'SYNTHETIC tables (real ones absent)'} "
            f"(TCGA-BLCA, DSS, {len(cv['folds'])} official folds); features: synthetic bags with a planted signal "
            f"({BAGS['dim']}-d, risk-patch share rising with each patient's martingale residual).", "",
            f"**C-index {cv['c_index_mean']:.3f} +- {cv['c_index_sd']:.3f}** (folds: {fold_txt}); "
@@ -89,14 +128,7 @@ def demo(out_dir: Path, fast: bool = True) -> dict[str, Any]:
            f"KM log-rank p = {cv['km']['logrank_p']:.2g}.", "",
            f"Protocol: {cv['protocol']}", "", f"![KM]({_rel(cv['km']['png'], out_dir)})", ""]
 
-    # 3. Path-PKT: sources -> MoE on a target with few patients
-    srcs = ["tcga_blca", "tcga_brca", "tcga_coadread", "tcga_hnsc"]
-    cfg_t = make_config(["train.epochs=4"] if fast else ["train.epochs=10"])
-    models = train_sources({s: load_cohort(root, s, bags=bags) for s in srcs}, cfg_t, out_dir / "pkt")
-    pk = pkt_compare(load_cohort(root, "tcga_stad", bags=bags), models, root, "tcga_stad", cfg_t, out_dir / "pkt",
-                     n_train=24, folds=3 if fast else 5, finetune="best")
-    metrics["pkt"] = {k: [v["mean"], v["sd"]] for k, v in pk["methods"].items()}
-    metrics["pkt_routing"] = pk["routing"]["mean_gate"]
+    pk, srcs = res["pkt"], res["sources"]
     md += ["### Cross-cancer transfer (MoE-PKT)", "",
            f"Target TCGA-STAD with {pk['n_train']} training patients per fold ({len(pk['methods']['moe-pkt']['c_index'])} "
            f"official folds, scored on each fold's held-out patients); sources {', '.join(srcs)} trained on all their patients.",
@@ -109,21 +141,10 @@ def demo(out_dir: Path, fast: bool = True) -> dict[str, Any]:
            "then trains the router, experts, head and the router's target MIL (sources frozen; balance + z losses 0.01).", "",
            f"![pkt]({_rel(pk['png'], out_dir)})", ""]
 
-    # 4. export MoE (experts inside one ONNX graph) and score bags torch-free
-    bundle = export_run(out_dir / "pkt" / "fold0" / "moe", out_dir / "bundle_wsi_moe")
-    bag_dir = out_dir / "bags_tcga_planted"
-    target_cases = [c for c in cases if c.study == "tcga_stad"][:4]
-    for c in target_cases:
-        write_bag(bag_dir / f"{c.case_id}.h5", np.zeros((len(bags[c.case_id]), 2), np.int64), bags[c.case_id],
-                  {"complete": True, "encoder": "synthetic"})
-    pred = build_predictor(load_bundle(bundle), out_dir=str(out_dir / "predictions"), plot=True)
-    scored = [(c, pred.predict(bag_dir / f"{c.case_id}.h5")) for c in target_cases]
     md += ["### Export and torch-free scoring", "",
-           f"`{_rel(bundle, out_dir)}`: `model.onnx` = MoE-PKT with its {len(srcs)} source models and experts inside, "
+           f"`{_rel(res['bundle'], out_dir)}`: `model.onnx` = MoE-PKT with its {len(srcs)} source models and experts inside, "
            "a variable-length bag in (`features` (B, N, D) + `mask`), risk / hazards / survival / attention out.", "",
            "| case | months | event | risk |", "|---|---|---|---|",
-           *[f"| {c.case_id} | {c.time:.1f} | {c.event} | {r['risk']:.3f} |" for c, r in scored], ""]
-    metrics["seconds"] = round(time.time() - t0, 1)
-    md += [f"_wsi demo: {metrics['seconds']} s._", ""]
-    (out_dir / "wsi_metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-    return {"markdown": "\n".join(md), "bundle": str(bundle), "metrics": metrics}
+           *[f"| {c.case_id} | {c.time:.1f} | {c.event} | {r['risk']:.3f} |" for c, r in res["scored"]], "",
+           f"_wsi demo: {res['metrics']['seconds']} s._", ""]
+    return "\n".join(md)

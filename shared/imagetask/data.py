@@ -20,11 +20,6 @@ SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MAX_PIXELS = 80_000_000
 
 
-def default_preprocessing(size: int = 64) -> dict[str, Any]:
-    """The preprocessing parameters written into the bundle."""
-    return {"size": size, "grayscale": True, "mean": 0.5, "std": 0.25, "resize": "area"}
-
-
 def read_image(path: str | Path, prep: dict[str, Any], overrides: Mapping[str, Any] | None = None
                ) -> tuple[np.ndarray, list[str]]:
     """Read and preprocess one image to (C, size, size) float32, with its plausibility reasons.

@@ -36,7 +36,3 @@ class ImagePredictor(Predictor):
         if reasons:
             mark_unreliable(res, reasons)
         return res
-
-    def predict_batch(self, x: np.ndarray) -> np.ndarray:
-        """Logits for a preprocessed batch (N, C, H, W) (used by bench)."""
-        return self.bundle.run({"image": x.astype(np.float32)})["logits"]

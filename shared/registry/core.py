@@ -1,4 +1,9 @@
-"""The registry itself: ``register_model`` / ``create_model`` / ``list_models``."""
+"""The registry itself: ``register_model`` / ``create_model`` / ``list_models``.
+
+Besides the built-in families, apps add backbones by declaring them in their spec
+(``AppSpec.backbones``, see shared/plugins.py): the entry is listed from the declaration and its
+builder module is imported only when the model is built.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,6 +36,40 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_DECLARED_LOADED = False
+
+
+def _lazy_builder(ref: str) -> Callable[..., Any]:
+    """A builder that imports ``"module:func"`` on first call (keeps listing torch-free)."""
+
+    def build(**kwargs: Any) -> Any:
+        from medtransfer.shared.plugins import load_object
+
+        return load_object(ref)(**kwargs)
+
+    build.__qualname__ = build.__name__ = f"lazy[{ref}]"
+    return build
+
+
+def _load_declared() -> None:
+    """Register every app's declared backbones once (a built-in name is never replaced)."""
+    global _DECLARED_LOADED
+    if _DECLARED_LOADED:
+        return
+    _DECLARED_LOADED = True
+    from medtransfer.shared.plugins import discover_apps
+
+    for spec in discover_apps().values():
+        for name, d in spec.backbones.items():
+            if name in _REGISTRY:
+                import sys
+
+                print(f"warning: app '{spec.name}' declares backbone '{name}', which is already registered; "
+                      "keeping the registered one", file=sys.stderr)
+                continue
+            register_model(name, family=d.get("family", spec.name), pretrained_cfg=d.get("pretrained_cfg"),
+                           head=tuple(d.get("head", ())), description=d.get("description", ""))(
+                _lazy_builder(d["builder"]))
 
 
 def register_model(
@@ -55,6 +94,7 @@ def get_entry(name: str) -> ModelEntry:
     Raises:
         MedTransferError: unknown name (listing close names).
     """
+    _load_declared()
     if name not in _REGISTRY:
         import difflib
 
@@ -65,7 +105,8 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def list_models(family: str | None = None) -> list[str]:
-    """Registered names, optionally of one family."""
+    """Registered names (built-in and app-declared), optionally of one family."""
+    _load_declared()
     return sorted(n for n, e in _REGISTRY.items() if family is None or e.family == family)
 
 

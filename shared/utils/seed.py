@@ -8,12 +8,11 @@ import sys
 import numpy as np
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
+def seed_everything(seed: int) -> None:
     """Seed every RNG the suite uses.
 
     Args:
         seed: the seed.
-        deterministic: also ask torch for deterministic kernels.
     """
     random.seed(seed)
     np.random.seed(seed % (2**32))
@@ -24,5 +23,3 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.manual_seed(seed)
         if torch.cuda.is_available():
             torch.cuda.manual_seed_all(seed)
-        if deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)

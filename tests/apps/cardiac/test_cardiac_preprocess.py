@@ -33,10 +33,22 @@ def test_non_sector_is_not_found():
     assert not detect_sector(np.zeros((100, 100, 3), np.uint8))["found"]
 
 
-def test_params_are_plain_json():
+def test_bundle_preprocessing_round_trips_and_is_honoured():
+    """The bundle stores these parameters as JSON; predict must crop exactly as training did."""
     import json
 
-    json.dumps(DEFAULT_PREPROC)
+    stored = json.loads(json.dumps(DEFAULT_PREPROC))
+    # no tuples, numpy scalars or other values JSON would silently change
+    assert stored == DEFAULT_PREPROC
+    assert all(type(stored[k]) is type(v) for k, v in DEFAULT_PREPROC.items())
+    rgb = render("PSAV", 8, np.random.default_rng(3), size=(192, 256))
+    a, _ = crop_sector(rgb, {**DEFAULT_PREPROC, "size": 64})
+    b, _ = crop_sector(rgb, {**stored, "size": 64})
+    np.testing.assert_array_equal(a, b)
+    # the values read back are used, not decoration: an impossible area bound refuses the sector
+    assert detect_sector(rgb, stored)["found"]
+    refused = detect_sector(rgb, {**stored, "min_area_frac": 0.99})
+    assert not refused["found"] and "area" in refused["reason"]
 
 
 @pytest.mark.realdata

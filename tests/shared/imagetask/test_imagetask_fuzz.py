@@ -6,13 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medtransfer.shared.imagetask.data import default_preprocessing, read_image
+from medtransfer.shared.imagetask.data import read_image
+
+PREP = {"size": 32, "grayscale": True, "mean": 0.5, "std": 0.25, "resize": "area"}
 
 pytestmark = pytest.mark.fuzz
 
 
 def _reader(path):
-    read_image(path, default_preprocessing(32))
+    read_image(path, PREP)
 
 
 @pytest.mark.parametrize("fmt,ext", [("PNG", ".png"), ("JPEG", ".jpg"), ("BMP", ".bmp"), ("TIFF", ".tif")])

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medtransfer.shared.imagetask.data import default_preprocessing, import_image_folder, load_image, make_shapes
+from medtransfer.shared.imagetask.data import import_image_folder, load_image, make_shapes
 from medtransfer.shared.manifest import read_manifest
 from medtransfer.shared.utils.errors import InputError
+
+PREP = {"size": 32, "grayscale": True, "mean": 0.5, "std": 0.25, "resize": "area"}
 
 
 def png_declaring(path: Path, width: int, height: int, rows: int = 64) -> Path:
@@ -36,7 +38,7 @@ def test_implausible_png_refused_before_decoding(tmp_path, monkeypatch, w, h):
 
     monkeypatch.setattr(Image.Image, "load", no_decode)
     with pytest.raises(InputError) as e:
-        load_image(p, default_preprocessing(32))
+        load_image(p, PREP)
     msg = str(e.value)
     assert "x.png" in msg and (f"{w}x{h}" in msg or "implausibly large" in msg) and "\n" not in msg
 
@@ -50,7 +52,7 @@ def test_bad_palette_bmp_is_one_line(tmp_path):
     b[46:50] = struct.pack("<I", 1000)  # biClrUsed: 1000 palette entries for an 8-bit image
     (tmp_path / "bad.bmp").write_bytes(bytes(b))
     with pytest.raises(InputError) as e:
-        load_image(tmp_path / "bad.bmp", default_preprocessing(32))
+        load_image(tmp_path / "bad.bmp", PREP)
     assert "bad.bmp" in str(e.value)
 
 

@@ -1,9 +1,5 @@
-"""The core's own small image task (``medtransfer image ...``): the whole core path on PNGs.
-
-It is the smallest complete user of the core (manifest -> fine-tune -> export -> predict ->
-score -> bench) and the default bundle of ``medtransfer bench``.  Torch-free at import.
-"""
-from medtransfer.shared.plugins import AppSpec, register_core_app
+"""The image task's spec: the core's own small PNG classifier, plugged in like any app (torch-free)."""
+from medtransfer.shared.plugins import AppSpec
 
 SPEC = AppSpec(
     name="image",
@@ -12,6 +8,10 @@ SPEC = AppSpec(
     predictor="medtransfer.shared.imagetask.predict:ImagePredictor",
     exporter="medtransfer.shared.imagetask.task:export_run",
     demo="medtransfer.shared.imagetask.task:demo",
+    bench_eager="medtransfer.shared.imagetask.task:load_run",
+    bench_bundle="medtransfer.shared.imagetask.bench:bench_bundle",
+    # stands in for `medtransfer demo` only until an app is installed (`--apps image` runs it)
+    demo_default=False,
     importers={"image-folder": "medtransfer.shared.imagetask.data:import_image_folder"},
+    data_cards=("own_folders.md",),
 )
-register_core_app(SPEC)
