@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def make_config(overrides: Iterable[str] | dict[str, Any] | None = None, recipe: str | Path | None = None) -> dict[str, Any]:
+def make_config(recipe: str | Path | None = None, overrides: Iterable[str] | dict[str, Any] | None = None) -> dict[str, Any]:
     """Resolve the cardiac config (defaults <- recipe <- ``--set`` overrides)."""
     from medtransfer.shared.finetune import TRAIN_DEFAULTS
 
@@ -169,7 +169,7 @@ def train_view(manifest: str | Path, out: str | Path, overrides: Iterable[str] |
     Returns:
         ``{"run_dir", "val", "test", "ood"}`` (test: accuracy, macro-F1, per-class F1).
     """
-    cfg = make_config(overrides, recipe)
+    cfg = make_config(recipe, overrides)
     model = build_model(cfg, pretrained=_pretrained(cfg))
     return _run(Path(manifest), Path(out), cfg, "view", model, 1.0, 0.0, "val_accuracy", "max",
                 {"stage": "view", "init": "imagenet" if _pretrained(cfg) else "scratch"})
@@ -183,7 +183,7 @@ def train_grade(manifest: str | Path, out: str | Path, init_run: str | Path | No
     ``model.pretrained`` file) or ``scratch``.  ``grade.view_weight`` > 0 keeps training the view
     head too, so one exported model answers both (0 = pure grade regression).
     """
-    cfg = make_config(overrides, recipe)
+    cfg = make_config(recipe, overrides)
     init = str(cfg["grade"]["init"])
     if init == "view":
         if not init_run:
@@ -266,7 +266,7 @@ def compare(manifest: str | Path, view_run: str | Path, out: str | Path,
         raise InputError(view_run, "not a finished view run (no checkpoints/best.pt)")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    base = make_config(overrides)
+    base = make_config(overrides=overrides)
     baseline = "imagenet" if _pretrained(base) else "scratch"
     ov = dict(overrides) if isinstance(overrides, dict) else {}
     results: dict[str, Any] = {}

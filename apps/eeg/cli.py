@@ -1,6 +1,7 @@
 """``medtransfer eeg ...``: synth, preprocess, train, evaluate, transfer, bonn.
 
-Torch-free at import: heavy modules are imported inside the commands.
+Torch-free at import: heavy modules are imported inside the commands.  Known errors propagate to
+``main()`` (one line, exit 2); the old ``--config`` flag ends with one line naming ``--recipe``.
 """
 from __future__ import annotations
 
@@ -11,15 +12,13 @@ from typing import List, Optional
 
 import typer
 
-from medtransfer.shared.utils.errors import MedTransferError
+from medtransfer.shared.cli.grammar import (
+    manifest_option, old_option, out_option, recipe_option, renamed, set_option,
+)
+from medtransfer.shared.utils.errors import ConfigError
 
 app = typer.Typer(help="EEG normal/abnormal: TUAB/NMT import, paper preprocessing, transfer, ONNX.",
                   no_args_is_help=True, add_completion=False)
-
-
-def _fail(msg: str) -> None:
-    typer.echo(f"error: {' '.join(str(msg).split())}", err=True)
-    raise typer.Exit(2)
 
 
 def _data_overrides(channels: Optional[str], sfreq: Optional[float], window_seconds: Optional[float],
@@ -54,9 +53,10 @@ _CD = typer.Option(None, "--cache-dir", help="window cache folder (default <mani
 _WK = typer.Option(None, "--workers", help="preprocessing processes (default 2)")
 
 
-def _cfg(config: Optional[Path], sets: Optional[List[str]], data: dict, model: Optional[str] = None,
+def _cfg(recipe: Optional[Path], sets: Optional[List[str]], data: dict, model: Optional[str] = None,
          epochs: Optional[int] = None, strategy: Optional[str] = None, seed: Optional[int] = None) -> dict:
-    from medtransfer.apps.eeg.train import resolve
+    """The resolved config: defaults <- recipe <- flags <- ``--set``."""
+    from medtransfer.apps.eeg.train import make_config
 
     ov: dict = {"data": data}
     if model:
@@ -70,7 +70,7 @@ def _cfg(config: Optional[Path], sets: Optional[List[str]], data: dict, model: O
         tr["seed"] = seed
     if tr:
         ov["train"] = tr
-    cfg = resolve(config, ov)
+    cfg = make_config(recipe, ov)
     if sets:
         from medtransfer.shared.config import merge, parse_overrides
 
@@ -81,7 +81,7 @@ def _cfg(config: Optional[Path], sets: Optional[List[str]], data: dict, model: O
 @app.command("synth")
 def synth(
     kind: str = typer.Argument(..., help="tuab or nmt"),
-    out: Path = typer.Option(..., "--out", "-o", help="folder to write"),
+    out: Path = out_option(help="folder to write"),
     n_per_class: int = typer.Option(6, help="train recordings per class"),
     eval_per_class: int = typer.Option(3, help="eval recordings per class"),
     duration: float = typer.Option(130.0, help="recording length (s)"),
@@ -95,13 +95,13 @@ def synth(
     elif kind == "nmt":
         S.make_nmt(out, n_per_class, eval_per_class, duration, seed=seed)
     else:
-        _fail(f"kind must be tuab or nmt, got '{kind}'")
+        raise ConfigError(f"kind must be tuab or nmt, got '{kind}'")
     typer.echo(f"wrote {out}")
 
 
 @app.command("preprocess")
 def preprocess(
-    manifest: Path = typer.Option(..., "--manifest", "-m", help="manifest CSV"),
+    manifest: Path = manifest_option(),
     channels: Optional[str] = _CH, sfreq: Optional[float] = _SF, window_seconds: Optional[float] = _WS,
     crop_start: Optional[float] = _CS, crop_max: Optional[float] = _CM, car: Optional[bool] = _CAR,
     fill_missing: Optional[bool] = _FM, cache_dir: Optional[Path] = _CD, workers: Optional[int] = _WK,
@@ -109,12 +109,9 @@ def preprocess(
     """Preprocess every recording of a manifest into the window cache (a second run is instant)."""
     from medtransfer.apps.eeg.data import data_cfg, load_split
 
-    try:
-        cfg = data_cfg(_data_overrides(channels, sfreq, window_seconds, crop_start, crop_max, car, fill_missing,
-                                       cache_dir, workers))
-        got, errors = load_split(manifest, cfg, ["train", "val", "test"])
-    except MedTransferError as e:
-        _fail(str(e))
+    cfg = data_cfg(_data_overrides(channels, sfreq, window_seconds, crop_start, crop_max, car, fill_missing,
+                                   cache_dir, workers))
+    got, errors = load_split(manifest, cfg, ["train", "val", "test"])
     n = {k: len(v) for k, v in got.items()}
     w = sum(r.n_windows for v in got.values() for r in v)
     typer.echo(json.dumps({"recordings": n, "windows": w, "errors": errors}))
@@ -122,42 +119,41 @@ def preprocess(
 
 @app.command("train")
 def train_cmd(
-    manifest: Path = typer.Option(..., "--manifest", "-m", help="manifest CSV (labels normal/abnormal)"),
-    out: Path = typer.Option(..., "--out", "-o", help="run folder"),
+    manifest: Path = manifest_option(help="manifest CSV (labels normal/abnormal)"),
+    out: Path = out_option(help="run folder"),
     init: Optional[Path] = typer.Option(None, "--init", help="source run folder to start from (transfer)"),
     model: Optional[str] = typer.Option(None, "--model", help="shallow | deep4 | tcn | eegnet"),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="full | linear_probe | llrd | gradual_unfreeze"),
     seed: Optional[int] = typer.Option(None, "--seed"),
-    config: Optional[Path] = typer.Option(None, "--config", "--recipe",
-                                          help="recipe YAML (e.g. apps/eeg/recipes/bonn.yaml)"),
-    sets: Optional[List[str]] = typer.Option(None, "--set", help="config override key=value (repeatable)"),
+    recipe: Optional[Path] = recipe_option(help="recipe YAML (e.g. apps/eeg/recipes/bonn.yaml)"),
+    set_: Optional[List[str]] = set_option(),
     channels: Optional[str] = _CH, sfreq: Optional[float] = _SF, window_seconds: Optional[float] = _WS,
     window_stride: Optional[float] = typer.Option(
         None, "--window-stride", help="seconds between TRAINING window starts (overlap when < window; "
                                       "evaluation windows never overlap; default 0 = window length)"),
     crop_start: Optional[float] = _CS, crop_max: Optional[float] = _CM, car: Optional[bool] = _CAR,
     fill_missing: Optional[bool] = _FM, cache_dir: Optional[Path] = _CD, workers: Optional[int] = _WK,
+    config: Optional[Path] = old_option("--config"),
 ) -> None:
     """Train on the manifest's train split (validation on val; test untouched)."""
+    if config is not None:
+        renamed("eeg train --config FILE", "eeg train --recipe FILE")
     from medtransfer.apps.eeg.train import train
 
-    try:
-        data = _data_overrides(channels, sfreq, window_seconds, crop_start, crop_max, car, fill_missing,
-                               cache_dir, workers)
-        if window_stride is not None:
-            data["window_stride_seconds"] = float(window_stride)
-        if init is not None and (init / "config.yaml").is_file() and not config:
-            # the source run's recipe is the starting point; flags and --set still apply
-            from medtransfer.shared.config import load_yaml
+    data = _data_overrides(channels, sfreq, window_seconds, crop_start, crop_max, car, fill_missing,
+                           cache_dir, workers)
+    if window_stride is not None:
+        data["window_stride_seconds"] = float(window_stride)
+    if init is not None and (init / "config.yaml").is_file() and not recipe:
+        # the source run's recipe is the starting point; flags and --set still apply
+        from medtransfer.shared.config import load_yaml
 
-            src = load_yaml(init / "config.yaml")
-            data = {**{k: v for k, v in src.get("data", {}).items() if k != "cache_dir"}, **data}
-            model = model or src.get("model", {}).get("name")
-        cfg = _cfg(config, sets, data, model, epochs, strategy, seed)
-        res = train(manifest, out, cfg, init=init)
-    except MedTransferError as e:
-        _fail(str(e))
+        src = load_yaml(init / "config.yaml")
+        data = {**{k: v for k, v in src.get("data", {}).items() if k != "cache_dir"}, **data}
+        model = model or src.get("model", {}).get("name")
+    cfg = _cfg(recipe, set_, data, model, epochs, strategy, seed)
+    res = train(manifest, out, cfg, init=init)
     typer.echo(json.dumps({"run_dir": res["run_dir"], "best_epoch": res["best_epoch"], "val": res["val"]},
                           default=str))
 
@@ -165,16 +161,13 @@ def train_cmd(
 @app.command("evaluate")
 def evaluate_cmd(
     run_dir: Path = typer.Argument(..., help="run folder"),
-    manifest: Path = typer.Option(..., "--manifest", "-m", help="manifest CSV"),
+    manifest: Path = manifest_option(),
     split: str = typer.Option("test", "--split", help="test | val | train | all"),
 ) -> None:
     """Print recording-level metrics as JSON (balanced_accuracy, auroc, ...)."""
     from medtransfer.apps.eeg.train import evaluate
 
-    try:
-        m = evaluate(run_dir, manifest, split=split)
-    except MedTransferError as e:
-        _fail(str(e))
+    m = evaluate(run_dir, manifest, split=split)
     typer.echo(json.dumps(m, default=str))
 
 
@@ -182,46 +175,43 @@ def evaluate_cmd(
 def transfer_cmd(
     source: Path = typer.Option(..., "--source", help="source manifest (e.g. TUAB)"),
     target: Path = typer.Option(..., "--target", help="target manifest (e.g. NMT)"),
-    out: Path = typer.Option(..., "--out", "-o", help="sweep folder"),
+    out: Path = out_option(help="sweep folder"),
     strategies: str = typer.Option("full", "--strategies", help="comma list: full, linear_probe, llrd"),
     fractions: str = typer.Option("0.01,0.05,0.1,0.25,1.0", "--fractions", help="target label fractions"),
     seeds: str = typer.Option("0,1,2", "--seeds", help="comma list of seeds"),
     model: Optional[str] = typer.Option(None, "--model", help="shallow | deep4 | tcn | eegnet"),
     source_run: Optional[Path] = typer.Option(None, "--source-run", help="reuse a trained source run"),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
-    config: Optional[Path] = typer.Option(None, "--config", "--recipe", help="recipe YAML"),
-    sets: Optional[List[str]] = typer.Option(None, "--set", help="config override key=value"),
+    recipe: Optional[Path] = recipe_option(help="recipe YAML"),
+    set_: Optional[List[str]] = set_option(),
     channels: Optional[str] = _CH, sfreq: Optional[float] = _SF, window_seconds: Optional[float] = _WS,
     crop_start: Optional[float] = _CS, crop_max: Optional[float] = _CM, workers: Optional[int] = _WK,
+    config: Optional[Path] = old_option("--config"),
 ) -> None:
     """Pretrain on source, fine-tune on target fractions (vs scratch), report forgetting; CSV + plot."""
+    if config is not None:
+        renamed("eeg transfer --config FILE", "eeg transfer --recipe FILE")
     from medtransfer.apps.eeg.transfer import sweep
 
-    try:
-        data = _data_overrides(channels, sfreq, window_seconds, crop_start, crop_max, None, None, None, workers)
-        cfg = _cfg(config, sets, data, model, epochs)
-        res = sweep(source, target, out, cfg,
-                    strategies=[s.strip() for s in strategies.split(",") if s.strip()],
-                    fractions=[float(f) for f in fractions.split(",") if f.strip()],
-                    seeds=[int(s) for s in seeds.split(",") if s.strip()], source_run=source_run)
-    except MedTransferError as e:
-        _fail(str(e))
+    data = _data_overrides(channels, sfreq, window_seconds, crop_start, crop_max, None, None, None, workers)
+    cfg = _cfg(recipe, set_, data, model, epochs)
+    res = sweep(source, target, out, cfg,
+                strategies=[s.strip() for s in strategies.split(",") if s.strip()],
+                fractions=[float(f) for f in fractions.split(",") if f.strip()],
+                seeds=[int(s) for s in seeds.split(",") if s.strip()], source_run=source_run)
     typer.echo(json.dumps({k: str(v) for k, v in res.items() if k in ("table", "plot", "summary")}))
 
 
 @app.command("bonn")
 def bonn_cmd(
-    out: Path = typer.Option(..., "--out", "-o", help="manifest CSV to write (EDFs go beside it)"),
+    out: Path = out_option(help="manifest CSV to write (EDFs go beside it)"),
     root: Optional[Path] = typer.Option(None, "--root", help="bonn folder (default ../shared/data/eeg/bonn)"),
 ) -> None:
     """Write the Bonn segments as single-channel EDF and import them through the generic manifest."""
     from medtransfer.apps.eeg.data import import_bonn
 
     root = root or Path.cwd().parent / "shared" / "data" / "eeg" / "bonn"
-    try:
-        p = import_bonn(root, out)
-    except MedTransferError as e:
-        _fail(str(e))
+    p = import_bonn(root, out)
     typer.echo(f"wrote {p}")
     recipe = Path(__file__).resolve().parent / "recipes" / "bonn.yaml"
     print(f"train with: medtransfer eeg train --manifest {p} --out RUN --recipe {recipe}", file=sys.stderr)

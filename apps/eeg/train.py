@@ -38,7 +38,7 @@ def defaults() -> dict[str, Any]:
             "train": train}
 
 
-def resolve(recipe: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] | None = None) -> dict[str, Any]:
+def make_config(recipe: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Defaults <- recipe <- overrides (validated)."""
     from medtransfer.shared.config import resolve_config
 
@@ -144,7 +144,7 @@ def train(
     from medtransfer.shared.registry.weights import load_pretrained
 
     manifest = Path(manifest)
-    cfg = copy.deepcopy(dict(cfg or resolve()))
+    cfg = copy.deepcopy(dict(cfg or make_config()))
     if not cfg["data"].get("cache_dir"):
         cfg["data"]["cache_dir"] = str(manifest.resolve().parent / ".eeg_cache")
     cfg["train"]["progress"] = bool(progress and cfg["train"].get("progress", True))

@@ -42,7 +42,7 @@ HEAD = ["sam_mask_decoder", "sam_prompt_encoder", "obj_ptr_proj"]
 MEMORY = ["memory_attention", "memory_encoder", "maskmem_tpos_enc", "obj_ptr_tpos_proj"]
 
 
-def resolve(recipe: str | Path | None = None, overrides: Any = None) -> dict[str, Any]:
+def make_config(recipe: str | Path | None = None, overrides: Any = None) -> dict[str, Any]:
     """The resolved training config (defaults <- recipe <- overrides)."""
     return resolve_config(DEFAULTS, recipe, overrides)
 
@@ -191,7 +191,7 @@ def train(manifest: str | Path, run_dir: str | Path, cfg: dict[str, Any] | None 
     Returns:
         ``{"run_dir", "best_path", "best_metrics", "params"}``.
     """
-    cfg = cfg or resolve()
+    cfg = cfg or make_config()
     cases = load_manifest_cases(manifest)
     tr = [c for c in cases if c.split == "train"]
     va = [c for c in cases if c.split == "val"]

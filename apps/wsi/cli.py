@@ -1,6 +1,7 @@
-"""``medtransfer wsi ...``: extract feature bags, train / cross-validate survival, MoE-PKT comparison.
+"""``medtransfer wsi ...``: extract feature bags, train / evaluate / cross-validate survival, MoE-PKT comparison.
 
-Torch-free at import: heavy modules are imported inside the commands.
+Torch-free at import: heavy modules are imported inside the commands.  Known errors propagate to
+``main()`` (one line, exit 2).
 """
 from __future__ import annotations
 
@@ -10,15 +11,11 @@ from typing import Any, List, Optional
 
 import typer
 
-from medtransfer.shared.utils.errors import MedTransferError
+from medtransfer.shared.cli.grammar import out_option, recipe_option, set_option
+from medtransfer.shared.utils.errors import ConfigError
 
 app = typer.Typer(help="Whole-slide prognosis: tiling + feature bags, attention-MIL survival, MoE-PKT.",
                   no_args_is_help=True)
-
-
-def _fail(msg: str) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(2)
 
 
 def _config_and_bags(labels: Path, features: Optional[Path], synthetic: bool, dim: int, strength: float,
@@ -26,10 +23,10 @@ def _config_and_bags(labels: Path, features: Optional[Path], synthetic: bool, di
     """Resolved config plus the bags source (planted synthetic bags, or None to read --features)."""
     from medtransfer.apps.wsi.train import make_config
 
-    cfg = make_config(set_, recipe)
+    cfg = make_config(recipe, set_)
     bags = _bags(labels, synthetic, dim, int(cfg["train"]["seed"]), strength)
     if bags is None and features is None:
-        _fail("give --features DIR or --synthetic")
+        raise ConfigError("give --features DIR or --synthetic")
     return cfg, bags
 
 
@@ -45,10 +42,25 @@ def _bags(labels: Path, synthetic: bool, dim: int, seed: int, strength: float = 
     return planted_bags(cases, dim=dim, seed=seed, strength=strength)
 
 
+@app.command("synth")
+def synth(
+    out: Path = out_option(help="labels root to write (datasets_csv/, splits/)"),
+    studies: str = typer.Option("tcga_aaa,tcga_bbb", "--studies", help="comma-separated cohort names"),
+    n_cases: int = typer.Option(60, "--n-cases", help="patients per cohort"),
+    folds: int = typer.Option(5, "--folds", help="official folds to write"),
+    seed: int = typer.Option(0, "--seed", help="random seed"),
+) -> None:
+    """Write SurvPath-layout survival tables and splits (random labels) for `--synthetic` bags."""
+    from medtransfer.apps.wsi.synthetic import make_survpath_tables
+
+    names = [s.strip() for s in studies.split(",") if s.strip()]
+    typer.echo(str(make_survpath_tables(out, studies=names, n_cases=n_cases, folds=folds, seed=seed)))
+
+
 @app.command("extract")
 def extract(
     source: Path = typer.Argument(..., help="a slide file or a folder of slides"),
-    out: Path = typer.Option(..., "--out", "-o", help="folder for <slide>.h5 bags and thumbnails/"),
+    out: Path = out_option(help="folder for <slide>.h5 bags and thumbnails/"),
     encoder: str = typer.Option("resnet18", "--encoder", help="registry encoder (resnet18, resnet50, uni2h, ...)"),
     weights: Optional[str] = typer.Option(None, "--weights", help="local encoder weights (default: random init, flagged in the h5)"),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="level-0 microns/pixel for slides lacking it"),
@@ -62,10 +74,7 @@ def extract(
     """Tile slides on tissue and write CLAM/TRIDENT-style h5 feature bags (resumable per slide)."""
     from medtransfer.apps.wsi.features import extract_many
 
-    try:
-        res = extract_many(source, out, encoder, weights, target_mpp, patch_size, mpp, batch_size, tissue, device, overwrite)
-    except MedTransferError as e:
-        _fail(str(e))
+    res = extract_many(source, out, encoder, weights, target_mpp, patch_size, mpp, batch_size, tissue, device, overwrite)
     for r in res:
         msg = f"{r.status:8s} {r.slide}: " + (r.error if r.status == "error" else f"{r.n_tiles} tiles x {r.feature_dim}-d -> {r.h5}")
         typer.echo(msg)
@@ -79,47 +88,82 @@ def extract(
 def train(
     labels: Path = typer.Option(..., "--labels", help="SurvPath labels root (datasets_csv/, splits/)"),
     study: str = typer.Option(..., "--study", help="cohort, e.g. tcga_blca"),
-    out: Path = typer.Option(..., "--out", "-o", help="run folder"),
+    out: Path = out_option(help="run folder"),
     features: Optional[Path] = typer.Option(None, "--features", help="folder of <slide>.h5 bags"),
     synthetic: bool = typer.Option(False, "--synthetic", help="planted-signal bags keyed to the tables"),
     dim: int = typer.Option(128, "--dim", help="feature size of --synthetic bags"),
     strength: float = typer.Option(1.5, "--strength", help="planted signal strength of --synthetic bags"),
     fold: int = typer.Option(0, "--fold", help="official fold to hold out (-1 = train on all)"),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="config override key=value"),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML recipe"),
+    recipe: Optional[Path] = recipe_option(),
+    set_: Optional[List[str]] = set_option(),
 ) -> None:
     """Train one exportable survival MIL (``medtransfer export RUN --out BUNDLE``)."""
     from medtransfer.apps.wsi.train import train_run
 
-    try:
-        cfg, bags = _config_and_bags(labels, features, synthetic, dim, strength, set_, recipe)
-        m = train_run(labels, study, out, cfg, features, bags, None if fold < 0 else fold)
-    except MedTransferError as e:
-        _fail(str(e))
+    cfg, bags = _config_and_bags(labels, features, synthetic, dim, strength, set_, recipe)
+    m = train_run(labels, study, out, cfg, features, bags, None if fold < 0 else fold)
     typer.echo(json.dumps(m, default=float))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    run_dir: Path = typer.Argument(..., help="run folder of `medtransfer wsi train`"),
+    labels: Path = typer.Option(..., "--labels", help="SurvPath labels root (datasets_csv/, splits/)"),
+    study: Optional[str] = typer.Option(None, "--study", help="cohort (default: the run's study)"),
+    features: Optional[Path] = typer.Option(None, "--features", help="folder of <slide>.h5 bags"),
+    synthetic: bool = typer.Option(False, "--synthetic", help="the planted-signal bags the run was trained on"),
+    strength: float = typer.Option(1.5, "--strength", help="planted signal strength of --synthetic bags"),
+    fold: Optional[int] = typer.Option(None, "--fold", help="official fold (default: the run's; -1 = none)"),
+    split: str = typer.Option("test", "--split", help="test (the fold's held-out cases) | train | all"),
+) -> None:
+    """Print C-index / td-AUC of a run's model (last epoch) on a split of the official fold, as JSON."""
+    from medtransfer.apps.wsi.export import rebuild
+    from medtransfer.apps.wsi.labels import read_splits
+    from medtransfer.apps.wsi.train import evaluate, load_cohort
+
+    if split not in ("test", "train", "all"):
+        raise ConfigError(f"--split must be test, train or all (got '{split}')")
+    model, info, cfg = rebuild(run_dir)
+    study = study or info.get("study")
+    if not study:
+        raise ConfigError(f"{run_dir}: the run names no study; give --study")
+    k = info.get("fold") if fold is None else (None if fold < 0 else fold)
+    bags = _bags(labels, synthetic, int(info["in_dim"]), int(cfg["train"]["seed"]), strength)
+    if bags is None and features is None:
+        raise ConfigError("give --features DIR or --synthetic")
+    coh = load_cohort(labels, study, features, str(cfg["data"]["endpoint"]), bags)
+    if k is None:
+        if split == "test":
+            raise ConfigError(f"{run_dir}: no held-out fold (trained on all cases); use --split all or --fold K")
+        tr, te = coh.cases, []
+    else:
+        tr_ids, te_ids = read_splits(labels, study)[int(k)]
+        tr, te = coh.subset(tr_ids), coh.subset(te_ids)
+    cases = {"test": te, "train": tr, "all": coh.cases}[split]
+    ev = evaluate(model, cases, coh.bags, tr)
+    typer.echo(json.dumps({"study": study, "fold": k, "split": split,
+                           **{key: ev[key] for key in ("c_index", "td_auc", "n", "events")}}, default=float))
 
 
 @app.command("cv")
 def cv(
     labels: Path = typer.Option(..., "--labels"),
     study: str = typer.Option(..., "--study"),
-    out: Path = typer.Option(..., "--out", "-o"),
+    out: Path = out_option(help="cross-validation folder"),
     features: Optional[Path] = typer.Option(None, "--features"),
     synthetic: bool = typer.Option(False, "--synthetic"),
     dim: int = typer.Option(128, "--dim", help="feature size of --synthetic bags"),
     strength: float = typer.Option(1.5, "--strength", help="planted signal strength of --synthetic bags"),
     folds: int = typer.Option(5, "--folds"),
-    set_: Optional[List[str]] = typer.Option(None, "--set"),
+    recipe: Optional[Path] = recipe_option(),
+    set_: Optional[List[str]] = set_option(),
 ) -> None:
     """k-fold cross-validation on the official splits: C-index / td-AUC mean +- sd, KM plot."""
     from medtransfer.apps.wsi.train import cross_validate, load_cohort
 
-    try:
-        cfg, bags = _config_and_bags(labels, features, synthetic, dim, strength, set_)
-        coh = load_cohort(labels, study, features, str(cfg["data"]["endpoint"]), bags)
-        r = cross_validate(coh, labels, study, cfg, out, folds)
-    except MedTransferError as e:
-        _fail(str(e))
+    cfg, bags = _config_and_bags(labels, features, synthetic, dim, strength, set_, recipe)
+    coh = load_cohort(labels, study, features, str(cfg["data"]["endpoint"]), bags)
+    r = cross_validate(coh, labels, study, cfg, out, folds)
     typer.echo(f"{study}: C-index {r['c_index_mean']:.3f} +- {r['c_index_sd']:.3f}, td-AUC {r['td_auc_mean']:.3f} "
                f"+- {r['td_auc_sd']:.3f}, KM log-rank p={r['km']['logrank_p']:.2g} ({r['km']['png']})")
 
@@ -129,7 +173,7 @@ def pkt(
     labels: Path = typer.Option(..., "--labels"),
     target: str = typer.Option(..., "--target", help="target cancer (few patients)"),
     sources: str = typer.Option(..., "--sources", help="comma-separated source cancers"),
-    out: Path = typer.Option(..., "--out", "-o"),
+    out: Path = out_option(help="comparison folder"),
     features: Optional[Path] = typer.Option(None, "--features"),
     synthetic: bool = typer.Option(False, "--synthetic"),
     dim: int = typer.Option(128, "--dim", help="feature size of --synthetic bags"),
@@ -137,20 +181,18 @@ def pkt(
     n_train: int = typer.Option(40, "--n-train", help="target training patients per fold"),
     folds: int = typer.Option(5, "--folds"),
     finetune: str = typer.Option("best", "--finetune", help="single-source fine-tune: best (source picked on training patients), all, none"),
-    set_: Optional[List[str]] = typer.Option(None, "--set"),
+    recipe: Optional[Path] = recipe_option(),
+    set_: Optional[List[str]] = set_option(),
 ) -> None:
     """Cancer-specific vs single-source fine-tune vs MoE-PKT, per fold, in one command."""
     from medtransfer.apps.wsi.train import load_cohort, pkt_compare, train_sources
 
-    try:
-        cfg, bags = _config_and_bags(labels, features, synthetic, dim, strength, set_)
-        ep = str(cfg["data"]["endpoint"])
-        srcs = [s.strip() for s in sources.split(",") if s.strip()]
-        models = train_sources({s: load_cohort(labels, s, features, ep, bags) for s in srcs}, cfg, out)
-        r = pkt_compare(load_cohort(labels, target, features, ep, bags), models, labels, target, cfg, out,
-                        n_train, folds, finetune)
-    except MedTransferError as e:
-        _fail(str(e))
+    cfg, bags = _config_and_bags(labels, features, synthetic, dim, strength, set_, recipe)
+    ep = str(cfg["data"]["endpoint"])
+    srcs = [s.strip() for s in sources.split(",") if s.strip()]
+    models = train_sources({s: load_cohort(labels, s, features, ep, bags) for s in srcs}, cfg, out)
+    r = pkt_compare(load_cohort(labels, target, features, ep, bags), models, labels, target, cfg, out,
+                    n_train, folds, finetune)
     for name, v in r["methods"].items():
         typer.echo(f"{name:32s} C-index {v['mean']:.3f} +- {v['sd']:.3f}")
     typer.echo("routing: " + ", ".join(f"{k} {v:.2f}" for k, v in r["routing"]["mean_gate"].items()))

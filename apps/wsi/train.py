@@ -41,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def make_config(overrides: Any = None, recipe: Optional[str | Path] = None) -> dict[str, Any]:
+def make_config(recipe: Optional[str | Path] = None, overrides: Any = None) -> dict[str, Any]:
     """The resolved config: defaults <- recipe <- overrides (validated)."""
     return resolve_config(DEFAULTS, recipe, overrides)
 

@@ -1,4 +1,7 @@
-"""``medtransfer image ...``: train / evaluate a generic image classifier."""
+"""``medtransfer image ...``: train / evaluate a generic image classifier (synth: a tiny shapes dataset).
+
+Known errors propagate to ``main()`` (one line, exit 2).
+"""
 from __future__ import annotations
 
 import json
@@ -7,39 +10,44 @@ from typing import List, Optional
 
 import typer
 
-from medtransfer.shared.utils.errors import MedTransferError
+from medtransfer.shared.cli.grammar import manifest_option, out_option, recipe_option, set_option
 
 app = typer.Typer(help="Generic image classification on the shared core.", no_args_is_help=True)
 
 
+@app.command("synth")
+def synth(
+    out: Path = out_option(help="folder to write <class>/<image>.png into"),
+    n_per_class: int = typer.Option(40, "--n-per-class", help="images per class"),
+    size: int = typer.Option(64, "--size", help="image side in pixels"),
+    seed: int = typer.Option(0, "--seed", help="random seed"),
+) -> None:
+    """Write noisy circle / square / triangle images (import with `medtransfer data import image-folder`)."""
+    from medtransfer.shared.imagetask.data import make_shapes
+
+    typer.echo(str(make_shapes(out, n_per_class=n_per_class, size=size, seed=seed)))
+
+
 @app.command("train")
 def train_cmd(
-    manifest: Path = typer.Option(..., "--manifest", "-m", help="manifest CSV (path,label[,split,group])"),
-    out: Path = typer.Option(..., "--out", "-o", help="run folder"),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="YAML recipe"),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="override key=value (e.g. train.epochs=3)"),
+    manifest: Path = manifest_option(),
+    out: Path = out_option(help="run folder"),
+    recipe: Optional[Path] = recipe_option(),
+    set_: Optional[List[str]] = set_option(help="override key=value (e.g. train.epochs=3)"),
 ) -> None:
     """Fine-tune a registry backbone; checkpoints, config and metrics go to --out."""
     from medtransfer.shared.imagetask.task import train
 
-    try:
-        typer.echo(json.dumps(train(manifest, out, recipe, set_)))
-    except MedTransferError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+    typer.echo(json.dumps(train(manifest, out, recipe, set_)))
 
 
 @app.command("evaluate")
 def evaluate_cmd(
     run_dir: Path = typer.Argument(..., help="run folder"),
-    manifest: Path = typer.Option(..., "--manifest", "-m", help="manifest CSV"),
-    split: str = typer.Option("test", help="train, val, test or all"),
+    manifest: Path = manifest_option(),
+    split: str = typer.Option("test", "--split", help="train, val, test or all"),
 ) -> None:
     """Print JSON metrics of the best checkpoint on a split."""
     from medtransfer.shared.imagetask.task import evaluate
 
-    try:
-        typer.echo(json.dumps(evaluate(run_dir, manifest, split)))
-    except MedTransferError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+    typer.echo(json.dumps(evaluate(run_dir, manifest, split)))

@@ -152,7 +152,10 @@ def _commands(run: Path, tmp: Path, manifest: Path, evil_weights: Path) -> list[
         ["export", str(run.parent / "evil_wsi"), "--out", str(tmp / "b_wsi")],
         ["image", "evaluate", str(run.parent / "evil_image"), "--manifest", str(manifest)],
         ["eeg", "evaluate", str(run.parent / "evil_eeg"), "--manifest", str(manifest)],
-        ["cardiac", "train-grade", str(manifest), "--out", str(tmp / "g"), "--init", str(run.parent / "evil_cardiac")],
+        ["cardiac", "evaluate", str(run.parent / "evil_cardiac"), "-m", str(manifest)],
+        ["wsi", "evaluate", str(run.parent / "evil_wsi"), "--labels", str(tmp), "--synthetic"],
+        ["cardiac", "train", "--stage", "grade", "-m", str(manifest), "-o", str(tmp / "g"),
+         "--init", str(run.parent / "evil_cardiac")],
         ["eeg", "train", "--manifest", str(manifest), "--out", str(tmp / "e"), "--init", str(run.parent / "evil_eeg")],
         ["eeg", "train", "--manifest", str(manifest), "--out", str(tmp / "e2"), "--init", str(evil_weights)],
         # resume: a planted last.pt in the output run folder of a training command

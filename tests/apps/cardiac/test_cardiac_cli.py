@@ -1,4 +1,4 @@
-"""CLI level: `medtransfer data import cactus`, `cardiac` group, `predict`, `export`."""
+"""CLI level: `medtransfer data import cactus`, `cardiac` group (train / evaluate), `predict`, `export`."""
 from __future__ import annotations
 
 import json
@@ -33,4 +33,60 @@ def test_data_import_and_predict(cactus_copy, bundle, tmp_path):
 
 def test_cardiac_group_help():
     r = typer_testing.CliRunner().invoke(_app(), ["cardiac", "--help"])
-    assert r.exit_code == 0 and "train-view" in r.output and "compare" in r.output
+    assert r.exit_code == 0 and "train" in r.output and "evaluate" in r.output and "compare" in r.output
+    assert "train-view" not in r.output and "train-grade" not in r.output  # old verbs: hidden, answer with a hint
+
+
+def _main(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run the console entry point in-process; returns (exit code, stdout, stderr)."""
+    import sys
+
+    from medtransfer.shared.cli import main as cli
+
+    old = sys.argv
+    sys.argv = ["medtransfer", *args]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        sys.argv = old
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+@pytest.mark.parametrize("stage", ["view", "grade"])
+def test_evaluate_matches_the_runs_test_metrics(runs, manifest, stage, capsys):
+    """`medtransfer cardiac evaluate RUN -m M` recomputes what training recorded on the test split."""
+    code, out, err = _main(["cardiac", "evaluate", str(runs["dir"] / stage), "-m", str(manifest)], capsys)
+    assert code == 0, err
+    got = json.loads(out)
+    want = runs[stage]["test"]
+    assert got["stage"] == stage and got["split"] == "test" and got["n"] == want["n_test"]
+    assert got["accuracy"] == pytest.approx(want["accuracy"]) and got["macro_f1"] == pytest.approx(want["macro_f1"])
+    assert ("mse" in got) == (stage == "grade")
+    if stage == "grade":
+        assert got["mse"] == pytest.approx(want["mse"], rel=1e-5)
+    code, out, err = _main(["cardiac", "evaluate", str(runs["dir"] / stage), "-m", str(manifest), "--split", "val"],
+                           capsys)
+    assert code == 0 and json.loads(out)["split"] == "val", err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--stage", "grade"], "grade.init=view needs the stage-1 run"),
+    (["--stage", "view", "--init", "somewhere"], "--init is the stage-1 run for --stage grade"),
+    (["--stage", "bogus"], "--stage must be view or grade"),
+])
+def test_train_stage_errors_are_one_line(manifest, tmp_path, args, needle, capsys):
+    code, _, err = _main(["cardiac", "train", "-m", str(manifest), "-o", str(tmp_path / "r"), *args], capsys)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_refuses_a_bad_split_and_a_missing_run(manifest, tmp_path, capsys):
+    code, _, err = _main(["cardiac", "evaluate", str(tmp_path), "-m", str(manifest), "--split", "bogus"], capsys)
+    assert code == 2 and "--split must be one of train, val, test" in err
+    code, _, err = _main(["cardiac", "evaluate", str(tmp_path), "-m", str(manifest)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "not a run folder" in err, err

@@ -124,14 +124,14 @@ def test_video_frames_not_all_held(tmp_path, monkeypatch):
 
 
 def test_empty_folder_is_one_line(tmp_path, monkeypatch, capsys):
-    """`medtransfer cardiac train-view EMPTY --out R` (and data import echo_folder): one line, no traceback."""
+    """`medtransfer cardiac train -m EMPTY -o R` (both stages; and data import echo_folder): one line, no traceback."""
     import sys
 
     from medtransfer.shared.cli.main import main
 
     (tmp_path / "empty").mkdir()
     monkeypatch.chdir(tmp_path)
-    for argv in (["cardiac", "train-view", "empty", "--out", "r"], ["cardiac", "train-grade", "empty", "--out", "r"],
+    for argv in (["cardiac", "train", "-m", "empty", "-o", "r"], ["cardiac", "train", "--stage", "grade", "-m", "empty", "-o", "r"],
                  ["data", "import", "echo_folder", "empty", "--out", "m.csv"]):
         monkeypatch.setattr(sys, "argv", ["medtransfer", *argv])
         with pytest.raises(SystemExit) as ex:

@@ -39,10 +39,10 @@ def nmt_csv(nmt_root, tmp_path_factory) -> Path:
 
 def small_cfg(cache: Path, **train):
     """A resolved eeg config with the SMALL recipe (4 epochs of ShallowFBCSPNet)."""
-    from medtransfer.apps.eeg.train import resolve
+    from medtransfer.apps.eeg.train import make_config
 
     t = {"epochs": 4, "lr": 3e-3, "batch_size": 32, "patience": 0, "progress": False, **train}
-    return resolve(overrides={"data": {**SMALL, "cache_dir": str(cache)}, "model": {"name": "shallow"}, "train": t})
+    return make_config(overrides={"data": {**SMALL, "cache_dir": str(cache)}, "model": {"name": "shallow"}, "train": t})
 
 
 @pytest.fixture(scope="session")

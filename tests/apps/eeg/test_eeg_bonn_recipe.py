@@ -45,10 +45,10 @@ def test_class_weights_balanced():
 
 
 def test_config_keys_validated_and_stride_in_samples():
-    from medtransfer.apps.eeg.train import build_model, resolve, train_stride
+    from medtransfer.apps.eeg.train import build_model, make_config, train_stride
     from medtransfer.shared.utils.errors import MedTransferError
 
-    cfg = resolve(overrides={"data": {"channels": ["CH1"], "car": False, "sfreq": 100.0, "window_seconds": 2.0,
+    cfg = make_config(overrides={"data": {"channels": ["CH1"], "car": False, "sfreq": 100.0, "window_seconds": 2.0,
                                       "window_stride_seconds": 0.5},
                              "model": {"name": "eegnet", "kwargs": {"F1": 4, "D": 1}},
                              "train": {"class_weight": "balanced"}})
@@ -57,9 +57,9 @@ def test_config_keys_validated_and_stride_in_samples():
     assert sum(p.numel() for p in m.parameters()) < sum(
         p.numel() for p in build_model({**cfg, "model": {"name": "eegnet", "kwargs": {}}}).parameters())
     with pytest.raises(MedTransferError):
-        resolve(overrides={"train": {"class_weight": "weird"}})
+        make_config(overrides={"train": {"class_weight": "weird"}})
     with pytest.raises(MedTransferError):
-        resolve(overrides={"data": {"window_stride_seconds": -1.0}})
+        make_config(overrides={"data": {"window_stride_seconds": -1.0}})
 
 
 def test_bonn_recipe_resolves_and_cli_flags_override(tmp_path):

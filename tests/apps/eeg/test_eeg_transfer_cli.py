@@ -50,12 +50,32 @@ def test_cli_train_evaluate_json(tuab_csv, tmp_path):
     assert {"balanced_accuracy", "auroc", "n_recordings"} <= set(m) and m["n_recordings"] == 6
 
 
-def test_cli_errors_are_one_line(tmp_path):
-    r = CliRunner().invoke(app, ["evaluate", str(tmp_path), "--manifest", str(tmp_path / "none.csv")])
-    assert r.exit_code == 2 and "not a run folder" in r.output
-    r = CliRunner().invoke(app, ["train", "--manifest", str(tmp_path / "none.csv"), "--out", str(tmp_path / "r"),
-                                 "--model", "resnet"])
-    assert r.exit_code == 2 and "model.name" in r.output
+def _main(args: list[str], capsys) -> tuple[int, str]:
+    """Run the console entry point in-process (known errors end there); returns (exit code, stderr)."""
+    import sys
+
+    from medtransfer.shared.cli import main as cli
+
+    old = sys.argv
+    sys.argv = ["medtransfer", *args]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        sys.argv = old
+    return code, capsys.readouterr().err
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    code, err = _main(["eeg", "evaluate", str(tmp_path), "--manifest", str(tmp_path / "none.csv")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "not a run folder" in err, err
+    code, err = _main(["eeg", "train", "--manifest", str(tmp_path / "none.csv"), "--out", str(tmp_path / "r"),
+                       "--model", "resnet"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "model.name" in err, err
+    code, err = _main(["eeg", "synth", "bogus", "-o", str(tmp_path / "s")], capsys)
+    assert code == 2 and err.startswith("error: kind must be tuab or nmt"), err
 
 
 def test_top_level_cli_import_export_predict(tuab_root, trained_run, tmp_path):

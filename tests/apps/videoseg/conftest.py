@@ -32,9 +32,9 @@ def vs_echo(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def vs_run(vs_echo) -> dict:
     """A one-epoch micro run through the shared fit engine."""
-    from medtransfer.apps.videoseg.train import resolve, train
+    from medtransfer.apps.videoseg.train import make_config, train
 
-    cfg = resolve(overrides=["model.image_size=128", f"model.overrides={json.dumps(MICRO_OVERRIDES)}",
+    cfg = make_config(overrides=["model.image_size=128", f"model.overrides={json.dumps(MICRO_OVERRIDES)}",
                              "model.adapter_blocks=2", "train.epochs=1", "data.clip_len=3", "train.progress=false"])
     out = train(vs_echo["manifest"], vs_echo["work"] / "run", cfg)
     return {**out, "cfg": cfg}

@@ -28,5 +28,50 @@ def test_wsi_extract_cli_resumes_and_reports_errors(slide_dir: Path, tmp_path: P
 def test_wsi_commands_listed() -> None:
     r = runner.invoke(app, ["wsi", "--help"])
     assert r.exit_code == 0
-    for cmd in ("extract", "train", "cv", "pkt"):
+    for cmd in ("synth", "extract", "train", "evaluate", "cv", "pkt"):
         assert cmd in r.output
+
+
+def _main(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run the console entry point in-process; returns (exit code, stdout, stderr)."""
+    import sys
+
+    from medtransfer.shared.cli import main as cli
+
+    old = sys.argv
+    sys.argv = ["medtransfer", *args]
+    try:
+        cli.main()
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        sys.argv = old
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_wsi_synth_train_evaluate_cli(tmp_path: Path, capsys) -> None:
+    """`wsi synth -o L`, `wsi train ... --synthetic`, then `wsi evaluate RUN` recomputes the run's held-out metrics."""
+    import json
+    import math
+
+    labels, run = tmp_path / "labels", tmp_path / "run"
+    code, _, err = _main(["wsi", "synth", "-o", str(labels), "--n-cases", "30", "--studies", "tcga_aaa"], capsys)
+    assert code == 0 and (labels / "datasets_csv" / "metadata" / "tcga_aaa.csv").is_file(), err
+    code, out, err = _main(["wsi", "train", "--labels", str(labels), "--study", "tcga_aaa", "--synthetic", "--dim", "16",
+                            "-o", str(run), "--set", "train.epochs=1", "--set", "min_steps=0"], capsys)
+    assert code == 0, err
+    trained = json.loads(out.strip().splitlines()[-1].replace("NaN", "null"))
+    code, out, err = _main(["wsi", "evaluate", str(run), "--labels", str(labels), "--synthetic"], capsys)
+    assert code == 0, err
+    ev = json.loads(out.strip().splitlines()[-1].replace("NaN", "null"))
+    assert ev["study"] == "tcga_aaa" and ev["fold"] == 0 and ev["n"] == trained["n_test"]
+    assert math.isclose(ev["c_index"], trained["test_c_index"])
+    code, out, _ = _main(["wsi", "evaluate", str(run), "--labels", str(labels), "--synthetic", "--split", "train"], capsys)
+    assert code == 0 and math.isclose(json.loads(out.replace("NaN", "null"))["c_index"], trained["train_c_index"])
+    # no bag source, or a bad split: one line, exit 2
+    code, _, err = _main(["wsi", "evaluate", str(run), "--labels", str(labels)], capsys)
+    assert code == 2 and err == "error: give --features DIR or --synthetic\n", err
+    code, _, err = _main(["wsi", "evaluate", str(run), "--labels", str(labels), "--synthetic", "--split", "x"], capsys)
+    assert code == 2 and err.startswith("error: --split must be test, train or all"), err

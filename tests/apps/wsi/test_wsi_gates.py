@@ -28,7 +28,7 @@ def cohort(tmp_path_factory):
     d = tmp_path_factory.mktemp("wsigates")
     root = make_survpath_tables(d / "labels", studies=("tcga_aaa",), n_cases=30)
     cases = read_table(find_studies(root)["tcga_aaa"], "dss")[0]
-    train_run(root, "tcga_aaa", d / "run", make_config(FAST), bags=planted_bags(cases, dim=16, seed=0, n_patches=(4, 8)),
+    train_run(root, "tcga_aaa", d / "run", make_config(overrides=FAST), bags=planted_bags(cases, dim=16, seed=0, n_patches=(4, 8)),
               fold=0)
     slides = planted_bags(cases, dim=16, seed=0, n_patches=(4, 8), per_slide=True)
     return {"root": root, "cases": cases, "slides": slides, "bundle": export_run(d / "run", d / "bundle"), "dir": d}
@@ -146,16 +146,19 @@ def test_extract_refuses_a_name_clash_before_any_work(tmp_path, tile_opts):
     assert not (tmp_path / "bags").exists() or not any((tmp_path / "bags").iterdir())
 
 
-def test_cli_extract_clash_is_one_line(tmp_path, tile_opts):
-    from typer.testing import CliRunner
+def test_cli_extract_clash_is_one_line(tmp_path, tile_opts, monkeypatch, capsys):
+    import sys
 
-    from medtransfer.apps.wsi.cli import app
+    from medtransfer.shared.cli.main import main
 
     src = tmp_path / "slides"
     make_slide(src / "s1.tif", size=(512, 512), seed=1)
     (src / "s1.svs").write_bytes((src / "s1.tif").read_bytes())
-    r = CliRunner().invoke(app, ["extract", str(src), "--out", str(tmp_path / "bags")])
-    assert r.exit_code == 2 and "same output" in r.output
+    monkeypatch.setattr(sys, "argv", ["medtransfer", "wsi", "extract", str(src), "--out", str(tmp_path / "bags")])
+    with pytest.raises(SystemExit) as ex:
+        main()  # known errors propagate from the app group and end in main(): one line, exit 2
+    err = capsys.readouterr().err
+    assert ex.value.code == 2 and err.count("\n") == 1 and "same output" in err, err
 
 
 def test_training_and_import_find_nested_bags(cohort, tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ def test_cv_on_real_tables_with_planted_signal(labels_root: Path, tmp_path: Path
     cases, _ = read_table(find_studies(labels_root)["tcga_blca"], "dss", "tcga_blca")
     bags = planted_bags(cases, dim=32, seed=0)
     coh = load_cohort(labels_root, "tcga_blca", bags=bags)
-    res = cross_validate(coh, labels_root, "tcga_blca", make_config(["train.epochs=15"]), tmp_path / "cv")
+    res = cross_validate(coh, labels_root, "tcga_blca", make_config(overrides=["train.epochs=15"]), tmp_path / "cv")
     assert len(res["folds"]) == 5
     assert res["c_index_mean"] >= 0.75, res["folds"]
     assert 0.5 < res["td_auc_mean"] <= 1
@@ -39,7 +39,7 @@ def moe_setup(tmp_path_factory):
     for s, p in find_studies(root).items():
         cases += read_table(p, "dss", s)[0]
     bags = planted_bags(cases, dim=16, seed=0, n_patches=(8, 24))
-    cfg = make_config(FAST + ["moe.top_k=1"])
+    cfg = make_config(overrides=FAST + ["moe.top_k=1"])
     sources = train_sources({s: load_cohort(root, s, bags=bags) for s in ("tcga_aaa", "tcga_bbb")}, cfg, d / "pkt")
     res = pkt_compare(load_cohort(root, "tcga_ccc", bags=bags), sources, root, "tcga_ccc", cfg, d / "pkt",
                       n_train=30, folds=1, finetune="best")
@@ -121,7 +121,7 @@ def slide_bundle(tmp_path_factory, tile_opts):
     cases = read_table(find_studies(root)["tcga_aaa"], "dss")[0]
     bags = planted_bags(cases, dim=512, seed=0, n_patches=(4, 8))
     run = d / "run"
-    m = train_run(root, "tcga_aaa", run, make_config(FAST + ["train.epochs=2", "min_steps=0"]), bags=bags, fold=0)
+    m = train_run(root, "tcga_aaa", run, make_config(overrides=FAST + ["train.epochs=2", "min_steps=0"]), bags=bags, fold=0)
     assert 0 <= m["test_c_index"] <= 1
     info = json.loads((run / "run.json").read_text())
     info["wsi"].update({"encoder": "resnet18", "patch_size": tile_opts["patch_size"], "target_mpp": tile_opts["target_mpp"]})
