@@ -7,7 +7,7 @@ PIPC   := $(PIP) install --disable-pip-version-check -c constraints.txt
 STAMP  := $(VENV)/.medtransfer-installed
 DEMO_OUT ?= demo_out
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast lint format bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,20 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# the quick loop while developing: everything but the slow end-to-end checks
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+# what CI checks before the tests: ruff lint + format check, mypy on the core
+lint: install
+	$(VENV)/bin/ruff check apps shared tests
+	$(VENV)/bin/ruff format --check apps shared tests
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff check --fix apps shared tests
+	$(VENV)/bin/ruff format apps shared tests
 
 bench: install
 	$(VENV)/bin/medtransfer bench

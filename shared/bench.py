@@ -6,6 +6,7 @@ hooks are used (``bench_eager`` for the eager model, ``bench`` for the app's own
 (:func:`ort_session`, :func:`seconds_per_call`, :func:`compare_engines`) are what the apps'
 benchmarks use too.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,9 @@ def ort_session(onnx_path: str | Path, threads: int):
     return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
 
 
-def compare_engines(onnx_path: str | Path, model: Any, x: np.ndarray, threads: int = 0,
-                    min_seconds: float = 2.0) -> dict[str, Any]:
+def compare_engines(
+    onnx_path: str | Path, model: Any, x: np.ndarray, threads: int = 0, min_seconds: float = 2.0
+) -> dict[str, Any]:
     """Items/s of one ONNX graph (first input fed ``x``) vs a PyTorch module on the same batch and threads.
 
     Args:
@@ -84,8 +86,13 @@ def compare_engines(onnx_path: str | Path, model: Any, x: np.ndarray, threads: i
 
     t_eager = seconds_per_call(eager, min_seconds)
     batch = int(x.shape[0])
-    return {"batch": batch, "threads": threads, "onnx_items_per_s": round(batch / t_onnx, 1),
-            "eager_items_per_s": round(batch / t_eager, 1), "onnx_over_eager": round(t_eager / t_onnx, 2)}
+    return {
+        "batch": batch,
+        "threads": threads,
+        "onnx_items_per_s": round(batch / t_onnx, 1),
+        "eager_items_per_s": round(batch / t_eager, 1),
+        "onnx_over_eager": round(t_eager / t_onnx, 2),
+    }
 
 
 def onnx_vs_eager(bundle_dir: Path, batch: int = 16, threads: int = 0) -> dict[str, Any]:
@@ -162,8 +169,14 @@ def default_bundle_app(app: str | None = None) -> str:
     return makers[0]
 
 
-def run_bench(bundle: Path | None = None, app: str | None = None, workers: int = 2, batch: int = 16,
-              threads: int = 0, samples: list[Path] | None = None) -> dict[str, Any]:
+def run_bench(
+    bundle: Path | None = None,
+    app: str | None = None,
+    workers: int = 2,
+    batch: int = 16,
+    threads: int = 0,
+    samples: list[Path] | None = None,
+) -> dict[str, Any]:
     """All core benchmarks on a bundle (default: one built by an app's ``bench_bundle`` hook).
 
     ONNX vs eager runs when the bundle's app declares ``bench_eager`` and the bundle's run is at

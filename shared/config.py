@@ -5,6 +5,7 @@ set must exist there, so a typo gets an error naming the unknown key and the key
 that level.  Values are parsed as YAML (``--set train.lr=1e-4``, ``--set data.channels=[A1,A2]``)
 and checked against the default's type.  Torch-free.
 """
+
 from __future__ import annotations
 
 import copy
@@ -160,8 +161,9 @@ TRAIN_RULES: dict[str, tuple[str, Any]] = {
 }
 
 
-def check_ranges(cfg: Mapping[str, Any], rules: Mapping[str, tuple[str, Any]] | None = None,
-                 section: str = "train") -> None:
+def check_ranges(
+    cfg: Mapping[str, Any], rules: Mapping[str, tuple[str, Any]] | None = None, section: str = "train"
+) -> None:
     """Refuse out-of-range values of ``cfg[section]`` (lr > 0, batch_size >= 1, known names ...).
 
     Args:
@@ -182,7 +184,9 @@ def check_ranges(cfg: Mapping[str, Any], rules: Mapping[str, tuple[str, Any]] | 
         name = f"{section}.{key}"
         if kind == "in":
             if v not in arg:
-                raise ConfigError(f"config key '{name}' must be one of {', '.join(repr(a) for a in arg if a != '')}, got {v!r}")
+                raise ConfigError(
+                    f"config key '{name}' must be one of {', '.join(repr(a) for a in arg if a != '')}, got {v!r}"
+                )
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
             raise ConfigError(f"config key '{name}' must be a number, got {v!r}")

@@ -4,6 +4,7 @@ Running (:func:`run_app_demo`, one app's ``demo`` hook) is kept apart from writi
 (:func:`write_report`); the core names no app: which apps run by default is each spec's
 ``demo_default``.
 """
+
 from __future__ import annotations
 
 import json
@@ -100,15 +101,21 @@ def write_report(out: Path, results: list[DemoResult], fast: bool, seconds: floa
     Returns:
         Path of ``report.md``.
     """
-    lines = ["# medtransfer demo report", "",
-             f"Generated {time.strftime('%Y-%m-%d %H:%M')} in {seconds:.0f} s ({'quick' if fast else 'full'} sizes). "
-             f"Apps: {', '.join(r.name for r in results)}.", ""]
+    lines = [
+        "# medtransfer demo report",
+        "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M')} in {seconds:.0f} s ({'quick' if fast else 'full'} sizes). "
+        f"Apps: {', '.join(r.name for r in results)}.",
+        "",
+    ]
     for r in results:
         if r.error:
             lines.append(f"## {r.name}\n\n**FAILED**: `{r.error}`\n")
         else:
-            lines.append(f"## {r.name}\n\n_{r.seconds:.0f} s; bundle: `bundles/{r.name}/`_\n\n"
-                         + _relink(r.markdown, f"work/{r.name}/"))
+            lines.append(
+                f"## {r.name}\n\n_{r.seconds:.0f} s; bundle: `bundles/{r.name}/`_\n\n"
+                + _relink(r.markdown, f"work/{r.name}/")
+            )
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     summary = {r.name: {"seconds": round(r.seconds, 1), "metrics": r.metrics} for r in results if not r.error}

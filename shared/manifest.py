@@ -5,6 +5,7 @@ Columns: ``path,label[,split,group]`` plus any extra columns an app needs (kept 
 ``train``, ``val``, ``test`` (empty = unassigned); ``group`` keeps recordings of one patient
 together when splits are made.  Torch-free.
 """
+
 from __future__ import annotations
 
 import csv
@@ -89,8 +90,11 @@ def _read_rows(reader: "csv.DictReader[str]", csv_path: Path, base: Path, requir
     for row in reader:
         i = reader.line_num
         if None in row:  # more fields than header columns: an unquoted comma
-            raise InputError(csv_path, f"line {i}: {len(cols) + len(row[None])} fields for {len(cols)} columns "
-                                       "(a comma inside a value must be quoted)")
+            raise InputError(
+                csv_path,
+                f"line {i}: {len(cols) + len(row[None])} fields for {len(cols)} columns "
+                "(a comma inside a value must be quoted)",
+            )
         row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
         rel = row.pop("path")
         if not rel:
@@ -116,7 +120,9 @@ def normalise_rel(rel: str) -> str:
     return Path(os.path.normpath(rel.replace("\\", "/"))).as_posix()
 
 
-def require_classes(records: Sequence[Record], csv_path: str | Path, split: str = "train", min_classes: int = 2) -> list[str]:
+def require_classes(
+    records: Sequence[Record], csv_path: str | Path, split: str = "train", min_classes: int = 2
+) -> list[str]:
     """Refuse training on label-less or single-class data; returns the sorted class names.
 
     Args:
@@ -133,11 +139,14 @@ def require_classes(records: Sequence[Record], csv_path: str | Path, split: str 
         raise InputError(csv_path, f"no rows in split '{split}' to train on")
     unlabelled = sum(not r.label for r in sel)
     if unlabelled:
-        raise InputError(csv_path, f"{unlabelled} of {len(sel)} {split or ''} rows have no label; training needs labels")
+        raise InputError(
+            csv_path, f"{unlabelled} of {len(sel)} {split or ''} rows have no label; training needs labels"
+        )
     classes = sorted({r.label for r in sel})
     if len(classes) < min_classes:
-        raise InputError(csv_path, f"split '{split}' has only class {classes[0]!r}; training needs at least "
-                                   f"{min_classes} classes")
+        raise InputError(
+            csv_path, f"split '{split}' has only class {classes[0]!r}; training needs at least {min_classes} classes"
+        )
     return classes
 
 

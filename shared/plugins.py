@@ -10,6 +10,7 @@ Every hook is an import string ``"module:attr"`` resolved only when used, so ``m
 --help`` and the runtime stay fast and torch-free.  :data:`HOOKS` documents the parameters each
 hook must accept (the app contract test checks every installed app against it).  Torch-free.
 """
+
 from __future__ import annotations
 
 import functools

@@ -11,6 +11,7 @@ summary files.  Everything that opens ``run.json`` or a checkpoint goes through 
 
 Importing this module does not import torch (only the checkpoint functions do).
 """
+
 from __future__ import annotations
 
 import json
@@ -69,7 +70,9 @@ def plain(obj: Any) -> Any:
     if isinstance(obj, torch.Size):
         return tuple(obj)
     if isinstance(obj, Mapping):
-        return {(k if isinstance(k, (str, int, float, bool)) or k is None else str(k)): plain(v) for k, v in obj.items()}
+        return {
+            (k if isinstance(k, (str, int, float, bool)) or k is None else str(k)): plain(v) for k, v in obj.items()
+        }
     if isinstance(obj, (list, tuple)):
         return type(obj)(plain(v) for v in obj) if type(obj) in (list, tuple) else [plain(v) for v in obj]
     if isinstance(obj, (set, frozenset)):
@@ -79,7 +82,9 @@ def plain(obj: Any) -> Any:
     raise TypeError(f"checkpoint payload holds a {type(obj).__name__}; only tensors and plain data are saved")
 
 
-def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", sha256: str | set[str] | None = None) -> dict[str, Any]:
+def load_checkpoint_file(
+    path: str | Path, map_location: Any = "cpu", sha256: str | set[str] | None = None
+) -> dict[str, Any]:
     """Read a checkpoint safely: ``weights_only=True``, optional sha256 check, one-line errors.
 
     Args:
@@ -107,8 +112,10 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", sha256: st
     try:
         st = torch.load(str(path), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
-        raise CheckpointError(f"{path}: refused: holds objects other than tensors and plain data "
-                              "(a checkpoint from an untrusted source, or from an old medtransfer)") from None
+        raise CheckpointError(
+            f"{path}: refused: holds objects other than tensors and plain data "
+            "(a checkpoint from an untrusted source, or from an old medtransfer)"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError):
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt)") from None
     if not isinstance(st, dict):
@@ -225,8 +232,10 @@ class RunDir:
             raise CheckpointError(f"{path}: checkpoint not found (unfinished run?)")
         want = self.expected_sha256(which)
         if want is None:
-            raise CheckpointError(f"{self.info_path}: records no sha256 for checkpoints/{which}.pt; "
-                                  "refused (a run from an older medtransfer or edited by hand: retrain)")
+            raise CheckpointError(
+                f"{self.info_path}: records no sha256 for checkpoints/{which}.pt; "
+                "refused (a run from an older medtransfer or edited by hand: retrain)"
+            )
         return load_checkpoint_file(path, map_location=map_location, sha256=want)
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny trained image bundle built once per session."""
+
 from __future__ import annotations
 
 import os
@@ -44,8 +45,12 @@ FUZZ_CASE_TIMEOUT_S = 10.0
 
 
 def pytest_addoption(parser):
-    parser.addoption("--fuzz-runs", type=int, default=None,
-                     help=f"cases per reader for the fuzz tests (default {FUZZ_RUNS_DEFAULT}, env MEDTRANSFER_FUZZ_RUNS)")
+    parser.addoption(
+        "--fuzz-runs",
+        type=int,
+        default=None,
+        help=f"cases per reader for the fuzz tests (default {FUZZ_RUNS_DEFAULT}, env MEDTRANSFER_FUZZ_RUNS)",
+    )
 
 
 def fuzz_runs(config=None) -> int:
@@ -75,8 +80,14 @@ class Fuzz:
     def settings(self, **kw):
         from hypothesis import HealthCheck, settings
 
-        return settings(max_examples=self.runs, deadline=None, derandomize=True, database=None,
-                        suppress_health_check=list(HealthCheck), **kw)
+        return settings(
+            max_examples=self.runs,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+            **kw,
+        )
 
     @staticmethod
     def mutations(seed: bytes):
@@ -91,8 +102,11 @@ class Fuzz:
             st.tuples(st.just("del"), st.integers(0, n - 1), st.integers(1, 64)),
             # header-heavy: most format bugs live in the first few hundred bytes
             st.tuples(st.just("set"), st.integers(0, min(n - 1, 511)), st.integers(0, 255)),
-            st.tuples(st.just("ascii"), st.integers(0, min(n - 1, 511)), st.sampled_from(
-                [b"0", b"-1", b"99999999", b" ", b"\x00", b"nan", b"1e308", b"\xff\xff\xff\xff"])),
+            st.tuples(
+                st.just("ascii"),
+                st.integers(0, min(n - 1, 511)),
+                st.sampled_from([b"0", b"-1", b"99999999", b" ", b"\x00", b"nan", b"1e308", b"\xff\xff\xff\xff"]),
+            ),
         )
 
         def apply(ops_trunc):
@@ -109,15 +123,14 @@ class Fuzz:
                 elif kind == "ins":
                     b[pos:pos] = arg
                 elif kind == "del":
-                    del b[pos:pos + arg]
+                    del b[pos : pos + arg]
                 elif kind == "ascii":
-                    b[pos:pos + len(arg)] = arg
+                    b[pos : pos + len(arg)] = arg
             if trunc is not None:
                 b = b[: max(0, int(len(b) * trunc))]
             return bytes(b)
 
-        return st.tuples(st.lists(op, min_size=1, max_size=8),
-                         st.one_of(st.none(), st.floats(0.0, 1.0))).map(apply)
+        return st.tuples(st.lists(op, min_size=1, max_size=8), st.one_of(st.none(), st.floats(0.0, 1.0))).map(apply)
 
     def check(self, reader, path) -> None:
         """Call ``reader(path)``: a result or MedTransferError pass; anything else fails the test."""

@@ -1,4 +1,5 @@
 """Bench: the exported bundle (ONNX Runtime) vs PyTorch eager on CPU, same threads and batch."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,15 @@ from pathlib import Path
 from typing import Any
 
 
-def bench(size: int = 112, batch: int = 8, threads: int = 2, seconds: float = 2.0, backbone: str = "resnet18",
-          bundle: str | None = None, **_: Any) -> dict[str, Any]:
+def bench(
+    size: int = 112,
+    batch: int = 8,
+    threads: int = 2,
+    seconds: float = 2.0,
+    backbone: str = "resnet18",
+    bundle: str | None = None,
+    **_: Any,
+) -> dict[str, Any]:
     """Images/s of the two-head model through ONNX Runtime and through PyTorch eager.
 
     Args:
@@ -37,9 +45,14 @@ def bench(size: int = 112, batch: int = 8, threads: int = 2, seconds: float = 2.
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(bundle) / "model.onnx" if bundle else Path(tmp) / "model.onnx"
         if not bundle:
-            export_onnx(model, (torch.randn(2, 3, size, size),), onnx_path, ["image"], ["view_logits", "grade"],
-                        dynamic={"image": {0: "batch"}})
+            export_onnx(
+                model,
+                (torch.randn(2, 3, size, size),),
+                onnx_path,
+                ["image"],
+                ["view_logits", "grade"],
+                dynamic={"image": {0: "batch"}},
+            )
         x = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
         res = compare_engines(onnx_path, model, x, threads, min_seconds=seconds)
     return {"size": size, "backbone": backbone, **res}
-

@@ -4,6 +4,7 @@ Heavy imports inside commands.  Known errors are raised as our own errors (``Inp
 and propagate; ``main()`` prints them as one line (exit 2).  Old spellings (``train-view``,
 ``train-grade``, positional MANIFEST / OUT) end with one line naming the new one.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,16 @@ from typing import Any, List, Optional
 import typer
 
 from medtransfer.shared.cli.grammar import (
-    MANIFEST_FLAGS, OUT_FLAGS, OLD_POSITIONAL, add_renamed_command, manifest_option, out_option, recipe_option,
-    renamed, require, set_option,
+    MANIFEST_FLAGS,
+    OLD_POSITIONAL,
+    OUT_FLAGS,
+    add_renamed_command,
+    manifest_option,
+    out_option,
+    recipe_option,
+    renamed,
+    require,
+    set_option,
 )
 
 app = typer.Typer(help="Echo view classification and quality grading (CACTUS).", no_args_is_help=True)
@@ -40,18 +49,24 @@ def _manifest(path: Path) -> Path:
     path = Path(path)
     if path.is_dir():
         n = len(list_inputs(path))  # raises "no images found (looked for ...)" on an empty folder
-        raise InputError(path, f"is a folder of {n} echo file(s), not a manifest CSV; make one with "
-                               f"`medtransfer data import echo_folder {path} --out m.csv`")
+        raise InputError(
+            path,
+            f"is a folder of {n} echo file(s), not a manifest CSV; make one with "
+            f"`medtransfer data import echo_folder {path} --out m.csv`",
+        )
     if not path.is_file():
         raise InputError(path, "manifest not found")
     return path
 
 
 @app.command("phantoms", context_settings=OLD_POSITIONAL)
-def phantoms(ctx: typer.Context,
-             out: Optional[Path] = out_option(None, help="folder to write the CACTUS-layout phantom copy into (required)"),
-             n_per_view: int = typer.Option(40, help="images per view"),
-             seed: int = typer.Option(0), sessions: int = typer.Option(10, help="acquisition groups per view")) -> None:
+def phantoms(
+    ctx: typer.Context,
+    out: Optional[Path] = out_option(None, help="folder to write the CACTUS-layout phantom copy into (required)"),
+    n_per_view: int = typer.Option(40, help="images per view"),
+    seed: int = typer.Option(0),
+    sessions: int = typer.Option(10, help="acquisition groups per view"),
+) -> None:
     """Write echo-like phantoms in the CACTUS layout."""
     if ctx.args:
         renamed("cardiac phantoms OUT", "cardiac phantoms -o OUT")
@@ -61,13 +76,18 @@ def phantoms(ctx: typer.Context,
 
 
 @app.command("train")
-def train_cmd(manifest: Path = manifest_option(),
-              out: Path = out_option(help="run folder"),
-              stage: str = typer.Option("view", "--stage", help="view: stage 1, view classifier | grade: stage 2, "
-                                                                 "grade regression initialised from --init"),
-              init: Optional[Path] = typer.Option(None, "--init", help="stage-1 run folder (--stage grade)"),
-              recipe: Optional[Path] = recipe_option(),
-              set_: Optional[List[str]] = set_option()) -> None:
+def train_cmd(
+    manifest: Path = manifest_option(),
+    out: Path = out_option(help="run folder"),
+    stage: str = typer.Option(
+        "view",
+        "--stage",
+        help="view: stage 1, view classifier | grade: stage 2, grade regression initialised from --init",
+    ),
+    init: Optional[Path] = typer.Option(None, "--init", help="stage-1 run folder (--stage grade)"),
+    recipe: Optional[Path] = recipe_option(),
+    set_: Optional[List[str]] = set_option(),
+) -> None:
     """Train: --stage view (the view classifier) or --stage grade (quality 0-10 from the view model)."""
     from medtransfer.shared.utils.errors import ConfigError
 
@@ -84,9 +104,11 @@ def train_cmd(manifest: Path = manifest_option(),
 
 
 @app.command("evaluate")
-def evaluate_cmd(run_dir: Path = typer.Argument(..., help="run folder (stage view or grade)"),
-                 manifest: Path = manifest_option(),
-                 split: str = typer.Option("test", "--split", help="train | val | test")) -> None:
+def evaluate_cmd(
+    run_dir: Path = typer.Argument(..., help="run folder (stage view or grade)"),
+    manifest: Path = manifest_option(),
+    split: str = typer.Option("test", "--split", help="train | val | test"),
+) -> None:
     """Print the best checkpoint's metrics on a split as JSON (accuracy, macro-F1; MSE/MAE for grade runs)."""
     from medtransfer.shared.utils.errors import ConfigError
 
@@ -109,16 +131,17 @@ def _evaluate(run_dir: Path, manifest: Path, split: str) -> dict[str, Any]:
     m: dict[str, Any] = _metrics(o, t)
     if not need_grade:
         m.pop("mse"), m.pop("mae")
-    return {"run_dir": str(run_dir), "stage": "grade" if need_grade else "view", "split": split,
-            "n": len(data[1]), **m}
+    return {"run_dir": str(run_dir), "stage": "grade" if need_grade else "view", "split": split, "n": len(data[1]), **m}
 
 
 @app.command("compare", context_settings=OLD_POSITIONAL)
-def compare_cmd(ctx: typer.Context,
-                manifest: Optional[Path] = manifest_option(None, help="manifest CSV with grades (required)"),
-                view_run: Path = typer.Option(..., "--view-run", help="stage-1 (view) run folder"),
-                out: Path = out_option(help="comparison folder"),
-                set_: Optional[List[str]] = set_option()) -> None:
+def compare_cmd(
+    ctx: typer.Context,
+    manifest: Optional[Path] = manifest_option(None, help="manifest CSV with grades (required)"),
+    view_run: Path = typer.Option(..., "--view-run", help="stage-1 (view) run folder"),
+    out: Path = out_option(help="comparison folder"),
+    set_: Optional[List[str]] = set_option(),
+) -> None:
     """Grade from the view model vs from ImageNet/scratch, equal budget; prints both."""
     if ctx.args:
         renamed("cardiac compare MANIFEST", "cardiac compare -m MANIFEST")

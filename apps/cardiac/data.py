@@ -3,6 +3,7 @@
 Manifest columns: ``path,label,split,group,grade`` (label = view name; grade 0-10 or empty).
 Torch-free.
 """
+
 from __future__ import annotations
 
 import csv
@@ -11,10 +12,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from medtransfer.shared.manifest import Record, assign_splits, write_manifest
-from medtransfer.shared.utils.errors import InputError
 from medtransfer.apps.cardiac.io import ALL_SUFFIXES, IMAGE_SUFFIXES
 from medtransfer.apps.cardiac.synthetic import GRADE_COLUMNS, GRADES_DIR, VIEWS
+from medtransfer.shared.manifest import Record, assign_splits, write_manifest
+from medtransfer.shared.utils.errors import InputError
 
 #: published per-view image counts of the full release (37,736 images)
 CACTUS_COUNTS = {"A4C": 7422, "SC": 6345, "PL": 6102, "PSAV": 5832, "PSMV": 6014, "Random": 6021}
@@ -35,8 +36,16 @@ def _find_base(root: Path) -> Path:
     )
 
 
-def import_cactus(root: str | Path, out_csv: str | Path, *, val_fraction: float = 0.15, test_fraction: float = 0.15,
-                  seed: int = 0, allow_missing: float = 0.0, **_: Any) -> Path:
+def import_cactus(
+    root: str | Path,
+    out_csv: str | Path,
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    allow_missing: float = 0.0,
+    **_: Any,
+) -> Path:
     """Import a CACTUS copy into the generic manifest.
 
     Expected layout (data_cards/cactus.md)::
@@ -65,8 +74,10 @@ def import_cactus(root: str | Path, out_csv: str | Path, *, val_fraction: float 
     grade_files = {p.name[: -len("_grades.csv")]: p for p in sorted((base / GRADES_DIR).glob("*_grades.csv"))}
     problems: list[str] = []
     if not grade_files:
-        raise InputError(base / GRADES_DIR, "no '<VIEW>_grades.csv' files (expected one per view: "
-                         + ", ".join(f"{v}_grades.csv" for v in VIEWS) + ")")
+        raise InputError(
+            base / GRADES_DIR,
+            "no '<VIEW>_grades.csv' files (expected one per view: " + ", ".join(f"{v}_grades.csv" for v in VIEWS) + ")",
+        )
     unknown = sorted(set(grade_files) - set(VIEWS))
     missing_views = sorted(set(VIEWS) - set(grade_files))
     if unknown:
@@ -111,12 +122,18 @@ def import_cactus(root: str | Path, out_csv: str | Path, *, val_fraction: float 
                 m = GROUP_PATTERN.search(name)
                 group = f"{view}/{m.group(1)}" if m else ""
                 # absolute: write_manifest then writes it relative to the CSV's folder, not the cwd
-                records.append(Record(path=p.resolve(), label=view, group=group, extra={"grade": f"{g:g}", "source": "cactus"}))
+                records.append(
+                    Record(path=p.resolve(), label=view, group=group, extra={"grade": f"{g:g}", "source": "cactus"})
+                )
     if n_rows and n_missing / n_rows > allow_missing:
         problems.append(f"{n_missing} of {n_rows} graded images not found under {base}")
     if problems:
-        raise InputError(root, "CACTUS layout mismatch: " + "; ".join(problems[:5])
-                         + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
+        raise InputError(
+            root,
+            "CACTUS layout mismatch: "
+            + "; ".join(problems[:5])
+            + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""),
+        )
     if not records:
         raise InputError(root, "no images imported")
     assign_splits(records, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)

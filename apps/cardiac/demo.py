@@ -1,4 +1,5 @@
 """Demo: phantoms in the CACTUS layout -> import -> view -> grade -> export -> predict."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -61,15 +62,18 @@ def run(out: Path, fast: bool = True) -> dict[str, Any]:
 def report(res: dict[str, Any]) -> str:
     """The report section (Markdown, links relative to the demo folder) of a :func:`run` result."""
     v, g, nan = res["view"], res["grade"], float("nan")
-    rows = "\n".join(f"| {a['file']} | {a['n_frames']} | {a['view']} {a['view_prob']:.2f} | {a['grade']:.1f} | "
-                     f"{'yes' if a['unreliable'] else 'no'} |" for a in res["answers"])
+    rows = "\n".join(
+        f"| {a['file']} | {a['n_frames']} | {a['view']} {a['view_prob']:.2f} | {a['grade']:.1f} | "
+        f"{'yes' if a['unreliable'] else 'no'} |"
+        for a in res["answers"]
+    )
     return f"""## Cardiac: view, then grade by transfer (phantoms in the CACTUS layout)
 
-{6 * res['n_per_view']} phantom images, group-aware splits. Stage 1 (view, resnet18 from scratch): test accuracy
-**{v['test'].get('accuracy', nan):.3f}**, macro-F1 {v['test'].get('macro_f1', nan):.3f}.
+{6 * res["n_per_view"]} phantom images, group-aware splits. Stage 1 (view, resnet18 from scratch): test accuracy
+**{v["test"].get("accuracy", nan):.3f}**, macro-F1 {v["test"].get("macro_f1", nan):.3f}.
 Stage 2 (grade 0-10, encoder from the view model, view head kept): test MSE
-**{g['test'].get('mse', nan):.2f}**, MAE {g['test'].get('mae', nan):.2f}, view accuracy
-{g['test'].get('accuracy', nan):.3f}. OOD max-softmax threshold {g['ood'].get('msp_threshold', 0):.3f}.
+**{g["test"].get("mse", nan):.2f}**, MAE {g["test"].get("mae", nan):.2f}, view accuracy
+{g["test"].get("accuracy", nan):.3f}. OOD max-softmax threshold {g["ood"].get("msp_threshold", 0):.3f}.
 
 ![view confusion](run_view/confusion_matrix.png) ![grade](run_grade/grade_scatter.png)
 

@@ -4,18 +4,19 @@ Choice: a single two-head graph (shared encoder).  Exported from the stage-2 run
 the view head too (``grade.view_weight`` > 0), so both outputs come from one forward pass; a
 stage-1 run exports too (its ``grade`` output is then untrained and marked so in the metadata).
 """
+
 from __future__ import annotations
 
-from medtransfer.shared.runtime.gates import limits_for
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from medtransfer.shared.rundir import RunDir
-from medtransfer.shared.utils.errors import MedTransferError
 from medtransfer.apps.cardiac.model import build_model
 from medtransfer.apps.cardiac.synthetic import VIEWS
+from medtransfer.shared.rundir import RunDir
+from medtransfer.shared.runtime.gates import limits_for
+from medtransfer.shared.utils.errors import MedTransferError
 
 
 def load_run_model(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
@@ -30,8 +31,9 @@ def load_run_model(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]
     return model.eval(), cfg, run.info()
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, overwrite: bool = True,
-               force: bool = False) -> Path:
+def export_run(
+    run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, overwrite: bool = True, force: bool = False
+) -> Path:
     """Write the bundle.
 
     Args:
@@ -59,8 +61,15 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
     params = dict(cfg["preprocessing"])
     s = int(params["size"])
     ex = (torch.randn(2, int(params["channels"]), s, s),)
-    parity = export_onnx(model, ex, out / "model.onnx", ["image"], ["view_logits", "grade"],
-                         dynamic={"image": {0: "batch"}}, parity_args=[(torch.randn(3, int(params["channels"]), s, s),)])
+    parity = export_onnx(
+        model,
+        ex,
+        out / "model.onnx",
+        ["image"],
+        ["view_logits", "grade"],
+        dynamic={"image": {0: "batch"}},
+        parity_args=[(torch.randn(3, int(params["channels"]), s, s),)],
+    )
     files = [out / "model.onnx"]
     if quantize == "int8":
         quantize_int8(out / "model.onnx", out / "model_int8.onnx")
@@ -69,17 +78,35 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
     grade_ok = stage == "grade"
     view_ok = stage == "view" or float(cfg.get("grade", {}).get("view_weight", 0) or 0) > 0
     write_bundle(
-        out, name="cardiac-view-grade", app="cardiac", task="view+grade", files=files,
-        inputs={"image": {"shape": [-1, int(params["channels"]), s, s], "dtype": "float32",
-                          "description": "sector-cropped gray echo frame, normalised, replicated to channels"}},
-        outputs={"view_logits": {"shape": [-1, len(VIEWS)], "labels": list(VIEWS), "trained": view_ok},
-                 "grade": {"shape": [-1], "range": [0, 10], "trained": grade_ok}},
-        preprocessing=params, labels=list(VIEWS),
+        out,
+        name="cardiac-view-grade",
+        app="cardiac",
+        task="view+grade",
+        files=files,
+        inputs={
+            "image": {
+                "shape": [-1, int(params["channels"]), s, s],
+                "dtype": "float32",
+                "description": "sector-cropped gray echo frame, normalised, replicated to channels",
+            }
+        },
+        outputs={
+            "view_logits": {"shape": [-1, len(VIEWS)], "labels": list(VIEWS), "trained": view_ok},
+            "grade": {"shape": [-1], "range": [0, 10], "trained": grade_ok},
+        },
+        preprocessing=params,
+        labels=list(VIEWS),
         metrics={"val": info.get("val", {}), "test": info.get("test", {}), "parity": parity},
         data_card="data_cards/cactus.md",
         description="Echo view classification (CACTUS 6 classes) and image-quality grade 0-10 from one "
-                    f"{cfg['model']['backbone']} encoder; stage-2 encoder initialised from the view model.",
-        extra={"gates": limits_for("image_", "video_", "decode_"), "ood": info.get("ood", {}), "stage": stage, "backbone": str(cfg["model"]["backbone"]), "init": info.get("init", ""),
-               "unreliable_rule": "view == Random OR max softmax < ood.msp_threshold OR sector not found"},
+        f"{cfg['model']['backbone']} encoder; stage-2 encoder initialised from the view model.",
+        extra={
+            "gates": limits_for("image_", "video_", "decode_"),
+            "ood": info.get("ood", {}),
+            "stage": stage,
+            "backbone": str(cfg["model"]["backbone"]),
+            "init": info.get("init", ""),
+            "unreliable_rule": "view == Random OR max softmax < ood.msp_threshold OR sector not found",
+        },
     )
     return out

@@ -7,6 +7,7 @@ Every reader checks the dimensions its header declares (``shared.runtime.gates``
 pixels, and turns any exception of the decoding library into one-line :class:`InputError` naming
 the file and the problem (never quoting file content).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -259,8 +260,9 @@ def dicom_header(ds: Any, path: Path, overrides: Mapping[str, Any] | None = None
     return cols, rows, n
 
 
-def read_dicom(path: Path, max_frames: int = 0, overrides: Mapping[str, Any] | None = None
-               ) -> tuple[list[np.ndarray], dict[str, Any]]:
+def read_dicom(
+    path: Path, max_frames: int = 0, overrides: Mapping[str, Any] | None = None
+) -> tuple[list[np.ndarray], dict[str, Any]]:
     """Read a DICOM image or cine: JPEG-compressed, YBR -> RGB, palette colour -> RGB.
 
     Rows / Columns / NumberOfFrames are checked (pydicom header) before the pixel data is decoded;
@@ -278,8 +280,9 @@ def read_dicom(path: Path, max_frames: int = 0, overrides: Mapping[str, Any] | N
         return _read_dicom(path, max_frames, overrides)
 
 
-def _read_dicom(path: Path, max_frames: int, overrides: Mapping[str, Any] | None
-                ) -> tuple[list[np.ndarray], dict[str, Any]]:
+def _read_dicom(
+    path: Path, max_frames: int, overrides: Mapping[str, Any] | None
+) -> tuple[list[np.ndarray], dict[str, Any]]:
     import pydicom
     from pydicom.pixels import apply_color_lut, convert_color_space
 
@@ -330,8 +333,9 @@ def _already_rgb(ds: Any) -> bool:
     return bool(tsu is not None and getattr(tsu, "is_compressed", False))
 
 
-def read_frames(path: str | Path, max_frames: int = 0, overrides: Mapping[str, Any] | None = None
-                ) -> tuple[list[np.ndarray], dict[str, Any]]:
+def read_frames(
+    path: str | Path, max_frames: int = 0, overrides: Mapping[str, Any] | None = None
+) -> tuple[list[np.ndarray], dict[str, Any]]:
     """Read any supported input as RGB frames (the entry point ``predict``, ``score`` and training use).
 
     Args:

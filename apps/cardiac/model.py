@@ -1,4 +1,5 @@
 """The two-head echo network: a registry backbone with a view head (6 classes) and a grade head (0-10)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,13 @@ class CardiacNet(nn.Module):
         in_chans: input channels.
     """
 
-    def __init__(self, backbone: str = "resnet18", pretrained: bool | str | Path = False, n_views: int = len(VIEWS),
-                 in_chans: int = 3) -> None:
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        pretrained: bool | str | Path = False,
+        n_views: int = len(VIEWS),
+        in_chans: int = 3,
+    ) -> None:
         super().__init__()
         from medtransfer.shared.registry import create_model
 

@@ -1,4 +1,5 @@
 """The cardiac app's spec (torch-free; imports nothing heavy)."""
+
 from medtransfer.shared.plugins import AppSpec
 
 SPEC = AppSpec(
@@ -10,7 +11,9 @@ SPEC = AppSpec(
     demo="medtransfer.apps.cardiac.demo:demo",
     bench="medtransfer.apps.cardiac.bench:bench",
     bench_eager="medtransfer.apps.cardiac.export:load_run_model",
-    importers={"cactus": "medtransfer.apps.cardiac.data:import_cactus",
-               "echo_folder": "medtransfer.apps.cardiac.data:import_folder"},
+    importers={
+        "cactus": "medtransfer.apps.cardiac.data:import_cactus",
+        "echo_folder": "medtransfer.apps.cardiac.data:import_folder",
+    },
     data_cards=("cactus.md", "own_folders.md"),
 )

@@ -7,6 +7,7 @@ frames when none is reliable); the cine is unreliable when most of its frames ar
 constant input (``gates.image_content_reasons``) is always unreliable, with the reason.
 Artefacts (the contact sheet) are written only under ``out_dir`` (``OUT/<input key>/crops.png``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from medtransfer.apps.cardiac.io import ALL_SUFFIXES, list_inputs, read_frames
+from medtransfer.apps.cardiac.preprocess import contact_sheet, crop_sector, normalise
 from medtransfer.shared.runtime import gates
 from medtransfer.shared.runtime.bundle import Bundle
 from medtransfer.shared.runtime.predictor import Predictor, softmax
-from medtransfer.apps.cardiac.io import ALL_SUFFIXES, list_inputs, read_frames
-from medtransfer.apps.cardiac.preprocess import contact_sheet, crop_sector, normalise
 
 
 def _truthy(v: Any) -> bool:
@@ -86,8 +87,16 @@ class CardiacPredictor(Predictor):
                 reasons.append(f"low confidence {probs[k, vi]:.2f} < {self.msp_threshold:.2f}")
             if not sectors[k]["found"]:
                 reasons.append("no ultrasound sector: " + sectors[k]["reason"])
-            per_frame.append({"frame": k, "view": self.labels[vi], "view_prob": round(float(probs[k, vi]), 4),
-                              "grade": round(float(grades[k]), 3), "unreliable": bool(reasons), "reasons": reasons})
+            per_frame.append(
+                {
+                    "frame": k,
+                    "view": self.labels[vi],
+                    "view_prob": round(float(probs[k, vi]), 4),
+                    "grade": round(float(grades[k]), 3),
+                    "unreliable": bool(reasons),
+                    "reasons": reasons,
+                }
+            )
         ok = np.array([not f["unreliable"] for f in per_frame])
         use = ok if ok.any() else np.ones(len(per_frame), bool)
         mp = probs[use].mean(0)
@@ -95,12 +104,16 @@ class CardiacPredictor(Predictor):
         n_unrel = int((~ok).sum())
         reasons = sorted({r.split(":")[0].split(" 0")[0] for f in per_frame for r in f["reasons"]})
         res: dict[str, Any] = {
-            "file": path.name, "kind": info.get("kind"), "n_frames": len(frames),
-            "view": self.labels[vi], "view_prob": round(float(mp[vi]), 4),
+            "file": path.name,
+            "kind": info.get("kind"),
+            "n_frames": len(frames),
+            "view": self.labels[vi],
+            "view_prob": round(float(mp[vi]), 4),
             "probs": {lab: round(float(p), 4) for lab, p in zip(self.labels, mp)},
             "grade": round(float(np.mean(grades[use])), 3),
             "unreliable": bool(n_unrel * 2 > len(per_frame) or self.labels[vi] == "Random"),
-            "unreliable_frames": n_unrel, "reasons": reasons,
+            "unreliable_frames": n_unrel,
+            "reasons": reasons,
             "sector": {k: v for k, v in sectors[0].items()},
             **self.bundle.provenance(),
         }
@@ -115,7 +128,9 @@ class CardiacPredictor(Predictor):
                 res["artefacts"] = "not written: give --out DIR (nothing is written beside the inputs)"
             else:
                 out_dir.mkdir(parents=True, exist_ok=True)
-                titles = [f"#{f['frame']} {f['view']} {f['view_prob']:.2f} g{f['grade']:.1f}{' !' if f['unreliable'] else ''}"
-                          for f in per_frame]
+                titles = [
+                    f"#{f['frame']} {f['view']} {f['view_prob']:.2f} g{f['grade']:.1f}{' !' if f['unreliable'] else ''}"
+                    for f in per_frame
+                ]
                 res["contact_sheet"] = str(contact_sheet(crops, titles, out_dir / "crops.png"))
         return res

@@ -5,6 +5,7 @@ masking with the convex hull of the largest bright, speckle-filled region.  Ever
 in one dict (:data:`DEFAULT_PREPROC`) written into the bundle, so ``predict`` reproduces training
 exactly.  Torch-free: numpy + OpenCV.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -66,7 +67,14 @@ def detect_sector(rgb: np.ndarray, params: dict[str, Any] | None = None) -> dict
     fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kc, kc)))
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (ko, ko)))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
-    out: dict[str, Any] = {"found": False, "reason": "", "area_frac": 0.0, "solidity": 0.0, "top_width_ratio": 1.0, "mid_width_ratio": 1.0}
+    out: dict[str, Any] = {
+        "found": False,
+        "reason": "",
+        "area_frac": 0.0,
+        "solidity": 0.0,
+        "top_width_ratio": 1.0,
+        "mid_width_ratio": 1.0,
+    }
     if n <= 1:
         out.update(mask=np.full((h, w), 255, np.uint8), bbox=(0, 0, w, h), reason="no bright region")
         return out

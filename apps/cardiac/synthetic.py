@@ -5,6 +5,7 @@ Each phantom is a screenshot-like frame: a fan-shaped sector holding view-depend
 ECG trace, depth scale, colour bar).  Quality ``q`` (0-10) drives blur, noise, gain and how much
 of the heart has slid out of the sector, so the grade is learnable.  Torch-free.
 """
+
 from __future__ import annotations
 
 import csv
@@ -19,12 +20,22 @@ GRADES_DIR = "Grades"
 GRADE_COLUMNS = ("Image Name", "Subfolder Name", "Grade")
 
 
-def _ellipse(img: np.ndarray, c: tuple[float, float], ax: tuple[float, float], ang: float, val: float,
-             thick: int = -1) -> None:
+def _ellipse(
+    img: np.ndarray, c: tuple[float, float], ax: tuple[float, float], ang: float, val: float, thick: int = -1
+) -> None:
     import cv2
 
-    cv2.ellipse(img, (int(c[0]), int(c[1])), (max(1, int(ax[0])), max(1, int(ax[1]))), ang, 0, 360, float(val),
-                thick, lineType=cv2.LINE_AA)
+    cv2.ellipse(
+        img,
+        (int(c[0]), int(c[1])),
+        (max(1, int(ax[0])), max(1, int(ax[1]))),
+        ang,
+        0,
+        360,
+        float(val),
+        thick,
+        lineType=cv2.LINE_AA,
+    )
 
 
 def _structures(view: str, h: int, w: int, rng: np.random.Generator, shift: float) -> np.ndarray:
@@ -48,7 +59,12 @@ def _structures(view: str, h: int, w: int, rng: np.random.Generator, shift: floa
 
     dark = 0.06
     if view == "A4C":
-        for u, v, a, b in ((-0.17, -0.12, 0.13, 0.17), (0.17, -0.12, 0.13, 0.17), (-0.17, 0.22, 0.14, 0.12), (0.17, 0.22, 0.14, 0.12)):
+        for u, v, a, b in (
+            (-0.17, -0.12, 0.13, 0.17),
+            (0.17, -0.12, 0.13, 0.17),
+            (-0.17, 0.22, 0.14, 0.12),
+            (0.17, 0.22, 0.14, 0.12),
+        ):
             _ellipse(img, P(u, v), (L(a), L(b)), ang, dark)
         cv2.line(img, tuple(map(int, P(0, -0.32))), tuple(map(int, P(0, 0.36))), 0.95, max(2, int(L(0.03))))
         cv2.line(img, tuple(map(int, P(-0.32, 0.06))), tuple(map(int, P(0.32, 0.06))), 0.9, max(2, int(L(0.025))))
@@ -67,22 +83,36 @@ def _structures(view: str, h: int, w: int, rng: np.random.Generator, shift: floa
             cv2.line(img, tuple(map(int, P(0, 0))), tuple(map(int, p2)), 0.9, max(1, int(L(0.015))))
         _ellipse(img, P(-0.24, 0.12), (L(0.09), L(0.08)), 0, dark)
         _ellipse(img, P(0.05, 0.24), (L(0.14), L(0.06)), 0, dark)
-        cv2.ellipse(img, tuple(map(int, P(0, 0))), (int(L(0.27)), int(L(0.24))), ang, 180, 360, dark, max(2, int(L(0.06))))
+        cv2.ellipse(
+            img, tuple(map(int, P(0, 0))), (int(L(0.27)), int(L(0.24))), ang, 180, 360, dark, max(2, int(L(0.06)))
+        )
     elif view == "PSMV":
         _ellipse(img, P(0, 0.02), (L(0.3), L(0.28)), 0, 0.92, max(3, int(L(0.06))))
         _ellipse(img, P(0, 0.02), (L(0.26), L(0.24)), 0, dark)
         _ellipse(img, P(0, 0.02), (L(0.17), L(0.06)), ang, 0.85, max(1, int(L(0.02))))
-        cv2.ellipse(img, tuple(map(int, P(0, 0.02))), (int(L(0.4)), int(L(0.36))), ang, 200, 340, dark, max(2, int(L(0.05))))
+        cv2.ellipse(
+            img, tuple(map(int, P(0, 0.02))), (int(L(0.4)), int(L(0.36))), ang, 200, 340, dark, max(2, int(L(0.05)))
+        )
     elif view == "SC":
         cv2.rectangle(img, (0, 0), (w, int(P(0, -0.22)[1])), 0.8, -1)
-        for u, v, a, b in ((-0.2, 0.0, 0.1, 0.09), (0.05, -0.02, 0.11, 0.09), (-0.15, 0.2, 0.12, 0.08), (0.12, 0.18, 0.12, 0.08)):
+        for u, v, a, b in (
+            (-0.2, 0.0, 0.1, 0.09),
+            (0.05, -0.02, 0.11, 0.09),
+            (-0.15, 0.2, 0.12, 0.08),
+            (0.12, 0.18, 0.12, 0.08),
+        ):
             _ellipse(img, P(u, v), (L(a), L(b)), ang - 25, dark)
         cv2.line(img, tuple(map(int, P(-0.35, 0.1))), tuple(map(int, P(0.35, 0.08))), 0.9, max(2, int(L(0.02))))
     else:  # Random: a random probe position: blobs and bands with no cardiac arrangement
         for _ in range(int(rng.integers(1, 5))):
             c = (rng.uniform(0, w), rng.uniform(0, h))
-            _ellipse(img, c, (rng.uniform(0.04, 0.3) * s, rng.uniform(0.04, 0.3) * s), rng.uniform(0, 180),
-                     float(rng.choice([dark, 0.9, 0.25])))
+            _ellipse(
+                img,
+                c,
+                (rng.uniform(0.04, 0.3) * s, rng.uniform(0.04, 0.3) * s),
+                rng.uniform(0, 180),
+                float(rng.choice([dark, 0.9, 0.25])),
+            )
         if rng.random() < 0.5:
             y = rng.uniform(0.2, 0.9) * h
             cv2.line(img, (0, int(y)), (w, int(y + rng.uniform(-0.3, 0.3) * h)), 0.9, max(2, int(0.03 * s)))
@@ -99,8 +129,9 @@ def sector_mask(h: int, w: int, apex_y: int, radius: float, half_angle: float, c
     return (r <= radius) & (dy > 0) & (np.abs(th) <= half_angle)
 
 
-def render(view: str, quality: float, rng: np.random.Generator, size: tuple[int, int] = (192, 256),
-           overlays: bool = True) -> np.ndarray:
+def render(
+    view: str, quality: float, rng: np.random.Generator, size: tuple[int, int] = (192, 256), overlays: bool = True
+) -> np.ndarray:
     """Render one phantom frame.
 
     Args:
@@ -131,11 +162,27 @@ def render(view: str, quality: float, rng: np.random.Generator, size: tuple[int,
     rgb = np.repeat(gray[..., None], 3, axis=2)
     if overlays:
         f = h / 192
-        cv2.putText(rgb, f"{int(rng.integers(40, 70))}Hz", (4, int(14 * f)), cv2.FONT_HERSHEY_SIMPLEX, 0.35 * f, (230, 230, 230), 1)
-        cv2.putText(rgb, f"{int(rng.integers(12, 18))}cm", (4, int(26 * f)), cv2.FONT_HERSHEY_SIMPLEX, 0.35 * f, (230, 230, 230), 1)
+        cv2.putText(
+            rgb,
+            f"{int(rng.integers(40, 70))}Hz",
+            (4, int(14 * f)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.35 * f,
+            (230, 230, 230),
+            1,
+        )
+        cv2.putText(
+            rgb,
+            f"{int(rng.integers(12, 18))}cm",
+            (4, int(26 * f)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.35 * f,
+            (230, 230, 230),
+            1,
+        )
         cv2.putText(rgb, "2D 60%", (4, int(38 * f)), cv2.FONT_HERSHEY_SIMPLEX, 0.3 * f, (200, 200, 200), 1)
         xs = np.arange(4, int(w * 0.45))
-        ys = (h - 10 * f - 8 * f * np.exp(-((xs % 40) - 20) ** 2 / 4.0)).astype(np.int32)
+        ys = (h - 10 * f - 8 * f * np.exp(-(((xs % 40) - 20) ** 2) / 4.0)).astype(np.int32)
         cv2.polylines(rgb, [np.stack([xs, ys], 1)], False, (40, 200, 60), 1)
         for k in range(6):
             y = int(apex_y + k * 0.15 * h)
@@ -150,8 +197,14 @@ def grade_for(view: str, quality: int) -> int:
     return 0 if view == "Random" else int(quality)
 
 
-def make_cactus_tree(root: str | Path, n_per_view: int = 20, seed: int = 0, size: tuple[int, int] = (192, 256),
-                     views: tuple[str, ...] = VIEWS, n_sessions: int = 4) -> Path:
+def make_cactus_tree(
+    root: str | Path,
+    n_per_view: int = 20,
+    seed: int = 0,
+    size: tuple[int, int] = (192, 256),
+    views: tuple[str, ...] = VIEWS,
+    n_sessions: int = 4,
+) -> Path:
     """Write a phantom copy of the CACTUS release layout.
 
     Layout (see data_cards/cactus.md)::
@@ -194,7 +247,9 @@ def make_cactus_tree(root: str | Path, n_per_view: int = 20, seed: int = 0, size
 
 
 # ---- format fixtures for the readers -----------------------------------------------------------
-def write_dicom(path: str | Path, frames: list[np.ndarray], kind: str = "jpeg_ybr", patient_name: str = "DOE^JANE") -> Path:
+def write_dicom(
+    path: str | Path, frames: list[np.ndarray], kind: str = "jpeg_ybr", patient_name: str = "DOE^JANE"
+) -> Path:
     """Write a small DICOM fixture.
 
     Args:
@@ -232,8 +287,10 @@ def write_dicom(path: str | Path, frames: list[np.ndarray], kind: str = "jpeg_yb
         ds.PlanarConfiguration = 0
         ds.PhotometricInterpretation = "YBR_FULL_422"
         ds.NumberOfFrames = len(frames)
-        blobs = [cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
-                 for f in frames]
+        blobs = [
+            cv2.imencode(".jpg", cv2.cvtColor(f, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+            for f in frames
+        ]
         ds.PixelData = encapsulate(blobs)
         ds["PixelData"].VR = "OB"
         ds["PixelData"].is_undefined_length = True
@@ -292,4 +349,3 @@ def write_avi(path: str | Path, frames: list[np.ndarray], fps: float = 20.0) -> 
 def cine(view: str, quality: float, n: int, seed: int = 0, size: tuple[int, int] = (192, 256)) -> list[np.ndarray]:
     """A short phantom cine (independent speckle per frame)."""
     return [render(view, quality, np.random.default_rng(seed * 1000 + k), size=size) for k in range(n)]
-

@@ -3,6 +3,7 @@
 All training goes through :func:`medtransfer.shared.finetune.fit`.  Validation uses the manifest's
 ``val`` split; test metrics are computed once, after training, on ``test``.
 """
+
 from __future__ import annotations
 
 import copy
@@ -14,26 +15,36 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from medtransfer.shared.rundir import RunDir
-from medtransfer.shared.config import resolve_config, save_yaml
-from medtransfer.shared.manifest import read_manifest
-from medtransfer.shared.utils.errors import InputError, MedTransferError
 from medtransfer.apps.cardiac.io import read_frames
 from medtransfer.apps.cardiac.model import build_model
 from medtransfer.apps.cardiac.preprocess import DEFAULT_PREPROC, crop_sector, normalise
 from medtransfer.apps.cardiac.synthetic import VIEWS
+from medtransfer.shared.config import resolve_config, save_yaml
+from medtransfer.shared.manifest import read_manifest
+from medtransfer.shared.rundir import RunDir
+from medtransfer.shared.utils.errors import InputError, MedTransferError
 
 DEFAULTS: dict[str, Any] = {
     "model": {"backbone": "resnet18", "pretrained": ""},  # pretrained: "" (none) or a local weight file
     "preprocessing": {**DEFAULT_PREPROC, "size": 112},
     "grade": {"init": "view", "view_weight": 0.5},  # init: view | imagenet | scratch
     "ood": {"quantile": 0.05},  # max-softmax threshold = this quantile of in-distribution validation frames
-    "train": {"epochs": 6, "batch_size": 32, "lr": 1e-3, "weight_decay": 1e-4, "patience": 0, "seed": 0,
-              "strategy": "full", "progress": True},
+    "train": {
+        "epochs": 6,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "patience": 0,
+        "seed": 0,
+        "strategy": "full",
+        "progress": True,
+    },
 }
 
 
-def make_config(recipe: str | Path | None = None, overrides: Iterable[str] | dict[str, Any] | None = None) -> dict[str, Any]:
+def make_config(
+    recipe: str | Path | None = None, overrides: Iterable[str] | dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Resolve the cardiac config (defaults <- recipe <- ``--set`` overrides)."""
     from medtransfer.shared.finetune import TRAIN_DEFAULTS
 
@@ -42,8 +53,9 @@ def make_config(recipe: str | Path | None = None, overrides: Iterable[str] | dic
     return resolve_config(schema, recipe, overrides)
 
 
-def load_split(manifest: str | Path, split: str, params: dict[str, Any], need_grade: bool = False
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_split(
+    manifest: str | Path, split: str, params: dict[str, Any], need_grade: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Preprocess one split of a manifest (first frame of each file).
 
     Returns:
@@ -69,8 +81,11 @@ def load_split(manifest: str | Path, split: str, params: dict[str, Any], need_gr
 
 
 def _dataset(crops: np.ndarray, views: np.ndarray, grades: np.ndarray, params: dict[str, Any]) -> TensorDataset:
-    return TensorDataset(torch.from_numpy(normalise(crops, params)), torch.from_numpy(views),
-                         torch.from_numpy(np.nan_to_num(grades, nan=0.0)))
+    return TensorDataset(
+        torch.from_numpy(normalise(crops, params)),
+        torch.from_numpy(views),
+        torch.from_numpy(np.nan_to_num(grades, nan=0.0)),
+    )
 
 
 def _forward(model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:
@@ -84,8 +99,10 @@ def view_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import accuracy_score, f1_score
 
     pred = np.asarray(logits).argmax(1)
-    out = {"accuracy": float(accuracy_score(y, pred)),
-           "macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(len(VIEWS))), zero_division=0))}
+    out = {
+        "accuracy": float(accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(len(VIEWS))), zero_division=0)),
+    }
     per = f1_score(y, pred, average=None, labels=list(range(len(VIEWS))), zero_division=0)
     out.update({f"f1_{v}": float(s) for v, s in zip(VIEWS, per)})
     return out
@@ -130,12 +147,26 @@ def _calibrate(model: torch.nn.Module, val_ds: TensorDataset, quantile: float) -
     energy = -(logits.max(1) + np.log(np.exp(z).sum(1)))[keep]
     if msp.size == 0:
         return {"msp_threshold": 0.5, "energy_threshold": 0.0, "quantile": quantile, "n": 0}
-    return {"msp_threshold": float(np.quantile(msp, quantile)),
-            "energy_threshold": float(np.quantile(energy, 1 - quantile)), "quantile": quantile, "n": int(msp.size)}
+    return {
+        "msp_threshold": float(np.quantile(msp, quantile)),
+        "energy_threshold": float(np.quantile(energy, 1 - quantile)),
+        "quantile": quantile,
+        "n": int(msp.size),
+    }
 
 
-def _run(manifest: Path, out: Path, cfg: dict[str, Any], task: str, model: torch.nn.Module, view_weight: float,
-         grade_weight: float, monitor: str, mode: str, extra: dict[str, Any]) -> dict[str, Any]:
+def _run(
+    manifest: Path,
+    out: Path,
+    cfg: dict[str, Any],
+    task: str,
+    model: torch.nn.Module,
+    view_weight: float,
+    grade_weight: float,
+    monitor: str,
+    mode: str,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
     from medtransfer.shared.finetune import fit
 
     params = cfg["preprocessing"]
@@ -143,16 +174,31 @@ def _run(manifest: Path, out: Path, cfg: dict[str, Any], task: str, model: torch
     tr = load_split(manifest, "train", params, need_grade)
     va = load_split(manifest, "val", params, need_grade)
     if view_weight and np.unique(tr[1]).size < 2:
-        raise InputError(manifest, f"split 'train' has only view {VIEWS[int(tr[1][0])]!r}; view training needs "
-                                   "at least 2 views")
+        raise InputError(
+            manifest, f"split 'train' has only view {VIEWS[int(tr[1][0])]!r}; view training needs at least 2 views"
+        )
     if need_grade and np.unique(tr[2]).size < 2:
         raise InputError(manifest, "split 'train' has a single grade value; grade training needs varied grades")
     tr_ds, va_ds = _dataset(*tr, params), _dataset(*va, params)
     counts = np.bincount(tr[1], minlength=len(VIEWS)).astype(np.float64)
     weights = (1.0 / np.maximum(counts, 1))[tr[1]] if view_weight else None
-    res = fit(model, tr_ds, va_ds, cfg=cfg, run_dir=out, app="cardiac", task=task, loss_fn=_loss(view_weight, grade_weight),
-              metric_fn=_metrics, forward_fn=_forward, head=["view_head", "grade_head"], monitor=monitor, mode=mode,
-              extra_state={"labels": list(VIEWS), "preprocessing": params, **extra}, sampler_weights=weights)
+    res = fit(
+        model,
+        tr_ds,
+        va_ds,
+        cfg=cfg,
+        run_dir=out,
+        app="cardiac",
+        task=task,
+        loss_fn=_loss(view_weight, grade_weight),
+        metric_fn=_metrics,
+        forward_fn=_forward,
+        head=["view_head", "grade_head"],
+        monitor=monitor,
+        mode=mode,
+        extra_state={"labels": list(VIEWS), "preprocessing": params, **extra},
+        sampler_weights=weights,
+    )
     run = RunDir(out)
     best = run.load_checkpoint("best")
     model.load_state_dict(best["model"])
@@ -162,8 +208,12 @@ def _run(manifest: Path, out: Path, cfg: dict[str, Any], task: str, model: torch
     return {"run_dir": str(out), "val": res.best_metrics, "test": test, "ood": ood}
 
 
-def train_view(manifest: str | Path, out: str | Path, overrides: Iterable[str] | dict[str, Any] | None = None,
-               recipe: str | Path | None = None) -> dict[str, Any]:
+def train_view(
+    manifest: str | Path,
+    out: str | Path,
+    overrides: Iterable[str] | dict[str, Any] | None = None,
+    recipe: str | Path | None = None,
+) -> dict[str, Any]:
     """Stage 1: view classification (6 classes) from the registry backbone.
 
     Returns:
@@ -171,12 +221,27 @@ def train_view(manifest: str | Path, out: str | Path, overrides: Iterable[str] |
     """
     cfg = make_config(recipe, overrides)
     model = build_model(cfg, pretrained=_pretrained(cfg))
-    return _run(Path(manifest), Path(out), cfg, "view", model, 1.0, 0.0, "val_accuracy", "max",
-                {"stage": "view", "init": "imagenet" if _pretrained(cfg) else "scratch"})
+    return _run(
+        Path(manifest),
+        Path(out),
+        cfg,
+        "view",
+        model,
+        1.0,
+        0.0,
+        "val_accuracy",
+        "max",
+        {"stage": "view", "init": "imagenet" if _pretrained(cfg) else "scratch"},
+    )
 
 
-def train_grade(manifest: str | Path, out: str | Path, init_run: str | Path | None = None,
-                overrides: Iterable[str] | dict[str, Any] | None = None, recipe: str | Path | None = None) -> dict[str, Any]:
+def train_grade(
+    manifest: str | Path,
+    out: str | Path,
+    init_run: str | Path | None = None,
+    overrides: Iterable[str] | dict[str, Any] | None = None,
+    recipe: str | Path | None = None,
+) -> dict[str, Any]:
     """Stage 2: grade regression 0-10, the encoder initialised from the stage-1 view model.
 
     ``grade.init`` = ``view`` (needs ``init_run``: the paper's transfer), ``imagenet`` (the
@@ -203,13 +268,24 @@ def train_grade(manifest: str | Path, out: str | Path, init_run: str | Path | No
     else:
         raise MedTransferError(f"grade.init must be view, imagenet or scratch (got {init!r})")
     vw = float(cfg["grade"]["view_weight"])
-    return _run(Path(manifest), Path(out), cfg, "grade", model, vw, 1.0, "val_mse", "min",
-                {"stage": "grade", "init": init, "init_run": str(init_run or "")})
+    return _run(
+        Path(manifest),
+        Path(out),
+        cfg,
+        "grade",
+        model,
+        vw,
+        1.0,
+        "val_mse",
+        "min",
+        {"stage": "grade", "init": init, "init_run": str(init_run or "")},
+    )
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, manifest: str | Path, params: dict[str, Any], out: Path,
-             need_grade: bool = False) -> dict[str, Any]:
+def evaluate(
+    model: torch.nn.Module, manifest: str | Path, params: dict[str, Any], out: Path, need_grade: bool = False
+) -> dict[str, Any]:
     """Test-split metrics and plots (confusion matrix PNG; grade scatter PNG when graded)."""
     import matplotlib
 
@@ -228,8 +304,14 @@ def evaluate(model: torch.nn.Module, manifest: str | Path, params: dict[str, Any
     if not need_grade:
         m.pop("mse"), m.pop("mae")
     fig, ax = plt.subplots(figsize=(5, 4.5))
-    ConfusionMatrixDisplay.from_predictions(t["view"], o["view_logits"].argmax(1), labels=list(range(len(VIEWS))),
-                                            display_labels=list(VIEWS), ax=ax, colorbar=False)
+    ConfusionMatrixDisplay.from_predictions(
+        t["view"],
+        o["view_logits"].argmax(1),
+        labels=list(range(len(VIEWS))),
+        display_labels=list(VIEWS),
+        ax=ax,
+        colorbar=False,
+    )
     ax.set_title(f"view, test acc {m['accuracy']:.3f}")
     fig.tight_layout()
     fig.savefig(out / "confusion_matrix.png", dpi=100)
@@ -249,8 +331,9 @@ def evaluate(model: torch.nn.Module, manifest: str | Path, params: dict[str, Any
     return m
 
 
-def compare(manifest: str | Path, view_run: str | Path, out: str | Path,
-            overrides: Iterable[str] | dict[str, Any] | None = None) -> dict[str, Any]:
+def compare(
+    manifest: str | Path, view_run: str | Path, out: str | Path, overrides: Iterable[str] | dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Grade regression at equal budget: encoder from the view model vs from ImageNet (if
     ``model.pretrained`` is set) or from scratch.  Pure grade loss (view_weight 0) in both arms.
 

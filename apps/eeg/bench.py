@@ -5,6 +5,7 @@ preprocess + one pass over every window at 1x and 4x the dataset size.
 Each measurement runs in a fresh Python process (so peak RSS is its own); timings exclude the
 interpreter start and imports.  Run directly: ``python -m medtransfer.apps.eeg.bench``.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,9 +58,17 @@ def _child_ours(root: Path, cache: Path, workers: int) -> dict[str, Any]:
     build_cache(recs, cfg, cache, workers=workers, progress=False)
     t_again = time.perf_counter() - t
     rewritten = sum(1 for f, m in before.items() if not f.is_file() or f.stat().st_mtime_ns != m)
-    return {"recordings": len(recs), "windows": len(ds), "errors": len(errors), "preprocess_s": round(t_pre, 3),
-            "iterate_s": round(t_iter, 3), "cached_files": len(before), "cached_rerun_rewrote": rewritten,
-            "cached_rerun_s": round(t_again, 3), **_rss_mib()}
+    return {
+        "recordings": len(recs),
+        "windows": len(ds),
+        "errors": len(errors),
+        "preprocess_s": round(t_pre, 3),
+        "iterate_s": round(t_iter, 3),
+        "cached_files": len(before),
+        "cached_rerun_rewrote": rewritten,
+        "cached_rerun_s": round(t_again, 3),
+        **_rss_mib(),
+    }
 
 
 def _child_braindecode(root: Path) -> dict[str, Any]:
@@ -92,8 +101,9 @@ def _child_braindecode(root: Path) -> dict[str, Any]:
     ]
     preprocess(ds, pre, n_jobs=1)
     n = int(BENCH_DATA["window_seconds"] * BENCH_DATA["sfreq"])
-    win = create_fixed_length_windows(ds, window_size_samples=n, window_stride_samples=n, drop_last_window=True,
-                                      preload=False)
+    win = create_fixed_length_windows(
+        ds, window_size_samples=n, window_stride_samples=n, drop_last_window=True, preload=False
+    )
     t_pre = time.perf_counter() - t
     t = time.perf_counter()
     s = 0.0
@@ -101,8 +111,13 @@ def _child_braindecode(root: Path) -> dict[str, Any]:
         x = win[i][0]
         s += float(np.abs(x).mean())
     t_iter = time.perf_counter() - t
-    return {"recordings": len(ds.datasets), "windows": len(win), "preprocess_s": round(t_pre, 3),
-            "iterate_s": round(t_iter, 3), **_rss_mib()}
+    return {
+        "recordings": len(ds.datasets),
+        "windows": len(win),
+        "preprocess_s": round(t_pre, 3),
+        "iterate_s": round(t_iter, 3),
+        **_rss_mib(),
+    }
 
 
 def _run_child(*args: str, timeout: float = 900) -> dict[str, Any]:
@@ -136,8 +151,15 @@ def make_bench_set(root: Path, n_recordings: int, copies: int = 1, duration_s: f
     return dst
 
 
-def bench(n_recordings: int = 16, workers: int = 2, braindecode: bool = True, scale: int = 4,
-          workdir: str | None = None, duration_s: float = 400.0, **_: Any) -> dict[str, Any]:
+def bench(
+    n_recordings: int = 16,
+    workers: int = 2,
+    braindecode: bool = True,
+    scale: int = 4,
+    workdir: str | None = None,
+    duration_s: float = 400.0,
+    **_: Any,
+) -> dict[str, Any]:
     """Measure preprocessing speed against braindecode and peak RSS at 1x and ``scale``x.
 
     Args:
@@ -157,10 +179,18 @@ def bench(n_recordings: int = 16, workers: int = 2, braindecode: bool = True, sc
         one = make_bench_set(tmp, n_recordings, duration_s=duration_s)
         big = make_bench_set(tmp, n_recordings, copies=scale, duration_s=duration_s)
         gen_s = time.perf_counter() - t
-        res: dict[str, Any] = {"dataset": {"recordings_1x": len(list(one.rglob("*.edf"))),
-                                           "recordings_big": len(list(big.rglob("*.edf"))), "scale": scale,
-                                           "recording_s": duration_s, "sfreq_in": 250, "channels_in": 23,
-                                           "recipe": BENCH_DATA, "generate_s": round(gen_s, 1)}}
+        res: dict[str, Any] = {
+            "dataset": {
+                "recordings_1x": len(list(one.rglob("*.edf"))),
+                "recordings_big": len(list(big.rglob("*.edf"))),
+                "scale": scale,
+                "recording_s": duration_s,
+                "sfreq_in": 250,
+                "channels_in": 23,
+                "recipe": BENCH_DATA,
+                "generate_s": round(gen_s, 1),
+            }
+        }
         ours1 = _run_child("ours", str(one), str(tmp / "cache1"), str(workers))
         ours_1w = _run_child("ours", str(one), str(tmp / "cache1w"), "1")
         ours_big = _run_child("ours", str(big), str(tmp / "cache_big"), str(workers))
@@ -172,17 +202,21 @@ def bench(n_recordings: int = 16, workers: int = 2, braindecode: bool = True, sc
             if "preprocess_s" in bd1 and "preprocess_s" in ours1:
                 res["speedup_vs_braindecode"] = round(bd1["preprocess_s"] / max(ours1["preprocess_s"], 1e-9), 2)
                 res["speedup_vs_braindecode_one_process"] = round(
-                    bd1["preprocess_s"] / max(ours_1w.get("preprocess_s", float("inf")), 1e-9), 2)
+                    bd1["preprocess_s"] / max(ours_1w.get("preprocess_s", float("inf")), 1e-9), 2
+                )
                 res["recordings_per_s"] = {
                     "ours": round(ours1["recordings"] / ours1["preprocess_s"], 2),
                     "ours_one_process": round(ours_1w["recordings"] / ours_1w["preprocess_s"], 2),
-                    "braindecode": round(bd1["recordings"] / bd1["preprocess_s"], 2)}
+                    "braindecode": round(bd1["recordings"] / bd1["preprocess_s"], 2),
+                }
             if "peak_rss_mib" in bd1 and "peak_rss_mib" in bd_big:
                 res["braindecode_peak_rss_growth"] = round(bd_big["peak_rss_mib"] / bd1["peak_rss_mib"], 2)
         if "peak_rss_mib" in ours1 and "peak_rss_mib" in ours_big:
             res["ours_peak_rss_growth"] = round(ours_big["peak_rss_mib"] / ours1["peak_rss_mib"], 2)
-        res["notes"] = ("timings exclude process start and imports; peak RSS is the main process (workers "
-                        "reported separately); both pipelines end with every window read once")
+        res["notes"] = (
+            "timings exclude process start and imports; peak RSS is the main process (workers "
+            "reported separately); both pipelines end with every window read once"
+        )
         return res
     finally:
         if not workdir:

@@ -3,6 +3,7 @@
 Torch-free at import: heavy modules are imported inside the commands.  Known errors propagate to
 ``main()`` (one line, exit 2); the old ``--config`` flag ends with one line naming ``--recipe``.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,22 +14,42 @@ from typing import List, Optional
 import typer
 
 from medtransfer.shared.cli.grammar import (
-    manifest_option, old_option, out_option, recipe_option, renamed, set_option,
+    manifest_option,
+    old_option,
+    out_option,
+    recipe_option,
+    renamed,
+    set_option,
 )
 from medtransfer.shared.utils.errors import ConfigError
 
-app = typer.Typer(help="EEG normal/abnormal: TUAB/NMT import, paper preprocessing, transfer, ONNX.",
-                  no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="EEG normal/abnormal: TUAB/NMT import, paper preprocessing, transfer, ONNX.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 
 
-def _data_overrides(channels: Optional[str], sfreq: Optional[float], window_seconds: Optional[float],
-                    crop_start: Optional[float], crop_max: Optional[float], car: Optional[bool],
-                    fill_missing: Optional[bool], cache_dir: Optional[Path], workers: Optional[int]) -> dict:
+def _data_overrides(
+    channels: Optional[str],
+    sfreq: Optional[float],
+    window_seconds: Optional[float],
+    crop_start: Optional[float],
+    crop_max: Optional[float],
+    car: Optional[bool],
+    fill_missing: Optional[bool],
+    cache_dir: Optional[Path],
+    workers: Optional[int],
+) -> dict:
     d: dict = {}
     if channels:
         d["channels"] = [c.strip() for c in channels.split(",") if c.strip()]
-    for k, v in (("sfreq", sfreq), ("window_seconds", window_seconds), ("crop_start_s", crop_start),
-                 ("crop_max_s", crop_max)):
+    for k, v in (
+        ("sfreq", sfreq),
+        ("window_seconds", window_seconds),
+        ("crop_start_s", crop_start),
+        ("crop_max_s", crop_max),
+    ):
         if v is not None:
             d[k] = float(v)
     if car is not None:
@@ -53,8 +74,15 @@ _CD = typer.Option(None, "--cache-dir", help="window cache folder (default <mani
 _WK = typer.Option(None, "--workers", help="preprocessing processes (default 2)")
 
 
-def _cfg(recipe: Optional[Path], sets: Optional[List[str]], data: dict, model: Optional[str] = None,
-         epochs: Optional[int] = None, strategy: Optional[str] = None, seed: Optional[int] = None) -> dict:
+def _cfg(
+    recipe: Optional[Path],
+    sets: Optional[List[str]],
+    data: dict,
+    model: Optional[str] = None,
+    epochs: Optional[int] = None,
+    strategy: Optional[str] = None,
+    seed: Optional[int] = None,
+) -> dict:
     """The resolved config: defaults <- recipe <- flags <- ``--set``."""
     from medtransfer.apps.eeg.train import make_config
 
@@ -102,15 +130,22 @@ def synth(
 @app.command("preprocess")
 def preprocess(
     manifest: Path = manifest_option(),
-    channels: Optional[str] = _CH, sfreq: Optional[float] = _SF, window_seconds: Optional[float] = _WS,
-    crop_start: Optional[float] = _CS, crop_max: Optional[float] = _CM, car: Optional[bool] = _CAR,
-    fill_missing: Optional[bool] = _FM, cache_dir: Optional[Path] = _CD, workers: Optional[int] = _WK,
+    channels: Optional[str] = _CH,
+    sfreq: Optional[float] = _SF,
+    window_seconds: Optional[float] = _WS,
+    crop_start: Optional[float] = _CS,
+    crop_max: Optional[float] = _CM,
+    car: Optional[bool] = _CAR,
+    fill_missing: Optional[bool] = _FM,
+    cache_dir: Optional[Path] = _CD,
+    workers: Optional[int] = _WK,
 ) -> None:
     """Preprocess every recording of a manifest into the window cache (a second run is instant)."""
     from medtransfer.apps.eeg.data import data_cfg, load_split
 
-    cfg = data_cfg(_data_overrides(channels, sfreq, window_seconds, crop_start, crop_max, car, fill_missing,
-                                   cache_dir, workers))
+    cfg = data_cfg(
+        _data_overrides(channels, sfreq, window_seconds, crop_start, crop_max, car, fill_missing, cache_dir, workers)
+    )
     got, errors = load_split(manifest, cfg, ["train", "val", "test"])
     n = {k: len(v) for k, v in got.items()}
     w = sum(r.n_windows for v in got.values() for r in v)
@@ -128,12 +163,21 @@ def train_cmd(
     seed: Optional[int] = typer.Option(None, "--seed"),
     recipe: Optional[Path] = recipe_option(help="recipe YAML (e.g. apps/eeg/recipes/bonn.yaml)"),
     set_: Optional[List[str]] = set_option(),
-    channels: Optional[str] = _CH, sfreq: Optional[float] = _SF, window_seconds: Optional[float] = _WS,
+    channels: Optional[str] = _CH,
+    sfreq: Optional[float] = _SF,
+    window_seconds: Optional[float] = _WS,
     window_stride: Optional[float] = typer.Option(
-        None, "--window-stride", help="seconds between TRAINING window starts (overlap when < window; "
-                                      "evaluation windows never overlap; default 0 = window length)"),
-    crop_start: Optional[float] = _CS, crop_max: Optional[float] = _CM, car: Optional[bool] = _CAR,
-    fill_missing: Optional[bool] = _FM, cache_dir: Optional[Path] = _CD, workers: Optional[int] = _WK,
+        None,
+        "--window-stride",
+        help="seconds between TRAINING window starts (overlap when < window; "
+        "evaluation windows never overlap; default 0 = window length)",
+    ),
+    crop_start: Optional[float] = _CS,
+    crop_max: Optional[float] = _CM,
+    car: Optional[bool] = _CAR,
+    fill_missing: Optional[bool] = _FM,
+    cache_dir: Optional[Path] = _CD,
+    workers: Optional[int] = _WK,
     config: Optional[Path] = old_option("--config"),
 ) -> None:
     """Train on the manifest's train split (validation on val; test untouched)."""
@@ -141,8 +185,7 @@ def train_cmd(
         renamed("eeg train --config FILE", "eeg train --recipe FILE")
     from medtransfer.apps.eeg.train import train
 
-    data = _data_overrides(channels, sfreq, window_seconds, crop_start, crop_max, car, fill_missing,
-                           cache_dir, workers)
+    data = _data_overrides(channels, sfreq, window_seconds, crop_start, crop_max, car, fill_missing, cache_dir, workers)
     if window_stride is not None:
         data["window_stride_seconds"] = float(window_stride)
     if init is not None and (init / "config.yaml").is_file() and not recipe:
@@ -154,8 +197,7 @@ def train_cmd(
         model = model or src.get("model", {}).get("name")
     cfg = _cfg(recipe, set_, data, model, epochs, strategy, seed)
     res = train(manifest, out, cfg, init=init)
-    typer.echo(json.dumps({"run_dir": res["run_dir"], "best_epoch": res["best_epoch"], "val": res["val"]},
-                          default=str))
+    typer.echo(json.dumps({"run_dir": res["run_dir"], "best_epoch": res["best_epoch"], "val": res["val"]}, default=str))
 
 
 @app.command("evaluate")
@@ -184,8 +226,12 @@ def transfer_cmd(
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     recipe: Optional[Path] = recipe_option(help="recipe YAML"),
     set_: Optional[List[str]] = set_option(),
-    channels: Optional[str] = _CH, sfreq: Optional[float] = _SF, window_seconds: Optional[float] = _WS,
-    crop_start: Optional[float] = _CS, crop_max: Optional[float] = _CM, workers: Optional[int] = _WK,
+    channels: Optional[str] = _CH,
+    sfreq: Optional[float] = _SF,
+    window_seconds: Optional[float] = _WS,
+    crop_start: Optional[float] = _CS,
+    crop_max: Optional[float] = _CM,
+    workers: Optional[int] = _WK,
     config: Optional[Path] = old_option("--config"),
 ) -> None:
     """Pretrain on source, fine-tune on target fractions (vs scratch), report forgetting; CSV + plot."""
@@ -195,10 +241,16 @@ def transfer_cmd(
 
     data = _data_overrides(channels, sfreq, window_seconds, crop_start, crop_max, None, None, None, workers)
     cfg = _cfg(recipe, set_, data, model, epochs)
-    res = sweep(source, target, out, cfg,
-                strategies=[s.strip() for s in strategies.split(",") if s.strip()],
-                fractions=[float(f) for f in fractions.split(",") if f.strip()],
-                seeds=[int(s) for s in seeds.split(",") if s.strip()], source_run=source_run)
+    res = sweep(
+        source,
+        target,
+        out,
+        cfg,
+        strategies=[s.strip() for s in strategies.split(",") if s.strip()],
+        fractions=[float(f) for f in fractions.split(",") if f.strip()],
+        seeds=[int(s) for s in seeds.split(",") if s.strip()],
+        source_run=source_run,
+    )
     typer.echo(json.dumps({k: str(v) for k, v in res.items() if k in ("table", "plot", "summary")}))
 
 

@@ -6,6 +6,7 @@ manifest (``path,label,split,group`` + extra columns) with the recordings that p
 checks, and ``<out_csv stem>_report.csv`` listing every file found with ``status`` and
 ``reason`` (e.g. ``missing required channel(s): A1, A2``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,14 +22,30 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from medtransfer.apps.eeg.io import (
-    DATA_DEFAULTS, SUFFIXES, header_info, pp_config, pp_hash, preprocess_recording,
+    DATA_DEFAULTS,
+    SUFFIXES,
+    header_info,
+    pp_config,
+    pp_hash,
+    preprocess_recording,
 )
 from medtransfer.shared.manifest import Record, assign_splits, read_manifest, write_manifest
 from medtransfer.shared.utils.errors import InputError
 
 LABELS = ("normal", "abnormal")
-REPORT_COLS = ["path", "label", "split", "status", "reason", "sfreq", "duration_s", "n_windows",
-               "channels_mapped", "channels_missing", "mapping"]
+REPORT_COLS = [
+    "path",
+    "label",
+    "split",
+    "status",
+    "reason",
+    "sfreq",
+    "duration_s",
+    "n_windows",
+    "channels_mapped",
+    "channels_missing",
+    "mapping",
+]
 
 
 def data_cfg(opts: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -73,14 +90,18 @@ def csv_relative(path: str | Path, out_csv: str | Path) -> str:
     return Path(rel).as_posix()
 
 
-def _check_records(records: list[Record], cfg: Mapping[str, Any], check: bool,
-                   out_csv: Path | None = None) -> tuple[list[Record], list[dict]]:
+def _check_records(
+    records: list[Record], cfg: Mapping[str, Any], check: bool, out_csv: Path | None = None
+) -> tuple[list[Record], list[dict]]:
     """Header-check each record; return the kept ones and one report row per record (paths
     relative to ``out_csv``'s folder when given)."""
     kept, report = [], []
     for r in records:
-        row = {"path": csv_relative(r.path, out_csv) if out_csv is not None else (r.rel or str(r.path)),
-               "label": r.label, "split": r.split}
+        row = {
+            "path": csv_relative(r.path, out_csv) if out_csv is not None else (r.rel or str(r.path)),
+            "label": r.label,
+            "split": r.split,
+        }
         if r.label and r.label not in LABELS:
             row.update(status="skipped", reason=f"label '{r.label}' is not normal/abnormal")
             report.append(row)
@@ -92,9 +113,13 @@ def _check_records(records: list[Record], cfg: Mapping[str, Any], check: bool,
             continue
         info = header_info(r.path, cfg)
         row.update(
-            status="ok" if info["ok"] else "skipped", reason=info["reason"], sfreq=info["sfreq"],
-            duration_s=info["duration_s"], n_windows=info["n_windows"],
-            channels_mapped=len(info["mapped"]), channels_missing=" ".join(info["missing"]),
+            status="ok" if info["ok"] else "skipped",
+            reason=info["reason"],
+            sfreq=info["sfreq"],
+            duration_s=info["duration_s"],
+            n_windows=info["n_windows"],
+            channels_mapped=len(info["mapped"]),
+            channels_missing=" ".join(info["missing"]),
             mapping=json.dumps(info["mapped"]),
         )
         report.append(row)
@@ -126,22 +151,32 @@ def _finish(records: list[Record], out_csv: Path, opts: Mapping[str, Any], check
     from_train = [r for r in kept if r.split == "train"]
     for r in from_train:
         r.split = ""
-    assign_splits(from_train, val_fraction=float(cfg["val_fraction"]), test_fraction=0.0,
-                  seed=int(cfg["split_seed"]))
-    assign_splits(kept, val_fraction=float(cfg["val_fraction"]), test_fraction=float(cfg["test_fraction"]),
-                  seed=int(cfg["split_seed"]))
+    assign_splits(from_train, val_fraction=float(cfg["val_fraction"]), test_fraction=0.0, seed=int(cfg["split_seed"]))
+    assign_splits(
+        kept,
+        val_fraction=float(cfg["val_fraction"]),
+        test_fraction=float(cfg["test_fraction"]),
+        seed=int(cfg["split_seed"]),
+    )
     by_path = {csv_relative(r.path, out_csv): r.split for r in kept}
     for row in rows:
         if row["path"] in by_path:
             row["split"] = by_path[row["path"]]
     # paths relative to the CSV's folder as the files were found (symlinks kept, not resolved),
     # whatever the working directory and however root / out_csv were given
-    write_manifest([{"path": csv_relative(r.path, out_csv), "label": r.label, "split": r.split, "group": r.group,
-                     **r.extra} for r in kept], out_csv)
+    write_manifest(
+        [
+            {"path": csv_relative(r.path, out_csv), "label": r.label, "split": r.split, "group": r.group, **r.extra}
+            for r in kept
+        ],
+        out_csv,
+    )
     write_report(rows, report_path(out_csv))
     n_skip = sum(1 for r in rows if r["status"] != "ok")
-    print(f"eeg import: {len(kept)} recordings kept, {n_skip} skipped -> {out_csv} (report: {report_path(out_csv).name})",
-          file=sys.stderr)
+    print(
+        f"eeg import: {len(kept)} recordings kept, {n_skip} skipped -> {out_csv} (report: {report_path(out_csv).name})",
+        file=sys.stderr,
+    )
     return Path(out_csv)
 
 
@@ -172,15 +207,22 @@ def import_tuab(root: str | Path, out_csv: str | Path, check: bool = True, **opt
         parts = [q.lower() for q in p.relative_to(root).parts]
         if "edf" not in parts:
             continue
-        tail = parts[parts.index("edf") + 1:]
+        tail = parts[parts.index("edf") + 1 :]
         split = "train" if "train" in tail else "test" if ("eval" in tail or "dev" in tail) else ""
         label = "abnormal" if "abnormal" in tail else "normal" if "normal" in tail else ""
         if not label:
             continue
         m = re.match(r"([a-z0-9]+)_s(\d+)_t(\d+)", p.stem, flags=re.IGNORECASE)
         group = m.group(1) if m else p.stem
-        recs.append(Record(path=p.absolute(), label=label, split=split, group=group,
-                           extra={"dataset": "tuab", "session": f"s{m.group(2)}" if m else ""}))
+        recs.append(
+            Record(
+                path=p.absolute(),
+                label=label,
+                split=split,
+                group=group,
+                extra={"dataset": "tuab", "session": f"s{m.group(2)}" if m else ""},
+            )
+        )
     if not recs:
         raise InputError(root, "no TUAB recordings found (expected edf/{train,eval}/{normal,abnormal}/01_tcp_ar/...)")
     return _finish(recs, Path(out_csv), opts, check)
@@ -219,17 +261,42 @@ def import_nmt(root: str | Path, out_csv: str | Path, check: bool = True, **opts
         split = "test" if "eval" in parts else "train" if "train" in parts else ""
         row = table.get(p.name)
         if row is None:
-            bad.append({"path": csv_relative(p, out_csv), "label": folder_label, "split": split, "status": "skipped",
-                        "reason": "not listed in Labels.csv"})
+            bad.append(
+                {
+                    "path": csv_relative(p, out_csv),
+                    "label": folder_label,
+                    "split": split,
+                    "status": "skipped",
+                    "reason": "not listed in Labels.csv",
+                }
+            )
             continue
         label = row["label"].strip().lower()
         if folder_label and label != folder_label:
-            bad.append({"path": csv_relative(p, out_csv), "label": label, "split": split, "status": "skipped",
-                        "reason": f"Labels.csv says {label}, folder says {folder_label}"})
+            bad.append(
+                {
+                    "path": csv_relative(p, out_csv),
+                    "label": label,
+                    "split": split,
+                    "status": "skipped",
+                    "reason": f"Labels.csv says {label}, folder says {folder_label}",
+                }
+            )
             continue
-        recs.append(Record(path=p.absolute(), label=label, split=split, group=p.stem,
-                           extra={"dataset": "nmt", "age": row.get("age", ""), "gender": row.get("gender", ""),
-                                  "loc": row.get("loc", "")}))
+        recs.append(
+            Record(
+                path=p.absolute(),
+                label=label,
+                split=split,
+                group=p.stem,
+                extra={
+                    "dataset": "nmt",
+                    "age": row.get("age", ""),
+                    "gender": row.get("gender", ""),
+                    "loc": row.get("loc", ""),
+                },
+            )
+        )
     if not recs and not bad:
         raise InputError(root, "no NMT recordings found (expected {normal,abnormal}/{train,eval}/*.edf)")
     out = _finish(recs, Path(out_csv), opts, check)
@@ -263,8 +330,7 @@ def import_generic(root: str | Path, out_csv: str | Path, check: bool = True, **
         recs = []
         for p in sorted(root.rglob("*")):
             if p.suffix.lower() in SUFFIXES and p.is_file():
-                lab = next((q.lower() for q in reversed(p.relative_to(root).parts[:-1])
-                            if q.lower() in LABELS), "")
+                lab = next((q.lower() for q in reversed(p.relative_to(root).parts[:-1]) if q.lower() in LABELS), "")
                 recs.append(Record(path=p.absolute(), label=lab, group=p.stem))
     else:
         raise InputError(root, "neither a manifest CSV nor a folder")
@@ -274,8 +340,16 @@ def import_generic(root: str | Path, out_csv: str | Path, check: bool = True, **
 
 
 #: the Bonn recipe: one channel, 20 s windows, no start crop, no CAR
-BONN_DATA = {"channels": ["CH1"], "window_seconds": 20.0, "crop_start_s": 0.0, "crop_max_s": 0.0,
-             "car": False, "clip_uv": 0.0, "val_fraction": 0.15, "test_fraction": 0.3}
+BONN_DATA = {
+    "channels": ["CH1"],
+    "window_seconds": 20.0,
+    "crop_start_s": 0.0,
+    "crop_max_s": 0.0,
+    "car": False,
+    "clip_uv": 0.0,
+    "val_fraction": 0.15,
+    "test_fraction": 0.3,
+}
 
 
 def import_bonn(root: str | Path, out_csv: str | Path, limit_per_set: int | None = None, **opts: Any) -> Path:
@@ -340,8 +414,11 @@ def _work(args: tuple[str, str, dict]) -> dict[str, Any]:
 
 def cache_root(cfg: Mapping[str, Any], manifest: Path | None = None) -> Path:
     """The cache folder for a preprocessing config (``<cache_dir>/<config hash>``)."""
-    base = Path(cfg.get("cache_dir") or "") if cfg.get("cache_dir") else (
-        (manifest.resolve().parent if manifest else Path.cwd()) / ".eeg_cache")
+    base = (
+        Path(cfg.get("cache_dir") or "")
+        if cfg.get("cache_dir")
+        else ((manifest.resolve().parent if manifest else Path.cwd()) / ".eeg_cache")
+    )
     return base / pp_hash(cfg)
 
 
@@ -429,11 +506,17 @@ class _progress:
 
     def __enter__(self):
         if self.show:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
             from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
             self.bar.start()
             tid = self.bar.add_task(self.text, total=self.total)
             return lambda: self.bar.advance(tid)
@@ -457,8 +540,9 @@ class WindowDataset:
             signal (the cached windows are consecutive); used for training windows only.
     """
 
-    def __init__(self, recordings: Sequence[CachedRecording], max_windows_per_recording: int = 0,
-                 stride: int = 0) -> None:
+    def __init__(
+        self, recordings: Sequence[CachedRecording], max_windows_per_recording: int = 0, stride: int = 0
+    ) -> None:
         self.recordings = list(recordings)
         self.index: list[tuple[int, int]] = []
         self.win = int(self.shape[1]) if self.recordings else 0
@@ -468,8 +552,13 @@ class WindowDataset:
             if max_windows_per_recording:
                 starts = starts[:max_windows_per_recording]
             self.index += [(i, st) for st in starts]
-        self.targets = np.array([LABELS.index(self.recordings[i].label) if self.recordings[i].label in LABELS else -1
-                                 for i, _ in self.index], dtype=np.int64)
+        self.targets = np.array(
+            [
+                LABELS.index(self.recordings[i].label) if self.recordings[i].label in LABELS else -1
+                for i, _ in self.index
+            ],
+            dtype=np.int64,
+        )
         self._open: tuple[int, Any] | None = None
 
     def __len__(self) -> int:
@@ -522,8 +611,13 @@ def recording_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0
     tn = int(((pred == 0) & (y == 0)).sum())
     sens = tp / max(1, int((y == 1).sum()))
     spec = tn / max(1, int((y == 0).sum()))
-    out = {"balanced_accuracy": (sens + spec) / 2, "sensitivity": sens, "specificity": spec,
-           "accuracy": float((pred == y).mean()) if len(y) else float("nan"), "n_recordings": int(len(y))}
+    out = {
+        "balanced_accuracy": (sens + spec) / 2,
+        "sensitivity": sens,
+        "specificity": spec,
+        "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
+        "n_recordings": int(len(y)),
+    }
     out["auroc"] = _auroc(y, np.asarray(prob, dtype=float))
     return out
 
@@ -538,7 +632,11 @@ def _auroc(y: np.ndarray, s: np.ndarray) -> float:
 
 
 def load_split(
-    manifest: Path, cfg: Mapping[str, Any], splits: Iterable[str], workers: int | None = None, progress: bool = True,
+    manifest: Path,
+    cfg: Mapping[str, Any],
+    splits: Iterable[str],
+    workers: int | None = None,
+    progress: bool = True,
 ) -> tuple[dict[str, list[CachedRecording]], list[dict]]:
     """Read a manifest, assign missing splits, build / reuse the cache and return recordings per split."""
     recs = [r for r in read_manifest(manifest, require_label=True)]
@@ -546,8 +644,12 @@ def load_split(
         r.label = r.label.lower()
         if r.label not in LABELS:
             raise InputError(manifest, f"label '{r.label}' of {r.case_id} is not normal/abnormal")
-    assign_splits(recs, val_fraction=float(cfg["val_fraction"]), test_fraction=float(cfg["test_fraction"]),
-                  seed=int(cfg["split_seed"]))
+    assign_splits(
+        recs,
+        val_fraction=float(cfg["val_fraction"]),
+        test_fraction=float(cfg["test_fraction"]),
+        seed=int(cfg["split_seed"]),
+    )
     want = set(splits)
     recs = [r for r in recs if r.split in want]
     cached, errors = build_cache(recs, cfg, cache_root(cfg, manifest), workers=workers, progress=progress)

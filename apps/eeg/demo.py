@@ -1,5 +1,6 @@
 """End-to-end demo on synthetic EDFs: TUAB-layout source, NMT-layout target; import, preprocess,
 train on TUAB, export + torch-free predict with a per-window trace, TUAB -> NMT transfer sweep."""
+
 from __future__ import annotations
 
 import csv
@@ -13,9 +14,13 @@ def demo_config(fast: bool = True) -> dict[str, Any]:
     from medtransfer.apps.eeg.train import make_config
 
     data = {"window_seconds": 8.0, "crop_start_s": 10.0, "crop_max_s": 0.0, "sfreq": 50.0 if fast else 100.0}
-    return make_config(overrides={"data": data, "model": {"name": "shallow"},
-                              "train": {"epochs": 6 if fast else 15, "lr": 3e-3, "batch_size": 32, "patience": 0,
-                                        "progress": False}})
+    return make_config(
+        overrides={
+            "data": data,
+            "model": {"name": "shallow"},
+            "train": {"epochs": 6 if fast else 15, "lr": 3e-3, "batch_size": 32, "patience": 0, "progress": False},
+        }
+    )
 
 
 def demo(out_dir: Path, fast: bool = True) -> dict[str, Any]:
@@ -70,17 +75,39 @@ def run(out_dir: Path, fast: bool = True) -> dict[str, Any]:
 
     # 2. transfer sweep TUAB -> NMT
     seeds = [0, 1] if fast else [0, 1, 2]
-    sw = sweep(src_csv, tgt_csv, out_dir / "transfer", cfg, strategies=["full"] if fast else ["full", "linear_probe"],
-               fractions=[0.125, 0.25, 1.0] if fast else [0.05, 0.1, 0.25, 0.5, 1.0], seeds=seeds,
-               source_run=src_run, progress=False)
+    sw = sweep(
+        src_csv,
+        tgt_csv,
+        out_dir / "transfer",
+        cfg,
+        strategies=["full"] if fast else ["full", "linear_probe"],
+        fractions=[0.125, 0.25, 1.0] if fast else [0.05, 0.1, 0.25, 0.5, 1.0],
+        seeds=seeds,
+        source_run=src_run,
+        progress=False,
+    )
     with open(report_path(src_csv), newline="") as f:
         n_skipped = sum(1 for row in csv.DictReader(f) if row["status"] != "ok")
-    metrics = {"source_test_balanced_accuracy": src_test["balanced_accuracy"], "source_test_auroc": src_test["auroc"],
-               "predict_example": {"file": example.name, "label": p["label"], "probability": p["probability"]},
-               "transfer_summary": sw["summary_rows"], "seconds": round(time.time() - t0, 1)}
-    return {"cfg": cfg, "n_src": _rows(src_csv), "n_tgt": _rows(tgt_csv), "n_skipped": n_skipped,
-            "src_test": src_test, "bundle": bundle, "example": example, "prediction": p, "sweep": sw,
-            "seeds": seeds, "metrics": metrics}
+    metrics = {
+        "source_test_balanced_accuracy": src_test["balanced_accuracy"],
+        "source_test_auroc": src_test["auroc"],
+        "predict_example": {"file": example.name, "label": p["label"], "probability": p["probability"]},
+        "transfer_summary": sw["summary_rows"],
+        "seconds": round(time.time() - t0, 1),
+    }
+    return {
+        "cfg": cfg,
+        "n_src": _rows(src_csv),
+        "n_tgt": _rows(tgt_csv),
+        "n_skipped": n_skipped,
+        "src_test": src_test,
+        "bundle": bundle,
+        "example": example,
+        "prediction": p,
+        "sweep": sw,
+        "seeds": seeds,
+        "metrics": metrics,
+    }
 
 
 def _rows(manifest: Path) -> int:
@@ -92,38 +119,48 @@ def _rows(manifest: Path) -> int:
 def report(res: dict[str, Any], out_dir: Path) -> str:
     """The report section (Markdown, links relative to ``out_dir``) of a :func:`run` result."""
     cfg, src_test, p, sw = res["cfg"], res["src_test"], res["prediction"], res["sweep"]
-    rel = {k: Path(v).relative_to(out_dir).as_posix() for k, v in
-           (("trace", p["plot"]), ("plot", sw["plot"]), ("table", sw["summary"]))}
-    lines = ["| mode | % target train | n rec | target BA | target AUROC | forgetting (source BA drop) |",
-             "|---|---|---|---|---|---|"]
+    rel = {
+        k: Path(v).relative_to(out_dir).as_posix()
+        for k, v in (("trace", p["plot"]), ("plot", sw["plot"]), ("table", sw["summary"]))
+    }
+    lines = [
+        "| mode | % target train | n rec | target BA | target AUROC | forgetting (source BA drop) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in sw["summary_rows"]:
-        def f(k: str) -> str:
+
+        def f(k: str, r: dict = r) -> str:
             m, s = r[f"{k}_mean"], r[f"{k}_std"]
             return "-" if m == "" else f"{m:.2f} ± {s:.2f}"
-        lines.append(f"| {r['mode']} | {100 * r['fraction']:g} | {r['n_target_train']} | {f('target_balanced_accuracy')} | "
-                     f"{f('target_auroc')} | {f('forgetting')} |")
-    return "\n".join([
-        "## EEG: normal vs abnormal, TUAB -> NMT transfer (synthetic EDFs)",
-        "",
-        f"Synthetic EDF recordings written with edfio in the TUAB v3 tree ({res['n_src']} recordings, `EEG XX-REF`, "
-        f"250 Hz) and the NMT release layout ({res['n_tgt']} recordings, `Labels.csv`, `-LE` names with T7/T8, 200 Hz, "
-        "other gain and alpha rhythm, milder abnormality). Abnormal = delta slowing, weaker alpha, spikes. "
-        f"Recipe: 21 paper channels, skip {cfg['data']['crop_start_s']:g} s, uV, clip ±800, resample to "
-        f"{cfg['data']['sfreq']:g} Hz, CAR, {cfg['data']['window_seconds']:g} s windows (demo size; the default is "
-        f"60 s at 100 Hz). Import report: {res['n_skipped']} recordings skipped. Model: braindecode ShallowFBCSPNet.",
-        "",
-        f"- TUAB test (recording level, mean of window probabilities): balanced accuracy "
-        f"**{src_test['balanced_accuracy']:.2f}**, AUROC **{src_test['auroc']:.2f}** ({src_test['n_recordings']} recordings)",
-        f"- ONNX bundle `{Path(res['bundle']).name}`; torch-free predict on NMT `{res['example'].name}` (abnormal): "
-        f"**{p['label']}**, P(abnormal) = {p['probability']:.2f} over {p['n_windows']} windows",
-        "",
-        f"![per-window abnormality trace]({rel['trace']})",
-        "",
-        f"Transfer sweep (fine-tune the TUAB model on a fraction of NMT training recordings vs. training from "
-        f"scratch; {len(res['seeds'])} seeds; NMT test split; table: `{rel['table']}`):",
-        "",
-        *lines,
-        "",
-        f"![transfer sweep]({rel['plot']})",
-        "",
-    ])
+
+        lines.append(
+            f"| {r['mode']} | {100 * r['fraction']:g} | {r['n_target_train']} | {f('target_balanced_accuracy')} | "
+            f"{f('target_auroc')} | {f('forgetting')} |"
+        )
+    return "\n".join(
+        [
+            "## EEG: normal vs abnormal, TUAB -> NMT transfer (synthetic EDFs)",
+            "",
+            f"Synthetic EDF recordings written with edfio in the TUAB v3 tree ({res['n_src']} recordings, `EEG XX-REF`, "
+            f"250 Hz) and the NMT release layout ({res['n_tgt']} recordings, `Labels.csv`, `-LE` names with T7/T8, 200 Hz, "
+            "other gain and alpha rhythm, milder abnormality). Abnormal = delta slowing, weaker alpha, spikes. "
+            f"Recipe: 21 paper channels, skip {cfg['data']['crop_start_s']:g} s, uV, clip ±800, resample to "
+            f"{cfg['data']['sfreq']:g} Hz, CAR, {cfg['data']['window_seconds']:g} s windows (demo size; the default is "
+            f"60 s at 100 Hz). Import report: {res['n_skipped']} recordings skipped. Model: braindecode ShallowFBCSPNet.",
+            "",
+            f"- TUAB test (recording level, mean of window probabilities): balanced accuracy "
+            f"**{src_test['balanced_accuracy']:.2f}**, AUROC **{src_test['auroc']:.2f}** ({src_test['n_recordings']} recordings)",
+            f"- ONNX bundle `{Path(res['bundle']).name}`; torch-free predict on NMT `{res['example'].name}` (abnormal): "
+            f"**{p['label']}**, P(abnormal) = {p['probability']:.2f} over {p['n_windows']} windows",
+            "",
+            f"![per-window abnormality trace]({rel['trace']})",
+            "",
+            f"Transfer sweep (fine-tune the TUAB model on a fraction of NMT training recordings vs. training from "
+            f"scratch; {len(res['seeds'])} seeds; NMT test split; table: `{rel['table']}`):",
+            "",
+            *lines,
+            "",
+            f"![transfer sweep]({rel['plot']})",
+            "",
+        ]
+    )

@@ -6,6 +6,7 @@ pick the configured channels (names mapped from ``EEG XX-REF`` / ``-LE`` / ``-Re
 ``crop_max_s`` seconds, volts -> microvolts (``scale``), clip at +-``clip_uv``, resample to
 ``sfreq``, common average reference (``car``), cut non-overlapping ``window_seconds`` windows.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,8 +21,27 @@ from medtransfer.shared.utils.errors import InputError
 
 #: the paper's 21 channels, in its order
 PAPER_CHANNELS: list[str] = [
-    "A1", "A2", "FP1", "FP2", "F3", "F4", "C3", "C4", "P3", "P4", "O1", "O2",
-    "F7", "F8", "T3", "T4", "T5", "T6", "FZ", "CZ", "PZ",
+    "A1",
+    "A2",
+    "FP1",
+    "FP2",
+    "F3",
+    "F4",
+    "C3",
+    "C4",
+    "P3",
+    "P4",
+    "O1",
+    "O2",
+    "F7",
+    "F8",
+    "T3",
+    "T4",
+    "T5",
+    "T6",
+    "FZ",
+    "CZ",
+    "PZ",
 ]
 
 #: the ``data`` section of the eeg config: the preprocessing recipe plus data handling keys
@@ -47,8 +67,19 @@ DATA_DEFAULTS: dict[str, Any] = {
 }
 
 #: keys that change the windows (the cache key)
-PREPROCESS_KEYS = ("channels", "sfreq", "window_seconds", "crop_start_s", "crop_max_s", "scale",
-                   "clip_uv", "car", "fill_missing", "min_sfreq", "resample")
+PREPROCESS_KEYS = (
+    "channels",
+    "sfreq",
+    "window_seconds",
+    "crop_start_s",
+    "crop_max_s",
+    "scale",
+    "clip_uv",
+    "car",
+    "fill_missing",
+    "min_sfreq",
+    "resample",
+)
 PREPROCESS_VERSION = 1
 
 _RENAME_1010 = {"T7": "T3", "T8": "T4", "P7": "T5", "P8": "T6"}
@@ -139,8 +170,10 @@ def read_raw(path: str | Path):
         raise InputError(path, "file not found")
     sfx = path.suffix.lower()
     readers = {
-        ".edf": mne.io.read_raw_edf, ".bdf": mne.io.read_raw_bdf,
-        ".set": mne.io.read_raw_eeglab, ".vhdr": mne.io.read_raw_brainvision,
+        ".edf": mne.io.read_raw_edf,
+        ".bdf": mne.io.read_raw_bdf,
+        ".set": mne.io.read_raw_eeglab,
+        ".vhdr": mne.io.read_raw_brainvision,
     }
     if sfx not in readers:
         raise InputError(path, f"unsupported EEG format '{sfx}' (use {', '.join(SUFFIXES)})")
@@ -151,7 +184,9 @@ def read_raw(path: str | Path):
     except InputError:
         raise
     except Exception as e:  # MNE raises many types for corrupt files; its messages may quote header bytes
-        raise InputError(path, f"cannot read {sfx[1:].upper()} file (corrupt or unsupported header: {type(e).__name__})") from None
+        raise InputError(
+            path, f"cannot read {sfx[1:].upper()} file (corrupt or unsupported header: {type(e).__name__})"
+        ) from None
     if len(raw.ch_names) == 0 or raw.n_times == 0:
         raise InputError(path, "no signal channels in the file (annotations only?)")
     return raw
@@ -160,15 +195,55 @@ def read_raw(path: str | Path):
 #: standard 10-20 / 10-10 electrode names (canonical, upper case): the only channel labels a
 #: message may name; any other label is free text from the file header and is never quoted
 STANDARD_ELECTRODES: frozenset[str] = frozenset(
-    ["A1", "A2", "M1", "M2", "NZ", "IZ", "FPZ", "FP1", "FP2", "AFZ", "OZ", "POZ", "CPZ", "FCZ", "FZ", "CZ", "PZ",
-     "T3", "T4", "T5", "T6", "T9", "T10", "P9", "P10", "F9", "F10", "TP9", "TP10", "FT9", "FT10"]
+    [
+        "A1",
+        "A2",
+        "M1",
+        "M2",
+        "NZ",
+        "IZ",
+        "FPZ",
+        "FP1",
+        "FP2",
+        "AFZ",
+        "OZ",
+        "POZ",
+        "CPZ",
+        "FCZ",
+        "FZ",
+        "CZ",
+        "PZ",
+        "T3",
+        "T4",
+        "T5",
+        "T6",
+        "T9",
+        "T10",
+        "P9",
+        "P10",
+        "F9",
+        "F10",
+        "TP9",
+        "TP10",
+        "FT9",
+        "FT10",
+    ]
     + [f"{row}{i}" for row in ("AF", "F", "FC", "C", "CP", "P", "PO", "O", "FT", "TP") for i in range(1, 9)]
 )
 
 #: per-signal fields of an EDF/BDF header: (name used in messages, width in bytes)
-_EDF_SIGNAL_FIELDS = (("label", 16), ("transducer type", 80), ("physical dimension", 8),
-                      ("physical minimum", 8), ("physical maximum", 8), ("digital minimum", 8),
-                      ("digital maximum", 8), ("prefiltering", 80), ("samples per record", 8), ("reserved", 32))
+_EDF_SIGNAL_FIELDS = (
+    ("label", 16),
+    ("transducer type", 80),
+    ("physical dimension", 8),
+    ("physical minimum", 8),
+    ("physical maximum", 8),
+    ("digital minimum", 8),
+    ("digital maximum", 8),
+    ("prefiltering", 80),
+    ("samples per record", 8),
+    ("reserved", 32),
+)
 _EDF_MAX_SIGNALS = 4096
 
 
@@ -224,11 +299,15 @@ def edf_header(path: str | Path) -> dict[str, Any]:
         if ns <= 0:
             raise InputError(path, "no signal channels in the file (annotations only?)")
         if ns > _EDF_MAX_SIGNALS:
-            raise InputError(path, f"EDF header declares {ns} signals (more than {_EDF_MAX_SIGNALS}); not a valid recording")
+            raise InputError(
+                path, f"EDF header declares {ns} signals (more than {_EDF_MAX_SIGNALS}); not a valid recording"
+            )
         if size < 256 + ns * 256:
             raise InputError(path, f"truncated file: {size} bytes, shorter than its {256 + ns * 256}-byte header")
         if n_header != 256 + ns * 256:
-            raise InputError(path, f"EDF header field 'bytes in header' disagrees with its {ns} signals (expected {256 + ns * 256})")
+            raise InputError(
+                path, f"EDF header field 'bytes in header' disagrees with its {ns} signals (expected {256 + ns * 256})"
+            )
         if n_records < -1:
             raise InputError(path, "EDF header field 'number of data records' is negative")
         record_s = _edf_number(head[244:252], path, "duration of a data record")
@@ -236,7 +315,7 @@ def edf_header(path: str | Path) -> dict[str, Any]:
     fields: dict[str, list[bytes]] = {}
     off = 0
     for name, width in _EDF_SIGNAL_FIELDS:
-        fields[name] = [sig[off + i * width: off + (i + 1) * width] for i in range(ns)]
+        fields[name] = [sig[off + i * width : off + (i + 1) * width] for i in range(ns)]
         off += ns * width
     labels = [b.decode("latin-1").strip() for b in fields["label"]]
     signals = []
@@ -245,9 +324,15 @@ def edf_header(path: str | Path) -> dict[str, Any]:
         spr = int(_edf_number(fields["samples per record"][i], path, "samples per record", i, int))
         if spr < 0 or (spr == 0 and not ann):
             raise InputError(path, f"EDF header field 'samples per record' of signal {i + 1} is not positive")
-        vals = {k: _edf_number(fields[name][i], path, name, i)
-                for k, name in (("physical_min", "physical minimum"), ("physical_max", "physical maximum"),
-                                ("digital_min", "digital minimum"), ("digital_max", "digital maximum"))}
+        vals = {
+            k: _edf_number(fields[name][i], path, name, i)
+            for k, name in (
+                ("physical_min", "physical minimum"),
+                ("physical_max", "physical maximum"),
+                ("digital_min", "digital minimum"),
+                ("digital_max", "digital maximum"),
+            )
+        }
         signals.append({"label": labels[i], "annotation": ann, "samples_per_record": spr, **vals})
     if all(s["annotation"] for s in signals):
         raise InputError(path, "no signal channels in the file (annotations only?)")
@@ -280,8 +365,9 @@ def empty_range_signals(path: str | Path) -> tuple[list[int], list[str]]:
         the labels of all data signals, for matching).
     """
     sigs = [s for s in edf_header(path)["signals"] if not s["annotation"]]
-    bad = [i for i, s in enumerate(sigs)
-           if s["digital_min"] == s["digital_max"] or s["physical_min"] == s["physical_max"]]
+    bad = [
+        i for i, s in enumerate(sigs) if s["digital_min"] == s["digital_max"] or s["physical_min"] == s["physical_max"]
+    ]
     return bad, [s["label"] for s in sigs]
 
 
@@ -300,13 +386,27 @@ def header_info(path: str | Path, pp: Mapping[str, Any]) -> dict[str, Any]:
     try:
         raw = read_raw(path)
     except InputError as e:
-        return {"ok": False, "reason": e.problem, "sfreq": "", "duration_s": "", "n_windows": 0,
-                "mapped": {}, "missing": []}
+        return {
+            "ok": False,
+            "reason": e.problem,
+            "sfreq": "",
+            "duration_s": "",
+            "n_windows": 0,
+            "mapped": {},
+            "missing": [],
+        }
     mapping, missing = map_channels(raw.ch_names, pp["channels"])
     sf = float(raw.info["sfreq"])
     dur = raw.n_times / sf
-    info = {"ok": True, "reason": "", "sfreq": sf, "duration_s": round(dur, 3), "mapped": mapping,
-            "missing": missing, "n_windows": n_windows_for(dur, pp)}
+    info = {
+        "ok": True,
+        "reason": "",
+        "sfreq": sf,
+        "duration_s": round(dur, 3),
+        "mapped": mapping,
+        "missing": missing,
+        "n_windows": n_windows_for(dur, pp),
+    }
     reason = _header_problem(raw, mapping, missing, pp)
     if reason:
         info.update(ok=False, reason=reason, n_windows=0)
@@ -337,8 +437,9 @@ def _header_problem(raw: Any, mapping: dict[str, str], missing: list[str], pp: M
     return ""
 
 
-def preprocess_recording(path: str | Path, pp: Mapping[str, Any],
-                         gates: bool | Mapping[str, Any] = False) -> tuple[np.ndarray, dict[str, Any]]:
+def preprocess_recording(
+    path: str | Path, pp: Mapping[str, Any], gates: bool | Mapping[str, Any] = False
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Run the recipe on one recording.
 
     Args:
@@ -381,8 +482,11 @@ def preprocess_recording(path: str | Path, pp: Mapping[str, Any],
     flat = [c for c, row in zip(present_names, x) if np.ptp(row) == 0]
     if flat:
         raise InputError(path, f"flat channel(s) (constant signal): {', '.join(flat)}")
-    reasons = gate_reasons(path, x, present_names, picks, list(raw.ch_names),
-                           None if isinstance(gates, bool) else gates) if gates else []
+    reasons = (
+        gate_reasons(path, x, present_names, picks, list(raw.ch_names), None if isinstance(gates, bool) else gates)
+        if gates
+        else []
+    )
     x = x * float(pp["scale"])
     if float(pp["clip_uv"]) > 0:
         np.clip(x, -float(pp["clip_uv"]), float(pp["clip_uv"]), out=x)
@@ -403,13 +507,24 @@ def preprocess_recording(path: str | Path, pp: Mapping[str, Any],
     if n < 1:
         raise InputError(path, "recording is shorter than one window after cropping")
     win = x[:, : n * w].reshape(x.shape[0], n, w).transpose(1, 0, 2).astype(np.float32)
-    info = {"orig_sfreq": sf, "duration_s": round(raw.n_times / sf, 3), "mapped": mapping, "filled": missing,
-            "reasons": reasons}
+    info = {
+        "orig_sfreq": sf,
+        "duration_s": round(raw.n_times / sf, 3),
+        "mapped": mapping,
+        "filled": missing,
+        "reasons": reasons,
+    }
     return np.ascontiguousarray(win), info
 
 
-def gate_reasons(path: str | Path, x_volts: np.ndarray, names: list[str], picks: list[int],
-                 ch_names: list[str], overrides: Mapping[str, Any] | None = None) -> list[str]:
+def gate_reasons(
+    path: str | Path,
+    x_volts: np.ndarray,
+    names: list[str],
+    picks: list[int],
+    ch_names: list[str],
+    overrides: Mapping[str, Any] | None = None,
+) -> list[str]:
     """Plausibility reasons for the picked channels of one recording (see ``shared.runtime.gates``).
 
     Args:
@@ -442,8 +557,10 @@ def gate_reasons(path: str | Path, x_volts: np.ndarray, names: list[str], picks:
             bad_rows = [r for r, k in enumerate(picks) if ch_names[k] in bad_labels]
         empty = [names[r] if names[r] in STANDARD_ELECTRODES else f"channel {r + 1}" for r in bad_rows]
         if empty:
-            reasons.append(f"{len(empty)} channel(s) with an empty range in the EDF header (digital or physical "
-                           f"min == max; samples cannot be scaled): {', '.join(empty[:8])}")
+            reasons.append(
+                f"{len(empty)} channel(s) with an empty range in the EDF header (digital or physical "
+                f"min == max; samples cannot be scaled): {', '.join(empty[:8])}"
+            )
     # MNE returns volts; the documented ranges are in microvolts
     reasons += eeg_reasons(np.asarray(x_volts, dtype=np.float64) * 1e6, names, overrides)
     return reasons

@@ -1,4 +1,5 @@
 """The eeg app's spec for the core (torch-free, imports nothing heavy)."""
+
 from __future__ import annotations
 
 from medtransfer.shared.plugins import AppSpec

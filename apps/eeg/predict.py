@@ -1,5 +1,6 @@
 """Torch-free recording-level predict: EDF/BDF/.set/.vhdr -> the bundle's recipe -> ONNX window
 probabilities -> mean -> label, with an optional per-window abnormality trace plot."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -53,7 +54,7 @@ class EEGPredictor(Predictor):
         bs = int(self.options.get("batch") or 32)
         probs = []
         for i in range(0, len(win), bs):
-            x = win[i:i + bs]
+            x = win[i : i + bs]
             logits = self.bundle.run({"eeg": x.astype(np.float32)})["logits"]
             probs.append(softmax(logits, axis=1)[:, self.labels.index("abnormal")])
         p = np.concatenate(probs)
@@ -81,8 +82,11 @@ class EEGPredictor(Predictor):
             return None
         prev = self._outputs.get(out_dir.resolve())
         if prev is not None and prev != path.resolve():
-            raise InputError(path, f"its plots would overwrite those of {prev.name} in {out_dir}; "
-                                   "give the inputs' common folder as input root or predict them separately")
+            raise InputError(
+                path,
+                f"its plots would overwrite those of {prev.name} in {out_dir}; "
+                "give the inputs' common folder as input root or predict them separately",
+            )
         self._outputs[out_dir.resolve()] = path.resolve()
         return out_dir
 

@@ -3,6 +3,7 @@ release layouts, with a learnable abnormality (diffuse delta slowing, reduced al
 
 Used by the tests, the demo and the bench, so all three see the same data.  Torch-free.
 """
+
 from __future__ import annotations
 
 import csv
@@ -75,7 +76,7 @@ def synth_signals(
         kernel = -np.exp(-0.5 * np.linspace(-3, 3, width) ** 2)
         focus = rng.choice(c, size=max(2, c // 4), replace=False)
         for s in rng.integers(0, max(1, n - width), size=n_spikes):
-            bg[focus, s:s + width] += (120.0 * severity) * kernel
+            bg[focus, s : s + width] += (120.0 * severity) * kernel
     return bg * gain
 
 
@@ -109,12 +110,23 @@ def write_edf(
     path.parent.mkdir(parents=True, exist_ok=True)
     lim = float(np.ceil(max(np.abs(data_uv).max(), 1.0) * 1.05))
     sigs = [
-        edfio.EdfSignal(np.asarray(row, dtype=np.float64), sampling_frequency=sfreq, label=lab,
-                        physical_dimension="uV", physical_range=(-lim, lim), transducer_type="AgAgCl electrode")
+        edfio.EdfSignal(
+            np.asarray(row, dtype=np.float64),
+            sampling_frequency=sfreq,
+            label=lab,
+            physical_dimension="uV",
+            physical_range=(-lim, lim),
+            transducer_type="AgAgCl electrode",
+        )
         for row, lab in zip(data_uv, labels)
     ]
-    patient = edfio.Patient(code=patient_code, sex=sex, birthdate=None, name=patient_name,
-                            additional=[f"Age:{age}"] if age is not None else [])
+    patient = edfio.Patient(
+        code=patient_code,
+        sex=sex,
+        birthdate=None,
+        name=patient_name,
+        additional=[f"Age:{age}"] if age is not None else [],
+    )
     edf = edfio.Edf(sigs, patient=patient, starttime=dt.time(10, 0, 0), data_record_duration=1.0)
     edf.write(path)
     return path
@@ -166,7 +178,7 @@ def make_tuab(
     for split, n in (("train", n_per_class), ("eval", eval_per_class)):
         for cls in ("normal", "abnormal"):
             for _ in range(n):
-                subj = "".join(chr(ord("a") + (k // 26 ** j) % 26) for j in range(8))[::-1]
+                subj = "".join(chr(ord("a") + (k // 26**j) % 26) for j in range(8))[::-1]
                 k += 1
                 base = root / version / "edf" / split / cls / "01_tcp_ar"
                 fname = f"{subj}_s001_t000.edf"
@@ -174,8 +186,15 @@ def make_tuab(
                     base = base / f"{k:03d}" / subj / "s001_2015_01_01"
                 x = synth_signals(rng, cls == "abnormal", duration_s, sfreq, severity=severity)
                 extra = rng.standard_normal((len(EXTRA_CHANNELS), x.shape[1])) * 50
-                write_edf(base / fname, np.vstack([x, extra]), sfreq, labels, patient_code=subj,
-                          age=int(rng.integers(20, 80)), sex=str(rng.choice(["M", "F"])))
+                write_edf(
+                    base / fname,
+                    np.vstack([x, extra]),
+                    sfreq,
+                    labels,
+                    patient_code=subj,
+                    age=int(rng.integers(20, 80)),
+                    sex=str(rng.choice(["M", "F"])),
+                )
     return root
 
 
@@ -218,13 +237,21 @@ def make_nmt(
             for _ in range(n):
                 k += 1
                 rec = f"{k:07d}.edf"
-                x = synth_signals(rng, cls == "abnormal", duration_s, sfreq, alpha_hz=alpha_hz,
-                                  severity=severity, gain=gain)
+                x = synth_signals(
+                    rng, cls == "abnormal", duration_s, sfreq, alpha_hz=alpha_hz, severity=severity, gain=gain
+                )
                 extra = rng.standard_normal((len(EXTRA_CHANNELS), x.shape[1])) * 50
                 age = int(rng.integers(18, 80))
                 sex = str(rng.choice(["male", "female", "not specified"]))
-                write_edf(root / cls / split / rec, np.vstack([x, extra]), sfreq, labels,
-                          patient_code=rec[:-4], age=age, sex={"male": "M", "female": "F"}.get(sex, "X"))
+                write_edf(
+                    root / cls / split / rec,
+                    np.vstack([x, extra]),
+                    sfreq,
+                    labels,
+                    patient_code=rec[:-4],
+                    age=age,
+                    sex={"male": "M", "female": "F"}.get(sex, "X"),
+                )
                 rows.append({"recordname": rec, "label": cls, "age": age, "gender": sex, "loc": split})
     with open(root / "Labels.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["recordname", "label", "age", "gender", "loc"])
@@ -233,9 +260,7 @@ def make_nmt(
     return root
 
 
-def write_bonn_edfs(
-    npz_path: Path, out_dir: Path, limit_per_set: int | None = None
-) -> list[dict[str, Any]]:
+def write_bonn_edfs(npz_path: Path, out_dir: Path, limit_per_set: int | None = None) -> list[dict[str, Any]]:
     """Write the Bonn segments (single channel, 173.61 Hz, 4097 samples) as EDF files.
 
     Z, O (healthy volunteers) are ``normal``; N, F (interictal) and S (ictal) are ``abnormal``.
@@ -265,12 +290,16 @@ def write_bonn_edfs(
         n = x.shape[0]
         rec_dur = float(f"{n / sf:.5f}")  # one data record; EDF stores its duration in 8 chars
         lim = float(max(np.abs(x).max(), 1) + 1)
-        sigl = edfio.EdfSignal(x.astype(np.float64), sampling_frequency=n / rec_dur, label="EEG CH1",
-                               physical_dimension="uV", physical_range=(-lim, lim))
+        sigl = edfio.EdfSignal(
+            x.astype(np.float64),
+            sampling_frequency=n / rec_dur,
+            label="EEG CH1",
+            physical_dimension="uV",
+            physical_range=(-lim, lim),
+        )
         p = out_dir / f"{sid}.edf"
         edfio.Edf([sigl], data_record_duration=rec_dur).write(p)
-        rows.append({"path": p, "label": "normal" if s in ("Z", "O") else "abnormal", "group": str(sid),
-                     "bonn_set": s})
+        rows.append({"path": p, "label": "normal" if s in ("Z", "O") else "abnormal", "group": str(sid), "bonn_set": s})
     return rows
 
 
@@ -296,9 +325,13 @@ def write_brainvision(path: Path, data_uv: np.ndarray, sfreq: float, labels: Seq
         "Brain Vision Data Exchange Header File Version 1.0\n[Common Infos]\nCodepage=UTF-8\n"
         f"DataFile={stem}.eeg\nMarkerFile={stem}.vmrk\nDataFormat=BINARY\nDataOrientation=MULTIPLEXED\n"
         f"NumberOfChannels={len(labels)}\nSamplingInterval={1e6 / sfreq:g}\n[Binary Infos]\n"
-        f"BinaryFormat=IEEE_FLOAT_32\n[Channel Infos]\n{chans}\n", encoding="utf-8")
+        f"BinaryFormat=IEEE_FLOAT_32\n[Channel Infos]\n{chans}\n",
+        encoding="utf-8",
+    )
     path.with_suffix(".vmrk").write_text(
         "Brain Vision Data Exchange Marker File, Version 1.0\n[Common Infos]\nCodepage=UTF-8\n"
-        f"DataFile={stem}.eeg\n[Marker Infos]\n", encoding="utf-8")
+        f"DataFile={stem}.eeg\n[Marker Infos]\n",
+        encoding="utf-8",
+    )
     np.asarray(data_uv, dtype="<f4").T.tofile(path.with_suffix(".eeg"))
     return path

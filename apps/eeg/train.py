@@ -5,9 +5,9 @@ optionally initialises it from a source run (``strict=False``, mismatching tenso
 paper's transfer does) and calls :func:`medtransfer.shared.finetune.fit`.  ``evaluate`` averages
 window probabilities per recording and reports balanced accuracy and AUROC.
 """
+
 from __future__ import annotations
 
-from medtransfer.shared.rundir import RunDir
 import copy
 import json
 from pathlib import Path
@@ -16,9 +16,15 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from medtransfer.apps.eeg.data import (
-    LABELS, WindowDataset, aggregate, cache_root, load_split, recording_metrics,
+    LABELS,
+    WindowDataset,
+    aggregate,
+    cache_root,
+    load_split,
+    recording_metrics,
 )
 from medtransfer.apps.eeg.io import DATA_DEFAULTS, pp_config, window_samples
+from medtransfer.shared.rundir import RunDir
 from medtransfer.shared.utils.errors import InputError, MedTransferError
 
 APP, TASK = "eeg", "pathology"
@@ -32,13 +38,20 @@ def defaults() -> dict[str, Any]:
     train = copy.deepcopy(TRAIN_DEFAULTS)
     train.update(lr=6.25e-4, weight_decay=5e-4, batch_size=64, epochs=10, scheduler="cosine", patience=5)
     train["class_weight"] = "none"  # none | balanced (cross-entropy weights n / (2 n_class) on training windows)
-    return {"data": copy.deepcopy(DATA_DEFAULTS),
-            "model": {"name": "shallow", "drop_prob": 0.5,
-                      "kwargs": {}},  # extra braindecode constructor arguments, e.g. {F1: 16, D: 2} for eegnet
-            "train": train}
+    return {
+        "data": copy.deepcopy(DATA_DEFAULTS),
+        "model": {
+            "name": "shallow",
+            "drop_prob": 0.5,
+            "kwargs": {},
+        },  # extra braindecode constructor arguments, e.g. {F1: 16, D: 2} for eegnet
+        "train": train,
+    }
 
 
-def make_config(recipe: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] | None = None) -> dict[str, Any]:
+def make_config(
+    recipe: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Defaults <- recipe <- overrides (validated)."""
     from medtransfer.shared.config import resolve_config
 
@@ -71,8 +84,9 @@ def build_model(cfg: Mapping[str, Any]):
     if name in ("shallow", "deep4", "eegnet", "tcn"):
         kw["drop_prob"] = float(cfg["model"].get("drop_prob", 0.5))
     kw.update(dict(cfg["model"].get("kwargs") or {}))
-    return create_model(name, n_chans=n_chans, n_outputs=len(LABELS), n_times=window_samples(pp),
-                        sfreq=float(pp["sfreq"]), **kw)
+    return create_model(
+        name, n_chans=n_chans, n_outputs=len(LABELS), n_times=window_samples(pp), sfreq=float(pp["sfreq"]), **kw
+    )
 
 
 def _loss(out, y):
@@ -155,8 +169,9 @@ def train(
         raise InputError(manifest, "no usable training recordings (see the import report / errors)")
     classes = sorted({str(r.label) for r in splits["train"]})
     if len(classes) < 2:
-        raise InputError(manifest, f"split 'train' has only class {classes[0]!r}; training needs normal and abnormal "
-                                   "recordings")
+        raise InputError(
+            manifest, f"split 'train' has only class {classes[0]!r}; training needs normal and abnormal recordings"
+        )
     mw = int(cfg["data"].get("max_windows_per_recording", 0) or 0)
     train_ds = WindowDataset(splits["train"], mw, stride=train_stride(cfg))  # overlapping when a stride is set
     val_ds = WindowDataset(splits["val"], mw) if splits["val"] else None  # evaluation windows: no overlap
@@ -171,16 +186,36 @@ def train(
         init_report = {"source": str(src), "missing": len(info["missing"]), "skipped": len(info["skipped"])}
     pp = pp_config(cfg["data"])
     extra = {"labels": list(LABELS), "preprocessing": pp, "model_name": cfg["model"]["name"]}
-    res = fit(model, train_ds, val_ds, cfg=cfg, run_dir=Path(run_dir), app=APP, task=TASK, loss_fn=loss_fn,
-              metric_fn=_window_metrics, head=["final_layer"], monitor="val_loss", mode="min",
-              extra_state=extra)
+    res = fit(
+        model,
+        train_ds,
+        val_ds,
+        cfg=cfg,
+        run_dir=Path(run_dir),
+        app=APP,
+        task=TASK,
+        loss_fn=loss_fn,
+        metric_fn=_window_metrics,
+        head=["final_layer"],
+        monitor="val_loss",
+        mode="min",
+        extra_state=extra,
+    )
     run_dir = Path(run_dir)
     run = RunDir(run_dir)
     info = run.info()
-    info.update({"manifest": str(manifest.resolve()), "init": init_report, "model_name": cfg["model"]["name"],
-                 "n_train_recordings": len(splits["train"]), "n_val_recordings": len(splits["val"]),
-                 "n_train_windows": len(train_ds), "preprocess_errors": errors,
-                 "cache": str(cache_root(cfg["data"], manifest))})
+    info.update(
+        {
+            "manifest": str(manifest.resolve()),
+            "init": init_report,
+            "model_name": cfg["model"]["name"],
+            "n_train_recordings": len(splits["train"]),
+            "n_val_recordings": len(splits["val"]),
+            "n_train_windows": len(train_ds),
+            "preprocess_errors": errors,
+            "cache": str(cache_root(cfg["data"], manifest)),
+        }
+    )
     run.write_info(info)
     val: dict[str, Any] = {}
     if splits["val"]:
@@ -188,8 +223,7 @@ def train(
         info["threshold"] = val["best_threshold"]
         info["threshold_source"] = "validation split (max recording-level balanced accuracy)"
         run.update_info(threshold=info["threshold"], threshold_source=info["threshold_source"])
-    return {"run_dir": str(run_dir), "best_epoch": res.best_epoch, "val": val, "init": init_report,
-            "errors": errors}
+    return {"run_dir": str(run_dir), "best_epoch": res.best_epoch, "val": val, "init": init_report, "errors": errors}
 
 
 def _read_init(src: Path) -> dict[str, Any]:
@@ -264,8 +298,14 @@ def evaluate(
     ids, prob = aggregate(p, ds.recording_ids())
     y = np.array([LABELS.index(recs[i].label) for i in ids])
     m = recording_metrics(y, prob, threshold)
-    m.update(n_windows=len(ds), window_balanced_accuracy=recording_metrics(ds.targets, p, threshold)["balanced_accuracy"],
-             errors=errors, split=split, threshold=threshold, best_threshold=best_threshold(y, prob))
+    m.update(
+        n_windows=len(ds),
+        window_balanced_accuracy=recording_metrics(ds.targets, p, threshold)["balanced_accuracy"],
+        errors=errors,
+        split=split,
+        threshold=threshold,
+        best_threshold=best_threshold(y, prob),
+    )
     if write:
         run_dir = Path(run_dir)
         tag = f"{manifest.stem}_{split}"

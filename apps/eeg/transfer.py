@@ -5,9 +5,9 @@ fractions, and measure forgetting (source test accuracy before and after fine-tu
 Outputs ``<out>/transfer_results.csv`` (one row per fraction x seed x mode), ``transfer_summary.csv``
 (mean and std over seeds) and ``transfer_sweep.png``.
 """
+
 from __future__ import annotations
 
-from medtransfer.shared.rundir import RunDir
 import copy
 import csv
 import json
@@ -19,10 +19,16 @@ import numpy as np
 
 from medtransfer.apps.eeg.data import LABELS
 from medtransfer.shared.manifest import Record, assign_splits, read_manifest, write_manifest
+from medtransfer.shared.rundir import RunDir
 from medtransfer.shared.utils.errors import InputError, MedTransferError
 
-STRATEGY_ALIASES = {"full": "full", "freeze": "linear_probe", "linear_probe": "linear_probe", "llrd": "llrd",
-                    "gradual_unfreeze": "gradual_unfreeze"}
+STRATEGY_ALIASES = {
+    "full": "full",
+    "freeze": "linear_probe",
+    "linear_probe": "linear_probe",
+    "llrd": "llrd",
+    "gradual_unfreeze": "gradual_unfreeze",
+}
 
 
 def subsample(records: Sequence[Record], fraction: float, seed: int) -> list[Record]:
@@ -93,7 +99,10 @@ def sweep(
         raise MedTransferError(f"unknown strategy {bad[0]!r} (use {', '.join(STRATEGY_ALIASES)})")
     if source_run is None:
         source_run = out / "source"
-        if not RunDir(source_run, must_exist=False).has_checkpoint("best") or not (Path(source_run) / "summary.json").is_file():
+        if (
+            not RunDir(source_run, must_exist=False).has_checkpoint("best")
+            or not (Path(source_run) / "summary.json").is_file()
+        ):
             train(source, source_run, cfg, progress=progress)
     before = evaluate(source_run, source, split="test", progress=progress, write=False)
     recs = _split_target(target, cfg["data"])
@@ -107,7 +116,9 @@ def sweep(
             sub = subsample(tr, float(frac), seed)
             tag = f"f{frac:g}_s{seed}"
             man = write_manifest(sub + rest, out / "manifests" / f"target_{tag}.csv")
-            modes = [("scratch", None, "full")] + [(f"transfer_{s}", source_run, STRATEGY_ALIASES[s]) for s in strategies]
+            modes = [("scratch", None, "full")] + [
+                (f"transfer_{s}", source_run, STRATEGY_ALIASES[s]) for s in strategies
+            ]
             for mode, init, strat in modes:
                 c = copy.deepcopy(cfg)
                 c["train"]["seed"] = int(seed)
@@ -117,10 +128,17 @@ def sweep(
                 run = out / "runs" / f"{mode}_{tag}"
                 train(man, run, c, init=init, progress=progress)
                 m = evaluate(run, man, split="test", progress=progress, write=False)
-                row = {"fraction": float(frac), "seed": int(seed), "mode": mode, "n_target_train": len(sub),
-                       "target_balanced_accuracy": m["balanced_accuracy"], "target_auroc": m["auroc"],
-                       "source_balanced_accuracy_before": before["balanced_accuracy"],
-                       "source_balanced_accuracy_after": "", "forgetting": ""}
+                row = {
+                    "fraction": float(frac),
+                    "seed": int(seed),
+                    "mode": mode,
+                    "n_target_train": len(sub),
+                    "target_balanced_accuracy": m["balanced_accuracy"],
+                    "target_auroc": m["auroc"],
+                    "source_balanced_accuracy_before": before["balanced_accuracy"],
+                    "source_balanced_accuracy_after": "",
+                    "forgetting": "",
+                }
                 if init is not None:
                     s_after = evaluate(run, source, split="test", progress=progress, write=False)
                     row["source_balanced_accuracy_after"] = s_after["balanced_accuracy"]
@@ -132,10 +150,18 @@ def sweep(
     summary = out / "transfer_summary.csv"
     _write_csv(summary_rows, summary)
     plot = plot_sweep(summary_rows, out / "transfer_sweep.png", before["balanced_accuracy"])
-    (out / "transfer.json").write_text(json.dumps({"source_before": before, "summary": summary_rows}, indent=2,
-                                                  default=str))
-    return {"table": table, "summary": summary, "plot": plot, "rows": rows, "summary_rows": summary_rows,
-            "source_before": before, "source_run": str(source_run)}
+    (out / "transfer.json").write_text(
+        json.dumps({"source_before": before, "summary": summary_rows}, indent=2, default=str)
+    )
+    return {
+        "table": table,
+        "summary": summary,
+        "plot": plot,
+        "rows": rows,
+        "summary_rows": summary_rows,
+        "source_before": before,
+        "source_run": str(source_run),
+    }
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -144,8 +170,12 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for mode, frac in keys:
         rs = [r for r in rows if r["mode"] == mode and r["fraction"] == frac]
-        d: dict[str, Any] = {"mode": mode, "fraction": frac, "n_seeds": len(rs),
-                             "n_target_train": int(np.mean([r["n_target_train"] for r in rs]))}
+        d: dict[str, Any] = {
+            "mode": mode,
+            "fraction": frac,
+            "n_seeds": len(rs),
+            "n_target_train": int(np.mean([r["n_target_train"] for r in rs])),
+        }
         for k in ("target_balanced_accuracy", "target_auroc", "forgetting"):
             v = [float(r[k]) for r in rs if r[k] != "" and r[k] is not None and not _isnan(r[k])]
             d[f"{k}_mean"] = round(float(np.mean(v)), 4) if v else ""
@@ -190,13 +220,22 @@ def plot_sweep(summary_rows: Sequence[Mapping[str, Any]], path: Path, source_bef
         for ax, key in zip(axes[:2], ("target_balanced_accuracy", "target_auroc")):
             y = [r[f"{key}_mean"] if r[f"{key}_mean"] != "" else np.nan for r in rs]
             e = [r[f"{key}_std"] if r[f"{key}_std"] != "" else 0 for r in rs]
-            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=mode, ls="--" if mode == "scratch" else "-",
-                        color=colors[mode])
+            ax.errorbar(
+                x,
+                y,
+                yerr=e,
+                marker="o",
+                capsize=3,
+                label=mode,
+                ls="--" if mode == "scratch" else "-",
+                color=colors[mode],
+            )
         if mode != "scratch":
             y = [r["forgetting_mean"] if r["forgetting_mean"] != "" else np.nan for r in rs]
             axes[2].plot(x, y, marker="o", label=mode, color=colors[mode])
-    for ax, title in zip(axes, ("target balanced accuracy", "target AUROC",
-                                f"forgetting (source BA {source_before:.2f} before)")):
+    for ax, title in zip(
+        axes, ("target balanced accuracy", "target AUROC", f"forgetting (source BA {source_before:.2f} before)")
+    ):
         ax.set_xscale("log")
         ax.minorticks_off()
         ax.set_xticks(ticks)

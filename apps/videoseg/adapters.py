@@ -11,6 +11,7 @@
 :func:`configure_peft` freezes SAM2 and unfreezes the adapters plus the mask decoder (and, if asked,
 the memory modules), returning the parameter counts.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -87,7 +88,12 @@ def add_mlp_adapters(model: nn.Module, n_blocks: int = 6, reduction: int = 4) ->
 
 def add_lora(model: nn.Module, r: int = 8, alpha: float = 16.0) -> list[str]:
     """LoRA on every Hiera attention ``qkv`` and ``proj`` linear."""
-    return apply_lora(model, targets=("image_encoder.trunk.blocks.*.attn.qkv", "image_encoder.trunk.blocks.*.attn.proj"), r=r, alpha=alpha)
+    return apply_lora(
+        model,
+        targets=("image_encoder.trunk.blocks.*.attn.qkv", "image_encoder.trunk.blocks.*.attn.proj"),
+        r=r,
+        alpha=alpha,
+    )
 
 
 def configure_peft(

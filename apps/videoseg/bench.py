@@ -6,6 +6,7 @@ JPEG folder, which it requires, to the end of ``propagate_in_video``; ours from 
 to the last mask), their ratio, the per-frame Dice between the two, and the peak RSS of our
 predictor (fresh process each) on 100 vs 400 frames of the same AVI.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,13 +36,24 @@ print(json.dumps({"frames": len(areas), "seconds": dt, "peak_rss_mb": resource.g
 
 
 def _rss_run(bundle: Path, video: Path, n: int, box: list[float]) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(bundle), str(video), str(n), ",".join(map(str, box))],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(bundle), str(video), str(n), ",".join(map(str, box))],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench(frames: int = 24, image_size: int = 128, micro: bool = True, arch: str = "sam2.1_hiera_tiny",
-          rss_frames: str = "100,400", threads: int = 0, **_: Any) -> dict[str, Any]:
+def bench(
+    frames: int = 24,
+    image_size: int = 128,
+    micro: bool = True,
+    arch: str = "sam2.1_hiera_tiny",
+    rss_frames: str = "100,400",
+    threads: int = 0,
+    **_: Any,
+) -> dict[str, Any]:
     """Run the comparison.
 
     Args:
@@ -78,7 +90,16 @@ def bench(frames: int = 24, image_size: int = 128, micro: bool = True, arch: str
     t = time.time()
     export_model(ours, bundle)
     files = [p.name for p in bundle.glob("*.onnx")] + ["constants.npz"]
-    write_bundle(bundle, name="bench", app="videoseg", task="track", files=files, inputs={}, outputs={}, preprocessing={"image_size": image_size})
+    write_bundle(
+        bundle,
+        name="bench",
+        app="videoseg",
+        task="track",
+        files=files,
+        inputs={},
+        outputs={},
+        preprocessing={"image_size": image_size},
+    )
     export_s = time.time() - t
     n_max = max([frames] + [int(v) for v in rss_frames.split(",") if v.strip()])
     vid, masks, _ = make_cine(112, n_max, seed=7)
@@ -115,8 +136,15 @@ def bench(frames: int = 24, image_size: int = 128, micro: bool = True, arch: str
         s = int(m.sum()) + int(r.sum())
         dice.append(1.0 if s == 0 else 2.0 * int((m & r).sum()) / s)
     res: dict[str, Any] = {
-        "config": {"arch": arch, "micro": micro, "image_size": image_size, "video": "112x112 synthetic AVI", "frames": frames,
-                   "device": "cpu", "torch_threads": torch.get_num_threads()},
+        "config": {
+            "arch": arch,
+            "micro": micro,
+            "image_size": image_size,
+            "video": "112x112 synthetic AVI",
+            "frames": frames,
+            "device": "cpu",
+            "torch_threads": torch.get_num_threads(),
+        },
         "export_seconds": round(export_s, 1),
         "ours_onnx_fps": round(frames / ours_s, 3),
         "sam2_video_predictor_fps": round(frames / ref_s, 3),
@@ -127,7 +155,11 @@ def bench(frames: int = 24, image_size: int = 128, micro: bool = True, arch: str
     rss = {}
     for n in [int(v) for v in rss_frames.split(",") if v.strip()]:
         r = _rss_run(bundle, avi, n, box)
-        rss[str(n)] = {"peak_rss_mb": round(r["peak_rss_mb"], 1), "fps": round(r["frames"] / r["seconds"], 3), "torch_loaded": r["torch_loaded"]}
+        rss[str(n)] = {
+            "peak_rss_mb": round(r["peak_rss_mb"], 1),
+            "fps": round(r["frames"] / r["seconds"], 3),
+            "torch_loaded": r["torch_loaded"],
+        }
     if rss:
         res["ours_peak_rss_mb"] = rss
         ks = list(rss)

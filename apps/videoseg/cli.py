@@ -5,6 +5,7 @@ runs exported with ``medtransfer export``.  Known errors propagate to ``main()``
 old spellings (``videoseg import``, ``videoseg export``, ``--config``, positional OUT of ``synth``)
 end with one line naming the new one.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,11 +15,21 @@ from typing import List, Optional
 import typer
 
 from medtransfer.shared.cli.grammar import (
-    OLD_POSITIONAL, OUT_FLAGS, add_renamed_command, manifest_option, old_option, out_option, recipe_option, renamed,
-    require, set_option,
+    OLD_POSITIONAL,
+    OUT_FLAGS,
+    add_renamed_command,
+    manifest_option,
+    old_option,
+    out_option,
+    recipe_option,
+    renamed,
+    require,
+    set_option,
 )
 
-app = typer.Typer(help="Video object segmentation with SAM2 + adapters (EchoNet-Dynamic, TrackRAD2025).", no_args_is_help=True)
+app = typer.Typer(
+    help="Video object segmentation with SAM2 + adapters (EchoNet-Dynamic, TrackRAD2025).", no_args_is_help=True
+)
 
 
 def _print(obj: object) -> None:
@@ -26,9 +37,13 @@ def _print(obj: object) -> None:
 
 
 @app.command("synth", context_settings=OLD_POSITIONAL)
-def synth(ctx: typer.Context, out: Optional[Path] = out_option(None, help="folder for the EchoNet-layout synthetic cines (required)"),
-          n: int = typer.Option(6, help="videos"), frames: int = typer.Option(32, help="frames per video"),
-          seed: int = typer.Option(0)) -> None:
+def synth(
+    ctx: typer.Context,
+    out: Optional[Path] = out_option(None, help="folder for the EchoNet-layout synthetic cines (required)"),
+    n: int = typer.Option(6, help="videos"),
+    frames: int = typer.Option(32, help="frames per video"),
+    seed: int = typer.Option(0),
+) -> None:
     """Write synthetic echo-like cines (beating ellipse LV) in the EchoNet-Dynamic layout."""
     if ctx.args:
         renamed("videoseg synth OUT", "videoseg synth -o OUT")
@@ -38,11 +53,13 @@ def synth(ctx: typer.Context, out: Optional[Path] = out_option(None, help="folde
 
 
 @app.command("train")
-def train_cmd(manifest: Path = manifest_option(help="path,label,split manifest"),
-              out: Path = out_option(help="run folder"),
-              recipe: Optional[Path] = recipe_option(),
-              set_: Optional[List[str]] = set_option(),
-              config: Optional[Path] = old_option("--config")) -> None:
+def train_cmd(
+    manifest: Path = manifest_option(help="path,label,split manifest"),
+    out: Path = out_option(help="run folder"),
+    recipe: Optional[Path] = recipe_option(),
+    set_: Optional[List[str]] = set_option(),
+    config: Optional[Path] = old_option("--config"),
+) -> None:
     """Fine-tune adapters + mask decoder (encoder frozen) on a manifest."""
     if config is not None:
         renamed("videoseg train --config FILE", "videoseg train --recipe FILE")
@@ -52,11 +69,14 @@ def train_cmd(manifest: Path = manifest_option(help="path,label,split manifest")
 
 
 @app.command("evaluate")
-def evaluate_cmd(model: Path = typer.Argument(..., help="run folder (PyTorch) or bundle folder (ONNX)"),
-                 manifest: Path = manifest_option(), split: str = typer.Option("test", "--split"),
-                 out: Optional[Path] = out_option(None, help="folder for metrics.json (optional)"),
-                 backend: str = typer.Option("auto", help="auto (torch for a run folder, onnx for a bundle) | onnx | torch"),
-                 prompt: str = typer.Option("box", help="box | mask")) -> None:
+def evaluate_cmd(
+    model: Path = typer.Argument(..., help="run folder (PyTorch) or bundle folder (ONNX)"),
+    manifest: Path = manifest_option(),
+    split: str = typer.Option("test", "--split"),
+    out: Optional[Path] = out_option(None, help="folder for metrics.json (optional)"),
+    backend: str = typer.Option("auto", help="auto (torch for a run folder, onnx for a bundle) | onnx | torch"),
+    prompt: str = typer.Option("box", help="box | mask"),
+) -> None:
     """Dice / HD95 / NSD / ASD (first frame excluded) beside the copy-first-frame baseline."""
     from medtransfer.apps.videoseg.evaluate import evaluate
 

@@ -9,6 +9,7 @@ without a mask allowed).
 * :func:`import_trackrad` - TrackRAD2025: ``<case>/images/<case>_frames.mha``,
   ``<case>/targets/<case>_labels.mha`` (+ ``_first_label.mha``), ``*.json`` metadata.
 """
+
 from __future__ import annotations
 
 import csv
@@ -53,7 +54,9 @@ def _stem(name: str) -> str:
     return name[:-4] if name.lower().endswith(".avi") else name
 
 
-def import_echonet(root: str | Path, out_csv: str | Path, masks_dir: str | Path | None = None, limit: int = 0, **_: Any) -> Path:
+def import_echonet(
+    root: str | Path, out_csv: str | Path, masks_dir: str | Path | None = None, limit: int = 0, **_: Any
+) -> Path:
     """Import EchoNet-Dynamic into a manifest with ED/ES masks.
 
     Args:
@@ -107,11 +110,18 @@ def import_echonet(root: str | Path, out_csv: str | Path, masks_dir: str | Path 
         areas = [int(m.sum()) for m in ms]
         ed, es = frames[int(np.argmax(areas))], frames[int(np.argmin(areas))]
         mpath = write_masks(masks_dir / f"{name}.npz", np.stack(ms), frames)
-        records.append({
-            "path": video.resolve(), "label": _rel(mpath, out_csv),
-            "split": ECHONET_SPLITS.get(str(row.get("Split", "")).upper(), ""), "group": name,
-            "ed_frame": ed, "es_frame": es, "fps": row.get("FPS", ""), "ef": row.get("EF", ""),
-        })
+        records.append(
+            {
+                "path": video.resolve(),
+                "label": _rel(mpath, out_csv),
+                "split": ECHONET_SPLITS.get(str(row.get("Split", "")).upper(), ""),
+                "group": name,
+                "ed_frame": ed,
+                "es_frame": es,
+                "fps": row.get("FPS", ""),
+                "ef": row.get("EF", ""),
+            }
+        )
     if not records:
         raise InputError(root, "no video with both a file in Videos/ and ED/ES tracings")
     return write_manifest(records, out_csv)
@@ -138,17 +148,27 @@ def import_trackrad(root: str | Path, out_csv: str | Path, seed: int = 0, **_: A
     recs: list[Record] = []
     for d in cases:
         imgs = sorted((d / "images").glob("*.mha"))
-        labs = sorted(p for p in (d / "targets").glob("*.mha") if "first_label" not in p.name) if (d / "targets").is_dir() else []
+        labs = (
+            sorted(p for p in (d / "targets").glob("*.mha") if "first_label" not in p.name)
+            if (d / "targets").is_dir()
+            else []
+        )
         first = sorted((d / "targets").glob("*first_label*.mha")) if (d / "targets").is_dir() else []
         if not imgs:
             raise InputError(d / "images", "no .mha frames")
-        recs.append(Record(
-            path=imgs[0].resolve(), label=_rel(labs[0], Path(out_csv)) if labs else "", group=d.name,
-            extra={"first_label": _rel(first[0], Path(out_csv)) if first else "",
-                   "frame_rate": str(_read_json(d / "frame-rate.json")),
-                   "field_strength": str(_read_json(d / "b-field-strength.json")),
-                   "scanned_region": str(_read_json(d / "scanned-region.json"))},
-        ))
+        recs.append(
+            Record(
+                path=imgs[0].resolve(),
+                label=_rel(labs[0], Path(out_csv)) if labs else "",
+                group=d.name,
+                extra={
+                    "first_label": _rel(first[0], Path(out_csv)) if first else "",
+                    "frame_rate": str(_read_json(d / "frame-rate.json")),
+                    "field_strength": str(_read_json(d / "b-field-strength.json")),
+                    "scanned_region": str(_read_json(d / "scanned-region.json")),
+                },
+            )
+        )
     assign_splits(recs, seed=seed, stratify=False)
     return write_manifest(recs, out_csv)
 
@@ -192,7 +212,7 @@ def load_case(rec: Record, base: Path | None = None) -> VideoCase:
     masks = read_masks(lab, n_frames=rd.n_frames)
     if not masks:
         raise InputError(lab, "holds no mask")
-    for k, m in masks.items():
+    for m in masks.values():
         if m.shape != (rd.height, rd.width):
             raise InputError(lab, f"mask size {m.shape} differs from video frame size {(rd.height, rd.width)}")
     return VideoCase(rec.path, masks, rec.split, rec.case_id, rd.n_frames, rd.height, rd.width)

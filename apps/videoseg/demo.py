@@ -2,6 +2,7 @@
 -> short adapter fine-tune -> ONNX export (parity-checked) -> torch-free propagation on the test
 videos -> Dice / HD95 / NSD / ASD beside the copy-first-frame baseline -> overlay plots.
 """
+
 from __future__ import annotations
 
 import json
@@ -78,12 +79,25 @@ def run(out: Path, fast: bool = True) -> dict[str, Any]:
     from medtransfer.shared.runtime.bundle import Bundle
 
     out.mkdir(parents=True, exist_ok=True)
-    root = make_echonet_like(out / "videoseg_data" / "EchoNet-Synthetic", n_videos=5, n_frames=24,
-                             splits=("TRAIN", "TRAIN", "VAL", "TEST", "TEST"))
+    root = make_echonet_like(
+        out / "videoseg_data" / "EchoNet-Synthetic",
+        n_videos=5,
+        n_frames=24,
+        splits=("TRAIN", "TRAIN", "VAL", "TEST", "TEST"),
+    )
     manifest = import_echonet(root, out / "videoseg_data" / "manifest.csv")
-    sets = ["model.image_size=128", f"model.overrides={json.dumps(MICRO_OVERRIDES)}", "model.adapter_blocks=2",
-            "train.epochs=1", "data.clip_len=3", "train.progress=false"] if fast else \
-        ["model.image_size=256", "train.epochs=3", "data.clip_len=4"]
+    sets = (
+        [
+            "model.image_size=128",
+            f"model.overrides={json.dumps(MICRO_OVERRIDES)}",
+            "model.adapter_blocks=2",
+            "train.epochs=1",
+            "data.clip_len=3",
+            "train.progress=false",
+        ]
+        if fast
+        else ["model.image_size=256", "train.epochs=3", "data.clip_len=4"]
+    )
     tr = train(manifest, out / "videoseg_run", make_config(overrides=sets))
     bundle = export_run(out / "videoseg_run", out / "videoseg_bundle")
     meta = Bundle(bundle).meta
@@ -91,7 +105,9 @@ def run(out: Path, fast: bool = True) -> dict[str, Any]:
     # full-clip propagation on one test video, scored on every frame with the synthetic truth
     case = [c for c in load_manifest_cases(manifest) if c.split == "test"][0]
     truth = read_masks(root / "SyntheticMasks" / f"{case.video.stem}.npz")
-    pred = VideoSegPredictor(Bundle(bundle), out_dir=str(out / "videoseg_predict")).predict(case.video, box=",".join(map(str, mask_to_box(truth[0]))))
+    pred = VideoSegPredictor(Bundle(bundle), out_dir=str(out / "videoseg_predict")).predict(
+        case.video, box=",".join(map(str, mask_to_box(truth[0])))
+    )
     masks = np.load(pred["masks"])["masks"]
     later = np.stack([truth[i] for i in range(1, len(masks))])
     fm = frame_metrics(masks[1:], later)
@@ -99,33 +115,46 @@ def run(out: Path, fast: bool = True) -> dict[str, Any]:
     plots = _plots(out, case.video, masks, truth, [float(v) for v in fm["dice"]])
     frame_dice, copy_dice = float(np.nanmean(fm["dice"])), float(np.nanmean(copy["dice"]))
     par = meta["metrics"]["propagation_parity"]
-    metrics = {"test": {"model": ev["model"], "copy_first": ev["copy_first"]},
-               "all_frames_one_video": {"model_dice": frame_dice, "copy_first_dice": copy_dice},
-               "propagation_parity_min_dice": par["min_dice"], "params": tr["params"], "val": tr["best_metrics"]}
-    return {"bundle": bundle, "video": case.video, "plots": plots, "frame_dice": frame_dice, "copy_dice": copy_dice,
-            "parity": par, "metrics": metrics}
+    metrics = {
+        "test": {"model": ev["model"], "copy_first": ev["copy_first"]},
+        "all_frames_one_video": {"model_dice": frame_dice, "copy_first_dice": copy_dice},
+        "propagation_parity_min_dice": par["min_dice"],
+        "params": tr["params"],
+        "val": tr["best_metrics"],
+    }
+    return {
+        "bundle": bundle,
+        "video": case.video,
+        "plots": plots,
+        "frame_dice": frame_dice,
+        "copy_dice": copy_dice,
+        "parity": par,
+        "metrics": metrics,
+    }
 
 
 def report(res: dict[str, Any], fast: bool) -> str:
     """The report section (Markdown, links relative to the demo folder) of a :func:`run` result."""
     p, par = res["metrics"]["params"], res["parity"]
     m, c = res["metrics"]["test"]["model"], res["metrics"]["test"]["copy_first"]
-    return "\n".join([
-        "## Video segmentation (SAM2 + DD-Adapters, ONNX streaming)",
-        "",
-        f"Synthetic echo-like cines (beating ellipse LV, EchoNet-Dynamic layout), {'micro SAM2 at 128 px, 1 epoch' if fast else 'SAM2.1 tiny at 256 px'}, "
-        "random init (no pretrained weights offline): the numbers show the pipeline works end to end, not clinical accuracy.",
-        "",
-        f"Trainable parameters: {p['trainable']:,} of {p['total']:,} (DD-Adapters {p['adapter']:,}, mask decoder {p['decoder']:,}).",
-        f"ONNX vs PyTorch propagation, per-frame Dice: min {par['min_dice']:.4f} over {par['frames']} frames.",
-        "",
-        "| test split (ED/ES tracings, prompt frame excluded) | Dice | HD95 px | NSD (2 px) | ASD px |",
-        "|---|---|---|---|---|",
-        f"| tracker (ONNX) | {m['dice']:.3f} | {m['hd95']:.2f} | {m['nsd']:.3f} | {m['asd']:.2f} |",
-        f"| copy first-frame mask | {c['dice']:.3f} | {c['hd95']:.2f} | {c['nsd']:.3f} | {c['asd']:.2f} |",
-        "",
-        f"Every frame of `{res['video'].name}`: tracker Dice {res['frame_dice']:.3f}, copy-first {res['copy_dice']:.3f}.",
-        "",
-        *[f"![{Path(x).stem}]({x})" for x in res["plots"]],
-        "",
-    ])
+    return "\n".join(
+        [
+            "## Video segmentation (SAM2 + DD-Adapters, ONNX streaming)",
+            "",
+            f"Synthetic echo-like cines (beating ellipse LV, EchoNet-Dynamic layout), {'micro SAM2 at 128 px, 1 epoch' if fast else 'SAM2.1 tiny at 256 px'}, "
+            "random init (no pretrained weights offline): the numbers show the pipeline works end to end, not clinical accuracy.",
+            "",
+            f"Trainable parameters: {p['trainable']:,} of {p['total']:,} (DD-Adapters {p['adapter']:,}, mask decoder {p['decoder']:,}).",
+            f"ONNX vs PyTorch propagation, per-frame Dice: min {par['min_dice']:.4f} over {par['frames']} frames.",
+            "",
+            "| test split (ED/ES tracings, prompt frame excluded) | Dice | HD95 px | NSD (2 px) | ASD px |",
+            "|---|---|---|---|---|",
+            f"| tracker (ONNX) | {m['dice']:.3f} | {m['hd95']:.2f} | {m['nsd']:.3f} | {m['asd']:.2f} |",
+            f"| copy first-frame mask | {c['dice']:.3f} | {c['hd95']:.2f} | {c['nsd']:.3f} | {c['asd']:.2f} |",
+            "",
+            f"Every frame of `{res['video'].name}`: tracker Dice {res['frame_dice']:.3f}, copy-first {res['copy_dice']:.3f}.",
+            "",
+            *[f"![{Path(x).stem}]({x})" for x in res["plots"]],
+            "",
+        ]
+    )

@@ -2,6 +2,7 @@
 beside the same metrics for copying the prompt frame's mask to every frame (the baseline a
 tracker must beat: an LV moves little).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,7 +23,10 @@ def frame_metrics(pred: np.ndarray, gt: np.ndarray, nsd_tolerance: float = 2.0) 
     """
     import torch
     from monai.metrics import (
-        compute_average_surface_distance, compute_dice, compute_hausdorff_distance, compute_surface_dice,
+        compute_average_surface_distance,
+        compute_dice,
+        compute_hausdorff_distance,
+        compute_surface_dice,
     )
 
     p = torch.from_numpy(pred.astype(np.float32))[:, None]
@@ -72,8 +76,13 @@ def evaluate_case(prop: StreamingPropagator, case: VideoCase, prompt: str = "box
 
 
 def evaluate(
-    manifest: str | Path, model: str | Path, split: str = "test", out: str | Path | None = None,
-    backend: str = "onnx", prompt: str = "box", limit: int = 0,
+    manifest: str | Path,
+    model: str | Path,
+    split: str = "test",
+    out: str | Path | None = None,
+    backend: str = "onnx",
+    prompt: str = "box",
+    limit: int = 0,
 ) -> dict[str, Any]:
     """Evaluate a bundle (``backend='onnx'``) or a run directory (``'torch'``) on one split.
 
@@ -100,8 +109,10 @@ def evaluate(
     scored = [r for r in rows if r.get("frames_scored")]
     res: dict[str, Any] = {"split": split, "n_cases": len(scored), "first_frame_excluded": True}
     for key in ("model", "copy_first"):
-        res[key] = {k: float(np.nanmean([r[key][k] for r in scored])) if scored else float("nan")
-                    for k in ("dice", "hd95", "nsd", "asd")}
+        res[key] = {
+            k: float(np.nanmean([r[key][k] for r in scored])) if scored else float("nan")
+            for k in ("dice", "hd95", "nsd", "asd")
+        }
     res["cases"] = rows
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)

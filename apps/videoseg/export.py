@@ -8,10 +8,9 @@ small tensors the torch-free loop needs).  Each graph is parity-checked against 
 shared exporter; then a demo clip is propagated with both backends and the per-frame Dice
 between the two is recorded (must be >= 0.99).
 """
+
 from __future__ import annotations
 
-from medtransfer.shared.runtime.gates import limits_for
-from medtransfer.shared.rundir import RunDir
 import json
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,16 @@ import numpy as np
 import torch
 
 from medtransfer.apps.videoseg.model import (
-    DecoderPart, EncoderPart, MaskPromptPart, MemoryAttentionPart, MemoryEncoderPart, TorchBackend, model_constants,
+    DecoderPart,
+    EncoderPart,
+    MaskPromptPart,
+    MemoryAttentionPart,
+    MemoryEncoderPart,
+    TorchBackend,
+    model_constants,
 )
+from medtransfer.shared.rundir import RunDir
+from medtransfer.shared.runtime.gates import limits_for
 
 GRAPHS = ("image_encoder", "decoder_box", "decoder_track", "mask_prompt", "memory_encoder", "memory_attention")
 
@@ -48,37 +55,58 @@ def export_model(sam: torch.nn.Module, out_dir: str | Path, atol: float = 1e-3) 
     rep: dict[str, Any] = {}
     enc = EncoderPart(sam)
     rep["image_encoder"] = export_onnx(
-        enc, (rn(2, 3, S, S),), out / "image_encoder.onnx", ["image"], ["vision_feat", "vision_pos", "hr0", "hr1"],
-        dynamic={"image": {0: "batch"}}, atol=atol,
+        enc,
+        (rn(2, 3, S, S),),
+        out / "image_encoder.onnx",
+        ["image"],
+        ["vision_feat", "vision_pos", "hr0", "hr1"],
+        dynamic={"image": {0: "batch"}},
+        atol=atol,
     )
     with torch.no_grad():
         feat, pos, hr0, hr1 = enc(rn(1, 3, S, S))
     box_pts = torch.tensor([[[S * 0.3, S * 0.3], [S * 0.7, S * 0.6]]])
     rep["decoder_box"] = export_onnx(
-        DecoderPart(sam, False), (feat, hr0, hr1, box_pts, torch.tensor([[2, 3]], dtype=torch.int32)),
-        out / "decoder_box.onnx", ["pix_feat", "hr0", "hr1", "coords", "labels"],
-        ["low_res_mask", "high_res_mask", "obj_ptr", "object_score"], atol=atol,
+        DecoderPart(sam, False),
+        (feat, hr0, hr1, box_pts, torch.tensor([[2, 3]], dtype=torch.int32)),
+        out / "decoder_box.onnx",
+        ["pix_feat", "hr0", "hr1", "coords", "labels"],
+        ["low_res_mask", "high_res_mask", "obj_ptr", "object_score"],
+        atol=atol,
     )
     rep["decoder_track"] = export_onnx(
-        DecoderPart(sam, True), (feat, hr0, hr1, torch.zeros(1, 1, 2), -torch.ones(1, 1, dtype=torch.int32)),
-        out / "decoder_track.onnx", ["pix_feat", "hr0", "hr1", "coords", "labels"],
-        ["low_res_mask", "high_res_mask", "obj_ptr", "object_score"], atol=atol,
+        DecoderPart(sam, True),
+        (feat, hr0, hr1, torch.zeros(1, 1, 2), -torch.ones(1, 1, dtype=torch.int32)),
+        out / "decoder_track.onnx",
+        ["pix_feat", "hr0", "hr1", "coords", "labels"],
+        ["low_res_mask", "high_res_mask", "obj_ptr", "object_score"],
+        atol=atol,
     )
     m = torch.zeros(1, 1, S, S)
     m[..., S // 4 : S // 2, S // 3 : S // 2] = 1
     rep["mask_prompt"] = export_onnx(
-        MaskPromptPart(sam), (feat, hr0, hr1, m), out / "mask_prompt.onnx", ["pix_feat", "hr0", "hr1", "mask"],
-        ["low_res_mask", "high_res_mask", "obj_ptr", "object_score"], atol=atol,
+        MaskPromptPart(sam),
+        (feat, hr0, hr1, m),
+        out / "mask_prompt.onnx",
+        ["pix_feat", "hr0", "hr1", "mask"],
+        ["low_res_mask", "high_res_mask", "obj_ptr", "object_score"],
+        atol=atol,
     )
     rep["memory_encoder"] = export_onnx(
-        MemoryEncoderPart(sam), (feat, m * 20 - 10, torch.ones(1, 1)), out / "memory_encoder.onnx",
-        ["vision_feat", "mask_logits", "object_score"], ["maskmem", "maskmem_pos"], atol=atol,
+        MemoryEncoderPart(sam),
+        (feat, m * 20 - 10, torch.ones(1, 1)),
+        out / "memory_encoder.onnx",
+        ["vision_feat", "mask_logits", "object_score"],
+        ["maskmem", "maskmem_pos"],
+        atol=atol,
     )
     hw = g * g
     rep["memory_attention"] = export_onnx(
         MemoryAttentionPart(sam, g),
         (rn(hw, 1, C), rn(hw, 1, C), rn(3 * hw, 1, M), rn(3 * hw, 1, M), rn(12, 1, M), rn(12, 1, M)),
-        out / "memory_attention.onnx", ["curr", "curr_pos", "mem", "mem_pos", "ptr", "ptr_pos"], ["pix_feat"],
+        out / "memory_attention.onnx",
+        ["curr", "curr_pos", "mem", "mem_pos", "ptr", "ptr_pos"],
+        ["pix_feat"],
         dynamic={"mem": {0: "n_mem"}, "mem_pos": {0: "n_mem"}, "ptr": {0: "n_ptr"}, "ptr_pos": {0: "n_ptr"}},
         parity_args=[(rn(hw, 1, C), rn(hw, 1, C), rn(7 * hw, 1, M), rn(7 * hw, 1, M), rn(64, 1, M), rn(64, 1, M))],
         atol=atol,
@@ -87,7 +115,9 @@ def export_model(sam: torch.nn.Module, out_dir: str | Path, atol: float = 1e-3) 
     return rep
 
 
-def propagation_parity(sam: torch.nn.Module, bundle_dir: str | Path, frames: np.ndarray, box: np.ndarray) -> dict[str, Any]:
+def propagation_parity(
+    sam: torch.nn.Module, bundle_dir: str | Path, frames: np.ndarray, box: np.ndarray
+) -> dict[str, Any]:
     """Propagate one clip with the PyTorch parts and with the ONNX graphs (same numpy loop).
 
     Returns:
@@ -95,7 +125,6 @@ def propagation_parity(sam: torch.nn.Module, bundle_dir: str | Path, frames: np.
     """
     from medtransfer.apps.videoseg.predict import OnnxBackend
     from medtransfer.apps.videoseg.propagate import StreamingPropagator
-
     from medtransfer.shared.runtime.bundle import Bundle
 
     tb = StreamingPropagator(TorchBackend(sam))
@@ -110,8 +139,9 @@ def propagation_parity(sam: torch.nn.Module, bundle_dir: str | Path, frames: np.
     return {"per_frame_dice": [round(d, 5) for d in dices], "min_dice": float(min(dices)), "frames": n}
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, overwrite: bool = True,
-               force: bool = False) -> Path:
+def export_run(
+    run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, overwrite: bool = True, force: bool = False
+) -> Path:
     """``medtransfer export RUN_DIR --out B`` for videoseg runs.
 
     Args:
@@ -132,8 +162,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = 
 
 def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None) -> Path:
     """Write the bundle into ``out_dir`` (the staging folder of :func:`export_run`)."""
-    from medtransfer.apps.videoseg.synthetic import make_cine
     from medtransfer.apps.videoseg.propagate import mask_to_box, preprocessing_spec
+    from medtransfer.apps.videoseg.synthetic import make_cine
     from medtransfer.apps.videoseg.train import load_run_model
     from medtransfer.shared.export import write_bundle
     from medtransfer.shared.utils.errors import MedTransferError
@@ -143,8 +173,17 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
     run_dir, out = Path(run_dir), Path(out_dir)
     sam, cfg = load_run_model(run_dir)
     rep = export_model(sam, out)
-    write_bundle(out, name="videoseg-track", app="videoseg", task="track", files=[f"{n}.onnx" for n in GRAPHS] + ["constants.npz"],
-                 inputs={}, outputs={}, preprocessing={}, extra={"_pending": True})
+    write_bundle(
+        out,
+        name="videoseg-track",
+        app="videoseg",
+        task="track",
+        files=[f"{n}.onnx" for n in GRAPHS] + ["constants.npz"],
+        inputs={},
+        outputs={},
+        preprocessing={},
+        extra={"_pending": True},
+    )
     frames, masks, _ = make_cine(112, 8, seed=123)
     par = propagation_parity(sam, out, frames, mask_to_box(masks[0]))
     summary = {}
@@ -154,21 +193,37 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
     run = RunDir(run_dir).info()
     S = int(cfg["model"]["image_size"])
     write_bundle(
-        out, name="videoseg-track", app="videoseg", task="track",
+        out,
+        name="videoseg-track",
+        app="videoseg",
+        task="track",
         files=[f"{n}.onnx" for n in GRAPHS] + ["constants.npz"],
-        inputs={"video": {"type": "video", "format": "AVI/MP4/.mha/frame folder", "channels": 1, "dtype": "uint8"},
-                "prompt": {"type": "box x0,y0,x1,y1 or first-frame mask (H, W)"}},
+        inputs={
+            "video": {"type": "video", "format": "AVI/MP4/.mha/frame folder", "channels": 1, "dtype": "uint8"},
+            "prompt": {"type": "box x0,y0,x1,y1 or first-frame mask (H, W)"},
+        },
         outputs={"masks": {"type": "mask stack", "shape": [-1, -1, -1], "dtype": "uint8", "file": "masks.npz"}},
         preprocessing=preprocessing_spec(S),  # from the constants training and the runtime use
-        metrics={"validation": summary, "onnx_parity": {k: v["max_abs_diff"] for k, v in rep.items()},
-                 "propagation_parity": par},
+        metrics={
+            "validation": summary,
+            "onnx_parity": {k: v["max_abs_diff"] for k, v in rep.items()},
+            "propagation_parity": par,
+        },
         data_card="data_cards/echonet_dynamic.md",
-        description=(f"SAM2 ({cfg['model']['arch']}, {S} px) with {cfg['model']['adapter']} adapters; the video path "
-                     "(image encoder, prompt encoder + mask decoder, memory encoder, memory attention) as ONNX graphs "
-                     "driven by a torch-free streaming loop."),
-        extra={"params": run.get("params", {}), "graphs": list(GRAPHS), "arch": cfg["model"]["arch"],
-               "gates": limits_for("image_", "video_", "decode_")},
+        description=(
+            f"SAM2 ({cfg['model']['arch']}, {S} px) with {cfg['model']['adapter']} adapters; the video path "
+            "(image encoder, prompt encoder + mask decoder, memory encoder, memory attention) as ONNX graphs "
+            "driven by a torch-free streaming loop."
+        ),
+        extra={
+            "params": run.get("params", {}),
+            "graphs": list(GRAPHS),
+            "arch": cfg["model"]["arch"],
+            "gates": limits_for("image_", "video_", "decode_"),
+        },
     )
     if par["min_dice"] < 0.99:
-        raise MedTransferError(f"{out}: ONNX propagation differs from PyTorch (min per-frame Dice {par['min_dice']:.3f} < 0.99)")
+        raise MedTransferError(
+            f"{out}: ONNX propagation differs from PyTorch (min per-frame Dice {par['min_dice']:.3f} < 0.99)"
+        )
     return out

@@ -15,6 +15,7 @@ Every reader checks the size its header declares (frame width / height / count: 
 ``shared.runtime.gates`` BEFORE decoding pixels, and turns the library's exceptions into one-line
 :class:`InputError` (never quoting file content).
 """
+
 from __future__ import annotations
 
 import re
@@ -154,7 +155,9 @@ class VideoReader:
         InputError: missing, unreadable, empty or truncated video.
     """
 
-    def __init__(self, path: str | Path, time_axis: str | int = "auto", overrides: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, path: str | Path, time_axis: str | int = "auto", overrides: Mapping[str, Any] | None = None
+    ) -> None:
         self.path = Path(path)
         self.time_axis = time_axis
         self.overrides = dict(overrides or {})
@@ -166,7 +169,8 @@ class VideoReader:
         if self.path.is_dir():
             self.kind = "folder"
             self._files = sorted(
-                (p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: (_frame_number(p), p.name)
+                (p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES),
+                key=lambda p: (_frame_number(p), p.name),
             )
             if not self._files:
                 raise InputError(self.path, "frame folder holds no PNG/JPEG/TIFF frames")
@@ -244,7 +248,9 @@ class VideoReader:
             for p in self._files[start:stop]:
                 fr = self._read_image(p)
                 if fr.shape != (self.height, self.width):
-                    raise InputError(p, f"frame size {fr.shape} differs from the first frame's {(self.height, self.width)}")
+                    raise InputError(
+                        p, f"frame size {fr.shape} differs from the first frame's {(self.height, self.width)}"
+                    )
                 yield fr
         else:
             import cv2
@@ -259,9 +265,14 @@ class VideoReader:
                     except cv2.error:
                         ok, fr = False, None
                     if not ok or fr is None:
-                        raise InputError(self.path, f"video truncated: frame {i} of {self.n_frames} could not be decoded")
+                        raise InputError(
+                            self.path, f"video truncated: frame {i} of {self.n_frames} could not be decoded"
+                        )
                     if fr.shape[:2] != (self.height, self.width) or fr.ndim != 3:
-                        raise InputError(self.path, f"frame {i} size {fr.shape[:2]} differs from the first frame's {(self.height, self.width)}")
+                        raise InputError(
+                            self.path,
+                            f"frame {i} size {fr.shape[:2]} differs from the first frame's {(self.height, self.width)}",
+                        )
                     yield cv2.cvtColor(fr, cv2.COLOR_BGR2GRAY)
             finally:
                 cap.release()
@@ -280,7 +291,9 @@ class VideoReader:
         return np.stack([got[i] for i in order]) if got else np.zeros((0, self.height, self.width), np.uint8)
 
 
-def open_video(path: str | Path, time_axis: str | int = "auto", overrides: Mapping[str, Any] | None = None) -> VideoReader:
+def open_video(
+    path: str | Path, time_axis: str | int = "auto", overrides: Mapping[str, Any] | None = None
+) -> VideoReader:
     """Open a video for lazy reading (see :class:`VideoReader`); the entry point predict / score use."""
     return VideoReader(path, time_axis=time_axis, overrides=overrides)
 
@@ -404,7 +417,13 @@ def write_avi(path: str | Path, frames: np.ndarray, fps: float = 50.0) -> Path:
     return path
 
 
-def overlay_gif(path: str | Path, frames: Iterator[np.ndarray] | np.ndarray, masks: np.ndarray, fps: float = 10.0, max_side: int = 256) -> Path:
+def overlay_gif(
+    path: str | Path,
+    frames: Iterator[np.ndarray] | np.ndarray,
+    masks: np.ndarray,
+    fps: float = 10.0,
+    max_side: int = 256,
+) -> Path:
     """Write an animated GIF: grey frames with the mask outline in red (for people to look at)."""
     import cv2
     from PIL import Image

@@ -10,6 +10,7 @@
 * :class:`TorchBackend` - those parts behind the numpy interface of :mod:`.propagate`.
 * :func:`clip_forward` - differentiable forward of a training clip through SAM2's ``track_step``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -61,8 +62,13 @@ def build_model(mcfg: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str
     if m["checkpoint"]:
         load_sam2_checkpoint(model, m["checkpoint"])
     report = configure_peft(
-        model, m["adapter"], n_blocks=int(m["adapter_blocks"]), dilations=tuple(m["dilations"]),
-        lora_r=int(m["lora_r"]), train_decoder=bool(m["train_decoder"]), train_memory=bool(m["train_memory"]),
+        model,
+        m["adapter"],
+        n_blocks=int(m["adapter_blocks"]),
+        dilations=tuple(m["dilations"]),
+        lora_r=int(m["lora_r"]),
+        train_decoder=bool(m["train_decoder"]),
+        train_memory=bool(m["train_memory"]),
     )
     return model, report
 
@@ -96,8 +102,10 @@ def clip_forward(
         if t == 0:
             if box is not None:
                 # prompts live where the frames live (a CUDA run must not mix devices)
-                pts = {"point_coords": box.view(1, 2, 2).float().to(frames.device),
-                       "point_labels": torch.tensor([[2, 3]], dtype=torch.int32, device=frames.device)}
+                pts = {
+                    "point_coords": box.view(1, 2, 2).float().to(frames.device),
+                    "point_labels": torch.tensor([[2, 3]], dtype=torch.int32, device=frames.device),
+                }
             else:
                 mk = mask.view(1, 1, *mask.shape[-2:]).float().to(frames.device)
         # the steps of SAM2Base.track_step, keeping the object score in training mode too
@@ -140,10 +148,14 @@ class DecoderPart(nn.Module):
         self.sam = sam
         self.multimask = multimask
 
-    def forward(self, pix: torch.Tensor, hr0: torch.Tensor, hr1: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, pix: torch.Tensor, hr0: torch.Tensor, hr1: torch.Tensor, coords: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         out = self.sam._forward_sam_heads(
-            pix, point_inputs={"point_coords": coords, "point_labels": labels},
-            high_res_features=[hr0, hr1], multimask_output=self.multimask,
+            pix,
+            point_inputs={"point_coords": coords, "point_labels": labels},
+            high_res_features=[hr0, hr1],
+            multimask_output=self.multimask,
         )
         return out[3], out[4], out[5], out[6]
 
@@ -155,7 +167,9 @@ class MaskPromptPart(nn.Module):
         super().__init__()
         self.sam = sam
 
-    def forward(self, pix: torch.Tensor, hr0: torch.Tensor, hr1: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, pix: torch.Tensor, hr0: torch.Tensor, hr1: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         out = self.sam._use_mask_as_output(pix, [hr0, hr1], mask)
         return out[3], out[4], out[5], out[6]
 
@@ -167,9 +181,13 @@ class MemoryEncoderPart(nn.Module):
         super().__init__()
         self.sam = sam
 
-    def forward(self, feat: torch.Tensor, mask_logits: torch.Tensor, score: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, feat: torch.Tensor, mask_logits: torch.Tensor, score: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         g = (feat.shape[2], feat.shape[3])
-        mf, mp = self.sam._encode_new_memory([feat.flatten(2).permute(2, 0, 1)], [g], mask_logits, score, is_mask_from_pts=False)
+        mf, mp = self.sam._encode_new_memory(
+            [feat.flatten(2).permute(2, 0, 1)], [g], mask_logits, score, is_mask_from_pts=False
+        )
         return mf, mp[-1]
 
 
@@ -198,7 +216,16 @@ class MemoryAttentionPart(nn.Module):
             self.register_buffer(f"{name}_sin", cis.imag.float().contiguous(), persistent=False)
         self.hw = grid * grid
 
-    def _attn(self, attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_rope_k: int | None) -> torch.Tensor:
+    def _attn(
+        self,
+        attn: nn.Module,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        n_rope_k: int | None,
+    ) -> torch.Tensor:
         q = attn._separate_heads(attn.q_proj(q), attn.num_heads)
         k = attn._separate_heads(attn.k_proj(k), attn.num_heads)
         v = attn._separate_heads(attn.v_proj(v), attn.num_heads)
@@ -211,7 +238,15 @@ class MemoryAttentionPart(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v)
         return attn.out_proj(attn._recombine_heads(out))
 
-    def forward(self, curr: torch.Tensor, curr_pos: torch.Tensor, mem: torch.Tensor, mem_pos: torch.Tensor, ptr: torch.Tensor, ptr_pos: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        curr: torch.Tensor,
+        curr_pos: torch.Tensor,
+        mem: torch.Tensor,
+        mem_pos: torch.Tensor,
+        ptr: torch.Tensor,
+        ptr_pos: torch.Tensor,
+    ) -> torch.Tensor:
         ma = self.ma
         n_rope = mem.shape[0]
         memory = torch.cat([mem, ptr], 0).transpose(0, 1)
@@ -253,8 +288,12 @@ class TorchBackend:
         sam.eval()
         g = sam.image_size // 16
         self.parts = {
-            "encoder": EncoderPart(sam), "box": DecoderPart(sam, False), "track": DecoderPart(sam, True),
-            "mask": MaskPromptPart(sam), "memory_encoder": MemoryEncoderPart(sam), "memory_attention": MemoryAttentionPart(sam, g),
+            "encoder": EncoderPart(sam),
+            "box": DecoderPart(sam, False),
+            "track": DecoderPart(sam, True),
+            "mask": MaskPromptPart(sam),
+            "memory_encoder": MemoryEncoderPart(sam),
+            "memory_attention": MemoryAttentionPart(sam, g),
         }
         self.consts = model_constants(sam)
 
@@ -268,12 +307,16 @@ class TorchBackend:
     def encode_image(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
         return self._run(self.parts["encoder"], image)
 
-    def decode(self, kind: str, pix: np.ndarray, hr0: np.ndarray, hr1: np.ndarray, *prompt: np.ndarray) -> tuple[np.ndarray, ...]:
+    def decode(
+        self, kind: str, pix: np.ndarray, hr0: np.ndarray, hr1: np.ndarray, *prompt: np.ndarray
+    ) -> tuple[np.ndarray, ...]:
         if kind == "track":
             prompt = (np.zeros((1, 1, 2), np.float32), -np.ones((1, 1), np.int32))
         return self._run(self.parts[kind], pix, hr0, hr1, *prompt)
 
-    def encode_memory(self, feat: np.ndarray, mask_logits: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def encode_memory(
+        self, feat: np.ndarray, mask_logits: np.ndarray, score: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         a, b = self._run(self.parts["memory_encoder"], feat, mask_logits, score)
         return a, b
 

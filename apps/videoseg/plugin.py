@@ -1,4 +1,5 @@
 """The videoseg app's spec (torch-free; imports nothing heavy)."""
+
 from medtransfer.shared.plugins import AppSpec
 
 SPEC = AppSpec(
@@ -9,7 +10,9 @@ SPEC = AppSpec(
     exporter="medtransfer.apps.videoseg.export:export_run",
     demo="medtransfer.apps.videoseg.demo:demo",
     bench="medtransfer.apps.videoseg.bench:bench",
-    importers={"echonet_dynamic": "medtransfer.apps.videoseg.data:import_echonet",
-               "trackrad2025": "medtransfer.apps.videoseg.data:import_trackrad"},
+    importers={
+        "echonet_dynamic": "medtransfer.apps.videoseg.data:import_echonet",
+        "trackrad2025": "medtransfer.apps.videoseg.data:import_trackrad",
+    },
     data_cards=("echonet_dynamic.md", "trackrad2025.md"),
 )

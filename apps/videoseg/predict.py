@@ -6,6 +6,7 @@ gif=false`` skips the GIF).  The input key is the video's path relative to the i
 its last suffix (``pt.v1.mha`` -> ``pt.v1``), so two inputs never share an output folder.  Without
 ``--out`` nothing is written (the answer says so).  Imports no torch.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,15 +30,20 @@ class OnnxBackend:
         with np.load(bundle.path / "constants.npz") as z:
             self.consts = {k: z[k] for k in z.files}
         self.enc = bundle.session("image_encoder.onnx")
-        self.dec = {"box": bundle.session("decoder_box.onnx"), "track": bundle.session("decoder_track.onnx"),
-                    "mask": bundle.session("mask_prompt.onnx")}
+        self.dec = {
+            "box": bundle.session("decoder_box.onnx"),
+            "track": bundle.session("decoder_track.onnx"),
+            "mask": bundle.session("mask_prompt.onnx"),
+        }
         self.menc = bundle.session("memory_encoder.onnx")
         self.matt = bundle.session("memory_attention.onnx")
 
     def encode_image(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
         return tuple(self.enc.run(None, {"image": image}))
 
-    def decode(self, kind: str, pix: np.ndarray, hr0: np.ndarray, hr1: np.ndarray, *prompt: np.ndarray) -> tuple[np.ndarray, ...]:
+    def decode(
+        self, kind: str, pix: np.ndarray, hr0: np.ndarray, hr1: np.ndarray, *prompt: np.ndarray
+    ) -> tuple[np.ndarray, ...]:
         feeds = {"pix_feat": pix.astype(np.float32), "hr0": hr0, "hr1": hr1}
         if kind == "track":
             feeds.update(coords=np.zeros((1, 1, 2), np.float32), labels=-np.ones((1, 1), np.int32))
@@ -47,12 +53,24 @@ class OnnxBackend:
             feeds["mask"] = prompt[0]
         return tuple(self.dec[kind].run(None, feeds))
 
-    def encode_memory(self, feat: np.ndarray, mask_logits: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def encode_memory(
+        self, feat: np.ndarray, mask_logits: np.ndarray, score: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         a, b = self.menc.run(None, {"vision_feat": feat, "mask_logits": mask_logits, "object_score": score})
         return a, b
 
-    def attend(self, curr: np.ndarray, curr_pos: np.ndarray, mem: np.ndarray, mem_pos: np.ndarray, ptr: np.ndarray, ptr_pos: np.ndarray) -> np.ndarray:
-        return self.matt.run(None, {"curr": curr, "curr_pos": curr_pos, "mem": mem, "mem_pos": mem_pos, "ptr": ptr, "ptr_pos": ptr_pos})[0]
+    def attend(
+        self,
+        curr: np.ndarray,
+        curr_pos: np.ndarray,
+        mem: np.ndarray,
+        mem_pos: np.ndarray,
+        ptr: np.ndarray,
+        ptr_pos: np.ndarray,
+    ) -> np.ndarray:
+        return self.matt.run(
+            None, {"curr": curr, "curr_pos": curr_pos, "mem": mem, "mem_pos": mem_pos, "ptr": ptr, "ptr_pos": ptr_pos}
+        )[0]
 
 
 def parse_box(box: Any) -> list[float]:
@@ -113,18 +131,29 @@ class VideoSegPredictor(Predictor):
         for t, m in self.prop.run(reader.frames(0, n), n, box=None if mask is not None else box, mask=mask):
             out[t] = m
         out_dir = self.output_dir(path)
-        res: dict[str, Any] = {"input": str(path), "frames": int(n), "height": reader.height, "width": reader.width,
-                               "masks": None, "area_first": int(out[0].sum()), "area_mean": float(out.reshape(n, -1).sum(1).mean()),
-                               "empty_frames": int((out.reshape(n, -1).sum(1) == 0).sum())}
+        res: dict[str, Any] = {
+            "input": str(path),
+            "frames": int(n),
+            "height": reader.height,
+            "width": reader.width,
+            "masks": None,
+            "area_first": int(out[0].sum()),
+            "area_mean": float(out.reshape(n, -1).sum(1).mean()),
+            "empty_frames": int((out.reshape(n, -1).sum(1) == 0).sum()),
+        }
         if out_dir is None:
-            res["artefacts"] = "not written: give --out DIR for masks.npz and overlay.gif (nothing is written beside the inputs)"
+            res["artefacts"] = (
+                "not written: give --out DIR for masks.npz and overlay.gif (nothing is written beside the inputs)"
+            )
         else:
             out_dir.mkdir(parents=True, exist_ok=True)
             npz = out_dir / "masks.npz"
             np.savez_compressed(npz, masks=out)
             res["masks"] = str(npz)
             if str(self.options.get("gif", True)).lower() not in ("false", "0", "no"):
-                res["overlay"] = str(overlay_gif(out_dir / "overlay.gif", reader.frames(0, n), out, fps=reader.fps or 10))
+                res["overlay"] = str(
+                    overlay_gif(out_dir / "overlay.gif", reader.frames(0, n), out, fps=reader.fps or 10)
+                )
         if content:
             gates.mark_unreliable(res, [f"first frame: {r}" for r in content])
         res.update(self.bundle.provenance())

@@ -9,6 +9,7 @@ get longer.  The four networks come from a *backend*: ONNX Runtime sessions (``p
 the PyTorch modules (``model.TorchBackend``); the glue is the same, which is what the ONNX parity
 check compares.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -28,9 +29,21 @@ class Backend(Protocol):
     consts: dict[str, np.ndarray]
 
     def encode_image(self, image: np.ndarray) -> tuple[np.ndarray, ...]: ...  # feat, pos, hr0, hr1
-    def decode(self, kind: str, pix: np.ndarray, hr0: np.ndarray, hr1: np.ndarray, *prompt: np.ndarray) -> tuple[np.ndarray, ...]: ...
-    def encode_memory(self, feat: np.ndarray, mask_logits: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
-    def attend(self, curr: np.ndarray, curr_pos: np.ndarray, mem: np.ndarray, mem_pos: np.ndarray, ptr: np.ndarray, ptr_pos: np.ndarray) -> np.ndarray: ...
+    def decode(
+        self, kind: str, pix: np.ndarray, hr0: np.ndarray, hr1: np.ndarray, *prompt: np.ndarray
+    ) -> tuple[np.ndarray, ...]: ...
+    def encode_memory(
+        self, feat: np.ndarray, mask_logits: np.ndarray, score: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+    def attend(
+        self,
+        curr: np.ndarray,
+        curr_pos: np.ndarray,
+        mem: np.ndarray,
+        mem_pos: np.ndarray,
+        ptr: np.ndarray,
+        ptr_pos: np.ndarray,
+    ) -> np.ndarray: ...
 
 
 def preprocess(frame: np.ndarray, size: int) -> np.ndarray:
@@ -44,9 +57,15 @@ def preprocess(frame: np.ndarray, size: int) -> np.ndarray:
 
 def preprocessing_spec(size: int) -> dict[str, Any]:
     """What :func:`preprocess` does, for the bundle's metadata (built from the same constants)."""
-    return {"image_size": int(size), "resize": "cv2.INTER_LINEAR to SxS", "scale": "1/255",
-            "mean": [float(v) for v in MEAN.ravel()], "std": [float(v) for v in STD.ravel()], "grey_to_rgb": True,
-            "function": f"{preprocess.__module__}.preprocess"}
+    return {
+        "image_size": int(size),
+        "resize": "cv2.INTER_LINEAR to SxS",
+        "scale": "1/255",
+        "mean": [float(v) for v in MEAN.ravel()],
+        "std": [float(v) for v in STD.ravel()],
+        "grey_to_rgb": True,
+        "function": f"{preprocess.__module__}.preprocess",
+    }
 
 
 def sine_pe_1d(pos: np.ndarray, dim: int, temperature: float = 10000.0) -> np.ndarray:
@@ -167,8 +186,14 @@ class StreamingPropagator:
                 ptr_pos = np.repeat(self._obj_pos(pos_arr, max_ptrs), k, axis=0)[:, None]
                 curr = feat.reshape(1, -1, hw).transpose(2, 0, 1)
                 curr_pos = pos.reshape(1, -1, hw).transpose(2, 0, 1)
-                pix = self.b.attend(curr, curr_pos, mem.astype(np.float32), mem_pos.astype(np.float32),
-                                    ptr_tok.astype(np.float32), ptr_pos.astype(np.float32))
+                pix = self.b.attend(
+                    curr,
+                    curr_pos,
+                    mem.astype(np.float32),
+                    mem_pos.astype(np.float32),
+                    ptr_tok.astype(np.float32),
+                    ptr_pos.astype(np.float32),
+                )
                 pix = pix.transpose(1, 2, 0).reshape(feat.shape)
                 low, high, ptr, score = self.b.decode("track", pix, hr0, hr1)
                 mf, mp = self.b.encode_memory(feat, high, score)

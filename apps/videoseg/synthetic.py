@@ -7,6 +7,7 @@ NumberOfFrames, Split) and ``VolumeTracings.csv`` (FileName, X1, Y1, X2, Y2, Fra
 then 20 chords, for the end-diastolic and end-systolic frames).  As an extension for evaluation,
 ``SyntheticMasks/<FileName>.npz`` holds the true mask of every frame.  Torch-free.
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,7 +19,9 @@ import numpy as np
 from medtransfer.apps.videoseg.io import write_avi, write_masks
 
 
-def _ellipse(t: int, n_frames: int, size: int, rng_params: dict[str, float]) -> tuple[float, float, float, float, float]:
+def _ellipse(
+    t: int, n_frames: int, size: int, rng_params: dict[str, float]
+) -> tuple[float, float, float, float, float]:
     period = rng_params["period"]
     phase = 0.5 * (1 + math.cos(2 * math.pi * t / period + rng_params["phase"]))  # 1 = ED, 0 = ES
     scale = rng_params["es_scale"] + (1 - rng_params["es_scale"]) * phase
@@ -36,7 +39,9 @@ def _mask(cx: float, cy: float, a: float, b: float, ang: float, size: int) -> np
     return ((u / a) ** 2 + (v / b) ** 2 <= 1.0).astype(np.uint8)
 
 
-def _tracing(cx: float, cy: float, a: float, b: float, ang: float, n_chords: int = 20) -> list[tuple[float, float, float, float]]:
+def _tracing(
+    cx: float, cy: float, a: float, b: float, ang: float, n_chords: int = 20
+) -> list[tuple[float, float, float, float]]:
     ux, uy = math.cos(ang), math.sin(ang)
     vx, vy = -math.sin(ang), math.cos(ang)
     rows = [(cx - a * ux, cy - a * uy, cx + a * ux, cy + a * uy)]  # long axis first
@@ -82,8 +87,13 @@ def make_cine(size: int = 112, n_frames: int = 32, seed: int = 0) -> tuple[np.nd
 
 
 def make_echonet_like(
-    root: str | Path, n_videos: int = 6, size: int = 112, n_frames: int = 32, seed: int = 0,
-    splits: tuple[str, ...] = ("TRAIN", "TRAIN", "TRAIN", "VAL", "TEST", "TEST"), with_ext: bool = False,
+    root: str | Path,
+    n_videos: int = 6,
+    size: int = 112,
+    n_frames: int = 32,
+    seed: int = 0,
+    splits: tuple[str, ...] = ("TRAIN", "TRAIN", "TRAIN", "VAL", "TEST", "TEST"),
+    with_ext: bool = False,
 ) -> Path:
     """Write ``n_videos`` synthetic cines in the EchoNet-Dynamic layout under ``root``.
 
@@ -113,15 +123,31 @@ def make_echonet_like(
         ed = int(np.argmax(areas[:first]))
         es = int(np.argmin(areas[:first]))
         edv, esv = float(areas[ed]), float(areas[es])
-        file_rows.append({
-            "FileName": name + (".avi" if with_ext else ""), "EF": round(100 * (edv - esv) / edv, 2),
-            "ESV": esv, "EDV": edv, "FrameHeight": size, "FrameWidth": size, "FPS": 50,
-            "NumberOfFrames": n_frames, "Split": splits[i % len(splits)],
-        })
+        file_rows.append(
+            {
+                "FileName": name + (".avi" if with_ext else ""),
+                "EF": round(100 * (edv - esv) / edv, 2),
+                "ESV": esv,
+                "EDV": edv,
+                "FrameHeight": size,
+                "FrameWidth": size,
+                "FPS": 50,
+                "NumberOfFrames": n_frames,
+                "Split": splits[i % len(splits)],
+            }
+        )
         for fr in sorted((ed, es)):
             for x1, y1, x2, y2 in _tracing(*info["params"][fr]):
-                trace_rows.append({"FileName": name + ".avi", "X1": round(x1, 3), "Y1": round(y1, 3),
-                                   "X2": round(x2, 3), "Y2": round(y2, 3), "Frame": fr})
+                trace_rows.append(
+                    {
+                        "FileName": name + ".avi",
+                        "X1": round(x1, 3),
+                        "Y1": round(y1, 3),
+                        "X2": round(x2, 3),
+                        "Y2": round(y2, 3),
+                        "Frame": fr,
+                    }
+                )
     with open(root / "FileList.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(file_rows[0]))
         w.writeheader()
@@ -133,7 +159,9 @@ def make_echonet_like(
     return root
 
 
-def make_trackrad_like(root: str | Path, case: str = "S_001", size: int = 64, n_frames: int = 12, seed: int = 0) -> Path:
+def make_trackrad_like(
+    root: str | Path, case: str = "S_001", size: int = 64, n_frames: int = 12, seed: int = 0
+) -> Path:
     """One synthetic case in the TrackRAD2025 layout (moving disc; ``(H, W, T)`` .mha stacks)."""
     import SimpleITK as sitk
 

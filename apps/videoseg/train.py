@@ -7,9 +7,9 @@ the DD-Adapters (or LoRA / MLP adapters) and the mask decoder train with Dice + 
 every labelled frame of the clip; AdamW with ``train.peft.lr_mult`` on adapter parameters; the
 best checkpoint is kept by validation Dice (prompt frame excluded).
 """
+
 from __future__ import annotations
 
-from medtransfer.shared.rundir import RunDir
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from medtransfer.apps.videoseg.model import MODEL_DEFAULTS, build_model, clip_fo
 from medtransfer.apps.videoseg.propagate import mask_to_box, preprocess
 from medtransfer.shared.config import resolve_config
 from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit
+from medtransfer.shared.rundir import RunDir
 from medtransfer.shared.utils.errors import InputError
 
 APP, TASK = "videoseg", "track"
@@ -35,8 +36,18 @@ DATA_DEFAULTS: dict[str, Any] = {
 DEFAULTS: dict[str, Any] = {
     "model": dict(MODEL_DEFAULTS),
     "data": dict(DATA_DEFAULTS),
-    "train": {**TRAIN_DEFAULTS, "epochs": 3, "batch_size": 1, "lr": 1e-4, "weight_decay": 1e-4, "strategy": "adapter",
-              "peft": {"lr_mult": 10.0}, "patience": 0, "monitor": "val_dice", "mode": "max"},
+    "train": {
+        **TRAIN_DEFAULTS,
+        "epochs": 3,
+        "batch_size": 1,
+        "lr": 1e-4,
+        "weight_decay": 1e-4,
+        "strategy": "adapter",
+        "peft": {"lr_mult": 10.0},
+        "patience": 0,
+        "monitor": "val_dice",
+        "mode": "max",
+    },
 }
 HEAD = ["sam_mask_decoder", "sam_prompt_encoder", "obj_ptr_proj"]
 MEMORY = ["memory_attention", "memory_encoder", "maskmem_tpos_enc", "obj_ptr_tpos_proj"]
@@ -114,11 +125,18 @@ class ClipDataset(torch.utils.data.Dataset):
         box = mask_to_box(case.masks[idx[0]]).astype(np.float32)
         if rng is not None and float(self.d["box_jitter"]) > 0:
             bw, bh = box[2] - box[0], box[3] - box[1]
-            box = box + rng.normal(0, float(self.d["box_jitter"]), 4).astype(np.float32) * np.array([bw, bh, bw, bh], np.float32)
+            box = box + rng.normal(0, float(self.d["box_jitter"]), 4).astype(np.float32) * np.array(
+                [bw, bh, bw, bh], np.float32
+            )
             box = np.clip(box, 0, [W, H, W, H]).astype(np.float32)
         box = box * np.array([S / W, S / H, S / W, S / H], np.float32)
-        return {"frames": torch.from_numpy(x), "box": torch.from_numpy(box), "prompt_mask": torch.from_numpy(masks[0]),
-                "masks": torch.from_numpy(masks), "valid": torch.from_numpy(valid)}
+        return {
+            "frames": torch.from_numpy(x),
+            "box": torch.from_numpy(box),
+            "prompt_mask": torch.from_numpy(masks[0]),
+            "masks": torch.from_numpy(masks),
+            "valid": torch.from_numpy(valid),
+        }
 
 
 def make_forward(prompt: str = "box"):
@@ -134,7 +152,10 @@ def make_forward(prompt: str = "box"):
                 lg, sc = clip_forward(sam, batch["frames"][b], box=batch["box"][b])
             outs.append(lg[:, 0])
             scores.append(sc[:, 0])
-        return {"logits": torch.stack(outs), "scores": torch.stack(scores)}, {"masks": batch["masks"], "valid": batch["valid"]}
+        return {"logits": torch.stack(outs), "scores": torch.stack(scores)}, {
+            "masks": batch["masks"],
+            "valid": batch["valid"],
+        }
 
     return forward
 
@@ -206,12 +227,28 @@ def train(manifest: str | Path, run_dir: str | Path, cfg: dict[str, Any] | None 
         head = [h for h in head if h not in HEAD]
     prompt = str(cfg["data"]["prompt"])
     res = fit(
-        model, ClipDataset(tr, cfg, True, seed), ClipDataset(va, cfg, False, seed), cfg=cfg, run_dir=run_dir, app=APP, task=TASK,
-        loss_fn=make_loss(prompt), metric_fn=dice_metric, forward_fn=make_forward(prompt), head=head,
-        monitor="val_dice", mode="max", extra_state={"params": params},
+        model,
+        ClipDataset(tr, cfg, True, seed),
+        ClipDataset(va, cfg, False, seed),
+        cfg=cfg,
+        run_dir=run_dir,
+        app=APP,
+        task=TASK,
+        loss_fn=make_loss(prompt),
+        metric_fn=dice_metric,
+        forward_fn=make_forward(prompt),
+        head=head,
+        monitor="val_dice",
+        mode="max",
+        extra_state={"params": params},
     )
     RunDir(run_dir).update_info(params=params, manifest=str(Path(manifest).resolve()), n_train=len(tr), n_val=len(va))
-    return {"run_dir": str(run_dir), "best_path": str(res.best_path), "best_metrics": res.best_metrics, "params": params}
+    return {
+        "run_dir": str(run_dir),
+        "best_path": str(res.best_path),
+        "best_metrics": res.best_metrics,
+        "params": params,
+    }
 
 
 def load_run_model(run_dir: str | Path, which: str = "best") -> tuple[torch.nn.Module, dict[str, Any]]:

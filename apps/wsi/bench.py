@@ -8,6 +8,7 @@ Both paths tile the same slide with the same tissue grid and the same encoder an
 
 Also reported: reading alone (tiles/s) for both readers.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -27,8 +28,16 @@ def _default_slide(tmp: Path) -> Path:
     return make_slide(tmp / "bench_slide.tif", size=(2048, 1536), seed=1)
 
 
-def bench(slide: Optional[str] = None, encoder: str = "resnet18", batch_size: int = 32, max_tiles: int = 32,
-          threads: int = 0, target_mpp: float = 0.5, patch_size: int = 224, **_: Any) -> dict[str, Any]:
+def bench(
+    slide: Optional[str] = None,
+    encoder: str = "resnet18",
+    batch_size: int = 32,
+    max_tiles: int = 32,
+    threads: int = 0,
+    target_mpp: float = 0.5,
+    patch_size: int = 224,
+    **_: Any,
+) -> dict[str, Any]:
     """Measure patches/s of both pipelines.
 
     Args:
@@ -79,12 +88,22 @@ def bench(slide: Optional[str] = None, encoder: str = "resnet18", batch_size: in
         same = float(np.max(np.abs(np.concatenate(feats_plain) - out)))
         s.close()
     return {
-        "slide": Path(path).name, "tiles": n, "encoder": encoder, "device": str(enc.device),
-        "torch_threads": torch.get_num_threads(), "batch_size": batch_size,
-        "read_only_tiles_per_s": {"plain_read_region_loop": round(read_plain, 1), "ours_block_prefetch": round(read_ours, 1),
-                                  "ratio": round(read_ours / read_plain, 2)},
-        "extract_patches_per_s": {"plain_read_region_loop": round(plain, 2), "ours": round(ours, 2),
-                                  "ratio": round(ours / plain, 2)},
+        "slide": Path(path).name,
+        "tiles": n,
+        "encoder": encoder,
+        "device": str(enc.device),
+        "torch_threads": torch.get_num_threads(),
+        "batch_size": batch_size,
+        "read_only_tiles_per_s": {
+            "plain_read_region_loop": round(read_plain, 1),
+            "ours_block_prefetch": round(read_ours, 1),
+            "ratio": round(read_ours / read_plain, 2),
+        },
+        "extract_patches_per_s": {
+            "plain_read_region_loop": round(plain, 2),
+            "ours": round(ours, 2),
+            "ratio": round(ours / plain, 2),
+        },
         "max_abs_feature_diff": same,
     }
 

@@ -3,6 +3,7 @@
 Torch-free at import: heavy modules are imported inside the commands.  Known errors propagate to
 ``main()`` (one line, exit 2).
 """
+
 from __future__ import annotations
 
 import json
@@ -14,12 +15,20 @@ import typer
 from medtransfer.shared.cli.grammar import out_option, recipe_option, set_option
 from medtransfer.shared.utils.errors import ConfigError
 
-app = typer.Typer(help="Whole-slide prognosis: tiling + feature bags, attention-MIL survival, MoE-PKT.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Whole-slide prognosis: tiling + feature bags, attention-MIL survival, MoE-PKT.", no_args_is_help=True
+)
 
 
-def _config_and_bags(labels: Path, features: Optional[Path], synthetic: bool, dim: int, strength: float,
-                     set_: Optional[List[str]], recipe: Optional[Path] = None) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+def _config_and_bags(
+    labels: Path,
+    features: Optional[Path],
+    synthetic: bool,
+    dim: int,
+    strength: float,
+    set_: Optional[List[str]],
+    recipe: Optional[Path] = None,
+) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
     """Resolved config plus the bags source (planted synthetic bags, or None to read --features)."""
     from medtransfer.apps.wsi.train import make_config
 
@@ -62,7 +71,9 @@ def extract(
     source: Path = typer.Argument(..., help="a slide file or a folder of slides"),
     out: Path = out_option(help="folder for <slide>.h5 bags and thumbnails/"),
     encoder: str = typer.Option("resnet18", "--encoder", help="registry encoder (resnet18, resnet50, uni2h, ...)"),
-    weights: Optional[str] = typer.Option(None, "--weights", help="local encoder weights (default: random init, flagged in the h5)"),
+    weights: Optional[str] = typer.Option(
+        None, "--weights", help="local encoder weights (default: random init, flagged in the h5)"
+    ),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="level-0 microns/pixel for slides lacking it"),
     target_mpp: float = typer.Option(0.5, "--target-mpp", help="tile resolution in um/px (0.5 ~ 20x)"),
     patch_size: int = typer.Option(224, "--patch-size", help="tile side at --target-mpp"),
@@ -74,9 +85,13 @@ def extract(
     """Tile slides on tissue and write CLAM/TRIDENT-style h5 feature bags (resumable per slide)."""
     from medtransfer.apps.wsi.features import extract_many
 
-    res = extract_many(source, out, encoder, weights, target_mpp, patch_size, mpp, batch_size, tissue, device, overwrite)
+    res = extract_many(
+        source, out, encoder, weights, target_mpp, patch_size, mpp, batch_size, tissue, device, overwrite
+    )
     for r in res:
-        msg = f"{r.status:8s} {r.slide}: " + (r.error if r.status == "error" else f"{r.n_tiles} tiles x {r.feature_dim}-d -> {r.h5}")
+        msg = f"{r.status:8s} {r.slide}: " + (
+            r.error if r.status == "error" else f"{r.n_tiles} tiles x {r.feature_dim}-d -> {r.h5}"
+        )
         typer.echo(msg)
     counts = {s: sum(r.status == s for r in res) for s in ("done", "skipped", "error")}
     typer.echo(json.dumps(counts))
@@ -141,8 +156,17 @@ def evaluate_cmd(
         tr, te = coh.subset(tr_ids), coh.subset(te_ids)
     cases = {"test": te, "train": tr, "all": coh.cases}[split]
     ev = evaluate(model, cases, coh.bags, tr)
-    typer.echo(json.dumps({"study": study, "fold": k, "split": split,
-                           **{key: ev[key] for key in ("c_index", "td_auc", "n", "events")}}, default=float))
+    typer.echo(
+        json.dumps(
+            {
+                "study": study,
+                "fold": k,
+                "split": split,
+                **{key: ev[key] for key in ("c_index", "td_auc", "n", "events")},
+            },
+            default=float,
+        )
+    )
 
 
 @app.command("cv")
@@ -164,8 +188,10 @@ def cv(
     cfg, bags = _config_and_bags(labels, features, synthetic, dim, strength, set_, recipe)
     coh = load_cohort(labels, study, features, str(cfg["data"]["endpoint"]), bags)
     r = cross_validate(coh, labels, study, cfg, out, folds)
-    typer.echo(f"{study}: C-index {r['c_index_mean']:.3f} +- {r['c_index_sd']:.3f}, td-AUC {r['td_auc_mean']:.3f} "
-               f"+- {r['td_auc_sd']:.3f}, KM log-rank p={r['km']['logrank_p']:.2g} ({r['km']['png']})")
+    typer.echo(
+        f"{study}: C-index {r['c_index_mean']:.3f} +- {r['c_index_sd']:.3f}, td-AUC {r['td_auc_mean']:.3f} "
+        f"+- {r['td_auc_sd']:.3f}, KM log-rank p={r['km']['logrank_p']:.2g} ({r['km']['png']})"
+    )
 
 
 @app.command("pkt")
@@ -180,7 +206,9 @@ def pkt(
     strength: float = typer.Option(1.5, "--strength", help="planted signal strength of --synthetic bags"),
     n_train: int = typer.Option(40, "--n-train", help="target training patients per fold"),
     folds: int = typer.Option(5, "--folds"),
-    finetune: str = typer.Option("best", "--finetune", help="single-source fine-tune: best (source picked on training patients), all, none"),
+    finetune: str = typer.Option(
+        "best", "--finetune", help="single-source fine-tune: best (source picked on training patients), all, none"
+    ),
     recipe: Optional[Path] = recipe_option(),
     set_: Optional[List[str]] = set_option(),
 ) -> None:
@@ -191,8 +219,9 @@ def pkt(
     ep = str(cfg["data"]["endpoint"])
     srcs = [s.strip() for s in sources.split(",") if s.strip()]
     models = train_sources({s: load_cohort(labels, s, features, ep, bags) for s in srcs}, cfg, out)
-    r = pkt_compare(load_cohort(labels, target, features, ep, bags), models, labels, target, cfg, out,
-                    n_train, folds, finetune)
+    r = pkt_compare(
+        load_cohort(labels, target, features, ep, bags), models, labels, target, cfg, out, n_train, folds, finetune
+    )
     for name, v in r["methods"].items():
         typer.echo(f"{name:32s} C-index {v['mean']:.3f} +- {v['sd']:.3f}")
     typer.echo("routing: " + ", ".join(f"{k} {v:.2f}" for k, v in r["routing"]["mean_gate"].items()))

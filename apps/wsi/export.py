@@ -1,9 +1,9 @@
 """Export a wsi survival run to a bundle: the aggregator (MIL or MoE-PKT with its experts inside,
 one variable-length bag in; risk, hazards, survival and attention out) and, when the run's bags
 came from a registry encoder, the patch encoder (uint8-range RGB tiles in, features out)."""
+
 from __future__ import annotations
 
-from medtransfer.shared.runtime.gates import limits_for
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from medtransfer.apps.wsi.model import SurvivalHead, build_tile_encoder
-from medtransfer.shared.rundir import RunDir
 from medtransfer.shared.export import export_onnx, write_bundle
+from medtransfer.shared.rundir import RunDir
+from medtransfer.shared.runtime.gates import limits_for
 from medtransfer.shared.utils.errors import MedTransferError
 
 
@@ -40,9 +41,15 @@ def rebuild(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any], dict[str, A
     return model.eval(), w, cfg
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, quantize: Optional[str] = None,
-               encoder: Optional[str] = None, encoder_weights: Any = None, overwrite: bool = True,
-               force: bool = False) -> Path:
+def export_run(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    quantize: Optional[str] = None,
+    encoder: Optional[str] = None,
+    encoder_weights: Any = None,
+    overwrite: bool = True,
+    force: bool = False,
+) -> Path:
     """Export a run (``medtransfer export RUN_DIR --out BUNDLE``).
 
     Args:
@@ -65,8 +72,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, quantize: Optional[str]
     return export_bundle(run_dir, out_dir, write, quantize, overwrite, force)
 
 
-def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None, encoder: Optional[str] = None,
-                        encoder_weights: Any = None) -> Path:
+def _write_bundle_files(
+    run_dir: str | Path, out_dir: Path, quantize: str | None, encoder: Optional[str] = None, encoder_weights: Any = None
+) -> Path:
     """Write the bundle into ``out_dir`` (the staging folder of :func:`export_run`)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model, w, cfg = rebuild(run_dir)
@@ -78,28 +86,54 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
     m = torch.ones(2, 9)
     m[1, 6:] = 0
     x1 = torch.randn(1, 23, dim, generator=g)
-    parity = export_onnx(head, (x, m), out_dir / "model.onnx", ["features", "mask"],
-                         ["risk", "hazards", "survival", "attention"],
-                         dynamic={"features": {0: "batch", 1: "n_patches"}, "mask": {0: "batch", 1: "n_patches"}},
-                         atol=1e-4, parity_args=[(x1, torch.ones(1, 23))])
+    parity = export_onnx(
+        head,
+        (x, m),
+        out_dir / "model.onnx",
+        ["features", "mask"],
+        ["risk", "hazards", "survival", "attention"],
+        dynamic={"features": {0: "batch", 1: "n_patches"}, "mask": {0: "batch", 1: "n_patches"}},
+        atol=1e-4,
+        parity_args=[(x1, torch.ones(1, 23))],
+    )
     files = ["model.onnx"]
     enc_name = encoder or w.get("encoder")
-    pre: dict[str, Any] = {"bin_edges_months": w["edges"], "feature_dim": dim, "endpoint": cfg["data"]["endpoint"],
-                           "risk_threshold": w.get("risk_threshold")}
+    pre: dict[str, Any] = {
+        "bin_edges_months": w["edges"],
+        "feature_dim": dim,
+        "endpoint": cfg["data"]["endpoint"],
+        "risk_threshold": w.get("risk_threshold"),
+    }
     metrics: dict[str, Any] = {"onnx_parity_max_abs_diff": parity["max_abs_diff"]}
     if enc_name:
-        enc, edim, pre_ok = build_tile_encoder(enc_name, encoder_weights if encoder_weights is not None else w.get("encoder_weights"))
+        enc, edim, pre_ok = build_tile_encoder(
+            enc_name, encoder_weights if encoder_weights is not None else w.get("encoder_weights")
+        )
         if edim != dim:
             raise MedTransferError(f"encoder {enc_name} gives {edim}-d features but the aggregator expects {dim}")
         ps = int(w.get("patch_size", 224))
         tiles = torch.rand(2, 3, ps, ps, generator=g) * 255
-        ep = export_onnx(enc.eval(), (tiles,), out_dir / "encoder.onnx", ["tiles"], ["features"],
-                         dynamic={"tiles": {0: "batch"}}, atol=1e-3)
+        ep = export_onnx(
+            enc.eval(),
+            (tiles,),
+            out_dir / "encoder.onnx",
+            ["tiles"],
+            ["features"],
+            dynamic={"tiles": {0: "batch"}},
+            atol=1e-3,
+        )
         files.append("encoder.onnx")
         metrics["encoder_parity_max_abs_diff"] = ep["max_abs_diff"]
-        pre.update({"encoder": enc_name, "encoder_pretrained": bool(pre_ok), "patch_size": ps,
-                    "target_mpp": float(w.get("target_mpp", 0.5)), "tissue_fraction_min": float(w.get("tissue_fraction_min", 0.25)),
-                    "tile_input": "RGB float32 0-255, NCHW; normalisation inside the graph"})
+        pre.update(
+            {
+                "encoder": enc_name,
+                "encoder_pretrained": bool(pre_ok),
+                "patch_size": ps,
+                "target_mpp": float(w.get("target_mpp", 0.5)),
+                "tissue_fraction_min": float(w.get("tissue_fraction_min", 0.25)),
+                "tile_input": "RGB float32 0-255, NCHW; normalisation inside the graph",
+            }
+        )
     cvp = run_dir / "cv.json"
     if cvp.is_file():
         cv = json.loads(cvp.read_text())
@@ -108,19 +142,39 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
     n_bins = len(w["edges"]) - 1
     kind = w.get("kind", "mil")
     write_bundle(
-        out_dir, name=f"wsi-survival-{kind}-{w.get('study', 'model')}", app="wsi", task="survival", files=files,
-        inputs={"features": {"shape": [-1, -1, dim], "dtype": "float32", "format": "patch-feature bag (padded)"},
-                "mask": {"shape": [-1, -1], "dtype": "float32", "value_range": [0, 1], "format": "1 = real patch"}},
-        outputs={"risk": {"shape": [-1], "dtype": "float32", "format": "-sum(survival); higher = worse"},
-                 "hazards": {"shape": [-1, n_bins], "dtype": "float32"},
-                 "survival": {"shape": [-1, n_bins], "dtype": "float32"},
-                 "attention": {"shape": [-1, -1], "dtype": "float32"}},
-        preprocessing=pre, labels=[f"bin{i}" for i in range(n_bins)], metrics=metrics,
+        out_dir,
+        name=f"wsi-survival-{kind}-{w.get('study', 'model')}",
+        app="wsi",
+        task="survival",
+        files=files,
+        inputs={
+            "features": {"shape": [-1, -1, dim], "dtype": "float32", "format": "patch-feature bag (padded)"},
+            "mask": {"shape": [-1, -1], "dtype": "float32", "value_range": [0, 1], "format": "1 = real patch"},
+        },
+        outputs={
+            "risk": {"shape": [-1], "dtype": "float32", "format": "-sum(survival); higher = worse"},
+            "hazards": {"shape": [-1, n_bins], "dtype": "float32"},
+            "survival": {"shape": [-1, n_bins], "dtype": "float32"},
+            "attention": {"shape": [-1, -1], "dtype": "float32"},
+        },
+        preprocessing=pre,
+        labels=[f"bin{i}" for i in range(n_bins)],
+        metrics=metrics,
         data_card="data_cards/tcga_survival.md",
-        description=(f"Discrete-time survival from whole-slide feature bags ({kind}: "
-                     + ("MoE-PKT over source models " + ", ".join(w.get("sources", [])) if kind == "moe" else "gated attention MIL")
-                     + f"), {n_bins} hazard bins."),
-        extra={"model_kind": kind, "sources": w.get("sources", []), "study": w.get("study", ""),
-               "gates": limits_for("feature_", "image_")},
+        description=(
+            f"Discrete-time survival from whole-slide feature bags ({kind}: "
+            + (
+                "MoE-PKT over source models " + ", ".join(w.get("sources", []))
+                if kind == "moe"
+                else "gated attention MIL"
+            )
+            + f"), {n_bins} hazard bins."
+        ),
+        extra={
+            "model_kind": kind,
+            "sources": w.get("sources", []),
+            "study": w.get("study", ""),
+            "gates": limits_for("feature_", "image_"),
+        },
     )
     return out_dir

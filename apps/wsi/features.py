@@ -10,6 +10,7 @@ One h5 per slide, CLAM/TRIDENT layout::
 A slide whose h5 exists with ``complete=True`` and the same encoder / tiling is skipped, so a
 second run recomputes nothing; partial files from an interrupted run are redone.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,17 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from medtransfer.apps.wsi.slide import (
+    find_slides,
+    grid_note,
+    iter_tile_batches,
+    open_slide,
+    plan_tiles,
+    save_overlay,
+    slide_name,
+)
 from medtransfer.shared.utils.errors import InputError, MedTransferError
-from medtransfer.apps.wsi.slide import find_slides, grid_note, iter_tile_batches, open_slide, plan_tiles, save_overlay, slide_name
+
 
 @dataclass
 class ExtractResult:
@@ -54,7 +64,9 @@ class Encoder:
         patch_size: input side the encoder sees.
     """
 
-    def __init__(self, name: str = "resnet18", weights: Any = None, device: str = "auto", patch_size: int = 224) -> None:
+    def __init__(
+        self, name: str = "resnet18", weights: Any = None, device: str = "auto", patch_size: int = 224
+    ) -> None:
         import torch
 
         from medtransfer.apps.wsi.model import build_tile_encoder
@@ -87,9 +99,15 @@ def h5_is_complete(h5_path: Path, encoder: str, target_mpp: float, patch_size: i
     try:
         with h5py.File(h5_path, "r") as f:
             a = f.attrs
-            return (bool(a.get("complete", False)) and str(a.get("encoder", "")) == encoder
-                    and abs(float(a.get("mpp", -1)) - target_mpp) < 1e-6 and int(a.get("patch_size", -1)) == patch_size
-                    and "features" in f and "coords" in f and f["features"].shape[0] == f["coords"].shape[0])
+            return (
+                bool(a.get("complete", False))
+                and str(a.get("encoder", "")) == encoder
+                and abs(float(a.get("mpp", -1)) - target_mpp) < 1e-6
+                and int(a.get("patch_size", -1)) == patch_size
+                and "features" in f
+                and "coords" in f
+                and f["features"].shape[0] == f["coords"].shape[0]
+            )
     except Exception:  # a corrupt / foreign h5 is simply not a finished extraction: redo it
         return False
 
@@ -102,7 +120,9 @@ class ImplausibleBagError(InputError):
     """
 
 
-def read_bag(h5_path: str | Path, gates: Optional[dict[str, Any]] = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def read_bag(
+    h5_path: str | Path, gates: Optional[dict[str, Any]] = None
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Read ``features`` (N, D), ``coords`` (N, 2) and attributes from a feature-bag h5.  Torch-free.
 
     The bag passes the plausibility gate (``shared.runtime.gates.check_feature_bag``): non-empty,
@@ -152,7 +172,9 @@ def read_bag(h5_path: str | Path, gates: Optional[dict[str, Any]] = None) -> tup
     except InputError:
         raise
     except Exception as e:  # h5py raises OSError, KeyError, ValueError, RuntimeError ... for corrupt files
-        raise InputError(h5_path, f"not a readable HDF5 feature bag (corrupt or truncated file: {type(e).__name__})") from None
+        raise InputError(
+            h5_path, f"not a readable HDF5 feature bag (corrupt or truncated file: {type(e).__name__})"
+        ) from None
     if feats.ndim == 3 and feats.shape[0] == 1:  # some tools save (1, N, D)
         feats = feats[0]
     if feats.ndim != 2 or feats.shape[0] == 0 or feats.shape[1] == 0:
@@ -173,7 +195,7 @@ def read_bag(h5_path: str | Path, gates: Optional[dict[str, Any]] = None) -> tup
 
 
 #: largest bag read (elements): 1M patches x 2048-d; a header declaring more is refused before reading
-MAX_BAG_ELEMENTS = 2 ** 31
+MAX_BAG_ELEMENTS = 2**31
 
 
 def _check_declared_size(ds: Any, path: Path, what: str) -> None:
@@ -206,8 +228,10 @@ def find_bags(features_dir: str | Path) -> dict[str, Path]:
         if not p.is_file():
             continue
         if p.stem in out:
-            raise MedTransferError(f"{out[p.stem]} and {p} are both bags of slide '{p.stem}'; labels match bags by "
-                                   "slide name, so keep one or give each cohort its own features folder")
+            raise MedTransferError(
+                f"{out[p.stem]} and {p} are both bags of slide '{p.stem}'; labels match bags by "
+                "slide name, so keep one or give each cohort its own features folder"
+            )
         out[p.stem] = p
     return out
 
@@ -290,7 +314,9 @@ def extract_slide(
     except InputError:
         raise
     except Exception as e:  # the decoder's message may quote file content: the type only
-        raise InputError(slide_path, f"reading tiles failed (corrupt or unsupported tile data: {type(e).__name__})") from None
+        raise InputError(
+            slide_path, f"reading tiles failed (corrupt or unsupported tile data: {type(e).__name__})"
+        ) from None
     finally:
         try:
             slide.close()
@@ -299,14 +325,28 @@ def extract_slide(
     from medtransfer.shared.runtime.gates import require_finite
 
     require_finite(feats, slide_path, "encoder features")
-    attrs = {**tiling.attrs(), "encoder": encoder.name, "feature_dim": int(encoder.feature_dim),
-             "pretrained": bool(encoder.pretrained), "slide": slide_path.name, "key": name, "complete": True,
-             "coords_convention": "level-0 top-left (x, y)"}
+    attrs = {
+        **tiling.attrs(),
+        "encoder": encoder.name,
+        "feature_dim": int(encoder.feature_dim),
+        "pretrained": bool(encoder.pretrained),
+        "slide": slide_path.name,
+        "key": name,
+        "complete": True,
+        "coords_convention": "level-0 top-left (x, y)",
+    }
     write_bag(h5_path, tiling.coords, feats, attrs)
     overlay = save_overlay(thumb, mask, tiling, out_dir / "thumbnails" / f"{name}.png")
-    return ExtractResult(name, "done", str(h5_path), len(tiling.coords), int(encoder.feature_dim),
-                         round(time.perf_counter() - t0, 3), overlay=str(overlay),
-                         extra={"grid": grid_note(tiling)})
+    return ExtractResult(
+        name,
+        "done",
+        str(h5_path),
+        len(tiling.coords),
+        int(encoder.feature_dim),
+        round(time.perf_counter() - t0, 3),
+        overlay=str(overlay),
+        extra={"grid": grid_note(tiling)},
+    )
 
 
 def extract_many(
@@ -353,8 +393,14 @@ def extract_many(
     out_dir.mkdir(parents=True, exist_ok=True)
     enc: Optional[Encoder] = None
     results: list[ExtractResult] = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeRemainingColumn(), disable=not show_progress, transient=True) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+        disable=not show_progress,
+        transient=True,
+    ) as bar:
         task = bar.add_task("slides", total=len(slides))
         for name, sp in keyed.items():
             if not overwrite and h5_is_complete(out_dir / f"{name}.h5", encoder, target_mpp, patch_size):
@@ -365,8 +411,20 @@ def extract_many(
                 enc = Encoder(encoder, weights, device, patch_size)
             bar.update(task, description=f"{name[:40]}")
             try:
-                results.append(extract_slide(sp, out_dir, enc, target_mpp, patch_size, mpp, batch_size,
-                                             tissue_fraction_min, overwrite, key=name))
+                results.append(
+                    extract_slide(
+                        sp,
+                        out_dir,
+                        enc,
+                        target_mpp,
+                        patch_size,
+                        mpp,
+                        batch_size,
+                        tissue_fraction_min,
+                        overwrite,
+                        key=name,
+                    )
+                )
             except MedTransferError as e:
                 results.append(ExtractResult(name, "error", error=str(e)))
             bar.advance(task)

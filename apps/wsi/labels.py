@@ -9,6 +9,7 @@ Layout read (``mahmoodlab/SurvPath`` style)::
 Labels are per patient (case); a patient's slides are pooled into one bag.  The official
 ``val`` lists are the held-out folds (reported as test: no model selection on them).
 """
+
 from __future__ import annotations
 
 import csv
@@ -59,7 +60,9 @@ def find_studies(root: str | Path) -> dict[str, Path]:
     raise InputError(root, "no tcga_<study>.csv survival tables found (expected datasets_csv/metadata/tcga_*.csv)")
 
 
-def read_table(csv_path: str | Path, endpoint: str = "dss", study: Optional[str] = None) -> tuple[list[Case], list[dict[str, str]]]:
+def read_table(
+    csv_path: str | Path, endpoint: str = "dss", study: Optional[str] = None
+) -> tuple[list[Case], list[dict[str, str]]]:
     """Read one SurvPath table into cases (slides grouped by patient).
 
     Args:
@@ -96,10 +99,14 @@ def read_table(csv_path: str | Path, endpoint: str = "dss", study: Optional[str]
                 if not t >= 0 or c not in (0, 1):
                     raise ValueError
             except (TypeError, ValueError):
-                errors.append({"study": study, "case_id": cid, "slide_id": sid, "error": f"line {i}: bad {tcol}/{ccol}"})
+                errors.append(
+                    {"study": study, "case_id": cid, "slide_id": sid, "error": f"line {i}: bad {tcol}/{ccol}"}
+                )
                 continue
             if not cid or not sid:
-                errors.append({"study": study, "case_id": cid, "slide_id": sid, "error": f"line {i}: empty case_id or slide_id"})
+                errors.append(
+                    {"study": study, "case_id": cid, "slide_id": sid, "error": f"line {i}: empty case_id or slide_id"}
+                )
                 continue
             case = cases.setdefault(cid, Case(cid, study, t, c, [], (row.get("oncotree_code") or "").strip()))
             case.slides.append(sid)
@@ -160,8 +167,15 @@ def _csv_relative(path: Path, out_csv: Path) -> str:
     return Path(rel).as_posix()
 
 
-def import_tcga(root: Path, out_csv: Path, features: Optional[str] = None, endpoint: str = "dss",
-                studies: Optional[str] = None, fold: int = 0, **_: Any) -> Path:
+def import_tcga(
+    root: Path,
+    out_csv: Path,
+    features: Optional[str] = None,
+    endpoint: str = "dss",
+    studies: Optional[str] = None,
+    fold: int = 0,
+    **_: Any,
+) -> Path:
     """Importer (``medtransfer data import tcga ROOT --out m.csv``): one manifest row per slide.
 
     Columns: path (features h5, or the slide id when no features folder is given), label (the
@@ -212,15 +226,33 @@ def import_tcga(root: Path, out_csv: Path, features: Optional[str] = None, endpo
                 stem = slide_stem(sid)
                 if feat_dir is not None:
                     if stem not in have:
-                        errors.append({"study": study, "case_id": c.case_id, "slide_id": sid, "error": "label row has no feature bag (slide not extracted)"})
+                        errors.append(
+                            {
+                                "study": study,
+                                "case_id": c.case_id,
+                                "slide_id": sid,
+                                "error": "label row has no feature bag (slide not extracted)",
+                            }
+                        )
                         continue
                     p = _csv_relative(have[stem], out_csv)
                     used.add(stem)
                 else:
                     p = sid
-                rows.append({"path": p, "label": f"{c.time:.4f}", "split": split, "group": c.case_id,
-                             "case_id": c.case_id, "slide_id": sid, "study": study, "time": f"{c.time:.4f}",
-                             "censored": str(c.censored), "oncotree_code": c.oncotree})
+                rows.append(
+                    {
+                        "path": p,
+                        "label": f"{c.time:.4f}",
+                        "split": split,
+                        "group": c.case_id,
+                        "case_id": c.case_id,
+                        "slide_id": sid,
+                        "study": study,
+                        "time": f"{c.time:.4f}",
+                        "censored": str(c.censored),
+                        "oncotree_code": c.oncotree,
+                    }
+                )
     for stem in sorted(set(have) - used):
         errors.append({"study": "", "case_id": "", "slide_id": stem, "error": "feature bag has no label row"})
     err_path = out_csv.with_suffix(".errors.csv")

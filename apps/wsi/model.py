@@ -6,6 +6,7 @@
 * Survival MIL: the shared ``abmil_gated`` aggregator with one logit per time bin.
 * :class:`MoEPKT`: the Path-PKT mixture of source experts for a target cancer.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -27,9 +28,21 @@ def uni2h(num_classes: int = 0, depth: int = 24, **kw: Any) -> nn.Module:
     """
     import timm
 
-    args = dict(img_size=224, patch_size=14, depth=depth, num_heads=24, init_values=1e-5, embed_dim=1536,
-                mlp_ratio=2.66667 * 2, num_classes=num_classes, no_embed_class=True,
-                mlp_layer=timm.layers.SwiGLUPacked, act_layer=torch.nn.SiLU, reg_tokens=8, dynamic_img_size=True)
+    args = dict(
+        img_size=224,
+        patch_size=14,
+        depth=depth,
+        num_heads=24,
+        init_values=1e-5,
+        embed_dim=1536,
+        mlp_ratio=2.66667 * 2,
+        num_classes=num_classes,
+        no_embed_class=True,
+        mlp_layer=timm.layers.SwiGLUPacked,
+        act_layer=torch.nn.SiLU,
+        reg_tokens=8,
+        dynamic_img_size=True,
+    )
     args.update(kw)
     return timm.create_model("vit_giant_patch14_224", pretrained=False, **args)
 
@@ -84,7 +97,9 @@ def build_tile_encoder(name: str = "resnet18", weights: Any = None, **kw: Any) -
 
 def build_mil(in_dim: int, n_bins: int, hidden: int = 512, attn_dim: int = 384, dropout: float = 0.25) -> nn.Module:
     """The shared gated-attention MIL with one hazard logit per time bin."""
-    return create_model("abmil_gated", in_dim=in_dim, n_outputs=n_bins, hidden=hidden, attn_dim=attn_dim, dropout=dropout)
+    return create_model(
+        "abmil_gated", in_dim=in_dim, n_outputs=n_bins, hidden=hidden, attn_dim=attn_dim, dropout=dropout
+    )
 
 
 class MoEPKT(nn.Module):
@@ -104,8 +119,14 @@ class MoEPKT(nn.Module):
         names: source names (for reports).
     """
 
-    def __init__(self, sources: Sequence[nn.Module], target: nn.Module, n_bins: int, top_k: int = 2,
-                 names: Optional[Sequence[str]] = None) -> None:
+    def __init__(
+        self,
+        sources: Sequence[nn.Module],
+        target: nn.Module,
+        n_bins: int,
+        top_k: int = 2,
+        names: Optional[Sequence[str]] = None,
+    ) -> None:
         super().__init__()
         if not sources:
             raise MedTransferError("MoE-PKT needs at least one source model")
@@ -115,8 +136,7 @@ class MoEPKT(nn.Module):
         self.target = target
         h = int(target.hidden)
         self.router = nn.Linear(h, len(sources))
-        self.experts = nn.ModuleList(
-            nn.Sequential(nn.Linear(int(s.hidden), h), nn.ReLU()) for s in sources)
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(int(s.hidden), h), nn.ReLU()) for s in sources)
         self.head = nn.Linear(h, n_bins)
         self.top_k = max(1, min(int(top_k), len(sources)))
         self.names = list(names or [f"source{i}" for i in range(len(sources))])
@@ -152,8 +172,14 @@ class MoEPKT(nn.Module):
         gates = gates / gates.sum(-1, keepdim=True).clamp_min(1e-9)
         outs = torch.stack([e(s.embed(x, mask)[0]) for s, e in zip(self.sources, self.experts)], dim=1)  # (B,E,H)
         mixed = (gates.unsqueeze(-1) * outs).sum(1)
-        return {"logits": self.head(mixed), "router_logits": r_logits, "probs": probs, "gates": gates,
-                "keep": keep, "attention": attn}
+        return {
+            "logits": self.head(mixed),
+            "router_logits": r_logits,
+            "probs": probs,
+            "gates": gates,
+            "keep": keep,
+            "attention": attn,
+        }
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Hazard logits (B, n_bins)."""

@@ -1,4 +1,5 @@
 """The wsi app's spec for the core (torch-free, imports nothing heavy)."""
+
 from __future__ import annotations
 
 from medtransfer.shared.plugins import AppSpec
@@ -14,10 +15,15 @@ SPEC = AppSpec(
     importers={"tcga": "medtransfer.apps.wsi.labels:import_tcga"},
     data_cards=("tcga_survival.md", "uni2h_dss.md"),
     # declared here so `medtransfer models` lists it without importing the (torch) model module
-    backbones={"uni2h": {
-        "builder": "medtransfer.apps.wsi.model:uni2h",
-        "family": "timm",
-        "pretrained_cfg": {"filename": "uni2h_pytorch_model.bin", "source": "MahmoodLab/UNI2-h (gated; user-supplied)"},
-        "description": "UNI2-h architecture (ViT-H/14, 1536-d, SwiGLU, 8 registers); weights from a local file",
-    }},
+    backbones={
+        "uni2h": {
+            "builder": "medtransfer.apps.wsi.model:uni2h",
+            "family": "timm",
+            "pretrained_cfg": {
+                "filename": "uni2h_pytorch_model.bin",
+                "source": "MahmoodLab/UNI2-h (gated; user-supplied)",
+            },
+            "description": "UNI2-h architecture (ViT-H/14, 1536-d, SwiGLU, 8 registers); weights from a local file",
+        }
+    },
 )

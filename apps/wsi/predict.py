@@ -1,5 +1,6 @@
 """Torch-free slide scoring: a feature bag (.h5) or a slide (tiled, encoded with the bundle's
 ``encoder.onnx``) -> risk, hazards and survival curve, with optional attention / survival plots."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,8 +42,14 @@ class WSIPredictor(Predictor):
         mpp = self.options.get("mpp")
         slide = open_slide(path)
         try:
-            tiling, thumb, mask = plan_tiles(slide, path, float(pre["target_mpp"]), int(pre["patch_size"]),
-                                             float(mpp) if mpp not in (None, "") else None, float(pre.get("tissue_fraction_min", 0.25)))
+            tiling, thumb, mask = plan_tiles(
+                slide,
+                path,
+                float(pre["target_mpp"]),
+                int(pre["patch_size"]),
+                float(mpp) if mpp not in (None, "") else None,
+                float(pre.get("tissue_fraction_min", 0.25)),
+            )
             feats = np.zeros((len(tiling.coords), int(pre["feature_dim"])), np.float32)
             bs = int(self.options.get("batch_size", 32))
             for idx, tiles in iter_tile_batches(slide, tiling, batch_size=bs):
@@ -51,7 +58,9 @@ class WSIPredictor(Predictor):
         except MedTransferError:
             raise
         except Exception as e:  # the decoder's message may quote file content: the type only
-            raise InputError(path, f"reading tiles failed (corrupt or unsupported tile data: {type(e).__name__})") from None
+            raise InputError(
+                path, f"reading tiles failed (corrupt or unsupported tile data: {type(e).__name__})"
+            ) from None
         finally:
             try:
                 slide.close()
@@ -67,7 +76,6 @@ class WSIPredictor(Predictor):
             "top_patches" (coords of the most attended tiles), "plots"}``.
         """
         from medtransfer.apps.wsi.features import read_bag
-
         from medtransfer.shared.runtime.gates import check_feature_bag
 
         path = Path(path)
@@ -88,7 +96,9 @@ class WSIPredictor(Predictor):
         cap = int(self.options.get("max_patches", 0) or 0)
         if cap and len(feats) > cap:
             feats, coords = feats[:cap], coords[:cap]
-        out = self.bundle.run({"features": feats[None].astype(np.float32), "mask": np.ones((1, len(feats)), np.float32)})
+        out = self.bundle.run(
+            {"features": feats[None].astype(np.float32), "mask": np.ones((1, len(feats)), np.float32)}
+        )
         risk = float(out["risk"][0])
         attn = out["attention"][0]
         if not (np.isfinite(risk) and np.all(np.isfinite(out["hazards"])) and np.all(np.isfinite(out["survival"]))):
@@ -115,12 +125,17 @@ class WSIPredictor(Predictor):
             return None
         prev = self._outputs.get(out_dir.resolve())
         if prev is not None and prev != path.resolve():
-            raise InputError(path, f"its plots would overwrite those of {prev.name} in {out_dir}; "
-                                   "give the inputs' common folder as input root or score them separately")
+            raise InputError(
+                path,
+                f"its plots would overwrite those of {prev.name} in {out_dir}; "
+                "give the inputs' common folder as input root or score them separately",
+            )
         self._outputs[out_dir.resolve()] = path.resolve()
         return out_dir
 
-    def _plots(self, out_dir: Path, path: Path, res: dict[str, Any], attn: np.ndarray, tiling: Any, thumb: Any, mask: Any) -> list[str]:
+    def _plots(
+        self, out_dir: Path, path: Path, res: dict[str, Any], attn: np.ndarray, tiling: Any, thumb: Any, mask: Any
+    ) -> list[str]:
         import matplotlib
 
         matplotlib.use("Agg")

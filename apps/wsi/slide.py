@@ -8,6 +8,7 @@ a patch size at that resolution.  The reading level is the coarsest level whose 
 most the target; a tile covers ``patch_size_level0`` level-0 pixels and is read as
 ``read_size`` pixels at ``patch_level`` then resized to ``patch_size``.
 """
+
 from __future__ import annotations
 
 import queue
@@ -59,7 +60,9 @@ def open_slide(path: str | Path) -> Any:
         slide = tiffslide.TiffSlide(str(path))
         _ = slide.level_dimensions
     except Exception as e:  # the library's message may quote header bytes: name the type only
-        raise InputError(path, f"cannot read as a slide (corrupt or unsupported TIFF header: {type(e).__name__})") from None
+        raise InputError(
+            path, f"cannot read as a slide (corrupt or unsupported TIFF header: {type(e).__name__})"
+        ) from None
     finally:
         log.setLevel(level)
     return slide
@@ -91,7 +94,9 @@ def slide_mpp(slide: Any, path: str | Path, mpp: Optional[float] = None) -> floa
                 return float(v)
         except (TypeError, ValueError):
             continue
-    raise InputError(path, "slide has no MPP (microns-per-pixel) metadata; pass --mpp (e.g. --mpp 0.25 for 40x, 0.5 for 20x)")
+    raise InputError(
+        path, "slide has no MPP (microns-per-pixel) metadata; pass --mpp (e.g. --mpp 0.25 for 40x, 0.5 for 20x)"
+    )
 
 
 @dataclass
@@ -163,10 +168,16 @@ def tissue_mask(thumb: np.ndarray, min_saturation: float = 0.07, min_object_frac
     mask = (sat > max(thr, min_saturation)) & (val > 0.15) & (thumb.min(axis=-1) < 235)
     min_size = max(4, int(min_object_frac * mask.size))
     mask = ndimage.binary_closing(mask, structure=morphology.disk(2))
-    mask = morphology.remove_small_objects(mask, max_size=min_size) if _has_max_size() else \
-        morphology.remove_small_objects(mask, min_size=min_size)
-    mask = morphology.remove_small_holes(mask, max_size=min_size * 4) if _has_max_size() else \
-        morphology.remove_small_holes(mask, area_threshold=min_size * 4)
+    mask = (
+        morphology.remove_small_objects(mask, max_size=min_size)
+        if _has_max_size()
+        else morphology.remove_small_objects(mask, min_size=min_size)
+    )
+    mask = (
+        morphology.remove_small_holes(mask, max_size=min_size * 4)
+        if _has_max_size()
+        else morphology.remove_small_holes(mask, area_threshold=min_size * 4)
+    )
     return mask.astype(bool)
 
 
@@ -237,9 +248,17 @@ def plan_tiles(
     coords = np.stack([xs[jx], ys[jy]], axis=1).astype(np.int64) if len(jx) else np.zeros((0, 2), np.int64)
     if len(coords) == 0:
         raise InputError(path, f"no tile has >= {tissue_fraction_min:.0%} tissue")
-    tiling = Tiling(coords=coords, patch_level=level, read_size=read_size, patch_size=patch_size,
-                    patch_size_level0=ps0, level0_mpp=l0_mpp, target_mpp=float(target_mpp),
-                    tissue_fraction_min=float(tissue_fraction_min), thumb_scale=float(scale))
+    tiling = Tiling(
+        coords=coords,
+        patch_level=level,
+        read_size=read_size,
+        patch_size=patch_size,
+        patch_size_level0=ps0,
+        level0_mpp=l0_mpp,
+        target_mpp=float(target_mpp),
+        tissue_fraction_min=float(tissue_fraction_min),
+        thumb_scale=float(scale),
+    )
     return tiling, thumb, mask
 
 
@@ -305,7 +324,7 @@ def iter_tile_batches(
                 x, y = int(coords[run[0], 0]), int(coords[run[0], 1])
                 region = _rgb(slide.read_region((x, y), lvl, (rs * len(run), rs)))
                 for k, i in enumerate(run):
-                    buf.append(_resize(region[:, k * rs:(k + 1) * rs], out))
+                    buf.append(_resize(region[:, k * rs : (k + 1) * rs], out))
                     idx.append(i)
                     if len(buf) == batch_size:
                         q.put((np.asarray(idx), np.stack(buf)))
@@ -338,12 +357,15 @@ def iter_tile_batches(
 def read_tiles_plain(slide: Any, tiling: Tiling) -> Iterator[np.ndarray]:
     """The plain loop: one ``read_region`` per tile (the bench baseline)."""
     for x, y in tiling.coords:
-        yield _resize(_rgb(slide.read_region((int(x), int(y)), tiling.patch_level,
-                                             (tiling.read_size, tiling.read_size))), tiling.patch_size)
+        yield _resize(
+            _rgb(slide.read_region((int(x), int(y)), tiling.patch_level, (tiling.read_size, tiling.read_size))),
+            tiling.patch_size,
+        )
 
 
-def save_overlay(thumb: np.ndarray, mask: np.ndarray, tiling: Tiling, out_png: str | Path,
-                 scores: Optional[np.ndarray] = None) -> Path:
+def save_overlay(
+    thumb: np.ndarray, mask: np.ndarray, tiling: Tiling, out_png: str | Path, scores: Optional[np.ndarray] = None
+) -> Path:
     """Thumbnail PNG with the tissue outline (green) and tiles (blue boxes, or a score heat map).
 
     Args:
@@ -399,9 +421,23 @@ def slide_name(path: str | Path) -> str:
 
 def grid_note(tiling: Tiling) -> str:
     """One-line description of a tiling."""
-    return (f"{len(tiling.coords)} tiles of {tiling.patch_size}px at {tiling.target_mpp:g} um/px "
-            f"(level {tiling.patch_level}, {tiling.read_size}px read, {tiling.patch_size_level0}px level-0)")
+    return (
+        f"{len(tiling.coords)} tiles of {tiling.patch_size}px at {tiling.target_mpp:g} um/px "
+        f"(level {tiling.patch_level}, {tiling.read_size}px read, {tiling.patch_size_level0}px level-0)"
+    )
 
 
-__all__ = ["open_slide", "slide_mpp", "plan_tiles", "Tiling", "iter_tile_batches", "read_tiles_plain",
-           "save_overlay", "find_slides", "slide_name", "tissue_mask", "thumbnail", "grid_note"]
+__all__ = [
+    "open_slide",
+    "slide_mpp",
+    "plan_tiles",
+    "Tiling",
+    "iter_tile_batches",
+    "read_tiles_plain",
+    "save_overlay",
+    "find_slides",
+    "slide_name",
+    "tissue_mask",
+    "thumbnail",
+    "grid_note",
+]

@@ -4,6 +4,7 @@ Conventions (SurvPath / Path-PKT): ``censorship`` 1 = censored, 0 = event; times
 Bin ``j`` covers ``[edges[j], edges[j+1])``; a model gives one hazard logit per bin; survival
 ``S_j = prod_{i<=j}(1 - h_i)`` and risk ``= -sum_j S_j`` (higher = worse prognosis).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,9 @@ import numpy as np
 
 
 # ---------------------------------------------------------------------------- time bins
-def make_bins(times: np.ndarray, events: np.ndarray, n_bins: int = 4, scheme: str = "quantile",
-              max_time: Optional[float] = None) -> np.ndarray:
+def make_bins(
+    times: np.ndarray, events: np.ndarray, n_bins: int = 4, scheme: str = "quantile", max_time: Optional[float] = None
+) -> np.ndarray:
     """Bin edges (n_bins + 1) in months.
 
     Args:
@@ -86,8 +88,9 @@ def risk_from_logits(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 # ---------------------------------------------------------------------------- batches
-def pad_bags(bags: Sequence[np.ndarray], max_patches: Optional[int] = None,
-             rng: Optional[np.random.Generator] = None) -> tuple[np.ndarray, np.ndarray]:
+def pad_bags(
+    bags: Sequence[np.ndarray], max_patches: Optional[int] = None, rng: Optional[np.random.Generator] = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Pad variable-length bags into (B, N, D) with a (B, N) bool mask.
 
     Args:
@@ -116,12 +119,21 @@ def c_index(times: np.ndarray, events: np.ndarray, risk: np.ndarray) -> float:
     """Harrell's C-index (scikit-survival ``concordance_index_censored``)."""
     from sksurv.metrics import concordance_index_censored
 
-    return float(concordance_index_censored(np.asarray(events).astype(bool), np.asarray(times, float),
-                                            np.asarray(risk, float))[0])
+    return float(
+        concordance_index_censored(np.asarray(events).astype(bool), np.asarray(times, float), np.asarray(risk, float))[
+            0
+        ]
+    )
 
 
-def td_auc(train_times: np.ndarray, train_events: np.ndarray, times: np.ndarray, events: np.ndarray,
-           risk: np.ndarray, n_points: int = 5) -> tuple[float, list[float], list[float]]:
+def td_auc(
+    train_times: np.ndarray,
+    train_events: np.ndarray,
+    times: np.ndarray,
+    events: np.ndarray,
+    risk: np.ndarray,
+    n_points: int = 5,
+) -> tuple[float, list[float], list[float]]:
     """Cumulative/dynamic time-dependent AUC (scikit-survival) at quantiles of the test event times.
 
     Returns:
@@ -148,8 +160,15 @@ def td_auc(train_times: np.ndarray, train_events: np.ndarray, times: np.ndarray,
     return float(mean), [float(t) for t in grid], [float(a) for a in aucs]
 
 
-def km_plot(times: np.ndarray, events: np.ndarray, risk: np.ndarray, out_png: str | Path, title: str = "",
-            n_groups: int = 2, groups: Optional[np.ndarray] = None) -> dict[str, Any]:
+def km_plot(
+    times: np.ndarray,
+    events: np.ndarray,
+    risk: np.ndarray,
+    out_png: str | Path,
+    title: str = "",
+    n_groups: int = 2,
+    groups: Optional[np.ndarray] = None,
+) -> dict[str, Any]:
     """Kaplan-Meier curves by predicted risk group plus a log-rank test.
 
     Groups are cut at quantiles of ``risk`` unless ``groups`` (ints 0..n_groups-1, e.g. from a

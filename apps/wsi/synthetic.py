@@ -7,20 +7,27 @@
   the real survival time), along a direction that is partly shared between cancers, so a model
   trained on one cancer helps another (what MoE-PKT exploits).  Torch-free.
 """
+
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 from typing import Optional, Sequence
-
-import zlib
 
 import numpy as np
 
 from medtransfer.apps.wsi.labels import Case
 
 
-def make_slide(path: str | Path, size: tuple[int, int] = (1536, 1024), mpp: Optional[float] = 0.5,
-               levels: int = 3, seed: int = 0, tissue: bool = True, tile: int = 256) -> Path:
+def make_slide(
+    path: str | Path,
+    size: tuple[int, int] = (1536, 1024),
+    mpp: Optional[float] = 0.5,
+    levels: int = 3,
+    seed: int = 0,
+    tissue: bool = True,
+    tile: int = 256,
+) -> Path:
     """Write a pyramidal RGB TIFF (level 0 ``size`` = (W, H), each level half the previous).
 
     Args:
@@ -65,7 +72,11 @@ def make_slide(path: str | Path, size: tuple[int, int] = (1536, 1024), mpp: Opti
         for i in range(1, levels):
             lvl = lvl[: lvl.shape[0] // 2 * 2, : lvl.shape[1] // 2 * 2]
             lvl = lvl.reshape(lvl.shape[0] // 2, 2, lvl.shape[1] // 2, 2, 3).mean((1, 3)).astype(np.uint8)
-            r = {} if mpp is None else dict(resolution=(1e4 / (mpp * 2 ** i), 1e4 / (mpp * 2 ** i)), resolutionunit="CENTIMETER")
+            r = (
+                {}
+                if mpp is None
+                else dict(resolution=(1e4 / (mpp * 2**i), 1e4 / (mpp * 2**i)), resolutionunit="CENTIMETER")
+            )
             tif.write(lvl, subfiletype=1, **opts, **r)
     return path
 
@@ -94,10 +105,17 @@ def hazard_score(cases: Sequence[Case]) -> np.ndarray:
     return z
 
 
-def cancer_direction(study: str, dim: int, seed: int = 0, shared: float = 0.7, families: Optional[dict[str, str]] = None) -> np.ndarray:
+def cancer_direction(
+    study: str, dim: int, seed: int = 0, shared: float = 0.7, families: Optional[dict[str, str]] = None
+) -> np.ndarray:
     """Unit risk direction of a cancer: ``shared`` of a family direction + the rest its own."""
-    families = families or {"tcga_coadread": "gi", "tcga_stad": "gi", "tcga_blca": "uro", "tcga_hnsc": "squam",
-                            "tcga_brca": "breast"}
+    families = families or {
+        "tcga_coadread": "gi",
+        "tcga_stad": "gi",
+        "tcga_blca": "uro",
+        "tcga_hnsc": "squam",
+        "tcga_brca": "breast",
+    }
     fam = families.get(study, study)
     g = np.random.default_rng([seed, 7]).standard_normal(dim)  # common to all cancers
     f = np.random.default_rng([seed, 11, zlib.crc32(fam.encode())]).standard_normal(dim)
@@ -106,8 +124,16 @@ def cancer_direction(study: str, dim: int, seed: int = 0, shared: float = 0.7, f
     return v / np.linalg.norm(v)
 
 
-def planted_bags(cases: Sequence[Case], dim: int = 64, n_patches: tuple[int, int] = (24, 64), strength: float = 2.5,
-                 seed: int = 0, per_slide: bool = False, slide_noise: float = 0.0, style: float = 0.1) -> dict[str, np.ndarray]:
+def planted_bags(
+    cases: Sequence[Case],
+    dim: int = 64,
+    n_patches: tuple[int, int] = (24, 64),
+    strength: float = 2.5,
+    seed: int = 0,
+    per_slide: bool = False,
+    slide_noise: float = 0.0,
+    style: float = 0.1,
+) -> dict[str, np.ndarray]:
     """Feature bags with a planted survival signal.
 
     Each patch is N(cancer style, I); a fraction ``sigmoid(2 * hazard)`` of each patient's patches
@@ -136,7 +162,9 @@ def planted_bags(cases: Sequence[Case], dim: int = 64, n_patches: tuple[int, int
     for c, zi in zip(cases, z):
         if c.study not in dirs:
             dirs[c.study] = cancer_direction(c.study, dim, seed)
-            styles[c.study] = np.random.default_rng([seed, 17, zlib.crc32(c.study.encode())]).standard_normal(dim) * style
+            styles[c.study] = (
+                np.random.default_rng([seed, 17, zlib.crc32(c.study.encode())]).standard_normal(dim) * style
+            )
         frac = 1.0 / (1.0 + np.exp(-2.0 * zi))
         parts = []
         for sid in c.slides:
@@ -155,8 +183,13 @@ def planted_bags(cases: Sequence[Case], dim: int = 64, n_patches: tuple[int, int
     return out
 
 
-def make_survpath_tables(root: str | Path, studies: Sequence[str] = ("tcga_aaa", "tcga_bbb"), n_cases: int = 60,
-                         folds: int = 5, seed: int = 0) -> Path:
+def make_survpath_tables(
+    root: str | Path,
+    studies: Sequence[str] = ("tcga_aaa", "tcga_bbb"),
+    n_cases: int = 60,
+    folds: int = 5,
+    seed: int = 0,
+) -> Path:
     """Write SurvPath-layout tables and k-fold splits with random labels (for when the real ones are absent).
 
     Some patients get two slides. Returns the labels root.
@@ -168,8 +201,22 @@ def make_survpath_tables(root: str | Path, studies: Sequence[str] = ("tcga_aaa",
     for s in studies:
         md = root / "datasets_csv" / "metadata"
         md.mkdir(parents=True, exist_ok=True)
-        cols = ["", "case_id", "slide_id", "age", "site", "survival_months", "survival_months_dss", "survival_months_pfi",
-                "censorship", "censorship_dss", "censorship_pfi", "is_female", "oncotree_code", "train"]
+        cols = [
+            "",
+            "case_id",
+            "slide_id",
+            "age",
+            "site",
+            "survival_months",
+            "survival_months_dss",
+            "survival_months_pfi",
+            "censorship",
+            "censorship_dss",
+            "censorship_pfi",
+            "is_female",
+            "oncotree_code",
+            "train",
+        ]
         rows, ids = [], []
         for i in range(n_cases):
             cid = f"TCGA-{s[-3:].upper()}-{i:04d}"

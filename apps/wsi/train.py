@@ -5,6 +5,7 @@ Protocol (written into every report): patient-level bags (a patient's slides poo
 on the training cases only, a fixed number of epochs and the LAST epoch's weights (no early
 stopping, no model selection on held-out cases), seeds fixed per fold.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,10 +22,20 @@ from torch.utils.data import Dataset
 
 from medtransfer.apps.wsi.labels import Case, find_studies, read_splits, read_table, slide_stem
 from medtransfer.apps.wsi.model import MoEPKT, build_mil
-from medtransfer.apps.wsi.survival import c_index, km_plot, make_bins, mean_sd, nll_loss, pad_bags, risk_from_logits, td_auc, to_bins
-from medtransfer.shared.rundir import RunDir
+from medtransfer.apps.wsi.survival import (
+    c_index,
+    km_plot,
+    make_bins,
+    mean_sd,
+    nll_loss,
+    pad_bags,
+    risk_from_logits,
+    td_auc,
+    to_bins,
+)
 from medtransfer.shared.config import resolve_config
 from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit
+from medtransfer.shared.rundir import RunDir
 from medtransfer.shared.utils.errors import InputError, MedTransferError
 
 APP, TASK = "wsi", "survival"
@@ -36,8 +47,16 @@ DEFAULTS: dict[str, Any] = {
     "model": {"hidden": 64, "attn_dim": 32, "dropout": 0.25, "n_bins": 4, "bins": "quantile"},
     "loss": {"alpha": 0.5},
     "moe": {"top_k": 2, "balance_weight": 0.01, "z_weight": 0.01},
-    "train": {**TRAIN_DEFAULTS, "epochs": 20, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4,
-              "patience": 0, "progress": False, "amp": False},
+    "train": {
+        **TRAIN_DEFAULTS,
+        "epochs": 20,
+        "batch_size": 16,
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "patience": 0,
+        "progress": False,
+        "amp": False,
+    },
 }
 
 
@@ -50,8 +69,14 @@ def make_config(recipe: Optional[str | Path] = None, overrides: Any = None) -> d
 class BagDataset(Dataset):
     """Patient bags with survival targets; items are (bag, bin, censored, time)."""
 
-    def __init__(self, bags: Sequence[np.ndarray], bins: np.ndarray, censored: np.ndarray, times: np.ndarray,
-                 max_patches: int = 0) -> None:
+    def __init__(
+        self,
+        bags: Sequence[np.ndarray],
+        bins: np.ndarray,
+        censored: np.ndarray,
+        times: np.ndarray,
+        max_patches: int = 0,
+    ) -> None:
         self.bags, self.bins, self.censored, self.times = list(bags), bins, censored, times
         self.max_patches = int(max_patches or 0)
 
@@ -68,8 +93,13 @@ class BagDataset(Dataset):
 def collate_bags(items: Sequence[tuple[np.ndarray, int, int, float]]) -> tuple[torch.Tensor, ...]:
     """Pad a batch of bags: (x (B,N,D), mask (B,N), bin, censored, time)."""
     x, m = pad_bags([it[0] for it in items])
-    return (torch.from_numpy(x), torch.from_numpy(m), torch.tensor([it[1] for it in items]),
-            torch.tensor([it[2] for it in items]), torch.tensor([it[3] for it in items], dtype=torch.float32))
+    return (
+        torch.from_numpy(x),
+        torch.from_numpy(m),
+        torch.tensor([it[1] for it in items]),
+        torch.tensor([it[2] for it in items]),
+        torch.tensor([it[3] for it in items], dtype=torch.float32),
+    )
 
 
 def forward_fn(model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:
@@ -78,7 +108,12 @@ def forward_fn(model: torch.nn.Module, batch: Any) -> tuple[Any, Any]:
     tgt = {"bin": y, "censored": c, "time": t}
     if isinstance(model, MoEPKT) or isinstance(getattr(model, "module", None), MoEPKT):
         out = (model.module if hasattr(model, "module") else model).route(x, m)
-        return {"logits": out["logits"], "probs": out["probs"], "keep": out["keep"], "router_logits": out["router_logits"]}, tgt
+        return {
+            "logits": out["logits"],
+            "probs": out["probs"],
+            "keep": out["keep"],
+            "router_logits": out["router_logits"],
+        }, tgt
     return {"logits": model(x, m)}, tgt
 
 
@@ -116,8 +151,13 @@ class Cohort:
         return [idx[i] for i in ids if i in idx]
 
 
-def load_cohort(labels_root: str | Path, study: str, features: Optional[str | Path] = None,
-                endpoint: str = "dss", bags: Optional[dict[str, np.ndarray]] = None) -> Cohort:
+def load_cohort(
+    labels_root: str | Path,
+    study: str,
+    features: Optional[str | Path] = None,
+    endpoint: str = "dss",
+    bags: Optional[dict[str, np.ndarray]] = None,
+) -> Cohort:
     """Cases of one study with their bags (from an h5 folder or given in memory by case id).
 
     Slides without an h5 and h5 files without a label become error rows; a patient with no bag
@@ -138,7 +178,11 @@ def load_cohort(labels_root: str | Path, study: str, features: Optional[str | Pa
                 check_feature_bag(x, f"bag of case {cid}")
             except InputError as e:
                 raise ImplausibleBagError(e.path, e.problem) from None
-        errors += [{"study": study, "case_id": c.case_id, "slide_id": "", "error": "no bag"} for c in cases if c.case_id not in bags]
+        errors += [
+            {"study": study, "case_id": c.case_id, "slide_id": "", "error": "no bag"}
+            for c in cases
+            if c.case_id not in bags
+        ]
     else:
         if features is None:
             raise MedTransferError("give a features folder (h5 bags) or in-memory bags")
@@ -152,7 +196,9 @@ def load_cohort(labels_root: str | Path, study: str, features: Optional[str | Pa
             for sid in c.slides:
                 st = slide_stem(sid)
                 if st not in have:
-                    errors.append({"study": study, "case_id": c.case_id, "slide_id": sid, "error": "label row has no feature bag"})
+                    errors.append(
+                        {"study": study, "case_id": c.case_id, "slide_id": sid, "error": "label row has no feature bag"}
+                    )
                     continue
                 try:
                     parts.append(read_bag(have[st])[0])
@@ -163,8 +209,10 @@ def load_cohort(labels_root: str | Path, study: str, features: Optional[str | Pa
                     errors.append({"study": study, "case_id": c.case_id, "slide_id": sid, "error": str(e)})
             if parts:
                 out[c.case_id] = np.concatenate(parts)
-        errors += [{"study": study, "case_id": "", "slide_id": s, "error": "feature bag has no label row"}
-                   for s in sorted(set(have) - used)]
+        errors += [
+            {"study": study, "case_id": "", "slide_id": s, "error": "feature bag has no label row"}
+            for s in sorted(set(have) - used)
+        ]
     kept = [c for c in cases if c.case_id in out]
     if not kept:
         raise InputError(labels_root, f"{study}: no patient has a feature bag")
@@ -193,9 +241,17 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def train_model(model: torch.nn.Module, cases: Sequence[Case], bags: dict[str, np.ndarray], edges: np.ndarray,
-                cfg: dict[str, Any], run_dir: str | Path, head: Optional[list[str]] = None,
-                extra: Optional[dict[str, Any]] = None, val_cases: Optional[Sequence[Case]] = None) -> torch.nn.Module:
+def train_model(
+    model: torch.nn.Module,
+    cases: Sequence[Case],
+    bags: dict[str, np.ndarray],
+    edges: np.ndarray,
+    cfg: dict[str, Any],
+    run_dir: str | Path,
+    head: Optional[list[str]] = None,
+    extra: Optional[dict[str, Any]] = None,
+    val_cases: Optional[Sequence[Case]] = None,
+) -> torch.nn.Module:
     """Fit a survival model with ``shared.finetune.fit``; returns it with its LAST-epoch weights.
 
     Args:
@@ -219,9 +275,23 @@ def train_model(model: torch.nn.Module, cases: Sequence[Case], bags: dict[str, n
         cfg = copy.deepcopy(cfg)
         cfg["train"]["epochs"] = need
     with torch_threads(int(cfg.get("threads", 1))):
-        fit(model, ds, val, cfg=cfg, run_dir=run_dir, app=APP, task=TASK, loss_fn=make_loss(cfg),
-            metric_fn=metric_fn if val else None, forward_fn=forward_fn, collate_fn=collate_bags, head=head,
-            monitor="val_c_index" if val else "train_loss", mode="max" if val else "min", extra_state=state)
+        fit(
+            model,
+            ds,
+            val,
+            cfg=cfg,
+            run_dir=run_dir,
+            app=APP,
+            task=TASK,
+            loss_fn=make_loss(cfg),
+            metric_fn=metric_fn if val else None,
+            forward_fn=forward_fn,
+            collate_fn=collate_bags,
+            head=head,
+            monitor="val_c_index" if val else "train_loss",
+            mode="max" if val else "min",
+            extra_state=state,
+        )
     run = RunDir(run_dir)
     model.load_state_dict(run.load_checkpoint("last")["model"])
     run.update_info(**state)
@@ -236,7 +306,7 @@ def predict_logits(model: torch.nn.Module, bags: Sequence[np.ndarray], batch_siz
     logits, gates = [], []
     with torch_threads(1):
         for i in range(0, len(bags), batch_size):
-            x, m = pad_bags(bags[i:i + batch_size])
+            x, m = pad_bags(bags[i : i + batch_size])
             xt, mt = torch.from_numpy(x).to(dev), torch.from_numpy(m).to(dev)
             if isinstance(model, MoEPKT):
                 out = model.route(xt, mt)
@@ -250,16 +320,22 @@ def predict_logits(model: torch.nn.Module, bags: Sequence[np.ndarray], batch_siz
     return out
 
 
-def evaluate(model: torch.nn.Module, cases: Sequence[Case], bags: dict[str, np.ndarray],
-             train_cases: Sequence[Case]) -> dict[str, Any]:
+def evaluate(
+    model: torch.nn.Module, cases: Sequence[Case], bags: dict[str, np.ndarray], train_cases: Sequence[Case]
+) -> dict[str, Any]:
     """C-index and time-dependent AUC on ``cases`` (train cases give the censoring distribution)."""
     pred = predict_logits(model, [bags[c.case_id] for c in cases])
     risk, _, _ = risk_from_logits(pred["logits"])
     t, cen = _arrays(cases)
     tt, tc = _arrays(train_cases)
     auc, _, _ = td_auc(tt, 1 - tc, t, 1 - cen, risk)
-    out = {"c_index": c_index(t, 1 - cen, risk), "td_auc": auc, "n": len(cases), "events": int((1 - cen).sum()),
-           "risk": risk}
+    out = {
+        "c_index": c_index(t, 1 - cen, risk),
+        "td_auc": auc,
+        "n": len(cases),
+        "events": int((1 - cen).sum()),
+        "risk": risk,
+    }
     if "gates" in pred:
         out["gates"] = pred["gates"]
     return out
@@ -283,8 +359,14 @@ def _cfg_seed(cfg: dict[str, Any], seed: int, **train: Any) -> dict[str, Any]:
     return c
 
 
-def cross_validate(cohort: Cohort, labels_root: str | Path, study: str, cfg: dict[str, Any], out_dir: str | Path,
-                   folds: Optional[int] = None) -> dict[str, Any]:
+def cross_validate(
+    cohort: Cohort,
+    labels_root: str | Path,
+    study: str,
+    cfg: dict[str, Any],
+    out_dir: str | Path,
+    folds: Optional[int] = None,
+) -> dict[str, Any]:
     """k-fold CV on the official splits: C-index / td-AUC per fold, mean +- sd, KM plot.
 
     Returns:
@@ -301,21 +383,50 @@ def cross_validate(cohort: Cohort, labels_root: str | Path, study: str, cfg: dic
         c = _cfg_seed(cfg, int(cfg["train"]["seed"]) + k)
         torch.manual_seed(int(c["train"]["seed"]))
         edges = _edges(tr, c)
-        model = train_model(new_mil(dim, c), tr, cohort.bags, edges, c, out_dir / f"fold{k}",
-                            extra={"in_dim": dim, "kind": "mil", "study": study, "fold": k, "config": c["model"]})
+        model = train_model(
+            new_mil(dim, c),
+            tr,
+            cohort.bags,
+            edges,
+            c,
+            out_dir / f"fold{k}",
+            extra={"in_dim": dim, "kind": "mil", "study": study, "fold": k, "config": c["model"]},
+        )
         ev = evaluate(model, te, cohort.bags, tr)
         tr_risk = evaluate(model, tr, cohort.bags, tr)["risk"]
         pooled_t += [x.time for x in te]
         pooled_c += [x.censored for x in te]
         pooled_g += list((ev["risk"] > np.median(tr_risk)).astype(float))  # cut at the TRAIN median risk
-        rows.append({"fold": k, "c_index": ev["c_index"], "td_auc": ev["td_auc"], "n_train": len(tr), "n_test": ev["n"],
-                     "events_test": ev["events"]})
+        rows.append(
+            {
+                "fold": k,
+                "c_index": ev["c_index"],
+                "td_auc": ev["td_auc"],
+                "n_train": len(tr),
+                "n_test": ev["n"],
+                "events_test": ev["events"],
+            }
+        )
     cm, cs = mean_sd([r["c_index"] for r in rows])
     am, asd = mean_sd([r["td_auc"] for r in rows])
-    km = km_plot(np.array(pooled_t), 1 - np.array(pooled_c), np.array(pooled_g), out_dir / f"km_{study}.png",
-                 title=f"{study} held-out folds,", groups=np.array(pooled_g, int))
-    res = {"study": study, "folds": rows, "c_index_mean": cm, "c_index_sd": cs, "td_auc_mean": am, "td_auc_sd": asd,
-           "km": km, "protocol": __doc__.split("Protocol")[1].strip().split("\n\n")[0].replace("\n", " ")}
+    km = km_plot(
+        np.array(pooled_t),
+        1 - np.array(pooled_c),
+        np.array(pooled_g),
+        out_dir / f"km_{study}.png",
+        title=f"{study} held-out folds,",
+        groups=np.array(pooled_g, int),
+    )
+    res = {
+        "study": study,
+        "folds": rows,
+        "c_index_mean": cm,
+        "c_index_sd": cs,
+        "td_auc_mean": am,
+        "td_auc_sd": asd,
+        "km": km,
+        "protocol": __doc__.split("Protocol")[1].strip().split("\n\n")[0].replace("\n", " "),
+    }
     (out_dir / "cv.json").write_text(json.dumps(res, indent=2, default=float))
     return res
 
@@ -329,14 +440,29 @@ def train_sources(cohorts: dict[str, Cohort], cfg: dict[str, Any], out_dir: str 
         c = _cfg_seed(cfg, int(cfg["train"]["seed"]) + 100 + i)
         torch.manual_seed(int(c["train"]["seed"]))
         edges = _edges(coh.cases, c)
-        out[study] = train_model(new_mil(dim, c), coh.cases, coh.bags, edges, c, Path(out_dir) / f"source_{study}",
-                                 extra={"in_dim": dim, "kind": "mil", "study": study, "config": c["model"]})
+        out[study] = train_model(
+            new_mil(dim, c),
+            coh.cases,
+            coh.bags,
+            edges,
+            c,
+            Path(out_dir) / f"source_{study}",
+            extra={"in_dim": dim, "kind": "mil", "study": study, "config": c["model"]},
+        )
     return out
 
 
-def pkt_compare(target: Cohort, sources: dict[str, torch.nn.Module], labels_root: str | Path, study: str,
-                cfg: dict[str, Any], out_dir: str | Path, n_train: int = 40, folds: Optional[int] = None,
-                finetune: str = "best") -> dict[str, Any]:
+def pkt_compare(
+    target: Cohort,
+    sources: dict[str, torch.nn.Module],
+    labels_root: str | Path,
+    study: str,
+    cfg: dict[str, Any],
+    out_dir: str | Path,
+    n_train: int = 40,
+    folds: Optional[int] = None,
+    finetune: str = "best",
+) -> dict[str, Any]:
     """Cancer-specific vs single-source fine-tune vs MoE-PKT on a target cancer with few patients.
 
     For each official fold: ``n_train`` patients drawn (seeded) from the fold's train cases; all
@@ -366,8 +492,15 @@ def pkt_compare(target: Cohort, sources: dict[str, torch.nn.Module], labels_root
         c = _cfg_seed(cfg, int(cfg["train"]["seed"]) + k)
         edges = _edges(tr, c)
         torch.manual_seed(int(c["train"]["seed"]))
-        m = train_model(new_mil(dim, c), tr, target.bags, edges, c, out_dir / f"fold{k}" / "specific",
-                        extra={"in_dim": dim, "kind": "mil", "study": study})
+        m = train_model(
+            new_mil(dim, c),
+            tr,
+            target.bags,
+            edges,
+            c,
+            out_dir / f"fold{k}" / "specific",
+            extra={"in_dim": dim, "kind": "mil", "study": study},
+        )
         res["cancer-specific"].append(evaluate(m, te, target.bags, tr)["c_index"])
         todo = []
         if finetune == "all":
@@ -382,16 +515,30 @@ def pkt_compare(target: Cohort, sources: dict[str, torch.nn.Module], labels_root
             if ft.classifier.out_features != int(c["model"]["n_bins"]):  # same bin count: keep the source head
                 ft.classifier = torch.nn.Linear(ft.hidden, int(c["model"]["n_bins"]))
             torch.manual_seed(int(c["train"]["seed"]))
-            ft = train_model(ft, tr, target.bags, edges, c, out_dir / f"fold{k}" / f"finetune_{s}",
-                             extra={"in_dim": dim, "kind": "mil", "study": study, "source": s})
+            ft = train_model(
+                ft,
+                tr,
+                target.bags,
+                edges,
+                c,
+                out_dir / f"fold{k}" / f"finetune_{s}",
+                extra={"in_dim": dim, "kind": "mil", "study": study, "source": s},
+            )
             res[key].append(evaluate(ft, te, target.bags, tr)["c_index"])
         torch.manual_seed(int(c["train"]["seed"]))
         moe = build_moe([copy.deepcopy(sources[s]) for s in names], dim, c, names)
         cm = copy.deepcopy(c)
         cm["train"]["strategy"] = "linear_probe"
-        moe = train_model(moe, tr, target.bags, edges, cm, out_dir / f"fold{k}" / "moe",
-                          head=["target", "router", "experts", "head"],
-                          extra={"in_dim": dim, "kind": "moe", "study": study, "sources": names})
+        moe = train_model(
+            moe,
+            tr,
+            target.bags,
+            edges,
+            cm,
+            out_dir / f"fold{k}" / "moe",
+            head=["target", "router", "experts", "head"],
+            extra={"in_dim": dim, "kind": "moe", "study": study, "sources": names},
+        )
         ev = evaluate(moe, te, target.bags, tr)
         res["moe-pkt"].append(ev["c_index"])
         gates_all.append(ev["gates"])
@@ -404,10 +551,18 @@ def pkt_compare(target: Cohort, sources: dict[str, torch.nn.Module], labels_root
         mu, sd = mean_sd(list(per_fold.mean(0)))
         methods["finetune (mean over sources)"] = {"c_index": list(per_fold.mean(0)), "mean": mu, "sd": sd}
     g = np.concatenate(gates_all)
-    routing = {"mean_gate": {n: float(v) for n, v in zip(names, g.mean(0))},
-               "selected_fraction": {n: float(v) for n, v in zip(names, (g > 0).mean(0))}}
-    out = {"target": study, "n_train": n_train, "sources": names, "methods": methods, "routing": routing,
-           "finetune_source_per_fold": picked}
+    routing = {
+        "mean_gate": {n: float(v) for n, v in zip(names, g.mean(0))},
+        "selected_fraction": {n: float(v) for n, v in zip(names, (g > 0).mean(0))},
+    }
+    out = {
+        "target": study,
+        "n_train": n_train,
+        "sources": names,
+        "methods": methods,
+        "routing": routing,
+        "finetune_source_per_fold": picked,
+    }
     plot_pkt(out, out_dir / f"pkt_{study}.png")
     out["png"] = str(out_dir / f"pkt_{study}.png")
     (out_dir / "pkt.json").write_text(json.dumps(out, indent=2, default=float))
@@ -429,8 +584,13 @@ def plot_pkt(res: dict[str, Any], out_png: str | Path) -> Path:
     meths = res["methods"]
     names = list(meths)
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [2, 1]})
-    a.bar(range(len(names)), [meths[n]["mean"] for n in names], yerr=[meths[n]["sd"] for n in names],
-          color=["#888" if n == "cancer-specific" else "#c44" if n == "moe-pkt" else "#69c" for n in names], capsize=3)
+    a.bar(
+        range(len(names)),
+        [meths[n]["mean"] for n in names],
+        yerr=[meths[n]["sd"] for n in names],
+        color=["#888" if n == "cancer-specific" else "#c44" if n == "moe-pkt" else "#69c" for n in names],
+        capsize=3,
+    )
     a.set_xticks(range(len(names)), [n.replace("finetune:", "ft ") for n in names], rotation=30, ha="right", fontsize=8)
     a.set_ylabel("C-index (held-out folds)")
     a.set_ylim(0.4, 1.0)
@@ -448,8 +608,14 @@ def plot_pkt(res: dict[str, Any], out_png: str | Path) -> Path:
     return out_png
 
 
-def finalize_run(model: torch.nn.Module, run_dir: str | Path, cohort: Cohort, train_cases: Sequence[Case],
-                 test_cases: Sequence[Case], extra: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def finalize_run(
+    model: torch.nn.Module,
+    run_dir: str | Path,
+    cohort: Cohort,
+    train_cases: Sequence[Case],
+    test_cases: Sequence[Case],
+    extra: Optional[dict[str, Any]] = None,
+) -> dict[str, Any]:
     """Write the held-out metrics, the training-median risk threshold and encoder info into run.json."""
     ev_tr = evaluate(model, train_cases, cohort.bags, train_cases)
     run = RunDir(run_dir)
@@ -475,14 +641,24 @@ def bag_attrs(features: str | Path) -> dict[str, Any]:
     for p in find_bags(features).values():
         with h5py.File(p, "r") as f:
             a = dict(f.attrs)
-        return {"encoder": str(a.get("encoder", "")) or None, "patch_size": int(a.get("patch_size", 224)),
-                "target_mpp": float(a.get("mpp", 0.5)), "tissue_fraction_min": float(a.get("tissue_fraction_min", 0.25))}
+        return {
+            "encoder": str(a.get("encoder", "")) or None,
+            "patch_size": int(a.get("patch_size", 224)),
+            "target_mpp": float(a.get("mpp", 0.5)),
+            "tissue_fraction_min": float(a.get("tissue_fraction_min", 0.25)),
+        }
     return {}
 
 
-def train_run(labels_root: str | Path, study: str, out: str | Path, cfg: dict[str, Any],
-              features: Optional[str | Path] = None, bags: Optional[dict[str, np.ndarray]] = None,
-              fold: Optional[int] = 0) -> dict[str, Any]:
+def train_run(
+    labels_root: str | Path,
+    study: str,
+    out: str | Path,
+    cfg: dict[str, Any],
+    features: Optional[str | Path] = None,
+    bags: Optional[dict[str, np.ndarray]] = None,
+    fold: Optional[int] = 0,
+) -> dict[str, Any]:
     """Train one exportable survival MIL on a study (train cases of official fold ``fold``, or all
     cases when ``fold`` is None), score the fold's held-out cases, and write the run folder."""
     coh = load_cohort(labels_root, study, features, str(cfg["data"]["endpoint"]), bags)
@@ -494,8 +670,15 @@ def train_run(labels_root: str | Path, study: str, out: str | Path, cfg: dict[st
     dim = next(iter(coh.bags.values())).shape[1]
     torch.manual_seed(int(cfg["train"]["seed"]))
     edges = _edges(tr, cfg)
-    model = train_model(new_mil(dim, cfg), tr, coh.bags, edges, cfg, out,
-                        extra={"in_dim": dim, "kind": "mil", "study": study, "fold": fold})
+    model = train_model(
+        new_mil(dim, cfg),
+        tr,
+        coh.bags,
+        edges,
+        cfg,
+        out,
+        extra={"in_dim": dim, "kind": "mil", "study": study, "fold": fold},
+    )
     extra = bag_attrs(features) if features else {}
     metrics = finalize_run(model, out, coh, tr, te, extra)
     if coh.errors:

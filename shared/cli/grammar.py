@@ -11,6 +11,7 @@ Known errors are never caught in the app CLIs: they propagate to ``main()`` (one
 
 Torch-free and light: imported by every app's ``cli.py``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -104,6 +105,9 @@ def add_renamed_command(app: typer.Typer, old_verb: str, old: str, new: str) -> 
         renamed(old, new)
 
     _old.__doc__ = f"Renamed: use `medtransfer {new}`."
-    app.command(old_verb, hidden=True, add_help_option=False,
-                context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_old)
-
+    app.command(
+        old_verb,
+        hidden=True,
+        add_help_option=False,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )(_old)

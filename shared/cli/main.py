@@ -1,4 +1,5 @@
 """The ``medtransfer`` command.  Torch-free at import: heavy modules load inside commands."""
+
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ from typing import Any, List, Optional
 import typer
 
 from medtransfer.shared.utils.errors import MedTransferError
+
 
 def known_error_line(e: BaseException) -> str | None:
     """The one line for a known error (ours, an OS error on a user path, a CSV syntax error); None for a bug."""
@@ -145,8 +147,11 @@ def export(
     out: Path = typer.Option(..., "--out", "-o", help="bundle folder to write"),
     quantize: Optional[str] = typer.Option(None, help="'int8': also write an int8 model and record the metric change"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing bundle at --out"),
-    force: bool = typer.Option(False, "--force", help="export a run that does not beat its trivial baseline "
-                                                      "(the bundle and every answer are marked unreliable)"),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="export a run that does not beat its trivial baseline (the bundle and every answer are marked unreliable)",
+    ),
 ) -> None:
     """Export a trained run to an ONNX bundle (model files, metadata.json, README.md, checksums.sha256).
 
@@ -213,8 +218,14 @@ def predict(
         root = input_root(inputs)  # per-input outputs: OUT/<path relative to this root, no suffix>
         if out:
             unique_keys(inputs, root)  # two inputs mapping to one output folder: one line, before any work
-        options = {"out_dir": str(out) if out else None, "input_root": str(root), "plot": plot,
-                   "mask": str(mask) if mask else None, "box": box, **parse_opts(opt)}
+        options = {
+            "out_dir": str(out) if out else None,
+            "input_root": str(root),
+            "plot": plot,
+            "mask": str(mask) if mask else None,
+            "box": box,
+            **parse_opts(opt),
+        }
         pred = build_predictor(b, **options)
     except MedTransferError as e:
         fail(str(e))
@@ -266,7 +277,11 @@ def score_cmd(
     input_dir: Optional[Path] = typer.Option(None, "--input-dir", "-i", help="folder of inputs"),
     out: Path = typer.Option(..., "--out", "-o", help="results CSV"),
     resume: bool = typer.Option(False, "--resume", help="skip cases already in --out (same bundle only)"),
-    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out (with --resume: only if its rows come from another bundle)"),
+    overwrite: bool = typer.Option(
+        False,
+        "--overwrite",
+        help="replace an existing --out (with --resume: only if its rows come from another bundle)",
+    ),
     workers: int = typer.Option(1, "--workers", "-w", help="processes (local) or actors (ray)"),
     engine: str = typer.Option("local", "--engine", help="local or ray"),
     opt: Optional[List[str]] = typer.Option(None, "--opt", help="predictor option key=value"),
@@ -297,8 +312,19 @@ def score_cmd(
                 root = Path(input_dir) if input_dir else input_root(paths)
                 options.setdefault("input_root", str(root))
                 unique_keys(paths, root)
-            summary = sc.score(bundle, cases, out, resume=resume, overwrite=overwrite, workers=workers, engine=engine,
-                               options=options, progress=not quiet, manifest=manifest, input_dir=input_dir)
+            summary = sc.score(
+                bundle,
+                cases,
+                out,
+                resume=resume,
+                overwrite=overwrite,
+                workers=workers,
+                engine=engine,
+                options=options,
+                progress=not quiet,
+                manifest=manifest,
+                input_dir=input_dir,
+            )
     except MedTransferError as e:
         fail(str(e))
     typer.echo(json.dumps(summary))
@@ -324,7 +350,9 @@ def demo(
 # -------------------------------------------------------------------------------------------- bench
 @app.command("bench")
 def bench(
-    bundle: Optional[Path] = typer.Option(None, "--bundle", "-b", help="bundle to benchmark (default: build the demo image bundle)"),
+    bundle: Optional[Path] = typer.Option(
+        None, "--bundle", "-b", help="bundle to benchmark (default: build the demo image bundle)"
+    ),
     app_name: Optional[str] = typer.Option(None, "--app", help="also run this app's own benchmark"),
     workers: int = typer.Option(2, "--workers", help="N for the 1-vs-N score comparison"),
     batch: int = typer.Option(16, "--batch", help="batch size for throughput"),

@@ -5,6 +5,7 @@ Every exporter (the core ``export`` command and each app's ``export_run``) write
 export (parity failure, exception, Ctrl-C) leaves nothing behind: neither a half-written bundle
 nor the parent folders it created.  Torch-free.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Write ``metadata.json`` (MONAI-bundle-like), the ``README.md`` model card and ``checksums.sha256``."""
+
 from __future__ import annotations
 
 import json
@@ -11,13 +12,34 @@ from typing import Any
 
 from medtransfer.shared.export.guard import current_verdict
 from medtransfer.shared.runtime.schema import (
-    CARD, CHECKSUMS, METADATA, OS_FILES, SCHEMA, format_checksums, is_plain_name, validate_metadata,
+    CARD,
+    CHECKSUMS,
+    METADATA,
+    OS_FILES,
+    SCHEMA,
+    format_checksums,
+    is_plain_name,
+    validate_metadata,
 )
 from medtransfer.shared.utils.errors import BundleError
 from medtransfer.shared.utils.hashing import sha256_file
 
-LIBS = ("medtransfer", "torch", "onnx", "onnxruntime", "numpy", "timm", "monai", "braindecode", "mne", "sam2",
-        "opencv-python-headless", "pydicom", "tiffslide", "scikit-survival")
+LIBS = (
+    "medtransfer",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "numpy",
+    "timm",
+    "monai",
+    "braindecode",
+    "mne",
+    "sam2",
+    "opencv-python-headless",
+    "pydicom",
+    "tiffslide",
+    "scikit-survival",
+)
 
 
 def library_versions() -> dict[str, str]:
@@ -184,11 +206,19 @@ def _card(meta: dict[str, Any]) -> str:
     b = meta.get("baseline")
     lines += [meta.get("description") or "", ""]
     if b:
-        lines += [f"- trivial baseline ({b['split']} {b['metric']}): model {b['model']:.4g} vs {b['baseline_name']} "
-                  f"{b['baseline']:.4g}", ""]
+        lines += [
+            f"- trivial baseline ({b['split']} {b['metric']}): model {b['model']:.4g} vs {b['baseline_name']} "
+            f"{b['baseline']:.4g}",
+            "",
+        ]
     lines += [
-             f"- app / task: `{meta['app']}` / `{meta['task']}`", f"- intended use: {meta['intended_use']}",
-             f"- data card: `{meta['data_card'] or 'n/a'}`", f"- created: {meta['created']}", "", "## Inputs"]
+        f"- app / task: `{meta['app']}` / `{meta['task']}`",
+        f"- intended use: {meta['intended_use']}",
+        f"- data card: `{meta['data_card'] or 'n/a'}`",
+        f"- created: {meta['created']}",
+        "",
+        "## Inputs",
+    ]
     for k, v in meta["inputs"].items():
         lines.append(f"- `{k}`: {json.dumps(v, default=_jsonable)}")
     lines += ["", "## Outputs"]
@@ -199,7 +229,18 @@ def _card(meta: dict[str, Any]) -> str:
     lines += ["", "## Preprocessing", "```json", json.dumps(meta["preprocessing"], indent=2, default=_jsonable), "```"]
     lines += ["", "## Metrics", "```json", json.dumps(meta["metrics"], indent=2, default=_jsonable), "```"]
     lines += ["", "## Files (sha256)"] + [f"- `{k}`: `{v}`" for k, v in meta["files"].items()]
-    lines += ["", f"Every file of this folder (this card and `{METADATA}` included) is listed in `{CHECKSUMS}`:",
-              f"`sha256sum -c {CHECKSUMS}` inside the folder, or `medtransfer verify <this folder>`, checks them."]
-    lines += ["", "## Use", "```", f"medtransfer predict <this folder> INPUT", f"medtransfer score <this folder> --input-dir DIR --out results.csv", "```", ""]
+    lines += [
+        "",
+        f"Every file of this folder (this card and `{METADATA}` included) is listed in `{CHECKSUMS}`:",
+        f"`sha256sum -c {CHECKSUMS}` inside the folder, or `medtransfer verify <this folder>`, checks them.",
+    ]
+    lines += [
+        "",
+        "## Use",
+        "```",
+        "medtransfer predict <this folder> INPUT",
+        "medtransfer score <this folder> --input-dir DIR --out results.csv",
+        "```",
+        "",
+    ]
     return "\n".join(lines)

@@ -10,6 +10,7 @@ unless ``force``; a forced export writes ``metadata["baseline"]`` and ``metadata
 that bundle carries ``unreliable: true`` with the reason (see ``Predictor.answer``).
 Torch-free.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -28,8 +29,9 @@ class BelowBaselineError(MedTransferError):
 _CURRENT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("medtransfer_baseline", default=None)
 
 
-def baseline_record(metric: str, model: float, baseline: float, baseline_name: str, higher_is_better: bool = True,
-                    split: str = "val") -> dict[str, Any]:
+def baseline_record(
+    metric: str, model: float, baseline: float, baseline_name: str, higher_is_better: bool = True, split: str = "val"
+) -> dict[str, Any]:
     """What an evaluation stores as ``run.json["baseline"]``.
 
     Args:
@@ -45,8 +47,15 @@ def baseline_record(metric: str, model: float, baseline: float, baseline_name: s
     """
     m, b = float(model), float(baseline)
     beats = math.isfinite(m) and (m > b if higher_is_better else m < b)
-    return {"metric": metric, "model": m, "baseline": b, "baseline_name": baseline_name,
-            "higher_is_better": bool(higher_is_better), "split": split, "beats_baseline": bool(beats)}
+    return {
+        "metric": metric,
+        "model": m,
+        "baseline": b,
+        "baseline_name": baseline_name,
+        "higher_is_better": bool(higher_is_better),
+        "split": split,
+        "beats_baseline": bool(beats),
+    }
 
 
 def baseline_verdict(rec: Mapping[str, Any] | None, run_dir: str | Path, force: bool) -> dict[str, Any] | None:
@@ -64,8 +73,10 @@ def baseline_verdict(rec: Mapping[str, Any] | None, run_dir: str | Path, force: 
     rec = dict(rec)
     if rec.get("beats_baseline", True):
         return rec
-    reason = (f"validation {rec.get('metric')} {float(rec.get('model', float('nan'))):.4g} does not beat the trivial "
-              f"baseline ({rec.get('baseline_name')}: {float(rec.get('baseline', float('nan'))):.4g})")
+    reason = (
+        f"validation {rec.get('metric')} {float(rec.get('model', float('nan'))):.4g} does not beat the trivial "
+        f"baseline ({rec.get('baseline_name')}: {float(rec.get('baseline', float('nan'))):.4g})"
+    )
     if not force:
         raise BelowBaselineError(f"{run_dir}: {reason}; export refused (--force exports it marked unreliable)")
     rec["unreliable"] = reason
@@ -87,8 +98,14 @@ def current_verdict() -> dict[str, Any] | None:
     return _CURRENT.get()
 
 
-def export_bundle(run_dir: str | Path, out_dir: str | Path, write: Callable[[Path, Path, Any], Any],
-                  quantize: str | None = None, overwrite: bool = True, force: bool = False) -> Path:
+def export_bundle(
+    run_dir: str | Path,
+    out_dir: str | Path,
+    write: Callable[[Path, Path, Any], Any],
+    quantize: str | None = None,
+    overwrite: bool = True,
+    force: bool = False,
+) -> Path:
     """The one export path every app uses: baseline guard, staged (atomic) output, then rename.
 
     Args:

@@ -1,4 +1,5 @@
 """Export a torch module to ONNX and check it."""
+
 from __future__ import annotations
 
 import warnings
@@ -21,7 +22,7 @@ def _dyn_shapes(args: tuple[torch.Tensor, ...], input_names: list[str], dynamic:
         return None
     dims: dict[str, Any] = {}
     shapes = []
-    for name, a in zip(input_names, args):
+    for name, _ in zip(input_names, args):
         spec = {}
         for idx, dname in (dynamic.get(name) or {}).items():
             if dname not in dims:
@@ -68,10 +69,18 @@ def export_onnx(
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(
-            module, tuple(example_args), dynamo=True, input_names=input_names, output_names=output_names,
-            dynamic_shapes=_dyn_shapes(tuple(example_args), input_names, dynamic), verbose=False,
-            optimize=True, external_data=False,
+            module,
+            tuple(example_args),
+            dynamo=True,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=_dyn_shapes(tuple(example_args), input_names, dynamic),
+            verbose=False,
+            optimize=True,
+            external_data=False,
         )
+        if prog is None:  # the dynamo exporter returns a program unless it raised
+            raise ParityError(f"{path}: torch.onnx.export returned no program")
         prog.save(str(path), external_data=False)
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
@@ -85,7 +94,11 @@ def export_onnx(
         feeds = {n: a.detach().cpu().numpy() for n, a in zip(input_names, args)}
         got = sess.run(None, feeds)
         for r, o in zip(refs, got):
-            d = float(np.max(np.abs(r.detach().cpu().numpy().astype(np.float64) - o.astype(np.float64)))) if o.size else 0.0
+            d = (
+                float(np.max(np.abs(r.detach().cpu().numpy().astype(np.float64) - o.astype(np.float64))))
+                if o.size
+                else 0.0
+            )
             worst = max(worst, d)
     if worst > atol:
         raise ParityError(f"{path}: ONNX differs from PyTorch by {worst:.3g} (> {atol:g})")

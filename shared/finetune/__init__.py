@@ -1,4 +1,5 @@
 """One fine-tuning engine for every app: strategies, early stopping, checkpoints, resume, DDP."""
+
 from medtransfer.shared.finetune.engine import (  # noqa: F401
     TRAIN_DEFAULTS,
     FitResult,

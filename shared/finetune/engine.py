@@ -5,6 +5,7 @@ the resolved config beside them, resumes from ``last.pt`` after an interruption,
 uses AMP on CUDA, shows a progress bar, writes per-epoch metrics to CSV/JSON, logs to TensorBoard
 or MLflow only if installed and asked, and runs under ``torchrun`` (DDP; gloo on CPU) unchanged.
 """
+
 from __future__ import annotations
 
 import csv
@@ -284,8 +285,9 @@ def fit(
         st.resume(run.load_checkpoint("last"), model, opt, sched, g)
 
     fwd = forward_fn or _default_forward
-    step = _Step(fwd, loss_fn, opt, scaler, device, use_amp, amp_dtype, max(1, int(tc["grad_accum"])),
-                 float(tc["max_grad_norm"]))
+    step = _Step(
+        fwd, loss_fn, opt, scaler, device, use_amp, amp_dtype, max(1, int(tc["grad_accum"])), float(tc["max_grad_norm"])
+    )
     epochs = int(tc["epochs"])
     loggers = _Loggers(run_dir, str(tc["log"]), cfg, enabled=main)
     progress = _progress(enabled=main and bool(tc["progress"]))
@@ -321,12 +323,18 @@ def fit(
         last = run.load_checkpoint("last")
         run.save_checkpoint({k: v for k, v in last.items() if k not in _RESUME_ONLY}, "best")
     if main:
-        summary = {"best_epoch": st.best_epoch, "monitor": monitor, "best": st.best_metrics, "epochs_run": len(st.history)}
+        summary = {
+            "best_epoch": st.best_epoch,
+            "monitor": monitor,
+            "best": st.best_metrics,
+            "epochs_run": len(st.history),
+        }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     if is_dist:
         torch.distributed.barrier()
-    return FitResult(run_dir, run.checkpoint_path("best"), run.checkpoint_path("last"), st.best_metrics, st.history,
-                     st.best_epoch)
+    return FitResult(
+        run_dir, run.checkpoint_path("best"), run.checkpoint_path("last"), st.best_metrics, st.history, st.best_epoch
+    )
 
 
 # ------------------------------------------------------------------------------- fit's parts
@@ -337,16 +345,25 @@ def _start_run(run: RunDir, cfg: dict[str, Any], app: str, task: str, monitor: s
     """Create the run folder: config.yaml beside the checkpoints and run.json (kept across resumes)."""
     run.checkpoint_path("last").parent.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, run.path / "config.yaml")
-    info = {"app": app, "task": task, "seed": int((cfg.get("train") or {}).get("seed", 0)), "monitor": monitor,
-            "mode": mode, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": torch.__version__, "world_size": world}
+    info = {
+        "app": app,
+        "task": task,
+        "seed": int((cfg.get("train") or {}).get("seed", 0)),
+        "monitor": monitor,
+        "mode": mode,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "torch": torch.__version__,
+        "world_size": world,
+    }
     prev = run.info()
     if prev:
         info = {**prev, **info, "created": prev.get("created")}
     run.write_info(info)
 
 
-def _optimizer(model: nn.Module, tc: dict[str, Any], head: list[str] | None
-               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def _optimizer(
+    model: nn.Module, tc: dict[str, Any], head: list[str] | None
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW or SGD over the strategy's parameter groups, with warm-up then cosine (or constant)."""
     groups = param_groups(model, tc, head)
     if not groups:
@@ -370,20 +387,31 @@ def _optimizer(model: nn.Module, tc: dict[str, Any], head: list[str] | None
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
 
 
-def _loaders(train_ds: Dataset, val_ds: Dataset | None, tc: dict[str, Any], device: torch.device,
-             g: torch.Generator, is_dist: bool, collate_fn: Callable | None,
-             sampler_weights: Sequence[float] | None) -> tuple[DataLoader, DataLoader | None, Any]:
+def _loaders(
+    train_ds: Dataset,
+    val_ds: Dataset | None,
+    tc: dict[str, Any],
+    device: torch.device,
+    g: torch.Generator,
+    is_dist: bool,
+    collate_fn: Callable | None,
+    sampler_weights: Sequence[float] | None,
+) -> tuple[DataLoader, DataLoader | None, Any]:
     """Training loader (distributed, class-weighted or shuffled), validation loader, and the sampler."""
     bs, nw, seed = int(tc["batch_size"]), int(tc["num_workers"]), int(tc["seed"])
     # on CUDA: pinned host memory for async copies; workers kept alive between epochs
-    kw: dict[str, Any] = {"num_workers": nw, "collate_fn": collate_fn, "pin_memory": device.type == "cuda",
-                          "persistent_workers": nw > 0}
+    kw: dict[str, Any] = {
+        "num_workers": nw,
+        "collate_fn": collate_fn,
+        "pin_memory": device.type == "cuda",
+        "persistent_workers": nw > 0,
+    }
     sampler: Any = None
     if is_dist:
         sampler = torch.utils.data.DistributedSampler(train_ds, shuffle=True, seed=seed)
         train = DataLoader(train_ds, batch_size=bs, sampler=sampler, **kw)
     elif sampler_weights is not None:
-        ws = torch.as_tensor(list(sampler_weights), dtype=torch.double)
+        ws = [float(w) for w in sampler_weights]
         sampler = torch.utils.data.WeightedRandomSampler(ws, num_samples=len(ws), replacement=True, generator=g)
         train = DataLoader(train_ds, batch_size=bs, sampler=sampler, **kw)
     else:
@@ -406,8 +434,9 @@ class _Tracker:
         self.bad_epochs = 0
         self.stopped = False
 
-    def resume(self, st: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-               g: torch.Generator) -> None:
+    def resume(
+        self, st: dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer, sched: Any, g: torch.Generator
+    ) -> None:
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
@@ -438,6 +467,7 @@ class _Tracker:
 
 def _agree(is_dist: bool, device: torch.device) -> Callable[[bool], bool]:
     """Under DDP rank 0 decides whether an epoch improved; every rank follows."""
+
     def agree(flag: bool) -> bool:
         if not is_dist:
             return flag
@@ -451,14 +481,25 @@ def _agree(is_dist: bool, device: torch.device) -> Callable[[bool], bool]:
 class _Step:
     """One training epoch: autocast forward, scaled backward, accumulation, clipping."""
 
-    def __init__(self, fwd: Callable, loss_fn: Callable, opt: torch.optim.Optimizer, scaler: Any, device: torch.device,
-                 use_amp: bool, amp_dtype: torch.dtype | None, accum: int, max_grad_norm: float) -> None:
+    def __init__(
+        self,
+        fwd: Callable,
+        loss_fn: Callable,
+        opt: torch.optim.Optimizer,
+        scaler: Any,
+        device: torch.device,
+        use_amp: bool,
+        amp_dtype: torch.dtype | None,
+        accum: int,
+        max_grad_norm: float,
+    ) -> None:
         self.fwd, self.loss_fn, self.opt, self.scaler = fwd, loss_fn, opt, scaler
         self.device, self.use_amp, self.amp_dtype = device, use_amp, amp_dtype
         self.accum, self.max_grad_norm = accum, max_grad_norm
 
-    def epoch(self, train_model: nn.Module, model: nn.Module, loader: DataLoader, epoch: int,
-              tick: Callable[[float], None]) -> dict[str, float]:
+    def epoch(
+        self, train_model: nn.Module, model: nn.Module, loader: DataLoader, epoch: int, tick: Callable[[float], None]
+    ) -> dict[str, float]:
         train_model.train()
         t0 = time.time()
         tot, n = 0.0, 0
@@ -485,18 +526,38 @@ class _Step:
         return {"epoch": epoch, "train_loss": tot / max(n, 1), "seconds": time.time() - t0}
 
 
-def _checkpoint(run: RunDir, st: _Tracker, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
-                g: torch.Generator, epoch: int, key: str, improved: bool, cfg: dict[str, Any], app: str, task: str,
-                extra_state: dict[str, Any] | None) -> None:
+def _checkpoint(
+    run: RunDir,
+    st: _Tracker,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    g: torch.Generator,
+    epoch: int,
+    key: str,
+    improved: bool,
+    cfg: dict[str, Any],
+    app: str,
+    task: str,
+    extra_state: dict[str, Any] | None,
+) -> None:
     """``last.pt`` every epoch (with optimiser, scheduler and RNG for resume); ``best.pt`` when improved."""
     rng: dict[str, Any] = {"torch": torch.get_rng_state(), "loader": g.get_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     state = {
-        "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-        "epoch": epoch, "config": cfg, "app": app, "task": task, "history": st.history,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "epoch": epoch,
+        "config": cfg,
+        "app": app,
+        "task": task,
+        "history": st.history,
         "best": {"value": st.best_val, "metrics": st.best_metrics, "epoch": st.best_epoch, "monitor": key},
-        "bad_epochs": st.bad_epochs, "rng": rng, **(extra_state or {}),
+        "bad_epochs": st.bad_epochs,
+        "rng": rng,
+        **(extra_state or {}),
     }
     if improved:
         run.save_checkpoint({k: v for k, v in state.items() if k not in _RESUME_ONLY}, "best")
@@ -551,6 +612,11 @@ def _progress(enabled: bool):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
     )

@@ -10,6 +10,7 @@
 A *stage* is a top-level child module of the model (in definition order), the head excluded;
 models with a single container child are looked into once (``model.backbone.*``).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -108,8 +109,10 @@ def _out_dim(block: nn.Module) -> int:
         raise ValueError("cannot infer adapter dim: set train.peft.dim")
     m = last[-1]
     return int(
-        getattr(m, "out_features", 0) or getattr(m, "out_channels", 0) or getattr(m, "num_features", 0)
-        or m.normalized_shape[0]
+        getattr(m, "out_features", 0)
+        or getattr(m, "out_channels", 0)
+        or getattr(m, "num_features", 0)
+        or m.normalized_shape[0]  # type: ignore[index]
     )
 
 

@@ -1,4 +1,5 @@
 """Bench hook of the image task: a small bundle for ``medtransfer bench`` without ``--bundle``."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -2,6 +2,7 @@
 
 Known errors propagate to ``main()`` (one line, exit 2).
 """
+
 from __future__ import annotations
 
 import json

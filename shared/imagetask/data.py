@@ -4,6 +4,7 @@
 size against ``shared.runtime.gates`` before decoding any pixel, turns PIL's exceptions into one-line
 :class:`InputError`, and reports blank / constant images as plausibility reasons.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,9 @@ SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MAX_PIXELS = 80_000_000
 
 
-def read_image(path: str | Path, prep: dict[str, Any], overrides: Mapping[str, Any] | None = None
-               ) -> tuple[np.ndarray, list[str]]:
+def read_image(
+    path: str | Path, prep: dict[str, Any], overrides: Mapping[str, Any] | None = None
+) -> tuple[np.ndarray, list[str]]:
     """Read and preprocess one image to (C, size, size) float32, with its plausibility reasons.
 
     The header's width / height are checked (``gates.image_header_size`` / ``check_image_size``)
@@ -57,9 +59,9 @@ def read_image(path: str | Path, prep: dict[str, Any], overrides: Mapping[str, A
             bands = len(im.getbands())
             if bands not in (1, 2, 3, 4):
                 raise InputError(path, f"unexpected channel count {bands}")
-            im = im.convert("L") if prep.get("grayscale", True) else im.convert("RGB")
+            conv = im.convert("L") if prep.get("grayscale", True) else im.convert("RGB")
             size = int(prep["size"])
-            raw = np.asarray(im.resize((size, size), Image.Resampling.BOX), dtype=np.float32)
+            raw = np.asarray(conv.resize((size, size), Image.Resampling.BOX), dtype=np.float32)
     except InputError:
         raise
     except Exception as e:  # noqa: BLE001 - PIL decoders raise many types on broken pixel data
@@ -107,7 +109,7 @@ def make_shapes(root: str | Path, n_per_class: int = 40, size: int = 64, seed: i
 
     rng = np.random.default_rng(seed)
     root = Path(root)
-    for ci, cls in enumerate(CLASSES):
+    for cls in CLASSES:
         (root / cls).mkdir(parents=True, exist_ok=True)
         for i in range(n_per_class):
             img = rng.normal(60, 20, (size, size)).clip(0, 255).astype(np.uint8)

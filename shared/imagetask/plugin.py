@@ -1,4 +1,5 @@
 """The image task's spec: the core's own small PNG classifier, plugged in like any app (torch-free)."""
+
 from medtransfer.shared.plugins import AppSpec
 
 SPEC = AppSpec(

@@ -1,4 +1,5 @@
 """Torch-free predictor for image-classification bundles."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,8 +32,11 @@ class ImagePredictor(Predictor):
         prob = softmax(logits.astype(np.float64))
         labels = self.bundle.labels
         k = int(np.argmax(prob))
-        res: dict[str, Any] = {"label": labels[k], "probability": float(prob[k]),
-                               "probabilities": {lab: round(float(p), 6) for lab, p in zip(labels, prob)}}
+        res: dict[str, Any] = {
+            "label": labels[k],
+            "probability": float(prob[k]),
+            "probabilities": {lab: round(float(p), 6) for lab, p in zip(labels, prob)},
+        }
         if reasons:
             mark_unreliable(res, reasons)
         return res

@@ -1,8 +1,7 @@
 """Train / evaluate / export for the generic image task (torch side)."""
+
 from __future__ import annotations
 
-from medtransfer.shared.runtime.gates import limits_for
-from medtransfer.shared.rundir import RunDir
 import json
 from importlib import resources
 from pathlib import Path
@@ -13,11 +12,13 @@ import torch
 from torch.utils.data import Dataset
 
 from medtransfer.shared.config import load_yaml, resolve_config
+from medtransfer.shared.export.guard import baseline_record
 from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit, predict_arrays
 from medtransfer.shared.imagetask.data import load_image
-from medtransfer.shared.export.guard import baseline_record
 from medtransfer.shared.manifest import Record, assign_splits, by_split, read_manifest, require_classes
 from medtransfer.shared.registry import create_model
+from medtransfer.shared.rundir import RunDir
+from medtransfer.shared.runtime.gates import limits_for
 from medtransfer.shared.utils.errors import MedTransferError
 
 
@@ -44,8 +45,13 @@ class ImageDataset(Dataset):
 
 def _prep(cfg: dict[str, Any]) -> dict[str, Any]:
     d = cfg["data"]
-    return {"size": int(d["size"]), "grayscale": bool(d["grayscale"]), "mean": float(d["mean"]),
-            "std": float(d["std"]), "resize": "area"}
+    return {
+        "size": int(d["size"]),
+        "grayscale": bool(d["grayscale"]),
+        "mean": float(d["mean"]),
+        "std": float(d["std"]),
+        "resize": "area",
+    }
 
 
 def classification_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -53,8 +59,11 @@ def classification_metrics(logits: np.ndarray, y: np.ndarray) -> dict[str, float
     from sklearn.metrics import balanced_accuracy_score, f1_score
 
     pred = logits.argmax(1)
-    return {"accuracy": float((pred == y).mean()), "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
-            "macro_f1": float(f1_score(y, pred, average="macro"))}
+    return {
+        "accuracy": float((pred == y).mean()),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, average="macro")),
+    }
 
 
 def _split(recs: list[Record], cfg: dict[str, Any]) -> list[Record]:
@@ -66,12 +75,17 @@ def _split(recs: list[Record], cfg: dict[str, Any]) -> list[Record]:
 def _build(cfg: dict[str, Any], n_classes: int):
     pre = cfg["model"]["pretrained"]
     pretrained: Any = False if pre in ("", None, False, "false") else (True if pre in (True, "true") else pre)
-    return create_model(cfg["model"]["name"], pretrained=pretrained, num_classes=n_classes,
-                        in_chans=1 if cfg["data"]["grayscale"] else 3)
+    return create_model(
+        cfg["model"]["name"],
+        pretrained=pretrained,
+        num_classes=n_classes,
+        in_chans=1 if cfg["data"]["grayscale"] else 3,
+    )
 
 
-def train(manifest: str | Path, out: str | Path, recipe: str | Path | None = None,
-          overrides: Iterable[str] | None = None) -> dict[str, Any]:
+def train(
+    manifest: str | Path, out: str | Path, recipe: str | Path | None = None, overrides: Iterable[str] | None = None
+) -> dict[str, Any]:
     """Fine-tune an image classifier on a manifest; returns the best validation metrics."""
     cfg = resolve_config(defaults(), recipe, list(overrides or []))
     recs = read_manifest(manifest, require_label=True)
@@ -83,14 +97,28 @@ def train(manifest: str | Path, out: str | Path, recipe: str | Path | None = Non
     if not tr or not va:
         raise MedTransferError(f"{manifest}: need train and val cases (got {len(tr)} / {len(va)})")
     model = _build(cfg, len(labels))
-    res = fit(model, ImageDataset(tr, labels, prep), ImageDataset(va, labels, prep), cfg=cfg, run_dir=out,
-              app="image", task="classification", loss_fn=torch.nn.functional.cross_entropy,
-              metric_fn=classification_metrics, monitor="val_accuracy", mode="max",
-              extra_state={"labels": labels, "preprocessing": prep})
+    res = fit(
+        model,
+        ImageDataset(tr, labels, prep),
+        ImageDataset(va, labels, prep),
+        cfg=cfg,
+        run_dir=out,
+        app="image",
+        task="classification",
+        loss_fn=torch.nn.functional.cross_entropy,
+        metric_fn=classification_metrics,
+        monitor="val_accuracy",
+        mode="max",
+        extra_state={"labels": labels, "preprocessing": prep},
+    )
     # the trivial baseline beside the model, on the same validation cases: always the majority training class
     majority = max(labels, key=lambda c: sum(r.label == c for r in tr))
-    base = baseline_record("accuracy", res.best_metrics.get("val_accuracy", float("nan")),
-                           sum(r.label == majority for r in va) / len(va), f"majority class '{majority}'")
+    base = baseline_record(
+        "accuracy",
+        res.best_metrics.get("val_accuracy", float("nan")),
+        sum(r.label == majority for r in va) / len(va),
+        f"majority class '{majority}'",
+    )
     RunDir(out).update_info(labels=labels, preprocessing=prep, manifest=str(Path(manifest).resolve()), baseline=base)
     return {"best_epoch": res.best_epoch, **res.best_metrics, "baseline": base}
 
@@ -114,12 +142,16 @@ def evaluate(run_dir: str | Path, manifest: str | Path, split: str = "test") -> 
     logits, y = predict_arrays(model, ImageDataset(sel, labels, prep), device="cpu")
     train = by_split(recs, "train") or recs
     majority = max(labels, key=lambda c: sum(r.label == c for r in train))
-    base = {"baseline": f"majority class '{majority}'", "baseline_accuracy": sum(r.label == majority for r in sel) / max(len(sel), 1)}
+    base = {
+        "baseline": f"majority class '{majority}'",
+        "baseline_accuracy": sum(r.label == majority for r in sel) / max(len(sel), 1),
+    }
     return {"split": split, "n": len(sel), **classification_metrics(logits, y), **base}
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, overwrite: bool = True,
-               force: bool = False) -> Path:
+def export_run(
+    run_dir: str | Path, out_dir: str | Path, quantize: str | None = None, overwrite: bool = True, force: bool = False
+) -> Path:
     """Export a run as an ONNX bundle (dynamic batch), parity-checked; optional int8 copy.
 
     Args:
@@ -148,8 +180,15 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
     s = int(prep["size"])
     g = torch.Generator().manual_seed(0)
     ex = (torch.randn(2, c, s, s, generator=g),)
-    parity = export_onnx(model, ex, out_dir / "model.onnx", ["image"], ["logits"], {"image": {0: "batch"}},
-                         parity_args=[(torch.randn(5, c, s, s, generator=g),)])
+    parity = export_onnx(
+        model,
+        ex,
+        out_dir / "model.onnx",
+        ["image"],
+        ["logits"],
+        {"image": {0: "batch"}},
+        parity_args=[(torch.randn(5, c, s, s, generator=g),)],
+    )
     files = ["model.onnx"]
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
     metrics: dict[str, Any] = {"validation": summary.get("best", {}), "parity_max_abs_diff": parity["max_abs_diff"]}
@@ -159,12 +198,21 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
         metrics["int8"] = _int8_delta(run_dir, out_dir, cfg, prep)
     elif quantize:
         raise MedTransferError(f"unknown --quantize '{quantize}' (int8)")
-    write_bundle(out_dir, name=f"image-{run_dir.name}", app="image", task="classification", files=files,
-                 inputs={"image": {"shape": [-1, c, s, s], "dtype": "float32", "format": "grayscale" if c == 1 else "rgb"}},
-                 outputs={"logits": {"shape": [-1, len(labels)], "dtype": "float32"}},
-                 preprocessing=prep, labels=labels, metrics=metrics, data_card="",
-                 description="Image classifier fine-tuned with the medtransfer core.",
-                 extra={"run_dir": str(run_dir.resolve()), "gates": limits_for("image_", "decode_")})
+    write_bundle(
+        out_dir,
+        name=f"image-{run_dir.name}",
+        app="image",
+        task="classification",
+        files=files,
+        inputs={"image": {"shape": [-1, c, s, s], "dtype": "float32", "format": "grayscale" if c == 1 else "rgb"}},
+        outputs={"logits": {"shape": [-1, len(labels)], "dtype": "float32"}},
+        preprocessing=prep,
+        labels=labels,
+        metrics=metrics,
+        data_card="",
+        description="Image classifier fine-tuned with the medtransfer core.",
+        extra={"run_dir": str(run_dir.resolve()), "gates": limits_for("image_", "decode_")},
+    )
     return out_dir
 
 
@@ -199,13 +247,18 @@ def demo(out_dir: str | Path, fast: bool = True) -> dict[str, Any]:
     bundle = export_run(out_dir / "run", out_dir / "bundle")
     summary = sc.score(bundle, sc.cases_from_manifest(man), out_dir / "scores.csv", progress=False, overwrite=True)
     _plot_history(out_dir / "run", out_dir / "training.png")
-    md = "\n".join([
-        "Noisy circle / square / triangle PNGs through the whole core: manifest, fine-tune (resnet18),",
-        "ONNX export with parity check, torch-free batch scoring.", "",
-        f"- best validation accuracy: {best.get('val_accuracy', float('nan')):.3f} (epoch {best['best_epoch']})",
-        f"- held-out test accuracy: {test['accuracy']:.3f} on {test['n']} images",
-        f"- scored {summary['ok']} cases ({summary['error']} errors) at {summary['cases_per_s']} cases/s",
-        "", "![training curves](training.png)"])
+    md = "\n".join(
+        [
+            "Noisy circle / square / triangle PNGs through the whole core: manifest, fine-tune (resnet18),",
+            "ONNX export with parity check, torch-free batch scoring.",
+            "",
+            f"- best validation accuracy: {best.get('val_accuracy', float('nan')):.3f} (epoch {best['best_epoch']})",
+            f"- held-out test accuracy: {test['accuracy']:.3f} on {test['n']} images",
+            f"- scored {summary['ok']} cases ({summary['error']} errors) at {summary['cases_per_s']} cases/s",
+            "",
+            "![training curves](training.png)",
+        ]
+    )
     return {"markdown": md, "bundle": str(bundle), "metrics": {"test": test, "score": summary}}
 
 

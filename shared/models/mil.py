@@ -8,6 +8,7 @@ Registered in the shared registry as ``abmil_gated``::
 
     create_model("abmil_gated", in_dim=1536, n_outputs=32)   # Path-PKT sizes: 512 / 384
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -31,8 +32,9 @@ class GatedAttentionMIL(nn.Module):
         dropout: dropout after the projection and in the attention branch.
     """
 
-    def __init__(self, in_dim: int = 1536, hidden: int = 512, attn_dim: int = 384, n_outputs: int = 4,
-                 dropout: float = 0.25) -> None:
+    def __init__(
+        self, in_dim: int = 1536, hidden: int = 512, attn_dim: int = 384, n_outputs: int = 4, dropout: float = 0.25
+    ) -> None:
         super().__init__()
         self.in_dim, self.hidden, self.n_outputs = in_dim, hidden, n_outputs
         self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
@@ -70,10 +72,20 @@ class GatedAttentionMIL(nn.Module):
         return self.classifier(emb)
 
 
-@register_model("abmil_gated", family="mil", head=("classifier",),
-                description="gated attention MIL over patch-feature bags (padding mask)")
-def abmil_gated(in_dim: int = 1536, hidden: int = 512, attn_dim: int = 384, n_outputs: int = 4,
-                dropout: float = 0.25, num_classes: Optional[int] = None) -> GatedAttentionMIL:
+@register_model(
+    "abmil_gated",
+    family="mil",
+    head=("classifier",),
+    description="gated attention MIL over patch-feature bags (padding mask)",
+)
+def abmil_gated(
+    in_dim: int = 1536,
+    hidden: int = 512,
+    attn_dim: int = 384,
+    n_outputs: int = 4,
+    dropout: float = 0.25,
+    num_classes: Optional[int] = None,
+) -> GatedAttentionMIL:
     """Registry builder for :class:`GatedAttentionMIL` (``num_classes`` is accepted as ``n_outputs``)."""
     n_outputs = int(num_classes) if num_classes is not None else n_outputs
     return GatedAttentionMIL(in_dim=in_dim, hidden=hidden, attn_dim=attn_dim, n_outputs=n_outputs, dropout=dropout)

@@ -9,6 +9,7 @@ SAM2.1 checkpoints (``{"model": state_dict}``) or MedSAM2's; a missing file rais
 Registered names: ``sam2_hiera_{tiny,small,base_plus,large}``,
 ``sam2.1_hiera_{tiny,small,base_plus,large}`` and ``medsam2_hiera_tiny`` (512 px).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,6 +5,7 @@ down-up projection; ``AdapterWrapped`` runs a block then an adapter.  ``apply_lo
 ``insert_adapters`` replace sub-modules by name; ``PEFTModule`` marks every trainable PEFT part so
 ``mark_peft_trainable`` can freeze everything else.
 """
+
 from medtransfer.shared.peft.modules import (  # noqa: F401
     AdapterWrapped,
     BottleneckAdapter,

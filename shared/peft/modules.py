@@ -1,9 +1,10 @@
 """LoRA and bottleneck adapters."""
+
 from __future__ import annotations
 
 import fnmatch
 import math
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -96,9 +97,14 @@ class LoRAConv2d(PEFTModule):
         super().__init__()
         self.base = base
         self.scaling = alpha / r
-        self.lora_a = nn.Conv2d(
-            base.in_channels, r, base.kernel_size, base.stride, base.padding, base.dilation, bias=False
-        )
+        # torch annotates these as 2-tuples; the base Conv2d's own values always fit
+        geometry: dict[str, Any] = {
+            "kernel_size": base.kernel_size,
+            "stride": base.stride,
+            "padding": base.padding,
+            "dilation": base.dilation,
+        }
+        self.lora_a = nn.Conv2d(base.in_channels, r, bias=False, **geometry)
         self.lora_b = nn.Conv2d(r, base.out_channels, 1, bias=False)
         nn.init.kaiming_uniform_(self.lora_a.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_b.weight)

@@ -4,6 +4,7 @@ Besides the built-in families, apps add backbones by declaring them in their spe
 (``AppSpec.backbones``, see shared/plugins.py): the entry is listed from the declaration and its
 builder module is imported only when the model is built.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -64,12 +65,19 @@ def _load_declared() -> None:
             if name in _REGISTRY:
                 import sys
 
-                print(f"warning: app '{spec.name}' declares backbone '{name}', which is already registered; "
-                      "keeping the registered one", file=sys.stderr)
+                print(
+                    f"warning: app '{spec.name}' declares backbone '{name}', which is already registered; "
+                    "keeping the registered one",
+                    file=sys.stderr,
+                )
                 continue
-            register_model(name, family=d.get("family", spec.name), pretrained_cfg=d.get("pretrained_cfg"),
-                           head=tuple(d.get("head", ())), description=d.get("description", ""))(
-                _lazy_builder(d["builder"]))
+            register_model(
+                name,
+                family=d.get("family", spec.name),
+                pretrained_cfg=d.get("pretrained_cfg"),
+                head=tuple(d.get("head", ())),
+                description=d.get("description", ""),
+            )(_lazy_builder(d["builder"]))
 
 
 def register_model(

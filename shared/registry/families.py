@@ -3,6 +3,7 @@
 SAM2 (``shared/models/sam2_builder.py``) and MIL aggregators (``shared/models/mil.py``) register
 themselves when their modules are importable.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -30,7 +31,7 @@ def _timm_builder(arch: str):
 
         model = timm.create_model(arch, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
         clf = (getattr(model, "pretrained_cfg", None) or {}).get("classifier", "")
-        model.transfer_head = [clf] if isinstance(clf, str) and clf else list(clf or [])
+        model.transfer_head = [clf] if isinstance(clf, str) and clf else list(clf or [])  # type: ignore[assignment]
         return model
 
     return build

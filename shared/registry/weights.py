@@ -3,6 +3,7 @@
 Lookup order for ``pretrained=True``: ``weights_dir`` argument, then ``$MEDTRANSFER_WEIGHTS``,
 then ``~/.cache/medtransfer/weights``; the file name comes from the registry entry.
 """
+
 from __future__ import annotations
 
 import os
@@ -114,7 +115,9 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def load_pretrained(model, path: "Path | dict", strict: bool = False, skip_mismatch: bool = True) -> dict[str, list[str]]:
+def load_pretrained(
+    model, path: "Path | dict", strict: bool = False, skip_mismatch: bool = True
+) -> dict[str, list[str]]:
     """Load weights into a model, skipping tensors whose shape differs (a new head, other in_chans).
 
     Args:
@@ -133,7 +136,12 @@ def load_pretrained(model, path: "Path | dict", strict: bool = False, skip_misma
         for k in list(sd):
             if k in own and tuple(own[k].shape) != tuple(sd[k].shape):
                 a, b = own[k], sd[k]
-                if a.ndim == b.ndim == 4 and a.shape[0] == b.shape[0] and a.shape[2:] == b.shape[2:] and a.shape[1] == 1:
+                if (
+                    a.ndim == b.ndim == 4
+                    and a.shape[0] == b.shape[0]
+                    and a.shape[2:] == b.shape[2:]
+                    and a.shape[1] == 1
+                ):
                     sd[k] = b.sum(dim=1, keepdim=True)  # RGB stem -> grayscale stem (timm's rule)
                     continue
                 skipped.append(k)

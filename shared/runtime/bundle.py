@@ -8,6 +8,7 @@ sha256 (metadata and model card included; no unlisted, linked or nested entries)
 Predictors read the metadata only through the validated model (:attr:`Bundle.description`,
 or its plain-dict copy :attr:`Bundle.meta`).  Torch-free.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,7 +21,14 @@ from typing import Any
 import numpy as np
 
 from medtransfer.shared.runtime.schema import (
-    CARD, CHECKSUMS, METADATA, OS_FILES, BundleMeta, FileCheck, format_checksums, parse_checksums,
+    CARD,
+    CHECKSUMS,
+    METADATA,
+    OS_FILES,
+    BundleMeta,
+    FileCheck,
+    format_checksums,
+    parse_checksums,
     read_metadata_bytes,
 )
 from medtransfer.shared.utils.errors import BundleError
@@ -140,8 +148,10 @@ class Bundle:
                 raise BundleError(f"{self.path / required}: not covered by {CHECKSUMS}; bundle refused")
         for name in listed:
             if name not in files and name not in (METADATA, CARD):
-                raise BundleError(f"{self.path / name}: in {CHECKSUMS} but not one of the bundle's files in "
-                                  f"{METADATA}; bundle refused")
+                raise BundleError(
+                    f"{self.path / name}: in {CHECKSUMS} but not one of the bundle's files in "
+                    f"{METADATA}; bundle refused"
+                )
         ignored: list[FileCheck] = []
         with os.scandir(self.path) as it:
             entries = sorted(it, key=lambda e: e.name)
@@ -193,9 +203,7 @@ class Bundle:
                 so.intra_op_num_threads = threads
                 so.inter_op_num_threads = 1
             so.log_severity_level = 3
-            self._sessions[name] = ort.InferenceSession(
-                str(self.path / name), sess_options=so, providers=_providers()
-            )
+            self._sessions[name] = ort.InferenceSession(str(self.path / name), sess_options=so, providers=_providers())
         return self._sessions[name]
 
     def run(self, feeds: dict[str, np.ndarray], name: str = "model.onnx") -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ The documented ranges live in :data:`LIMITS`; each app may override a limit from
 metadata (``metadata["gates"]``), so the range a bundle used is recorded with it.
 Torch-free; no message ever quotes file content.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -92,8 +93,9 @@ def require_finite(arr: np.ndarray, path: str | Path, what: str = "values") -> N
         raise InputError(path, f"{what} contain {int(bad.sum())} NaN/inf value(s) of {a.size}; refusing to answer")
 
 
-def check_image_size(width: int, height: int, path: str | Path, overrides: Mapping[str, Any] | None = None,
-                     frames: int = 1) -> None:
+def check_image_size(
+    width: int, height: int, path: str | Path, overrides: Mapping[str, Any] | None = None, frames: int = 1
+) -> None:
     """Refuse implausible image / video dimensions (call this with the header's size, before decoding).
 
     Raises:
@@ -133,8 +135,9 @@ def image_header_size(path: str | Path) -> tuple[int, int]:
         raise InputError(path, "image dimensions are implausibly large; refused before decoding") from None
 
 
-def eeg_reasons(data_uv: np.ndarray, ch_names: list[str] | None = None,
-                overrides: Mapping[str, Any] | None = None) -> list[str]:
+def eeg_reasons(
+    data_uv: np.ndarray, ch_names: list[str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> list[str]:
     """Plausibility reasons for an EEG array in microvolts, shape (channels, samples).
 
     Raises InputError for NaN/inf (nothing can be answered); returns reasons (possibly empty) for
@@ -151,13 +154,17 @@ def eeg_reasons(data_uv: np.ndarray, ch_names: list[str] | None = None,
     peak = float(np.max(np.abs(x)))
     max_uv = float(limit("eeg_max_abs_uv", overrides))
     if peak > max_uv:
-        reasons.append(f"amplitude {peak:.3g} uV exceeds the plausible EEG range ({max_uv:.0f} uV): wrong unit, gain or saturated amplifier")
+        reasons.append(
+            f"amplitude {peak:.3g} uV exceeds the plausible EEG range ({max_uv:.0f} uV): wrong unit, gain or saturated amplifier"
+        )
     q75, q25 = np.percentile(x, [75, 25], axis=1)
     robust_std = (q75 - q25) / 1.349
     flat = [names[i] for i in np.flatnonzero(robust_std < float(limit("eeg_flat_std_uv", overrides)))]
     mx, mn = x.max(axis=1, keepdims=True), x.min(axis=1, keepdims=True)
     sat_frac = ((x >= mx) | (x <= mn)).mean(axis=1)
-    saturated = [names[i] for i in np.flatnonzero((sat_frac > 0.05) & (robust_std >= float(limit("eeg_flat_std_uv", overrides))))]
+    saturated = [
+        names[i] for i in np.flatnonzero((sat_frac > 0.05) & (robust_std >= float(limit("eeg_flat_std_uv", overrides))))
+    ]
     frac = float(limit("eeg_bad_channel_fraction", overrides))
     n_bad = len(set(flat) | set(saturated))
     if n_bad and n_bad / x.shape[0] > frac:
@@ -187,8 +194,11 @@ def check_decode_bytes(n_bytes: int, path: str | Path, overrides: Mapping[str, A
     """
     cap = int(limit("decode_max_bytes", overrides))
     if int(n_bytes) > cap:
-        raise InputError(path, f"decoded pixels would take {int(n_bytes) / 1024**2:.0f} MiB "
-                               f"(limit {cap / 1024**2:.0f} MiB); refused before decoding")
+        raise InputError(
+            path,
+            f"decoded pixels would take {int(n_bytes) / 1024**2:.0f} MiB "
+            f"(limit {cap / 1024**2:.0f} MiB); refused before decoding",
+        )
 
 
 def image_content_reasons(frames: Any, overrides: Mapping[str, Any] | None = None) -> list[str]:
@@ -219,8 +229,7 @@ def image_content_reasons(frames: Any, overrides: Mapping[str, Any] | None = Non
 # ------------------------------------------------------------------------------------------------
 # Feature bags (wsi app): one gate for every path that reads a bag (predict, score, training).
 # ------------------------------------------------------------------------------------------------
-def check_feature_bag(features: np.ndarray, path: str | Path,
-                      overrides: Mapping[str, Any] | None = None) -> None:
+def check_feature_bag(features: np.ndarray, path: str | Path, overrides: Mapping[str, Any] | None = None) -> None:
     """Refuse a feature bag that cannot be answered: empty, not (N, D), NaN/inf, or |x| above the limit.
 
     Encoder features are normalised activations (a few units; UNI / ResNet features stay far
@@ -244,4 +253,7 @@ def check_feature_bag(features: np.ndarray, path: str | Path,
     lim = float(limit("feature_max_abs", overrides))
     n_big = int((np.abs(a) > lim).sum())
     if n_big:
-        raise InputError(path, f"{n_big} feature value(s) exceed |x| <= {lim:g} (not normalised encoder features); refusing to answer")
+        raise InputError(
+            path,
+            f"{n_big} feature value(s) exceed |x| <= {lim:g} (not normalised encoder features); refusing to answer",
+        )

@@ -6,6 +6,7 @@ When two inputs would still map to one key (``s1.svs`` and ``s1.tif`` in one fol
 gets a one-line error naming both, before any work.  Nothing is ever written beside the inputs
 unless the user names that folder as the output.  Torch-free.
 """
+
 from __future__ import annotations
 
 import os
@@ -66,13 +67,15 @@ def unique_keys(paths: Iterable[str | Path], root: str | Path | None = None) -> 
     Raises:
         MedTransferError: two inputs map to one output key.
     """
-    paths = [Path(p) for p in paths]
-    base = Path(root) if root is not None else input_root(paths)
+    items = [Path(p) for p in paths]
+    base = Path(root) if root is not None else input_root(items)
     out: dict[str, Path] = {}
-    for p in paths:
+    for p in items:
         k = output_key(p, base)
         if k in out and out[k].resolve() != p.resolve():
-            raise MedTransferError(f"{out[k]} and {p} would write the same output '{k}'; rename one or score them separately")
+            raise MedTransferError(
+                f"{out[k]} and {p} would write the same output '{k}'; rename one or score them separately"
+            )
         out[k] = p
     return out
 

@@ -4,6 +4,7 @@ A predictor is built from a verified :class:`Bundle` and answers one input file 
 a JSON-serialisable dict.  Bad input raises :class:`InputError` (one line naming the file); the
 caller turns that into an error line or an error row.  Torch-free.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -33,6 +33,7 @@ Schema versions: ``"schema": "medtransfer-bundle/<major>[.<minor>]"``.  A reader
 major (minor additions are extra keys it ignores), refuses a newer major naming both versions,
 and refuses major 1 (no checksums over metadata) with a re-export hint.
 """
+
 from __future__ import annotations
 
 import json
@@ -170,11 +171,15 @@ def schema_major(raw: Any, where: str) -> int:
         raise BundleError(f"{where}: field 'schema': expected {EXPECT['schema']}")
     major = int(m.group(1))
     if major > SCHEMA_MAJOR:
-        raise BundleError(f"{where}: bundle schema {major} is newer than this medtransfer (supports {SCHEMA_MAJOR}); "
-                          "upgrade medtransfer")
+        raise BundleError(
+            f"{where}: bundle schema {major} is newer than this medtransfer (supports {SCHEMA_MAJOR}); "
+            "upgrade medtransfer"
+        )
     if major < SCHEMA_MAJOR:
-        raise BundleError(f"{where}: bundle schema {major} is no longer accepted (its metadata is not covered by any "
-                          f"checksum); re-export it with this medtransfer: medtransfer export RUN_DIR --out BUNDLE")
+        raise BundleError(
+            f"{where}: bundle schema {major} is no longer accepted (its metadata is not covered by any "
+            f"checksum); re-export it with this medtransfer: medtransfer export RUN_DIR --out BUNDLE"
+        )
     return major
 
 
@@ -290,4 +295,3 @@ def read_metadata_bytes(data: bytes, where: str) -> BundleMeta:
         return validate_metadata(raw, where)
     except RecursionError:
         raise BundleError(f"{where}: JSON nested too deeply") from None
-

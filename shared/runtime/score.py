@@ -21,6 +21,7 @@
   ``engine="ray"`` uses a Ray Data actor pool (local Ray, or the cluster in ``RAY_ADDRESS``).
 Torch-free.
 """
+
 from __future__ import annotations
 
 import csv
@@ -255,14 +256,17 @@ def _acquire(out_csv: Path, lp: Path) -> Any:
         try:
             f = open(lp, "a+", encoding="utf-8")  # noqa: SIM115 - held for the job
         except OSError as e:
-            raise MedTransferError(f"{out_csv}: cannot create the lock file {lp.name} ({e.strerror or type(e).__name__})") from None
+            raise MedTransferError(
+                f"{out_csv}: cannot create the lock file {lp.name} ({e.strerror or type(e).__name__})"
+            ) from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _holder(f)
             f.close()
-            raise MedTransferError(f"{out_csv}: already being written by {holder} (lock {lp}); "
-                                   "wait for that job or stop it") from None
+            raise MedTransferError(
+                f"{out_csv}: already being written by {holder} (lock {lp}); wait for that job or stop it"
+            ) from None
         try:  # the previous holder may have removed the file between our open and our lock
             same = os.stat(lp).st_ino == os.fstat(f.fileno()).st_ino
         except FileNotFoundError:
@@ -288,8 +292,13 @@ def _holder(f: Any) -> str:
     return "another process"
 
 
-def check_out_path(out_csv: str | Path, manifest: str | Path | None = None, input_dir: str | Path | None = None,
-                   bundle_dir: str | Path | None = None, cases: Iterable[Case] = ()) -> None:
+def check_out_path(
+    out_csv: str | Path,
+    manifest: str | Path | None = None,
+    input_dir: str | Path | None = None,
+    bundle_dir: str | Path | None = None,
+    cases: Iterable[Case] = (),
+) -> None:
     """Refuse a results path that would destroy or feed back into the job's own inputs.
 
     Args:
@@ -313,8 +322,9 @@ def check_out_path(out_csv: str | Path, manifest: str | Path | None = None, inpu
                 raise MedTransferError(f"{out_csv}: --out is inside {what} {folder} (choose a path outside it)")
     for c in cases:
         if Path(case_key(c)) in (out, lock):
-            raise MedTransferError(f"{out_csv}: --out is the input of case '{c.case_id}'; it would be overwritten "
-                                   "(choose another --out)")
+            raise MedTransferError(
+                f"{out_csv}: --out is the input of case '{c.case_id}'; it would be overwritten (choose another --out)"
+            )
 
 
 def read_header(out_csv: Path) -> list[str] | None:
@@ -416,29 +426,39 @@ def plan_resume(out_csv: Path, sha256: str, resume: bool, overwrite: bool) -> tu
         return set(), True
     ours = header == BASE_COLUMNS
     if not resume and not overwrite:
-        what = (f"{sum(1 for r in read_rows(out_csv, repair=False) if r.get('case'))} rows" if ours
-                else "and is not a results file of `score`")
-        raise MedTransferError(f"{out_csv}: already exists ({what}); add --resume to continue it or --overwrite "
-                               "to replace it")
+        what = (
+            f"{sum(1 for r in read_rows(out_csv, repair=False) if r.get('case'))} rows"
+            if ours
+            else "and is not a results file of `score`"
+        )
+        raise MedTransferError(
+            f"{out_csv}: already exists ({what}); add --resume to continue it or --overwrite to replace it"
+        )
     if overwrite and not resume:
         return set(), True
     if not ours:
         if overwrite:
             return set(), True
-        raise MedTransferError(f"{out_csv}: is not a results file of `score` (its columns differ); choose another "
-                               "--out, or add --overwrite to replace it")
+        raise MedTransferError(
+            f"{out_csv}: is not a results file of `score` (its columns differ); choose another "
+            "--out, or add --overwrite to replace it"
+        )
     rows = read_rows(out_csv)  # under the lock: cut a torn last line
     other = sorted({r.get("bundle_sha256") or "" for r in rows} - {sha256, ""})
     if other:
         if overwrite:
             return set(), True
-        raise MedTransferError(f"{out_csv}: holds rows from another bundle (sha256 {other[0][:12]}...), not this one "
-                               f"({sha256[:12]}...); --resume would mix them: choose another --out or add --overwrite")
+        raise MedTransferError(
+            f"{out_csv}: holds rows from another bundle (sha256 {other[0][:12]}...), not this one "
+            f"({sha256[:12]}...); --resume would mix them: choose another --out or add --overwrite"
+        )
     return {r["case"] for r in rows if r.get("case")}, False
 
 
 # ----------------------------------------------------------------------------------- engines
-def _local_results(bundle_dir: str, todo: list[Case], workers: int, options: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def _local_results(
+    bundle_dir: str, todo: list[Case], workers: int, options: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
     if workers <= 1:
         scorer = CaseScorer(bundle_dir, options)
         for c in todo:
@@ -471,8 +491,13 @@ def _ray_results(bundle_dir: str, todo: list[Case], workers: int, options: dict[
     except ImportError:
         raise MedTransferError("--engine ray needs Ray: pip install 'medtransfer[distributed]'") from None
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, include_dashboard=False,
-                 log_to_driver=False, configure_logging=False, num_cpus=None if os.environ.get("RAY_ADDRESS") else max(workers, 1))
+        ray.init(
+            address=os.environ.get("RAY_ADDRESS") or None,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            num_cpus=None if os.environ.get("RAY_ADDRESS") else max(workers, 1),
+        )
     import ray.data
 
     class _Actor:
@@ -480,8 +505,10 @@ def _ray_results(bundle_dir: str, todo: list[Case], workers: int, options: dict[
             self.scorer = CaseScorer(bundle_dir, options, threads=1)
 
         def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-            rows = [self.scorer(Case(cid, p, json.loads(ex))) for cid, p, ex in
-                    zip(batch["case_id"], batch["path"], batch["extra"])]
+            rows = [
+                self.scorer(Case(cid, p, json.loads(ex)))
+                for cid, p, ex in zip(batch["case_id"], batch["path"], batch["extra"])
+            ]
             return {c: [r.get(c, "") for r in rows] for c in BASE_COLUMNS}
 
     items = [{"case_id": c.case_id, "path": c.path, "extra": json.dumps(c.extra)} for c in todo]
@@ -557,7 +584,15 @@ def score(
             finally:
                 writer.close()
         secs = time.perf_counter() - t0
-    return {"total": len(cases), "duplicates": len(cases) - len(unique), "skipped": len(unique) - len(todo),
-            "ok": counts.get("ok", 0), "error": counts.get("error", 0), "seconds": round(secs, 3),
-            "cases_per_s": round(len(todo) / secs, 3) if secs > 0 and todo else 0.0, "out": str(out_csv),
-            "engine": engine, "workers": workers}
+    return {
+        "total": len(cases),
+        "duplicates": len(cases) - len(unique),
+        "skipped": len(unique) - len(todo),
+        "ok": counts.get("ok", 0),
+        "error": counts.get("error", 0),
+        "seconds": round(secs, 3),
+        "cases_per_s": round(len(todo) / secs, 3) if secs > 0 and todo else 0.0,
+        "out": str(out_csv),
+        "engine": engine,
+        "workers": workers,
+    }

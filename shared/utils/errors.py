@@ -1,4 +1,5 @@
 """User-facing errors: one line naming the file and the problem."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """sha256 helpers."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """Reproducibility: one call seeds python, numpy and (if imported) torch."""
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ taken from the test's own environment: their files are linked into one folder th
 puts on the new venv's path.  Nothing is downloaded; ``pip check`` in the new venv proves the
 closure satisfies every base requirement, and torch is not importable there.
 """
+
 import json
 import os
 import re
@@ -65,8 +66,7 @@ def link_distributions(dists, dest: Path) -> list[str]:
         base = Path(dist.locate_file(""))
         for top in sorted({f.parts[0] for f in dist.files if f.parts and f.parts[0] != ".."}):
             src, dst = base / top, dest / top
-            if (src.exists() and not dst.exists() and top != "__pycache__"
-                    and not top.endswith(".pth")):
+            if src.exists() and not dst.exists() and top != "__pycache__" and not top.endswith(".pth"):
                 dst.symlink_to(src)
                 linked.append(top)
     return linked
@@ -87,8 +87,23 @@ def runtime_venv(tmp_path_factory) -> Path:
         shutil.copy2(REPO / item, src / item)
     for pkg in ("shared", "apps"):
         shutil.copytree(REPO / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    r = subprocess.run([sys.executable, *PIP, "wheel", "-q", "--no-deps", "--no-index", "--no-build-isolation",
-                        "-w", str(work / "wheels"), str(src)], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            *PIP,
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "-w",
+            str(work / "wheels"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if r.returncode != 0 and "No module named" in r.stderr and ("setuptools" in r.stderr or "wheel" in r.stderr):
         pytest.skip("setuptools / wheel are not installed here, so the project wheel cannot be built offline")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -96,12 +111,20 @@ def runtime_venv(tmp_path_factory) -> Path:
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     py = venv / "bin" / "python"
-    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    site = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     link_distributions(closure.values(), work / "base_site")
     (Path(site) / "medtransfer_base_requirements.pth").write_text(str(work / "base_site") + "\n")
-    r = subprocess.run([str(py), *PIP, "install", "-q", "--no-deps", "--no-index", str(wheel)],
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [str(py), *PIP, "install", "-q", "--no-deps", "--no-index", str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     r = subprocess.run([str(py), *PIP, "check"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"the base-requirement closure does not satisfy medtransfer:\n{r.stdout}{r.stderr}"
@@ -110,18 +133,35 @@ def runtime_venv(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_base_install_runs_predict_and_score_without_torch(runtime_venv, image_run, tmp_path):
-    r = subprocess.run([str(runtime_venv / "python"), "-c",
-                        "import importlib.util as u; print(u.find_spec('torch') is None)"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [str(runtime_venv / "python"), "-c", "import importlib.util as u; print(u.find_spec('torch') is None)"],
+        capture_output=True,
+        text=True,
+    )
     assert r.stdout.strip() == "True", "torch is importable from the base install"
     exe = runtime_venv / "medtransfer"
     img = sorted(Path(image_run["root"]).rglob("*.png"))[0]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    r = subprocess.run([str(exe), "predict", str(image_run["bundle"]), str(img)], capture_output=True, text=True,
-                       env=env, cwd=tmp_path)
+    r = subprocess.run(
+        [str(exe), "predict", str(image_run["bundle"]), str(img)], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout.strip().splitlines()[-1])["status"] == "ok"
-    r = subprocess.run([str(exe), "score", str(image_run["bundle"]), "--input-dir", str(img.parent), "--out",
-                        str(tmp_path / "s.csv"), "-q"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            str(exe),
+            "score",
+            str(image_run["bundle"]),
+            "--input-dir",
+            str(img.parent),
+            "--out",
+            str(tmp_path / "s.csv"),
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout.strip().splitlines()[-1])["ok"] > 0

@@ -7,6 +7,7 @@
 * ``medtransfer export RUN --out <relative path>`` works for every app, on a tiny run;
 * demo selection and declared backbones go through the specs alone.
 """
+
 from __future__ import annotations
 
 import ast
@@ -48,9 +49,14 @@ def test_hooks_resolve_and_match_the_spec(name):
 
 def test_hook_problems_catches_a_broken_spec():
     """The checker itself can fail: a wrong reference and a wrong signature are both reported."""
-    bad = AppSpec(name="bad", help="", exporter="medtransfer.shared.plugins:no_such_thing",
-                  demo="medtransfer.shared.plugins:get_app", importers={"x": "medtransfer.shared.plugins:hook"},
-                  backbones={"b": {"builder": "medtransfer.shared.plugins:load_object", "colour": "red"}})
+    bad = AppSpec(
+        name="bad",
+        help="",
+        exporter="medtransfer.shared.plugins:no_such_thing",
+        demo="medtransfer.shared.plugins:get_app",
+        importers={"x": "medtransfer.shared.plugins:hook"},
+        backbones={"b": {"builder": "medtransfer.shared.plugins:load_object", "colour": "red"}},
+    )
     problems = "\n".join(plugins.hook_problems(bad))
     assert "exporter" in problems and "does not resolve" in problems
     assert "demo" in problems and "(out_dir, fast)" in problems
@@ -66,8 +72,9 @@ def test_every_importer_has_a_data_card(name):
     assert not missing, f"{name}: data cards not in data_cards/: {missing}"
     text = {c: p.read_text(encoding="utf-8") for c, p in cards.items()}
     for imp in spec.importers:
-        assert any(f"data import {imp}" in t for t in text.values()), \
+        assert any(f"data import {imp}" in t for t in text.values()), (
             f"{name}: importer '{imp}' is described by none of its cards {sorted(cards)}"
+        )
 
 
 def _core_files() -> list[Path]:
@@ -83,14 +90,25 @@ def test_the_core_names_no_app():
     for f in _core_files():
         tree = ast.parse(f.read_text(encoding="utf-8"))
         for n in ast.walk(tree):
-            mods = [a.name for a in n.names] if isinstance(n, ast.Import) else \
-                [n.module or ""] if isinstance(n, ast.ImportFrom) else []
+            mods = (
+                [a.name for a in n.names]
+                if isinstance(n, ast.Import)
+                else [n.module or ""]
+                if isinstance(n, ast.ImportFrom)
+                else []
+            )
             found += [f"{f.name}:{n.lineno} imports {m}" for m in mods if m.startswith(app_pkgs)]
             if isinstance(n, ast.Compare):
-                found += [f"{f.name}:{n.lineno} compares with '{c.value}'" for c in (n.left, *n.comparators)
-                          if isinstance(c, ast.Constant) and c.value in names]
-            if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.startswith(
-                    tuple(p + "." for p in app_pkgs)):
+                found += [
+                    f"{f.name}:{n.lineno} compares with '{c.value}'"
+                    for c in (n.left, *n.comparators)
+                    if isinstance(c, ast.Constant) and c.value in names
+                ]
+            if (
+                isinstance(n, ast.Constant)
+                and isinstance(n.value, str)
+                and n.value.startswith(tuple(p + "." for p in app_pkgs))
+            ):
                 found += [f"{f.name}:{n.lineno} refers to {n.value}"]
     assert not found, found
 
@@ -118,7 +136,8 @@ def test_demo_runs_hooks_then_writes_one_report(tmp_path, monkeypatch):
     from medtransfer.shared.demo import run_demo
     from medtransfer.shared.utils.errors import MedTransferError
 
-    (tmp_path / "fake_demo_hooks.py").write_text(textwrap.dedent('''
+    (tmp_path / "fake_demo_hooks.py").write_text(
+        textwrap.dedent("""
         from pathlib import Path
 
         def good(out_dir, fast=True):
@@ -129,10 +148,13 @@ def test_demo_runs_hooks_then_writes_one_report(tmp_path, monkeypatch):
 
         def bad(out_dir, fast=True):
             raise ValueError("no\\nluck")
-    '''))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
-    specs = (("bad", AppSpec(name="bad", help="", demo="fake_demo_hooks:bad")),
-             ("good", AppSpec(name="good", help="", demo="fake_demo_hooks:good")))
+    specs = (
+        ("bad", AppSpec(name="bad", help="", demo="fake_demo_hooks:bad")),
+        ("good", AppSpec(name="good", help="", demo="fake_demo_hooks:good")),
+    )
     monkeypatch.setattr(plugins, "_discover", lambda: specs)
     out = tmp_path / "out"
     with pytest.raises(MedTransferError, match="demo failed for bad"):
@@ -151,10 +173,12 @@ def test_declared_backbones_are_listed_without_importing_the_app():
 
     declared = {n for s in APPS.values() for n in s.backbones}
     assert "uni2h" in declared
-    code = ("import sys; from medtransfer.shared.registry import list_models, get_entry; "
-            "names = list_models(); e = get_entry('uni2h'); "
-            "print(names.count('uni2h'), e.family, e.pretrained_cfg['filename'], "
-            "'medtransfer.apps.wsi.model' in sys.modules)")
+    code = (
+        "import sys; from medtransfer.shared.registry import list_models, get_entry; "
+        "names = list_models(); e = get_entry('uni2h'); "
+        "print(names.count('uni2h'), e.family, e.pretrained_cfg['filename'], "
+        "'medtransfer.apps.wsi.model' in sys.modules)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.split() == ["1", "timm", "uni2h_pytorch_model.bin", "False"]
 
@@ -175,8 +199,11 @@ def _cardiac_run(work: Path) -> Path:
     from medtransfer.apps.cardiac.train import train_view
 
     root = make_cactus_tree(work / "cactus", n_per_view=8, n_sessions=4, size=(96, 128), seed=1)
-    train_view(import_cactus(root, work / "m.csv"), work / "run",
-               ["preprocessing.size=32", "train.epochs=1", "train.batch_size=16", "train.progress=false"])
+    train_view(
+        import_cactus(root, work / "m.csv"),
+        work / "run",
+        ["preprocessing.size=32", "train.epochs=1", "train.batch_size=16", "train.progress=false"],
+    )
     return work / "run"
 
 
@@ -187,8 +214,13 @@ def _eeg_run(work: Path) -> Path:
 
     small = {"window_seconds": 4.0, "crop_start_s": 4.0, "crop_max_s": 0.0, "sfreq": 50.0}
     root = S.make_tuab(work / "tuab", n_per_class=3, eval_per_class=2, duration_s=16.0, seed=0)
-    cfg = make_config(overrides={"data": {**small, "cache_dir": str(work / "cache")}, "model": {"name": "shallow"},
-                                 "train": {"epochs": 1, "batch_size": 32, "patience": 0, "progress": False}})
+    cfg = make_config(
+        overrides={
+            "data": {**small, "cache_dir": str(work / "cache")},
+            "model": {"name": "shallow"},
+            "train": {"epochs": 1, "batch_size": 32, "patience": 0, "progress": False},
+        }
+    )
     train(import_tuab(root, work / "m.csv", **small), work / "run", cfg, progress=False)
     return work / "run"
 
@@ -200,8 +232,16 @@ def _videoseg_run(work: Path) -> Path:
     from medtransfer.apps.videoseg.train import make_config, train
 
     root = make_echonet_like(work / "EchoNet", n_videos=3, n_frames=8, splits=("TRAIN", "VAL", "TEST"))
-    cfg = make_config(overrides=["model.image_size=128", f"model.overrides={json.dumps(MICRO_OVERRIDES)}",
-                                 "model.adapter_blocks=2", "train.epochs=1", "data.clip_len=3", "train.progress=false"])
+    cfg = make_config(
+        overrides=[
+            "model.image_size=128",
+            f"model.overrides={json.dumps(MICRO_OVERRIDES)}",
+            "model.adapter_blocks=2",
+            "train.epochs=1",
+            "data.clip_len=3",
+            "train.progress=false",
+        ]
+    )
     return Path(train(import_echonet(root, work / "m.csv"), work / "run", cfg)["run_dir"])
 
 
@@ -218,8 +258,7 @@ def _wsi_run(work: Path) -> Path:
 
 
 #: app -> a tiny run of it (a new app adds one here: the contract covers every installed app)
-TINY_RUNS = {"image": _image_run, "cardiac": _cardiac_run, "eeg": _eeg_run, "videoseg": _videoseg_run,
-             "wsi": _wsi_run}
+TINY_RUNS = {"image": _image_run, "cardiac": _cardiac_run, "eeg": _eeg_run, "videoseg": _videoseg_run, "wsi": _wsi_run}
 
 
 def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:

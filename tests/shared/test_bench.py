@@ -1,5 +1,6 @@
 """`medtransfer bench` pieces produce real measurements (no speed assertions: numbers go to notes),
 and the core bench reaches apps only through their declared hooks."""
+
 import dataclasses
 import json
 import textwrap
@@ -39,7 +40,8 @@ def test_export_int8_records_metric_change(image_run, tmp_path):
 @pytest.fixture
 def hooks_module(tmp_path, monkeypatch):
     """An importable module of stand-in hooks that record how the core called them."""
-    (tmp_path / "fake_bench_hooks.py").write_text(textwrap.dedent('''
+    (tmp_path / "fake_bench_hooks.py").write_text(
+        textwrap.dedent("""
         CALLS = []
 
         def eager(run_dir):
@@ -50,7 +52,8 @@ def hooks_module(tmp_path, monkeypatch):
         def bench(bundle=None, **_):
             CALLS.append(("bench", bundle))
             return {"own": True}
-    '''))
+    """)
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     import importlib
 

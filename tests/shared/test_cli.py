@@ -21,8 +21,16 @@ def test_help_lists_core_commands_and_apps():
 
 
 def test_every_command_has_help():
-    for args in (["data", "--help"], ["data", "import", "--help"], ["export", "--help"], ["predict", "--help"],
-                 ["score", "--help"], ["demo", "--help"], ["bench", "--help"], ["image", "train", "--help"]):
+    for args in (
+        ["data", "--help"],
+        ["data", "import", "--help"],
+        ["export", "--help"],
+        ["predict", "--help"],
+        ["score", "--help"],
+        ["demo", "--help"],
+        ["bench", "--help"],
+        ["image", "train", "--help"],
+    ):
         r = runner.invoke(app, args)
         assert r.exit_code == 0, (args, r.output)
 
@@ -30,8 +38,11 @@ def test_every_command_has_help():
 def test_predict_bad_input_one_line_nonzero(image_run, tmp_path):
     bad = tmp_path / "x.png"
     bad.write_text("nope")
-    r = subprocess.run([sys.executable, "-m", "medtransfer.shared.cli.main", "predict", str(image_run["bundle"]),
-                        str(bad)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "medtransfer.shared.cli.main", "predict", str(image_run["bundle"]), str(bad)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1
     line = json.loads(r.stdout.strip())
     assert line["status"] == "error" and str(bad) in line["error"]
@@ -50,6 +61,17 @@ def test_train_evaluate_export_via_cli(image_run, tmp_path):
     r = runner.invoke(app, ["image", "evaluate", str(image_run["run"]), "--manifest", str(image_run["manifest"])])
     assert r.exit_code == 0, r.output
     assert 0.0 <= json.loads(r.output.strip().splitlines()[-1])["accuracy"] <= 1.0
-    r = runner.invoke(app, ["image", "train", "--manifest", str(image_run["manifest"]), "--out", str(tmp_path / "x"),
-                            "--set", "train.epochz=1"])
+    r = runner.invoke(
+        app,
+        [
+            "image",
+            "train",
+            "--manifest",
+            str(image_run["manifest"]),
+            "--out",
+            str(tmp_path / "x"),
+            "--set",
+            "train.epochz=1",
+        ],
+    )
     assert r.exit_code == 2 and "train.epochz" in r.output

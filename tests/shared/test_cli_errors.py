@@ -1,4 +1,5 @@
 """One error path: every known error from any command is one line on stderr and exit code 2."""
+
 from __future__ import annotations
 
 import sys
@@ -31,16 +32,20 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("setting,needle", [
-    ("train.lr=-0.1", "'train.lr' must be > 0"),
-    ("train.batch_size=0", "'train.batch_size' must be >= 1"),
-    ("train.strategy=bogus", "'train.strategy' must be one of"),
-    ("train.epochs=0", "'train.epochs' must be >= 1"),
-    ("train.lr=.nan", "'train.lr' must be a number"),
-])
+@pytest.mark.parametrize(
+    "setting,needle",
+    [
+        ("train.lr=-0.1", "'train.lr' must be > 0"),
+        ("train.batch_size=0", "'train.batch_size' must be >= 1"),
+        ("train.strategy=bogus", "'train.strategy' must be one of"),
+        ("train.epochs=0", "'train.epochs' must be >= 1"),
+        ("train.lr=.nan", "'train.lr' must be a number"),
+    ],
+)
 def test_out_of_range_config_is_one_line(tmp_path, capsys, image_run, setting, needle):
-    code, err = _main(["image", "train", "-m", str(image_run["manifest"]), "-o", str(tmp_path / "r"),
-                       "--set", setting], capsys)
+    code, err = _main(
+        ["image", "train", "-m", str(image_run["manifest"]), "-o", str(tmp_path / "r"), "--set", setting], capsys
+    )
     assert code == 2 and needle in _one_line(err)
     assert not (tmp_path / "r" / "checkpoints").exists()  # refused before any work
 
@@ -83,6 +88,8 @@ def test_os_error_on_a_user_path_is_one_line(tmp_path, capsys, image_run):
     blocker = ro / "file"
     blocker.write_text("x")
     # the run folder's parent is a regular file: mkdir fails with an OSError, shown as one line
-    code, err = _main(["image", "train", "-m", str(image_run["manifest"]), "-o", str(blocker / "run"),
-                       "--set", "train.epochs=1"], capsys)
+    code, err = _main(
+        ["image", "train", "-m", str(image_run["manifest"]), "-o", str(blocker / "run"), "--set", "train.epochs=1"],
+        capsys,
+    )
     assert code == 2 and "file" in _one_line(err)

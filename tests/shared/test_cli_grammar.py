@@ -5,6 +5,7 @@ each group has ``train`` and ``evaluate``; every visible manifest / output / rec
 option is spelled ``-m/--manifest``, ``-o/--out``, ``--recipe``, ``--set``; no visible positional
 is a manifest or an output; no app repeats a core verb (``import``, ``export`` ...); old spellings answer with one line naming the new one (exit 2).
 """
+
 from __future__ import annotations
 
 import sys
@@ -18,8 +19,15 @@ from medtransfer.shared.plugins import discover_apps, load_object
 #: every spelling of a shared option -> the one allowed set of spellings
 SHARED = {flag: set(group) for group in (MANIFEST_FLAGS, OUT_FLAGS, RECIPE_FLAGS, SET_FLAGS) for flag in group}
 #: parameter names that mean a shared option whatever their flags
-NAMES = {"manifest": MANIFEST_FLAGS, "out": OUT_FLAGS, "recipe": RECIPE_FLAGS, "config": RECIPE_FLAGS,
-         "set_": SET_FLAGS, "sets": SET_FLAGS, "overrides": SET_FLAGS}
+NAMES = {
+    "manifest": MANIFEST_FLAGS,
+    "out": OUT_FLAGS,
+    "recipe": RECIPE_FLAGS,
+    "config": RECIPE_FLAGS,
+    "set_": SET_FLAGS,
+    "sets": SET_FLAGS,
+    "overrides": SET_FLAGS,
+}
 #: old spellings of shared flags that must never be visible again
 RETIRED = {"--config", "--output", "--manifest-csv", "--overrides", "--out-dir"}
 #: the core's verbs serve every app: an app group must not repeat them
@@ -51,7 +59,9 @@ def drift(group) -> list[str]:
             want = NAMES.get(p.name)
             for f in flags:
                 if f in SHARED and flags != SHARED[f]:
-                    problems.append(f"{cname}: {'/'.join(sorted(flags))} (the one spelling is {'/'.join(sorted(SHARED[f]))})")
+                    problems.append(
+                        f"{cname}: {'/'.join(sorted(flags))} (the one spelling is {'/'.join(sorted(SHARED[f]))})"
+                    )
                 if f in RETIRED:
                     problems.append(f"{cname}: visible retired flag {f}")
             if want and flags != set(want):
@@ -104,19 +114,30 @@ def _main(args: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args,new", [
-    (["cardiac", "train-view", "m.csv", "--out", "r"], "`medtransfer cardiac train --stage view`"),
-    (["cardiac", "train-grade", "m.csv", "--out", "r", "--init", "v"], "`medtransfer cardiac train --stage grade`"),
-    (["cardiac", "compare", "m.csv", "--view-run", "v", "--out", "o"], "`medtransfer cardiac compare -m MANIFEST`"),
-    (["cardiac", "phantoms", "ph"], "`medtransfer cardiac phantoms -o OUT`"),
-    (["videoseg", "import", "echonet_dynamic", "root", "--out", "m.csv"], "`medtransfer data import DATASET ROOT --out M`"),
-    (["videoseg", "export", "run", "--out", "b"], "`medtransfer export RUN --out B`"),
-    (["videoseg", "train", "-m", "m.csv", "-o", "r", "--config", "c.yaml"], "`medtransfer videoseg train --recipe FILE`"),
-    (["videoseg", "synth", "out"], "`medtransfer videoseg synth -o OUT`"),
-    (["eeg", "train", "-m", "m.csv", "-o", "r", "--config", "c.yaml"], "`medtransfer eeg train --recipe FILE`"),
-    (["eeg", "transfer", "--source", "s.csv", "--target", "t.csv", "-o", "o", "--config", "c.yaml"],
-     "`medtransfer eeg transfer --recipe FILE`"),
-])
+@pytest.mark.parametrize(
+    "args,new",
+    [
+        (["cardiac", "train-view", "m.csv", "--out", "r"], "`medtransfer cardiac train --stage view`"),
+        (["cardiac", "train-grade", "m.csv", "--out", "r", "--init", "v"], "`medtransfer cardiac train --stage grade`"),
+        (["cardiac", "compare", "m.csv", "--view-run", "v", "--out", "o"], "`medtransfer cardiac compare -m MANIFEST`"),
+        (["cardiac", "phantoms", "ph"], "`medtransfer cardiac phantoms -o OUT`"),
+        (
+            ["videoseg", "import", "echonet_dynamic", "root", "--out", "m.csv"],
+            "`medtransfer data import DATASET ROOT --out M`",
+        ),
+        (["videoseg", "export", "run", "--out", "b"], "`medtransfer export RUN --out B`"),
+        (
+            ["videoseg", "train", "-m", "m.csv", "-o", "r", "--config", "c.yaml"],
+            "`medtransfer videoseg train --recipe FILE`",
+        ),
+        (["videoseg", "synth", "out"], "`medtransfer videoseg synth -o OUT`"),
+        (["eeg", "train", "-m", "m.csv", "-o", "r", "--config", "c.yaml"], "`medtransfer eeg train --recipe FILE`"),
+        (
+            ["eeg", "transfer", "--source", "s.csv", "--target", "t.csv", "-o", "o", "--config", "c.yaml"],
+            "`medtransfer eeg transfer --recipe FILE`",
+        ),
+    ],
+)
 def test_old_spellings_answer_with_one_line_naming_the_new_one(args, new, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     code, err = _main(args, capsys)

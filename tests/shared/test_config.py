@@ -3,13 +3,17 @@ import pytest
 from medtransfer.shared.config import parse_overrides, resolve_config
 from medtransfer.shared.utils.errors import ConfigError
 
-DEFAULTS = {"model": {"name": "resnet18"}, "train": {"epochs": 3, "lr": 0.001, "amp": True, "peft": {}},
-            "data": {"channels": ["A1", "A2"]}}
+DEFAULTS = {
+    "model": {"name": "resnet18"},
+    "train": {"epochs": 3, "lr": 0.001, "amp": True, "peft": {}},
+    "data": {"channels": ["A1", "A2"]},
+}
 
 
 def test_overrides_are_typed():
-    cfg = resolve_config(DEFAULTS, overrides=["train.epochs=5", "train.lr=1e-4", "data.channels=[FP1,FP2,CZ]",
-                                              "train.peft.r=4"])
+    cfg = resolve_config(
+        DEFAULTS, overrides=["train.epochs=5", "train.lr=1e-4", "data.channels=[FP1,FP2,CZ]", "train.peft.r=4"]
+    )
     assert cfg["train"]["epochs"] == 5 and cfg["train"]["lr"] == pytest.approx(1e-4)
     assert cfg["data"]["channels"] == ["FP1", "FP2", "CZ"] and cfg["train"]["peft"] == {"r": 4}
     assert DEFAULTS["train"]["epochs"] == 3  # defaults untouched

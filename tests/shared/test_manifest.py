@@ -93,14 +93,13 @@ def test_require_classes(tmp_path):
         require_classes(recs, "m.csv")
 
 
-import pytest  # noqa: E402
-
-
 @pytest.mark.fuzz
 def test_fuzz_manifest_csv(fuzz, tmp_path):
     """Mutated manifests: records or one-line InputError, never another exception."""
     from medtransfer.shared.manifest import read_manifest
 
-    seed = ('\ufeffpath,label,split,group,grade\n"a b.png",A4C,train,p1,7\n./x/y.png,PL,val,p2,\n'
-            '/abs/z.png,SC,test,,3\nq.png,,,,\n').encode("utf-8")
+    seed = (
+        '\ufeffpath,label,split,group,grade\n"a b.png",A4C,train,p1,7\n./x/y.png,PL,val,p2,\n'
+        "/abs/z.png,SC,test,,3\nq.png,,,,\n"
+    ).encode("utf-8")
     fuzz.run(seed, ".csv", read_manifest, tmp_path)

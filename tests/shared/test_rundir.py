@@ -4,6 +4,7 @@ The planted-pickle tests run every command that reads a checkpoint against a run
 checkpoints (and weight files) hold a pickle that would create a marker file when unpickled
 unsafely.  The marker must never appear; each command fails with one line naming the file.
 """
+
 from __future__ import annotations
 
 import json
@@ -154,15 +155,44 @@ def _commands(run: Path, tmp: Path, manifest: Path, evil_weights: Path) -> list[
         ["eeg", "evaluate", str(run.parent / "evil_eeg"), "--manifest", str(manifest)],
         ["cardiac", "evaluate", str(run.parent / "evil_cardiac"), "-m", str(manifest)],
         ["wsi", "evaluate", str(run.parent / "evil_wsi"), "--labels", str(tmp), "--synthetic"],
-        ["cardiac", "train", "--stage", "grade", "-m", str(manifest), "-o", str(tmp / "g"),
-         "--init", str(run.parent / "evil_cardiac")],
+        [
+            "cardiac",
+            "train",
+            "--stage",
+            "grade",
+            "-m",
+            str(manifest),
+            "-o",
+            str(tmp / "g"),
+            "--init",
+            str(run.parent / "evil_cardiac"),
+        ],
         ["eeg", "train", "--manifest", str(manifest), "--out", str(tmp / "e"), "--init", str(run.parent / "evil_eeg")],
         ["eeg", "train", "--manifest", str(manifest), "--out", str(tmp / "e2"), "--init", str(evil_weights)],
         # resume: a planted last.pt in the output run folder of a training command
-        ["image", "train", "--manifest", str(manifest), "--out", str(run.parent / "evil_image"), "--set", "train.epochs=1"],
+        [
+            "image",
+            "train",
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(run.parent / "evil_image"),
+            "--set",
+            "train.epochs=1",
+        ],
         # pretrained weights named in the config
-        ["image", "train", "--manifest", str(manifest), "--out", str(tmp / "w"), "--set",
-         f"model.pretrained={evil_weights}", "--set", "train.epochs=1"],
+        [
+            "image",
+            "train",
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(tmp / "w"),
+            "--set",
+            f"model.pretrained={evil_weights}",
+            "--set",
+            "train.epochs=1",
+        ],
     ]
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: one tiny phantom CACTUS copy, trained once per session (view -> grade -> bundle)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """CLI level: `medtransfer data import cactus`, `cardiac` group (train / evaluate), `predict`, `export`."""
+
 from __future__ import annotations
 
 import json
@@ -15,15 +16,18 @@ def _app():
 
 
 def test_data_import_and_predict(cactus_copy, bundle, tmp_path):
-    r = typer_testing.CliRunner().invoke(_app(), ["data", "import", "cactus", str(cactus_copy), "--out", str(tmp_path / "m.csv")])
+    r = typer_testing.CliRunner().invoke(
+        _app(), ["data", "import", "cactus", str(cactus_copy), "--out", str(tmp_path / "m.csv")]
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "m.csv").read_text().startswith("path,label,split,group,grade")
     from medtransfer.apps.cardiac.synthetic import cine, write_dicom
 
     dcm = write_dicom(tmp_path / "c.dcm", cine("SC", 8, 3, size=(96, 128)), "jpeg_ybr")
     (tmp_path / "junk.dcm").write_text("junk")
-    r = typer_testing.CliRunner().invoke(_app(), ["predict", str(bundle), str(dcm), str(tmp_path / "junk.dcm"),
-                                                  "--out", str(tmp_path / "o"), "--plot"])
+    r = typer_testing.CliRunner().invoke(
+        _app(), ["predict", str(bundle), str(dcm), str(tmp_path / "junk.dcm"), "--out", str(tmp_path / "o"), "--plot"]
+    )
     lines = [json.loads(x) for x in r.output.splitlines() if x.startswith("{")]
     assert lines[0]["status"] == "ok" and lines[0]["n_frames"] == 3
     assert lines[1]["status"] == "error" and "junk.dcm" in lines[1]["error"]
@@ -68,16 +72,20 @@ def test_evaluate_matches_the_runs_test_metrics(runs, manifest, stage, capsys):
     assert ("mse" in got) == (stage == "grade")
     if stage == "grade":
         assert got["mse"] == pytest.approx(want["mse"], rel=1e-5)
-    code, out, err = _main(["cardiac", "evaluate", str(runs["dir"] / stage), "-m", str(manifest), "--split", "val"],
-                           capsys)
+    code, out, err = _main(
+        ["cardiac", "evaluate", str(runs["dir"] / stage), "-m", str(manifest), "--split", "val"], capsys
+    )
     assert code == 0 and json.loads(out)["split"] == "val", err
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--stage", "grade"], "grade.init=view needs the stage-1 run"),
-    (["--stage", "view", "--init", "somewhere"], "--init is the stage-1 run for --stage grade"),
-    (["--stage", "bogus"], "--stage must be view or grade"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--stage", "grade"], "grade.init=view needs the stage-1 run"),
+        (["--stage", "view", "--init", "somewhere"], "--init is the stage-1 run for --stage grade"),
+        (["--stage", "bogus"], "--stage must be view or grade"),
+    ],
+)
 def test_train_stage_errors_are_one_line(manifest, tmp_path, args, needle, capsys):
     code, _, err = _main(["cardiac", "train", "-m", str(manifest), "-o", str(tmp_path / "r"), *args], capsys)
     lines = [ln for ln in err.splitlines() if ln.strip()]

@@ -1,4 +1,5 @@
 """CACTUS importer: layout, splits, and mismatch messages."""
+
 from __future__ import annotations
 
 import csv

@@ -2,6 +2,7 @@
 mutated DICOM, PNG, JPEG, GIF and AVI must return frames or raise our one-line InputError, never a
 library exception or a hang.  Seeds are small generated files (plus real ultrasound DICOM when
 ``../shared/data`` is present)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,7 @@
 """Plausibility gates of the cardiac readers and predictor: sizes from headers before decoding,
 implausible video geometry as one-line errors, blank input marked unreliable, artefacts only under
 --out (keyed by the input's path), and one-line CLI errors on an empty folder."""
+
 from __future__ import annotations
 
 import json
@@ -18,6 +19,7 @@ from medtransfer.shared.utils.errors import InputError
 
 def png_declaring(path: Path, width: int, height: int, rows: int = 64) -> Path:
     """A small grey PNG whose header declares ``width`` x ``height`` (only ``rows`` rows of data)."""
+
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
@@ -89,8 +91,10 @@ class FakeCapture:
         pass
 
 
-@pytest.mark.parametrize("w,h,n,words", [(0, 0, 10, "no pixels"), (1, 1, 10, "smaller"),
-                                         (64, 64, 100000, "frames"), (50000, 20, 3, "exceeds")])
+@pytest.mark.parametrize(
+    "w,h,n,words",
+    [(0, 0, 10, "no pixels"), (1, 1, 10, "smaller"), (64, 64, 100000, "frames"), (50000, 20, 3, "exceeds")],
+)
 def test_implausible_video_geometry_is_one_line_error(tmp_path, monkeypatch, w, h, n, words):
     import cv2
 
@@ -131,8 +135,11 @@ def test_empty_folder_is_one_line(tmp_path, monkeypatch, capsys):
 
     (tmp_path / "empty").mkdir()
     monkeypatch.chdir(tmp_path)
-    for argv in (["cardiac", "train", "-m", "empty", "-o", "r"], ["cardiac", "train", "--stage", "grade", "-m", "empty", "-o", "r"],
-                 ["data", "import", "echo_folder", "empty", "--out", "m.csv"]):
+    for argv in (
+        ["cardiac", "train", "-m", "empty", "-o", "r"],
+        ["cardiac", "train", "--stage", "grade", "-m", "empty", "-o", "r"],
+        ["data", "import", "echo_folder", "empty", "--out", "m.csv"],
+    ):
         monkeypatch.setattr(sys, "argv", ["medtransfer", *argv])
         with pytest.raises(SystemExit) as ex:
             main()
@@ -177,7 +184,10 @@ def test_contact_sheets_keyed_by_input_and_never_beside_inputs(bundle, tmp_path,
     assert r.exit_code == 0, r.output
     rows = [json.loads(x) for x in r.output.splitlines() if x.startswith("{")]
     sheets = {row["contact_sheet"] for row in rows}
-    assert sheets == {str(tmp_path / "o" / "a" / "clip" / "crops.png"), str(tmp_path / "o" / "b" / "clip" / "crops.png")}
+    assert sheets == {
+        str(tmp_path / "o" / "a" / "clip" / "crops.png"),
+        str(tmp_path / "o" / "b" / "clip" / "crops.png"),
+    }
     assert all(Path(s).is_file() for s in sheets)
     work = tmp_path / "cwd"
     work.mkdir()
@@ -187,7 +197,9 @@ def test_contact_sheets_keyed_by_input_and_never_beside_inputs(bundle, tmp_path,
     assert r.exit_code == 0, r.output
     row = json.loads(r.output.strip().splitlines()[-1])
     assert row["contact_sheet"] is None and "--out" in row["artefacts"]
-    assert list(work.iterdir()) == [] and sorted(p.relative_to(tmp_path) for p in (tmp_path / "in").rglob("*")) == before
+    assert (
+        list(work.iterdir()) == [] and sorted(p.relative_to(tmp_path) for p in (tmp_path / "in").rglob("*")) == before
+    )
 
 
 def test_broken_palette_lut_is_one_line(tmp_path):

@@ -1,5 +1,6 @@
 """Importers write manifest paths relative to the CSV's folder, whatever the working directory and
 however ROOT / --out are spelled (relative ROOT and relative --out from another cwd)."""
+
 from __future__ import annotations
 
 import pytest

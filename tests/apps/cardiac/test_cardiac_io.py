@@ -1,4 +1,5 @@
 """Readers and bad input."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,8 +48,12 @@ def test_bad_inputs(tmp_path, frames):
 
     (tmp_path / "e.png").write_bytes(b"")
     (tmp_path / "t.png").write_text("not an image")
-    cases = [tmp_path / "e.png", tmp_path / "t.png", write_dicom(tmp_path / "n.dcm", frames, "nopixels"),
-             tmp_path / "missing.png"]
+    cases = [
+        tmp_path / "e.png",
+        tmp_path / "t.png",
+        write_dicom(tmp_path / "n.dcm", frames, "nopixels"),
+        tmp_path / "missing.png",
+    ]
     big = np.zeros((4200, 4200), np.uint8)
     cv2.imwrite(str(tmp_path / "big.png"), big)
     cases.append(tmp_path / "big.png")

@@ -1,4 +1,5 @@
 """Stage 1 -> stage 2 -> bundle -> torch-free predict, on a tiny phantom copy."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ def test_view_stage(runs):
     v = runs["view"]
     assert v["test"]["accuracy"] > 0.4  # 6 classes: chance is 0.17
     assert (runs["dir"] / "view" / "confusion_matrix.png").is_file()
-    assert set(k for k in v["test"] if k.startswith("f1_")) == {f"f1_{c}" for c in
-                                                                ("A4C", "PL", "PSAV", "PSMV", "SC", "Random")}
+    assert set(k for k in v["test"] if k.startswith("f1_")) == {
+        f"f1_{c}" for c in ("A4C", "PL", "PSAV", "PSMV", "SC", "Random")
+    }
     info = json.loads((runs["dir"] / "view" / "run.json").read_text())
     assert info["app"] == "cardiac" and info["stage"] == "view" and "msp_threshold" in info["ood"]
 

@@ -1,4 +1,5 @@
 """Sector detection and cropping, on phantoms and on the real TTE47 screenshots."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Shared fixtures: small synthetic TUAB / NMT sets, one trained run, one exported bundle."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,13 @@ def tuab_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def nmt_root(tmp_path_factory) -> Path:
-    return S.make_nmt(tmp_path_factory.mktemp("nmt") / "nmt_scalp_eeg_dataset", n_per_class=5, eval_per_class=3,
-                      duration_s=24.0, seed=1)
+    return S.make_nmt(
+        tmp_path_factory.mktemp("nmt") / "nmt_scalp_eeg_dataset",
+        n_per_class=5,
+        eval_per_class=3,
+        duration_s=24.0,
+        seed=1,
+    )
 
 
 @pytest.fixture(scope="session")

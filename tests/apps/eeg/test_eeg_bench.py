@@ -1,6 +1,7 @@
 """The eeg bench on a tiny generated TUAB set: what it measures is the right thing (same windows as
 braindecode, the cache really skips work).  No timing or ratio assertions: those numbers are the
 bench's output (``medtransfer bench --app eeg``), not test conditions."""
+
 from __future__ import annotations
 
 from medtransfer.apps.eeg.bench import bench
@@ -23,4 +24,6 @@ def test_bench_small(tmp_path):
     assert bd["1x"]["recordings"] == 4 and bd["1x"]["windows"] == ours["1x"]["windows"]
     assert bd["2x"]["windows"] == ours["2x"]["windows"]
     # every comparison figure the bench reports is there (their values are the bench's output)
-    assert {"speedup_vs_braindecode", "recordings_per_s", "ours_peak_rss_growth", "braindecode_peak_rss_growth"} <= set(res)
+    assert {"speedup_vs_braindecode", "recordings_per_s", "ours_peak_rss_growth", "braindecode_peak_rss_growth"} <= set(
+        res
+    )

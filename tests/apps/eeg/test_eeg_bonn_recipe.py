@@ -1,4 +1,5 @@
 """Overlapping training windows, class weights, model kwargs, the Bonn recipe and --recipe."""
+
 from __future__ import annotations
 
 import os
@@ -31,7 +32,7 @@ def test_window_stride_gives_overlapping_contiguous_windows(tmp_path):
     for k, st in enumerate(starts):
         x, y = ds[k]
         assert x.shape == (2, 10) and x.dtype == np.float32 and int(y) == 1
-        assert np.array_equal(x, sig[:, st:st + 10])
+        assert np.array_equal(x, sig[:, st : st + 10])
     assert len(WindowDataset([rec], max_windows_per_recording=2, stride=4)) == 2
     assert len(WindowDataset([rec], stride=10)) == len(WindowDataset([rec], stride=0)) == 3  # >= window: no overlap
 
@@ -48,14 +49,24 @@ def test_config_keys_validated_and_stride_in_samples():
     from medtransfer.apps.eeg.train import build_model, make_config, train_stride
     from medtransfer.shared.utils.errors import MedTransferError
 
-    cfg = make_config(overrides={"data": {"channels": ["CH1"], "car": False, "sfreq": 100.0, "window_seconds": 2.0,
-                                      "window_stride_seconds": 0.5},
-                             "model": {"name": "eegnet", "kwargs": {"F1": 4, "D": 1}},
-                             "train": {"class_weight": "balanced"}})
+    cfg = make_config(
+        overrides={
+            "data": {
+                "channels": ["CH1"],
+                "car": False,
+                "sfreq": 100.0,
+                "window_seconds": 2.0,
+                "window_stride_seconds": 0.5,
+            },
+            "model": {"name": "eegnet", "kwargs": {"F1": 4, "D": 1}},
+            "train": {"class_weight": "balanced"},
+        }
+    )
     assert train_stride(cfg) == 50
     m = build_model(cfg)
     assert sum(p.numel() for p in m.parameters()) < sum(
-        p.numel() for p in build_model({**cfg, "model": {"name": "eegnet", "kwargs": {}}}).parameters())
+        p.numel() for p in build_model({**cfg, "model": {"name": "eegnet", "kwargs": {}}}).parameters()
+    )
     with pytest.raises(MedTransferError):
         make_config(overrides={"train": {"class_weight": "weird"}})
     with pytest.raises(MedTransferError):
@@ -83,11 +94,26 @@ def test_cli_train_window_stride_and_recipe_alias(tuab_csv, tmp_path):
     from medtransfer.apps.eeg.cli import app
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("data:\n  window_seconds: 4.0\n  crop_start_s: 4.0\n  crop_max_s: 0.0\n  sfreq: 50.0\n"
-                      "train:\n  epochs: 1\n  progress: false\n  class_weight: balanced\n")
-    r = CliRunner().invoke(app, ["train", "--manifest", str(tuab_csv), "--out", str(tmp_path / "run"),
-                                 "--recipe", str(recipe), "--window-stride", "2",
-                                 "--cache-dir", str(tmp_path / "c")])
+    recipe.write_text(
+        "data:\n  window_seconds: 4.0\n  crop_start_s: 4.0\n  crop_max_s: 0.0\n  sfreq: 50.0\n"
+        "train:\n  epochs: 1\n  progress: false\n  class_weight: balanced\n"
+    )
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--manifest",
+            str(tuab_csv),
+            "--out",
+            str(tmp_path / "run"),
+            "--recipe",
+            str(recipe),
+            "--window-stride",
+            "2",
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     from medtransfer.shared.config import load_yaml

@@ -1,4 +1,5 @@
 """Importers (TUAB v2/v3, NMT, generic), the import report, the window cache."""
+
 from __future__ import annotations
 
 import csv
@@ -9,8 +10,16 @@ import pytest
 
 from medtransfer.apps.eeg import synthetic as S
 from medtransfer.apps.eeg.data import (
-    WindowDataset, aggregate, build_cache, cache_root, data_cfg, import_generic, import_nmt, import_tuab,
-    recording_metrics, report_path,
+    WindowDataset,
+    aggregate,
+    build_cache,
+    cache_root,
+    data_cfg,
+    import_generic,
+    import_nmt,
+    import_tuab,
+    recording_metrics,
+    report_path,
 )
 from medtransfer.apps.eeg.io import PAPER_CHANNELS
 from medtransfer.shared.manifest import read_manifest
@@ -40,8 +49,12 @@ def test_tuab_v2_tree_and_missing_channel_reason(tmp_path):
     root = S.make_tuab(tmp_path / "t", n_per_class=1, eval_per_class=1, duration_s=16.0, version="v2.0.0")
     chans = [c for c in PAPER_CHANNELS if c not in ("A1", "A2")]
     x = S.synth_signals(np.random.default_rng(0), False, 16.0, 250.0, channels=chans)
-    S.write_edf(root / "v2.0.0/edf/train/normal/01_tcp_ar/099/zzzzzzzz/s001_2015_01_01/zzzzzzzz_s001_t000.edf",
-                x, 250.0, [f"EEG {c}-LE" for c in chans])
+    S.write_edf(
+        root / "v2.0.0/edf/train/normal/01_tcp_ar/099/zzzzzzzz/s001_2015_01_01/zzzzzzzz_s001_t000.edf",
+        x,
+        250.0,
+        [f"EEG {c}-LE" for c in chans],
+    )
     out = import_tuab(root, tmp_path / "m.csv", **SMALL)
     recs = read_manifest(out)
     assert len(recs) == 4 and {r.split for r in recs if "/eval/" in r.rel} == {"test"}
@@ -94,8 +107,9 @@ def test_cache_reuse_hash_and_parallel(tuab_csv, tmp_path):
     mtimes = {c.file: c.file.stat().st_mtime_ns for c in c1}
     c2, _ = build_cache(recs, cfg, root, workers=2, progress=False)
     assert {c.file: c.file.stat().st_mtime_ns for c in c2} == mtimes  # second run: nothing recomputed
-    c3, _ = build_cache(recs, cfg, cache_root(data_cfg({**SMALL, "cache_dir": str(tmp_path / "one")})),
-                        workers=1, progress=False)
+    c3, _ = build_cache(
+        recs, cfg, cache_root(data_cfg({**SMALL, "cache_dir": str(tmp_path / "one")})), workers=1, progress=False
+    )
     for a, b in zip(c1, c3):
         assert np.array_equal(np.load(a.file), np.load(b.file))  # parallel == serial
     other = cache_root(data_cfg({**SMALL, "sfreq": 40.0, "cache_dir": str(tmp_path)}))

@@ -5,6 +5,7 @@ The reader under test is what ``EEGPredictor.predict`` runs before the ONNX mode
 the plausibility gates).  Every mutation must give windows or our own one-line InputError within
 10 s, never another exception.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,13 @@ from medtransfer.apps.eeg import synthetic as S
 from medtransfer.apps.eeg.io import preprocess_recording
 
 #: a 4-channel recipe with 1 s windows keeps the seed file small (most bytes are header)
-PP = {"channels": ["FP1", "FP2", "C3", "C4"], "sfreq": 50.0, "window_seconds": 1.0, "crop_start_s": 0.0,
-      "crop_max_s": 0.0}
+PP = {
+    "channels": ["FP1", "FP2", "C3", "C4"],
+    "sfreq": 50.0,
+    "window_seconds": 1.0,
+    "crop_start_s": 0.0,
+    "crop_max_s": 0.0,
+}
 LABELS = ["EEG Fp1-REF", "EEG Fp2-REF", "EEG C3-REF", "EEG C4-REF"]
 
 
@@ -72,12 +78,17 @@ def test_fuzz_real_edf_header(fuzz, shared_data, tmp_path):
     blob = bytearray(real.read_bytes())
     ns = int(blob[252:256].decode().strip())
     n_header = 256 + 256 * ns
-    spr = [int(blob[256 + 216 * ns + 8 * i: 256 + 216 * ns + 8 * (i + 1)].decode().strip()) for i in range(ns)]
+    spr = [int(blob[256 + 216 * ns + 8 * i : 256 + 216 * ns + 8 * (i + 1)].decode().strip()) for i in range(ns)]
     rec = sum(spr) * 2
     blob[236:244] = b"2       "  # keep two data records: a small, still valid file
-    head, data = bytes(blob[:n_header]), bytes(blob[n_header:n_header + 2 * rec])
-    pp = {"channels": ["FP1", "FP2", "C3", "C4"], "sfreq": 100.0, "window_seconds": 1.0, "crop_start_s": 0.0,
-          "crop_max_s": 0.0}
+    head, data = bytes(blob[:n_header]), bytes(blob[n_header : n_header + 2 * rec])
+    pp = {
+        "channels": ["FP1", "FP2", "C3", "C4"],
+        "sfreq": 100.0,
+        "window_seconds": 1.0,
+        "crop_start_s": 0.0,
+        "crop_max_s": 0.0,
+    }
     (tmp_path / "ok.edf").write_bytes(head + data)
     preprocess_recording(tmp_path / "ok.edf", pp, gates=True)  # the cut seed is valid
 

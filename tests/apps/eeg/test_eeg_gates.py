@@ -1,5 +1,6 @@
 """Plausibility gates in the EEG predictor, header content kept out of messages, per-input plot
 folders, and importers writing manifest paths relative to the CSV's folder."""
+
 from __future__ import annotations
 
 import csv
@@ -30,7 +31,7 @@ def _set_field(path: Path, field_offset: int, width: int, signal: int, text: byt
     b = bytearray(path.read_bytes())
     ns = int(b[252:256].decode().strip())
     at = 256 + field_offset * ns + signal * width
-    b[at:at + width] = text.ljust(width)[:width]
+    b[at : at + width] = text.ljust(width)[:width]
     path.write_bytes(bytes(b))
     return path
 
@@ -47,7 +48,7 @@ def test_empty_range_channel_is_unreliable_not_confident(bundle, tmp_path):
     """Reproduction: digital min == max on one channel (MNE warns; values ~ volts) came out
     'abnormal, p=0.9999' with status ok.  Now the answer is marked unreliable, naming the electrode."""
     f = _edf(tmp_path / "dig.edf")
-    dmin = f.read_bytes()[256 + 120 * 21 + 3 * 8: 256 + 120 * 21 + 4 * 8]
+    dmin = f.read_bytes()[256 + 120 * 21 + 3 * 8 : 256 + 120 * 21 + 4 * 8]
     _set_field(f, 128, 8, 3, dmin)  # signal 4 (FP2): digital maximum := digital minimum
     r = _predictor(bundle).predict(f)
     assert r["unreliable"] is True
@@ -96,10 +97,15 @@ def test_nan_samples_are_an_error_not_an_answer(bundle, tmp_path):
 
 
 # ------------------------------------------------------------------------- header content
-@pytest.mark.parametrize("field,offset,width", [
-    ("digital minimum", 120, 8), ("physical minimum", 104, 8), ("digital maximum", 128, 8),
-    ("samples per record", 216, 8),
-])
+@pytest.mark.parametrize(
+    "field,offset,width",
+    [
+        ("digital minimum", 120, 8),
+        ("physical minimum", 104, 8),
+        ("digital maximum", 128, 8),
+        ("samples per record", 216, 8),
+    ],
+)
 def test_header_bytes_never_reach_messages(tmp_path, field, offset, width):
     """Reproduction: error messages quoted raw header bytes (MNE's 'could not convert string to float: ...')."""
     f = _set_field(_edf(tmp_path / "x.edf"), offset, width, 0, b"Zq7SECRT")
@@ -174,7 +180,9 @@ def test_importers_write_paths_relative_to_the_csv(tmp_path, monkeypatch):
     rep = {r["path"].split("/")[-1]: r for r in csv.DictReader(open(report_path(n)))}
     assert rep["9999999.edf"]["status"] == "skipped"
     monkeypatch.chdir(tmp_path)
-    assert len(read_manifest(Path("work/out/sub/t.csv"))) == 4 and all(r.path.is_file() for r in read_manifest(tmp_path / "elsewhere" / "g2.csv"))
+    assert len(read_manifest(Path("work/out/sub/t.csv"))) == 4 and all(
+        r.path.is_file() for r in read_manifest(tmp_path / "elsewhere" / "g2.csv")
+    )
 
 
 def test_importer_keeps_symlinked_data_folder(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
 """Channel mapping, the preprocessing recipe and bad-input refusals."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,17 +7,34 @@ import pytest
 
 from medtransfer.apps.eeg import synthetic as S
 from medtransfer.apps.eeg.io import (
-    PAPER_CHANNELS, canonical_channel, map_channels, pp_config, pp_hash, preprocess_recording,
+    PAPER_CHANNELS,
+    canonical_channel,
+    map_channels,
+    pp_config,
+    pp_hash,
+    preprocess_recording,
 )
 from medtransfer.shared.utils.errors import InputError
 
 PP = {"window_seconds": 4.0, "crop_start_s": 2.0, "crop_max_s": 0.0, "sfreq": 50.0}
 
 
-@pytest.mark.parametrize("label,want", [
-    ("EEG FP1-REF", "FP1"), ("EEG Fp1-Ref", "FP1"), ("EEG A1-LE", "A1"), ("FZ-REF", "FZ"), ("EEG T7-REF", "T3"),
-    ("EEG T8-LE", "T4"), ("P7", "T5"), ("EEG P8-Ref", "T6"), ("Fp2.", "FP2"), ("Cz..", "CZ"), ("EEG T3-Ref", "T3"),
-])
+@pytest.mark.parametrize(
+    "label,want",
+    [
+        ("EEG FP1-REF", "FP1"),
+        ("EEG Fp1-Ref", "FP1"),
+        ("EEG A1-LE", "A1"),
+        ("FZ-REF", "FZ"),
+        ("EEG T7-REF", "T3"),
+        ("EEG T8-LE", "T4"),
+        ("P7", "T5"),
+        ("EEG P8-Ref", "T6"),
+        ("Fp2.", "FP2"),
+        ("Cz..", "CZ"),
+        ("EEG T3-Ref", "T3"),
+    ],
+)
 def test_canonical_channel(label, want):
     assert canonical_channel(label) == want
 
@@ -92,9 +110,16 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     flat_x = S.synth_signals(np.random.default_rng(1), False, 20.0, 250.0)
     flat_x[5] = 0.0
     flat = _rec(tmp_path, "flat.edf", data=flat_x)
-    cases = {trunc: "truncated", junk: "EDF", tiny: "EDF", short: "shorter than one window",
-             lowrate: "below the required", flat: "flat channel.*F4", tmp_path / "nope.edf": "not found",
-             tmp_path / "x.txt": "unsupported"}
+    cases = {
+        trunc: "truncated",
+        junk: "EDF",
+        tiny: "EDF",
+        short: "shorter than one window",
+        lowrate: "below the required",
+        flat: "flat channel.*F4",
+        tmp_path / "nope.edf": "not found",
+        tmp_path / "x.txt": "unsupported",
+    }
     (tmp_path / "x.txt").write_text("hi")
     for f, pat in cases.items():
         with pytest.raises(InputError, match=pat) as e:

@@ -1,4 +1,5 @@
 """Real files under ../shared/data/eeg (skipped when absent): MNE test recordings and Bonn."""
+
 from __future__ import annotations
 
 import csv
@@ -33,10 +34,16 @@ def test_nihon_kohden_maps_19_plus_a1_a2(eeg_real):
 
 def test_other_mne_files_import_or_are_refused_with_reasons(eeg_real, tmp_path):
     d = eeg_real / "mne_testing_data"
-    rows = [{"path": str(p), "label": "normal"} for p in [
-        d / "NihonKohden" / "MB0400FU.EDF", d / "EDF" / "chtypes_edf.edf",
-        d / "EDF" / "test_edf_overlapping_annotations.edf", d / "EDF" / "SC4001EC-Hypnogram.edf",
-        d / "EEGLAB" / "test_raw.set"]]
+    rows = [
+        {"path": str(p), "label": "normal"}
+        for p in [
+            d / "NihonKohden" / "MB0400FU.EDF",
+            d / "EDF" / "chtypes_edf.edf",
+            d / "EDF" / "test_edf_overlapping_annotations.edf",
+            d / "EDF" / "SC4001EC-Hypnogram.edf",
+            d / "EEGLAB" / "test_raw.set",
+        ]
+    ]
     src = tmp_path / "in.csv"
     with open(src, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["path", "label"])
@@ -58,8 +65,17 @@ def test_bonn_segments_as_edf_through_generic_manifest(eeg_real, tmp_path):
     assert len(recs) == 20
     assert sum(r.label == "normal" for r in recs) == 8  # Z, O
     assert {r.split for r in recs} == {"train", "val", "test"}
-    win, info = preprocess_recording(recs[0].path, {"channels": ["CH1"], "car": False, "clip_uv": 0.0,
-                                                    "window_seconds": 20.0, "crop_start_s": 0.0, "crop_max_s": 0.0})
+    win, info = preprocess_recording(
+        recs[0].path,
+        {
+            "channels": ["CH1"],
+            "car": False,
+            "clip_uv": 0.0,
+            "window_seconds": 20.0,
+            "crop_start_s": 0.0,
+            "crop_max_s": 0.0,
+        },
+    )
     assert abs(info["orig_sfreq"] - 173.61) < 1e-3 and win.shape == (1, 1, 2000)
     z = np.load(eeg_real / "bonn" / "bonn_dev_int16.npz")
     assert abs(float(np.std(win)) - float(np.std(z["signals"][0][:3472]))) / float(np.std(z["signals"][0])) < 0.3

@@ -1,4 +1,5 @@
 """Train -> evaluate (recording level) -> export (ONNX parity) -> torch-free predict."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Transfer sweep and the `medtransfer eeg` CLI."""
+
 from __future__ import annotations
 
 import csv
@@ -25,8 +26,16 @@ def test_transfer_sweep_table_and_plot(trained_run, tuab_csv, nmt_csv, tmp_path,
     from medtransfer.apps.eeg.transfer import sweep
 
     cfg = eeg_cfg(tmp_path / "cache", epochs=2)
-    res = sweep(tuab_csv, nmt_csv, tmp_path / "sw", cfg, strategies=["full", "linear_probe"], fractions=[0.25, 1.0],
-                seeds=[0], source_run=trained_run)
+    res = sweep(
+        tuab_csv,
+        nmt_csv,
+        tmp_path / "sw",
+        cfg,
+        strategies=["full", "linear_probe"],
+        fractions=[0.25, 1.0],
+        seeds=[0],
+        source_run=trained_run,
+    )
     rows = list(csv.DictReader(open(res["table"])))
     assert len(rows) == 2 * 3  # fractions x (scratch + 2 strategies)
     assert {r["mode"] for r in rows} == {"scratch", "transfer_full", "transfer_linear_probe"}
@@ -39,10 +48,32 @@ def test_transfer_sweep_table_and_plot(trained_run, tuab_csv, nmt_csv, tmp_path,
 
 
 def test_cli_train_evaluate_json(tuab_csv, tmp_path):
-    r = CliRunner().invoke(app, ["train", "--manifest", str(tuab_csv), "--out", str(tmp_path / "run"),
-                                 "--model", "eegnet", "--epochs", "1", "--sfreq", "50", "--window-seconds", "4",
-                                 "--crop-start", "4", "--crop-max", "0", "--cache-dir", str(tmp_path / "c"),
-                                 "--set", "train.progress=false"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--manifest",
+            str(tuab_csv),
+            "--out",
+            str(tmp_path / "run"),
+            "--model",
+            "eegnet",
+            "--epochs",
+            "1",
+            "--sfreq",
+            "50",
+            "--window-seconds",
+            "4",
+            "--crop-start",
+            "4",
+            "--crop-max",
+            "0",
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--set",
+            "train.progress=false",
+        ],
+    )
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(app, ["evaluate", str(tmp_path / "run"), "--manifest", str(tuab_csv)])
     assert r.exit_code == 0, r.output
@@ -71,8 +102,10 @@ def _main(args: list[str], capsys) -> tuple[int, str]:
 def test_cli_errors_are_one_line(tmp_path, capsys):
     code, err = _main(["eeg", "evaluate", str(tmp_path), "--manifest", str(tmp_path / "none.csv")], capsys)
     assert code == 2 and err.count("\n") == 1 and "not a run folder" in err, err
-    code, err = _main(["eeg", "train", "--manifest", str(tmp_path / "none.csv"), "--out", str(tmp_path / "r"),
-                       "--model", "resnet"], capsys)
+    code, err = _main(
+        ["eeg", "train", "--manifest", str(tmp_path / "none.csv"), "--out", str(tmp_path / "r"), "--model", "resnet"],
+        capsys,
+    )
     assert code == 2 and err.count("\n") == 1 and "model.name" in err, err
     code, err = _main(["eeg", "synth", "bogus", "-o", str(tmp_path / "s")], capsys)
     assert code == 2 and err.startswith("error: kind must be tuab or nmt"), err
@@ -83,8 +116,23 @@ def test_top_level_cli_import_export_predict(tuab_root, trained_run, tmp_path):
     from medtransfer.shared.cli.main import app as main_app
 
     runner = CliRunner()
-    r = runner.invoke(main_app, ["data", "import", "tuab", str(tuab_root), "--out", str(tmp_path / "m.csv"),
-                                 "--opt", "window_seconds=4", "--opt", "crop_start_s=4", "--opt", "sfreq=50"])
+    r = runner.invoke(
+        main_app,
+        [
+            "data",
+            "import",
+            "tuab",
+            str(tuab_root),
+            "--out",
+            str(tmp_path / "m.csv"),
+            "--opt",
+            "window_seconds=4",
+            "--opt",
+            "crop_start_s=4",
+            "--opt",
+            "sfreq=50",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert len(read_manifest(tmp_path / "m.csv")) == 16
     r = runner.invoke(main_app, ["export", str(trained_run), "--out", str(tmp_path / "b")])
@@ -92,7 +140,9 @@ def test_top_level_cli_import_export_predict(tuab_root, trained_run, tmp_path):
     f = sorted((tuab_root / "v3.0.1" / "edf" / "eval" / "abnormal").rglob("*.edf"))[0]
     bad = tmp_path / "bad.edf"
     bad.write_bytes(f.read_bytes()[:3000])
-    r = runner.invoke(main_app, ["predict", str(tmp_path / "b"), str(f), str(bad), "--plot", "--out", str(tmp_path / "p")])
+    r = runner.invoke(
+        main_app, ["predict", str(tmp_path / "b"), str(f), str(bad), "--plot", "--out", str(tmp_path / "p")]
+    )
     assert r.exit_code == 1  # one input failed, the other still answered
     lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     assert lines[0]["status"] == "ok" and lines[0]["label"] in ("normal", "abnormal")

@@ -1,4 +1,5 @@
 """videoseg fixtures: synthetic EchoNet-layout data, one micro SAM2 run and its bundle (built once)."""
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,16 @@ def vs_run(vs_echo) -> dict:
     """A one-epoch micro run through the shared fit engine."""
     from medtransfer.apps.videoseg.train import make_config, train
 
-    cfg = make_config(overrides=["model.image_size=128", f"model.overrides={json.dumps(MICRO_OVERRIDES)}",
-                             "model.adapter_blocks=2", "train.epochs=1", "data.clip_len=3", "train.progress=false"])
+    cfg = make_config(
+        overrides=[
+            "model.image_size=128",
+            f"model.overrides={json.dumps(MICRO_OVERRIDES)}",
+            "model.adapter_blocks=2",
+            "train.epochs=1",
+            "data.clip_len=3",
+            "train.progress=false",
+        ]
+    )
     out = train(vs_echo["manifest"], vs_echo["work"] / "run", cfg)
     return {**out, "cfg": cfg}
 

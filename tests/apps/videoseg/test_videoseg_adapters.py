@@ -1,7 +1,7 @@
 """Adapters: DD-Adapter structure, parameter counts, and which parameters get gradients."""
+
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -45,9 +45,9 @@ def test_parameter_counts_on_sam21_tiny():
 
 @pytest.mark.parametrize("method", ["dd_adapter", "lora"])
 def test_only_adapters_and_decoder_get_gradients(vs_micro, method):
+    from medtransfer.apps.videoseg.adapters import DECODER_PREFIXES
     from medtransfer.apps.videoseg.model import build_model, clip_forward
     from medtransfer.apps.videoseg.train import make_loss
-    from medtransfer.apps.videoseg.adapters import DECODER_PREFIXES
 
     torch.manual_seed(0)
     model, rep = build_model({**vs_micro, "adapter": method})
@@ -56,7 +56,9 @@ def test_only_adapters_and_decoder_get_gradients(vs_micro, method):
     masks = torch.zeros(1, 2, 128, 128)
     masks[:, :, 40:80, 50:90] = 1
     logits, scores = clip_forward(model, frames, box=torch.tensor([50.0, 40.0, 90.0, 80.0]))
-    loss = make_loss("box")({"logits": logits[None, :, 0], "scores": scores[None, :, 0]}, {"masks": masks, "valid": torch.ones(1, 2)})
+    loss = make_loss("box")(
+        {"logits": logits[None, :, 0], "scores": scores[None, :, 0]}, {"masks": masks, "valid": torch.ones(1, 2)}
+    )
     loss.backward()
     got = {n for n, p in model.named_parameters() if p.grad is not None}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -65,8 +67,12 @@ def test_only_adapters_and_decoder_get_gradients(vs_micro, method):
     assert peft_names and all(n.startswith("image_encoder.trunk.blocks.") for n in peft_names)
     assert trainable == peft_names | {n for n in trainable if n.startswith(DECODER_PREFIXES)}
     # nothing of the frozen encoder, memory attention or memory encoder
-    frozen_hit = [n for n in got if n.startswith(("memory_attention", "memory_encoder")) or
-                  (n.startswith("image_encoder") and n not in peft_names)]
+    frozen_hit = [
+        n
+        for n in got
+        if n.startswith(("memory_attention", "memory_encoder"))
+        or (n.startswith("image_encoder") and n not in peft_names)
+    ]
     assert not frozen_hit
     # the adapters really receive a signal
     up = [n for n in peft_names if n.endswith(("adapter.up.weight", "lora_b.weight"))]

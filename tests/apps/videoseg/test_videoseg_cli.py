@@ -1,4 +1,5 @@
 """The `medtransfer videoseg` group: synth / train / evaluate with the shared flags; evaluate takes a run or a bundle."""
+
 from __future__ import annotations
 
 import json

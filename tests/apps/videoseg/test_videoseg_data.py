@@ -1,22 +1,27 @@
 """Readers, importers and clip sampling."""
+
 from __future__ import annotations
 
-import csv
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from medtransfer.apps.videoseg.data import (
-    fill_polygon, import_echonet, import_trackrad, load_manifest_cases, tracing_polygon,
+    fill_polygon,
+    import_echonet,
+    import_trackrad,
+    load_manifest_cases,
+    tracing_polygon,
 )
 from medtransfer.apps.videoseg.io import open_video, read_masks, write_avi, write_masks
 from medtransfer.apps.videoseg.synthetic import make_echonet_like, make_trackrad_like
 from medtransfer.shared.manifest import read_manifest
 from medtransfer.shared.utils.errors import InputError
 
-REAL_TRACKRAD = Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "videoseg" / "trackrad_format_example_synthetic"
+REAL_TRACKRAD = (
+    Path(__file__).resolve().parents[3] / ".." / "shared" / "data" / "videoseg" / "trackrad_format_example_synthetic"
+)
 
 
 def _dice(a, b):

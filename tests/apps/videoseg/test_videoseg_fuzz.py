@@ -2,6 +2,7 @@
 ``read_masks`` for prompt masks; what predict / score / training call) on mutated files must return
 or raise our one-line InputError, never a library exception or a hang.  Seeds are small generated
 files (plus the TrackRAD example case when ``../shared/data`` is present)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,7 @@
 """videoseg readers and predictor: sizes from headers before decoding, implausible geometry as one-line
 errors (error rows, not crashes), one output folder per input (never beside the inputs), importer
 paths relative to the CSV."""
+
 from __future__ import annotations
 
 import json
@@ -19,14 +20,21 @@ def _no_decode(*_a, **_k):
     raise AssertionError("pixels decoded before the header's size was checked")
 
 
-@pytest.mark.parametrize("dims,words", [("30000 30000 100", "exceeds"), ("64 64 100000", "frames"),
-                                        ("1 1 10", "smaller")])
+@pytest.mark.parametrize(
+    "dims,words", [("30000 30000 100", "exceeds"), ("64 64 100000", "frames"), ("1 1 10", "smaller")]
+)
 def test_mha_header_checked_before_pixels(tmp_path, monkeypatch, dims, words):
     import SimpleITK as sitk
 
     p = tmp_path / "big.mha"
-    p.write_bytes(("ObjectType = Image\nNDims = 3\nBinaryData = True\nDimSize = " + dims
-                   + "\nElementType = MET_UCHAR\nElementDataFile = LOCAL\n").encode() + bytes(4096))
+    p.write_bytes(
+        (
+            "ObjectType = Image\nNDims = 3\nBinaryData = True\nDimSize = "
+            + dims
+            + "\nElementType = MET_UCHAR\nElementDataFile = LOCAL\n"
+        ).encode()
+        + bytes(4096)
+    )
     monkeypatch.setattr(sitk, "ReadImage", _no_decode)
     monkeypatch.setattr(sitk.ImageFileReader, "Execute", _no_decode)
     for reader in (open_video, read_masks):
@@ -78,8 +86,10 @@ class FakeCapture:
         pass
 
 
-@pytest.mark.parametrize("w,h,n,words", [(0, 0, 10, "no pixels"), (1, 1, 10, "smaller"),
-                                         (64, 64, 100000, "frames"), (50000, 20, 3, "exceeds")])
+@pytest.mark.parametrize(
+    "w,h,n,words",
+    [(0, 0, 10, "no pixels"), (1, 1, 10, "smaller"), (64, 64, 100000, "frames"), (50000, 20, 3, "exceeds")],
+)
 def test_implausible_video_geometry_is_one_line_error(tmp_path, monkeypatch, w, h, n, words):
     import cv2
 
@@ -139,8 +149,20 @@ def test_two_inputs_never_share_outputs_and_nothing_beside_inputs(vs_bundle, tmp
     f1, _, _ = make_cine(64, 4, seed=21)
     f2 = np.ascontiguousarray(f1[:, ::-1])  # a different cine
     ins = [_mha(tmp_path / "in" / "pt.v1.mha", f1), _mha(tmp_path / "in" / "pt.v2.mha", f2)]
-    r = CliRunner().invoke(app, ["predict", str(vs_bundle), *map(str, ins), "--box", "8,8,50,50",
-                                 "--out", str(tmp_path / "o"), "--opt", "gif=false"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(vs_bundle),
+            *map(str, ins),
+            "--box",
+            "8,8,50,50",
+            "--out",
+            str(tmp_path / "o"),
+            "--opt",
+            "gif=false",
+        ],
+    )
     assert r.exit_code == 0, r.output
     rows = [json.loads(x) for x in r.output.splitlines() if x.startswith("{")]
     masks = [row["masks"] for row in rows]

@@ -1,4 +1,5 @@
 """Train -> export -> torch-free predict -> evaluate, and the CLI, on one micro run."""
+
 from __future__ import annotations
 
 import json
@@ -52,9 +53,9 @@ import sys, json
 from pathlib import Path
 from medtransfer.shared.runtime.bundle import load_bundle
 from medtransfer.shared.runtime.predictor import build_predictor
-p = build_predictor(load_bundle({str(vs_bundle)!r}), out_dir={str(tmp_path / 'out')!r})
+p = build_predictor(load_bundle({str(vs_bundle)!r}), out_dir={str(tmp_path / "out")!r})
 r1 = p.predict(Path({str(avi)!r}), box="10,10,60,60")
-r2 = p.predict(Path({str(avi)!r}), mask={str(tmp_path / 'first.npy')!r})
+r2 = p.predict(Path({str(avi)!r}), mask={str(tmp_path / "first.npy")!r})
 print(json.dumps({{"torch": "torch" in sys.modules, "r1": r1, "r2": r2}}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

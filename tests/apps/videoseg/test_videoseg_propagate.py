@@ -1,4 +1,5 @@
 """The streaming loop: equal to SAM2's own track_step, bounded memory, prompt checks, metrics."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -69,12 +70,20 @@ class _ShapeBackend:
 
     def encode_image(self, x):
         g = self.g
-        return (np.zeros((1, 256, g, g), np.float32), np.zeros((1, 256, g, g), np.float32),
-                np.zeros((1, 32, 4 * g, 4 * g), np.float32), np.zeros((1, 64, 2 * g, 2 * g), np.float32))
+        return (
+            np.zeros((1, 256, g, g), np.float32),
+            np.zeros((1, 256, g, g), np.float32),
+            np.zeros((1, 32, 4 * g, 4 * g), np.float32),
+            np.zeros((1, 64, 2 * g, 2 * g), np.float32),
+        )
 
     def decode(self, kind, pix, hr0, hr1, *prompt):
-        return (np.zeros((1, 1, 4 * self.g, 4 * self.g), np.float32), np.ones((1, 1, self.S, self.S), np.float32),
-                np.zeros((1, 256), np.float32), np.ones((1, 1), np.float32))
+        return (
+            np.zeros((1, 1, 4 * self.g, 4 * self.g), np.float32),
+            np.ones((1, 1, self.S, self.S), np.float32),
+            np.zeros((1, 256), np.float32),
+            np.ones((1, 1), np.float32),
+        )
 
     def encode_memory(self, feat, mask, score):
         return np.zeros((1, 64, self.g, self.g), np.float32), np.zeros((1, 64, self.g, self.g), np.float32)
@@ -88,7 +97,10 @@ def test_memory_is_bounded_on_long_stream(micro_model):
     from medtransfer.apps.videoseg.model import model_constants
 
     fb = _ShapeBackend(model_constants(micro_model))
-    n = sum(1 for _ in StreamingPropagator(fb).run((np.zeros((40, 40), np.uint8) for _ in range(48)), 48, box=[5, 5, 20, 20]))
+    n = sum(
+        1
+        for _ in StreamingPropagator(fb).run((np.zeros((40, 40), np.uint8) for _ in range(48)), 48, box=[5, 5, 20, 20])
+    )
     assert n == 48
     hw = 64
     mems = [m for m, _ in fb.sizes]
@@ -145,5 +157,7 @@ def test_bundle_preprocessing_is_what_the_runtime_does(vs_bundle):
     frame = (np.arange(37 * 53) % 251).astype(np.uint8).reshape(37, 53)
     assert pre["scale"] == "1/255" and pre["resize"].startswith("cv2.INTER_LINEAR")
     x = cv2.resize(frame, (S, S), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
-    want = (np.repeat(x[None], 3, 0) - np.array(pre["mean"], np.float32)[:, None, None]) / np.array(pre["std"], np.float32)[:, None, None]
+    want = (np.repeat(x[None], 3, 0) - np.array(pre["mean"], np.float32)[:, None, None]) / np.array(
+        pre["std"], np.float32
+    )[:, None, None]
     np.testing.assert_allclose(preprocess(frame, S)[0], want, rtol=1e-6, atol=1e-6)

@@ -1,4 +1,5 @@
 """shared/models/sam2_builder: official configs, local checkpoints, clear errors."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,8 +13,14 @@ from medtransfer.shared.utils.errors import WeightsError
 
 def test_registered_names():
     names = set(list_models("sam2"))
-    assert {"sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus", "sam2.1_hiera_large",
-            "sam2_hiera_tiny", "medsam2_hiera_tiny"} <= names
+    assert {
+        "sam2.1_hiera_tiny",
+        "sam2.1_hiera_small",
+        "sam2.1_hiera_base_plus",
+        "sam2.1_hiera_large",
+        "sam2_hiera_tiny",
+        "medsam2_hiera_tiny",
+    } <= names
     assert SAM2_VARIANTS["medsam2_hiera_tiny"][2] == 512
 
 

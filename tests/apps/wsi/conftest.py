@@ -1,4 +1,5 @@
 """Shared fixtures for the wsi tests: small generated slides, the real-data paths."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """CLI-level checks through the top-level `medtransfer` typer app."""
+
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,19 @@ def test_wsi_extract_cli_resumes_and_reports_errors(slide_dir: Path, tmp_path: P
     for n in ("good_a.tif", "no_mpp.tif"):
         shutil.copy(slide_dir / n, src / n)
     out = tmp_path / "out"
-    args = ["wsi", "extract", str(src), "--out", str(out), "--target-mpp", "2", "--patch-size", "64", "--encoder", "resnet18"]
+    args = [
+        "wsi",
+        "extract",
+        str(src),
+        "--out",
+        str(out),
+        "--target-mpp",
+        "2",
+        "--patch-size",
+        "64",
+        "--encoder",
+        "resnet18",
+    ]
     r = runner.invoke(app, args)
     assert r.exit_code == 1, r.output  # one slide lacks MPP: error row, the other is done
     assert "no MPP" in r.output and '"done": 1' in r.output
@@ -59,8 +72,26 @@ def test_wsi_synth_train_evaluate_cli(tmp_path: Path, capsys) -> None:
     labels, run = tmp_path / "labels", tmp_path / "run"
     code, _, err = _main(["wsi", "synth", "-o", str(labels), "--n-cases", "30", "--studies", "tcga_aaa"], capsys)
     assert code == 0 and (labels / "datasets_csv" / "metadata" / "tcga_aaa.csv").is_file(), err
-    code, out, err = _main(["wsi", "train", "--labels", str(labels), "--study", "tcga_aaa", "--synthetic", "--dim", "16",
-                            "-o", str(run), "--set", "train.epochs=1", "--set", "min_steps=0"], capsys)
+    code, out, err = _main(
+        [
+            "wsi",
+            "train",
+            "--labels",
+            str(labels),
+            "--study",
+            "tcga_aaa",
+            "--synthetic",
+            "--dim",
+            "16",
+            "-o",
+            str(run),
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "min_steps=0",
+        ],
+        capsys,
+    )
     assert code == 0, err
     trained = json.loads(out.strip().splitlines()[-1].replace("NaN", "null"))
     code, out, err = _main(["wsi", "evaluate", str(run), "--labels", str(labels), "--synthetic"], capsys)
@@ -68,7 +99,9 @@ def test_wsi_synth_train_evaluate_cli(tmp_path: Path, capsys) -> None:
     ev = json.loads(out.strip().splitlines()[-1].replace("NaN", "null"))
     assert ev["study"] == "tcga_aaa" and ev["fold"] == 0 and ev["n"] == trained["n_test"]
     assert math.isclose(ev["c_index"], trained["test_c_index"])
-    code, out, _ = _main(["wsi", "evaluate", str(run), "--labels", str(labels), "--synthetic", "--split", "train"], capsys)
+    code, out, _ = _main(
+        ["wsi", "evaluate", str(run), "--labels", str(labels), "--synthetic", "--split", "train"], capsys
+    )
     assert code == 0 and math.isclose(json.loads(out.replace("NaN", "null"))["c_index"], trained["train_c_index"])
     # no bag source, or a bad split: one line, exit 2
     code, _, err = _main(["wsi", "evaluate", str(run), "--labels", str(labels)], capsys)

@@ -11,8 +11,16 @@ from medtransfer.shared.utils.errors import InputError
 
 def test_extract_folder_resumable_with_error_rows(slide_dir: Path, tmp_path: Path, tile_opts: dict) -> None:
     out = tmp_path / "bags"
-    res = extract_many(slide_dir, out, "resnet18", None, tile_opts["target_mpp"], tile_opts["patch_size"],
-                       batch_size=8, show_progress=False)
+    res = extract_many(
+        slide_dir,
+        out,
+        "resnet18",
+        None,
+        tile_opts["target_mpp"],
+        tile_opts["patch_size"],
+        batch_size=8,
+        show_progress=False,
+    )
     by = {r.slide: r for r in res}
     assert by["good_a"].status == by["good_b"].status == "done"
     assert by["no_mpp"].status == "error" and "--mpp" in by["no_mpp"].error
@@ -29,8 +37,17 @@ def test_extract_folder_resumable_with_error_rows(slide_dir: Path, tmp_path: Pat
         assert sum(1 for r in csv.DictReader(fh) if r["status"] == "error") == 3
     mtime = (out / "good_a.h5").stat().st_mtime_ns
     # second run: nothing recomputed for the finished slides; --mpp rescues the slide without MPP
-    res2 = extract_many(slide_dir, out, "resnet18", None, tile_opts["target_mpp"], tile_opts["patch_size"], mpp=0.5,
-                        batch_size=8, show_progress=False)
+    res2 = extract_many(
+        slide_dir,
+        out,
+        "resnet18",
+        None,
+        tile_opts["target_mpp"],
+        tile_opts["patch_size"],
+        mpp=0.5,
+        batch_size=8,
+        show_progress=False,
+    )
     by2 = {r.slide: r for r in res2}
     assert by2["good_a"].status == by2["good_b"].status == "skipped"
     assert by2["good_a"].n_tiles == n
@@ -46,7 +63,9 @@ def test_partial_h5_is_redone(slide_dir: Path, tmp_path: Path, tile_opts: dict) 
     with h5py.File(out / "good_a.h5", "w") as f:  # an interrupted run's leftover
         f.create_dataset("coords", data=np.zeros((3, 2)))
     single = slide_dir / "good_a.tif"
-    res = extract_many(single, out, "resnet18", None, tile_opts["target_mpp"], tile_opts["patch_size"], show_progress=False)
+    res = extract_many(
+        single, out, "resnet18", None, tile_opts["target_mpp"], tile_opts["patch_size"], show_progress=False
+    )
     assert res[0].status == "done" and read_bag(out / "good_a.h5")[0].shape[1] == 512
 
 
@@ -94,19 +113,41 @@ def test_h5_features_equal_the_exported_onnx_encoder(slide_dir: Path, tmp_path: 
     single.mkdir()
     (single / "good_a.tif").symlink_to(slide_dir / "good_a.tif")
     out = tmp_path / "bags"
-    res = extract_many(single, out, "resnet18", str(weights), tile_opts["target_mpp"], tile_opts["patch_size"],
-                       batch_size=8, show_progress=False)
+    res = extract_many(
+        single,
+        out,
+        "resnet18",
+        str(weights),
+        tile_opts["target_mpp"],
+        tile_opts["patch_size"],
+        batch_size=8,
+        show_progress=False,
+    )
     assert res[0].status == "done", res[0].error
     feats, coords, a = read_bag(out / "good_a.h5")
-    tiling = Tiling(coords=coords, patch_level=int(a["patch_level"]), read_size=int(a["read_size"]),
-                    patch_size=int(a["patch_size"]), patch_size_level0=int(a["patch_size_level0"]),
-                    level0_mpp=float(a["level0_mpp"]), target_mpp=float(a["mpp"]),
-                    tissue_fraction_min=float(a["tissue_fraction_min"]), thumb_scale=1.0)
+    tiling = Tiling(
+        coords=coords,
+        patch_level=int(a["patch_level"]),
+        read_size=int(a["read_size"]),
+        patch_size=int(a["patch_size"]),
+        patch_size_level0=int(a["patch_size_level0"]),
+        level0_mpp=float(a["level0_mpp"]),
+        target_mpp=float(a["mpp"]),
+        tissue_fraction_min=float(a["tissue_fraction_min"]),
+        thumb_scale=1.0,
+    )
     tiles = np.stack(list(read_tiles_plain(open_slide(single / "good_a.tif"), tiling)))
     enc, _, _ = build_tile_encoder("resnet18", str(weights))
     ps = tiling.patch_size
-    export_onnx(enc.eval(), (torch.rand(2, 3, ps, ps) * 255,), tmp_path / "encoder.onnx", ["tiles"], ["features"],
-                dynamic={"tiles": {0: "batch"}}, atol=1e-3)
+    export_onnx(
+        enc.eval(),
+        (torch.rand(2, 3, ps, ps) * 255,),
+        tmp_path / "encoder.onnx",
+        ["tiles"],
+        ["features"],
+        dynamic={"tiles": {0: "batch"}},
+        atol=1e-3,
+    )
     sess = ort.InferenceSession(str(tmp_path / "encoder.onnx"), providers=["CPUExecutionProvider"])
     onnx_feats = sess.run(None, {"tiles": tiles.transpose(0, 3, 1, 2).astype(np.float32)})[0]
     assert onnx_feats.shape == feats.shape

@@ -5,6 +5,7 @@ writing) and mutated .h5 feature bags through ``read_bag`` (what ``predict`` / `
 Every mutation must give a result or our own one-line InputError within 10 s, never another
 exception.  The encoder is a numpy stand-in (the reader, not the network, is under test).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -72,10 +73,11 @@ def test_fuzz_real_svs_header(fuzz, shared_data, tmp_path):
 
     def reader(path: Path) -> None:
         h = path.read_bytes()
-        h = h + header[len(h):] if len(h) < len(header) else h[: len(header)]  # keep every offset in place
+        h = h + header[len(h) :] if len(h) < len(header) else h[: len(header)]  # keep every offset in place
         path.write_bytes(h[:8] + orig[8:start] + h[8:] + orig[end:])
-        extract_slide(path, tmp_path / "out", MeanEncoder(), target_mpp=8.0, patch_size=32, batch_size=32,
-                      overwrite=True)
+        extract_slide(
+            path, tmp_path / "out", MeanEncoder(), target_mpp=8.0, patch_size=32, batch_size=32, overwrite=True
+        )
 
     # a case that parses decodes the real slide's full level for the tissue mask (~0.3-1 s): half
     # the runs keeps this test under a minute at the default 200 (nightly --fuzz-runs scales it)
@@ -87,8 +89,12 @@ def seed_bag(tmp: Path) -> bytes:
     rng = np.random.default_rng(0)
     coords = rng.integers(0, 5000, size=(12, 2))
     feats = rng.standard_normal((12, 8)).astype(np.float32)
-    return write_bag(tmp / "seed.h5", coords, feats, {"encoder": "resnet18", "patch_size": 224, "mpp": 0.5,
-                                                       "complete": True, "slide": "seed.svs"}).read_bytes()
+    return write_bag(
+        tmp / "seed.h5",
+        coords,
+        feats,
+        {"encoder": "resnet18", "patch_size": 224, "mpp": 0.5, "complete": True, "slide": "seed.svs"},
+    ).read_bytes()
 
 
 def test_fuzz_bag_seed_is_valid(tmp_path):

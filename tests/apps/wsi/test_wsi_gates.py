@@ -1,5 +1,6 @@
 """WSI plausibility gates (bags, encoder output, training), per-slide outputs that never collide,
 header content kept out of messages, and the TCGA importer's relative paths."""
+
 from __future__ import annotations
 
 import csv
@@ -28,8 +29,14 @@ def cohort(tmp_path_factory):
     d = tmp_path_factory.mktemp("wsigates")
     root = make_survpath_tables(d / "labels", studies=("tcga_aaa",), n_cases=30)
     cases = read_table(find_studies(root)["tcga_aaa"], "dss")[0]
-    train_run(root, "tcga_aaa", d / "run", make_config(overrides=FAST), bags=planted_bags(cases, dim=16, seed=0, n_patches=(4, 8)),
-              fold=0)
+    train_run(
+        root,
+        "tcga_aaa",
+        d / "run",
+        make_config(overrides=FAST),
+        bags=planted_bags(cases, dim=16, seed=0, n_patches=(4, 8)),
+        fold=0,
+    )
     slides = planted_bags(cases, dim=16, seed=0, n_patches=(4, 8), per_slide=True)
     return {"root": root, "cases": cases, "slides": slides, "bundle": export_run(d / "run", d / "bundle"), "dir": d}
 
@@ -57,9 +64,14 @@ def test_nan_bag_is_an_error_not_a_low_risk_answer(cohort, tmp_path):
     assert "\n" not in str(e.value) and "nan.h5" in str(e.value)
 
 
-@pytest.mark.parametrize("bad,pattern", [
-    ("inf", "NaN/inf"), ("huge", "exceed"), ("empty", "non-empty"),
-])
+@pytest.mark.parametrize(
+    "bad,pattern",
+    [
+        ("inf", "NaN/inf"),
+        ("huge", "exceed"),
+        ("empty", "non-empty"),
+    ],
+)
 def test_implausible_bags_are_errors(cohort, tmp_path, bad, pattern):
     x = np.random.default_rng(1).standard_normal((6, 16)).astype(np.float32)
     if bad == "inf":
@@ -82,8 +94,9 @@ def test_score_gives_an_error_row_for_a_nan_bag(cohort, tmp_path):
     _bag(d / "good.h5", x)
     x[0, 0] = np.nan
     _bag(d / "nan.h5", x)
-    r = CliRunner().invoke(app, ["score", str(cohort["bundle"]), "--input-dir", str(d), "--out", str(tmp_path / "s.csv"),
-                                 "--quiet"])
+    r = CliRunner().invoke(
+        app, ["score", str(cohort["bundle"]), "--input-dir", str(d), "--out", str(tmp_path / "s.csv"), "--quiet"]
+    )
     rows = {Path(row["case"]).name: row for row in csv.DictReader(open(tmp_path / "s.csv"))}
     assert rows["nan.h5"]["status"] == "error" and "NaN" in rows["nan.h5"]["error"], r.output
     assert rows["good.h5"]["status"] == "ok" and json.loads(rows["good.h5"]["result"])["risk_group"] in ("low", "high")
@@ -118,8 +131,9 @@ def test_extract_outputs_follow_the_relative_path(tmp_path, tile_opts):
     make_slide(src / "b" / "s1.tif", size=(512, 512), seed=2)
     (src / "b" / "s1.tif").rename(src / "b" / "s1.svs")
     out = tmp_path / "bags"
-    res = extract_many(src, out, "resnet18", None, tile_opts["target_mpp"], tile_opts["patch_size"], batch_size=8,
-                       show_progress=False)
+    res = extract_many(
+        src, out, "resnet18", None, tile_opts["target_mpp"], tile_opts["patch_size"], batch_size=8, show_progress=False
+    )
     by = {r.slide: r for r in res}
     assert set(by) == {"a/s1", "b/s1"} and all(r.status == "done" for r in res)
     assert Path(by["a/s1"].h5) == out / "a" / "s1.h5" and Path(by["b/s1"].h5) == out / "b" / "s1.h5"
@@ -129,8 +143,12 @@ def test_extract_outputs_follow_the_relative_path(tmp_path, tile_opts):
         assert f.attrs["slide"] == "s1.svs" and f.attrs["key"] == "b/s1"
     assert (out / "thumbnails" / "a" / "s1.png").is_file() and (out / "thumbnails" / "b" / "s1.png").is_file()
     # a re-run skips both, each with its own tile count
-    again = {r.slide: r for r in extract_many(src, out, "resnet18", None, tile_opts["target_mpp"], tile_opts["patch_size"],
-                                              show_progress=False)}
+    again = {
+        r.slide: r
+        for r in extract_many(
+            src, out, "resnet18", None, tile_opts["target_mpp"], tile_opts["patch_size"], show_progress=False
+        )
+    }
     assert again["a/s1"].status == again["b/s1"].status == "skipped"
     assert (again["a/s1"].n_tiles, again["b/s1"].n_tiles) == (n_a, n_b)
 
@@ -140,8 +158,15 @@ def test_extract_refuses_a_name_clash_before_any_work(tmp_path, tile_opts):
     make_slide(src / "s1.tif", size=(512, 512), seed=1)
     (src / "s1.svs").write_bytes((src / "s1.tif").read_bytes())
     with pytest.raises(MedTransferError, match="same output") as e:
-        extract_many(src, tmp_path / "bags", "resnet18", None, tile_opts["target_mpp"], tile_opts["patch_size"],
-                     show_progress=False)
+        extract_many(
+            src,
+            tmp_path / "bags",
+            "resnet18",
+            None,
+            tile_opts["target_mpp"],
+            tile_opts["patch_size"],
+            show_progress=False,
+        )
     assert "\n" not in str(e.value)
     assert not (tmp_path / "bags").exists() or not any((tmp_path / "bags").iterdir())
 

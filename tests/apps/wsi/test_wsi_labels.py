@@ -27,7 +27,9 @@ def test_real_tcga_tables_and_splits(labels_root: Path) -> None:
         assert not set(tr) & set(te) and set(te) <= ids
     assert set().union(*[set(te) for _, te in folds]) == ids  # every patient held out once
     os_cases, _ = read_table(studies["tcga_blca"], "os")
-    assert [c.time for c in os_cases] != [c.time for c in cases] or [c.censored for c in os_cases] != [c.censored for c in cases]
+    assert [c.time for c in os_cases] != [c.time for c in cases] or [c.censored for c in os_cases] != [
+        c.censored for c in cases
+    ]
 
 
 def test_import_with_error_rows(tmp_path: Path) -> None:
@@ -48,7 +50,10 @@ def test_import_with_error_rows(tmp_path: Path) -> None:
     assert all(r.path.is_file() and r.split in ("train", "test") and r.group == r.extra["case_id"] for r in recs)
     with open(tmp_path / "m.errors.csv") as fh:
         errs = list(csv.DictReader(fh))
-    assert {e["error"] for e in errs} == {"label row has no feature bag (slide not extracted)", "feature bag has no label row"}
+    assert {e["error"] for e in errs} == {
+        "label row has no feature bag (slide not extracted)",
+        "feature bag has no label row",
+    }
     with pytest.raises(InputError, match="unknown study"):
         import_tcga(root, tmp_path / "m2.csv", studies="tcga_zzz")
 

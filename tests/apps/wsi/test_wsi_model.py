@@ -8,7 +8,9 @@ from medtransfer.apps.wsi.model import MoEPKT, SurvivalHead, build_mil
 def test_moe_starts_as_source_ensemble_and_routes_top_k() -> None:
     torch.manual_seed(0)
     src = build_mil(8, 3, hidden=16, attn_dim=8).eval()
-    moe = MoEPKT([copy.deepcopy(src), copy.deepcopy(src)], build_mil(8, 3, hidden=16, attn_dim=8), n_bins=3, top_k=1).eval()
+    moe = MoEPKT(
+        [copy.deepcopy(src), copy.deepcopy(src)], build_mil(8, 3, hidden=16, attn_dim=8), n_bins=3, top_k=1
+    ).eval()
     assert not any(p.requires_grad for p in moe.sources.parameters())  # sources frozen
     x = torch.randn(4, 6, 8)
     mask = torch.ones(4, 6, dtype=torch.bool)

@@ -3,10 +3,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medtransfer.apps.wsi.slide import (iter_tile_batches, open_slide, plan_tiles, read_tiles_plain, save_overlay,
-                                        slide_mpp)
+from medtransfer.apps.wsi.slide import (
+    iter_tile_batches,
+    open_slide,
+    plan_tiles,
+    read_tiles_plain,
+    save_overlay,
+    slide_mpp,
+)
 from medtransfer.shared.utils.errors import InputError
-
 
 
 def test_tiling_on_generated_pyramid(slide_dir: Path, tmp_path: Path, tile_opts: dict) -> None:

@@ -4,7 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from medtransfer.apps.wsi.survival import c_index, km_plot, make_bins, mean_sd, nll_loss, pad_bags, risk_from_logits, td_auc, to_bins
+from medtransfer.apps.wsi.survival import (
+    c_index,
+    km_plot,
+    make_bins,
+    mean_sd,
+    nll_loss,
+    pad_bags,
+    risk_from_logits,
+    td_auc,
+    to_bins,
+)
 from medtransfer.shared.registry import create_model
 
 

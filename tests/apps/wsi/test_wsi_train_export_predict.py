@@ -1,4 +1,5 @@
 """Training (k-fold CV, MoE-PKT), export to ONNX and torch-free scoring of bags and slides."""
+
 import json
 import subprocess
 import sys
@@ -41,8 +42,17 @@ def moe_setup(tmp_path_factory):
     bags = planted_bags(cases, dim=16, seed=0, n_patches=(8, 24))
     cfg = make_config(overrides=FAST + ["moe.top_k=1"])
     sources = train_sources({s: load_cohort(root, s, bags=bags) for s in ("tcga_aaa", "tcga_bbb")}, cfg, d / "pkt")
-    res = pkt_compare(load_cohort(root, "tcga_ccc", bags=bags), sources, root, "tcga_ccc", cfg, d / "pkt",
-                      n_train=30, folds=1, finetune="best")
+    res = pkt_compare(
+        load_cohort(root, "tcga_ccc", bags=bags),
+        sources,
+        root,
+        "tcga_ccc",
+        cfg,
+        d / "pkt",
+        n_train=30,
+        folds=1,
+        finetune="best",
+    )
     bundle = export_run(d / "pkt" / "fold0" / "moe", d / "bundle")
     feats = d / "feats"
     for cid in list(bags)[:3]:
@@ -90,10 +100,10 @@ import medtransfer.apps.wsi.plugin, medtransfer.apps.wsi.predict, medtransfer.ap
 from medtransfer.shared.runtime.bundle import load_bundle
 from medtransfer.shared.runtime.predictor import build_predictor
 from medtransfer.shared.utils.errors import InputError
-p = build_predictor(load_bundle({str(b)!r}), out_dir={str(b.parent / 'pred')!r}, plot=True)
-rows = [p.predict(f) for f in sorted(Path({str(moe_setup['feats'])!r}).glob('*.h5'))]
+p = build_predictor(load_bundle({str(b)!r}), out_dir={str(b.parent / "pred")!r}, plot=True)
+rows = [p.predict(f) for f in sorted(Path({str(moe_setup["feats"])!r}).glob('*.h5'))]
 try:
-    p.predict(Path({str(b / 'metadata.json')!r}))
+    p.predict(Path({str(b / "metadata.json")!r}))
     bad = 'accepted'
 except InputError as e:
     bad = str(e)
@@ -121,10 +131,14 @@ def slide_bundle(tmp_path_factory, tile_opts):
     cases = read_table(find_studies(root)["tcga_aaa"], "dss")[0]
     bags = planted_bags(cases, dim=512, seed=0, n_patches=(4, 8))
     run = d / "run"
-    m = train_run(root, "tcga_aaa", run, make_config(overrides=FAST + ["train.epochs=2", "min_steps=0"]), bags=bags, fold=0)
+    m = train_run(
+        root, "tcga_aaa", run, make_config(overrides=FAST + ["train.epochs=2", "min_steps=0"]), bags=bags, fold=0
+    )
     assert 0 <= m["test_c_index"] <= 1
     info = json.loads((run / "run.json").read_text())
-    info["wsi"].update({"encoder": "resnet18", "patch_size": tile_opts["patch_size"], "target_mpp": tile_opts["target_mpp"]})
+    info["wsi"].update(
+        {"encoder": "resnet18", "patch_size": tile_opts["patch_size"], "target_mpp": tile_opts["target_mpp"]}
+    )
     (run / "run.json").write_text(json.dumps(info))
     return export_run(run, d / "bundle")
 
@@ -161,8 +175,18 @@ def test_cli_predict_and_score_bags(moe_setup, tmp_path: Path) -> None:
     assert row["status"] == "ok" and np.isfinite(row["risk"])
     (moe_setup["feats"] / "broken.h5").write_bytes(b"junk")
     try:
-        r = runner.invoke(app, ["score", str(moe_setup["bundle"]), "--input-dir", str(moe_setup["feats"]),
-                                "--out", str(tmp_path / "scores.csv"), "--quiet"])
+        r = runner.invoke(
+            app,
+            [
+                "score",
+                str(moe_setup["bundle"]),
+                "--input-dir",
+                str(moe_setup["feats"]),
+                "--out",
+                str(tmp_path / "scores.csv"),
+                "--quiet",
+            ],
+        )
     finally:
         (moe_setup["feats"] / "broken.h5").unlink()
     assert (tmp_path / "scores.csv").is_file(), r.output

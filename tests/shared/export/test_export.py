@@ -23,13 +23,28 @@ class Small(nn.Module):
 def test_export_dynamic_batch_parity_and_bundle(tmp_path):
     torch.manual_seed(0)
     m = Small()
-    par = export_onnx(m, (torch.randn(2, 1, 16, 16),), tmp_path / "model.onnx", ["image"], ["logits"],
-                      {"image": {0: "batch"}}, parity_args=[(torch.randn(7, 1, 16, 16),)])
+    par = export_onnx(
+        m,
+        (torch.randn(2, 1, 16, 16),),
+        tmp_path / "model.onnx",
+        ["image"],
+        ["logits"],
+        {"image": {0: "batch"}},
+        parity_args=[(torch.randn(7, 1, 16, 16),)],
+    )
     assert par["max_abs_diff"] < 1e-4 and par["checked_inputs"] == 2
-    write_bundle(tmp_path, name="t", app="image", task="classification", files=["model.onnx"],
-                 inputs={"image": {"shape": [-1, 1, 16, 16]}}, outputs={"logits": {"shape": [-1, 3]}},
-                 preprocessing={"size": 16, "grayscale": True, "mean": 0.5, "std": 0.25}, labels=["a", "b", "c"],
-                 metrics={"val": 1.0})
+    write_bundle(
+        tmp_path,
+        name="t",
+        app="image",
+        task="classification",
+        files=["model.onnx"],
+        inputs={"image": {"shape": [-1, 1, 16, 16]}},
+        outputs={"logits": {"shape": [-1, 3]}},
+        preprocessing={"size": 16, "grayscale": True, "mean": 0.5, "std": 0.25},
+        labels=["a", "b", "c"],
+        metrics={"val": 1.0},
+    )
     meta = json.loads((tmp_path / "metadata.json").read_text())
     assert len(meta["files"]["model.onnx"]) == 64 and "onnxruntime" in meta["libraries"]
     assert "Preprocessing" in (tmp_path / "README.md").read_text()
@@ -49,5 +64,6 @@ def test_parity_failure_raises(tmp_path):
             return super().forward(x) + (1.0 if torch.compiler.is_exporting() else 0.0)
 
     with pytest.raises(ParityError):
-        export_onnx(Noisy(), (torch.randn(2, 1, 8, 8),), tmp_path / "m.onnx", ["image"], ["logits"],
-                    {"image": {0: "batch"}})
+        export_onnx(
+            Noisy(), (torch.randn(2, 1, 8, 8),), tmp_path / "m.onnx", ["image"], ["logits"], {"image": {0: "batch"}}
+        )

@@ -1,4 +1,5 @@
 """Atomic export (staged_output), write_bundle path handling, and the `export` / `verify` commands."""
+
 import hashlib
 import json
 import os
@@ -29,9 +30,17 @@ def _onnx(path: Path) -> Path:
 
 
 def _write(folder: Path, files=None) -> Path:
-    write_bundle(folder, name="t", app="image", task="classification", files=files or ["model.onnx"],
-                 inputs={"image": {"shape": [-1, 2]}}, outputs={"logits": {"shape": [-1, 2]}},
-                 preprocessing={"size": 2}, labels=["a", "b"])
+    write_bundle(
+        folder,
+        name="t",
+        app="image",
+        task="classification",
+        files=files or ["model.onnx"],
+        inputs={"image": {"shape": [-1, 2]}},
+        outputs={"logits": {"shape": [-1, 2]}},
+        preprocessing={"size": 2},
+        labels=["a", "b"],
+    )
     return folder
 
 
@@ -88,8 +97,16 @@ def test_staged_output_existing_targets(tmp_path):
             pass
     with staged_output(empty, overwrite=True) as tmp:
         _onnx(tmp / "model.onnx")
-        write_bundle(tmp, name="t2", app="image", task="classification", files=["model.onnx"],
-                     inputs={}, outputs={}, preprocessing={})
+        write_bundle(
+            tmp,
+            name="t2",
+            app="image",
+            task="classification",
+            files=["model.onnx"],
+            inputs={},
+            outputs={},
+            preprocessing={},
+        )
     assert load_bundle(empty).name == "t2" and load_bundle(empty).sha256 != first
     # a failed overwrite keeps the old bundle
     with pytest.raises(MedTransferError):
@@ -135,8 +152,10 @@ def test_cli_export_relative_overwrite_and_verify(image_run, tmp_path, monkeypat
     (out / "metadata.json").write_text(json.dumps(meta))
     r = runner.invoke(app, ["verify", str(out)])
     assert r.exit_code == 2
-    assert r.output.strip() == (f"error: {out / 'metadata.json'}: sha256 does not match checksums.sha256 "
-                                "(file altered or corrupt); bundle refused")
+    assert r.output.strip() == (
+        f"error: {out / 'metadata.json'}: sha256 does not match checksums.sha256 "
+        "(file altered or corrupt); bundle refused"
+    )
 
 
 def test_cli_export_failure_leaves_nothing(image_run, tmp_path, monkeypatch):

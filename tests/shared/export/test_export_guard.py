@@ -1,4 +1,5 @@
 """Trivial-baseline guard: a run below its baseline is not exported unless forced; forced = flagged everywhere."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,9 @@ def test_baseline_record_directions():
 
 def test_verdict_refuses_unless_forced():
     rec = baseline_record("dice", 0.002, 0.90, "copy first mask")
-    with pytest.raises(BelowBaselineError, match=r"dice 0.002 does not beat the trivial baseline \(copy first mask: 0.9\)"):
+    with pytest.raises(
+        BelowBaselineError, match=r"dice 0.002 does not beat the trivial baseline \(copy first mask: 0.9\)"
+    ):
         baseline_verdict(rec, "RUN", force=False)
     assert "does not beat" in baseline_verdict(rec, "RUN", force=True)["unreliable"]
     assert baseline_verdict(None, "RUN", force=False) is None

@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,8 +43,19 @@ def cfg(**train):
 
 
 def test_fit_learns_and_writes_run(tmp_path):
-    res = fit(Net(), data(), data(64, 1), cfg=cfg(epochs=6, patience=0), run_dir=tmp_path, app="t", task="cls",
-              loss_fn=nn.functional.cross_entropy, metric_fn=acc, monitor="val_accuracy", mode="max")
+    res = fit(
+        Net(),
+        data(),
+        data(64, 1),
+        cfg=cfg(epochs=6, patience=0),
+        run_dir=tmp_path,
+        app="t",
+        task="cls",
+        loss_fn=nn.functional.cross_entropy,
+        metric_fn=acc,
+        monitor="val_accuracy",
+        mode="max",
+    )
     assert res.best_metrics["val_accuracy"] > 0.85
     for f in ("run.json", "config.yaml", "metrics.csv", "metrics.json", "checkpoints/best.pt", "checkpoints/last.pt"):
         assert (tmp_path / f).is_file(), f
@@ -60,8 +70,16 @@ def test_resume_continues_where_it_stopped(tmp_path):
         torch.manual_seed(0)
         return Net()
 
-    full = fit(net(), data(), data(64, 1), cfg=cfg(epochs=4, patience=0), run_dir=tmp_path / "a", app="t",
-               task="c", loss_fn=nn.functional.cross_entropy)
+    full = fit(
+        net(),
+        data(),
+        data(64, 1),
+        cfg=cfg(epochs=4, patience=0),
+        run_dir=tmp_path / "a",
+        app="t",
+        task="c",
+        loss_fn=nn.functional.cross_entropy,
+    )
     calls = {"n": 0}
 
     def dying_loss(out, y):  # killed during epoch 3 (8 train + 4 val calls per epoch)
@@ -71,29 +89,64 @@ def test_resume_continues_where_it_stopped(tmp_path):
         return nn.functional.cross_entropy(out, y)
 
     with pytest.raises(KeyboardInterrupt):
-        fit(net(), data(), data(64, 1), cfg=cfg(epochs=4, patience=0), run_dir=tmp_path / "b", app="t", task="c",
-            loss_fn=dying_loss)
+        fit(
+            net(),
+            data(),
+            data(64, 1),
+            cfg=cfg(epochs=4, patience=0),
+            run_dir=tmp_path / "b",
+            app="t",
+            task="c",
+            loss_fn=dying_loss,
+        )
     assert load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["epoch"] == 1
-    resumed = fit(net(), data(), data(64, 1), cfg=cfg(epochs=4, patience=0), run_dir=tmp_path / "b", app="t",
-                  task="c", loss_fn=nn.functional.cross_entropy)
+    resumed = fit(
+        net(),
+        data(),
+        data(64, 1),
+        cfg=cfg(epochs=4, patience=0),
+        run_dir=tmp_path / "b",
+        app="t",
+        task="c",
+        loss_fn=nn.functional.cross_entropy,
+    )
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
-    np.testing.assert_allclose([h["train_loss"] for h in resumed.history], [h["train_loss"] for h in full.history],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        [h["train_loss"] for h in resumed.history], [h["train_loss"] for h in full.history], rtol=1e-5
+    )
 
 
 def test_early_stopping(tmp_path):
     # a monitored metric that never improves after the first epoch (lr=0 is refused by the range checks)
-    res = fit(Net(), data(), data(64, 1), cfg=cfg(epochs=30, patience=2), run_dir=tmp_path, app="t",
-              task="c", loss_fn=nn.functional.cross_entropy, metric_fn=lambda o, t: {"const": 1.0},
-              monitor="val_const", mode="max")
+    res = fit(
+        Net(),
+        data(),
+        data(64, 1),
+        cfg=cfg(epochs=30, patience=2),
+        run_dir=tmp_path,
+        app="t",
+        task="c",
+        loss_fn=nn.functional.cross_entropy,
+        metric_fn=lambda o, t: {"const": 1.0},
+        monitor="val_const",
+        mode="max",
+    )
     assert len(res.history) == 3 and res.best_epoch == 0
 
 
 def test_linear_probe_trains_only_head(tmp_path):
     m = Net()
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    fit(m, data(), None, cfg=cfg(epochs=1, strategy="linear_probe"), run_dir=tmp_path, app="t", task="c",
-        loss_fn=nn.functional.cross_entropy)
+    fit(
+        m,
+        data(),
+        None,
+        cfg=cfg(epochs=1, strategy="linear_probe"),
+        run_dir=tmp_path,
+        app="t",
+        task="c",
+        loss_fn=nn.functional.cross_entropy,
+    )
     after = m.state_dict()
     assert torch.equal(before["stem.weight"], after["stem.weight"])
     assert not torch.equal(before["head.weight"], after["head.weight"])
@@ -120,8 +173,16 @@ def test_llrd_and_gradual_unfreeze_groups():
 
 def test_lora_strategy_freezes_base(tmp_path):
     m = Net()
-    fit(m, data(), None, cfg=cfg(epochs=1, strategy="lora", peft={"targets": ["body.1"], "r": 2}), run_dir=tmp_path,
-        app="t", task="c", loss_fn=nn.functional.cross_entropy)
+    fit(
+        m,
+        data(),
+        None,
+        cfg=cfg(epochs=1, strategy="lora", peft={"targets": ["body.1"], "r": 2}),
+        run_dir=tmp_path,
+        app="t",
+        task="c",
+        loss_fn=nn.functional.cross_entropy,
+    )
     trainable = {n for n, p in m.named_parameters() if p.requires_grad}
     assert trainable == {"body.1.lora_a.weight", "body.1.lora_b.weight", "head.weight", "head.bias"}
 
@@ -129,7 +190,8 @@ def test_lora_strategy_freezes_base(tmp_path):
 @pytest.mark.slow
 def test_runs_under_torchrun_ddp_gloo(tmp_path):
     script = tmp_path / "ddp.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import torch
         from torch.utils.data import TensorDataset
         from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit
@@ -137,12 +199,18 @@ def test_runs_under_torchrun_ddp_gloo(tmp_path):
         x = torch.randn(64, 4); y = (x[:, 0] > 0).long()
         net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         cfg = {{"train": {{**TRAIN_DEFAULTS, "epochs": 2, "batch_size": 8, "progress": False}}}}
-        fit(net, TensorDataset(x, y), TensorDataset(x, y), cfg=cfg, run_dir=r"{tmp_path / 'run'}", app="t", task="c",
+        fit(net, TensorDataset(x, y), TensorDataset(x, y), cfg=cfg, run_dir=r"{tmp_path / "run"}", app="t", task="c",
             loss_fn=torch.nn.functional.cross_entropy)
-    """))
+    """)
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-                        str(script)], capture_output=True, text=True, env=env, timeout=240)
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["world_size"] == 2
     assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
@@ -160,8 +228,16 @@ def test_amp_settings_cpu_off_and_cuda_dtype():
 
 def test_step_scheduler_matches_torch_steplr(tmp_path):
     """scheduler=step follows torch's StepLR (DD-SAM2's schedule) epoch by epoch."""
-    res = fit(Net(), data(), None, cfg=cfg(epochs=5, scheduler="step", step_size=2, gamma=0.5, lr=0.1, patience=0),
-              run_dir=tmp_path, app="t", task="c", loss_fn=nn.functional.cross_entropy)
+    res = fit(
+        Net(),
+        data(),
+        None,
+        cfg=cfg(epochs=5, scheduler="step", step_size=2, gamma=0.5, lr=0.1, patience=0),
+        run_dir=tmp_path,
+        app="t",
+        task="c",
+        loss_fn=nn.functional.cross_entropy,
+    )
     ref_opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     ref = torch.optim.lr_scheduler.StepLR(ref_opt, step_size=2, gamma=0.5)
     want = []

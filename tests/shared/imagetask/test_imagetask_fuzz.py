@@ -1,6 +1,7 @@
 """Reader fuzzing: the core image task's reader (``read_image``, what predict / score / training call)
 on mutated PNG / JPEG / BMP / TIFF must return or raise our one-line InputError, never a PIL exception
 or a hang.  Seeds are small generated images."""
+
 from __future__ import annotations
 
 import numpy as np

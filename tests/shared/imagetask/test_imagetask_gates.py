@@ -1,5 +1,6 @@
 """The core image task's reader and predictor: header size checked before decoding, library errors as
 one line, blank images unreliable, importer paths relative to the CSV."""
+
 from __future__ import annotations
 
 import struct
@@ -18,6 +19,7 @@ PREP = {"size": 32, "grayscale": True, "mean": 0.5, "std": 0.25, "resize": "area
 
 def png_declaring(path: Path, width: int, height: int, rows: int = 64) -> Path:
     """A small grey PNG whose header declares ``width`` x ``height`` (only ``rows`` rows of data)."""
+
     def chunk(tag: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 

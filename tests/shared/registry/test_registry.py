@@ -3,8 +3,8 @@ import hashlib
 import pytest
 import torch
 
-from medtransfer.shared.registry import create_model, get_entry, list_models
 from medtransfer.shared.registry import core as reg_core
+from medtransfer.shared.registry import create_model, get_entry, list_models
 from medtransfer.shared.utils.errors import MedTransferError, WeightsError
 
 

@@ -1,4 +1,5 @@
 """Tiny real bundles for the bundle tests (an ONNX graph built with onnx.helper; no torch, no training)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,9 @@ def tiny_onnx(path: Path, n_out: int = 3, scale: float = 1.0) -> Path:
 
     x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 4])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", n_out])
-    w = helper.make_tensor("w", TensorProto.FLOAT, [4, n_out],
-                           [scale if i == j else 0.0 for i in range(4) for j in range(n_out)])
+    w = helper.make_tensor(
+        "w", TensorProto.FLOAT, [4, n_out], [scale if i == j else 0.0 for i in range(4) for j in range(n_out)]
+    )
     g = helper.make_graph([helper.make_node("MatMul", ["image", "w"], ["logits"])], "tiny", [x], [y], [w])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
@@ -34,12 +36,17 @@ def make_bundle(folder: Path, extra_models: tuple[str, ...] = (), **meta: Any) -
     tiny_onnx(folder / "model.onnx")
     for i, n in enumerate(extra_models):
         tiny_onnx(folder / n, scale=2.0 + i)
-    kw: dict[str, Any] = dict(name="tiny", app="image", task="classification",
-                              files=["model.onnx", *extra_models],
-                              inputs={"image": {"shape": [-1, 4], "dtype": "float32"}},
-                              outputs={"logits": {"shape": [-1, 3], "dtype": "float32"}},
-                              preprocessing={"size": 4, "threshold": 0.5}, labels=["a", "b", "c"],
-                              extra={"ood": {"msp_threshold": 0.4}})
+    kw: dict[str, Any] = dict(
+        name="tiny",
+        app="image",
+        task="classification",
+        files=["model.onnx", *extra_models],
+        inputs={"image": {"shape": [-1, 4], "dtype": "float32"}},
+        outputs={"logits": {"shape": [-1, 3], "dtype": "float32"}},
+        preprocessing={"size": 4, "threshold": 0.5},
+        labels=["a", "b", "c"],
+        extra={"ood": {"msp_threshold": 0.4}},
+    )
     kw.update(meta)
     write_bundle(folder, **kw)
     return folder
@@ -66,5 +73,6 @@ def reseal(folder: Path) -> None:
 @pytest.fixture
 def kit() -> types.SimpleNamespace:
     """The helpers above: ``kit.make_bundle(folder)``, ``kit.read_meta``, ``kit.write_meta``, ``kit.reseal``."""
-    return types.SimpleNamespace(make_bundle=make_bundle, read_meta=read_meta, write_meta=write_meta,
-                                 reseal=reseal, tiny_onnx=tiny_onnx)
+    return types.SimpleNamespace(
+        make_bundle=make_bundle, read_meta=read_meta, write_meta=write_meta, reseal=reseal, tiny_onnx=tiny_onnx
+    )

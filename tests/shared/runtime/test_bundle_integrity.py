@@ -1,4 +1,5 @@
 """Bundle integrity: checksums.sha256 covers every file (metadata included), nothing unlisted runs."""
+
 import hashlib
 import os
 import subprocess
@@ -110,8 +111,12 @@ def test_files_keys_must_be_plain_names_inside(kit, tmp_path, key):
     with pytest.raises(BundleError) as e:
         load_bundle(b)
     msg = str(e.value)
-    assert msg.startswith(f"{b / 'metadata.json'}: field 'files': expected a mapping of relative file names to "
-                          "sha256 (bad entry '") and "\n" not in msg
+    assert (
+        msg.startswith(
+            f"{b / 'metadata.json'}: field 'files': expected a mapping of relative file names to sha256 (bad entry '"
+        )
+        and "\n" not in msg
+    )
     assert repr(key) in msg or len(key) > 50  # the key name (clipped when long) is the only thing echoed
 
 

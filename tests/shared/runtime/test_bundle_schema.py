@@ -1,4 +1,5 @@
 """The typed bundle description: schema versions and field types give one-line BundleErrors."""
+
 import json
 
 import pytest
@@ -29,8 +30,9 @@ def test_newer_major_schema_is_refused_naming_the_version(kit, tmp_path):
     _edit(kit, b, schema="medtransfer-bundle/3", brand_new_field={"x": 1})
     with pytest.raises(BundleError) as e:
         load_bundle(b, verify=False)
-    assert str(e.value) == (f"{b / 'metadata.json'}: bundle schema 3 is newer than this medtransfer (supports 2); "
-                            "upgrade medtransfer")
+    assert str(e.value) == (
+        f"{b / 'metadata.json'}: bundle schema 3 is newer than this medtransfer (supports 2); upgrade medtransfer"
+    )
 
 
 def test_minor_additions_are_accepted_and_schema_1_needs_reexport(kit, tmp_path):
@@ -46,18 +48,33 @@ def test_minor_additions_are_accepted_and_schema_1_needs_reexport(kit, tmp_path)
             load_bundle(b)
 
 
-@pytest.mark.parametrize("field,value,expect", [
-    ("files", ["model.onnx"], "field 'files': expected a mapping of relative file names to sha256"),
-    ("files", {"model.onnx": 12}, "field 'files': expected a mapping of relative file names to sha256 (entry 'model.onnx')"),
-    ("files", {}, "field 'files': expected a mapping of relative file names to sha256 (no .onnx model file listed)"),
-    ("labels", "DOE^JOHN", "field 'labels': expected a list of strings"),
-    ("labels", [1, 2, 3], "field 'labels': expected a list of strings"),
-    ("name", ["DOE^JOHN"], "field 'name': expected a non-empty string"),
-    ("app", "../../evil", "field 'app': expected an app name (letters, digits, '_' or '-')"),
-    ("preprocessing", [0.5], "field 'preprocessing': expected a mapping of parameter names to values"),
-    ("inputs", {"image": "DOE^JOHN"}, "field 'inputs': expected a mapping of input names to specs (mappings) (entry 'image')"),
-    ("task", None, "field 'task': expected a non-empty string"),
-])
+@pytest.mark.parametrize(
+    "field,value,expect",
+    [
+        ("files", ["model.onnx"], "field 'files': expected a mapping of relative file names to sha256"),
+        (
+            "files",
+            {"model.onnx": 12},
+            "field 'files': expected a mapping of relative file names to sha256 (entry 'model.onnx')",
+        ),
+        (
+            "files",
+            {},
+            "field 'files': expected a mapping of relative file names to sha256 (no .onnx model file listed)",
+        ),
+        ("labels", "DOE^JOHN", "field 'labels': expected a list of strings"),
+        ("labels", [1, 2, 3], "field 'labels': expected a list of strings"),
+        ("name", ["DOE^JOHN"], "field 'name': expected a non-empty string"),
+        ("app", "../../evil", "field 'app': expected an app name (letters, digits, '_' or '-')"),
+        ("preprocessing", [0.5], "field 'preprocessing': expected a mapping of parameter names to values"),
+        (
+            "inputs",
+            {"image": "DOE^JOHN"},
+            "field 'inputs': expected a mapping of input names to specs (mappings) (entry 'image')",
+        ),
+        ("task", None, "field 'task': expected a non-empty string"),
+    ],
+)
 def test_wrong_types_are_one_line_errors_without_values(kit, tmp_path, field, value, expect):
     """Repro: wrong types were accepted or ended in tracebacks (a list `files` -> AttributeError)."""
     b = kit.make_bundle(tmp_path / "b")
@@ -109,15 +126,24 @@ def test_fuzz_bundle_metadata(fuzz, kit, tmp_path):
 def test_fuzz_bundle_metadata_values(fuzz, kit, tmp_path):
     """Structured fuzz: any JSON value in any field (or a field dropped), resealed so the schema
     check is what decides: a bundle or a one-line BundleError, never another exception."""
-    from hypothesis import given, strategies as st
+    from hypothesis import given
+    from hypothesis import strategies as st
 
     b = kit.make_bundle(tmp_path / "b")
     base = kit.read_meta(b)
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
-                        st.text(max_size=20), st.sampled_from(["model.onnx", "../x.onnx", "/etc/passwd", "a" * 64]))
-    values = st.recursive(scalars, lambda c: st.one_of(st.lists(c, max_size=4),
-                                                       st.dictionaries(st.text(max_size=12), c, max_size=4)),
-                          max_leaves=12)
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=True),
+        st.text(max_size=20),
+        st.sampled_from(["model.onnx", "../x.onnx", "/etc/passwd", "a" * 64]),
+    )
+    values = st.recursive(
+        scalars,
+        lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.text(max_size=12), c, max_size=4)),
+        max_leaves=12,
+    )
 
     @fuzz.settings()
     @given(st.sampled_from(sorted(base)), values, st.booleans())

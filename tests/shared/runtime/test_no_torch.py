@@ -1,4 +1,5 @@
 """The runtime path (predict, score, bundle) never imports torch."""
+
 import json
 import subprocess
 import sys
@@ -12,10 +13,10 @@ def test_predict_and_score_leave_torch_unimported(image_run, tmp_path):
         import sys, json
         from typer.testing import CliRunner
         from medtransfer.shared.cli.main import app
-        r = CliRunner().invoke(app, ["predict", r"{image_run['bundle']}", r"{img}"])
+        r = CliRunner().invoke(app, ["predict", r"{image_run["bundle"]}", r"{img}"])
         assert r.exit_code == 0, r.output
-        r2 = CliRunner().invoke(app, ["score", r"{image_run['bundle']}", "--input-dir", r"{img.parent}",
-                                      "--out", r"{tmp_path / 's.csv'}", "-q"])
+        r2 = CliRunner().invoke(app, ["score", r"{image_run["bundle"]}", "--input-dir", r"{img.parent}",
+                                      "--out", r"{tmp_path / "s.csv"}", "-q"])
         assert r2.exit_code == 0, r2.output
         print(json.dumps({{"torch": "torch" in sys.modules, "label": json.loads(r.output.splitlines()[0])["label"]}}))
     """)

@@ -1,4 +1,5 @@
 """Per-input output paths: keyed by the path relative to the input root, clashes refused."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Batch scoring: SIGKILL-and-resume, error rows, ray == local, provenance."""
+
 import csv
 import json
 import os
@@ -55,8 +56,19 @@ def test_sigkill_and_resume_scores_every_case_exactly_once(image_run, tmp_path):
     man = tmp_path / "m.csv"
     man.write_text("path,label\n" + "".join(f"{p.relative_to(tmp_path)},\n" for p in imgs))
     out = tmp_path / "r.csv"
-    cmd = [sys.executable, "-m", "medtransfer.shared.cli.main", "score", str(image_run["bundle"]), "--manifest",
-           str(man), "--out", str(out), "--resume", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "medtransfer.shared.cli.main",
+        "score",
+        str(image_run["bundle"]),
+        "--manifest",
+        str(man),
+        "--out",
+        str(out),
+        "--resume",
+        "-q",
+    ]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:  # kill once some, not all, rows are written

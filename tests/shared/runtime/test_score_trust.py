@@ -1,4 +1,5 @@
 """`score` loses nothing and never doubles or destroys results: lock, refusals, path normalisation."""
+
 import csv
 import json
 import os
@@ -20,8 +21,13 @@ def rows(path: Path) -> list[dict]:
 
 def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     """``python -m medtransfer.shared.cli.main ARGS`` (the console script path, main() included)."""
-    return subprocess.run([sys.executable, "-m", "medtransfer.shared.cli.main", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "medtransfer.shared.cli.main", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def one_line_error(r: subprocess.CompletedProcess) -> str:
@@ -46,8 +52,21 @@ def small_manifest(image_run, tmp_path: Path, n: int = 4) -> tuple[Path, list[Pa
 # ---------------------------------------------------------------------------------- the lock
 def test_two_jobs_on_one_out_one_refuses_the_other_scores_each_case_once(image_run, tmp_path):
     out = tmp_path / "r.csv"
-    cmd = [sys.executable, "-m", "medtransfer.shared.cli.main", "score", str(image_run["bundle"]), "-m",
-           str(image_run["manifest"]), "--out", str(out), "--resume", "--workers", "2", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "medtransfer.shared.cli.main",
+        "score",
+        str(image_run["bundle"]),
+        "-m",
+        str(image_run["manifest"]),
+        "--out",
+        str(out),
+        "--resume",
+        "--workers",
+        "2",
+        "-q",
+    ]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     res = [(p.wait(timeout=300), *p.communicate()) for p in procs]
     codes = sorted(r[0] for r in res)
@@ -63,10 +82,18 @@ def test_two_jobs_on_one_out_one_refuses_the_other_scores_each_case_once(image_r
 
 def test_lock_names_the_holder_and_dies_with_it(image_run, tmp_path):
     out = tmp_path / "r.csv"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\nfrom medtransfer.shared.runtime.score import lock_output\n"
-        f"with lock_output({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(600)\n")],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time\nfrom medtransfer.shared.runtime.score import lock_output\n"
+                f"with lock_output({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(600)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         man, imgs = small_manifest(image_run, tmp_path)
@@ -102,7 +129,9 @@ def test_out_as_an_input_or_inside_the_input_folder_is_refused(image_run, tmp_pa
     msg = one_line_error(cli("score", image_run["bundle"], "-i", folder, "--out", folder / "r.png", "-q"))
     assert "inside the input folder" in msg
     assert sorted(p.name for p in folder.iterdir()) == listing  # nothing created there, not even a lock
-    msg = one_line_error(cli("score", image_run["bundle"], "-m", man, "--out", Path(image_run["bundle"]) / "r.csv", "-q"))
+    msg = one_line_error(
+        cli("score", image_run["bundle"], "-m", man, "--out", Path(image_run["bundle"]) / "r.csv", "-q")
+    )
     assert "inside the bundle" in msg
 
 
@@ -157,7 +186,9 @@ def test_unwritable_out_is_one_line_before_any_work(tmp_path):
     blocker = tmp_path / "afile"
     blocker.write_text("x")
     # the bundle does not exist either: the --out problem is found first, before the bundle is read
-    msg = one_line_error(cli("score", tmp_path / "no_bundle", "-i", tmp_path / "in", "--out", blocker / "sub" / "r.csv"))
+    msg = one_line_error(
+        cli("score", tmp_path / "no_bundle", "-i", tmp_path / "in", "--out", blocker / "sub" / "r.csv")
+    )
     assert str(blocker / "sub" / "r.csv") in msg and "no_bundle" not in msg
     msg = one_line_error(cli("score", tmp_path / "no_bundle", "-i", tmp_path / "in", "--out", tmp_path))
     assert "is a folder" in msg
@@ -194,9 +225,12 @@ def test_every_listed_case_gets_one_row_saying_what_it_is(image_run, tmp_path):
     _bad_entries(tmp_path)
     man = tmp_path / "m.csv"
     man.write_text("path,label\ngood.png,\nfolder.png,\nloop.png,\ndangling.png,\nmissing.png,\n")
-    s = score(image_run["bundle"], [Case(c, str(tmp_path / c), {}) for c in
-                                    ("good.png", "folder.png", "loop.png", "dangling.png", "missing.png")],
-              tmp_path / "r.csv", progress=False)
+    s = score(
+        image_run["bundle"],
+        [Case(c, str(tmp_path / c), {}) for c in ("good.png", "folder.png", "loop.png", "dangling.png", "missing.png")],
+        tmp_path / "r.csv",
+        progress=False,
+    )
     assert s["ok"] == 1 and s["error"] == 4
     got = {x["case"]: x for x in rows(tmp_path / "r.csv")}
     assert got["good.png"]["status"] == "ok"
