@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import sys
-
 import pytest
+from cliutil import run_main
 
 from medtransfer.shared.config import check_ranges, resolve_config
 from medtransfer.shared.utils.errors import ConfigError
 
 
 def _main(args: list[str], capsys) -> tuple[int, str]:
-    from medtransfer.shared.cli import main as cli
-
-    old = sys.argv
-    sys.argv = ["medtransfer", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = old
-    return code, capsys.readouterr().err
+    """(exit code, stderr) of the console entry point run in-process."""
+    code, _, err = run_main(args, capsys)
+    return code, err
 
 
 def _one_line(err: str) -> str:

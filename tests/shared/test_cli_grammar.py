@@ -8,10 +8,9 @@ is a manifest or an output; no app repeats a core verb (``import``, ``export`` .
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import typer
+from cliutil import run_main
 
 from medtransfer.shared.cli.grammar import MANIFEST_FLAGS, OUT_FLAGS, RECIPE_FLAGS, REQUIRED_VERBS, SET_FLAGS
 from medtransfer.shared.plugins import discover_apps, load_object
@@ -99,19 +98,9 @@ def test_the_check_catches_a_drifting_app():
 
 
 def _main(args: list[str], capsys) -> tuple[int, str]:
-    """Run the console entry point in-process; returns (exit code, stderr)."""
-    from medtransfer.shared.cli import main as cli
-
-    old = sys.argv
-    sys.argv = ["medtransfer", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = old
-    return code, capsys.readouterr().err
+    """(exit code, stderr) of the console entry point run in-process."""
+    code, _, err = run_main(args, capsys)
+    return code, err
 
 
 @pytest.mark.parametrize(

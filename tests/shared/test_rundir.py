@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cliutil import run_main
 
 from medtransfer.shared.rundir import CheckpointError, RunDir, load_checkpoint_file, plain
 from medtransfer.shared.utils.hashing import sha256_file
@@ -50,19 +50,9 @@ def _evil_run(root: Path, app: str, marker: Path, record_sha: bool = True) -> Pa
 
 
 def _main(args: list[str], capsys) -> tuple[int, str]:
-    """Run the console entry point in-process; returns (exit code, stderr)."""
-    from medtransfer.shared.cli import main as cli
-
-    old = sys.argv
-    sys.argv = ["medtransfer", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = old
-    return code, capsys.readouterr().err
+    """(exit code, stderr) of the console entry point run in-process."""
+    code, _, err = run_main(args, capsys)
+    return code, err
 
 
 # ---------------------------------------------------------------------------------- plain / safe IO

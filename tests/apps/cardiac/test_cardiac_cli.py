@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from cliutil import run_main
 
 typer_testing = pytest.importorskip("typer.testing")
 
@@ -42,22 +43,8 @@ def test_cardiac_group_help():
 
 
 def _main(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run the console entry point in-process; returns (exit code, stdout, stderr)."""
-    import sys
-
-    from medtransfer.shared.cli import main as cli
-
-    old = sys.argv
-    sys.argv = ["medtransfer", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    """(exit code, stdout, stderr) of the console entry point run in-process."""
+    return run_main(args, capsys)
 
 
 @pytest.mark.parametrize("stage", ["view", "grade"])

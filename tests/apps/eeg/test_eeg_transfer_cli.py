@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+from cliutil import run_main
 from typer.testing import CliRunner
 
 from medtransfer.apps.eeg.cli import app
@@ -82,21 +83,9 @@ def test_cli_train_evaluate_json(tuab_csv, tmp_path):
 
 
 def _main(args: list[str], capsys) -> tuple[int, str]:
-    """Run the console entry point in-process (known errors end there); returns (exit code, stderr)."""
-    import sys
-
-    from medtransfer.shared.cli import main as cli
-
-    old = sys.argv
-    sys.argv = ["medtransfer", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = old
-    return code, capsys.readouterr().err
+    """(exit code, stderr) of the console entry point run in-process."""
+    code, _, err = run_main(args, capsys)
+    return code, err
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
+from cliutil import run_main
 
 
 def _main(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run the console entry point in-process; returns (exit code, stdout, stderr)."""
-    from medtransfer.shared.cli import main as cli
-
-    old = sys.argv
-    sys.argv = ["medtransfer", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    """(exit code, stdout, stderr) of the console entry point run in-process."""
+    return run_main(args, capsys)
 
 
 def test_evaluate_a_run_folder_or_its_bundle(vs_run, vs_bundle, vs_echo, capsys):

@@ -3,6 +3,7 @@
 import shutil
 from pathlib import Path
 
+from cliutil import run_main
 from typer.testing import CliRunner
 
 from medtransfer.shared.cli.main import app
@@ -46,22 +47,8 @@ def test_wsi_commands_listed() -> None:
 
 
 def _main(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run the console entry point in-process; returns (exit code, stdout, stderr)."""
-    import sys
-
-    from medtransfer.shared.cli import main as cli
-
-    old = sys.argv
-    sys.argv = ["medtransfer", *args]
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = old
-    cap = capsys.readouterr()
-    return code, cap.out, cap.err
+    """(exit code, stdout, stderr) of the console entry point run in-process."""
+    return run_main(args, capsys)
 
 
 def test_wsi_synth_train_evaluate_cli(tmp_path: Path, capsys) -> None:

@@ -6,6 +6,7 @@ import json
 import shutil
 
 import pytest
+from cliutil import run_main
 
 from medtransfer.shared.export.guard import BelowBaselineError, baseline_record, baseline_verdict
 from medtransfer.shared.rundir import RunDir
@@ -35,7 +36,6 @@ def test_image_run_records_its_baseline(image_run):
 
 
 def test_below_baseline_export_refused_then_forced_and_flagged(image_run, tmp_path, capsys):
-    from medtransfer.shared.cli import main as cli
     from medtransfer.shared.imagetask.predict import ImagePredictor  # noqa: F401  (the app's predictor)
     from medtransfer.shared.runtime.bundle import load_bundle
     from medtransfer.shared.runtime.predictor import build_predictor
@@ -46,19 +46,10 @@ def test_below_baseline_export_refused_then_forced_and_flagged(image_run, tmp_pa
     r.update_info(baseline=baseline_record("accuracy", 0.3, 0.5, "majority class 'x'"))
 
     def main(*args):
-        import sys
+        return run_main(list(args), capsys)[0]
 
-        old, sys.argv = sys.argv, ["medtransfer", *args]
-        try:
-            cli.main()
-            return 0
-        except SystemExit as e:
-            return int(e.code or 0)
-        finally:
-            sys.argv = old
-
-    assert main("export", str(run), "--out", str(tmp_path / "b")) == 2
-    err = capsys.readouterr().err
+    code, _, err = run_main(["export", str(run), "--out", str(tmp_path / "b")], capsys)
+    assert code == 2
     assert "does not beat the trivial baseline" in err and "--force" in err and not (tmp_path / "b").exists()
     assert main("export", str(run), "--out", str(tmp_path / "b"), "--force") == 0
     b = load_bundle(tmp_path / "b")
