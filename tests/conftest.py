@@ -44,6 +44,23 @@ FUZZ_RUNS_DEFAULT = 200
 FUZZ_CASE_TIMEOUT_S = 10.0
 
 
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.gpu`` tests skip cleanly where torch sees no CUDA device."""
+    gpu = [it for it in items if it.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # noqa: BLE001 - no torch, no GPU tests
+        has_cuda = False
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="needs a CUDA device (run `pytest -m gpu` on a GPU machine)")
+        for it in gpu:
+            it.add_marker(skip)
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--fuzz-runs",
