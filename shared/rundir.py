@@ -123,6 +123,38 @@ def load_checkpoint_file(
     return st
 
 
+def model_spec(registry: str | None = None, builder: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    """What a checkpoint records to rebuild its model (braindecode's ``get_config`` / timm's idea).
+
+    Args:
+        registry: a name in the shared backbone registry (``create_model(registry, pretrained=False, **kwargs)``).
+        builder: or a ``"module:function"`` returning the model (or ``(model, ...)``).
+        **kwargs: the builder's arguments (plain data only).
+
+    Returns:
+        ``{"registry" | "builder": ..., "kwargs": {...}}``.
+    """
+    if (registry is None) == (builder is None):
+        raise ValueError("model_spec needs exactly one of registry= or builder=")
+    return {"registry": registry, "kwargs": kwargs} if registry else {"builder": builder, "kwargs": kwargs}
+
+
+def build_from_spec(spec: Mapping[str, Any]) -> Any:
+    """Build the (untrained) model a :func:`model_spec` describes."""
+    kwargs = dict(spec.get("kwargs") or {})
+    if spec.get("registry"):
+        from medtransfer.shared.registry import create_model
+
+        return create_model(str(spec["registry"]), pretrained=False, **kwargs)
+    from medtransfer.shared.plugins import load_object
+
+    ref = str(spec.get("builder") or "")
+    if not ref.startswith("medtransfer.") or ":" not in ref:  # a run folder may only name our own builders
+        raise CheckpointError(f"model spec names builder {ref[:80]!r}, which is not a medtransfer builder; refused")
+    out = load_object(ref)(**kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
 class RunDir:
     """A training run folder.
 
@@ -220,6 +252,29 @@ class RunDir:
         if not isinstance(rec, dict) or not rec.get("sha256"):
             return None
         return {str(rec["sha256"])} | ({str(rec["previous"])} if rec.get("previous") else set())
+
+    def load_model(self, which: str = "best", map_location: Any = "cpu") -> tuple[Any, dict[str, Any]]:
+        """Rebuild the run's model from the spec its checkpoint records and load the weights.
+
+        Returns:
+            ``(model in eval mode, checkpoint dict)``.
+
+        Raises:
+            CheckpointError: the checkpoint records no model spec (a run from before specs: retrain),
+                or its weights do not fit the rebuilt model.
+        """
+        st = self.load_checkpoint(which, map_location=map_location)
+        spec = st.get("model_spec")
+        if not isinstance(spec, Mapping):
+            raise CheckpointError(f"{self.checkpoint_path(which)}: records no model spec; cannot rebuild the model")
+        model = build_from_spec(spec)
+        try:
+            model.load_state_dict(st["model"])
+        except (RuntimeError, KeyError) as e:
+            raise CheckpointError(
+                f"{self.checkpoint_path(which)}: weights do not fit the recorded model ({type(e).__name__})"
+            ) from None
+        return model.eval(), st
 
     def load_checkpoint(self, which: str = "best", map_location: Any = "cpu") -> dict[str, Any]:
         """Read a checkpoint safely and verify its sha256 against ``run.json``.

@@ -228,6 +228,7 @@ def fit(
     monitor: str = "val_loss",
     mode: str = "min",
     extra_state: dict[str, Any] | None = None,
+    model_spec: dict[str, Any] | None = None,
     sampler_weights: Sequence[float] | None = None,
 ) -> FitResult:
     """Train ``model`` and keep the best checkpoint by a validation metric.
@@ -249,6 +250,8 @@ def fit(
             ``val_<key>``); ``cfg["train"]["monitor"]`` overrides.
         mode: ``min`` or ``max``; ``cfg["train"]["mode"]`` overrides.
         extra_state: saved into every checkpoint (label names, preprocessing ...).
+        model_spec: how to rebuild the model (``shared.rundir.model_spec``); saved in every checkpoint
+            and run.json so ``RunDir.load_model`` rebuilds it without app code.
         sampler_weights: per-item weights for a weighted random sampler (class balance).
 
     Returns:
@@ -266,6 +269,8 @@ def fit(
     run = RunDir(run_dir, must_exist=False)
     if main:
         _start_run(run, cfg, app, task, monitor, mode, world)
+        if model_spec:
+            run.update_info(model_spec=model_spec)
 
     setup_strategy(model, tc, head)
     model.to(device)
@@ -312,7 +317,21 @@ def fit(
                 key = monitor if monitor in row else ("val_loss" if "val_loss" in row else "train_loss")
                 improved = st.update(row, epoch, key, _agree(is_dist, device))
                 if main:
-                    _checkpoint(run, st, model, opt, sched, g, epoch, key, improved, cfg, app, task, extra_state)
+                    _checkpoint(
+                        run,
+                        st,
+                        model,
+                        opt,
+                        sched,
+                        g,
+                        epoch,
+                        key,
+                        improved,
+                        cfg,
+                        app,
+                        task,
+                        {**(extra_state or {}), **({"model_spec": model_spec} if model_spec else {})},
+                    )
                     _write_metrics(run_dir, st.history)
                     loggers.log(row, epoch)
                 patience = int(tc["patience"])

@@ -17,7 +17,7 @@ from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit, predict_arrays
 from medtransfer.shared.imagetask.data import load_image
 from medtransfer.shared.manifest import Record, assign_splits, by_split, read_manifest, require_classes
 from medtransfer.shared.registry import create_model
-from medtransfer.shared.rundir import RunDir
+from medtransfer.shared.rundir import RunDir, model_spec
 from medtransfer.shared.runtime.gates import limits_for
 from medtransfer.shared.utils.errors import MedTransferError
 
@@ -110,6 +110,9 @@ def train(
         monitor="val_accuracy",
         mode="max",
         extra_state={"labels": labels, "preprocessing": prep},
+        model_spec=model_spec(
+            registry=str(cfg["model"]["name"]), num_classes=len(labels), in_chans=1 if cfg["data"]["grayscale"] else 3
+        ),
     )
     # the trivial baseline beside the model, on the same validation cases: always the majority training class
     majority = max(labels, key=lambda c: sum(r.label == c for r in tr))
@@ -125,12 +128,8 @@ def train(
 
 def load_run(run_dir: str | Path):
     """Rebuild the model of a run from its best checkpoint; returns (model, cfg, labels, prep)."""
-    ck = RunDir(run_dir).load_checkpoint("best")
-    cfg, labels, prep = ck["config"], ck["labels"], ck["preprocessing"]
-    cfg = {**cfg, "model": {**cfg["model"], "pretrained": ""}}
-    model = _build(cfg, len(labels))
-    model.load_state_dict(ck["model"])
-    return model.eval(), cfg, labels, prep
+    model, ck = RunDir(run_dir).load_model("best")  # rebuilt from the registry name + args it records
+    return model, ck["config"], ck["labels"], ck["preprocessing"]
 
 
 def evaluate(run_dir: str | Path, manifest: str | Path, split: str = "test") -> dict[str, Any]:

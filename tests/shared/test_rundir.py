@@ -199,3 +199,24 @@ def test_planted_pickle_never_runs_from_any_command(tmp_path, capsys, image_run)
         lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
         assert len(lines) == 1 and "Traceback" not in err, (args, err)
         assert ".pt" in lines[0] and ("refused" in lines[0] or "not a medtransfer" in lines[0]), (args, lines[0])
+
+
+# ------------------------------------------------------------------------------ model spec
+def test_model_is_rebuilt_from_the_spec_its_checkpoint_records(image_run):
+    """The image task records registry name + args; RunDir.load_model rebuilds it with no app code."""
+    model, ck = RunDir(image_run["run"]).load_model("best")
+    spec = RunDir(image_run["run"]).info()["model_spec"]
+    assert ck["model_spec"] == spec and spec["registry"] == "resnet18"
+    assert spec["kwargs"]["num_classes"] == len(ck["labels"])
+    x = torch.zeros(2, spec["kwargs"]["in_chans"], 32, 32)
+    assert model(x).shape == (2, len(ck["labels"])) and not model.training
+
+
+def test_a_spec_naming_foreign_code_is_refused(tmp_path):
+    from medtransfer.shared.rundir import model_spec
+
+    run = RunDir(tmp_path / "r", must_exist=False)
+    run.write_info({"app": "image"})
+    run.save_checkpoint({"model": {}, "model_spec": model_spec(builder="os:system", command="touch x")}, "best")
+    with pytest.raises(CheckpointError, match="not a medtransfer builder"):
+        run.load_model("best")
