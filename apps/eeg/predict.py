@@ -35,7 +35,6 @@ class EEGPredictor(Predictor):
         self.threshold = float(options.get("threshold") or bundle.preprocessing.get("threshold", 0.5))
         self.labels = bundle.labels or ["normal", "abnormal"]
         self.gates = dict((getattr(bundle, "meta", None) or {}).get("gates") or {})
-        self._outputs: dict[Path, Path] = {}
 
     def predict(self, path: Path, **case: Any) -> dict[str, Any]:
         """Answer one recording.
@@ -49,7 +48,7 @@ class EEGPredictor(Predictor):
                 non-finite model output.
         """
         path = Path(path)
-        out_dir = self._artefact_dir(path) if self.options.get("plot") else None  # refuse a clash before any work
+        out_dir = self.artefact_dir(path) if self.options.get("plot") else None  # refuse a clash before any work
         win, info = preprocess_recording(path, self.pp, gates=self.gates or True)
         bs = int(self.options.get("batch") or 32)
         probs = []
@@ -74,21 +73,6 @@ class EEGPredictor(Predictor):
         if out_dir is not None:
             out["plot"] = str(self._plot(path, out_dir, p, prob))
         return out
-
-    def _artefact_dir(self, path: Path) -> Path | None:
-        """This input's artefact folder (``out_dir/<key>``); refuses a folder another input already used."""
-        out_dir = self.output_dir(path)
-        if out_dir is None:
-            return None
-        prev = self._outputs.get(out_dir.resolve())
-        if prev is not None and prev != path.resolve():
-            raise InputError(
-                path,
-                f"its plots would overwrite those of {prev.name} in {out_dir}; "
-                "give the inputs' common folder as input root or predict them separately",
-            )
-        self._outputs[out_dir.resolve()] = path.resolve()
-        return out_dir
 
     def _plot(self, path: Path, out_dir: Path, p: np.ndarray, prob: float) -> Path:
         import matplotlib

@@ -29,7 +29,6 @@ class WSIPredictor(Predictor):
     def __init__(self, bundle: Any, **options: Any) -> None:
         super().__init__(bundle, **options)
         self.gates = dict((getattr(bundle, "meta", None) or {}).get("gates") or {})
-        self._outputs: dict[Path, Path] = {}
 
     suffixes = (".h5",) + SLIDE_SUFFIXES
 
@@ -83,7 +82,7 @@ class WSIPredictor(Predictor):
         tiling = thumb = mask = None
         if path.suffix.lower() not in (".h5",) + SLIDE_SUFFIXES:
             raise InputError(path, f"not a feature bag (.h5) or a slide ({', '.join(SLIDE_SUFFIXES)})")
-        out_dir = self._artefact_dir(path) if self.options.get("plot") else None  # refuse a clash before any work
+        out_dir = self.artefact_dir(path) if self.options.get("plot") else None  # refuse a clash before any work
         if path.suffix.lower() == ".h5":
             feats, coords, _ = read_bag(path, self.gates)
         else:
@@ -117,21 +116,6 @@ class WSIPredictor(Predictor):
         if out_dir is not None:
             res["plots"] = self._plots(out_dir, path, res, attn, tiling, thumb, mask)
         return res
-
-    def _artefact_dir(self, path: Path) -> Path | None:
-        """This input's artefact folder (``out_dir/<key>``); refuses a folder another input already used."""
-        out_dir = self.output_dir(path)
-        if out_dir is None:
-            return None
-        prev = self._outputs.get(out_dir.resolve())
-        if prev is not None and prev != path.resolve():
-            raise InputError(
-                path,
-                f"its plots would overwrite those of {prev.name} in {out_dir}; "
-                "give the inputs' common folder as input root or score them separately",
-            )
-        self._outputs[out_dir.resolve()] = path.resolve()
-        return out_dir
 
     def _plots(
         self, out_dir: Path, path: Path, res: dict[str, Any], attn: np.ndarray, tiling: Any, thumb: Any, mask: Any

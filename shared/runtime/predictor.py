@@ -65,6 +65,28 @@ class Predictor:
             return None
         return output_dir(out, path, self.options.get("input_root"))
 
+    def artefact_dir(self, path: Path) -> Path | None:
+        """:meth:`output_dir`, refusing a folder that another input of this predictor already used.
+
+        Raises:
+            InputError: two inputs would write the same artefacts (checked before any work).
+        """
+        from medtransfer.shared.utils.errors import InputError
+
+        out_dir = self.output_dir(path)
+        if out_dir is None:
+            return None
+        used: dict[Path, Path] = self.__dict__.setdefault("_artefact_owners", {})
+        prev = used.get(out_dir.resolve())
+        if prev is not None and prev != path.resolve():
+            raise InputError(
+                path,
+                f"its artefacts would overwrite those of {prev.name} in {out_dir}; "
+                "give the inputs' common folder as input root or run them separately",
+            )
+        used[out_dir.resolve()] = path.resolve()
+        return out_dir
+
     def list_inputs(self, folder: Path) -> list[Path]:
         """Inputs found in a folder for ``score --input-dir`` (sorted, recursive)."""
         sfx = tuple(s.lower() for s in self.suffixes)
