@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -111,6 +112,31 @@ def _read_rows(reader: "csv.DictReader[str]", csv_path: Path, base: Path, requir
         p = p if p.is_absolute() else (base / p)
         out.append(Record(path=p, label=label, split=split, group=group, extra=row, rel=rel))
     return out
+
+
+def csv_relative(path: str | Path, out_csv: str | Path) -> str:
+    """``path`` as the manifest contract writes it: relative to the CSV's folder (posix), whatever
+    the working directory; kept absolute only when no relative path exists (another drive).
+
+    Args:
+        path: a file (absolute, or relative to the working directory).
+        out_csv: the CSV the path is written into.
+
+    Returns:
+        The path text for the CSV.
+    """
+    p = Path(path).absolute()
+    base = Path(out_csv).absolute().parent
+    try:
+        rel = os.path.relpath(p, base)
+    except ValueError:
+        return str(p)
+    if rel.startswith(".."):  # one side may be spelled through a symlink: prefer a path inside the folder
+        try:
+            rel = str(p.resolve().relative_to(base.resolve()))
+        except ValueError:
+            pass
+    return Path(rel).as_posix()
 
 
 def normalise_rel(rel: str) -> str:

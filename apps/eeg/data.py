@@ -29,7 +29,7 @@ from medtransfer.apps.eeg.io import (
     pp_hash,
     preprocess_recording,
 )
-from medtransfer.shared.manifest import Record, assign_splits, read_manifest, write_manifest
+from medtransfer.shared.manifest import Record, assign_splits, csv_relative, read_manifest, write_manifest
 from medtransfer.shared.utils.errors import InputError
 
 LABELS = ("normal", "abnormal")
@@ -65,29 +65,6 @@ def data_cfg(opts: Mapping[str, Any] | None = None) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # import report
 # ---------------------------------------------------------------------------------------------
-def csv_relative(path: str | Path, out_csv: str | Path) -> str:
-    """``path`` as the manifest contract writes it: relative to the CSV's folder (posix), whatever
-    the working directory; kept absolute only when no relative path exists (another drive).
-
-    Args:
-        path: a file (absolute, or relative to the working directory).
-        out_csv: the CSV the path is written into.
-
-    Returns:
-        The path text for the CSV.
-    """
-    p = Path(path).absolute()
-    base = Path(out_csv).absolute().parent
-    try:
-        rel = os.path.relpath(p, base)
-    except ValueError:
-        return str(p)
-    if rel.startswith(".."):  # one side may be spelled through a symlink: prefer a path inside the folder
-        try:
-            rel = str(p.resolve().relative_to(base.resolve()))
-        except ValueError:
-            pass
-    return Path(rel).as_posix()
 
 
 def _check_records(

@@ -114,14 +114,7 @@ def read_stack(path: Path, time_axis: str | int = "auto", overrides: Mapping[str
 
 def image_size(path: Path, overrides: Mapping[str, Any] | None = None) -> tuple[int, int]:
     """(width, height) of a PNG / JPEG / TIFF frame or mask from its header, checked before decoding."""
-    try:
-        w, h = gates.image_header_size(path)
-    except InputError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any PIL failure on a broken header
-        raise InputError(path, f"not a readable image header ({type(e).__name__})") from None
-    gates.check_image_size(w, h, path, overrides)
-    return w, h
+    return gates.checked_image_size(path, overrides)
 
 
 def _imread(path: Path, flags: int, overrides: Mapping[str, Any] | None = None) -> np.ndarray:

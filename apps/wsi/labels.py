@@ -13,10 +13,12 @@ Labels are per patient (case); a patient's slides are pooled into one bag.  The 
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from medtransfer.shared.manifest import csv_relative
 from medtransfer.shared.utils.errors import InputError
 
 ENDPOINTS = {"os": "", "dss": "_dss", "pfi": "_pfi"}
@@ -34,6 +36,7 @@ class Case:
         censored: 1 = censored, 0 = event.
         slides: slide ids (TCGA .svs file names).
         oncotree: oncotree code.
+        age: age at diagnosis in years when the table has a plausible ``age`` (else None).
     """
 
     case_id: str
@@ -42,6 +45,7 @@ class Case:
     censored: int
     slides: list[str] = field(default_factory=list)
     oncotree: str = ""
+    age: Optional[float] = None
 
     @property
     def event(self) -> int:
@@ -108,7 +112,9 @@ def read_table(
                     {"study": study, "case_id": cid, "slide_id": sid, "error": f"line {i}: empty case_id or slide_id"}
                 )
                 continue
-            case = cases.setdefault(cid, Case(cid, study, t, c, [], (row.get("oncotree_code") or "").strip()))
+            case = cases.setdefault(
+                cid, Case(cid, study, t, c, [], (row.get("oncotree_code") or "").strip(), _age(row.get("age")))
+            )
             case.slides.append(sid)
     return list(cases.values()), errors
 
@@ -148,23 +154,6 @@ def read_splits(root: str | Path, study: str, k: Optional[int] = None) -> list[t
 def slide_stem(slide_id: str) -> str:
     """``TCGA-...-DX1.<uuid>.svs`` -> ``TCGA-...-DX1.<uuid>`` (the h5 name)."""
     return slide_id[:-4] if slide_id.lower().endswith((".svs", ".tif")) else slide_id
-
-
-def _csv_relative(path: Path, out_csv: Path) -> str:
-    """``path`` relative to the CSV's folder (posix; symlinks kept), whatever the working directory."""
-    import os
-
-    p, base = Path(path).absolute(), Path(out_csv).absolute().parent
-    try:
-        rel = os.path.relpath(p, base)
-    except ValueError:  # another drive: no relative path exists
-        return str(p)
-    if rel.startswith(".."):  # one side may be spelled through a symlink: prefer a path inside the folder
-        try:
-            rel = str(p.resolve().relative_to(base.resolve()))
-        except ValueError:
-            pass
-    return Path(rel).as_posix()
 
 
 def import_tcga(
@@ -235,7 +224,7 @@ def import_tcga(
                             }
                         )
                         continue
-                    p = _csv_relative(have[stem], out_csv)
+                    p = csv_relative(have[stem], out_csv)
                     used.add(stem)
                 else:
                     p = sid
@@ -268,3 +257,12 @@ def import_tcga(
         raise InputError(root, f"no labelled slide left after matching labels to feature bags (see {err_path.name})")
     write_manifest(rows, out_csv, relative=False)  # bag paths are already relative to the CSV's folder
     return out_csv
+
+
+def _age(value: Any) -> Optional[float]:
+    """A plausible age in years (0-120) from a table cell, else None (missing or garbage)."""
+    try:
+        a = float(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+    return a if math.isfinite(a) and 0 <= a <= 120 else None

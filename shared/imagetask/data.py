@@ -47,13 +47,7 @@ def read_image(
         raise InputError(path, "is a folder, not an image file")
     if not path.is_file():
         raise InputError(path, "file not found")
-    try:
-        w, h = gates.image_header_size(path)
-    except InputError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any PIL failure on a broken header
-        raise InputError(path, f"not a readable image header ({type(e).__name__})") from None
-    gates.check_image_size(w, h, path, overrides)
+    gates.checked_image_size(path, overrides)
     try:
         with Image.open(path) as im:
             bands = len(im.getbands())

@@ -135,6 +135,21 @@ def image_header_size(path: str | Path) -> tuple[int, int]:
         raise InputError(path, "image dimensions are implausibly large; refused before decoding") from None
 
 
+def checked_image_size(path: str | Path, overrides: Mapping[str, Any] | None = None) -> tuple[int, int]:
+    """(width, height) from the header (:func:`image_header_size`), then :func:`check_image_size`.
+
+    Any reader failure on a broken header is one InputError naming only the exception type.
+    """
+    try:
+        w, h = image_header_size(path)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any PIL failure on a broken header
+        raise InputError(path, f"not a readable image header ({type(e).__name__})") from None
+    check_image_size(w, h, path, overrides)
+    return w, h
+
+
 def eeg_reasons(
     data_uv: np.ndarray, ch_names: list[str] | None = None, overrides: Mapping[str, Any] | None = None
 ) -> list[str]:
