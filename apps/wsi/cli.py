@@ -129,15 +129,18 @@ def evaluate_cmd(
     synthetic: bool = typer.Option(False, "--synthetic", help="the planted-signal bags the run was trained on"),
     strength: float = typer.Option(1.5, "--strength", help="planted signal strength of --synthetic bags"),
     fold: Optional[int] = typer.Option(None, "--fold", help="official fold (default: the run's; -1 = none)"),
-    split: str = typer.Option("test", "--split", help="test (the fold's held-out cases) | train | all"),
+    split: str = typer.Option(
+        "test", "--split", help="test (the fold's held-out cases) | val (training patients held out) | train | all"
+    ),
 ) -> None:
-    """Print C-index / td-AUC of a run's model (last epoch) on a split of the official fold, as JSON."""
+    """Print C-index / td-AUC of a run's model (last epoch) on a split of the official fold, as JSON,
+    with the trivial baseline (C-index 0.5 / age-only Cox) on the same cases beside it."""
     from medtransfer.apps.wsi.export import rebuild
     from medtransfer.apps.wsi.labels import read_splits
-    from medtransfer.apps.wsi.train import evaluate, load_cohort
+    from medtransfer.apps.wsi.train import evaluate, load_cohort, survival_baseline
 
-    if split not in ("test", "train", "all"):
-        raise ConfigError(f"--split must be test, train or all (got '{split}')")
+    if split not in ("test", "val", "train", "all"):
+        raise ConfigError(f"--split must be test, val, train or all (got '{split}')")
     model, info, cfg = rebuild(run_dir)
     study = study or info.get("study")
     if not study:
@@ -154,8 +157,14 @@ def evaluate_cmd(
     else:
         tr_ids, te_ids = read_splits(labels, study)[int(k)]
         tr, te = coh.subset(tr_ids), coh.subset(te_ids)
-    cases = {"test": te, "train": tr, "all": coh.cases}[split]
+    val_ids = set(info.get("val_ids") or [])
+    va = [c for c in tr if c.case_id in val_ids]
+    tr = [c for c in tr if c.case_id not in val_ids]  # the patients actually fitted
+    cases = {"test": te, "val": va, "train": tr, "all": coh.cases}[split]
+    if not cases:
+        raise ConfigError(f"{run_dir}: the {split} split has no patient with a bag")
     ev = evaluate(model, cases, coh.bags, tr)
+    base = survival_baseline(model, cases, coh.bags, tr, split)
     typer.echo(
         json.dumps(
             {
@@ -163,6 +172,10 @@ def evaluate_cmd(
                 "fold": k,
                 "split": split,
                 **{key: ev[key] for key in ("c_index", "td_auc", "n", "events")},
+                "baseline_c_index": base["baseline"],
+                "baseline": base["baseline_name"],
+                "baselines": base["baselines"],
+                "beats_baseline": base["beats_baseline"],
             },
             default=float,
         )
@@ -204,7 +217,7 @@ def pkt(
     synthetic: bool = typer.Option(False, "--synthetic"),
     dim: int = typer.Option(128, "--dim", help="feature size of --synthetic bags"),
     strength: float = typer.Option(1.5, "--strength", help="planted signal strength of --synthetic bags"),
-    n_train: int = typer.Option(40, "--n-train", help="target training patients per fold"),
+    n_train: int = typer.Option(40, "--n-train", help="target training patients per fold (0 = all, as Path-PKT)"),
     folds: int = typer.Option(5, "--folds"),
     finetune: str = typer.Option(
         "best", "--finetune", help="single-source fine-tune: best (source picked on training patients), all, none"

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from medtransfer.shared.registry import create_model
-from medtransfer.shared.utils.errors import MedTransferError
+from medtransfer.shared.utils.errors import ConfigError, MedTransferError
 
 
 def uni2h(num_classes: int = 0, depth: int = 24, **kw: Any) -> nn.Module:
@@ -102,6 +102,10 @@ def build_mil(in_dim: int, n_bins: int, hidden: int = 512, attn_dim: int = 384, 
     )
 
 
+#: MoE-PKT gate weighting: ``renorm`` (ours) or ``raw`` (Path-PKT, the top-k softmax probabilities).
+ROUTINGS = ("renorm", "raw")
+
+
 class MoEPKT(nn.Module):
     """MoE-PKT: route a target slide through the top-k of several frozen source-cancer models.
 
@@ -117,6 +121,8 @@ class MoEPKT(nn.Module):
         n_bins: hazard bins.
         top_k: experts used per slide.
         names: source names (for reports).
+        routing: ``renorm`` (ours: the kept top-k probabilities rescaled to sum to 1) or ``raw``
+            (Path-PKT: the kept softmax probabilities as they are, summing to less than 1).
     """
 
     def __init__(
@@ -126,10 +132,14 @@ class MoEPKT(nn.Module):
         n_bins: int,
         top_k: int = 2,
         names: Optional[Sequence[str]] = None,
+        routing: str = "renorm",
     ) -> None:
         super().__init__()
         if not sources:
             raise MedTransferError("MoE-PKT needs at least one source model")
+        if routing not in ROUTINGS:
+            raise ConfigError(f"moe.routing must be one of {', '.join(ROUTINGS)} (got '{routing}')")
+        self.routing = routing
         self.sources = nn.ModuleList(sources)
         for p in self.sources.parameters():
             p.requires_grad_(False)
@@ -169,7 +179,8 @@ class MoEPKT(nn.Module):
         kth = torch.topk(probs, self.top_k, dim=-1).values[:, -1:]
         keep = (probs >= kth).to(probs.dtype)
         gates = probs * keep
-        gates = gates / gates.sum(-1, keepdim=True).clamp_min(1e-9)
+        if self.routing == "renorm":
+            gates = gates / gates.sum(-1, keepdim=True).clamp_min(1e-9)
         outs = torch.stack([e(s.embed(x, mask)[0]) for s, e in zip(self.sources, self.experts)], dim=1)  # (B,E,H)
         mixed = (gates.unsqueeze(-1) * outs).sum(1)
         return {
@@ -190,13 +201,24 @@ class MoEPKT(nn.Module):
         return self.target.embed(x, mask)
 
     @staticmethod
-    def aux_losses(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Switch-style balance loss (E * sum f_i P_i) and router z-loss (mean logsumexp^2)."""
+    def aux_losses(out: dict[str, torch.Tensor], scale_by_experts: bool = True) -> dict[str, torch.Tensor]:
+        """Switch-style balance loss and router z-loss (mean logsumexp^2).
+
+        Args:
+            out: :meth:`route` outputs (``probs``, ``keep``, ``router_logits``).
+            scale_by_experts: ours multiplies the balance term by the number of experts E
+                (``E * sum_i f_i P_i``, as the Switch Transformer); Path-PKT does not
+                (``sum_i f_i P_i``).  ``f_i`` = fraction of the batch's top-k picks that went to
+                expert i, ``P_i`` = mean router probability of expert i.
+
+        Returns:
+            ``{"balance", "z"}`` (unweighted).
+        """
         probs, keep = out["probs"], out["keep"]
         n_exp = probs.shape[-1]
         f = keep.mean(0) / keep.sum(-1).mean().clamp_min(1e-9)
         p = probs.mean(0)
-        balance = n_exp * (f * p).sum()
+        balance = (f * p).sum() * (n_exp if scale_by_experts else 1)
         z = torch.logsumexp(out["router_logits"], dim=-1).pow(2).mean()
         return {"balance": balance, "z": z}
 

@@ -116,14 +116,17 @@ def pad_bags(
 
 # ---------------------------------------------------------------------------- metrics
 def c_index(times: np.ndarray, events: np.ndarray, risk: np.ndarray) -> float:
-    """Harrell's C-index (scikit-survival ``concordance_index_censored``)."""
+    """Harrell's C-index (scikit-survival ``concordance_index_censored``); NaN when no pair is
+    comparable (no event, e.g. a small validation split of censored patients only)."""
     from sksurv.metrics import concordance_index_censored
 
-    return float(
-        concordance_index_censored(np.asarray(events).astype(bool), np.asarray(times, float), np.asarray(risk, float))[
-            0
-        ]
-    )
+    ev = np.asarray(events).astype(bool)
+    if not ev.any():
+        return float("nan")
+    try:
+        return float(concordance_index_censored(ev, np.asarray(times, float), np.asarray(risk, float))[0])
+    except ZeroDivisionError:  # events but no comparable pair
+        return float("nan")
 
 
 def td_auc(

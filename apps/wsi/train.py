@@ -41,12 +41,24 @@ from medtransfer.shared.utils.errors import InputError, MedTransferError
 APP, TASK = "wsi", "survival"
 
 DEFAULTS: dict[str, Any] = {
-    "data": {"endpoint": "dss", "max_patches": 512},
+    # val_fraction: patients of the training fold held out (seeded) as the validation split on which
+    # train_run records the trivial baseline for the export guard (0 = none: recorded on the held-out fold)
+    "data": {"endpoint": "dss", "max_patches": 512, "val_fraction": 0.2},
     "threads": 1,
     "min_steps": 150,  # small cohorts get more epochs: at least this many optimizer steps  # torch threads for bag models (small nets: more threads only add contention)
     "model": {"hidden": 64, "attn_dim": 32, "dropout": 0.25, "n_bins": 4, "bins": "quantile"},
     "loss": {"alpha": 0.5},
-    "moe": {"top_k": 2, "balance_weight": 0.01, "z_weight": 0.01},
+    # routing: renorm (ours: kept top-k probabilities rescaled to 1) | raw (Path-PKT: softmax values as they are)
+    # balance_times_experts: ours scales the balance loss by E (Switch); Path-PKT does not
+    # self_expert: Path-PKT adds the target's own fold model (cancer-specific, same training patients) as an expert
+    "moe": {
+        "top_k": 2,
+        "balance_weight": 0.01,
+        "z_weight": 0.01,
+        "routing": "renorm",
+        "balance_times_experts": True,
+        "self_expert": False,
+    },
     "train": {
         **TRAIN_DEFAULTS,
         "epochs": 20,
@@ -121,11 +133,12 @@ def make_loss(cfg: dict[str, Any]):
     """loss_fn(outputs, targets): hazard NLL (+ balance and z losses for MoE-PKT)."""
     alpha = float(cfg["loss"]["alpha"])
     wb, wz = float(cfg["moe"]["balance_weight"]), float(cfg["moe"]["z_weight"])
+    times_e = bool(cfg["moe"]["balance_times_experts"])
 
     def loss_fn(out: dict[str, torch.Tensor], tgt: dict[str, torch.Tensor]) -> torch.Tensor:
         loss = nll_loss(out["logits"], tgt["bin"], tgt["censored"], alpha=alpha)
         if "probs" in out:
-            aux = MoEPKT.aux_losses(out)
+            aux = MoEPKT.aux_losses(out, scale_by_experts=times_e)
             loss = loss + wb * aux["balance"] + wz * aux["z"]
         return loss
 
@@ -341,6 +354,105 @@ def evaluate(
     return out
 
 
+#: Name of the constant-risk baseline (every pair tied: C-index 0.5).
+CONSTANT_BASELINE = "constant risk (C-index 0.5)"
+AGE_BASELINE = "age-only Cox model"
+
+
+def age_cox_c_index(train_cases: Sequence[Case], cases: Sequence[Case]) -> Optional[float]:
+    """C-index on ``cases`` of a Cox model with age as its only covariate, fit on ``train_cases``
+    (scikit-survival ``CoxPHSurvivalAnalysis``).
+
+    Returns:
+        The C-index, or None when ages are missing (any case of ``cases``, or fewer than 10
+        training cases with an age), the training cases have no event, or the fit fails.
+    """
+    tr = [c for c in train_cases if c.age is not None]
+    if len(tr) < 10 or not cases or any(c.age is None for c in cases) or not any(c.event for c in tr):
+        return None
+    try:
+        from sksurv.linear_model import CoxPHSurvivalAnalysis
+        from sksurv.util import Surv
+    except ImportError:  # scikit-survival not installed: the constant baseline only
+        return None
+    import warnings
+
+    ages = np.array([c.age for c in tr], float)
+    mu, sd = float(ages.mean()), float(ages.std()) or 1.0
+    x_tr = ((ages - mu) / sd)[:, None]  # standardised: the fit is stable, the ranking unchanged
+    y_tr = Surv.from_arrays(event=np.array([bool(c.event) for c in tr]), time=np.array([c.time for c in tr], float))
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")  # convergence warnings on separable toy data
+            cox = CoxPHSurvivalAnalysis(alpha=1e-3).fit(x_tr, y_tr)  # tiny ridge: finite when age separates
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError):
+        return None
+    risk = cox.predict(((np.array([c.age for c in cases], float) - mu) / sd)[:, None])
+    t, cen = _arrays(cases)
+    return float(c_index(t, 1 - cen, risk))
+
+
+def survival_baseline(
+    model: torch.nn.Module,
+    cases: Sequence[Case],
+    bags: dict[str, np.ndarray],
+    train_cases: Sequence[Case],
+    split: str = "val",
+) -> dict[str, Any]:
+    """The trivial-baseline record of a survival model on ``cases`` (the export guard's input).
+
+    The bar is the stronger of C-index 0.5 (constant risk) and, where the tables give ages, an
+    age-only Cox model fit on ``train_cases``; both are kept under ``baselines``.
+
+    Returns:
+        :func:`medtransfer.shared.export.guard.baseline_record` plus ``baselines`` and ``n``.
+    """
+    from medtransfer.shared.export.guard import baseline_record
+
+    base = {CONSTANT_BASELINE: 0.5}
+    age_c = age_cox_c_index(train_cases, cases)
+    if age_c is not None and math.isfinite(age_c):
+        base[AGE_BASELINE] = age_c
+    name = max(base, key=lambda k: base[k])
+    model_c = evaluate(model, cases, bags, train_cases)["c_index"] if cases else float("nan")
+    rec = baseline_record("c_index", model_c, base[name], name, True, split)
+    rec["baselines"] = base
+    rec["n"] = len(cases)
+    return rec
+
+
+def record_baseline(
+    model: torch.nn.Module,
+    run_dir: str | Path,
+    cases: Sequence[Case],
+    bags: dict[str, np.ndarray],
+    train_cases: Sequence[Case],
+    split: str = "val",
+) -> dict[str, Any]:
+    """:func:`survival_baseline` written into ``run.json["baseline"]``; returns the record."""
+    rec = survival_baseline(model, cases, bags, train_cases, split)
+    RunDir(run_dir).update_info(baseline=rec)
+    return rec
+
+
+def split_val(cases: Sequence[Case], fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
+    """Patients ``(fit, val)``: a seeded ``fraction`` of ``cases`` held out for validation, stratified
+    by event so that the validation C-index is defined (at least 2 patients and, where the cases
+    have events, at least one event; at least 4 kept for fitting; none when impossible or fraction 0)."""
+    cases = list(cases)
+    if fraction <= 0 or len(cases) < 6:
+        return cases, []
+    n_val = min(max(int(round(len(cases) * float(fraction))), 2), len(cases) - 4)
+    rng = np.random.default_rng(int(seed))
+    events = [i for i, c in enumerate(cases) if c.event]
+    others = [i for i, c in enumerate(cases) if not c.event]
+    n_ev = min(len(events), max(1 if events else 0, int(round(n_val * len(events) / len(cases)))))
+    idx = set(rng.permutation(events)[:n_ev].tolist()) | set(rng.permutation(others)[: n_val - n_ev].tolist())
+    if len(idx) < n_val:  # too few censored patients: top up with events
+        idx |= set([i for i in rng.permutation(events).tolist() if i not in idx][: n_val - len(idx)])
+    return [c for i, c in enumerate(cases) if i not in idx], [c for i, c in enumerate(cases) if i in idx]
+
+
 def _edges(cases: Sequence[Case], cfg: dict[str, Any]) -> np.ndarray:
     t, c = _arrays(cases)
     return make_bins(t, 1 - c, int(cfg["model"]["n_bins"]), str(cfg["model"]["bins"]))
@@ -393,6 +505,8 @@ def cross_validate(
             extra={"in_dim": dim, "kind": "mil", "study": study, "fold": k, "config": c["model"]},
         )
         ev = evaluate(model, te, cohort.bags, tr)
+        # CV reports on the held-out fold (no validation split): its baseline is recorded there, named so
+        record_baseline(model, out_dir / f"fold{k}", te, cohort.bags, tr, split="test (held-out fold)")
         tr_risk = evaluate(model, tr, cohort.bags, tr)["risk"]
         pooled_t += [x.time for x in te]
         pooled_c += [x.censored for x in te]
@@ -432,6 +546,10 @@ def cross_validate(
 
 
 # ---------------------------------------------------------------------------- Path-PKT
+#: Expert name of the target's own fold model (``moe.self_expert``, Path-PKT's expert set).
+SELF_EXPERT = "self (target fold model)"
+
+
 def train_sources(cohorts: dict[str, Cohort], cfg: dict[str, Any], out_dir: str | Path) -> dict[str, torch.nn.Module]:
     """One survival MIL per source cancer, on all of that cancer's patients."""
     out = {}
@@ -465,8 +583,10 @@ def pkt_compare(
 ) -> dict[str, Any]:
     """Cancer-specific vs single-source fine-tune vs MoE-PKT on a target cancer with few patients.
 
-    For each official fold: ``n_train`` patients drawn (seeded) from the fold's train cases; all
-    methods see the same patients and are scored on the fold's held-out cases.  ``finetune``:
+    For each official fold: ``n_train`` patients drawn (seeded) from the fold's train cases (0 = all
+    of them, as Path-PKT); all methods see the same patients and are scored on the fold's held-out
+    cases; the baseline guard's record is measured on the fold's training patients not drawn.
+    ``moe.self_expert`` adds the cancer-specific model of the fold as one more expert (Path-PKT).  ``finetune``:
     ``best`` fine-tunes the one source whose frozen model ranks the fold's training patients best
     (chosen on training patients only), ``all`` fine-tunes every source, ``none`` skips it.
 
@@ -488,7 +608,15 @@ def pkt_compare(
     for k, (tr_ids, te_ids) in enumerate(splits):
         rng = np.random.default_rng(int(cfg["train"]["seed"]) + k)
         tr_all, te = target.subset(tr_ids), target.subset(te_ids)
-        tr = [tr_all[i] for i in sorted(rng.choice(len(tr_all), min(n_train, len(tr_all)), replace=False))]
+        n_draw = len(tr_all) if n_train <= 0 else min(n_train, len(tr_all))  # <= 0: all (Path-PKT)
+        tr = [tr_all[i] for i in sorted(rng.choice(len(tr_all), n_draw, replace=False))]
+        # validation split for the baseline guard: the fold's training patients NOT drawn (never the held-out fold)
+        drawn = {x.case_id for x in tr}
+        val = [x for x in tr_all if x.case_id not in drawn]
+        vsplit = (
+            "val (fold training patients not drawn)" if val else "test (held-out fold; every training patient drawn)"
+        )
+        vcases = val or te
         c = _cfg_seed(cfg, int(cfg["train"]["seed"]) + k)
         edges = _edges(tr, c)
         torch.manual_seed(int(c["train"]["seed"]))
@@ -501,6 +629,7 @@ def pkt_compare(
             out_dir / f"fold{k}" / "specific",
             extra={"in_dim": dim, "kind": "mil", "study": study},
         )
+        record_baseline(m, out_dir / f"fold{k}" / "specific", vcases, target.bags, tr, vsplit)
         res["cancer-specific"].append(evaluate(m, te, target.bags, tr)["c_index"])
         todo = []
         if finetune == "all":
@@ -524,9 +653,14 @@ def pkt_compare(
                 out_dir / f"fold{k}" / f"finetune_{s}",
                 extra={"in_dim": dim, "kind": "mil", "study": study, "source": s},
             )
+            record_baseline(ft, out_dir / f"fold{k}" / f"finetune_{s}", vcases, target.bags, tr, vsplit)
             res[key].append(evaluate(ft, te, target.bags, tr)["c_index"])
         torch.manual_seed(int(c["train"]["seed"]))
-        moe = build_moe([copy.deepcopy(sources[s]) for s in names], dim, c, names)
+        experts, enames = [copy.deepcopy(sources[s]) for s in names], list(names)
+        if bool(c["moe"]["self_expert"]):  # Path-PKT: the target's own fold model is one more expert
+            experts.append(copy.deepcopy(m))
+            enames.append(SELF_EXPERT)
+        moe = build_moe(experts, dim, c, enames)
         cm = copy.deepcopy(c)
         cm["train"]["strategy"] = "linear_probe"
         moe = train_model(
@@ -537,8 +671,9 @@ def pkt_compare(
             cm,
             out_dir / f"fold{k}" / "moe",
             head=["target", "router", "experts", "head"],
-            extra={"in_dim": dim, "kind": "moe", "study": study, "sources": names},
+            extra={"in_dim": dim, "kind": "moe", "study": study, "sources": enames},
         )
+        record_baseline(moe, out_dir / f"fold{k}" / "moe", vcases, target.bags, tr, vsplit)
         ev = evaluate(moe, te, target.bags, tr)
         res["moe-pkt"].append(ev["c_index"])
         gates_all.append(ev["gates"])
@@ -551,14 +686,17 @@ def pkt_compare(
         mu, sd = mean_sd(list(per_fold.mean(0)))
         methods["finetune (mean over sources)"] = {"c_index": list(per_fold.mean(0)), "mean": mu, "sd": sd}
     g = np.concatenate(gates_all)
+    gnames = names + [SELF_EXPERT] * (g.shape[1] - len(names))
     routing = {
-        "mean_gate": {n: float(v) for n, v in zip(names, g.mean(0))},
-        "selected_fraction": {n: float(v) for n, v in zip(names, (g > 0).mean(0))},
+        "mean_gate": {n: float(v) for n, v in zip(gnames, g.mean(0))},
+        "selected_fraction": {n: float(v) for n, v in zip(gnames, (g > 0).mean(0))},
     }
     out = {
         "target": study,
         "n_train": n_train,
         "sources": names,
+        "experts": gnames,
+        "protocol": {k: c["moe"][k] for k in ("top_k", "routing", "balance_times_experts", "self_expert")},
         "methods": methods,
         "routing": routing,
         "finetune_source_per_fold": picked,
@@ -571,7 +709,14 @@ def pkt_compare(
 
 def build_moe(sources: Sequence[torch.nn.Module], in_dim: int, cfg: dict[str, Any], names: Sequence[str]) -> MoEPKT:
     """MoE-PKT over (frozen) source models with a fresh target MIL for the router."""
-    return MoEPKT(list(sources), new_mil(in_dim, cfg), int(cfg["model"]["n_bins"]), int(cfg["moe"]["top_k"]), names)
+    return MoEPKT(
+        list(sources),
+        new_mil(in_dim, cfg),
+        int(cfg["model"]["n_bins"]),
+        int(cfg["moe"]["top_k"]),
+        names,
+        routing=str(cfg["moe"]["routing"]),
+    )
 
 
 def plot_pkt(res: dict[str, Any], out_png: str | Path) -> Path:
@@ -660,13 +805,23 @@ def train_run(
     fold: Optional[int] = 0,
 ) -> dict[str, Any]:
     """Train one exportable survival MIL on a study (train cases of official fold ``fold``, or all
-    cases when ``fold`` is None), score the fold's held-out cases, and write the run folder."""
+    cases when ``fold`` is None), score the fold's held-out cases, and write the run folder.
+
+    ``data.val_fraction`` of the training patients (seeded) are held out as the validation split:
+    not fitted, and where the trivial baseline (C-index 0.5 / age-only Cox) is recorded for the
+    export guard.  With ``data.val_fraction=0`` every training patient is fitted (Path-PKT) and the
+    baseline is recorded on the held-out fold, named so.
+
+    Returns:
+        Metrics (train / val / test C-index, counts) and ``baseline`` (the record).
+    """
     coh = load_cohort(labels_root, study, features, str(cfg["data"]["endpoint"]), bags)
     if fold is None:
         tr, te = coh.cases, []
     else:
         tr_ids, te_ids = read_splits(labels_root, study)[fold]
         tr, te = coh.subset(tr_ids), coh.subset(te_ids)
+    tr, val = split_val(tr, float(cfg["data"]["val_fraction"]), int(cfg["train"]["seed"]))
     dim = next(iter(coh.bags.values())).shape[1]
     torch.manual_seed(int(cfg["train"]["seed"]))
     edges = _edges(tr, cfg)
@@ -680,7 +835,16 @@ def train_run(
         extra={"in_dim": dim, "kind": "mil", "study": study, "fold": fold},
     )
     extra = bag_attrs(features) if features else {}
+    extra["val_ids"] = [c.case_id for c in val]  # not fitted: `wsi evaluate --split val`
     metrics = finalize_run(model, out, coh, tr, te, extra)
+    if val:
+        base = record_baseline(model, out, val, coh.bags, tr, "val")
+    elif te:
+        base = record_baseline(model, out, te, coh.bags, tr, "test (held-out fold; data.val_fraction=0)")
+    else:
+        base = None  # all cases fitted, nothing held out: no baseline can be measured
+    if base:
+        metrics.update({"val_c_index": base["model"], "n_val": base["n"], "baseline": base})
     if coh.errors:
         _write_errors(Path(out) / "errors.csv", coh.errors)
     return metrics

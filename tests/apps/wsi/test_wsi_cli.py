@@ -90,8 +90,18 @@ def test_wsi_synth_train_evaluate_cli(tmp_path: Path, capsys) -> None:
         ["wsi", "evaluate", str(run), "--labels", str(labels), "--synthetic", "--split", "train"], capsys
     )
     assert code == 0 and math.isclose(json.loads(out.replace("NaN", "null"))["c_index"], trained["train_c_index"])
+    # the validation split (training patients not fitted) gives the recorded baseline, reported beside the model
+    base = trained["baseline"]
+    assert base["split"] == "val" and base["metric"] == "c_index" and base["n"] == trained["n_val"] >= 2
+    assert base["baselines"]["constant risk (C-index 0.5)"] == 0.5 and base["baseline"] >= 0.5
+    code, out, _ = _main(
+        ["wsi", "evaluate", str(run), "--labels", str(labels), "--synthetic", "--split", "val"], capsys
+    )
+    ev = json.loads(out.replace("NaN", "null"))
+    assert code == 0 and math.isclose(ev["c_index"], base["model"]) and ev["n"] == base["n"]
+    assert ev["baseline_c_index"] == base["baseline"] and ev["beats_baseline"] == base["beats_baseline"]
     # no bag source, or a bad split: one line, exit 2
     code, _, err = _main(["wsi", "evaluate", str(run), "--labels", str(labels)], capsys)
     assert code == 2 and err == "error: give --features DIR or --synthetic\n", err
     code, _, err = _main(["wsi", "evaluate", str(run), "--labels", str(labels), "--synthetic", "--split", "x"], capsys)
-    assert code == 2 and err.startswith("error: --split must be test, train or all"), err
+    assert code == 2 and err.startswith("error: --split must be test, val, train or all"), err

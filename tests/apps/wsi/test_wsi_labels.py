@@ -20,6 +20,7 @@ def test_real_tcga_tables_and_splits(labels_root: Path) -> None:
     assert len(cases) == 359 and sum(len(c.slides) for c in cases) == 423  # patients with several slides
     assert any(len(c.slides) > 1 for c in cases)
     assert all(c.censored in (0, 1) and c.time >= 0 for c in cases)
+    assert all(c.age is not None and 10 < c.age < 100 for c in cases)  # age: the age-only Cox baseline
     folds = read_splits(labels_root, "tcga_blca")
     assert len(folds) == 5
     ids = {c.case_id for c in cases}
@@ -66,3 +67,20 @@ def test_bad_label_rows_become_errors(tmp_path: Path) -> None:
     (tmp_path / "tcga_y.csv").write_text("case_id,slide_id\nA,A.svs\n")
     with pytest.raises(InputError, match="missing column"):
         read_table(tmp_path / "tcga_y.csv", "dss")
+
+
+def test_age_column_garbage_becomes_none(tmp_path: Path) -> None:
+    root = make_survpath_tables(tmp_path / "labels", studies=("tcga_aaa",), n_cases=6)
+    table = find_studies(root)["tcga_aaa"]
+    rows = list(csv.DictReader(open(table, newline="")))
+    ids = list(dict.fromkeys(r["case_id"] for r in rows))  # a patient may have several slide rows
+    garbage = dict(zip(ids, ["63", "abc", "", "-4", "nan", "250"]))
+    for r in rows:
+        r["age"] = garbage[r["case_id"]]
+    with open(table, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    ages = {c.case_id: c.age for c in read_table(table, "dss")[0]}
+    assert ages[ids[0]] == 63.0
+    assert [ages[i] for i in ids[1:]] == [None] * (len(ids) - 1) and len(ids) >= 4
