@@ -223,6 +223,12 @@ def transfer_cmd(
     seeds: str = typer.Option("0,1,2", "--seeds", help="comma list of seeds"),
     model: Optional[str] = typer.Option(None, "--model", help="shallow | deep4 | tcn | eegnet"),
     source_run: Optional[Path] = typer.Option(None, "--source-run", help="reuse a trained source run"),
+    baselines: str = typer.Option(
+        "", "--baselines", help="the paper's baselines, comma list: concat (source+target), scaling (source data)"
+    ),
+    source_fractions: str = typer.Option(
+        "0.1,0.25,0.5,1.0", "--source-fractions", help="source training fractions for --baselines scaling"
+    ),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     recipe: Optional[Path] = recipe_option(help="recipe YAML"),
     set_: Optional[List[str]] = set_option(),
@@ -250,6 +256,8 @@ def transfer_cmd(
         fractions=[float(f) for f in fractions.split(",") if f.strip()],
         seeds=[int(s) for s in seeds.split(",") if s.strip()],
         source_run=source_run,
+        baselines=[b.strip() for b in baselines.split(",") if b.strip()],
+        source_fractions=[float(f) for f in source_fractions.split(",") if f.strip()],
     )
     typer.echo(json.dumps({k: str(v) for k, v in res.items() if k in ("table", "plot", "summary")}))
 

@@ -69,7 +69,11 @@ def run(out_dir: Path, fast: bool = True) -> dict[str, Any]:
     src_run = out_dir / "runs" / "tuab_source"
     train(src_csv, src_run, cfg, progress=False)
     src_test = evaluate(src_run, src_csv, split="test", progress=False)
-    bundle = export_run(src_run, out_dir / "bundle_eeg")
+    from medtransfer.shared.rundir import RunDir
+
+    baseline = dict(RunDir(src_run).info().get("baseline") or {})
+    below = not baseline.get("beats_baseline", True)  # forced only when really below (the report says so)
+    bundle = export_run(src_run, out_dir / "bundle_eeg", force=below)
     example = sorted((nmt_root / "abnormal" / "eval").glob("*.edf"))[0]
     p = EEGPredictor(load_bundle(bundle), plot=True, out_dir=str(out_dir)).predict(example)
 
@@ -91,6 +95,7 @@ def run(out_dir: Path, fast: bool = True) -> dict[str, Any]:
     metrics = {
         "source_test_balanced_accuracy": src_test["balanced_accuracy"],
         "source_test_auroc": src_test["auroc"],
+        "validation_baseline": baseline,
         "predict_example": {"file": example.name, "label": p["label"], "probability": p["probability"]},
         "transfer_summary": sw["summary_rows"],
         "seconds": round(time.time() - t0, 1),
@@ -102,6 +107,7 @@ def run(out_dir: Path, fast: bool = True) -> dict[str, Any]:
         "n_skipped": n_skipped,
         "src_test": src_test,
         "bundle": bundle,
+        "baseline": baseline,
         "example": example,
         "prediction": p,
         "sweep": sw,
@@ -114,6 +120,21 @@ def _rows(manifest: Path) -> int:
     """Data rows of a CSV."""
     with open(manifest, newline="") as f:
         return sum(1 for _ in csv.DictReader(f))
+
+
+def _baseline_line(rec: dict[str, Any]) -> str:
+    """The validation split's trivial-baseline comparison, one Markdown bullet."""
+    if not rec:
+        return "- no validation split: no trivial-baseline comparison"
+    verdict = (
+        "beats it"
+        if rec.get("beats_baseline")
+        else "does NOT beat it: the bundle was exported with force and is marked unreliable"
+    )
+    return (
+        f"- validation balanced accuracy {rec['model']:.2f} vs trivial baseline ({rec['baseline_name']}) "
+        f"{rec['baseline']:.2f}: the model {verdict}"
+    )
 
 
 def report(res: dict[str, Any], out_dir: Path) -> str:
@@ -150,6 +171,7 @@ def report(res: dict[str, Any], out_dir: Path) -> str:
             "",
             f"- TUAB test (recording level, mean of window probabilities): balanced accuracy "
             f"**{src_test['balanced_accuracy']:.2f}**, AUROC **{src_test['auroc']:.2f}** ({src_test['n_recordings']} recordings)",
+            _baseline_line(res.get("baseline") or {}),
             f"- ONNX bundle `{Path(res['bundle']).name}`; torch-free predict on NMT `{res['example'].name}` (abnormal): "
             f"**{p['label']}**, P(abnormal) = {p['probability']:.2f} over {p['n_windows']} windows",
             "",

@@ -2,6 +2,16 @@
 target's training recordings with each strategy, compare with training from scratch on the same
 fractions, and measure forgetting (source test accuracy before and after fine-tuning).
 
+The paper's two baselines are modes of the same sweep (``baselines``):
+
+* ``concat``: train from scratch on the source training recordings concatenated with the same
+  target fraction (validated on the target's val split), scored on the target test split
+  (mode ``concat``);
+* ``scaling``: source-data scaling, pretrain on a fraction of the source training recordings,
+  then fine-tune (``full``) on the whole target training split; mode ``source_scaling_<f>``
+  (``fraction`` is the target fraction used, ``source_fraction`` the source one), with the
+  pretrained model's source test accuracy and the forgetting after fine-tuning.
+
 Outputs ``<out>/transfer_results.csv`` (one row per fraction x seed x mode), ``transfer_summary.csv``
 (mean and std over seeds) and ``transfer_sweep.png``.
 """
@@ -57,6 +67,9 @@ def _split_target(target: Path, dcfg: Mapping[str, Any]) -> list[Record]:
     return recs
 
 
+BASELINES = ("concat", "scaling")
+
+
 def sweep(
     source: str | Path,
     target: str | Path,
@@ -68,6 +81,8 @@ def sweep(
     source_run: str | Path | None = None,
     finetune_lr: float | None = None,
     progress: bool = False,
+    baselines: Sequence[str] = (),
+    source_fractions: Sequence[float] = (0.1, 0.25, 0.5, 1.0),
 ) -> dict[str, Any]:
     """Run the sweep.
 
@@ -82,6 +97,9 @@ def sweep(
         source_run: reuse an already trained source run instead of pretraining.
         finetune_lr: learning rate for fine-tuning (default: the recipe's).
         progress: progress bars.
+        baselines: the paper's baselines to add: ``concat`` (source + target fraction from
+            scratch) and/or ``scaling`` (pretraining on ``source_fractions`` of the source).
+        source_fractions: fractions of source training recordings for ``scaling``.
 
     Returns:
         dict with ``table`` (CSV path), ``summary`` (CSV path), ``plot`` (PNG path), ``rows``,
@@ -97,6 +115,11 @@ def sweep(
     bad = [s for s in strategies if s not in STRATEGY_ALIASES]
     if bad:
         raise MedTransferError(f"unknown strategy {bad[0]!r} (use {', '.join(STRATEGY_ALIASES)})")
+    bad = [b for b in baselines if b not in BASELINES]
+    if bad:
+        raise MedTransferError(f"unknown baseline {bad[0]!r} (use {', '.join(BASELINES)})")
+    if "scaling" in baselines and not all(0 < float(f) <= 1 for f in source_fractions):
+        raise MedTransferError("source fractions must be in (0, 1]")
     if source_run is None:
         source_run = out / "source"
         if (
@@ -111,6 +134,13 @@ def sweep(
     if not tr:
         raise InputError(target, "target manifest has no training recordings")
     rows: list[dict[str, Any]] = []
+    _src: list[list[Record]] = []
+
+    def src_recs() -> list[Record]:
+        if not _src:
+            _src.append(_split_target(source, cfg["data"]))
+        return _src[0]
+
     for frac in fractions:
         for seed in seeds:
             sub = subsample(tr, float(frac), seed)
@@ -144,6 +174,12 @@ def sweep(
                     row["source_balanced_accuracy_after"] = s_after["balanced_accuracy"]
                     row["forgetting"] = before["balanced_accuracy"] - s_after["balanced_accuracy"]
                 rows.append(row)
+            if "concat" in baselines:
+                rows.append(_concat_row(source, src_recs(), sub, rest, out, tag, cfg, seed, frac, before, progress))
+    if "scaling" in baselines:
+        for sfrac in source_fractions:
+            for seed in seeds:
+                rows.append(_scaling_row(source, target, src_recs(), tr, rest, out, cfg, seed, float(sfrac), progress))
     table = out / "transfer_results.csv"
     _write_csv(rows, table)
     summary_rows = summarize(rows)
@@ -161,6 +197,92 @@ def sweep(
         "summary_rows": summary_rows,
         "source_before": before,
         "source_run": str(source_run),
+    }
+
+
+def _concat_row(
+    source: Path,
+    src: Sequence[Record],
+    sub: Sequence[Record],
+    rest: Sequence[Record],
+    out: Path,
+    tag: str,
+    cfg: Mapping[str, Any],
+    seed: int,
+    frac: float,
+    before: Mapping[str, Any],
+    progress: bool,
+) -> dict[str, Any]:
+    """The concatenation baseline: scratch on source train + target fraction, target val/test."""
+    from medtransfer.apps.eeg.train import evaluate, train
+
+    src_train = [r for r in src if r.split == "train"]
+    man = write_manifest(list(src_train) + list(sub) + list(rest), out / "manifests" / f"concat_{tag}.csv")
+    c = copy.deepcopy(dict(cfg))
+    c["train"]["seed"] = int(seed)
+    c["train"]["strategy"] = "full"
+    run = out / "runs" / f"concat_{tag}"
+    train(man, run, c, progress=progress)
+    m = evaluate(run, man, split="test", progress=progress, write=False)  # the target's test recordings only
+    s_after = evaluate(run, source, split="test", progress=progress, write=False)
+    return {
+        "fraction": float(frac),
+        "seed": int(seed),
+        "mode": "concat",
+        "n_target_train": len(sub),
+        "target_balanced_accuracy": m["balanced_accuracy"],
+        "target_auroc": m["auroc"],
+        "source_balanced_accuracy_before": before["balanced_accuracy"],
+        "source_balanced_accuracy_after": s_after["balanced_accuracy"],
+        "forgetting": "",
+        "n_source_train": len(src_train),
+    }
+
+
+def _scaling_row(
+    source: Path,
+    target: Path,
+    src: Sequence[Record],
+    tr: Sequence[Record],
+    rest: Sequence[Record],
+    out: Path,
+    cfg: Mapping[str, Any],
+    seed: int,
+    sfrac: float,
+    progress: bool,
+) -> dict[str, Any]:
+    """Source-data scaling: pretrain on ``sfrac`` of the source train split, fine-tune on all target train."""
+    from medtransfer.apps.eeg.train import evaluate, train
+
+    src_train = [r for r in src if r.split == "train"]
+    src_sub = subsample(src_train, sfrac, seed)
+    tag = f"src{sfrac:g}_s{seed}"
+    src_man = write_manifest(
+        src_sub + [r for r in src if r.split in ("val", "test")], out / "manifests" / f"source_{tag}.csv"
+    )
+    c = copy.deepcopy(dict(cfg))
+    c["train"]["seed"] = int(seed)
+    c["train"]["strategy"] = "full"
+    pre = out / "runs" / f"source_scaling_{tag}"
+    train(src_man, pre, c, progress=progress)
+    before = evaluate(pre, src_man, split="test", progress=progress, write=False)
+    tgt_man = write_manifest(list(tr) + list(rest), out / "manifests" / f"target_full_s{seed}.csv")
+    run = out / "runs" / f"source_scaling_{tag}_ft"
+    train(tgt_man, run, c, init=pre, progress=progress)
+    m = evaluate(run, tgt_man, split="test", progress=progress, write=False)
+    after = evaluate(run, src_man, split="test", progress=progress, write=False)
+    return {
+        "fraction": 1.0,
+        "seed": int(seed),
+        "mode": f"source_scaling_{sfrac:g}",
+        "n_target_train": len(tr),
+        "target_balanced_accuracy": m["balanced_accuracy"],
+        "target_auroc": m["auroc"],
+        "source_balanced_accuracy_before": before["balanced_accuracy"],
+        "source_balanced_accuracy_after": after["balanced_accuracy"],
+        "forgetting": before["balanced_accuracy"] - after["balanced_accuracy"],
+        "source_fraction": float(sfrac),
+        "n_source_train": len(src_sub),
     }
 
 

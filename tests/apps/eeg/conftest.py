@@ -84,4 +84,5 @@ def trained_run(tuab_csv, tmp_path_factory) -> Path:
 def bundle(trained_run, tmp_path_factory) -> Path:
     from medtransfer.apps.eeg.export import export_run
 
-    return export_run(trained_run, tmp_path_factory.mktemp("bundle") / "b")
+    # a tiny run need not beat its trivial baseline (validation balanced accuracy 0.5): export it anyway
+    return export_run(trained_run, tmp_path_factory.mktemp("bundle") / "b", force=True)

@@ -125,6 +125,10 @@ def test_top_level_cli_import_export_predict(tuab_root, trained_run, tmp_path):
     assert r.exit_code == 0, r.output
     assert len(read_manifest(tmp_path / "m.csv")) == 16
     r = runner.invoke(main_app, ["export", str(trained_run), "--out", str(tmp_path / "b")])
+    beats = json.loads((trained_run / "run.json").read_text())["baseline"]["beats_baseline"]
+    if not beats:  # the tiny run does not beat its trivial baseline: refused, then forced
+        assert r.exit_code == 2 and "baseline" in r.output
+        r = runner.invoke(main_app, ["export", str(trained_run), "--out", str(tmp_path / "b"), "--force"])
     assert r.exit_code == 0, r.output
     f = sorted((tuab_root / "v3.0.1" / "edf" / "eval" / "abnormal").rglob("*.edf"))[0]
     bad = tmp_path / "bad.edf"
