@@ -76,13 +76,16 @@ def evaluate_cmd(
     out: Optional[Path] = out_option(None, help="folder for metrics.json (optional)"),
     backend: str = typer.Option("auto", help="auto (torch for a run folder, onnx for a bundle) | onnx | torch"),
     prompt: str = typer.Option("box", help="box | mask"),
+    protocol: str = typer.Option(
+        "frame", help="frame (ours: per-frame 2-D metrics, NSD 2 px) | dd_sam2 (paper: case volume, NSD 0.5)"
+    ),
 ) -> None:
     """Dice / HD95 / NSD / ASD (first frame excluded) beside the copy-first-frame baseline."""
     from medtransfer.apps.videoseg.evaluate import evaluate
 
     if backend == "auto":
         backend = "torch" if (Path(model) / "run.json").is_file() else "onnx"
-    res = evaluate(manifest, model, split=split, out=out, backend=backend, prompt=prompt)
+    res = evaluate(manifest, model, split=split, out=out, backend=backend, prompt=prompt, protocol=protocol)
     _print({k: v for k, v in res.items() if k != "cases"})
 
 

@@ -32,6 +32,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "lora_r": 8,
     "train_decoder": True,
     "train_memory": False,
+    "train_prompt_encoder": True,  # DD-SAM2 freezes the prompt encoder (decoder + adapters only)
     "overrides": [],  # extra hydra overrides of the SAM2 config (e.g. a micro model for tests)
 }
 

@@ -21,9 +21,10 @@ from medtransfer.apps.videoseg.io import open_video
 from medtransfer.apps.videoseg.model import MODEL_DEFAULTS, build_model, clip_forward
 from medtransfer.apps.videoseg.propagate import mask_to_box, preprocess
 from medtransfer.shared.config import resolve_config
+from medtransfer.shared.export.guard import baseline_record
 from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit
 from medtransfer.shared.rundir import RunDir
-from medtransfer.shared.utils.errors import InputError
+from medtransfer.shared.utils.errors import ConfigError, InputError
 
 APP, TASK = "videoseg", "track"
 DATA_DEFAULTS: dict[str, Any] = {
@@ -31,8 +32,13 @@ DATA_DEFAULTS: dict[str, Any] = {
     "max_span": 32,  # furthest labelled frame a clip may reach from its prompt frame
     "prompt": "box",  # box | mask
     "box_jitter": 0.05,  # fraction of the box size (training only)
-    "clips_per_video": 1,
+    "clips_per_video": 1,  # training clips drawn per case per epoch
+    "sampling": "spread",  # spread (prompt frame -> a later labelled frame) | consecutive (DD-SAM2)
+    "intensity": "fixed",  # fixed (x/255) | minmax_video (DD-SAM2: per-video min-max, then ImageNet)
 }
+LOSSES = ("dice_bce", "squared_dice_bce")
+SAMPLINGS = ("spread", "consecutive")
+INTENSITIES = ("fixed", "minmax_video")
 DEFAULTS: dict[str, Any] = {
     "model": dict(MODEL_DEFAULTS),
     "data": dict(DATA_DEFAULTS),
@@ -47,30 +53,70 @@ DEFAULTS: dict[str, Any] = {
         "patience": 0,
         "monitor": "val_dice",
         "mode": "max",
+        "loss": "dice_bce",  # dice_bce | squared_dice_bce (DD-SAM2: MONAI DiceLoss squared_pred + BCE)
     },
 }
 HEAD = ["sam_mask_decoder", "sam_prompt_encoder", "obj_ptr_proj"]
 MEMORY = ["memory_attention", "memory_encoder", "maskmem_tpos_enc", "obj_ptr_tpos_proj"]
 
 
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+def recipe_path(name: str) -> Path:
+    """The packaged recipe ``name`` (``dd_sam2_echonet`` / ``dd_sam2_trackrad``), ``.yaml`` optional."""
+    p = RECIPES / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if not p.is_file():
+        raise ConfigError(
+            f"{p}: no such videoseg recipe (have: {', '.join(sorted(q.stem for q in RECIPES.glob('*.yaml')))})"
+        )
+    return p
+
+
 def make_config(recipe: str | Path | None = None, overrides: Any = None) -> dict[str, Any]:
-    """The resolved training config (defaults <- recipe <- overrides)."""
-    return resolve_config(DEFAULTS, recipe, overrides)
+    """The resolved training config (defaults <- recipe <- overrides).
+
+    Raises:
+        ConfigError: an unknown ``data.sampling`` / ``data.intensity`` / ``train.loss``.
+    """
+    cfg = resolve_config(DEFAULTS, recipe, overrides)
+    for key, allowed in (
+        (("data", "sampling"), SAMPLINGS),
+        (("data", "intensity"), INTENSITIES),
+        (("train", "loss"), LOSSES),
+    ):
+        if cfg[key[0]][key[1]] not in allowed:
+            raise ConfigError(f"{'.'.join(key)}={cfg[key[0]][key[1]]!r}: expected one of {', '.join(allowed)}")
+    if int(cfg["data"]["clip_len"]) < 1 or int(cfg["data"]["clips_per_video"]) < 1:
+        raise ConfigError("data.clip_len and data.clips_per_video must be >= 1")
+    return cfg
 
 
-def clip_indices(case: VideoCase, clip_len: int, max_span: int, rng: np.random.Generator | None) -> list[int]:
-    """Frame indices of one clip: starts on a labelled frame, reaches a later labelled one.
+def clip_indices(
+    case: VideoCase, clip_len: int, max_span: int, rng: np.random.Generator | None, sampling: str = "spread"
+) -> list[int]:
+    """Frame indices of one clip: starts on a labelled (non-empty) frame, the prompt frame.
 
     Args:
         case: the video and its labelled frames.
         clip_len: frames per clip.
-        max_span: furthest labelled frame from the start.
+        max_span: furthest labelled frame from the start (``spread``).
         rng: random generator (training) or None (validation: the first usable labelled frame
             and the furthest labelled frame within ``max_span``).
+        sampling: ``spread`` (ours: ``clip_len`` frames spread from the prompt frame to a later
+            labelled frame) or ``consecutive`` (DD-SAM2: ``clip_len`` consecutive frames from a
+            random labelled start that leaves room for the whole clip).
+
+    Returns:
+        Sorted frame indices (at most ``clip_len``; fewer only when the video is shorter).
     """
     lab = [k for k in case.labelled if case.masks[k].any()]
     if not lab:
         raise InputError(case.video, "no non-empty mask to prompt from")
+    if sampling == "consecutive":
+        fits = [s for s in lab if s + clip_len <= case.n_frames] or lab[:1]
+        s = int(rng.choice(fits)) if rng is not None else fits[0]
+        return list(range(s, min(s + clip_len, case.n_frames)))
     starts = [s for s in lab if any(s < e <= s + max_span for e in lab)] or lab[:1]
     s = int(rng.choice(starts)) if rng is not None else starts[0]
     ends = [e for e in lab if s < e <= s + max_span]
@@ -81,6 +127,18 @@ def clip_indices(case: VideoCase, clip_len: int, max_span: int, rng: np.random.G
         idx.append(nxt)
         nxt += 1
     return idx
+
+
+def minmax_scale(frames: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """DD-SAM2's per-video min-max scaling, onto 0..255 float32 (``preprocess`` then divides by 255
+    and applies the ImageNet mean / std, as the authors do after their 0..1 scaling).
+
+    Args:
+        frames: (T, H, W) frames of one video.
+        lo, hi: the whole video's minimum and maximum (a constant video maps to 0).
+    """
+    f = frames.astype(np.float32)
+    return ((f - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(f)).astype(np.float32)
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -100,6 +158,16 @@ class ClipDataset(torch.utils.data.Dataset):
         self.train = train
         self.seed = seed
         self.epoch_calls = 0
+        self._ranges: dict[str, tuple[float, float]] = {}
+
+    def video_range(self, case: VideoCase) -> tuple[float, float]:
+        """(min, max) intensity over every frame of ``case``'s video (read once, cached)."""
+        if case.case_id not in self._ranges:
+            lo, hi = np.inf, -np.inf
+            for f in open_video(case.video).frames(0, case.n_frames):
+                lo, hi = min(lo, float(f.min())), max(hi, float(f.max()))
+            self._ranges[case.case_id] = (lo, hi)
+        return self._ranges[case.case_id]
 
     def __len__(self) -> int:
         return len(self.cases) * (int(self.d["clips_per_video"]) if self.train else 1)
@@ -110,11 +178,16 @@ class ClipDataset(torch.utils.data.Dataset):
         if self.train:
             self.epoch_calls += 1
             rng = np.random.default_rng([self.seed, i, self.epoch_calls])
-        idx = clip_indices(case, int(self.d["clip_len"]), int(self.d["max_span"]), rng)
+        # validation keeps the deterministic spread clip (prompt -> furthest labelled frame) under either
+        # sampling, so that val_dice always scores a later labelled frame (EchoNet: ES from ED)
+        sampling = str(self.d["sampling"]) if self.train else "spread"
+        idx = clip_indices(case, int(self.d["clip_len"]), int(self.d["max_span"]), rng, sampling)
         import cv2
 
         frames = open_video(case.video).read(idx)
         S, (H, W) = self.size, frames.shape[1:]
+        if self.d["intensity"] == "minmax_video":
+            frames = minmax_scale(frames, *self.video_range(case))
         x = np.concatenate([preprocess(f, S) for f in frames])
         masks = np.zeros((len(idx), S, S), np.float32)
         valid = np.zeros((len(idx),), np.float32)
@@ -142,7 +215,9 @@ class ClipDataset(torch.utils.data.Dataset):
 def make_forward(prompt: str = "box"):
     """``forward_fn(model, batch) -> ({"logits" (B,T,S,S), "scores" (B,T)}, {"masks", "valid"})``."""
 
-    def forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         sam = model.module if hasattr(model, "module") else model
         outs, scores = [], []
         for b in range(batch["frames"].shape[0]):
@@ -160,18 +235,20 @@ def make_forward(prompt: str = "box"):
     return forward
 
 
-def make_loss(prompt: str = "box"):
+def make_loss(prompt: str = "box", kind: str = "dice_bce"):
     """Dice + BCE (MONAI ``DiceCELoss`` with sigmoid) over the labelled frames of each clip, plus
     BCE on SAM2's object score (object present = mask not empty), as SAM2's own training does:
     a frame scored "no object" outputs a constant mask that passes no gradient.
 
+    ``kind="squared_dice_bce"`` squares the predictions in the Dice denominator (DD-SAM2's
+    ``DiceLoss(sigmoid=True, squared_pred=True)`` + ``BCEWithLogitsLoss``).
     With a mask prompt the prompt frame is excluded (its output is the prompt itself).
     """
     from monai.losses import DiceCELoss
 
-    fn = DiceCELoss(sigmoid=True, squared_pred=False, reduction="mean")
+    fn = DiceCELoss(sigmoid=True, squared_pred=kind == "squared_dice_bce", reduction="mean")
 
-    def loss(out: torch.Tensor, tgt: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss(out: dict[str, torch.Tensor], tgt: dict[str, torch.Tensor]) -> torch.Tensor:
         valid = tgt["valid"].clone()
         if prompt == "mask":
             valid[:, 0] = 0
@@ -187,7 +264,7 @@ def make_loss(prompt: str = "box"):
     return loss
 
 
-def dice_metric(out: np.ndarray, tgt: dict[str, np.ndarray]) -> dict[str, float]:
+def dice_metric(out: dict[str, np.ndarray], tgt: dict[str, np.ndarray]) -> dict[str, float]:
     """Mean Dice over labelled frames, prompt frame (index 0 of each clip) excluded."""
     pred = out["logits"] > 0
     gt = tgt["masks"] > 0.5
@@ -199,6 +276,17 @@ def dice_metric(out: np.ndarray, tgt: dict[str, np.ndarray]) -> dict[str, float]
         s = p.sum() + g.sum()
         ds.append(1.0 if s == 0 else 2.0 * (p & g).sum() / s)
     return {"dice": float(np.mean(ds)) if ds else float("nan")}
+
+
+def head_modules(cfg: dict[str, Any]) -> list[str]:
+    """The SAM2 modules that train beside the adapters (``model.train_decoder`` / ``train_memory`` /
+    ``train_prompt_encoder``), as the ``head`` of the shared strategies."""
+    head = HEAD + (MEMORY if cfg["model"]["train_memory"] else [])
+    if not cfg["model"]["train_decoder"]:
+        head = [h for h in head if h not in HEAD]
+    if not cfg["model"].get("train_prompt_encoder", True):
+        head = [h for h in head if h not in ("sam_prompt_encoder", "obj_ptr_proj")]
+    return head
 
 
 def train(manifest: str | Path, run_dir: str | Path, cfg: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -222,9 +310,7 @@ def train(manifest: str | Path, run_dir: str | Path, cfg: dict[str, Any] | None 
         raise InputError(manifest, "no rows with split=val (validation never uses the test split)")
     model, params = build_model(cfg["model"])
     seed = int(cfg["train"]["seed"])
-    head = HEAD + (MEMORY if cfg["model"]["train_memory"] else [])
-    if not cfg["model"]["train_decoder"]:
-        head = [h for h in head if h not in HEAD]
+    head = head_modules(cfg)
     prompt = str(cfg["data"]["prompt"])
     res = fit(
         model,
@@ -234,7 +320,7 @@ def train(manifest: str | Path, run_dir: str | Path, cfg: dict[str, Any] | None 
         run_dir=run_dir,
         app=APP,
         task=TASK,
-        loss_fn=make_loss(prompt),
+        loss_fn=make_loss(prompt, str(cfg["train"]["loss"])),
         metric_fn=dice_metric,
         forward_fn=make_forward(prompt),
         head=head,
@@ -242,13 +328,51 @@ def train(manifest: str | Path, run_dir: str | Path, cfg: dict[str, Any] | None 
         mode="max",
         extra_state={"params": params},
     )
-    RunDir(run_dir).update_info(params=params, manifest=str(Path(manifest).resolve()), n_train=len(tr), n_val=len(va))
+    # the trivial baseline beside the model, on the same validation clips and frames: copy the prompt mask
+    base = baseline_record(
+        "dice",
+        float(res.best_metrics.get("val_dice", float("nan"))),
+        copy_first_dice(ClipDataset(va, cfg, False, seed)),
+        "copy first mask",
+        higher_is_better=True,
+        split="val",
+    )
+    RunDir(run_dir).update_info(
+        params=params, manifest=str(Path(manifest).resolve()), n_train=len(tr), n_val=len(va), baseline=base
+    )
     return {
         "run_dir": str(run_dir),
         "best_path": str(res.best_path),
         "best_metrics": res.best_metrics,
         "params": params,
+        "baseline": base,
     }
+
+
+def copy_first_dice(ds: ClipDataset) -> float:
+    """:func:`dice_metric` of copying each clip's prompt-frame mask to its other labelled frames.
+
+    Args:
+        ds: the validation clips (deterministic), the ones ``val_dice`` is measured on.
+
+    Returns:
+        Mean Dice over the labelled frames after the prompt frame (NaN when there are none).
+    """
+    masks, valid = [], []
+    for i in range(len(ds)):
+        it = ds[i]
+        masks.append(it["masks"].numpy())
+        valid.append(it["valid"].numpy())
+    if not masks:
+        return float("nan")
+    T = max(m.shape[0] for m in masks)
+    S = masks[0].shape[-1]
+    gt = np.zeros((len(masks), T, S, S), np.float32)
+    va = np.zeros((len(masks), T), np.float32)
+    for b, (m, v) in enumerate(zip(masks, valid)):
+        gt[b, : len(m)], va[b, : len(v)] = m, v
+    copy = np.repeat(gt[:, :1], T, axis=1) * 2.0 - 1.0  # logits > 0 where the prompt mask is
+    return dice_metric({"logits": copy}, {"masks": gt, "valid": va})["dice"]
 
 
 def load_run_model(run_dir: str | Path, which: str = "best") -> tuple[torch.nn.Module, dict[str, Any]]:
