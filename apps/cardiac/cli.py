@@ -1,4 +1,4 @@
-"""``medtransfer cardiac ...``: train (--stage view|grade), evaluate, compare, phantoms.
+"""``medtransfer cardiac ...``: train (--stage view|grade), add-view, evaluate, compare, phantoms.
 
 Heavy imports inside commands.  Known errors are raised as our own errors (``InputError`` ...)
 and propagate; ``main()`` prints them as one line (exit 2).  Old spellings (``train-view``,
@@ -109,7 +109,8 @@ def evaluate_cmd(
     manifest: Path = manifest_option(),
     split: str = typer.Option("test", "--split", help="train | val | test"),
 ) -> None:
-    """Print the best checkpoint's metrics on a split as JSON (accuracy, macro-F1; MSE/MAE for grade runs)."""
+    """Print the best checkpoint's metrics on a split as JSON (accuracy, macro-F1; MSE/MAE for grade runs),
+    with the trivial baselines beside them (majority training view; mean training grade)."""
     from medtransfer.shared.utils.errors import ConfigError
 
     if split not in SPLITS:
@@ -120,18 +121,46 @@ def evaluate_cmd(
 def _evaluate(run_dir: Path, manifest: Path, split: str) -> dict[str, Any]:
     """Metrics of a run's best checkpoint on one split, with the training code's preprocessing and metrics."""
     from medtransfer.apps.cardiac.export import load_run_model
-    from medtransfer.apps.cardiac.train import _dataset, _forward, _metrics, load_split
+    from medtransfer.apps.cardiac.train import _dataset, _forward, baseline_metrics, load_split, metrics_for, run_views
     from medtransfer.shared.finetune import predict_arrays
 
     model, cfg, info = load_run_model(run_dir)
     params = cfg["preprocessing"]
+    views = run_views(cfg)
     need_grade = str(info.get("task", "view")) == "grade"
-    data = load_split(manifest, split, params, need_grade)
+    data = load_split(manifest, split, params, need_grade, views)
     o, t = predict_arrays(model, _dataset(*data, params), _forward, batch_size=64, device="cpu")
-    m: dict[str, Any] = _metrics(o, t)
+    m: dict[str, Any] = metrics_for(views)(o, t)
     if not need_grade:
         m.pop("mse"), m.pop("mae")
-    return {"run_dir": str(run_dir), "stage": "grade" if need_grade else "view", "split": split, "n": len(data[1]), **m}
+    out: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "stage": "grade" if need_grade else "view",
+        "split": split,
+        "n": len(data[1]),
+        **m,
+    }
+    trivial = info.get("trivial")
+    if trivial:  # runs trained before the baseline record have none
+        out["baseline"] = baseline_metrics(trivial, t["view"], t["grade"], views, need_grade)
+    if info.get("baseline"):
+        out["val_baseline_record"] = info["baseline"]
+    return out
+
+
+@app.command("add-view")
+def add_view_cmd(
+    manifest: Path = manifest_option(help="manifest CSV with rows of the run's views and of --view"),
+    out: Path = out_option(help="new run folder"),
+    init: Path = typer.Option(..., "--init", help="finished view run to extend (--stage view)"),
+    view: str = typer.Option(..., "--view", help="the view class to add (e.g. PSMV)"),
+    recipe: Optional[Path] = recipe_option(),
+    set_: Optional[List[str]] = set_option(),
+) -> None:
+    """Add a view class to a trained view model by fine-tuning (old classes kept; CACTUS's PSMV step)."""
+    from medtransfer.apps.cardiac.train import add_view
+
+    _print(add_view(_manifest(manifest), init, view, out, set_ or [], recipe))
 
 
 @app.command("compare", context_settings=OLD_POSITIONAL)

@@ -74,9 +74,10 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
     if quantize == "int8":
         quantize_int8(out / "model.onnx", out / "model_int8.onnx")
         files.append(out / "model_int8.onnx")
+    views = [str(v) for v in (cfg["model"].get("views") or VIEWS)]
     stage = info.get("stage", "view")
     grade_ok = stage == "grade"
-    view_ok = stage == "view" or float(cfg.get("grade", {}).get("view_weight", 0) or 0) > 0
+    view_ok = stage in ("view", "add_view") or float(cfg.get("grade", {}).get("view_weight", 0) or 0) > 0
     write_bundle(
         out,
         name="cardiac-view-grade",
@@ -91,14 +92,14 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
             }
         },
         outputs={
-            "view_logits": {"shape": [-1, len(VIEWS)], "labels": list(VIEWS), "trained": view_ok},
+            "view_logits": {"shape": [-1, len(views)], "labels": views, "trained": view_ok},
             "grade": {"shape": [-1], "range": [0, 10], "trained": grade_ok},
         },
         preprocessing=params,
-        labels=list(VIEWS),
+        labels=views,
         metrics={"val": info.get("val", {}), "test": info.get("test", {}), "parity": parity},
         data_card="data_cards/cactus.md",
-        description="Echo view classification (CACTUS 6 classes) and image-quality grade 0-10 from one "
+        description=f"Echo view classification ({len(views)} classes: {', '.join(views)}) and image-quality grade 0-10 from one "
         f"{cfg['model']['backbone']} encoder; stage-2 encoder initialised from the view model.",
         extra={
             "gates": limits_for("image_", "video_", "decode_"),

@@ -43,6 +43,35 @@ class CardiacNet(nn.Module):
 
 
 def build_model(cfg: dict[str, Any], pretrained: bool | str | Path = False) -> CardiacNet:
-    """Build from the resolved config's ``model`` section."""
+    """Build from the resolved config's ``model`` section (``model.views``: the view classes, default all 6)."""
     m = cfg["model"]
-    return CardiacNet(backbone=str(m["backbone"]), pretrained=pretrained, n_views=len(VIEWS))
+    n = len(m.get("views") or VIEWS)
+    return CardiacNet(backbone=str(m["backbone"]), pretrained=pretrained, n_views=n)
+
+
+@torch.no_grad()
+def extend_view_head(model: CardiacNet, n_new: int = 1) -> CardiacNet:
+    """Add ``n_new`` view classes to a trained model, keeping every old class (CACTUS's added view).
+
+    The old rows of the view head are copied unchanged (same order); each new row gets the mean
+    weight of the old rows plus a small random part, and the mean old bias, so the new class starts
+    neither dominant nor unreachable.  Backbone and grade head are untouched.
+
+    Args:
+        model: a trained :class:`CardiacNet`.
+        n_new: number of classes to append.
+
+    Returns:
+        The same model, its ``view_head`` replaced by a wider ``nn.Linear``.
+    """
+    old = model.view_head
+    new = nn.Linear(old.in_features, old.out_features + n_new).to(old.weight.device, old.weight.dtype)
+    new.weight[: old.out_features] = old.weight
+    new.bias[: old.out_features] = old.bias
+    w0 = old.weight.mean(0, keepdim=True)
+    new.weight[old.out_features :] = w0 + 0.01 * torch.randn(n_new, old.in_features, device=w0.device) * (
+        old.weight.std() + 1e-8
+    )
+    new.bias[old.out_features :] = old.bias.mean()
+    model.view_head = new
+    return model

@@ -47,6 +47,12 @@ class CardiacPredictor(Predictor):
         self.batch = int(options.get("batch", 16))
         self.model_file = str(options.get("model", "model.onnx"))
         self.gates = dict(bundle.meta.get("gates") or {})
+        outs = dict(bundle.meta.get("outputs") or {})
+        # which heads the exported run trained (a CACTUS pure-transfer grade run did not train the view head)
+        self.trained = {
+            "view": bool((outs.get("view_logits") or {}).get("trained", True)),
+            "grade": bool((outs.get("grade") or {}).get("trained", True)),
+        }
 
     def list_inputs(self, folder: Path) -> list[Path]:
         """Echo files under ``folder`` for ``score --input-dir``.
@@ -114,6 +120,7 @@ class CardiacPredictor(Predictor):
             "unreliable": bool(n_unrel * 2 > len(per_frame) or self.labels[vi] == "Random"),
             "unreliable_frames": n_unrel,
             "reasons": reasons,
+            "trained_heads": dict(self.trained),
             "sector": {k: v for k, v in sectors[0].items()},
             **self.bundle.provenance(),
         }

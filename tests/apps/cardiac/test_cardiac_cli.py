@@ -85,3 +85,23 @@ def test_evaluate_refuses_a_bad_split_and_a_missing_run(manifest, tmp_path, caps
     assert code == 2 and "--split must be one of train, val, test" in err
     code, _, err = _main(["cardiac", "evaluate", str(tmp_path), "-m", str(manifest)], capsys)
     assert code == 2 and err.count("\n") == 1 and "not a run folder" in err, err
+
+
+@pytest.mark.parametrize("view,needle", [("PSMV", "already a class"), ("Apical2", "--view must be one of")])
+def test_add_view_errors_are_one_line(runs, manifest, tmp_path, view, needle, capsys):
+    """`cardiac add-view` on a 6-view run: the view is already there / unknown -> one line, nothing written."""
+    code, _, err = _main(
+        ["cardiac", "add-view", "-m", manifest, "-o", tmp_path / "r", "--init", runs["dir"] / "view", "--view", view],
+        capsys,
+    )
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_cli_prints_baseline_beside_model(runs, manifest, capsys):
+    code, out, err = _main(["cardiac", "evaluate", str(runs["dir"] / "grade"), "-m", str(manifest)], capsys)
+    got = json.loads(out)
+    assert code == 0, err
+    assert got["baseline"]["grade"]["name"].startswith("mean training grade") and "mse" in got["baseline"]["grade"]
+    assert got["baseline"]["view"]["name"].startswith("majority view") and got["val_baseline_record"]["split"] == "val"

@@ -1,0 +1,1 @@
+"""Paper recipes of this app (YAML files shipped as package data)."""
