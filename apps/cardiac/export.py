@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from medtransfer.apps.cardiac.model import build_model
 from medtransfer.apps.cardiac.synthetic import VIEWS
 from medtransfer.shared.rundir import RunDir
 from medtransfer.shared.runtime.gates import limits_for
@@ -24,11 +23,8 @@ def load_run_model(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any]
     run = RunDir(run_dir)
     if not run.has_checkpoint("best"):
         raise MedTransferError(f"{run_dir}: no checkpoints/best.pt (not a finished cardiac run)")
-    st = run.load_checkpoint("best")
-    cfg = st["config"]
-    model = build_model(cfg)
-    model.load_state_dict(st["model"])
-    return model.eval(), cfg, run.info()
+    model, st = run.load_model("best")  # rebuilt from the model spec the checkpoint records
+    return model, st["config"], run.info()
 
 
 def export_run(

@@ -29,7 +29,7 @@ from medtransfer.apps.cardiac.synthetic import VIEWS
 from medtransfer.shared.config import resolve_config, save_yaml
 from medtransfer.shared.export.guard import baseline_record
 from medtransfer.shared.manifest import read_manifest
-from medtransfer.shared.rundir import RunDir
+from medtransfer.shared.rundir import RunDir, model_spec
 from medtransfer.shared.utils.errors import InputError, MedTransferError
 
 DEFAULTS: dict[str, Any] = {
@@ -286,6 +286,11 @@ def _run(
         monitor=monitor,
         mode=mode,
         extra_state={"labels": views, "preprocessing": params, **extra},
+        model_spec=model_spec(
+            builder="medtransfer.apps.cardiac.model:CardiacNet",
+            backbone=str(cfg["model"]["backbone"]),
+            n_views=len(views),
+        ),
         sampler_weights=weights,
     )
     run = RunDir(out)

@@ -29,7 +29,7 @@ from medtransfer.apps.eeg.data import (
 )
 from medtransfer.apps.eeg.io import DATA_DEFAULTS, pp_config, window_samples
 from medtransfer.shared.export.guard import baseline_record
-from medtransfer.shared.rundir import RunDir
+from medtransfer.shared.rundir import RunDir, model_spec
 from medtransfer.shared.utils.errors import InputError, MedTransferError
 
 APP, TASK = "eeg", "pathology"
@@ -230,6 +230,10 @@ def train(
         monitor="val_loss",
         mode="min",
         extra_state=extra,
+        model_spec=model_spec(
+            builder="medtransfer.apps.eeg.train:build_model",
+            cfg={"data": dict(cfg["data"]), "model": dict(cfg["model"])},
+        ),
     )
     run_dir = Path(run_dir)
     run = RunDir(run_dir)
@@ -287,10 +291,8 @@ def load_run(run_dir: str | Path, which: str = "best"):
     run = RunDir(run_dir)
     if not run.has_checkpoint(which):
         raise InputError(run_dir, f"not an eeg run folder (no checkpoints/{which}.pt)")
-    st = run.load_checkpoint(which)
+    model, st = run.load_model(which)  # rebuilt from the model spec the checkpoint records
     cfg = st["config"]
-    model = build_model(cfg)
-    model.load_state_dict(st["model"])
     if cfg["model"].get("cropped"):
         from medtransfer.apps.eeg.cropped import window_mean
 

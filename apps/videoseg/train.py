@@ -23,7 +23,7 @@ from medtransfer.apps.videoseg.propagate import mask_to_box, preprocess
 from medtransfer.shared.config import resolve_config
 from medtransfer.shared.export.guard import baseline_record
 from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit
-from medtransfer.shared.rundir import RunDir
+from medtransfer.shared.rundir import RunDir, model_spec
 from medtransfer.shared.utils.errors import ConfigError, InputError
 
 APP, TASK = "videoseg", "track"
@@ -327,6 +327,10 @@ def train(manifest: str | Path, run_dir: str | Path, cfg: dict[str, Any] | None 
         monitor="val_dice",
         mode="max",
         extra_state={"params": params},
+        # weights come from the run checkpoint: the rebuilt model starts from no SAM2 file
+        model_spec=model_spec(
+            builder="medtransfer.apps.videoseg.model:build_model", mcfg={**cfg["model"], "checkpoint": ""}
+        ),
     )
     # the trivial baseline beside the model, on the same validation clips and frames: copy the prompt mask
     base = baseline_record(
@@ -377,9 +381,5 @@ def copy_first_dice(ds: ClipDataset) -> float:
 
 def load_run_model(run_dir: str | Path, which: str = "best") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model of a run and load its checkpoint.  Returns ``(model, cfg)``."""
-    st = RunDir(run_dir).load_checkpoint(which)
-    cfg = st["config"]
-    mcfg = {**cfg["model"], "checkpoint": ""}  # weights come from the run checkpoint
-    model, _ = build_model(mcfg)
-    model.load_state_dict(st["model"])
-    return model.eval(), cfg
+    model, st = RunDir(run_dir).load_model(which)  # rebuilt from the model spec the checkpoint records
+    return model, st["config"]

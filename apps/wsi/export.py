@@ -20,25 +20,15 @@ from medtransfer.shared.utils.errors import MedTransferError
 
 def rebuild(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """The trained aggregator of a run (last-epoch weights), its wsi info and its config."""
-    from medtransfer.apps.wsi.train import build_moe, new_mil
-
     run = RunDir(run_dir)
     for p in (run.path / "config.yaml", run.checkpoint_path("last")):
         if not p.is_file():
             raise MedTransferError(f"{run_dir}: not a finished wsi run (missing {p.name})")
-    state = run.load_checkpoint("last")  # verified and weights-only, before anything is built
     w = run.info().get("wsi") or {}
     if "in_dim" not in w:
         raise MedTransferError(f"{run_dir}: run.json has no wsi model description")
-    cfg = run.config()
-    dim = int(w["in_dim"])
-    if w.get("kind") == "moe":
-        names = list(w["sources"])
-        model: nn.Module = build_moe([new_mil(dim, cfg) for _ in names], dim, cfg, names)
-    else:
-        model = new_mil(dim, cfg)
-    model.load_state_dict(state["model"])
-    return model.eval(), w, cfg
+    model, _ = run.load_model("last")  # verified, weights-only, rebuilt from the recorded model spec
+    return model, w, run.config()
 
 
 def export_run(

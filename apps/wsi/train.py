@@ -35,7 +35,7 @@ from medtransfer.apps.wsi.survival import (
 )
 from medtransfer.shared.config import resolve_config
 from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit
-from medtransfer.shared.rundir import RunDir
+from medtransfer.shared.rundir import RunDir, model_spec
 from medtransfer.shared.utils.errors import InputError, MedTransferError
 
 APP, TASK = "wsi", "survival"
@@ -304,6 +304,15 @@ def train_model(
             monitor="val_c_index" if val else "train_loss",
             mode="max" if val else "min",
             extra_state=state,
+            model_spec=model_spec(
+                builder="medtransfer.apps.wsi.train:build_for_run",
+                in_dim=int((extra or {}).get("in_dim", 0)),
+                cfg={k: v for k, v in cfg.items() if k in ("model", "moe")},
+                kind=str((extra or {}).get("kind", "mil")),
+                sources=list((extra or {}).get("sources", []) or []),
+            )
+            if (extra or {}).get("in_dim")
+            else None,
         )
     run = RunDir(run_dir)
     model.load_state_dict(run.load_checkpoint("last")["model"])
@@ -456,6 +465,13 @@ def split_val(cases: Sequence[Case], fraction: float, seed: int) -> tuple[list[C
 def _edges(cases: Sequence[Case], cfg: dict[str, Any]) -> np.ndarray:
     t, c = _arrays(cases)
     return make_bins(t, 1 - c, int(cfg["model"]["n_bins"]), str(cfg["model"]["bins"]))
+
+
+def build_for_run(in_dim: int, cfg: dict[str, Any], kind: str = "mil", sources: Sequence[str] = ()) -> torch.nn.Module:
+    """The untrained aggregator a wsi run's checkpoint describes (its model spec): MIL, or MoE-PKT over ``sources``."""
+    if kind == "moe":
+        return build_moe([new_mil(in_dim, cfg) for _ in sources], in_dim, cfg, list(sources))
+    return new_mil(in_dim, cfg)
 
 
 def new_mil(in_dim: int, cfg: dict[str, Any]) -> torch.nn.Module:
