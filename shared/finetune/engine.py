@@ -174,7 +174,7 @@ def predict_arrays(
 
 
 class _Loggers:
-    def __init__(self, run_dir: Path, kind: str, cfg: dict[str, Any], enabled: bool) -> None:
+    def __init__(self, run_dir: Path, kind: str, enabled: bool) -> None:
         self.tb = None
         self.mlflow = None
         if not enabled or kind == "none":
@@ -294,7 +294,7 @@ def fit(
         fwd, loss_fn, opt, scaler, device, use_amp, amp_dtype, max(1, int(tc["grad_accum"])), float(tc["max_grad_norm"])
     )
     epochs = int(tc["epochs"])
-    loggers = _Loggers(run_dir, str(tc["log"]), cfg, enabled=main)
+    loggers = _Loggers(run_dir, str(tc["log"]), enabled=main)
     progress = _progress(enabled=main and bool(tc["progress"]))
     try:
         with progress:
