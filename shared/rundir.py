@@ -123,6 +123,16 @@ def load_checkpoint_file(
     return st
 
 
+def model_builder(fn: Any) -> Any:
+    """Mark a function (or class) as a model builder a checkpoint's model spec may name.
+
+    Only marked builders are called by :func:`build_from_spec`: a run folder cannot make us call
+    any other function, even inside medtransfer.
+    """
+    fn.__medtransfer_model_builder__ = True
+    return fn
+
+
 def model_spec(registry: str | None = None, builder: str | None = None, **kwargs: Any) -> dict[str, Any]:
     """What a checkpoint records to rebuild its model (braindecode's ``get_config`` / timm's idea).
 
@@ -151,7 +161,13 @@ def build_from_spec(spec: Mapping[str, Any]) -> Any:
     ref = str(spec.get("builder") or "")
     if not ref.startswith("medtransfer.") or ":" not in ref:  # a run folder may only name our own builders
         raise CheckpointError(f"model spec names builder {ref[:80]!r}, which is not a medtransfer builder; refused")
-    out = load_object(ref)(**kwargs)
+    try:
+        fn = load_object(ref)
+    except (ImportError, AttributeError):
+        raise CheckpointError(f"model spec names builder {ref[:80]!r}, which does not exist") from None
+    if not getattr(fn, "__medtransfer_model_builder__", False):
+        raise CheckpointError(f"model spec names {ref[:80]!r}, which is not a medtransfer builder; refused")
+    out = fn(**kwargs)
     return out[0] if isinstance(out, tuple) else out
 
 

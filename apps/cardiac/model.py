@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 from medtransfer.apps.cardiac.synthetic import VIEWS
+from medtransfer.shared.rundir import model_builder
 
 
+@model_builder
 class CardiacNet(nn.Module):
     """Backbone (pooled features) -> ``view_logits`` (B, 6) and ``grade`` (B,) in [0, 10].
 

@@ -29,7 +29,7 @@ from medtransfer.apps.eeg.data import (
 )
 from medtransfer.apps.eeg.io import DATA_DEFAULTS, pp_config, window_samples
 from medtransfer.shared.export.guard import baseline_record
-from medtransfer.shared.rundir import RunDir, model_spec
+from medtransfer.shared.rundir import RunDir, model_builder, model_spec
 from medtransfer.shared.utils.errors import InputError, MedTransferError
 
 APP, TASK = "eeg", "pathology"
@@ -76,6 +76,7 @@ def make_config(
     return cfg
 
 
+@model_builder
 def build_model(cfg: Mapping[str, Any]):
     """The braindecode network of a config, from the shared registry.
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medtransfer.apps.videoseg.adapters import configure_peft
+from medtransfer.shared.rundir import model_builder
 
 MODEL_DEFAULTS: dict[str, Any] = {
     "arch": "sam2.1_hiera_tiny",
@@ -45,6 +46,7 @@ MICRO_OVERRIDES = [
 ]
 
 
+@model_builder
 def build_model(mcfg: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """SAM2 + adapters, frozen except adapters (+ decoder / memory as configured).
 

@@ -35,7 +35,7 @@ from medtransfer.apps.wsi.survival import (
 )
 from medtransfer.shared.config import resolve_config
 from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit
-from medtransfer.shared.rundir import RunDir, model_spec
+from medtransfer.shared.rundir import RunDir, model_builder, model_spec
 from medtransfer.shared.utils.errors import InputError, MedTransferError
 
 APP, TASK = "wsi", "survival"
@@ -467,6 +467,7 @@ def _edges(cases: Sequence[Case], cfg: dict[str, Any]) -> np.ndarray:
     return make_bins(t, 1 - c, int(cfg["model"]["n_bins"]), str(cfg["model"]["bins"]))
 
 
+@model_builder
 def build_for_run(in_dim: int, cfg: dict[str, Any], kind: str = "mil", sources: Sequence[str] = ()) -> torch.nn.Module:
     """The untrained aggregator a wsi run's checkpoint describes (its model spec): MIL, or MoE-PKT over ``sources``."""
     if kind == "moe":

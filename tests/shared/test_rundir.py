@@ -220,3 +220,10 @@ def test_a_spec_naming_foreign_code_is_refused(tmp_path):
     run.save_checkpoint({"model": {}, "model_spec": model_spec(builder="os:system", command="touch x")}, "best")
     with pytest.raises(CheckpointError, match="not a medtransfer builder"):
         run.load_model("best")
+    # inside medtransfer too: only functions marked @model_builder may be named
+    run.save_checkpoint(
+        {"model": {}, "model_spec": model_spec(builder="medtransfer.shared.manifest:write_manifest", records=[])},
+        "best",
+    )
+    with pytest.raises(CheckpointError, match="not a medtransfer builder"):
+        run.load_model("best")
