@@ -388,6 +388,29 @@ def _mount_apps() -> None:
         app.add_typer(sub, name=spec.name, help=spec.help)
 
 
+# ------------------------------------------------------------------------------------------ transfer tools
+TOOL_MODULES = ("rank", "estimate", "merge", "audit")
+
+
+def _mount_tools() -> None:
+    """Top-level tools kept in their own modules: ``shared/cli/cmd_<name>.py`` with ``register(app)``.
+
+    Each module imports only typer at import time (heavy imports inside its command), so the CLI's
+    cold start does not pay for tools it does not run.
+    """
+    import importlib
+
+    for name in TOOL_MODULES:
+        try:
+            mod = importlib.import_module(f"medtransfer.shared.cli.cmd_{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"medtransfer.shared.cli.cmd_{name}":
+                raise
+            continue
+        mod.register(app)
+
+
+_mount_tools()
 _mount_apps()
 
 
