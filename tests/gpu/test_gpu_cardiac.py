@@ -25,7 +25,7 @@ def test_cardiac_recipe_steps_on_cuda_then_export(tmp_path):
     from medtransfer.apps.cardiac.train import _forward, _loss, make_config, metrics_for
     from medtransfer.shared.export.guard import baseline_record
     from medtransfer.shared.finetune import fit
-    from medtransfer.shared.rundir import RunDir
+    from medtransfer.shared.rundir import RunDir, model_spec
 
     cfg = make_config(RECIPE, ["train.epochs=2", "train.batch_size=32", "train.device=cuda", "train.progress=false"])
     s = int(cfg["preprocessing"]["size"])
@@ -54,6 +54,7 @@ def test_cardiac_recipe_steps_on_cuda_then_export(tmp_path):
         monitor="val_accuracy",
         mode="max",
         extra_state={"labels": cfg["model"]["views"], "preprocessing": cfg["preprocessing"]},
+        model_spec=model_spec(builder="medtransfer.apps.cardiac.model:CardiacNet", backbone="resnet18", n_views=6),
     )
     torch.cuda.synchronize()
     steps = 2 * (n // 32)

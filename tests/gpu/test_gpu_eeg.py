@@ -27,7 +27,7 @@ def test_gpu_eeg_cropped_deep4_paper_size_steps_then_export(tmp_path):
     from medtransfer.apps.eeg.export import export_run
     from medtransfer.apps.eeg.train import build_model, make_config
     from medtransfer.shared.finetune import fit
-    from medtransfer.shared.rundir import RunDir
+    from medtransfer.shared.rundir import RunDir, model_spec
 
     steps, bs = 4, 64
     cfg = make_config(RECIPE, ["train.epochs=1", "train.progress=false", "train.device=cuda"])
@@ -50,6 +50,10 @@ def test_gpu_eeg_cropped_deep4_paper_size_steps_then_export(tmp_path):
         monitor="epoch",
         mode="max",
         extra_state={"labels": ["normal", "abnormal"], "model_name": "deep4"},
+        model_spec=model_spec(
+            builder="medtransfer.apps.eeg.train:build_model",
+            cfg={"data": dict(cfg["data"]), "model": dict(cfg["model"])},
+        ),
     )
     torch.cuda.synchronize()
     ms = (time.perf_counter() - t0) / steps * 1000
