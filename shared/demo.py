@@ -95,7 +95,31 @@ def run_app_demo(spec: AppSpec, out: Path, fast: bool) -> DemoResult:
         return DemoResult(spec.name, time.time() - t0, error=f"{type(e).__name__}: {' '.join(str(e).split())}")
 
 
-def write_report(out: Path, results: list[DemoResult], fast: bool, seconds: float) -> Path:
+# The suite's cross-app tools add their own report sections once every app's demo has run; each
+# ``func(demo_out: Path, fast: bool) -> str`` reads the finished demo folder (bundles/, work/<app>/).
+TOOL_SECTIONS: tuple[tuple[str, str], ...] = (
+    ("Which source? (rank)", "medtransfer.shared.transferability.demo:demo_section"),
+    ("New site without labels (estimate)", "medtransfer.shared.runtime.estimate:demo_section"),
+    ("Many sites, one model (merge)", "medtransfer.shared.finetune.merge_demo:demo_section"),
+    ("Robustness audit (audit)", "medtransfer.shared.runtime.audit:demo_section"),
+)
+
+
+def run_tool_section(title: str, target: str, out: Path, fast: bool) -> DemoResult:
+    """Run one tool's report section over the finished demo folder; a failure is caught and returned."""
+    t0 = time.time()
+    try:
+        md = load_object(target)(out, fast=fast)
+        return DemoResult(title, time.time() - t0, md or "")
+    except Exception as e:  # noqa: BLE001 - reported in the report, the other sections go on
+        slug = re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_")
+        (out / f"{slug}_error.txt").write_text(traceback.format_exc())
+        return DemoResult(title, time.time() - t0, error=f"{type(e).__name__}: {' '.join(str(e).split())}")
+
+
+def write_report(
+    out: Path, results: list[DemoResult], fast: bool, seconds: float, tools: list[DemoResult] | None = None
+) -> Path:
     """Write ``report.md`` (one section per app, links into its work folder) and ``summary.json``.
 
     Returns:
@@ -116,6 +140,11 @@ def write_report(out: Path, results: list[DemoResult], fast: bool, seconds: floa
                 f"## {r.name}\n\n_{r.seconds:.0f} s; bundle: `bundles/{r.name}/`_\n\n"
                 + _relink(r.markdown, f"work/{r.name}/")
             )
+    for r in tools or []:
+        if r.error:
+            lines.append(f"## {r.name}\n\n**FAILED**: `{r.error}`\n")
+        else:
+            lines.append(f"## {r.name}\n\n_{r.seconds:.0f} s_\n\n{r.markdown}\n")
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     summary = {r.name: {"seconds": round(r.seconds, 1), "metrics": r.metrics} for r in results if not r.error}
@@ -123,7 +152,7 @@ def write_report(out: Path, results: list[DemoResult], fast: bool, seconds: floa
     return report
 
 
-def run_demo(out: str | Path, apps: list[str] | None = None, fast: bool = True) -> Path:
+def run_demo(out: str | Path, apps: list[str] | None = None, fast: bool = True, tools_on: bool = True) -> Path:
     """Run each selected app's demo; a failing app is reported (and makes the command fail)
     without stopping the others.
 
@@ -131,12 +160,13 @@ def run_demo(out: str | Path, apps: list[str] | None = None, fast: bool = True) 
         out: output folder.
         apps: app names (default: see :func:`select_demos`).
         fast: the quick default sizes.
+        tools_on: after the apps, run the cross-app tool sections (:data:`TOOL_SECTIONS`).
 
     Returns:
         Path of ``report.md``.
 
     Raises:
-        MedTransferError: if any app's demo failed (after writing the report).
+        MedTransferError: if any app's demo or tool section failed (after writing the report).
     """
     from rich.console import Console
 
@@ -150,8 +180,17 @@ def run_demo(out: str | Path, apps: list[str] | None = None, fast: bool = True) 
         r = run_app_demo(spec, out, fast)
         console.print(f"[red]{r.name}: failed: {r.error}" if r.error else f"[green]{r.name}: done in {r.seconds:.0f} s")
         results.append(r)
-    report = write_report(out, results, fast, time.time() - t0)
-    failed = [r.name for r in results if r.error]
+    tools = []
+    if tools_on and not any(r.error for r in results):
+        for title, target in TOOL_SECTIONS:
+            console.rule(f"demo: {title}")
+            r = run_tool_section(title, target, out, fast)
+            console.print(
+                f"[red]{r.name}: failed: {r.error}" if r.error else f"[green]{r.name}: done in {r.seconds:.0f} s"
+            )
+            tools.append(r)
+    report = write_report(out, results, fast, time.time() - t0, tools)
+    failed = [r.name for r in results + tools if r.error]
     if failed:
         raise MedTransferError(f"demo failed for {', '.join(failed)} (see {report})")
     return report

@@ -1,0 +1,244 @@
+"""``medtransfer merge`` and shared.finetune.merge: TIES / task arithmetic / average on state dicts and run folders."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from cliutil import run_main
+from torch import nn
+
+from medtransfer.shared.finetune import merge as M
+from medtransfer.shared.rundir import RunDir, build_from_spec
+
+
+# ------------------------------------------------------------------------------------ state dicts
+def _sd(**kw):
+    return {k: torch.tensor(v, dtype=torch.float32) for k, v in kw.items()}
+
+
+@pytest.mark.parametrize("method", M.METHODS)
+def test_merging_copies_returns_the_run(method):
+    g = torch.Generator().manual_seed(0)
+    base = {"a": torch.randn(8, 4, generator=g), "b": torch.randn(4, generator=g)}
+    run = {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in base.items()}
+    run["bn.running_mean"] = torch.randn(4, generator=g)
+    run["bn.num_batches_tracked"] = torch.tensor(7)
+    run["head.weight"] = torch.randn(3, 4, generator=g)  # not in the base: averaged
+    # ties keeps everything with trim=1 (a smaller trim returns the run with its task vector trimmed)
+    merged, _ = M.merge_state_dicts([run, dict(run)], base, method, trim=1.0)
+    assert list(merged) == list(run)
+    for k in run:
+        assert torch.allclose(merged[k], run[k], atol=1e-6), k
+
+
+def test_ties_copies_with_trim_keep_the_largest_updates():
+    base = _sd(w=[0.0, 0.0, 0.0, 0.0])
+    run = _sd(w=[1.0, -5.0, 0.2, 3.0])
+    merged, rep = M.merge_state_dicts([run, run], base, "ties", trim=0.5)
+    assert merged["w"].tolist() == [0.0, -5.0, 0.0, 3.0]
+    assert rep["kept_fraction"] == pytest.approx(0.5)
+
+
+def test_ties_matches_hand_computation():
+    # task vectors over two tensors (trimming is global over the whole vector), three sites, keep 50%
+    base = _sd(w=[1.0, 1.0, 1.0], v=[0.0, 0.0, 0.0])
+    s1 = _sd(w=[1 + 3.0, 1 - 1.0, 1 + 0.5], v=[2.0, 0.1, -0.2])  # tau1 = [3,-1,.5 | 2,.1,-.2] keeps 3,-1,2
+    s2 = _sd(w=[1 - 2.0, 1 - 4.0, 1 + 0.1], v=[1.0, -0.3, 0.0])  # tau2 = [-2,-4,.1 | 1,-.3,0] keeps -2,-4,1
+    s3 = _sd(w=[1 + 1.0, 1 + 0.2, 1 - 3.0], v=[-0.5, 0.0, 2.5])  # tau3 = [1,.2,-3 | -.5,0,2.5] keeps 1,-3,2.5
+    # trimmed: t1 = [3,-1,0 | 2,0,0]; t2 = [-2,-4,0 | 1,0,0]; t3 = [1,0,-3 | 0,0,2.5]
+    # elected sign of sums [2,-5,-3 | 3,0,2.5] = [+,-,- | +,0,+]
+    # disjoint means: w0 mean(3,1)=2; w1 mean(-1,-4)=-2.5; w2 -3; v0 mean(2,1)=1.5; v1 0; v2 2.5
+    merged, rep = M.merge_state_dicts([s1, s2, s3], base, "ties", trim=0.5, scale=0.5)
+    assert torch.allclose(merged["w"], torch.tensor([1 + 1.0, 1 - 1.25, 1 - 1.5]))
+    assert torch.allclose(merged["v"], torch.tensor([0.75, 0.0, 1.25]))
+    # entries kept by two or more sites with opposite signs: w0 (3,-2,1) only
+    assert rep["sign_conflict_fraction"] == pytest.approx(1 / 6)
+
+
+def test_task_arithmetic_and_average_by_hand():
+    base = _sd(w=[1.0, 2.0])
+    s1, s2 = _sd(w=[2.0, 2.0]), _sd(w=[1.0, 4.0])
+    ta, _ = M.merge_state_dicts([s1, s2], base, "task_arithmetic", scale=1.0)
+    assert ta["w"].tolist() == [2.0, 4.0]  # base + (1,0) + (0,2)
+    ta_default, rep = M.merge_state_dicts([s1, s2], base, "task_arithmetic")
+    assert rep["scale"] == 0.5 and ta_default["w"].tolist() == [1.5, 3.0]
+    avg, _ = M.merge_state_dicts([s1, s2], None, "average")
+    assert avg["w"].tolist() == [1.5, 3.0]
+    with pytest.raises(M.MergeError):
+        M.merge_state_dicts([s1, s2], None, "ties")
+
+
+def test_lora_is_merged_in_dense_form_and_loads_back():
+    from medtransfer.shared.peft import apply_lora
+
+    torch.manual_seed(0)
+
+    def net():
+        torch.manual_seed(1)
+        m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+        apply_lora(m, targets=["0", "2"], r=2, alpha=4.0)
+        return m
+
+    base = net().state_dict()
+    sites = []
+    for seed in (2, 3):
+        m = net()
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for n, p in m.named_parameters():
+                if "lora_" in n:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        sites.append(m)
+    scal = M.lora_scalings(sites[0])
+    assert set(scal) == {"0", "2"}
+    x = torch.randn(5, 2, 5, 5)
+    dense = [M.fold_lora(m.state_dict(), scal) for m in sites]
+    merged, _ = M.merge_state_dicts(dense, M.fold_lora(base, scal), "task_arithmetic")  # mean update
+    out = net()
+    out.load_state_dict(M.unfold_lora(merged, sites[0].state_dict(), scal))  # same keys: loads strictly
+    with torch.no_grad():
+        h = torch.randn(5, 4 * 5 * 5)
+        for i, inp in ((0, x), (2, h)):  # each layer is linear in its weights: mean update = mean output
+            want = (sites[0][i](inp) + sites[1][i](inp)) / 2
+            assert torch.allclose(out[i](inp), want, atol=1e-4)
+        assert float(out[2].lora_b.weight.abs().sum()) == 0.0
+
+
+# ------------------------------------------------------------------------------------- run folders
+def _site(src: Path, dst: Path, change) -> Path:
+    """A run folder like ``src`` whose best checkpoint's weights (and anything else) ``change`` edits."""
+    run = RunDir(src)
+    dst.mkdir(parents=True)
+    shutil.copy(src / "config.yaml", dst / "config.yaml")
+    info = {k: v for k, v in run.info().items() if k != "checkpoints"}
+    ck = run.load_checkpoint("best")
+    change(ck, info)
+    RunDir(dst, must_exist=False).write_info(info)
+    RunDir(dst).save_checkpoint(ck, "best")
+    return dst
+
+
+def _nudge(seed: int):
+    def change(ck, info):
+        g = torch.Generator().manual_seed(seed)
+        ck["model"] = {
+            k: (v + 0.02 * v.std() * torch.randn(v.shape, generator=g))
+            if v.is_floating_point() and v.numel() > 1
+            else v
+            for k, v in ck["model"].items()
+        }
+
+    return change
+
+
+@pytest.fixture(scope="module")
+def sites(image_run, tmp_path_factory):
+    work = tmp_path_factory.mktemp("merge")
+    base = image_run["run"]
+    return {
+        "base": base,
+        "work": work,
+        "a": _site(base, work / "site_a", _nudge(1)),
+        "b": _site(base, work / "site_b", _nudge(2)),
+    }
+
+
+def test_merge_copies_of_a_run_via_cli(sites, tmp_path, capsys):
+    # every method is checked on state dicts above; through the CLI and run folders: ties (trim 1)
+    a = sites["a"]
+    out = tmp_path / "ties"
+    code, _, err = run_main(["merge", a, a, "--base", sites["base"], "-o", out, "--trim", "1"], capsys)
+    assert code == 0, err
+    want = RunDir(a).load_checkpoint("best")["model"]
+    got = RunDir(out).load_checkpoint("best")["model"]
+    assert list(got) == list(want)
+    for k, v in want.items():
+        assert torch.allclose(got[k].float(), v.float(), atol=1e-5), k
+
+
+def test_merged_run_is_an_ordinary_run_and_exports(sites, image_run, tmp_path, capsys):
+    from medtransfer.shared.export.guard import BelowBaselineError
+    from medtransfer.shared.imagetask.task import evaluate, export_run
+
+    out = tmp_path / "merged"
+    code, stdout, err = run_main(
+        ["merge", sites["a"], sites["b"], "--base", sites["base"], "--method", "ties", "-o", out], capsys
+    )
+    assert code == 0, err
+    info = RunDir(out).info()
+    rec = info["merged_from"]
+    assert rec["method"] == "ties" and rec["trim"] == 0.2 and len(rec["runs"]) == 2
+    assert rec["base"]["kind"] == "run" and info["checkpoints"]["best"]["sha256"]
+    assert info["baseline"]["beats_baseline"] is False  # not validated yet
+    model, ck = RunDir(out).load_model("best")  # rebuilt from the recorded spec
+    assert ck["merged_from"]["method"] == "ties" and ck["labels"] == info["labels"]
+    a = RunDir(sites["a"]).load_checkpoint("best")["model"]
+    assert any(not torch.equal(ck["model"][k], a[k]) for k in a if a[k].is_floating_point())
+    assert evaluate(out, image_run["manifest"])["n"] > 0
+    with pytest.raises(BelowBaselineError):
+        export_run(out, tmp_path / "bundle")
+    bundle = export_run(out, tmp_path / "bundle", force=True)
+    assert (bundle / "model.onnx").is_file()
+
+
+def _relabel(ck, info):
+    info["labels"] = list(reversed(info["labels"]))
+    ck["labels"] = info["labels"]
+
+
+def _other_arch(ck, info):
+    ck["model_spec"] = {**ck["model_spec"], "registry": "resnet34"}
+
+
+def _other_base(ck, info):
+    fresh = build_from_spec(ck["model_spec"]).state_dict()  # same architecture, another start
+    ck["model"] = fresh
+
+
+@pytest.mark.parametrize(
+    "change,words", [(_other_arch, "different architecture"), (_relabel, "labels"), (_other_base, "not fine-tuned")]
+)
+def test_refusals_are_one_line(sites, tmp_path, capsys, change, words):
+    bad = _site(sites["base"], tmp_path / "bad", change)
+    code, _, err = run_main(["merge", sites["a"], bad, "--base", sites["base"], "-o", tmp_path / "m"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], err
+    assert not (tmp_path / "m").exists()
+
+
+def test_refuses_a_run_recording_another_base_run(sites, tmp_path, capsys):
+    other = _site(sites["base"], tmp_path / "other_base", _nudge(9))
+
+    def from_other(ck, info):
+        _nudge(3)(ck, info)
+        info["init_run"] = str(other)
+
+    site = _site(sites["base"], tmp_path / "c", from_other)
+    code, _, err = run_main(["merge", sites["a"], site, "--base", sites["base"], "-o", tmp_path / "m"], capsys)
+    assert code == 2 and "was fine-tuned from" in err and len(err.strip().splitlines()) == 1
+
+
+def test_merge_command_imports_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from typer.testing import CliRunner; from medtransfer.shared.cli.main import app; "
+        "r = CliRunner().invoke(app, ['merge', '--help']); assert r.exit_code == 0 and '--trim' in r.output, r.output; "
+        "print('torch' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_bad_trim_and_missing_base_are_one_line(sites, tmp_path, capsys):
+    a, b = sites["a"], sites["b"]
+    code, _, err = run_main(["merge", a, b, "--base", sites["base"], "--trim", "0", "-o", tmp_path / "m"], capsys)
+    assert code == 2 and "--trim must be in (0, 1]" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_main(["merge", a, b, "--method", "task_arithmetic", "-o", tmp_path / "m"], capsys)
+    assert code == 2 and "needs --base" in err and len(err.strip().splitlines()) == 1
