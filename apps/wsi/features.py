@@ -14,8 +14,9 @@ second run recomputes nothing; partial files from an interrupted run are redone.
 from __future__ import annotations
 
 import json
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -30,7 +31,7 @@ from medtransfer.apps.wsi.slide import (
     save_overlay,
     slide_name,
 )
-from medtransfer.shared.utils.errors import InputError, MedTransferError
+from medtransfer.shared.utils.errors import ConfigError, InputError, MedTransferError
 
 
 @dataclass
@@ -54,30 +55,83 @@ class ExtractResult:
         return d
 
 
+#: encoder precisions: ``auto`` = bf16 autocast on CUDA (fp32 when the GPU lacks bf16), fp32 on CPU
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is usable, else ``cpu``; ``cuda`` without a GPU is refused.
+
+    Raises:
+        ConfigError: unknown device, or ``cuda`` asked for but unavailable.
+    """
+    if device not in DEVICES:
+        raise ConfigError(f"--device must be one of {', '.join(DEVICES)} (got '{device}'; no device indices)")
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise ConfigError("--device cuda: no CUDA GPU is available here (use --device auto or cpu)")
+    return "cpu"
+
+
 class Encoder:
-    """A patch encoder from the shared registry, run in batches on uint8 tiles.
+    """A patch encoder from the shared registry (PyTorch), run in batches on uint8 tiles.
+
+    CPU: fp32, channels-last, inference mode (the tiles' NHWC memory is already channels-last, so
+    nothing is copied before the first convolution).  CUDA: tiles go through pinned memory
+    (non-blocking copy), channels-last, autocast in bf16 (``precision=auto``) or fp16; cuDNN picks
+    its fastest kernels for the fixed tile size.
 
     Args:
         name: registry name (``resnet18`` default; ``uni2h`` for the 1536-d UNI2-h ViT).
         weights: local weight file, True (registry file in the weights dirs), or None (random init).
         device: ``cpu``, ``cuda`` or ``auto``.
         patch_size: input side the encoder sees.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16`` (autocast; CUDA only, CPU stays fp32).
+        threads: torch intra-op threads (0 = leave torch's setting).
     """
 
+    backend = "torch"
+
     def __init__(
-        self, name: str = "resnet18", weights: Any = None, device: str = "auto", patch_size: int = 224
+        self,
+        name: str = "resnet18",
+        weights: Any = None,
+        device: str = "auto",
+        patch_size: int = 224,
+        precision: str = "auto",
+        threads: int = 0,
     ) -> None:
         import torch
 
         from medtransfer.apps.wsi.model import build_tile_encoder
 
+        if precision not in PRECISIONS:
+            raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)} (got '{precision}')")
+        if threads:
+            torch.set_num_threads(int(threads))
         self.name = name
         # the same module (normalisation inside) that export writes to encoder.onnx
         self.model, self.feature_dim, self.pretrained = build_tile_encoder(name, weights)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = torch.device(resolve_device(device))
+        self.amp_dtype: Any = None
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            if precision in ("auto", "bf16"):
+                self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+                if self.amp_dtype is None and precision == "bf16":
+                    raise ConfigError("--precision bf16: this GPU has no bf16 support (use fp16 or fp32)")
+            elif precision == "fp16":
+                self.amp_dtype = torch.float16
+        self.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
         self.model = self.model.eval().to(self.device).to(memory_format=torch.channels_last)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
         self.patch_size = patch_size
 
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
@@ -86,8 +140,326 @@ class Encoder:
 
         with torch.inference_mode():
             tiles = tiles if tiles.flags.writeable else tiles.copy()
-            x = torch.from_numpy(tiles).to(self.device).permute(0, 3, 1, 2).float()
-            return self.model(x.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
+            x = torch.from_numpy(tiles)
+            if self.device.type == "cuda":
+                x = x.pin_memory().to(self.device, non_blocking=True)
+            # NHWC memory viewed as NCHW is channels-last already: .float() keeps those strides
+            x = x.permute(0, 3, 1, 2).float().contiguous(memory_format=torch.channels_last)
+            if self.amp_dtype is None:
+                y = self.model(x)
+            else:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype):
+                    y = self.model(x)
+            return y.float().cpu().numpy()
+
+
+class OnnxEncoder:
+    """An exported patch encoder run by ONNX Runtime: a bundle's ``encoder.onnx`` (checksums verified)
+    or any ``.onnx`` file with the bundle's contract (``tiles``: float32 NCHW RGB 0-255, normalisation
+    inside; ``features`` out).  An int8-quantized file runs the same way.
+
+    Args:
+        path: a bundle folder holding ``encoder.onnx``, or an ``.onnx`` file.
+        device: ``auto`` / ``cuda`` use ONNX Runtime's CUDA provider when it is installed.
+        patch_size: the tile side the caller will feed (checked against the model's input).
+        threads: ONNX Runtime intra-op threads (0 = ORT default).
+        name: the encoder name recorded in the bags (default: the bundle's encoder / ``onnx:<file stem>``).
+        pretrained: recorded in the bags for a plain ``.onnx`` file.
+
+    Raises:
+        ConfigError: missing file, no encoder in the bundle, or a tile size the model cannot take.
+    """
+
+    backend = "onnx"
+
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "auto",
+        patch_size: int = 224,
+        threads: int = 0,
+        name: Optional[str] = None,
+        pretrained: bool = False,
+    ) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        self.pretrained = pretrained
+        self.device = "cpu"
+        self.precision = "int8" if "int8" in path.name else "fp32"
+        providers = ["CPUExecutionProvider"]
+        if device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+            self.device = "cuda"
+        elif device == "cuda":
+            raise ConfigError("--device cuda with --encoder-onnx: onnxruntime has no CUDA provider here")
+        if path.is_dir():
+            from medtransfer.shared.runtime.bundle import load_bundle
+
+            if not (path / "encoder.onnx").is_file():
+                raise ConfigError(
+                    f"{path}: no encoder.onnx here (give a bundle with a patch encoder, or an .onnx file)"
+                )
+
+            bundle = load_bundle(path, threads=threads)  # sha256-checked
+            if "encoder.onnx" not in (bundle.meta.get("files") or {}):
+                raise ConfigError(f"{path}: this bundle has no encoder.onnx (export a run with a patch encoder)")
+            pre = bundle.preprocessing
+            self.name = str(pre.get("encoder") or "onnx")
+            self.pretrained = bool(pre.get("encoder_pretrained", False))
+            self.session = bundle.session("encoder.onnx")
+            model_file = path / "encoder.onnx"
+        elif path.is_file() and path.suffix == ".onnx":
+            so = ort.SessionOptions()
+            so.log_severity_level = 3
+            if threads:
+                so.intra_op_num_threads = int(threads)
+                so.inter_op_num_threads = 1
+            self.session = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+            self.name = name or f"onnx:{path.stem}"
+            model_file = path
+        else:
+            raise ConfigError(f"{path}: --encoder-onnx needs a bundle folder or an .onnx file")
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        shape = list(inp.shape)
+        if len(shape) != 4 or any(isinstance(d, int) and d != patch_size for d in shape[2:]):
+            raise ConfigError(
+                f"{model_file}: the encoder takes input {shape}, not (batch, 3, {patch_size}, {patch_size});"
+                " set --patch-size to the size it was exported with"
+            )
+        self.patch_size = patch_size
+        out = self.session.get_outputs()[0].shape
+        d = out[-1] if out and isinstance(out[-1], int) else None
+        self.feature_dim = int(d) if d else int(self(np.zeros((1, patch_size, patch_size, 3), np.uint8)).shape[1])
+
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        """(B, H, W, 3) uint8 -> (B, D) float32 features."""
+        x = np.ascontiguousarray(tiles.transpose(0, 3, 1, 2), dtype=np.float32)
+        return np.asarray(self.session.run(None, {self.input_name: x})[0], dtype=np.float32)
+
+
+BACKENDS = ("auto", "torch", "onnx")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_encoder_onnx(name: str, weights: Any, patch_size: int, path: str | Path) -> Path:
+    """Export a registry patch encoder (normalisation inside) to ONNX through the shared exporter.
+
+    The exporter checks ONNX Runtime against PyTorch on random tiles (max abs difference <= 1e-4),
+    so features from the file equal the torch encoder's within that.  Written atomically.
+
+    Args:
+        name: registry encoder.
+        weights: its weights (file, True or None = random init).
+        patch_size: tile side (fixed in the graph; the batch is dynamic).
+        path: the ``.onnx`` file to write.
+
+    Returns:
+        ``path``.
+    """
+    import torch
+
+    from medtransfer.apps.wsi.model import build_tile_encoder
+    from medtransfer.shared.export import export_onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.part.onnx")
+    enc, _, _ = build_tile_encoder(name, weights)
+    g = torch.Generator().manual_seed(0)
+    export_onnx(
+        enc.eval(),
+        (torch.rand(2, 3, patch_size, patch_size, generator=g) * 255,),
+        tmp,
+        ["tiles"],
+        ["features"],
+        dynamic={"tiles": {0: "batch"}},
+        atol=1e-4,
+    )
+    tmp.replace(path)
+    return path
+
+
+def quantize_encoder_int8(src: str | Path, dst: str | Path, calibration_tiles: np.ndarray) -> Path:
+    """Static int8 quantization (QDQ, per-channel weights) of an ONNX patch encoder, calibrated on
+    real tiles, so ONNX Runtime runs int8 convolutions (VNNI on x86).  Features then differ from
+    fp32 (the bags record ``<encoder>+int8``).
+
+    Args:
+        src: the fp32 encoder (``tiles`` NCHW float 0-255 -> ``features``).
+        dst: the int8 file to write.
+        calibration_tiles: (N, H, W, 3) uint8 tiles of the slides to extract (a few dozen).
+
+    Returns:
+        ``dst``.
+    """
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    src, dst = Path(src), Path(dst)
+    x = np.ascontiguousarray(calibration_tiles.transpose(0, 3, 1, 2), dtype=np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"tiles": x[i : i + 8]} for i in range(0, len(x), 8)])
+
+        def get_next(self) -> Optional[dict[str, np.ndarray]]:
+            return next(self.batches, None)
+
+    pre = dst.with_name(f".{dst.stem}.pre.onnx")
+    tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.part.onnx")
+    try:
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        base = pre
+    except Exception:  # pre-processing is an optimisation only
+        base = src
+    quantize_static(
+        str(base),
+        str(tmp),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    pre.unlink(missing_ok=True)
+    tmp.replace(dst)
+    return dst
+
+
+def calibration_tiles(
+    slide_path: str | Path,
+    target_mpp: float,
+    patch_size: int,
+    mpp: Optional[float],
+    tissue_fraction_min: float,
+    n: int = 32,
+) -> np.ndarray:
+    """Up to ``n`` tissue tiles spread over a slide (int8 calibration)."""
+    prep = prepare_slide(slide_path, target_mpp, patch_size, mpp, tissue_fraction_min)
+    try:
+        t = prep.tiling
+        t.coords = t.coords[np.linspace(0, len(t.coords) - 1, min(n, len(t.coords))).astype(int)]
+        return np.concatenate([b for _, b in iter_tile_batches(prep.slide, t, batch_size=n)])
+    finally:
+        prep.close()
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """How to build a patch encoder (picklable: sent to each worker, which builds it once).
+
+    Args:
+        name: registry encoder.
+        weights: its local weights.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        patch_size: tile side.
+        precision: torch autocast precision on CUDA.
+        threads: intra-op threads (0 = library default; workers get ``cores // workers``).
+        onnx: a bundle folder or ``.onnx`` file: run that with ONNX Runtime instead of torch.
+        backend: ``torch``, ``onnx`` (the registry encoder exported once, run by ONNX Runtime) or
+            ``auto`` (ONNX Runtime on CPU when the encoder has a weights file, else torch).
+        quantize: ``int8``: run the ONNX encoder statically int8-quantized, calibrated on tiles of
+            the first slide (:func:`quantize_encoder_int8`; features then differ from fp32, and the
+            bags record ``<encoder>+int8``).
+        label_override: the encoder name to record (set by :meth:`resolve`).
+        pretrained: recorded for an exported registry encoder (set by :meth:`resolve`).
+    """
+
+    name: str = "resnet18"
+    weights: Any = None
+    device: str = "auto"
+    patch_size: int = 224
+    precision: str = "auto"
+    threads: int = 0
+    onnx: Optional[str] = None
+    backend: str = "torch"
+    quantize: Optional[str] = None
+    label_override: Optional[str] = None
+    pretrained: bool = False
+
+    @property
+    def label(self) -> str:
+        """The encoder name recorded in (and matched against) the h5 bags, known without building."""
+        if self.label_override:
+            return self.label_override
+        if not self.onnx:
+            return self.name + ("+int8" if self.quantize else "")
+        p = Path(self.onnx)
+        if p.is_dir():
+            try:
+                meta = json.loads((p / "metadata.json").read_text(encoding="utf-8"))
+                return str((meta.get("preprocessing") or {}).get("encoder") or "onnx")
+            except (OSError, ValueError):
+                return "onnx"
+        return f"onnx:{p.stem}"
+
+    def use_onnx(self) -> bool:
+        """Whether the registry encoder runs through ONNX Runtime (``backend`` onnx, or auto on CPU
+        with a weights file; random-init encoders are for plumbing and stay in torch)."""
+        if self.onnx:
+            return bool(self.quantize)
+        if self.backend == "torch":
+            return False
+        if self.backend == "onnx" or self.quantize:
+            return True
+        w = self.weights
+        return isinstance(w, (str, Path)) and Path(w).is_file() and resolve_device(self.device) == "cpu"
+
+    def resolve(
+        self, cache_dir: Path, scratch: Path, calibrate: Optional[Callable[[], np.ndarray]] = None
+    ) -> "EncoderSpec":
+        """A spec every worker can build without exporting: the registry encoder exported to ONNX once
+        (cached in ``cache_dir`` by name, tile size and weights sha256; random init goes to
+        ``scratch``), int8-quantized when asked.  Unchanged when torch runs.
+
+        Raises:
+            ConfigError: unknown backend / quantization.
+        """
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)} (got '{self.backend}')")
+        if self.quantize not in (None, "int8"):
+            raise ConfigError(f"--quantize must be int8 (got '{self.quantize}')")
+        if not self.use_onnx():
+            return self
+        src = Path(self.onnx) if self.onnx else None
+        label = self.label
+        if src is None:
+            w = self.weights
+            if isinstance(w, (str, Path)) and Path(w).is_file():
+                src = cache_dir / f"{self.name}-{self.patch_size}px-{_sha256(Path(w))[:16]}.onnx"
+            else:
+                src = scratch / f"{self.name}-{self.patch_size}px-random.onnx"
+            if not src.is_file():
+                export_encoder_onnx(self.name, self.weights, self.patch_size, src)
+        elif src.is_dir():
+            src = src / "encoder.onnx"
+        if self.quantize == "int8":
+            q = scratch / f"{src.stem}.int8.onnx"  # calibrated on this job's slides: not cached
+            if calibrate is None:
+                raise ConfigError("--quantize int8 needs calibration tiles")
+            quantize_encoder_int8(src, q, calibrate())
+            src = q
+            label = label if label.endswith("+int8") else label + "+int8"
+        return replace(self, onnx=str(src), label_override=label, pretrained=bool(self.weights))
+
+    def build(self) -> Any:
+        """The encoder (torch :class:`Encoder` or :class:`OnnxEncoder`)."""
+        if self.onnx:
+            return OnnxEncoder(
+                self.onnx, self.device, self.patch_size, self.threads, self.label_override, self.pretrained
+            )
+        return Encoder(self.name, self.weights, self.device, self.patch_size, self.precision, self.threads)
 
 
 def h5_is_complete(h5_path: Path, encoder: str, target_mpp: float, patch_size: int) -> bool:
@@ -262,10 +634,60 @@ def _skipped(name: str, h5_path: Path) -> ExtractResult:
     return ExtractResult(name, "skipped", str(h5_path), int(n), int(d))
 
 
+@dataclass
+class PreparedSlide:
+    """An open slide with its tiling, thumbnail and tissue mask (made ahead of encoding)."""
+
+    slide: Any
+    tiling: Any
+    thumb: np.ndarray
+    mask: np.ndarray
+
+    def close(self) -> None:
+        """Close the slide handle."""
+        try:
+            self.slide.close()
+        except Exception:  # closing a broken handle must not hide the real error
+            pass
+
+
+def prepare_slide(
+    slide_path: str | Path,
+    target_mpp: float = 0.5,
+    patch_size: int = 224,
+    mpp: Optional[float] = None,
+    tissue_fraction_min: float = 0.25,
+) -> PreparedSlide:
+    """Open a slide and plan its tiles on the thumbnail tissue mask (nothing at full resolution is read).
+
+    Raises:
+        InputError: unreadable slide, no MPP, no tissue (one line naming the file).
+    """
+    slide = open_slide(slide_path)
+    try:
+        tiling, thumb, mask = plan_tiles(slide, slide_path, target_mpp, patch_size, mpp, tissue_fraction_min)
+    except InputError:
+        _close(slide)
+        raise
+    except Exception as e:  # the decoder's message may quote file content: the type only
+        _close(slide)
+        raise InputError(
+            slide_path, f"reading the slide failed (corrupt or unsupported data: {type(e).__name__})"
+        ) from None
+    return PreparedSlide(slide, tiling, thumb, mask)
+
+
+def _close(slide: Any) -> None:
+    try:
+        slide.close()
+    except Exception:
+        pass
+
+
 def extract_slide(
     slide_path: str | Path,
     out_dir: str | Path,
-    encoder: Encoder,
+    encoder: Any,
     target_mpp: float = 0.5,
     patch_size: int = 224,
     mpp: Optional[float] = None,
@@ -274,13 +696,20 @@ def extract_slide(
     overwrite: bool = False,
     progress: Optional[Callable[[int], None]] = None,
     key: Optional[str] = None,
+    read_workers: int = 2,
+    prepared: Optional[PreparedSlide] = None,
 ) -> ExtractResult:
     """Tile one slide, encode its tiles and write ``out_dir/<key>.h5`` plus a thumbnail PNG.
+
+    Tiles are read and decoded by ``read_workers`` threads ahead of the encoder (bounded queue,
+    see :func:`~medtransfer.apps.wsi.slide.iter_tile_batches`) at the pyramid level matching
+    ``target_mpp``, only where the thumbnail shows tissue, and encoded ``batch_size`` at a time.
 
     Args:
         slide_path: the slide.
         out_dir: output folder (h5 files; thumbnails under ``thumbnails/``).
-        encoder: the patch encoder.
+        encoder: the patch encoder (:class:`Encoder`, :class:`OnnxEncoder`, or any callable
+            ``(B, H, W, 3) uint8 -> (B, D)`` with ``name``, ``feature_dim``, ``pretrained``).
         target_mpp: tile resolution (um/px).
         patch_size: tile side at ``target_mpp``.
         mpp: level-0 MPP override for slides without metadata.
@@ -291,6 +720,9 @@ def extract_slide(
         key: output key (the slide's path relative to the input root, without suffix, e.g.
             ``a/s1``; default: the slide's name).  Bags go to ``out_dir/<key>.h5``, thumbnails to
             ``out_dir/thumbnails/<key>.png``.
+        read_workers: reader threads.
+        prepared: the slide already opened and planned by :func:`prepare_slide` (same settings);
+            it is closed here.
 
     Returns:
         An :class:`ExtractResult` (status done / skipped; errors raise InputError).
@@ -299,35 +731,36 @@ def extract_slide(
     name = key or slide_name(slide_path)
     h5_path = out_dir / f"{name}.h5"
     if not overwrite and h5_is_complete(h5_path, encoder.name, target_mpp, patch_size):
+        if prepared is not None:
+            prepared.close()
         return _skipped(name, h5_path)
     t0 = time.perf_counter()
-    slide = open_slide(slide_path)
+    prep = prepared or prepare_slide(slide_path, target_mpp, patch_size, mpp, tissue_fraction_min)
+    tiling = prep.tiling
     try:
-        tiling, thumb, mask = plan_tiles(slide, slide_path, target_mpp, patch_size, mpp, tissue_fraction_min)
         feats = np.zeros((len(tiling.coords), encoder.feature_dim), np.float32)
         done = 0
-        for idx, tiles in iter_tile_batches(slide, tiling, batch_size=batch_size):
+        for idx, tiles in iter_tile_batches(prep.slide, tiling, batch_size=batch_size, workers=read_workers):
             feats[idx] = encoder(tiles)
             done += len(idx)
             if progress:
                 progress(done)
-    except InputError:
+    except MedTransferError:
         raise
     except Exception as e:  # the decoder's message may quote file content: the type only
         raise InputError(
             slide_path, f"reading tiles failed (corrupt or unsupported tile data: {type(e).__name__})"
         ) from None
     finally:
-        try:
-            slide.close()
-        except Exception:
-            pass
+        prep.close()
     from medtransfer.shared.runtime.gates import require_finite
 
     require_finite(feats, slide_path, "encoder features")
     attrs = {
         **tiling.attrs(),
         "encoder": encoder.name,
+        "encoder_backend": str(getattr(encoder, "backend", "custom")),
+        "precision": str(getattr(encoder, "precision", "fp32")),
         "feature_dim": int(encoder.feature_dim),
         "pretrained": bool(encoder.pretrained),
         "slide": slide_path.name,
@@ -336,7 +769,7 @@ def extract_slide(
         "coords_convention": "level-0 top-left (x, y)",
     }
     write_bag(h5_path, tiling.coords, feats, attrs)
-    overlay = save_overlay(thumb, mask, tiling, out_dir / "thumbnails" / f"{name}.png")
+    overlay = save_overlay(prep.thumb, prep.mask, tiling, out_dir / "thumbnails" / f"{name}.png")
     return ExtractResult(
         name,
         "done",
@@ -347,6 +780,150 @@ def extract_slide(
         overlay=str(overlay),
         extra={"grid": grid_note(tiling)},
     )
+
+
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class _SlideJob:
+    """What one worker needs besides its encoder to extract one slide (picklable)."""
+
+    out_dir: str
+    target_mpp: float
+    patch_size: int
+    mpp: Optional[float]
+    batch_size: int
+    tissue_fraction_min: float
+    overwrite: bool
+    read_workers: int
+
+
+def _worker_encoder(spec: EncoderSpec) -> Any:
+    """Per-worker state: the encoder, built once and reused for every slide the worker gets."""
+    from medtransfer.shared.runtime.engines import worker_threads
+
+    threads = spec.threads or worker_threads()  # inside an engine worker: cores // workers
+    return replace(spec, threads=threads).build()
+
+
+def _worker_extract(enc: Any, item: tuple[str, str], job: _SlideJob) -> ExtractResult:
+    """Extract one slide in a worker; a known error becomes the slide's error row."""
+    name, path = item
+    try:
+        return extract_slide(
+            path,
+            job.out_dir,
+            enc,
+            job.target_mpp,
+            job.patch_size,
+            job.mpp,
+            job.batch_size,
+            job.tissue_fraction_min,
+            job.overwrite,
+            key=name,
+            read_workers=job.read_workers,
+        )
+    except MedTransferError as e:
+        return ExtractResult(name, "error", error=str(e))
+
+
+def _prepare_or_error(path: Path, job: _SlideJob) -> PreparedSlide | MedTransferError:
+    try:
+        return prepare_slide(path, job.target_mpp, job.patch_size, job.mpp, job.tissue_fraction_min)
+    except MedTransferError as e:
+        return e
+
+
+def _extract_here(
+    todo: list[tuple[str, Path]], spec: EncoderSpec, job: _SlideJob, show_progress: bool
+) -> dict[str, ExtractResult]:
+    """In this process: one encoder for all slides; the next slide is opened and its tissue planned
+    in a background thread while the current one is encoded, so that fixed cost is hidden."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    out: dict[str, ExtractResult] = {}
+    if not todo:
+        return out
+    enc = spec.build()
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="wsi-plan") as planner,
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeRemainingColumn(),
+            disable=not show_progress,
+            transient=True,
+        ) as bar,
+    ):
+        task = bar.add_task("slides", total=len(todo))
+        nxt: Future[Any] = planner.submit(_prepare_or_error, todo[0][1], job)
+        for i, (name, sp) in enumerate(todo):
+            prep = nxt.result()
+            if i + 1 < len(todo):
+                nxt = planner.submit(_prepare_or_error, todo[i + 1][1], job)
+            bar.update(task, description=f"{name[:40]}")
+            if isinstance(prep, MedTransferError):
+                out[name] = ExtractResult(name, "error", error=str(prep))
+            else:
+                try:
+                    out[name] = extract_slide(
+                        sp,
+                        job.out_dir,
+                        enc,
+                        job.target_mpp,
+                        job.patch_size,
+                        job.mpp,
+                        job.batch_size,
+                        job.tissue_fraction_min,
+                        True,  # completeness was checked before planning
+                        key=name,
+                        read_workers=job.read_workers,
+                        prepared=prep,
+                    )
+                except MedTransferError as e:
+                    out[name] = ExtractResult(name, "error", error=str(e))
+            bar.advance(task)
+    return out
+
+
+def _run_jobs(
+    todo: list[tuple[str, Path]],
+    spec: EncoderSpec,
+    job: _SlideJob,
+    engine: str,
+    workers: int,
+    show_progress: bool,
+    done: dict[str, ExtractResult],
+) -> None:
+    """Extract ``todo`` here (``local``, one worker) or through the shared ``run_map`` engine
+    (local processes or Ray actors, each building its encoder once); results go into ``done``."""
+    if engine == "local" and workers <= 1:
+        done.update(_extract_here(todo, spec, job, show_progress))
+        return
+    if not todo:
+        return
+    from functools import partial
+
+    from medtransfer.shared.runtime.engines import run_map
+
+    items = [(name, str(sp)) for name, sp in todo]
+    run = run_map(
+        partial(_worker_encoder, spec),
+        partial(_worker_extract, job=job),
+        items,
+        engine=engine,
+        workers=max(1, int(workers)),
+        chunksize=1,
+        progress="slides" if show_progress else False,
+    )
+    with run:
+        for i, r in run:
+            name = items[i][0]
+            done[name] = r if isinstance(r, ExtractResult) else ExtractResult(name, "error", error=str(r))
 
 
 def extract_many(
@@ -362,6 +939,14 @@ def extract_many(
     device: str = "auto",
     overwrite: bool = False,
     show_progress: bool = True,
+    encoder_onnx: Optional[str | Path] = None,
+    precision: str = "auto",
+    threads: int = 0,
+    read_workers: int = 2,
+    engine: str = "local",
+    workers: int = 1,
+    backend: str = "torch",
+    quantize: Optional[str] = None,
 ) -> list[ExtractResult]:
     """Extract feature bags for a slide or every slide in a folder; bad slides become error rows.
 
@@ -371,19 +956,45 @@ def extract_many(
     folder) are refused with one line before any work.  Writes ``out_dir/extract_log.csv`` (one
     row per slide: done / skipped / error).
 
+    Scale-out: ``engine="local", workers=1`` runs here (one encoder for every slide, the next
+    slide planned while the current one is encoded); ``workers > 1`` spreads slides over local
+    processes, ``engine="ray"`` over Ray actors (local Ray, or the cluster in ``RAY_ADDRESS``),
+    through the shared ``run_map`` engine: each worker builds its encoder once and reuses it, with
+    ``cores // workers`` threads unless ``threads`` is given.
+
+    Args:
+        encoder_onnx: a bundle folder (its ``encoder.onnx``) or an ``.onnx`` file to run with ONNX
+            Runtime instead of the torch ``encoder``.
+        precision: torch autocast on CUDA (``auto`` = bf16), see :class:`Encoder`.
+        threads: encoder intra-op threads (0 = library default / ``cores // workers``).
+        read_workers: tile reader threads per slide.
+        engine: ``local`` or ``ray``.
+        workers: processes / actors.
+        backend: ``torch`` (default here), ``onnx`` (the registry encoder exported once into
+            ``out_dir/.cache``, run by ONNX Runtime) or ``auto`` (``wsi extract``'s default: onnx on
+            CPU when the encoder has a weights file, torch otherwise); see :class:`EncoderSpec`.
+        quantize: ``int8`` runs the ONNX encoder statically int8-quantized, calibrated on tiles of
+            the first slide (features differ from fp32; a slide that fails calibration fails the job).
+
     Returns:
         One :class:`ExtractResult` per slide (``slide`` is its output key).
 
     Raises:
         InputError: no slides found.
+        ConfigError: unknown engine, device or precision.
         MedTransferError: two slides map to one output name.
     """
     import csv
-
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    import tempfile
 
     from medtransfer.shared.runtime.outputs import unique_keys
 
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine must be one of {', '.join(ENGINES)} (got '{engine}')")
+    if device not in DEVICES:
+        raise ConfigError(f"--device must be one of {', '.join(DEVICES)} (got '{device}'; no device indices)")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)} (got '{precision}')")
     slides = find_slides(source)
     if not slides:
         raise InputError(source, "no slide files found")
@@ -391,43 +1002,45 @@ def extract_many(
     keyed = unique_keys(slides, root)  # refuses a clash before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    enc: Optional[Encoder] = None
-    results: list[ExtractResult] = []
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeRemainingColumn(),
-        disable=not show_progress,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("slides", total=len(slides))
-        for name, sp in keyed.items():
-            if not overwrite and h5_is_complete(out_dir / f"{name}.h5", encoder, target_mpp, patch_size):
-                results.append(_skipped(name, out_dir / f"{name}.h5"))
-                bar.advance(task)
-                continue
-            if enc is None:
-                enc = Encoder(encoder, weights, device, patch_size)
-            bar.update(task, description=f"{name[:40]}")
-            try:
-                results.append(
-                    extract_slide(
-                        sp,
-                        out_dir,
-                        enc,
-                        target_mpp,
-                        patch_size,
-                        mpp,
-                        batch_size,
-                        tissue_fraction_min,
-                        overwrite,
-                        key=name,
-                    )
-                )
-            except MedTransferError as e:
-                results.append(ExtractResult(name, "error", error=str(e)))
-            bar.advance(task)
+    spec = EncoderSpec(
+        encoder,
+        weights,
+        device,
+        patch_size,
+        precision,
+        int(threads),
+        str(encoder_onnx) if encoder_onnx else None,
+        backend,
+        quantize,
+    )
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)} (got '{backend}')")
+    label = spec.label
+    job = _SlideJob(
+        str(out_dir), target_mpp, patch_size, mpp, batch_size, tissue_fraction_min, overwrite, int(read_workers)
+    )
+    done: dict[str, ExtractResult] = {}
+    todo: list[tuple[str, Path]] = []
+    for name, sp in keyed.items():
+        if not overwrite and h5_is_complete(out_dir / f"{name}.h5", label, target_mpp, patch_size):
+            done[name] = _skipped(name, out_dir / f"{name}.h5")
+        else:
+            todo.append((name, sp))
+    # beside the bags, so that workers on other machines (Ray) read the same exported encoder
+    (out_dir / ".cache").mkdir(exist_ok=True)
+    scratch = tempfile.TemporaryDirectory(prefix="tmp-", dir=out_dir / ".cache")
+    try:
+        if todo:  # export once here (cached), so that no worker exports
+            first = todo[0][1]
+            spec = spec.resolve(
+                out_dir / ".cache",
+                Path(scratch.name),
+                lambda: calibration_tiles(first, target_mpp, patch_size, mpp, tissue_fraction_min),
+            )
+        _run_jobs(todo, spec, job, engine, workers, show_progress, done)
+    finally:
+        scratch.cleanup()
+    results = [done[name] for name in keyed]
     rows = [r.row() for r in results]
     cols: list[str] = []
     for r in rows:

@@ -11,8 +11,6 @@ most the target; a tile covers ``patch_size_level0`` level-0 pixels and is read 
 
 from __future__ import annotations
 
-import queue
-import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -157,12 +155,19 @@ def tissue_mask(thumb: np.ndarray, min_saturation: float = 0.07, min_object_frac
         (H, W) bool mask.
     """
     from scipy import ndimage
-    from skimage import color, filters, morphology
+    from skimage import filters, morphology
+    from skimage.util import img_as_float
 
-    hsv = color.rgb2hsv(thumb)
-    sat, val = hsv[..., 1], hsv[..., 2]
+    # saturation and value exactly as skimage's rgb2hsv computes them (same float64 steps), without
+    # the hue it would also compute (most of its time, and of the slide's fixed cost)
+    rgb = img_as_float(thumb[..., :3])
+    val = rgb.max(axis=-1)
+    delta = np.ptp(rgb, axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sat = delta / val
+    sat[delta == 0.0] = 0.0
     try:
-        thr = float(filters.threshold_otsu(sat)) if np.ptp(sat) > 1e-6 else 1.0
+        thr = float(filters.threshold_otsu(sat)) if float(sat.max() - sat.min()) > 1e-6 else 1.0
     except ValueError:
         thr = 1.0
     mask = (sat > max(thr, min_saturation)) & (val > 0.15) & (thumb.min(axis=-1) < 235)
@@ -272,37 +277,30 @@ def _resize(tile: np.ndarray, size: int) -> np.ndarray:
 
 def _rgb(region: Any) -> np.ndarray:
     arr = np.asarray(region)
+    if arr.ndim == 2:  # grayscale page
+        arr = arr[..., None]
     if arr.ndim == 3 and arr.shape[2] == 4:  # RGBA from read_region: composite on white
         a = arr[..., 3:4].astype(np.float32) / 255.0
         arr = (arr[..., :3].astype(np.float32) * a + 255.0 * (1 - a)).astype(np.uint8)
-    return np.ascontiguousarray(arr[..., :3])
+    if arr.shape[2] < 3:
+        arr = np.repeat(arr[..., :1], 3, axis=2)
+    return np.ascontiguousarray(arr[..., :3], dtype=np.uint8)
 
 
-def iter_tile_batches(
-    slide: Any,
-    tiling: Tiling,
-    batch_size: int = 64,
-    block: int = 8,
-    prefetch: int = 4,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Stream tiles as uint8 batches, read ahead in a background thread.
+def read_rgb(slide: Any, xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+    """One region as an (h, w, 3) uint8 array.
 
-    Tiles are read in row blocks: one ``read_region`` per run of up to ``block`` horizontally
-    adjacent tiles, then cut and resized, so far fewer calls reach the slide decoder.
-
-    Args:
-        slide: open slide.
-        tiling: from :func:`plan_tiles`.
-        batch_size: tiles per batch.
-        block: maximum tiles per ``read_region`` call.
-        prefetch: batches buffered ahead of the consumer.
-
-    Yields:
-        ``(indices (b,), tiles (b, patch_size, patch_size, 3) uint8)`` in coordinate order.
+    tiffslide hands the decoded array over directly (``as_array``: no PIL image in between);
+    OpenSlide's RGBA is composited on white.  Both give the same pixels as ``read_region`` + RGB.
     """
-    coords = tiling.coords
-    ps0, rs, lvl, out = tiling.patch_size_level0, tiling.read_size, tiling.patch_level, tiling.patch_size
-    # group tiles into runs of adjacent tiles on one row
+    if type(slide).__module__.startswith("tiffslide"):
+        return _rgb(slide.read_region(xy, level, size, as_array=True))
+    return _rgb(slide.read_region(xy, level, size))
+
+
+def tile_runs(tiling: Tiling, block: int = 8) -> list[list[int]]:
+    """Tile indices grouped into runs of up to ``block`` horizontally adjacent tiles (one read each)."""
+    coords, ps0 = tiling.coords, tiling.patch_size_level0
     runs: list[list[int]] = []
     for i in range(len(coords)):
         if runs and len(runs[-1]) < block:
@@ -311,47 +309,73 @@ def iter_tile_batches(
                 runs[-1].append(i)
                 continue
         runs.append([i])
-    q: "queue.Queue[Any]" = queue.Queue(maxsize=max(1, prefetch))
-    stop = threading.Event()
+    return runs
 
-    def producer() -> None:
-        try:
-            idx: list[int] = []
-            buf: list[np.ndarray] = []
-            for run in runs:
-                if stop.is_set():
-                    return
-                x, y = int(coords[run[0], 0]), int(coords[run[0], 1])
-                region = _rgb(slide.read_region((x, y), lvl, (rs * len(run), rs)))
-                for k, i in enumerate(run):
-                    buf.append(_resize(region[:, k * rs : (k + 1) * rs], out))
-                    idx.append(i)
-                    if len(buf) == batch_size:
-                        q.put((np.asarray(idx), np.stack(buf)))
-                        idx, buf = [], []
-            if buf:
-                q.put((np.asarray(idx), np.stack(buf)))
-            q.put(None)
-        except BaseException as e:  # hand the error to the consumer
-            q.put(e)
 
-    t = threading.Thread(target=producer, daemon=True)
-    t.start()
+def _read_run(slide: Any, tiling: Tiling, run: list[int]) -> list[np.ndarray]:
+    """Read one run of adjacent tiles with a single ``read_region`` and cut / resize it."""
+    rs, out = tiling.read_size, tiling.patch_size
+    x, y = int(tiling.coords[run[0], 0]), int(tiling.coords[run[0], 1])
+    region = read_rgb(slide, (x, y), tiling.patch_level, (rs * len(run), rs))
+    return [_resize(region[:, k * rs : (k + 1) * rs], out) for k in range(len(run))]
+
+
+def iter_tile_batches(
+    slide: Any,
+    tiling: Tiling,
+    batch_size: int = 64,
+    block: int = 8,
+    prefetch: int = 4,
+    workers: int = 2,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Stream tiles as uint8 batches, read and decoded ahead of the consumer by a thread pool.
+
+    Tiles are read in row blocks (one ``read_region`` per run of up to ``block`` adjacent tiles,
+    see :func:`tile_runs`), cut and resized in ``workers`` threads (JPEG decoding and OpenCV
+    release the GIL).  At most ``prefetch`` batches' worth of runs are in flight (a bounded
+    queue), so memory stays flat on any slide; batches come out in coordinate order, so the
+    result does not depend on the thread count.  tiffslide and OpenSlide handles are safe to
+    read from several threads.
+
+    Args:
+        slide: open slide.
+        tiling: from :func:`plan_tiles`.
+        batch_size: tiles per batch.
+        block: maximum tiles per ``read_region`` call.
+        prefetch: batches buffered ahead of the consumer.
+        workers: reader threads (1 = one background reader).
+
+    Yields:
+        ``(indices (b,), tiles (b, patch_size, patch_size, 3) uint8)`` in coordinate order.
+    """
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    runs = tile_runs(tiling, block)
+    max_inflight = max(2, -(-max(1, prefetch) * batch_size // max(1, block)), 2 * max(1, workers))
+    pending: "deque[tuple[list[int], Future[list[np.ndarray]]]]" = deque()
+    ex = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="wsi-read")
+    nxt = 0
     try:
-        while True:
-            item = q.get()
-            if item is None:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        idx: list[int] = []
+        buf: list[np.ndarray] = []
+        while nxt < len(runs) or pending:
+            while nxt < len(runs) and len(pending) < max_inflight:
+                pending.append((runs[nxt], ex.submit(_read_run, slide, tiling, runs[nxt])))
+                nxt += 1
+            run, fut = pending.popleft()
+            for i, tile in zip(run, fut.result()):
+                idx.append(i)
+                buf.append(tile)
+                if len(buf) == batch_size:
+                    yield np.asarray(idx), np.stack(buf)
+                    idx, buf = [], []
+        if buf:
+            yield np.asarray(idx), np.stack(buf)
     finally:
-        stop.set()
-        while t.is_alive():  # drain so the producer can finish
-            try:
-                q.get(timeout=0.05)
-            except queue.Empty:
-                pass
+        for _, fut in pending:
+            fut.cancel()
+        ex.shutdown(wait=True)
 
 
 def read_tiles_plain(slide: Any, tiling: Tiling) -> Iterator[np.ndarray]:
@@ -434,6 +458,8 @@ __all__ = [
     "Tiling",
     "iter_tile_batches",
     "read_tiles_plain",
+    "read_rgb",
+    "tile_runs",
     "save_overlay",
     "find_slides",
     "slide_name",
