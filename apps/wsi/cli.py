@@ -74,19 +74,51 @@ def extract(
     weights: Optional[str] = typer.Option(
         None, "--weights", help="local encoder weights (default: random init, flagged in the h5)"
     ),
+    encoder_onnx: Optional[Path] = typer.Option(
+        None, "--encoder-onnx", help="run an exported encoder with ONNX Runtime: a bundle folder or an .onnx file"
+    ),
     mpp: Optional[float] = typer.Option(None, "--mpp", help="level-0 microns/pixel for slides lacking it"),
     target_mpp: float = typer.Option(0.5, "--target-mpp", help="tile resolution in um/px (0.5 ~ 20x)"),
     patch_size: int = typer.Option(224, "--patch-size", help="tile side at --target-mpp"),
     batch_size: int = typer.Option(32, "--batch-size", help="tiles per encoder batch"),
     tissue: float = typer.Option(0.25, "--tissue", help="minimum tissue fraction per tile"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    precision: str = typer.Option("auto", "--precision", help="torch on CUDA: auto (bf16), fp32, bf16, fp16"),
+    threads: int = typer.Option(0, "--threads", help="encoder threads per worker (0 = cores / workers)"),
+    read_workers: int = typer.Option(2, "--read-workers", help="tile reader threads per slide"),
+    backend: str = typer.Option(
+        "auto", "--backend", help="auto (ONNX Runtime on CPU when --weights is a file), torch or onnx"
+    ),
+    quantize: Optional[str] = typer.Option(
+        None, "--quantize", help="int8: ONNX encoder statically int8-quantized on the first slide (features differ)"
+    ),
+    engine: str = typer.Option("local", "--engine", help="local (processes) or ray (actors; RAY_ADDRESS honoured)"),
+    workers: int = typer.Option(1, "--workers", help="slides in parallel (processes or Ray actors)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="redo slides already done"),
 ) -> None:
     """Tile slides on tissue and write CLAM/TRIDENT-style h5 feature bags (resumable per slide)."""
     from medtransfer.apps.wsi.features import extract_many
 
     res = extract_many(
-        source, out, encoder, weights, target_mpp, patch_size, mpp, batch_size, tissue, device, overwrite
+        source,
+        out,
+        encoder,
+        weights,
+        target_mpp,
+        patch_size,
+        mpp,
+        batch_size,
+        tissue,
+        device,
+        overwrite,
+        encoder_onnx=encoder_onnx,
+        precision=precision,
+        threads=threads,
+        read_workers=read_workers,
+        engine=engine,
+        workers=workers,
+        backend=backend,
+        quantize=quantize,
     )
     for r in res:
         msg = f"{r.status:8s} {r.slide}: " + (
@@ -222,20 +254,35 @@ def pkt(
     finetune: str = typer.Option(
         "best", "--finetune", help="single-source fine-tune: best (source picked on training patients), all, none"
     ),
+    experts: str = typer.Option(
+        "all", "--experts", help="MoE-PKT experts: all sources, or auto:K (K picked per fold by LogME + OSBORN greedy)"
+    ),
     recipe: Optional[Path] = recipe_option(),
     set_: Optional[List[str]] = set_option(),
 ) -> None:
     """Cancer-specific vs single-source fine-tune vs MoE-PKT, per fold, in one command."""
-    from medtransfer.apps.wsi.train import load_cohort, pkt_compare, train_sources
+    from medtransfer.apps.wsi.train import load_cohort, parse_experts, pkt_compare, train_sources
 
     cfg, bags = _config_and_bags(labels, features, synthetic, dim, strength, set_, recipe)
     ep = str(cfg["data"]["endpoint"])
     srcs = [s.strip() for s in sources.split(",") if s.strip()]
+    parse_experts(experts, len(srcs))  # refused before any training
     models = train_sources({s: load_cohort(labels, s, features, ep, bags) for s in srcs}, cfg, out)
     r = pkt_compare(
-        load_cohort(labels, target, features, ep, bags), models, labels, target, cfg, out, n_train, folds, finetune
+        load_cohort(labels, target, features, ep, bags),
+        models,
+        labels,
+        target,
+        cfg,
+        out,
+        n_train,
+        folds,
+        finetune,
+        experts,
     )
     for name, v in r["methods"].items():
         typer.echo(f"{name:32s} C-index {v['mean']:.3f} +- {v['sd']:.3f}")
     typer.echo("routing: " + ", ".join(f"{k} {v:.2f}" for k, v in r["routing"]["mean_gate"].items()))
+    if experts != "all":
+        typer.echo("experts per fold: " + "; ".join(",".join(f) for f in r["experts_per_fold"]))
     typer.echo(f"figure: {r['png']}")

@@ -597,6 +597,7 @@ def pkt_compare(
     n_train: int = 40,
     folds: Optional[int] = None,
     finetune: str = "best",
+    experts: str = "all",
 ) -> dict[str, Any]:
     """Cancer-specific vs single-source fine-tune vs MoE-PKT on a target cancer with few patients.
 
@@ -606,6 +607,8 @@ def pkt_compare(
     ``moe.self_expert`` adds the cancer-specific model of the fold as one more expert (Path-PKT).  ``finetune``:
     ``best`` fine-tunes the one source whose frozen model ranks the fold's training patients best
     (chosen on training patients only), ``all`` fine-tunes every source, ``none`` skips it.
+    ``experts``: ``all`` gives MoE-PKT every source; ``auto:K`` picks K per fold on the fold's drawn
+    training patients only (:func:`select_experts`: LogME + OSBORN-style greedy selection).
 
     Returns:
         ``{"target", "n_train", "methods": {name: {"c_index": [...], "mean", "sd"}}, "routing": {...}}``.
@@ -614,6 +617,9 @@ def pkt_compare(
     splits = read_splits(labels_root, study, folds)
     dim = next(iter(target.bags.values())).shape[1]
     names = list(sources)
+    selection = str(experts)  # (the loop below reuses the name ``experts`` for the expert models)
+    n_auto = parse_experts(selection, len(names))
+    chosen: list[list[str]] = []
     res: dict[str, list[float]] = {"cancer-specific": [], "moe-pkt": []}
     if finetune == "best":
         res["finetune (best source)"] = []
@@ -673,7 +679,9 @@ def pkt_compare(
             record_baseline(ft, out_dir / f"fold{k}" / f"finetune_{s}", vcases, target.bags, tr, vsplit)
             res[key].append(evaluate(ft, te, target.bags, tr)["c_index"])
         torch.manual_seed(int(c["train"]["seed"]))
-        experts, enames = [copy.deepcopy(sources[s]) for s in names], list(names)
+        fold_names = select_experts(sources, tr, target.bags, n_auto)["picked"] if n_auto else list(names)
+        chosen.append(fold_names)
+        experts, enames = [copy.deepcopy(sources[s]) for s in fold_names], list(fold_names)
         if bool(c["moe"]["self_expert"]):  # Path-PKT: the target's own fold model is one more expert
             experts.append(copy.deepcopy(m))
             enames.append(SELF_EXPERT)
@@ -693,7 +701,10 @@ def pkt_compare(
         record_baseline(moe, out_dir / f"fold{k}" / "moe", vcases, target.bags, tr, vsplit)
         ev = evaluate(moe, te, target.bags, tr)
         res["moe-pkt"].append(ev["c_index"])
-        gates_all.append(ev["gates"])
+        full = np.zeros((len(ev["gates"]), len(names) + (ev["gates"].shape[1] - len(fold_names))), np.float64)
+        full[:, [names.index(n) for n in fold_names]] = ev["gates"][:, : len(fold_names)]
+        full[:, len(names) :] = ev["gates"][:, len(fold_names) :]  # the self expert, when present
+        gates_all.append(full)
     methods = {}
     for name, vals in res.items():
         mu, sd = mean_sd(vals)
@@ -717,11 +728,58 @@ def pkt_compare(
         "methods": methods,
         "routing": routing,
         "finetune_source_per_fold": picked,
+        "experts_per_fold": chosen,
+        "expert_selection": selection,
     }
     plot_pkt(out, out_dir / f"pkt_{study}.png")
     out["png"] = str(out_dir / f"pkt_{study}.png")
     (out_dir / "pkt.json").write_text(json.dumps(out, indent=2, default=float))
     return out
+
+
+def parse_experts(experts: str, n_sources: int) -> int:
+    """``all`` -> 0 (every source); ``auto:K`` -> K (1 <= K <= number of sources).
+
+    Raises:
+        MedTransferError: another spelling or K out of range.
+    """
+    e = str(experts).strip()
+    if e == "all":
+        return 0
+    head, _, k = e.partition(":")
+    if head != "auto" or not k.strip().isdigit() or not 1 <= int(k) <= n_sources:
+        raise MedTransferError(f"--experts must be all or auto:K with 1 <= K <= {n_sources} sources (got {e!r})")
+    return int(k)
+
+
+def select_experts(
+    sources: dict[str, torch.nn.Module],
+    cases: Sequence[Case],
+    bags: dict[str, np.ndarray],
+    k: int,
+    lam: float = 0.5,
+) -> dict[str, Any]:
+    """Choose ``k`` source experts for a target from its TRAINING patients only (no fine-tuning).
+
+    Each source's frozen bag embedding of the patients is scored with LogME against their
+    martingale residuals (:mod:`medtransfer.apps.wsi.rank`); redundancy is the linear CKA between
+    two sources' embeddings; :func:`medtransfer.shared.transferability.select.greedy_select` picks
+    the team (OSBORN-style).
+
+    Returns:
+        ``{"picked": [names in pick order], "logme": {name: score}, "cka": {(a, b): sim}}``.
+    """
+    from medtransfer.apps.wsi.rank import bag_embeddings, martingale_residuals
+    from medtransfer.shared.transferability.logme import logme
+    from medtransfer.shared.transferability.select import greedy_select, linear_cka
+
+    t, c = _arrays(cases)
+    y = martingale_residuals(t, 1 - c)
+    emb = {s: bag_embeddings(m, [bags[x.case_id] for x in cases]) for s, m in sources.items()}
+    score = {s: logme(e, y, regression=True) for s, e in emb.items()}
+    names = list(sources)
+    cka = {(a, b): linear_cka(emb[a], emb[b]) for i, a in enumerate(names) for b in names[i + 1 :]}
+    return {"picked": greedy_select(score, cka, k, lam), "logme": score, "cka": cka}
 
 
 def build_moe(sources: Sequence[torch.nn.Module], in_dim: int, cfg: dict[str, Any], names: Sequence[str]) -> MoEPKT:
