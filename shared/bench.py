@@ -140,7 +140,12 @@ def cold_start(bundle_dir: Path, sample: Path, repeats: int = 3) -> dict[str, An
 
 
 def score_scaling(bundle_dir: Path, cases, workers: int) -> dict[str, Any]:
-    """Cases/s at 1 worker vs N workers on the same cases."""
+    """Cases/s at 1 worker vs N workers on the same cases (in this process; start-up apart).
+
+    Returns:
+        ``cases``, ``score_cases_per_s_{w}w`` (start-up included), ``score_work_cases_per_s_{w}w``,
+        ``score_startup_s_{w}w``, ``score_start_method_{w}w`` and ``score_speedup_{N}w`` (work only).
+    """
     from medtransfer.shared.runtime.score import score
 
     out: dict[str, Any] = {"cases": len(cases)}
@@ -148,6 +153,211 @@ def score_scaling(bundle_dir: Path, cases, workers: int) -> dict[str, Any]:
         for w in sorted({1, workers}):
             s = score(bundle_dir, cases, Path(tmp) / f"s{w}.csv", workers=w, progress=False)
             out[f"score_cases_per_s_{w}w"] = s["cases_per_s"]
+            out[f"score_work_cases_per_s_{w}w"] = s["work_cases_per_s"]
+            out[f"score_startup_s_{w}w"] = s["startup_s"]
+            out[f"score_start_method_{w}w"] = s["engine_stats"].get("start_method")
+    if workers > 1 and out.get("score_work_cases_per_s_1w"):
+        out[f"score_speedup_{workers}w"] = round(
+            out[f"score_work_cases_per_s_{workers}w"] / out["score_work_cases_per_s_1w"], 2
+        )
+    return out
+
+
+# ------------------------------------------------------------------ score at scale: local vs Ray
+def load_average() -> list[float]:
+    """The 1/5/15-minute load averages (empty where the OS has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def make_case_set(samples: list[Path], n: int, folder: Path) -> Path:
+    """A manifest of ``n`` distinct case files cycled from ``samples`` (hard links, else copies).
+
+    Distinct paths matter: ``score`` de-duplicates paths that resolve to one file, so symlinks
+    would be one case.
+
+    Returns:
+        The manifest (``path,label``; paths relative to it).
+    """
+    import shutil
+
+    if not samples:
+        raise MedTransferError("the score bench needs at least one sample input (--sample)")
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["path,label"]
+    for k in range(n):
+        src = Path(samples[k % len(samples)])
+        dst = folder / f"case_{k:05d}{src.suffix}"
+        if not dst.exists():
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+        lines.append(f"{dst.name},")
+    man = folder / "manifest.csv"
+    man.write_text("\n".join(lines) + "\n")
+    return man
+
+
+def _tree_rss(proc: Any) -> int:
+    """Resident bytes of a process and all its descendants (shared pages counted per process)."""
+    import psutil
+
+    total = 0
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def score_run(
+    bundle_dir: Path, manifest: Path, out_csv: Path, engine: str, workers: int, chunksize: int | None = None
+) -> dict[str, Any]:
+    """One ``score`` job in a fresh (torch-free) process, as a user runs it; peak memory sampled.
+
+    Returns:
+        ``score``'s summary plus ``cpu_s`` (this process and its local workers; not Ray's processes),
+        ``wall_s`` (process start to exit), ``peak_rss_mib`` (the job's whole
+        process tree, workers / Ray processes included, sampled every 0.1 s; shared pages counted per
+        process) and ``loadavg`` before and after.
+    """
+    import psutil
+
+    cmd = [sys.executable, "-m", "medtransfer.shared.bench", "--score-child", str(bundle_dir), str(manifest)]
+    cmd += [str(out_csv), engine, str(workers), str(chunksize or 0)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    before = load_average()
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = psutil.Process(p.pid)
+    peak = 0
+    while p.poll() is None:
+        peak = max(peak, _tree_rss(proc))
+        time.sleep(0.1)
+    out, err = p.communicate()
+    wall = time.perf_counter() - t0
+    line = next((ln for ln in reversed(out.splitlines()) if ln.startswith("{")), None)
+    if p.returncode != 0 or line is None:
+        return {"error": (err.strip().splitlines() or ["failed"])[-1][:300], "engine": engine, "workers": workers}
+    res = json.loads(line)
+    res.update(wall_s=round(wall, 3), peak_rss_mib=round(peak / 2**20, 1), loadavg=[before, load_average()])
+    return res
+
+
+def _score_child(argv: list[str]) -> None:
+    from medtransfer.shared.runtime.score import cases_from_manifest, score
+
+    bundle, manifest, out, engine, workers, chunk = argv[:6]
+    s = score(
+        bundle,
+        cases_from_manifest(manifest),
+        out,
+        workers=int(workers),
+        engine=engine,
+        progress=False,
+        overwrite=True,
+        manifest=manifest,
+        chunksize=int(chunk) or None,
+    )
+    import resource
+
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    s["cpu_s"] = round(me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime, 2)  # local workers included
+    print(json.dumps(s))
+
+
+def score_bench(
+    bundle_dir: Path,
+    samples: list[Path],
+    sizes: tuple[int, ...] = (200, 1000),
+    setups: tuple[str, ...] = ("local:1", "local:2", "ray:2"),
+    work_dir: Path | None = None,
+    chunksize: int | None = None,
+    out_json: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``score`` at scale: each setup (``engine:workers``) on ``n`` cases for each size, each job a
+    fresh process (what a user runs), with both sides, ratios, start-up, peak memory and load.
+
+    Args:
+        bundle_dir: the bundle.
+        samples: input files for it, cycled into ``n`` distinct case files.
+        sizes: case counts.
+        setups: ``local:1``, ``local:2``, ``ray:2``, ...
+        work_dir: keep case files and results here (default: a temporary folder).
+        chunksize: cases per task (None: the engine's default).
+        out_json: also write the result here.
+        progress: print one line per job to stderr.
+
+    Returns:
+        ``runs`` (one summary per size and setup: seconds, work_s, startup_s, cases_per_s, peak_rss_mib,
+        loadavg...) and ``ratios`` per size: ``local_2w_over_1w`` (speed-up, start-up included and
+        work only), ``ray_over_local_1w`` and ``ray_over_local_2w`` (time ratios, >1 = Ray slower),
+        ``ray_startup_s``.
+    """
+    tmp = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="score_bench_"))
+    res: dict[str, Any] = {
+        "bundle": str(bundle_dir),
+        "cpu_count": os.cpu_count(),
+        "samples": len(samples),
+        "chunksize": chunksize,
+        "loadavg_start": load_average(),
+        "runs": {},
+        "ratios": {},
+    }
+    try:
+        for n in sizes:
+            man = make_case_set(list(samples), n, tmp / f"cases_{n}")
+            runs: dict[str, Any] = {}
+            for setup in setups:
+                engine, _, w = setup.partition(":")
+                r = score_run(Path(bundle_dir), man, tmp / f"out_{n}_{engine}{w}.csv", engine, int(w or 1), chunksize)
+                runs[setup] = r
+                if progress:
+                    keys = ("seconds", "work_s", "startup_s", "cpu_s", "ok", "error", "peak_rss_mib", "loadavg")
+                    print(f"score bench n={n} {setup}: " + json.dumps({k: r.get(k) for k in keys}), file=sys.stderr)
+            res["runs"][str(n)] = runs
+            res["ratios"][str(n)] = _ratios(runs)
+        res["loadavg_end"] = load_average()
+        if out_json:
+            Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+            Path(out_json).write_text(json.dumps(res, indent=2))
+        return res
+    finally:
+        if not work_dir:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ratios(runs: dict[str, Any]) -> dict[str, Any]:
+    def get(setup: str, key: str) -> float | None:
+        v = runs.get(setup, {}).get(key)
+        return float(v) if isinstance(v, (int, float)) and v > 0 else None
+
+    out: dict[str, Any] = {}
+    one, two, ray = "local:1", "local:2", next((k for k in runs if k.startswith("ray")), "ray:2")
+    for key, name in (("seconds", ""), ("work_s", "_work")):
+        a, b, r = get(one, key), get(two, key), get(ray, key)
+        if a and b:
+            out[f"local_2w_over_1w{name}"] = round(a / b, 2)  # speed-up
+        if r and a:
+            out[f"ray_over_local_1w{name}"] = round(r / a, 2)  # time ratio: > 1 means Ray is slower
+        if r and b:
+            out[f"ray_over_local_2w{name}"] = round(r / b, 2)
+    if ray in runs:
+        out["ray_startup_s"] = runs[ray].get("startup_s")
+        stats = runs[ray].get("engine_stats") or {}
+        out["ray_init_s"] = stats.get("ray_init_s")
+        out["ray_actors_s"] = stats.get("ray_actors_s")
     return out
 
 
@@ -176,8 +386,15 @@ def run_bench(
     batch: int = 16,
     threads: int = 0,
     samples: list[Path] | None = None,
+    score_sizes: tuple[int, ...] = (),
+    score_setups: tuple[str, ...] | None = None,
+    score_json: Path | None = None,
 ) -> dict[str, Any]:
     """All core benchmarks on a bundle (default: one built by an app's ``bench_bundle`` hook).
+
+    With ``score_sizes`` (e.g. ``(200, 1000)``), :func:`score_bench` also runs each of
+    ``score_setups`` (default ``local:1``, ``local:N``, ``ray:N`` with N = ``workers``) on that many
+    cases cycled from ``samples``, each job a fresh process (written to ``score_json`` too).
 
     ONNX vs eager runs when the bundle's app declares ``bench_eager`` and the bundle's run is at
     hand, else the app's own ``bench`` hook is given ``bundle=`` (when it takes it); cold start and
@@ -210,6 +427,9 @@ def run_bench(
             res.update(cold_start(bundle, samples[0]))
             cases = [Case(str(p), str(p), {}) for p in samples[:60]]
             res.update(score_scaling(bundle, cases, workers))
+            if score_sizes:
+                setups = score_setups or ("local:1", f"local:{workers}", f"ray:{workers}")
+                res["score_bench"] = score_bench(bundle, samples, score_sizes, setups, out_json=score_json)
         if app:
             res[app] = hook(app, "bench")()
     return res
@@ -225,3 +445,37 @@ def _engines(bundle: Path, batch: int, threads: int) -> dict[str, Any]:
     out.update(rows[-1])  # headline keys at the requested batch
     out["onnx_over_eager_batch1"] = rows[0]["onnx_over_eager"]
     return out
+
+
+def _main(argv: list[str]) -> None:
+    """``python -m medtransfer.shared.bench score BUNDLE SAMPLE... [--cases 200,1000] [--setups
+    local:1,local:2,ray:2] [--chunksize N] [--work DIR] [--json OUT]``: the score bench."""
+    if argv and argv[0] == "--score-child":
+        _score_child(argv[1:])
+        return
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m medtransfer.shared.bench")
+    ap.add_argument("what", choices=["score"])
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("samples", type=Path, nargs="+")
+    ap.add_argument("--cases", default="200,1000")
+    ap.add_argument("--setups", default="local:1,local:2,ray:2")
+    ap.add_argument("--chunksize", type=int, default=None)
+    ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args(argv)
+    res = score_bench(
+        a.bundle,
+        a.samples,
+        tuple(int(x) for x in a.cases.split(",")),
+        tuple(a.setups.split(",")),
+        work_dir=a.work,
+        chunksize=a.chunksize,
+        out_json=a.json,
+    )
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

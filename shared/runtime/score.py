@@ -17,8 +17,11 @@
   folder, symlink loop, unreadable content) becomes an error row (``status=error``, one-line
   ``error``) and the job goes on.
 - Every row carries provenance: bundle name, version, sha256.
-- ``engine="local"`` uses ``workers`` processes (each with its own ONNX Runtime session);
-  ``engine="ray"`` uses a Ray Data actor pool (local Ray, or the cluster in ``RAY_ADDRESS``).
+- Cases go through the shared engine (:mod:`medtransfer.shared.runtime.engines`):
+  ``engine="local"`` with ``workers`` processes (started by fork where safe, each opening the
+  bundle once with ``cores // workers`` ONNX Runtime threads, fed chunks of cases), or
+  ``engine="ray"`` with long-lived Ray actors (local Ray, or the cluster in ``RAY_ADDRESS``).
+  Only the results file is written by this process; a case whose worker died is an error row.
 Torch-free.
 """
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 import csv
 import errno
 import fcntl
+import functools
 import io
 import json
 import os
@@ -40,11 +44,11 @@ from pathlib import Path
 from typing import Any
 
 from medtransfer.shared.runtime.bundle import Bundle, load_bundle
+from medtransfer.shared.runtime.engines import ENGINES, run_map, worker_threads
 from medtransfer.shared.runtime.predictor import build_predictor
 from medtransfer.shared.utils.errors import InputError, MedTransferError
 
 BASE_COLUMNS = ["case", "status", "error", "result", "bundle_name", "bundle_version", "bundle_sha256", "seconds"]
-ENGINES = ("local", "ray")
 
 
 @dataclass
@@ -456,65 +460,30 @@ def plan_resume(out_csv: Path, sha256: str, resume: bool, overwrite: bool) -> tu
 
 
 # ----------------------------------------------------------------------------------- engines
-def _local_results(
-    bundle_dir: str, todo: list[Case], workers: int, options: dict[str, Any]
-) -> Iterator[dict[str, Any]]:
-    if workers <= 1:
-        scorer = CaseScorer(bundle_dir, options)
-        for c in todo:
-            yield scorer(c)
-        return
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(bundle_dir, options)) as pool:
-        yield from pool.imap_unordered(_work, todo, chunksize=1)
+def _scorer(bundle_dir: str, options: dict[str, Any]) -> CaseScorer:
+    """A worker's scorer: the bundle opened once; ONNX Runtime threads from the engine's budget
+    (``MEDTRANSFER_THREADS``, set per worker so workers x threads <= cores)."""
+    return CaseScorer(bundle_dir, options, threads=worker_threads())
 
 
-_WORKER: CaseScorer | None = None
+def _predictor_module(bundle: Bundle) -> tuple[str, ...]:
+    """The module of the bundle's predictor (imported once before local workers fork)."""
+    from medtransfer.shared.plugins import get_app
 
-
-def _init_worker(bundle_dir: str, options: dict[str, Any]) -> None:
-    global _WORKER
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    _WORKER = CaseScorer(bundle_dir, options, threads=1)
-
-
-def _work(case: Case) -> dict[str, Any]:
-    assert _WORKER is not None
-    return _WORKER(case)
-
-
-def _ray_results(bundle_dir: str, todo: list[Case], workers: int, options: dict[str, Any]) -> Iterator[dict[str, Any]]:
     try:
-        import ray
-    except ImportError:
-        raise MedTransferError("--engine ray needs Ray: pip install 'medtransfer[distributed]'") from None
-    if not ray.is_initialized():
-        ray.init(
-            address=os.environ.get("RAY_ADDRESS") or None,
-            include_dashboard=False,
-            log_to_driver=False,
-            configure_logging=False,
-            num_cpus=None if os.environ.get("RAY_ADDRESS") else max(workers, 1),
-        )
-    import ray.data
+        target = get_app(bundle.app).predictor or ""
+    except MedTransferError:
+        return ()
+    return (target.split(":")[0],) if target else ()
 
-    class _Actor:
-        def __init__(self) -> None:
-            self.scorer = CaseScorer(bundle_dir, options, threads=1)
 
-        def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-            rows = [
-                self.scorer(Case(cid, p, json.loads(ex)))
-                for cid, p, ex in zip(batch["case_id"], batch["path"], batch["extra"])
-            ]
-            return {c: [r.get(c, "") for r in rows] for c in BASE_COLUMNS}
+def _score_one(scorer: CaseScorer, case: Case) -> dict[str, Any]:
+    return scorer(case)
 
-    items = [{"case_id": c.case_id, "path": c.path, "extra": json.dumps(c.extra)} for c in todo]
-    ds = ray.data.from_items(items).map_batches(_Actor, batch_size=4, concurrency=max(workers, 1), batch_format="numpy")
-    for batch in ds.iter_batches(batch_size=1, batch_format="numpy"):
-        yield {c: (v[0].item() if hasattr(v[0], "item") else v[0]) for c, v in batch.items()}
+
+def _error_row(case: Case, prov: dict[str, Any], e: BaseException) -> dict[str, Any]:
+    """The row of a case whose worker failed it (died, or could not be started)."""
+    return {"case": case.case_id, **prov, "status": "error", "error": _one_line(e), "result": "", "seconds": ""}
 
 
 def score(
@@ -529,6 +498,7 @@ def score(
     overwrite: bool = False,
     manifest: str | Path | None = None,
     input_dir: str | Path | None = None,
+    chunksize: int | None = None,
 ) -> dict[str, Any]:
     """Score cases into ``out_csv`` under an exclusive lock on it.
 
@@ -546,9 +516,12 @@ def score(
             when the rows come from this bundle, else replace.
         manifest: the manifest the cases come from (``out_csv`` must not be it).
         input_dir: the folder the cases come from (``out_csv`` must not be inside it).
+        chunksize: cases per task handed to a worker (``None``: the engine's default).
 
     Returns:
-        Summary: total, duplicates, skipped, ok, error, seconds, cases_per_s, out, engine, workers.
+        Summary: total, duplicates, skipped, ok, error, seconds (start-up included), cases_per_s,
+        out, engine, workers, startup_s (workers up, bundle opened in each), work_s,
+        work_cases_per_s, engine_stats (:class:`~medtransfer.shared.runtime.engines.MapRun` stats).
 
     Raises:
         MedTransferError: bad bundle or engine, ``out_csv`` locked by another job, unwritable,
@@ -561,28 +534,34 @@ def score(
     cases = list(cases)
     check_out_path(out_csv, manifest=manifest, input_dir=input_dir, bundle_dir=bundle_dir, cases=cases)
     with lock_output(out_csv):
-        sha = load_bundle(bundle_dir).sha256  # refuse a bad bundle before touching the output
+        verified = load_bundle(bundle_dir)  # refuse a bad bundle before touching the output
+        sha, prov = verified.sha256, verified.provenance()
         unique, aliases = unique_cases(cases)
         done, fresh = plan_resume(out_csv, sha, resume, overwrite)
         todo = [c for c in unique if not any(a in done for a in aliases[c.case_id])]
         counts = {"ok": 0, "error": 0}
         t0 = time.perf_counter()
-        if engine == "local":
-            results = _local_results(bundle_dir, todo, workers, options or {})
-        else:
-            results = _ray_results(bundle_dir, todo, workers, options or {})
-        from rich.progress import Progress
-
+        # workers start (each opens the bundle once) before the results file is touched; none
+        # beyond one per case, and no Ray at all when nothing is left to score
+        run = run_map(
+            functools.partial(_scorer, bundle_dir, dict(options or {})),
+            _score_one,
+            todo,
+            engine=engine if todo else "local",
+            workers=max(1, min(workers, len(todo))),
+            chunksize=chunksize,
+            progress="scoring" if progress else False,
+            preload=_predictor_module(verified),
+        )
         writer = RowWriter(out_csv, fresh=fresh)
-        with Progress(disable=not progress, transient=True) as bar:
-            task = bar.add_task("scoring", total=len(todo))
-            try:
-                for row in results:
-                    writer.write(row)
-                    counts[row["status"]] = counts.get(row["status"], 0) + 1
-                    bar.update(task, advance=1)
-            finally:
-                writer.close()
+        try:
+            for i, res in run:
+                row = res if isinstance(res, dict) else _error_row(todo[i], prov, res)
+                writer.write(row)
+                counts[row["status"]] = counts.get(row["status"], 0) + 1
+        finally:
+            run.close()
+            writer.close()
         secs = time.perf_counter() - t0
     return {
         "total": len(cases),
@@ -595,4 +574,8 @@ def score(
         "out": str(out_csv),
         "engine": engine,
         "workers": workers,
+        "startup_s": run.stats.get("startup_s", 0.0),
+        "work_s": run.stats.get("seconds", 0.0),
+        "work_cases_per_s": round(len(todo) / run.stats["seconds"], 3) if run.stats.get("seconds") and todo else 0.0,
+        "engine_stats": dict(run.stats),
     }

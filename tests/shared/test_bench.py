@@ -31,7 +31,7 @@ def test_export_int8_records_metric_change(image_run, tmp_path):
 
     out = export_run(image_run["run"], tmp_path / "q", quantize="int8", force=True)  # plumbing run: below baseline
     meta = json.loads((out / "metadata.json").read_text())
-    assert set(meta["files"]) == {"model.onnx", "model.int8.onnx"}
+    assert set(meta["files"]) == {"model.onnx", "model.int8.onnx", "reference.json"}
     q = meta["metrics"]["int8"]
     assert abs(q["val_accuracy_change"] - (q["val_accuracy_int8"] - q["val_accuracy_fp32"])) < 1e-9
     load_bundle(out)  # both files hash-checked

@@ -1,0 +1,642 @@
+"""One engine for mapping a per-item function over many items: in-process, local workers, or Ray.
+
+Every scale-out in the suite (``score --workers N / --engine ray``, EEG preprocessing, WSI
+extraction, ...) goes through :func:`run_map`, so each gets the same guarantees::
+
+    from medtransfer.shared.runtime.engines import run_map
+
+    def init() -> Session:                   # heavy state, built ONCE per worker and reused
+        return load_bundle(BUNDLE, threads=worker_threads()).session()
+
+    def fn(state: Session, item: str) -> dict:  # one item; may raise
+        return {"y": state.run(None, read(item))}
+
+    for i, res in run_map(init, fn, paths, engine="local", workers=2):
+        if isinstance(res, BaseException):  # per-item failures come back as results, never lost
+            ...
+        else:
+            ...
+
+API
+- ``run_map(init, fn, items, *, engine="local"|"ray", workers=N, chunksize=None, ordered=False,
+  progress=False)`` returns a :class:`MapRun`: an iterator of ``(index, result_or_exception)``,
+  ``index`` being the item's position in ``items``.  Results stream as chunks finish
+  (``ordered=True``: in input order).  Every item yields exactly one pair.
+- ``init`` and ``fn`` must be picklable (module-level functions or ``functools.partial`` of them;
+  Ray also takes closures).  ``init`` runs once per worker (``workers<=1``: once, in this process)
+  when :func:`run_map` is called; an exception in it is raised there (the first worker's), before
+  any item runs, and the workers are stopped (in a worker restarted after a crash, it becomes the
+  result of that worker's items).  Items are sent to workers as they are:
+  send paths / small records, not arrays.
+- ``fn`` raising an ``Exception`` makes that item's result the exception (an unpicklable one is
+  replaced by ``RuntimeError("Type: message")``).  A worker that dies (segfault, OOM kill) fails only
+  its items: the chunks it had in flight are retried one item at a time in a fresh pool, and an
+  item that kills a worker again gets a ``WorkerDied`` result.
+- ``chunksize``: items per task (``None``: ``len(items) // (workers * 8)`` clamped to 1..8; 1 for
+  iterables of unknown length).  At most ``2 * workers`` chunks are in flight (backpressure), so
+  an iterable is consumed lazily and memory stays bounded (with ``ordered=True``, results that
+  finish ahead of a slow item wait for it in memory).
+- ``progress``: ``True`` or a description shows a rich progress bar.
+- :func:`worker_threads` is the intra-op thread budget each worker should give ONNX Runtime /
+  torch (``cores // workers``, at least 1); the engine also sets ``MEDTRANSFER_THREADS`` (read
+  by ``Bundle.session``) and ``OMP_NUM_THREADS`` in each worker, so N workers x threads <= cores.
+- ``MapRun.stats``: ``engine``, ``workers``, ``chunksize``, ``start_method``, ``startup_s`` (pool /
+  Ray start until every worker's ``init`` is done, measured apart from the work) and, after the run,
+  ``seconds`` (work only) and ``items``.
+
+Engines
+- ``local``, ``workers<=1``: in this process, no pickling, no start-up.
+- ``local``, ``workers>1``: a process pool started eagerly when :func:`run_map` is called.  Workers
+  start by ``fork`` (cheap: modules already imported, nothing re-read) when that is safe
+  (:func:`fork_is_safe`: Linux, no other Python thread, no torch, no started Ray, no live ONNX
+  Runtime session in this process); otherwise by ``forkserver`` (``spawn`` off Linux).
+  ``preload=("pkg.module", ...)`` imports what the workers need once, before the fork (or in the
+  fork server).  ``start_method=`` overrides.
+- ``ray``: long-lived actors (one ``init`` each, ``num_cpus=1``) fed chunks round-robin with at
+  most two chunks per actor in flight; ``ray.init`` (lazily imported) joins ``RAY_ADDRESS`` when set,
+  else starts a local Ray with ``workers`` CPUs and a small object store (``object_store_mb``,
+  default 128 MiB).  A Ray this module started stays up for the next call (start-up is paid
+  once per process); :func:`shutdown_ray` stops it.
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from typing import Any, Generic, TypeVar
+
+from medtransfer.shared.utils.errors import MedTransferError
+
+State = TypeVar("State")
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+ENGINES = ("local", "ray")
+_THREADS_ENV = "MEDTRANSFER_THREADS"
+_WORKERS_ENV = "MEDTRANSFER_ENGINE_WORKERS"
+
+
+class WorkerDied(RuntimeError):
+    """The worker process running an item died (crash, OOM kill) while scoring it."""
+
+
+def cores() -> int:
+    """CPU cores this process may use (its affinity mask, else ``os.cpu_count()``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_threads(workers: int | None = None) -> int:
+    """Intra-op threads one worker should use so that ``workers x threads <= cores``.
+
+    Args:
+        workers: number of workers; ``None``: inside an engine worker, the engine's own count
+            (``MEDTRANSFER_THREADS`` as set by the engine), else 0 (library default).
+
+    Returns:
+        Threads per worker (0 = let the library decide, only outside engine workers).
+    """
+    if workers is None:
+        return int(os.environ.get(_THREADS_ENV, "0") or 0)
+    return max(1, cores() // max(1, workers))
+
+
+def default_chunksize(n_items: int | None, workers: int) -> int:
+    """Items per task: ``n // (workers * 8)`` clamped to 1..8 (1 when the count is unknown)."""
+    if not n_items:
+        return 1
+    return max(1, min(8, n_items // (max(1, workers) * 8)))
+
+
+def _portable(e: BaseException) -> BaseException:
+    """``e`` if it survives pickling, else a RuntimeError carrying its type and message."""
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:  # noqa: BLE001 - any pickling failure
+        return RuntimeError(f"{type(e).__name__}: {e}")
+
+
+def _run_chunk(state: Any, fn: Callable[[Any, Any], Any], chunk: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    out: list[tuple[int, Any]] = []
+    for i, item in chunk:
+        try:
+            out.append((i, fn(state, item)))
+        except Exception as e:  # noqa: BLE001 - a failing item is a result, never a crash
+            out.append((i, e))
+    return out
+
+
+# ------------------------------------------------------------------------------ local workers
+_W_STATE: Any = None
+_W_FN: Callable[[Any, Any], Any] | None = None
+_W_INIT_ERROR: BaseException | None = None
+
+
+def _set_thread_env(threads: int) -> None:
+    os.environ[_THREADS_ENV] = str(threads)
+    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[k] = str(threads)
+
+
+def _limit_threads(threads: int) -> None:
+    """This worker's thread budget: env for libraries not started yet (ONNX Runtime sessions read
+    ``MEDTRANSFER_THREADS``), threadpoolctl for BLAS pools that already exist (inherited by fork)."""
+    _set_thread_env(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except Exception:  # noqa: BLE001 - optional
+        pass
+
+
+def _worker_init(init: Callable[[], Any], fn: Callable[[Any, Any], Any], threads: int) -> None:
+    global _W_STATE, _W_FN, _W_INIT_ERROR
+    _limit_threads(threads)
+    _W_FN = fn
+    try:
+        _W_STATE = init()
+    except Exception as e:  # noqa: BLE001 - reported as every item's result
+        _W_INIT_ERROR = _portable(e)
+
+
+def _worker_ready() -> tuple[int, BaseException | None]:
+    time.sleep(0.02)  # hold this worker a moment so the other ready calls reach the other workers
+    return os.getpid(), _W_INIT_ERROR
+
+
+def _worker_chunk(chunk: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    if _W_INIT_ERROR is not None:
+        return [(i, _W_INIT_ERROR) for i, _ in chunk]
+    assert _W_FN is not None
+    return [(i, r if not isinstance(r, BaseException) else _portable(r)) for i, r in _run_chunk(_W_STATE, _W_FN, chunk)]
+
+
+def fork_is_safe() -> bool:
+    """Whether worker processes may start by ``fork``: Linux, no Python thread besides this one, no
+    torch imported, no Ray started and no live ONNX Runtime session here (their threads and state do
+    not survive a fork).  Library thread pools that are fork-aware (OpenBLAS) do not count."""
+    if not sys.platform.startswith("linux"):
+        return False
+    if "torch" in sys.modules:
+        return False
+    ray = sys.modules.get("ray")
+    if ray is not None and getattr(ray, "is_initialized", lambda: False)():
+        return False
+    import threading
+
+    if threading.active_count() > 1:
+        return False
+    return not _live_ort_sessions()
+
+
+def _live_ort_sessions() -> bool:
+    ort = sys.modules.get("onnxruntime")
+    cls = getattr(ort, "InferenceSession", None) if ort is not None else None
+    if cls is None:
+        return False
+    import gc
+
+    return any(isinstance(o, cls) for o in gc.get_objects())
+
+
+def _preload(modules: Sequence[str]) -> None:
+    import importlib
+
+    for m in modules:
+        importlib.import_module(m)
+
+
+def _start_method(requested: str | None, preload: Sequence[str] = ()) -> str:
+    if requested:
+        if requested == "fork":
+            _preload(preload)
+        return requested
+    if fork_is_safe():
+        _preload(preload)  # imported once here, shared (copy-on-write) by every forked worker
+        if fork_is_safe():
+            return "fork"
+    return "forkserver" if sys.platform.startswith("linux") else "spawn"
+
+
+# ------------------------------------------------------------------------------ the run
+class MapRun(Generic[Result]):
+    """Iterator of ``(index, result_or_exception)`` from :func:`run_map`; ``stats`` describes the run."""
+
+    def __init__(
+        self,
+        init: Callable[[], Any],
+        fn: Callable[[Any, Any], Any],
+        items: Iterable[Any],
+        engine: str,
+        workers: int,
+        chunksize: int | None,
+        ordered: bool,
+        progress: bool | str,
+        start_method: str | None,
+        object_store_mb: int,
+        preload: Sequence[str] = (),
+    ) -> None:
+        if engine not in ENGINES:
+            raise MedTransferError(f"unknown engine '{engine}' (local or ray)")
+        self.init, self.fn, self.ordered, self.progress = init, fn, ordered, progress
+        self.workers = max(1, int(workers))
+        n = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
+        self.total = n
+        self.chunksize = max(1, int(chunksize)) if chunksize else default_chunksize(n, self.workers)
+        self._items = iter(enumerate(items))
+        self.stats: dict[str, Any] = {"engine": engine, "workers": self.workers, "chunksize": self.chunksize}
+        t0 = time.perf_counter()
+        if engine == "ray":
+            self._backend: _Backend = _RayBackend(init, fn, self.workers, object_store_mb)
+        elif self.workers <= 1:
+            self._backend = _InlineBackend(init, fn)
+        else:
+            method = _start_method(start_method, preload)
+            self._backend = _PoolBackend(init, fn, self.workers, method, preload)
+        self.stats.update(self._backend.describe())
+        self.stats["startup_s"] = round(time.perf_counter() - t0, 3)
+        self._gen: Generator[tuple[int, Any], None, None] | None = None
+
+    def __iter__(self) -> MapRun[Result]:
+        return self
+
+    def __next__(self) -> tuple[int, Result | BaseException]:
+        if self._gen is None:
+            self._gen = self._run()
+        return next(self._gen)
+
+    def close(self) -> None:
+        """Stop the workers (also done when the iteration ends or fails)."""
+        if self._gen is not None:
+            self._gen.close()
+        self._backend.close(abort=True)
+
+    def __enter__(self) -> MapRun[Result]:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _chunks(self) -> Iterator[list[tuple[int, Any]]]:
+        while True:
+            chunk = [x for _, x in zip(range(self.chunksize), self._items)]
+            if not chunk:
+                return
+            yield chunk
+
+    def _run(self) -> Generator[tuple[int, Any], None, None]:
+        from rich.progress import Progress
+
+        desc = self.progress if isinstance(self.progress, str) else "working"
+        t0 = time.perf_counter()
+        count = 0
+        ok = False
+        try:
+            with Progress(disable=not self.progress, transient=True) as bar:
+                task = bar.add_task(desc, total=self.total)
+                stream = self._backend.run(self._chunks(), self.workers * 2)
+                for i, res in _in_order(stream) if self.ordered else stream:
+                    count += 1
+                    bar.update(task, advance=1)
+                    yield i, res
+            ok = True
+        finally:
+            self.stats["seconds"] = round(time.perf_counter() - t0, 3)
+            self.stats["items"] = count
+            self._backend.close(abort=not ok)
+
+
+def _in_order(stream: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+    pending: dict[int, Any] = {}
+    nxt = 0
+    for i, res in stream:
+        pending[i] = res
+        while nxt in pending:
+            yield nxt, pending.pop(nxt)
+            nxt += 1
+    for i in sorted(pending):  # only if indices had gaps (never for run_map's own enumeration)
+        yield i, pending.pop(i)
+
+
+class _Backend:
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def run(self, chunks: Iterator[list[tuple[int, Any]]], inflight: int) -> Iterator[tuple[int, Any]]:
+        raise NotImplementedError
+
+    def close(self, abort: bool = False) -> None:
+        pass
+
+
+class _InlineBackend(_Backend):
+    def __init__(self, init: Callable[[], Any], fn: Callable[[Any, Any], Any]) -> None:
+        self.fn = fn
+        self.state = init()
+
+    def describe(self) -> dict[str, Any]:
+        return {"start_method": "inline"}
+
+    def run(self, chunks: Iterator[list[tuple[int, Any]]], inflight: int) -> Iterator[tuple[int, Any]]:
+        for chunk in chunks:
+            yield from _run_chunk(self.state, self.fn, chunk)
+
+
+class _PoolBackend(_Backend):
+    """A ProcessPoolExecutor started now; every worker runs ``init`` once (waited for here)."""
+
+    def __init__(
+        self, init: Callable[[], Any], fn: Callable[[Any, Any], Any], workers: int, method: str, preload: Sequence[str]
+    ) -> None:
+        self.init, self.fn, self.workers, self.method, self.preload = init, fn, workers, method, list(preload)
+        self.threads = worker_threads(workers)
+        self.pool = self._start()
+
+    def describe(self) -> dict[str, Any]:
+        return {"start_method": self.method, "threads_per_worker": self.threads}
+
+    def _start(self, workers: int | None = None) -> Any:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, wait
+
+        ctx = mp.get_context(self.method)
+        if self.method == "forkserver":
+            ctx.set_forkserver_preload(["numpy", "onnxruntime", "medtransfer.shared.runtime.engines", *self.preload])
+        n = workers or self.workers
+        pool = ProcessPoolExecutor(
+            n, mp_context=ctx, initializer=_worker_init, initargs=(self.init, self.fn, self.threads)
+        )
+        # start every worker (and its init) now, so start-up is measured apart from the work: a
+        # worker answers only after its init, so wait until n distinct workers have answered
+        seen: set[int] = set()
+        for _ in range(200):
+            done, _ = wait([pool.submit(_worker_ready) for _ in range(n)])
+            for f in done:
+                pid, err = f.result()
+                if err is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise err
+                seen.add(pid)
+            if len(seen) >= n:
+                break
+        return pool
+
+    def run(self, chunks: Iterator[list[tuple[int, Any]]], inflight: int) -> Iterator[tuple[int, Any]]:
+        from concurrent.futures import FIRST_COMPLETED, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        suspects: list[tuple[int, Any]] = []  # items of chunks lost with a dead worker
+        running: dict[Any, list[tuple[int, Any]]] = {}
+        source = iter(chunks)
+        exhausted = False
+        while True:
+            while not exhausted and len(running) < inflight:
+                chunk = next(source, None)
+                if chunk is None:
+                    exhausted = True
+                    break
+                running[self.pool.submit(_worker_chunk, chunk)] = chunk
+            if not running:
+                break
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            broken = False
+            for fut in done:
+                chunk = running.pop(fut)
+                try:
+                    yield from fut.result()
+                except BrokenProcessPool:
+                    suspects.extend(chunk)
+                    broken = True
+                except Exception as e:  # noqa: BLE001 - e.g. an item that cannot be pickled
+                    err = _portable(e)
+                    yield from ((i, err) for i, _ in chunk)
+            if broken:
+                for chunk in running.values():  # everything in flight went down with the pool
+                    suspects.extend(chunk)
+                running.clear()
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                yield from self._isolate(suspects)
+                suspects = []
+                self.pool = self._start()
+
+    def _isolate(self, items: list[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
+        """Run each suspect item alone in a one-worker pool: the one that kills it gets WorkerDied."""
+        from concurrent.futures.process import BrokenProcessPool
+
+        pool = None
+        for i, item in sorted(items, key=lambda x: x[0]):
+            if pool is None:
+                self.pool = pool = self._start(1)
+            try:
+                yield from pool.submit(_worker_chunk, [(i, item)]).result()
+            except BrokenProcessPool:
+                yield i, WorkerDied(f"the worker process died while running item {i} (crash or out of memory)")
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def close(self, abort: bool = False) -> None:
+        pool = getattr(self, "pool", None)
+        if pool is None:
+            return
+        if abort:
+            procs = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for p in procs:  # do not wait for chunks nobody will read
+                if p.is_alive():
+                    p.terminate()
+        else:
+            pool.shutdown(wait=True)
+        self.pool = None
+
+
+# ------------------------------------------------------------------------------ ray
+_RAY_STARTED_HERE = False
+
+
+def ray_init(workers: int = 1, object_store_mb: int = 128) -> dict[str, Any]:
+    """Join ``RAY_ADDRESS`` when set, else start a small local Ray (``workers`` CPUs); no-op if up.
+
+    Returns:
+        ``ray_init_s`` (0 when Ray was already up) and ``ray_address`` (``local`` or the address).
+
+    Raises:
+        MedTransferError: Ray is not installed, or it could not start / connect (one line).
+    """
+    global _RAY_STARTED_HERE
+    try:
+        import ray
+    except ImportError:
+        raise MedTransferError("--engine ray needs Ray: pip install 'medtransfer[distributed]'") from None
+    addr = os.environ.get("RAY_ADDRESS") or None
+    t0 = time.perf_counter()
+    if not ray.is_initialized():
+        kw: dict[str, Any] = dict(address=addr, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if addr is None:
+            kw.update(num_cpus=max(1, workers), object_store_memory=max(80, object_store_mb) * 1024 * 1024)
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        try:
+            ray.init(**kw)
+        except Exception as e:  # noqa: BLE001 - e.g. the node timed out starting on a loaded machine
+            where = f"the cluster at RAY_ADDRESS={addr}" if addr else "a local Ray"
+            msg = " ".join(str(e).split())[:300]
+            raise MedTransferError(f"--engine ray: could not start {where} ({type(e).__name__}: {msg})") from None
+        _RAY_STARTED_HERE = addr is None
+    return {"ray_init_s": round(time.perf_counter() - t0, 3), "ray_address": addr or "local"}
+
+
+def shutdown_ray() -> None:
+    """Stop the local Ray this module started (nothing otherwise; a cluster is never stopped)."""
+    global _RAY_STARTED_HERE
+    if _RAY_STARTED_HERE:
+        import ray
+
+        ray.shutdown()
+        _RAY_STARTED_HERE = False
+
+
+class _RayWorker:
+    """A long-lived actor: ``init`` once, then chunks."""
+
+    def __init__(self, init: Callable[[], Any], fn: Callable[[Any, Any], Any], threads: int) -> None:
+        _limit_threads(threads)
+        self.fn = fn
+        self.error: BaseException | None = None
+        try:
+            self.state = init()
+        except Exception as e:  # noqa: BLE001 - every item's result
+            self.state, self.error = None, _portable(e)
+
+    def ready(self) -> tuple[int, BaseException | None]:
+        return os.getpid(), self.error
+
+    def run(self, chunk: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+        if self.error is not None:
+            return [(i, self.error) for i, _ in chunk]
+        return [
+            (i, r if not isinstance(r, BaseException) else _portable(r))
+            for i, r in _run_chunk(self.state, self.fn, chunk)
+        ]
+
+
+class _RayBackend(_Backend):
+    def __init__(
+        self, init: Callable[[], Any], fn: Callable[[Any, Any], Any], workers: int, object_store_mb: int
+    ) -> None:
+        t0 = time.perf_counter()
+        self.info = ray_init(workers, object_store_mb)
+        import ray
+
+        cluster = os.environ.get("RAY_ADDRESS")
+        threads = 1 if cluster else worker_threads(workers)
+        actor_cls = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(_RayWorker)
+        t1 = time.perf_counter()
+        self.actors: list[Any] = [actor_cls.remote(init, fn, threads) for _ in range(workers)]
+        # actors up and init done: start-up ends here
+        try:
+            ready = ray.get([a.ready.remote() for a in self.actors])
+        except Exception:
+            self.close()  # e.g. init / fn could not be unpickled on the workers
+            raise
+        for _, err in ready:
+            if err is not None:
+                self.close()
+                raise err
+        self.info["ray_actors_s"] = round(time.perf_counter() - t1, 3)
+        self.info["ray_startup_s"] = round(time.perf_counter() - t0, 3)
+        self.info["start_method"] = "ray-actors"
+        self.info["threads_per_worker"] = threads
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self.info)
+
+    def run(self, chunks: Iterator[list[tuple[int, Any]]], inflight: int) -> Iterator[tuple[int, Any]]:
+        import ray
+
+        running: dict[Any, tuple[int, list[tuple[int, Any]]]] = {}
+        load = [0] * len(self.actors)
+        source = iter(chunks)
+        exhausted = False
+        while True:
+            while not exhausted and len(running) < inflight:
+                chunk = next(source, None)
+                if chunk is None:
+                    exhausted = True
+                    break
+                k = min(range(len(self.actors)), key=load.__getitem__)  # least busy actor
+                running[self.actors[k].run.remote(chunk)] = (k, chunk)
+                load[k] += 1
+            if not running:
+                break
+            done, _ = ray.wait(list(running), num_returns=1)
+            for ref in done:
+                k, chunk = running.pop(ref)
+                load[k] -= 1
+                try:
+                    yield from ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - the actor died: its items fail, the job goes on
+                    err = WorkerDied(f"the Ray actor died while running this item ({type(e).__name__})")
+                    yield from ((i, err) for i, _ in chunk)
+
+    def close(self, abort: bool = False) -> None:
+        import ray
+
+        for a in getattr(self, "actors", []):
+            try:
+                ray.kill(a)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        self.actors = []
+
+
+def run_map(
+    init: Callable[[], State],
+    fn: Callable[[State, Item], Result],
+    items: Iterable[Item],
+    *,
+    engine: str = "local",
+    workers: int = 1,
+    chunksize: int | None = None,
+    ordered: bool = False,
+    progress: bool | str = False,
+    start_method: str | None = None,
+    object_store_mb: int = 128,
+    preload: Sequence[str] = (),
+) -> MapRun[Result]:
+    """Map ``fn(state, item)`` over ``items`` with ``state = init()`` built once per worker.
+
+    Workers start (and run ``init``) when this is called; the work starts on the first ``next()``.
+
+    Args:
+        init: builds the per-worker state (picklable; e.g. ``functools.partial(load_bundle, path)``).
+        fn: ``fn(state, item) -> result`` (picklable); an ``Exception`` it raises is the item's result.
+        items: the items (sent to workers as they are: paths or small records, not arrays).
+        engine: ``local`` (processes on this machine) or ``ray`` (actors; ``RAY_ADDRESS`` honoured).
+        workers: processes / actors; ``<=1`` with ``local`` runs in this process.
+        chunksize: items per task (``None``: see :func:`default_chunksize`).
+        ordered: yield in input order (else as finished).
+        progress: show a rich progress bar (a string is its description).
+        start_method: force ``fork`` / ``forkserver`` / ``spawn`` for local workers.
+        object_store_mb: object store of a local Ray started here.
+        preload: modules the workers need (e.g. a predictor's module): imported here before a
+            ``fork`` (shared by the workers) or in the ``forkserver``.
+
+    Returns:
+        A :class:`MapRun`: iterate it for ``(index, result_or_exception)``; ``.stats`` for timings.
+
+    Raises:
+        MedTransferError: unknown engine, or Ray requested but not installed.
+        Exception: whatever ``init`` raised (in this process or the first failing worker).
+    """
+    return MapRun(
+        init, fn, items, engine, workers, chunksize, ordered, progress, start_method, object_store_mb, preload
+    )

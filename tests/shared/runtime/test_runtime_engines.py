@@ -1,0 +1,235 @@
+"""The shared map engine: one result per item, errors as results, init once per worker, chunks,
+crashes isolated, thread budget, lazy consumption; Ray gives what local gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from medtransfer.shared.runtime.engines import WorkerDied, default_chunksize, run_map, worker_threads
+
+_INITS = 0
+
+
+def _init() -> dict:
+    global _INITS
+    _INITS += 1
+    return {"pid": os.getpid(), "inits": _INITS, "threads": os.environ.get("MEDTRANSFER_THREADS", "")}
+
+
+def _square(state: dict, x: int) -> tuple:
+    if x % 7 == 3:
+        raise ValueError(f"bad item {x}")
+    return state["pid"], state["inits"], x * x, state["threads"]
+
+
+class _Unpicklable(Exception):
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg)
+        self.handle = lambda: None  # a lambda attribute cannot be pickled
+
+    def __reduce__(self):
+        raise TypeError("cannot pickle")
+
+
+def _raise_unpicklable(state: dict, x: int) -> int:
+    raise _Unpicklable(f"odd {x}")
+
+
+def _crash_on_5(state: dict, x: int) -> int:
+    if x == 5:
+        os._exit(3)  # the worker process dies mid-item
+    return x + 1
+
+
+def _failing_init() -> dict:
+    raise RuntimeError("no model here")
+
+
+def _check(results: list, n: int) -> None:
+    assert sorted(i for i, _ in results) == list(range(n))  # every item exactly once
+    for i, r in results:
+        if i % 7 == 3:
+            assert isinstance(r, ValueError) and str(r) == f"bad item {i}"
+        else:
+            assert r[2] == i * i
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_item_once_errors_are_results_init_once_per_worker(workers):
+    run = run_map(_init, _square, range(30), workers=workers, chunksize=3)
+    res = list(run)
+    _check(res, 30)
+    ok = [r for _, r in res if not isinstance(r, BaseException)]
+    assert len({(r[0], r[1]) for r in ok}) == len({r[0] for r in ok})  # one init per worker process
+    assert len({r[0] for r in ok}) <= workers
+    assert (os.getpid() in {r[0] for r in ok}) == (workers == 1)
+    assert run.stats["items"] == 30 and run.stats["workers"] == workers
+
+
+def test_ordered_yields_input_order_and_chunks_stay_on_one_worker():
+    res = list(run_map(_init, _square, list(range(40)), workers=2, chunksize=4, ordered=True))
+    assert [i for i, _ in res] == list(range(40))
+    _check(res, 40)
+    by_chunk: dict[int, set] = {}
+    for i, r in res:
+        if not isinstance(r, BaseException):
+            by_chunk.setdefault(i // 4, set()).add(r[0])
+    assert all(len(p) == 1 for p in by_chunk.values())  # a chunk is one task on one worker
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_start_methods_give_the_same_results_and_cap_threads(method):
+    run = run_map(_init, _square, range(14), workers=2, start_method=method)
+    res = list(run)
+    _check(res, 14)
+    assert run.stats["start_method"] == method
+    want = str(worker_threads(2))
+    assert {r[3] for _, r in res if not isinstance(r, BaseException)} == {want}
+    assert run.stats["threads_per_worker"] * 2 <= max(2, os.cpu_count() or 1)
+
+
+def test_unpicklable_exception_comes_back_as_one_line():
+    res = list(run_map(_init, _raise_unpicklable, range(3), workers=2))
+    assert len(res) == 3
+    for i, r in res:
+        assert isinstance(r, RuntimeError) and str(r) == f"_Unpicklable: odd {i}"
+
+
+def test_a_crashing_item_fails_alone():
+    res = dict(run_map(_init, _crash_on_5, range(12), workers=2, chunksize=2))
+    assert sorted(res) == list(range(12))
+    assert isinstance(res[5], WorkerDied)
+    assert {i: r for i, r in res.items() if i != 5} == {i: i + 1 for i in range(12) if i != 5}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_init_failure_is_raised_before_any_item(workers):
+    pulled = []
+
+    def items():
+        for i in range(5):
+            pulled.append(i)
+            yield i
+
+    with pytest.raises(RuntimeError, match="no model here"):
+        run_map(_failing_init, _square, items(), workers=workers)
+    assert pulled == []
+
+
+def test_items_are_consumed_lazily():
+    pulled = []
+
+    def items():
+        for i in range(1000):
+            pulled.append(i)
+            yield i
+
+    run = run_map(_init, _square, items(), workers=2, chunksize=2)
+    first = next(run)
+    assert first[0] < 8
+    assert len(pulled) <= 2 * 2 * 2 + 2  # at most 2 chunks per worker in flight (+ the one being cut)
+    run.close()
+    assert len(pulled) < 1000
+
+
+def test_default_chunksize():
+    assert default_chunksize(None, 2) == 1
+    assert default_chunksize(10, 2) == 1
+    assert default_chunksize(200, 2) == 8 and default_chunksize(48, 2) == 3
+
+
+def test_unknown_engine_is_one_line():
+    from medtransfer.shared.utils.errors import MedTransferError
+
+    with pytest.raises(MedTransferError, match="unknown engine 'spark'"):
+        run_map(_init, _square, [1], engine="spark")
+
+
+def test_fork_when_safe_and_no_torch(tmp_path):
+    code = textwrap.dedent("""
+        import json, sys
+        from medtransfer.shared.runtime.engines import fork_is_safe, run_map
+        run = run_map(dict, lambda s, x: x, range(3), workers=2)
+        assert sorted(run) == [(0, 0), (1, 1), (2, 2)]
+        safe_before = fork_is_safe()  # the pool is gone: safe again for the next job
+        import torch  # noqa: F401
+        print(json.dumps({"method": run.stats["start_method"], "safe": safe_before, "after": fork_is_safe()}))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got == {"method": "fork", "safe": True, "after": False}
+
+
+@pytest.mark.slow
+def test_ray_gives_what_local_gives():
+    ray = pytest.importorskip("ray")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import a test file
+    local = dict(run_map(_init, _square, range(21), workers=2, chunksize=2))
+    run = run_map(_init, _square, range(21), engine="ray", workers=2, chunksize=2, ordered=True)
+    ray_res = list(run)
+    assert [i for i, _ in ray_res] == list(range(21))
+    _check(ray_res, 21)
+    assert {i: r[2] for i, r in ray_res if not isinstance(r, BaseException)} == {
+        i: r[2] for i, r in local.items() if not isinstance(r, BaseException)
+    }
+    states = {(r[0], r[1]) for _, r in ray_res if not isinstance(r, BaseException)}
+    assert len(states) == len({pid for pid, _ in states}) <= 2  # one init per actor, actors reused
+    assert run.stats["startup_s"] >= run.stats.get("ray_actors_s", 0) > 0
+    with pytest.raises(RuntimeError, match="no model here"):
+        run_map(_failing_init, _square, range(3), engine="ray", workers=1)
+
+
+# ------------------------------------------------------------------- score and its bench on the engine
+def test_score_reports_startup_apart_and_workers_give_the_same_rows(image_run, tmp_path):
+    import csv
+    from pathlib import Path
+
+    from medtransfer.shared.runtime.score import Case, score
+
+    imgs = sorted(Path(image_run["root"]).rglob("*.png"))[:7]
+    cases = [Case(p.name, str(p), {}) for p in imgs] + [Case("gone.png", str(tmp_path / "gone.png"), {})]
+    one = score(image_run["bundle"], cases, tmp_path / "a.csv", progress=False)
+    two = score(image_run["bundle"], cases, tmp_path / "b.csv", workers=2, chunksize=3, progress=False)
+    assert one["engine_stats"]["start_method"] == "inline"
+    assert two["engine_stats"]["start_method"] in ("fork", "forkserver") and two["engine_stats"]["chunksize"] == 3
+    assert two["startup_s"] > 0 and two["work_s"] > 0 and two["engine_stats"]["items"] == 8
+    assert (one["ok"], one["error"]) == (two["ok"], two["error"]) == (7, 1)
+
+    def table(p):
+        with open(p, newline="") as f:
+            return sorted((r["case"], r["status"], r["error"], r["result"]) for r in csv.DictReader(f))
+
+    assert table(tmp_path / "a.csv") == table(tmp_path / "b.csv")
+
+
+def test_score_bench_runs_each_setup_on_distinct_case_files(image_run, tmp_path):
+    from pathlib import Path
+
+    from medtransfer.shared.bench import score_bench
+
+    imgs = sorted(Path(image_run["root"]).rglob("*.png"))[:3]
+    res = score_bench(
+        Path(image_run["bundle"]),
+        imgs,
+        sizes=(7,),
+        setups=("local:1", "local:2"),
+        work_dir=tmp_path / "w",
+        out_json=tmp_path / "b.json",
+        progress=False,
+    )
+    runs = res["runs"]["7"]
+    for setup in ("local:1", "local:2"):
+        r = runs[setup]
+        assert r["ok"] == 7 and r["error"] == 0, r  # 7 distinct files although only 3 samples
+        assert r["peak_rss_mib"] > 0 and r["cpu_s"] > 0 and len(r["loadavg"]) == 2
+    assert runs["local:2"]["engine_stats"]["start_method"] == "fork"  # a fresh process without torch
+    ratios = res["ratios"]["7"]
+    assert ratios["local_2w_over_1w"] == round(runs["local:1"]["seconds"] / runs["local:2"]["seconds"], 2)
+    assert json.loads((tmp_path / "b.json").read_text())["runs"]["7"]["local:1"]["ok"] == 7
