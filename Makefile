@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml setup.py constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIPC) -q --upgrade pip setuptools wheel
 	$(PIPC) torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0
-	$(PIPC) -e ".[train,distributed,dev]"
+	$(PIPC) -e ".[all,train,distributed,dev]"
 	$(PY) -c "import sam2" 2>/dev/null || SAM2_BUILD_CUDA=0 $(PIPC) --no-build-isolation sam2==1.1.0
 	$(VENV)/bin/medtransfer --help > /dev/null
 	touch $(STAMP)

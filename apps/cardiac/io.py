@@ -18,7 +18,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from medtransfer.shared.runtime import gates
-from medtransfer.shared.utils.errors import InputError
+from medtransfer.shared.utils.errors import InputError, MedTransferError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".gif", ".avi", ".mp4", ".mov", ".mkv")
@@ -32,6 +32,37 @@ GATES: dict[str, Any] = {"image_max_pixels": MAX_PIXELS}
 
 def _limits(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     return {**GATES, **(overrides or {})}
+
+
+#: the cardiac readers: import name -> distribution, all installed by ``medtransfer[cardiac]``
+READERS = {"cv2": "opencv-python-headless", "pydicom": "pydicom"}
+
+
+def reader_available(module: str) -> bool:
+    """Whether a reader package can be imported (without importing it; a module set to None in
+    ``sys.modules`` counts as missing, as Python's import does)."""
+    import importlib.util
+    import sys
+
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def require_readers(modules: Mapping[str, str] = READERS) -> None:
+    """Refuse with one line naming ``medtransfer[cardiac]`` when a reader package is missing; imports nothing.
+
+    Raises:
+        MedTransferError: a reader is not installed.
+    """
+    for mod, dist in modules.items():
+        if not reader_available(mod):
+            raise MedTransferError(
+                f"the cardiac app needs the '{dist}' package, which is not installed: install medtransfer[cardiac]"
+            )
 
 
 @contextlib.contextmanager

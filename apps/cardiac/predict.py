@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from medtransfer.apps.cardiac.io import ALL_SUFFIXES, list_inputs, read_frames
+from medtransfer.apps.cardiac.io import ALL_SUFFIXES, list_inputs, read_frames, require_readers
 from medtransfer.apps.cardiac.preprocess import contact_sheet, crop_sector, normalise
 from medtransfer.shared.runtime import gates
 from medtransfer.shared.runtime.bundle import Bundle
@@ -36,8 +36,10 @@ class CardiacPredictor(Predictor):
     """
 
     suffixes = ALL_SUFFIXES
+    modalities = ("image",)
 
     def __init__(self, bundle: Bundle, **options: Any) -> None:
+        require_readers()  # one line naming medtransfer[cardiac] when a reader is not installed
         super().__init__(bundle, **options)
         self.params = bundle.preprocessing
         self.labels = bundle.labels
@@ -75,6 +77,8 @@ class CardiacPredictor(Predictor):
         """Per-frame and aggregated results for one file."""
         path = Path(path)
         frames, info = read_frames(path, max_frames=self.max_frames, overrides=self.gates)
+        if self.input_hook("image") is not None:  # medtransfer audit: each frame perturbed
+            frames = [self.perturbed(f, "image", vmax=255.0) for f in frames]
         content = gates.image_content_reasons(frames, self.gates)
         crops, sectors = [], []
         for fr in frames:

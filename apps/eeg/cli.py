@@ -139,12 +139,18 @@ def preprocess(
     fill_missing: Optional[bool] = _FM,
     cache_dir: Optional[Path] = _CD,
     workers: Optional[int] = _WK,
+    engine: Optional[str] = typer.Option(None, "--engine", help="local (processes, default) or ray (actors)"),
 ) -> None:
     """Preprocess every recording of a manifest into the window cache (a second run is instant)."""
     from medtransfer.apps.eeg.data import data_cfg, load_split
 
     cfg = data_cfg(
-        _data_overrides(channels, sfreq, window_seconds, crop_start, crop_max, car, fill_missing, cache_dir, workers)
+        {
+            **_data_overrides(
+                channels, sfreq, window_seconds, crop_start, crop_max, car, fill_missing, cache_dir, workers
+            ),
+            "engine": engine,
+        }
     )
     got, errors = load_split(manifest, cfg, ["train", "val", "test"])
     n = {k: len(v) for k, v in got.items()}

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -376,17 +375,79 @@ def _rec_key(path: Path) -> str:
     return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:20]
 
 
-def _work(args: tuple[str, str, dict]) -> dict[str, Any]:
-    """Worker: preprocess one recording into ``out`` (atomic write); returns a small dict."""
+def _work(args: tuple[str, str, dict], data: bytes | None = None) -> dict[str, Any]:
+    """Preprocess one recording into ``out`` (atomic write); returns a small dict.
+
+    Args:
+        args: (source path, output ``.npy`` path, preprocessing config).
+        data: the source's bytes when already read (prefetched).
+    """
     src, out, pp = args
     try:
-        win, info = preprocess_recording(src, pp)
+        win, info = preprocess_recording(src, pp, data=data)
     except InputError as e:
         return {"ok": False, "reason": e.problem}
     tmp = out + f".{os.getpid()}.tmp.npy"
     np.save(tmp, win)
     os.replace(tmp, out)
     return {"ok": True, "n_windows": int(win.shape[0]), "filled": info["filled"]}
+
+
+def _one_blas_thread() -> Any:
+    """BLAS on one thread while building the cache: parallelism comes from the workers, and a
+    threaded BLAS on a busy machine slows the resampling's small matrix products down."""
+    import contextlib
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _chunk_init() -> None:
+    """Worker start: the readers imported once (nothing else to keep between chunks)."""
+    from medtransfer.apps.eeg.io import warm_imports
+
+    warm_imports()
+
+
+def _work_many(state_or_jobs: Any, jobs: Any = None, advance: Any = None) -> list[dict[str, Any]]:
+    """Preprocess recordings in order, reading the next file on a thread while this one is computed
+    (I/O overlaps compute; at most two recordings in memory).
+
+    Called as ``_work_many(jobs, advance=...)`` in this process, or as ``fn(state, jobs)`` by
+    ``shared.runtime.engines.run_map`` in a worker.
+
+    Args:
+        state_or_jobs: the jobs (``_work`` arguments), or the worker state when ``jobs`` is given.
+        jobs: the jobs when called by the engine.
+        advance: called after each recording (progress), or None.
+
+    Returns:
+        One result per job, in order.
+    """
+    if jobs is None:
+        jobs = state_or_jobs
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medtransfer.apps.eeg.io import read_edf_bytes
+
+    def fetch(src: str) -> bytes | None:
+        return read_edf_bytes(src) if src.lower().endswith(".edf") else None
+
+    out: list[dict[str, Any]] = []
+    with _one_blas_thread(), ThreadPoolExecutor(max_workers=1) as pool:
+        nxt = pool.submit(fetch, jobs[0][0]) if jobs else None
+        for i, job in enumerate(jobs):
+            assert nxt is not None
+            data = nxt.result()
+            nxt = pool.submit(fetch, jobs[i + 1][0]) if i + 1 < len(jobs) else None
+            out.append(_work(job, data))
+            del data
+            if advance is not None:
+                advance()
+    return out
 
 
 def cache_root(cfg: Mapping[str, Any], manifest: Path | None = None) -> Path:
@@ -405,16 +466,19 @@ def build_cache(
     root: Path,
     workers: int | None = None,
     progress: bool = True,
+    engine: str | None = None,
 ) -> tuple[list[CachedRecording], list[dict[str, Any]]]:
-    """Preprocess recordings into ``root`` (one ``.npy`` per recording), in parallel, skipping
-    those already cached.
+    """Preprocess recordings into ``root`` (one float32 ``.npy`` per recording), in parallel,
+    skipping those already cached.  Each recording is read once (the next one prefetched on a
+    thread while this one is computed).
 
     Args:
         records: manifest records.
         cfg: ``data`` config.
         root: cache folder (from :func:`cache_root`).
-        workers: processes (default ``cfg["workers"]``; 1 = in this process).
+        workers: processes / Ray actors (default ``cfg["workers"]``; 1 = in this process).
         progress: show a rich progress bar.
+        engine: ``local`` or ``ray`` (default ``cfg["engine"]``), through ``shared.runtime.engines``.
 
     Returns:
         (cached recordings in record order, error rows ``{path, reason}`` for refused ones).
@@ -436,26 +500,36 @@ def build_cache(
             todo.append((k, str(r.path)))
     todo = list(dict(todo).items())
     n_workers = int(workers if workers is not None else cfg.get("workers", 1) or 1)
+    engine = str(engine or cfg.get("engine") or "local")
     if todo:
         jobs = [(src, str(root / f"{k}.npy"), pp) for k, src in todo]
         results: dict[str, dict] = {}
-        with _progress(progress, len(jobs), "preprocessing EEG") as advance:
-            if n_workers <= 1 or len(jobs) == 1:
-                for (k, _), job in zip(todo, jobs):
-                    results[k] = _work(job)
-                    advance()
-            else:
-                import multiprocessing as mp
+        if engine == "local" and (n_workers <= 1 or len(jobs) == 1):
+            with _progress(progress, len(jobs), "preprocessing EEG") as advance:
+                for (k, _), res in zip(todo, _work_many(jobs, advance=advance)):
+                    results[k] = res
+        else:
+            from medtransfer.shared.runtime.engines import run_map
 
-                from medtransfer.apps.eeg.io import warm_imports
-
-                warm_imports()  # imported once here, inherited by forked workers
-
-                ctx = mp.get_context("fork" if "torch" not in sys.modules else "forkserver")
-                with ProcessPoolExecutor(max_workers=min(n_workers, len(jobs)), mp_context=ctx) as ex:
-                    futs = {ex.submit(_work, job): k for (k, _), job in zip(todo, jobs)}
-                    for fut in as_completed(futs):
-                        results[futs[fut]] = fut.result()
+            # chunks of a few recordings: each worker prefetches the next file of its chunk
+            size = max(1, min(8, len(jobs) // (4 * max(1, n_workers))))
+            chunks = [list(range(i, min(i + size, len(jobs)))) for i in range(0, len(jobs), size)]
+            run = run_map(  # workers start here, before the progress bar's thread (fork stays safe)
+                _chunk_init,
+                _work_many,
+                [[jobs[i] for i in ch] for ch in chunks],
+                engine=engine,
+                workers=n_workers,
+                chunksize=1,
+                preload=("medtransfer.apps.eeg.data",),
+            )
+            with _progress(progress, len(jobs), f"preprocessing EEG ({engine}, {n_workers} workers)") as advance:
+                for idx, res in run:
+                    for n, i in enumerate(chunks[idx]):
+                        if isinstance(res, BaseException):  # a worker died: the chunk's recordings get error rows
+                            results[todo[i][0]] = {"ok": False, "reason": f"worker failed ({type(res).__name__})"}
+                        else:
+                            results[todo[i][0]] = res[n]
                         advance()
         index.update(results)
         tmp = index_path.with_suffix(".tmp")

@@ -1,4 +1,10 @@
-"""Reading EEG recordings and the paper's preprocessing (torch-free: numpy + MNE only).
+"""Reading EEG recordings and the paper's preprocessing (torch-free).
+
+EDF files are read once (header and samples from one buffer) and decoded with edfio; the recipe
+runs vectorised over channels and windows, resampling with a numpy polyphase filter identical to
+MNE's / SciPy's (so neither is imported on the predict path).  BDF / EEGLAB / BrainVision files and
+EDF files that only MNE decodes (mixed rates on the picked channels, duplicate labels, empty
+ranges) go through MNE, the previous path (``engine="mne"`` forces it); both give the same windows.
 
 Recipe (Darvishi-Bayazi et al. 2024, all keys of the ``data`` config section):
 pick the configured channels (names mapped from ``EEG XX-REF`` / ``-LE`` / ``-Ref`` and the
@@ -9,15 +15,16 @@ pick the configured channels (names mapped from ``EEG XX-REF`` / ``-LE`` / ``-Re
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from medtransfer.shared.utils.errors import InputError
+from medtransfer.shared.utils.errors import InputError, MedTransferError
 
 #: the paper's 21 channels, in its order
 PAPER_CHANNELS: list[str] = [
@@ -59,6 +66,7 @@ DATA_DEFAULTS: dict[str, Any] = {
     "min_sfreq": 0.0,  # refuse recordings sampled below this (0 = the target sfreq)
     "cache_dir": "",  # "" = <manifest folder>/.eeg_cache
     "workers": 2,
+    "engine": "local",  # local (processes) | ray (actors, medtransfer[distributed]): shared.runtime.engines
     "max_windows_per_recording": 0,  # 0 = all windows of each recording
     "window_stride_seconds": 0.0,  # training windows only: 0 = window_seconds (no overlap); < window = overlap
     "val_fraction": 0.15,
@@ -157,17 +165,59 @@ def window_samples(pp: Mapping[str, Any]) -> int:
     return int(round(float(pp["window_seconds"]) * float(pp["sfreq"])))
 
 
+#: the readers of this app: import name -> (distribution, extra that installs it)
+READERS = {"edfio": ("edfio", "eeg"), "mne": ("mne", "eeg-mne")}
+
+
+def reader_available(module: str) -> bool:
+    """Whether a reader package can be imported (without importing it; a module set to None in
+    ``sys.modules`` counts as missing, as Python's import does)."""
+    import importlib.util
+    import sys
+
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def missing_reader(module: str, path: str | Path | None = None) -> MedTransferError:
+    """The one-line error for a reader package that is not installed (names the extra to install)."""
+    dist, extra = READERS.get(module, (module, "eeg"))
+    problem = f"reading this file needs the '{dist}' package, which is not installed: install medtransfer[{extra}]"
+    if path is not None:
+        return InputError(path, problem)
+    return MedTransferError(
+        f"the eeg app needs the '{dist}' package, which is not installed: install medtransfer[{extra}]"
+    )
+
+
+def require_readers(modules: tuple[str, ...] = ("edfio",)) -> None:
+    """Refuse (one line naming ``medtransfer[eeg]``) when a reader package is missing; imports nothing.
+
+    Raises:
+        MedTransferError: a reader is not installed.
+    """
+    for m in modules:
+        if not reader_available(m):
+            raise missing_reader(m)
+
+
 def read_raw(path: str | Path):
     """Open a recording lazily with MNE (EDF, BDF, EEGLAB .set, BrainVision .vhdr).
 
     Raises:
-        InputError: missing, unknown format, unreadable / corrupt / truncated file.
+        InputError: missing, unknown format, unreadable / corrupt / truncated file, MNE not installed.
     """
-    import mne
-
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file not found")
+    try:
+        import mne
+    except ImportError:
+        raise missing_reader("mne", path) from None
     sfx = path.suffix.lower()
     readers = {
         ".edf": mne.io.read_raw_edf,
@@ -267,26 +317,30 @@ def _edf_number(raw: bytes, path: Path, field: str, index: int | None = None, ki
     return v
 
 
-def edf_header(path: str | Path) -> dict[str, Any]:
-    """Validate an EDF/BDF header before MNE decodes it; return the per-signal ranges.
+def edf_header(path: str | Path, data: bytes | memoryview | None = None) -> dict[str, Any]:
+    """Validate an EDF/BDF header before its samples are decoded; return the per-signal ranges.
 
     Checks the fixed header (signal count, header size, record count and duration), every
     signal's numeric fields and the file size the header promises.  Messages name the field,
     never its content.
 
     Args:
-        path: the ``.edf`` / ``.bdf`` file.
+        path: the ``.edf`` / ``.bdf`` file (named in messages; read when ``data`` is None).
+        data: the whole file's bytes when already read (one read per recording).
 
     Returns:
-        ``{"n_signals", "n_records", "record_s", "signals": [{"label", "physical_min",
-        "physical_max", "digital_min", "digital_max", "samples_per_record"}, ...]}``.
+        ``{"n_signals", "n_header", "n_records", "record_s", "signals": [{"label", "unit",
+        "physical_min", "physical_max", "digital_min", "digital_max", "samples_per_record"}, ...]}``
+        (``unit`` is the physical dimension: for scaling only, never for messages).
 
     Raises:
         InputError: not an EDF/BDF file, unreadable field, truncated file.
     """
+    import io
+
     path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    size = len(data) if data is not None else path.stat().st_size
+    with io.BytesIO(data) if data is not None else open(path, "rb") as f:
         head = f.read(256)
         if len(head) < 256:
             raise InputError(path, "not an EDF/BDF file (shorter than its 256-byte header)")
@@ -318,6 +372,7 @@ def edf_header(path: str | Path) -> dict[str, Any]:
         fields[name] = [sig[off + i * width : off + (i + 1) * width] for i in range(ns)]
         off += ns * width
     labels = [b.decode("latin-1").strip() for b in fields["label"]]
+    units = [b.strip().decode("latin-1") for b in fields["physical dimension"]]
     signals = []
     for i in range(ns):
         ann = labels[i] in ("EDF Annotations", "BDF Annotations")
@@ -333,7 +388,7 @@ def edf_header(path: str | Path) -> dict[str, Any]:
                 ("digital_max", "digital maximum"),
             )
         }
-        signals.append({"label": labels[i], "annotation": ann, "samples_per_record": spr, **vals})
+        signals.append({"label": labels[i], "unit": units[i], "annotation": ann, "samples_per_record": spr, **vals})
     if all(s["annotation"] for s in signals):
         raise InputError(path, "no signal channels in the file (annotations only?)")
     if not record_s > 0 and n_records != 0:
@@ -345,7 +400,7 @@ def edf_header(path: str | Path) -> dict[str, Any]:
             raise InputError(path, f"truncated file: {size} bytes, header promises {expected}")
     elif n_records == 0:
         raise InputError(path, "EDF header says the file holds no data records")
-    return {"n_signals": ns, "n_records": n_records, "record_s": record_s, "signals": signals}
+    return {"n_signals": ns, "n_header": n_header, "n_records": n_records, "record_s": record_s, "signals": signals}
 
 
 def _check_edf_size(path: Path) -> None:
@@ -353,26 +408,226 @@ def _check_edf_size(path: Path) -> None:
     edf_header(path)
 
 
-def empty_range_signals(path: str | Path) -> tuple[list[int], list[str]]:
+def empty_range_signals(path: str | Path, header: Mapping[str, Any] | None = None) -> tuple[list[int], list[str]]:
     """Data signals of an EDF/BDF whose header gives an empty range (digital min == max or physical
     min == max): their samples cannot be scaled to physical units (MNE warns and returns volts).
 
     Args:
         path: the ``.edf`` / ``.bdf`` file.
+        header: its :func:`edf_header` when already read (else the header is read again).
 
     Returns:
         (indices among the data signals, i.e. in MNE's channel order, of the empty-range signals;
         the labels of all data signals, for matching).
     """
-    sigs = [s for s in edf_header(path)["signals"] if not s["annotation"]]
+    sigs = [s for s in (header or edf_header(path))["signals"] if not s["annotation"]]
     bad = [
         i for i, s in enumerate(sigs) if s["digital_min"] == s["digital_max"] or s["physical_min"] == s["physical_max"]
     ]
     return bad, [s["label"] for s in sigs]
 
 
+# ---------------------------------------------------------------------------------------------
+# one read per EDF recording (header + samples from one buffer, edfio decodes; MNE only as fallback)
+# ---------------------------------------------------------------------------------------------
+#: EDF files up to this size are read in one call and decoded from memory; larger ones are memory-mapped
+READ_ALL_MAX_BYTES = 256 * 1024 * 1024
+
+#: physical dimensions MNE reads as microvolts / millivolts (anything else: volts)
+_MICROVOLT = ("\u03bcV", "\u00b5V", "\x83\xcaV", "uV")
+
+
+def read_edf_bytes(path: str | Path) -> bytes | None:
+    """The whole file in one read (None for files above :data:`READ_ALL_MAX_BYTES`, which are memory-mapped).
+
+    Used to prefetch the next recording on a thread while the current one is being processed.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size > READ_ALL_MAX_BYTES:
+            return None
+        return path.read_bytes()
+    except OSError:
+        return None  # the reader reports the problem with the file's name
+
+
+def edf_layout(header: Mapping[str, Any]) -> tuple[list[str], float, int, list[int]] | None:
+    """(data-signal labels, sampling rate, samples per signal at that rate, samples per record of each
+    data signal) exactly as MNE reports them, or None when only MNE should decode the file
+    (duplicate labels, stim channels, unknown record count).
+
+    Args:
+        header: from :func:`edf_header`.
+    """
+    sigs = [s for s in header["signals"] if not s["annotation"]]
+    labels = [s["label"] for s in sigs]
+    spr = [int(s["samples_per_record"]) for s in sigs]
+    if (
+        int(header["n_records"]) <= 0
+        or len(set(labels)) != len(labels)
+        or any(lb.lower() in ("status", "trigger") for lb in labels)  # MNE's stim channels
+    ):
+        return None
+    top = max(spr)
+    return labels, top * 1.0 / float(header["record_s"]), int(header["n_records"]) * top, spr
+
+
+def _crop(sf: float, n_times: int, pp: Mapping[str, Any]) -> tuple[int, int]:
+    start = int(round(float(pp["crop_start_s"]) * sf))
+    stop = n_times
+    if float(pp["crop_max_s"]) > 0:
+        stop = min(stop, start + int(round(float(pp["crop_max_s"]) * sf)))
+    return start, stop
+
+
+def _load_edf(
+    path: Path, pp: Mapping[str, Any], data: bytes | None, scale: float = 1.0, clip: float = 0.0
+) -> dict[str, Any] | None:
+    """The picked, cropped channels of an EDF in volts (times ``scale``, clipped at +-``clip`` when
+    given: one in-cache pass per channel) from one read; None when MNE must decode it.
+
+    Raises:
+        InputError: invalid header or a recording the recipe refuses (same messages as the MNE path).
+    """
+    if data is None:
+        data = read_edf_bytes(path)
+    hdr = edf_header(path, data)
+    lay = edf_layout(hdr)
+    if lay is None:
+        return None
+    labels, sf, n_times, spr = lay
+    mapping, missing = map_channels(labels, pp["channels"])
+    problem = recipe_problem(sf, n_times, mapping, missing, pp)
+    if problem:
+        raise InputError(path, problem)
+    start, stop = _crop(sf, n_times, pp)
+    picks = [labels.index(mapping[c]) for c in pp["channels"] if c in mapping]
+    if any(spr[k] != max(spr) for k in picks):
+        return None  # MNE upsamples slower channels to the file's top rate
+    sigs = [s for s in hdr["signals"] if not s["annotation"]]
+    p = [sigs[k] for k in picks]
+    pmin, pmax = np.array([s["physical_min"] for s in p]), np.array([s["physical_max"] for s in p])
+    dmin, dmax = np.array([s["digital_min"] for s in p]), np.array([s["digital_max"] for s in p])
+    if np.any(pmax == pmin) or np.any(dmax == dmin):
+        return None  # MNE's substitutions for an empty range apply
+    unit = np.array([1e-6 if s["unit"] in _MICROVOLT else 1e-3 if s["unit"] == "mV" else 1.0 for s in p])
+    with np.errstate(all="ignore"):
+        cal = (pmax - pmin) / (dmax - dmin)
+        off = pmin - dmin * cal
+        bound = (32768.0 * np.abs(cal) + np.abs(off)) * unit
+    if not np.all(np.isfinite(bound)):
+        return None  # MNE's path reports the non-finite samples
+    gain, shift = cal * unit * scale, off * unit * scale
+    try:
+        import edfio
+    except ImportError:
+        raise missing_reader("edfio", path) from None
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # lazy: nothing decoded yet; bytes (not a memoryview) so edfio's header reader shares the buffer
+            edf = edfio.read_edf(data if data is not None else path)
+            signals = edf.signals
+            if len(signals) != len(labels):
+                return None
+            x = np.empty((len(picks), stop - start), dtype=np.float64)
+            flat = np.zeros(len(picks), dtype=bool)
+            for r, k in enumerate(picks):
+                dig = signals[k].get_digital_slice(start / sf, stop / sf)
+                if len(dig) != stop - start:
+                    dig = signals[k].digital[start:stop]
+                flat[r] = len(dig) > 0 and dig.min() == dig.max()  # same test as on volts: cal != 0
+                np.multiply(dig, gain[r], out=x[r])  # (digital * cal + offset) * unit * scale, as MNE
+                x[r] += shift[r]
+                if clip > 0:
+                    np.clip(x[r], -clip, clip, out=x[r])
+    except Exception:  # noqa: BLE001 - anything edfio refuses goes through MNE, whose errors we map to one line
+        return None
+    return {
+        "x": x,
+        "sf": sf,
+        "n_times": n_times,
+        "ch_names": labels,
+        "mapping": mapping,
+        "missing": missing,
+        "picks": picks,
+        "header": hdr,
+        "finite": True,  # integers times finite factors
+        "flat": flat,
+        "scaled": (scale, clip),
+    }
+
+
+def _load_mne(path: Path, pp: Mapping[str, Any]) -> dict[str, Any]:
+    """The previous path: MNE opens the file lazily and reads the picked, cropped channels (volts)."""
+    raw = read_raw(path)
+    mapping, missing = map_channels(raw.ch_names, pp["channels"])
+    problem = _header_problem(raw, mapping, missing, pp)
+    if problem:
+        raise InputError(path, problem)
+    sf = float(raw.info["sfreq"])
+    start, stop = _crop(sf, raw.n_times, pp)
+    picks = [raw.ch_names.index(mapping[c]) for c in pp["channels"] if c in mapping]
+    try:
+        x = raw.get_data(picks=picks, start=start, stop=stop)
+    except Exception as e:  # never quote the library's message (it may carry file content)
+        raise InputError(path, f"cannot read samples (corrupt data records: {type(e).__name__})") from None
+    return {
+        "x": x,
+        "sf": sf,
+        "n_times": int(raw.n_times),
+        "ch_names": list(raw.ch_names),
+        "mapping": mapping,
+        "missing": missing,
+        "picks": picks,
+        "header": None,
+        "finite": False,
+        "flat": None,
+        "scaled": (1.0, 0.0),
+    }
+
+
+def load_recording(
+    path: str | Path,
+    pp: Mapping[str, Any],
+    data: bytes | None = None,
+    engine: str = "auto",
+    scaled: bool = False,
+) -> dict[str, Any]:
+    """Read the recipe's channels of one recording (cropped, volts) with the recording's facts.
+
+    Args:
+        path: EDF / BDF / .set / .vhdr file.
+        pp: preprocessing config.
+        data: the file's bytes when already read (a prefetch).
+        engine: ``auto`` (EDF through edfio from one read, MNE for the rest and for EDF files MNE
+            must decode: mixed rates, duplicate labels, empty ranges) or ``mne`` (always MNE).
+        scaled: the edfio path may return the samples already times ``scale`` and clipped
+            (``scaled`` in the result says what was applied: (scale, clip)).
+
+    Returns:
+        ``x`` (picked channels x cropped samples, float64 volts), ``sf``, ``n_times``, ``ch_names``,
+        ``mapping``, ``missing``, ``picks`` (rows' indices in ``ch_names``), ``header`` (EDF header
+        when read by edfio), ``finite`` (samples known finite), ``flat`` (per row, when known) and
+        ``scaled`` ((scale, clip) already applied).
+    """
+    pp = pp_config(pp)
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    if engine == "auto" and path.suffix.lower() == ".edf":
+        sc = (float(pp["scale"]), float(pp["clip_uv"])) if scaled else (1.0, 0.0)
+        got = _load_edf(path, pp, data, *sc)
+        if got is not None:
+            return got
+    return _load_mne(path, pp)
+
+
 def header_info(path: str | Path, pp: Mapping[str, Any]) -> dict[str, Any]:
-    """Cheap header-level checks for an import report (no samples read).
+    """Cheap header-level checks for an import report (no samples read; EDF/BDF headers parsed
+    directly, other formats through MNE).
 
     Args:
         path: the recording.
@@ -383,8 +638,16 @@ def header_info(path: str | Path, pp: Mapping[str, Any]) -> dict[str, Any]:
         ``mapped`` (canonical -> label), ``missing``.  Never raises for bad files.
     """
     pp = pp_config(pp)
+    path = Path(path)
     try:
-        raw = read_raw(path)
+        lay = None
+        if path.suffix.lower() in (".edf", ".bdf") and path.is_file():
+            lay = edf_layout(edf_header(path))
+        if lay is not None:
+            ch_names, sf, n_times, _ = lay
+        else:
+            raw = read_raw(path)
+            ch_names, sf, n_times = list(raw.ch_names), float(raw.info["sfreq"]), int(raw.n_times)
     except InputError as e:
         return {
             "ok": False,
@@ -395,9 +658,8 @@ def header_info(path: str | Path, pp: Mapping[str, Any]) -> dict[str, Any]:
             "mapped": {},
             "missing": [],
         }
-    mapping, missing = map_channels(raw.ch_names, pp["channels"])
-    sf = float(raw.info["sfreq"])
-    dur = raw.n_times / sf
+    mapping, missing = map_channels(ch_names, pp["channels"])
+    dur = n_times / sf
     info = {
         "ok": True,
         "reason": "",
@@ -407,7 +669,7 @@ def header_info(path: str | Path, pp: Mapping[str, Any]) -> dict[str, Any]:
         "missing": missing,
         "n_windows": n_windows_for(dur, pp),
     }
-    reason = _header_problem(raw, mapping, missing, pp)
+    reason = recipe_problem(sf, n_times, mapping, missing, pp)
     if reason:
         info.update(ok=False, reason=reason, n_windows=0)
     return info
@@ -422,7 +684,11 @@ def n_windows_for(duration_s: float, pp: Mapping[str, Any]) -> int:
 
 
 def _header_problem(raw: Any, mapping: dict[str, str], missing: list[str], pp: Mapping[str, Any]) -> str:
-    sf = float(raw.info["sfreq"])
+    return recipe_problem(float(raw.info["sfreq"]), int(raw.n_times), mapping, missing, pp)
+
+
+def recipe_problem(sf: float, n_times: int, mapping: dict[str, str], missing: list[str], pp: Mapping[str, Any]) -> str:
+    """Why the recipe refuses a recording from its header facts ("" when it does not)."""
     min_sf = float(pp["min_sfreq"]) or float(pp["sfreq"])
     if sf < min_sf:
         return f"sampling rate {sf:g} Hz is below the required {min_sf:g} Hz"
@@ -430,7 +696,7 @@ def _header_problem(raw: Any, mapping: dict[str, str], missing: list[str], pp: M
         return f"missing required channel(s): {', '.join(missing)}"
     if not mapping:
         return "none of the required channels is present"
-    dur = raw.n_times / sf
+    dur = n_times / sf
     if n_windows_for(dur, pp) < 1:
         need = float(pp["crop_start_s"]) + float(pp["window_seconds"])
         return f"recording is {dur:.1f} s, shorter than one window (needs {need:g} s: skip {float(pp['crop_start_s']):g} s + one {float(pp['window_seconds']):g} s window)"
@@ -438,9 +704,14 @@ def _header_problem(raw: Any, mapping: dict[str, str], missing: list[str], pp: M
 
 
 def preprocess_recording(
-    path: str | Path, pp: Mapping[str, Any], gates: bool | Mapping[str, Any] = False
+    path: str | Path,
+    pp: Mapping[str, Any],
+    gates: bool | Mapping[str, Any] = False,
+    data: bytes | None = None,
+    engine: str = "auto",
+    transform: Callable[..., np.ndarray] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Run the recipe on one recording.
+    """Run the recipe on one recording (one read; vectorised over channels and windows).
 
     Args:
         path: EDF / BDF / .set / .vhdr file.
@@ -449,6 +720,10 @@ def preprocess_recording(
             bundle's ``gates``): amplitude, flat / saturated channels on the raw signal in
             microvolts (before scaling and clipping), and EDF/BDF channels whose header range is
             empty.  Their reasons go to ``info["reasons"]``.
+        data: the file's bytes when already read (prefetch; EDF only).
+        engine: ``auto`` or ``mne`` (see :func:`load_recording`).
+        transform: ``fn(x_uv, sfreq=Hz) -> x_uv`` applied to the cropped recording (channels x samples,
+            µV, its own rate) before the checks (``medtransfer audit``'s perturbations).
 
     Returns:
         (windows float32 of shape (n_windows, n_channels, window_samples), info dict with
@@ -460,35 +735,38 @@ def preprocess_recording(
     """
     pp = pp_config(pp)
     path = Path(path)
-    raw = read_raw(path)
-    mapping, missing = map_channels(raw.ch_names, pp["channels"])
-    problem = _header_problem(raw, mapping, missing, pp)
-    if problem:
-        raise InputError(path, problem)
-    sf = float(raw.info["sfreq"])
-    start = int(round(float(pp["crop_start_s"]) * sf))
-    stop = raw.n_times
-    if float(pp["crop_max_s"]) > 0:
-        stop = min(stop, start + int(round(float(pp["crop_max_s"]) * sf)))
-    picks = [raw.ch_names.index(mapping[c]) for c in pp["channels"] if c in mapping]
-    try:
-        x = raw.get_data(picks=picks, start=start, stop=stop)
-    except Exception as e:  # never quote the library's message (it may carry file content)
-        raise InputError(path, f"cannot read samples (corrupt data records: {type(e).__name__})") from None
+    # without gates / transform the volts are not needed: scale and clip fused into the read
+    fused = not gates and transform is None
+    rec = load_recording(path, pp, data=data, engine=engine, scaled=fused)
+    x, sf, mapping, missing = rec["x"], rec["sf"], rec["mapping"], rec["missing"]
+    if transform is not None:
+        x = np.asarray(transform(x * 1e6, sfreq=sf), dtype=np.float64) * 1e-6
+        rec["finite"], rec["flat"] = False, None
     present_names = [c for c in pp["channels"] if c in mapping]
-    if not np.all(np.isfinite(x)):
+    if not rec["finite"] and not np.all(np.isfinite(x)):
         bad = [present_names[i] for i in range(x.shape[0]) if not np.all(np.isfinite(x[i]))]
         raise InputError(path, f"NaN/inf samples in channel(s): {', '.join(bad)}")
-    flat = [c for c, row in zip(present_names, x) if np.ptp(row) == 0]
+    is_flat = rec["flat"] if rec["flat"] is not None else np.ptp(x, axis=1) == 0
+    flat = [c for c, f in zip(present_names, is_flat) if f]
     if flat:
         raise InputError(path, f"flat channel(s) (constant signal): {', '.join(flat)}")
     reasons = (
-        gate_reasons(path, x, present_names, picks, list(raw.ch_names), None if isinstance(gates, bool) else gates)
+        gate_reasons(
+            path,
+            x,
+            present_names,
+            rec["picks"],
+            rec["ch_names"],
+            None if isinstance(gates, bool) else gates,
+            header=rec["header"],
+        )
         if gates
         else []
     )
-    x = x * float(pp["scale"])
-    if float(pp["clip_uv"]) > 0:
+    done_scale, done_clip = rec["scaled"]
+    if done_scale != float(pp["scale"]):
+        x *= float(pp["scale"])  # x is this function's own array (a fresh read)
+    if float(pp["clip_uv"]) > 0 and done_clip != float(pp["clip_uv"]):
         np.clip(x, -float(pp["clip_uv"]), float(pp["clip_uv"]), out=x)
     if abs(sf - float(pp["sfreq"])) > 1e-6:
         x = resample_signal(x, sf, float(pp["sfreq"]), pp["resample"])
@@ -499,22 +777,27 @@ def preprocess_recording(
             if c in mapping:
                 full[i] = next(rows)
         x = full
-    if pp["car"]:
-        present = [i for i, c in enumerate(pp["channels"]) if c in mapping]
-        x[present] -= x[present].mean(axis=0, keepdims=True)
     w = window_samples(pp)
     n = x.shape[1] // w
     if n < 1:
         raise InputError(path, "recording is shorter than one window after cropping")
-    win = x[:, : n * w].reshape(x.shape[0], n, w).transpose(1, 0, 2).astype(np.float32)
+    win = np.empty((n, x.shape[0], w), dtype=np.float32)
+    cut = x[:, : n * w].reshape(x.shape[0], n, w).transpose(1, 0, 2)  # a view: windows x channels x samples
+    if pp["car"] and not missing:  # reference, window and cast in one pass
+        np.subtract(cut, x.mean(axis=0)[: n * w].reshape(n, 1, w), out=win, casting="same_kind")
+    else:
+        if pp["car"]:
+            present = [i for i, c in enumerate(pp["channels"]) if c in mapping]
+            x[present] -= x[present].mean(axis=0, keepdims=True)
+        win[...] = cut
     info = {
         "orig_sfreq": sf,
-        "duration_s": round(raw.n_times / sf, 3),
+        "duration_s": round(rec["n_times"] / sf, 3),
         "mapped": mapping,
         "filled": missing,
         "reasons": reasons,
     }
-    return np.ascontiguousarray(win), info
+    return win, info
 
 
 def gate_reasons(
@@ -524,6 +807,7 @@ def gate_reasons(
     picks: list[int],
     ch_names: list[str],
     overrides: Mapping[str, Any] | None = None,
+    header: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Plausibility reasons for the picked channels of one recording (see ``shared.runtime.gates``).
 
@@ -534,6 +818,7 @@ def gate_reasons(
         picks: the rows' indices in ``ch_names``.
         ch_names: MNE's channel names of the file (to match the EDF header's signals).
         overrides: limit overrides (the bundle's ``gates``).
+        header: the file's :func:`edf_header` when already read.
 
     Returns:
         Reasons (empty when plausible).
@@ -549,7 +834,7 @@ def gate_reasons(
         raise InputError(path, f"{int((~finite).sum())} NaN/inf samples")
     reasons = []
     if path.suffix.lower() in (".edf", ".bdf"):
-        bad, labels = empty_range_signals(path)
+        bad, labels = empty_range_signals(path, header)
         if len(labels) == len(ch_names):  # MNE keeps the data signals in file order
             bad_rows = [r for r, k in enumerate(picks) if k in bad]
         else:  # fall back to matching labels
@@ -566,12 +851,116 @@ def gate_reasons(
     return reasons
 
 
+def firwin_lowpass(numtaps: int, cutoff: float) -> np.ndarray:
+    """Kaiser-windowed (beta 5) linear-phase low-pass FIR, unit DC gain: ``scipy.signal.firwin(numtaps,
+    cutoff, window=("kaiser", 5.0))`` (the filter MNE's and SciPy's polyphase resampling design),
+    in numpy alone so the torch-free predict path does not import SciPy's signal package (seconds).
+
+    Args:
+        numtaps: filter length (odd).
+        cutoff: cutoff relative to Nyquist (0..1).
+    """
+    m = np.arange(numtaps) - 0.5 * (numtaps - 1)
+    h = cutoff * np.sinc(cutoff * m)
+    h *= np.kaiser(numtaps, 5.0)
+    return h / h.sum()
+
+
+@functools.lru_cache(maxsize=16)
+def _poly_plan(up: int, down: int) -> tuple[np.ndarray, np.ndarray, int, int, int, int, int]:
+    """The polyphase filter of ``resample_poly(up, down)`` as two block-Toeplitz matrices.
+
+    The input is cut in blocks of ``down`` samples and the output in blocks of ``up``; output block
+    ``J`` needs input blocks ``J + s .. J + s + n_a - 1``.  Grouping ``r = n_a`` blocks per row, a
+    row of output blocks is ``row_i @ t0 + row_(i+1) @ t1``: two plain matrix products (BLAS), no
+    gathered copies.
+
+    Returns:
+        (t0, t1, r, s, a_min, off, h_len): ``t0``/``t1`` of shape (r*down, r*up).
+    """
+    max_rate = max(up, down)
+    half_len = 10 * max_rate
+    h = firwin_lowpass(2 * half_len + 1, 1.0 / max_rate) * up
+    n_pre_pad = down - half_len % down
+    n_pre_remove = (half_len + n_pre_pad) // down
+    h = np.concatenate([np.zeros(n_pre_pad), h])  # SciPy's post-pad zeros change nothing here
+    lh = len(h)
+    # y[o] = sum_n xe[n] * h[(o + n_pre_remove) * down - n * up], xe = x reflected beyond its ends;
+    # o = J*up + p, n = B*down + b, B = J - a  ->  h index c0 + p*down - b*up + a*up*down
+    u, c0 = up * down, n_pre_remove * down
+    p_idx, b_idx = np.arange(up)[None, :], np.arange(down)[:, None]
+    gs: dict[int, np.ndarray] = {}
+    for a in range((-c0 - (up - 1) * down) // u - 1, (lh - 1 - c0 + (down - 1) * up) // u + 2):
+        idx = c0 + p_idx * down - b_idx * up + a * u
+        g = np.where((idx >= 0) & (idx < lh), h[np.clip(idx, 0, lh - 1)], 0.0)
+        if np.any(g):
+            gs[a] = g
+    a_min, a_max = min(gs), max(gs)
+    r = a_max - a_min + 1
+    off = max(0, a_max)
+    t = np.zeros((2, r, down, r, up))
+    for m in range(r):
+        for j in range(r):
+            for which, k in ((0, m - j), (1, m + r - j)):
+                if 0 <= k < r and (a_max - k) in gs:
+                    t[which, m, :, j, :] = gs[a_max - k]
+    return t[0].reshape(r * down, r * up), t[1].reshape(r * down, r * up), r, off - a_max, a_min, off, lh
+
+
+#: OpenBLAS runs a matrix product on one thread below m*n*k = 65536 * 4
+_BLAS_ONE_THREAD_MNK = 200_000
+
+
+def _resample_poly_reflect(x: np.ndarray, up: int, down: int) -> np.ndarray:
+    """``scipy.signal.resample_poly(x, up, down, axis=-1, window=firwin(...), padtype="reflect")`` as MNE's
+    polyphase method calls it, as two batched matrix products per call (see :func:`_poly_plan`).
+
+    Args:
+        x: channels x samples (float64).
+        up: reduced up factor.
+        down: reduced down factor.
+
+    Returns:
+        channels x ``ceil(n * up / down)`` samples.
+
+    Raises:
+        ValueError: a signal shorter than the filter's reach (callers fall back to MNE).
+    """
+    c, n_in = x.shape
+    t0, t1, r, s, a_min, off, _ = _poly_plan(up, down)
+    n_out = n_in * up // down + bool(n_in * up % down)
+    n_blocks = -(-n_out // up)
+    n_rows = -(-n_blocks // r)
+    pad_l = off * down
+    pad_r = max(0, (n_blocks - a_min + off) * down - pad_l - n_in)
+    if pad_l >= n_in or pad_r >= n_in:
+        raise ValueError("signal shorter than the filter")
+    width = max((s + (n_rows + 1) * r) * down, pad_l + n_in + pad_r)
+    xe = np.empty((c, width))  # x with reflected ends (numpy's "reflect": the edge sample not repeated)
+    xe[:, :pad_l] = x[:, pad_l:0:-1]
+    xe[:, pad_l : pad_l + n_in] = x
+    xe[:, pad_l + n_in : pad_l + n_in + pad_r] = x[:, n_in - 2 - np.arange(pad_r)]
+    xe[:, pad_l + n_in + pad_r :] = 0.0
+    rows = xe[:, s * down : s * down + (n_rows + 1) * r * down].reshape(c, n_rows + 1, r * down)
+    y = np.empty((c, n_rows, r * up))
+    # products small enough that BLAS stays on this thread (a threaded BLAS on a busy machine, or
+    # inside worker processes, is many times slower than one thread for these shapes)
+    step = max(1, _BLAS_ONE_THREAD_MNK // (t0.shape[0] * t0.shape[1]))
+    for i in range(0, n_rows, step):
+        j = min(n_rows, i + step)
+        np.matmul(rows[:, i:j], t0, out=y[:, i:j])
+        y[:, i:j] += rows[:, i + 1 : j + 1] @ t1
+    return y.reshape(c, n_rows * r * up)[:, :n_out]
+
+
 def resample_signal(x: np.ndarray, sf_in: float, sf_out: float, method: str = "auto") -> np.ndarray:
     """Resample channels x samples from ``sf_in`` to ``sf_out``.
 
-    ``poly``: MNE's polyphase method (scipy's Kaiser-windowed FIR anti-aliasing), used by ``auto`` when
-    the rate ratio reduces to a fraction with terms <= 64 (250->100 is 2/5, 200->100 is 1/2);
-    ``fft``: MNE's FFT resampling (what ``raw.resample`` / braindecode do), used otherwise.
+    ``poly``: MNE's polyphase method (Kaiser-windowed FIR anti-aliasing, reflected edges), used by
+    ``auto`` when the rate ratio reduces to a fraction with terms <= 64 (250->100 is 2/5, 200->100 is
+    1/2); computed here with numpy (same result as MNE within float rounding) unless MNE's own
+    length-derived factors are large, where MNE runs it; ``fft``: MNE's FFT resampling (what
+    ``raw.resample`` / braindecode do), used otherwise.
 
     Args:
         x: channels x samples.
@@ -583,22 +972,40 @@ def resample_signal(x: np.ndarray, sf_in: float, sf_out: float, method: str = "a
         The resampled array (float64).
     """
     from fractions import Fraction
+    from math import gcd
 
     frac = Fraction(sf_out / sf_in).limit_denominator(1000)
     exact = abs(float(frac) - sf_out / sf_in) < 1e-9
     small = frac.numerator <= 64 and frac.denominator <= 64
-    from mne.filter import resample
-
-    if method == "poly" or (method == "auto" and exact and small):
+    poly = method == "poly" or (method == "auto" and exact and small)
+    if poly and x.ndim == 2 and x.shape[-1] > 0:
+        # MNE derives the factors from the lengths: final = round(n * up / down), then reduces final / n
+        n = x.shape[-1]
+        final = int(round(n * frac.numerator / frac.denominator))
+        g = gcd(final, n)
+        up, down = final // g, n // g
+        if max(up, down) <= 64:
+            try:
+                return _resample_poly_reflect(np.asarray(x, dtype=np.float64), up, down)
+            except ValueError:
+                pass  # very short signals: MNE's own path below
+    try:
+        from mne.filter import resample
+    except ImportError:
+        raise missing_reader("mne") from None
+    if poly:
         return resample(x, up=frac.numerator, down=frac.denominator, method="polyphase", verbose="error")
     return resample(x, up=sf_out, down=sf_in, npad="auto", verbose="error")
 
 
-def warm_imports() -> None:
-    """Import the lazily loaded readers / filters once (before forking workers or timing)."""
-    import mne.filter  # noqa: F401
-    import mne.io  # noqa: F401
-    import scipy.signal  # noqa: F401
+def warm_imports(mne: bool = False) -> None:
+    """Import the readers once (before forking workers or timing); MNE too when asked (non-EDF inputs)."""
+    import edfio  # noqa: F401
 
-    for method in ("poly", "fft"):  # first calls build filters / FFT plans lazily
-        resample_signal(np.zeros((1, 500)), 250.0, 100.0, method)
+    if mne:
+        import mne.filter  # noqa: F401
+        import mne.io  # noqa: F401
+        import scipy.signal  # noqa: F401
+
+        resample_signal(np.zeros((1, 500)), 250.0, 200.0, "fft")  # first calls build FFT plans lazily
+    resample_signal(np.zeros((1, 500)), 250.0, 100.0, "poly")

@@ -1,5 +1,8 @@
 """Torch-free recording-level predict: EDF/BDF/.set/.vhdr -> the bundle's recipe -> ONNX window
-probabilities -> mean -> label, with an optional per-window abnormality trace plot."""
+probabilities -> mean -> label, with an optional per-window abnormality trace plot.
+
+EDF files are read once with edfio (``medtransfer[eeg]``); MNE (and SciPy) are imported only for the
+other formats and for EDF files only MNE decodes (``medtransfer[eeg-mne]``), keeping the cold start short."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from medtransfer.apps.eeg.io import SUFFIXES, preprocess_recording
+from medtransfer.apps.eeg.io import SUFFIXES, preprocess_recording, require_readers
 from medtransfer.shared.runtime.gates import mark_unreliable
 from medtransfer.shared.runtime.predictor import Predictor, softmax
 from medtransfer.shared.utils.errors import InputError
@@ -28,8 +31,10 @@ class EEGPredictor(Predictor):
     """
 
     suffixes = SUFFIXES
+    modalities = ("eeg",)
 
     def __init__(self, bundle: Any, **options: Any) -> None:
+        require_readers()  # one line naming medtransfer[eeg] when edfio is not installed
         super().__init__(bundle, **options)
         self.pp = {k: v for k, v in bundle.preprocessing.items() if k not in ("aggregation", "threshold")}
         self.threshold = float(options.get("threshold") or bundle.preprocessing.get("threshold", 0.5))
@@ -49,7 +54,7 @@ class EEGPredictor(Predictor):
         """
         path = Path(path)
         out_dir = self.artefact_dir(path) if self.options.get("plot") else None  # refuse a clash before any work
-        win, info = preprocess_recording(path, self.pp, gates=self.gates or True)
+        win, info = preprocess_recording(path, self.pp, gates=self.gates or True, transform=self.input_hook("eeg"))
         bs = int(self.options.get("batch") or 32)
         probs = []
         for i in range(0, len(win), bs):
