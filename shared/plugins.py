@@ -32,6 +32,11 @@ HOOKS: dict[str, tuple[str, ...]] = {
     "bench": (),
     "bench_eager": ("run_dir",),
     "bench_bundle": ("work_dir",),
+    "rank_features": ("candidate", "manifest"),
+    "rank_demo": ("base", "demo_out", "fast"),
+    "reference_cases": ("run_dir",),
+    "input_stats": ("path", "bundle"),
+    "merge_demo": ("out_dir", "fast"),
 }
 #: every importer: ``func(root, out_csv, **opts) -> Path``
 IMPORTER_PARAMS: tuple[str, ...] = ("root", "out_csv")
@@ -59,6 +64,12 @@ class AppSpec:
             the bundle exported from that run (the bundle's ``metadata.run_dir``).
         bench_bundle: ``"module:func"``; ``func(work_dir) -> (bundle_dir, [sample inputs])``: a
             small bundle built from scratch for ``medtransfer bench`` without ``--bundle``.
+        rank_features: ``"module:func"``; ``func(candidate, manifest, **opts)`` yields ``(features (b, D),
+            target (b,))`` batches of the manifest's labelled training split under the candidate
+            (a ``shared.transferability.rank.Candidate``); integer targets = classes, float targets =
+            regression (``medtransfer rank``).
+        rank_demo: ``"module:func"``; ``func(base, demo_out, fast) -> {"labels", "ranking", "results", "what"}``:
+            the app's "Which source?" validation (rank, then fine-tune every candidate) for the demo.
         demo_default: whether ``medtransfer demo`` without ``--apps`` runs this app (an app with
             False runs by default only when no other app with a demo is installed).
         importers: dataset name -> ``"module:func"``; ``func(root, out_csv, **opts) -> Path``.
@@ -66,6 +77,14 @@ class AppSpec:
         backbones: registry name -> ``{"builder": "module:func", "family", "pretrained_cfg",
             "head", "description"}``: backbones the app adds to the shared registry, listed by
             ``medtransfer models`` without importing the builder's module.
+        reference_cases: ``"module:func"``; ``func(run_dir) -> [{"path", "label", "extra"}]``: the
+            run's VALIDATION cases (never test), which export runs through the bundle to store the
+            reference statistics of ``medtransfer estimate`` (``shared.export.reference``).
+        input_stats: ``"module:func"``; ``func(path, bundle) -> {name: float}``: torch-free modality
+            statistics of one input (EEG band powers, intensity histogram...), for drift.
+        merge_demo: ``"module:func"``; ``func(out_dir: Path, fast: bool) -> {"title", "sites", "metric",
+            "rows": {model: {site: {metric: float}}}, "caption", "seconds"}``: the app's "merging site
+            models" scenario for the demo (``shared.finetune.merge_demo.demo_section``).
     """
 
     name: str
@@ -77,10 +96,15 @@ class AppSpec:
     bench: str | None = None
     bench_eager: str | None = None
     bench_bundle: str | None = None
+    rank_features: str | None = None
+    rank_demo: str | None = None
     demo_default: bool = True
     importers: dict[str, str] = field(default_factory=dict)
     data_cards: tuple[str, ...] = ()
     backbones: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reference_cases: str | None = None
+    input_stats: str | None = None
+    merge_demo: str | None = None
 
 
 def load_object(ref: str) -> Any:

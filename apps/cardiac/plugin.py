@@ -11,9 +11,14 @@ SPEC = AppSpec(
     demo="medtransfer.apps.cardiac.demo:demo",
     bench="medtransfer.apps.cardiac.bench:bench",
     bench_eager="medtransfer.apps.cardiac.export:load_run_model",
+    rank_features="medtransfer.apps.cardiac.rank:rank_features",
+    rank_demo="medtransfer.apps.cardiac.rank:rank_demo",
     importers={
         "cactus": "medtransfer.apps.cardiac.data:import_cactus",
         "echo_folder": "medtransfer.apps.cardiac.data:import_folder",
     },
     data_cards=("cactus.md", "own_folders.md"),
+    reference_cases="medtransfer.apps.cardiac.reference:reference_cases",
+    input_stats="medtransfer.apps.cardiac.reference:input_stats",
+    merge_demo="medtransfer.apps.cardiac.merge_demo:merge_demo",
 )

@@ -76,8 +76,36 @@ def rank_features(
         yield f, y
 
 
+def subset_manifest(manifest: Path, out_csv: Path, per_label: dict[str, int]) -> Path:
+    """A smaller graded manifest: the first ``per_label[split]`` graded rows of each (split, view).
+
+    Args:
+        manifest: a cardiac manifest (splits assigned, ``grade`` column).
+        out_csv: where to write it (paths stay pointing at the original files).
+        per_label: rows kept per view for each split, e.g. ``{"train": 16, "val": 6, "test": 10}``.
+
+    Returns:
+        ``out_csv``.
+    """
+    from medtransfer.shared.manifest import read_manifest, write_manifest
+
+    seen: dict[tuple[str, str], int] = {}
+    keep = []
+    for r in read_manifest(manifest):
+        k = (r.split, r.label)
+        if r.extra.get("grade", "") == "" or seen.get(k, 0) >= per_label.get(r.split, 0):
+            continue
+        seen[k] = seen.get(k, 0) + 1
+        keep.append(r)
+    return write_manifest(keep, out_csv)
+
+
 def rank_demo(base: Path, demo_out: Path, fast: bool) -> dict[str, Any]:
     """The "Which source?" validation of this app at demo scale (see ``shared.transferability.demo``).
+
+    Fast: the cardiac demo's manifest and view run (``<demo_out>/work/cardiac``) are reused when
+    present (else a small phantom tree and a 48 px view run are made); every candidate is ranked at the
+    view run's input size on a subset (16 training frames per view) and fine-tuned 3 epochs on it.
 
     Args:
         base: work folder.
@@ -98,29 +126,34 @@ def rank_demo(base: Path, demo_out: Path, fast: bool) -> dict[str, Any]:
     from medtransfer.shared.rundir import RunDir
     from medtransfer.shared.transferability.rank import rank
 
-    size = 32 if fast else 64
-    ov = [
-        f"preprocessing.size={size}",
-        f"train.epochs={3 if fast else 6}",
-        "train.batch_size=16",
-        "train.progress=false",
-    ]
+    work = Path(demo_out) / "work" / "cardiac"
+    view_run = work / "run_view"
+    if (work / "manifest.csv").is_file() and RunDir(view_run, must_exist=False).has_checkpoint("best"):
+        full, reused = work / "manifest.csv", "the cardiac demo's view run and phantoms"
+    else:  # no demo folder to reuse: small phantoms and a view model made here
+        full, view_run, reused = base / "manifest.csv", base / "run_view", "a view run trained here"
+        if not full.is_file():
+            make_cactus_tree(base / "phantoms", n_per_view=16 if fast else 40, n_sessions=4, size=(96, 128))
+            import_cactus(base / "phantoms", full)
+        if not RunDir(view_run, must_exist=False).has_checkpoint("best"):
+            vov = [f"preprocessing.size={48 if fast else 64}", "train.epochs=3" if fast else "train.epochs=6"]
+            train_view(full, view_run, [*vov, "train.batch_size=16", "train.progress=false", "train.lr=0.002"])
+    # every candidate sees the view run's input size (grading from the view run keeps its preprocessing);
+    # 32 px is too small for resnet18: its last stage is 1x1 and its stride-2 shortcut reads one black corner
+    size = int(RunDir(view_run).config()["preprocessing"]["size"])
+    per = {"train": 16, "val": 6, "test": 10} if fast else {"train": 60, "val": 20, "test": 30}
+    man = subset_manifest(full, base / "subset.csv", per)
+    epochs = 3 if fast else 8
+    ov = [f"preprocessing.size={size}", f"train.epochs={epochs}", "train.batch_size=16", "train.progress=false"]
     ov += ["train.lr=0.002"]
-    if not (base / "manifest.csv").is_file():
-        make_cactus_tree(base / "phantoms", n_per_view=12 if fast else 40, n_sessions=4, size=(96, 128))
-        import_cactus(base / "phantoms", base / "manifest.csv")
-    man = base / "manifest.csv"
-    view_run = base / "run_view"
-    if not (view_run / "run.json").is_file() or not RunDir(view_run).has_checkpoint("best"):
-        train_view(man, view_run, ov)
     # the "ImageNet-shaped" init: a timm resnet18 weight file (registry format) from another image task
-    wfile = base / "resnet18_shapes.pth"
+    wfile = base / f"resnet18_shapes_{size}.pth"
     if not wfile.is_file():
-        shapes = make_shapes(base / "shapes", n_per_class=12, size=size)
+        shapes = make_shapes(base / "shapes", n_per_class=8 if fast else 12, size=size)
         train_image(
             import_image_folder(shapes, base / "shapes.csv"),
             base / "run_shapes",
-            overrides=["train.epochs=2", "train.progress=false", f"data.size={size}"],
+            overrides=[f"train.epochs={1 if fast else 2}", "train.progress=false", f"data.size={size}"],
         )
         model, _ = RunDir(base / "run_shapes").load_model("best")
         torch.save(model.state_dict(), wfile)
@@ -143,4 +176,6 @@ def rank_demo(base: Path, demo_out: Path, fast: bool) -> dict[str, Any]:
     for spec, (init, run, extra) in inits.items():
         g = train_grade(man, base / f"grade_{init}", run, [*ov, f"grade.init={init}", *extra])
         results[spec] = -float(g["test"]["mse"])
-    return {"labels": labels, "ranking": res, "results": results, "what": "-(test MSE) of grading"}
+    n_train = per["train"] * 6
+    what = f"-(test MSE) of grading ({reused}; {size} px, {epochs} epochs, <= {n_train} training frames)"
+    return {"labels": labels, "ranking": res, "results": results, "what": what}

@@ -315,6 +315,7 @@ def _run(
     run.update_info(
         labels=views,
         preprocessing=params,
+        manifest=str(Path(manifest).resolve()),  # the validation cases of `estimate`'s reference (export)
         ood=ood,
         val=res.best_metrics,
         test=test,

@@ -13,6 +13,8 @@ SPEC = AppSpec(
     demo="medtransfer.apps.eeg.demo:demo",
     bench="medtransfer.apps.eeg.bench:bench",
     bench_eager="medtransfer.apps.eeg.train:load_run",
+    rank_features="medtransfer.apps.eeg.rank:rank_features",
+    rank_demo="medtransfer.apps.eeg.rank:rank_demo",
     importers={
         "tuab": "medtransfer.apps.eeg.data:import_tuab",
         "nmt": "medtransfer.apps.eeg.data:import_nmt",
@@ -20,4 +22,7 @@ SPEC = AppSpec(
         "bonn": "medtransfer.apps.eeg.data:import_bonn",
     },
     data_cards=("tuab.md", "nmt.md", "bonn.md", "own_folders.md"),
+    reference_cases="medtransfer.apps.eeg.reference:reference_cases",
+    input_stats="medtransfer.apps.eeg.reference:input_stats",
+    merge_demo="medtransfer.apps.eeg.merge_demo:merge_demo",
 )

@@ -95,6 +95,7 @@ def rank_demo(base: Path, demo_out: Path, fast: bool) -> dict[str, Any]:
     from medtransfer.apps.eeg.data import import_nmt, import_tuab
     from medtransfer.apps.eeg.demo import demo_config
     from medtransfer.apps.eeg.train import evaluate, train
+    from medtransfer.shared.rundir import RunDir
     from medtransfer.shared.transferability.rank import rank
 
     n, ne, dur = (8, 3, 42.0) if fast else (20, 6, 130.0)
@@ -116,9 +117,12 @@ def rank_demo(base: Path, demo_out: Path, fast: bool) -> dict[str, Any]:
     site2 = base / "data" / "nmt_site2"
     if not (site2 / "Labels.csv").is_file():
         S.make_nmt(site2, n, ne, dur, seed=2)
-    site2_csv = import_nmt(site2, base / "data" / "nmt_site2.csv", **dopts)
+    site2_csv = base / "data" / "nmt_site2.csv"
+    if not site2_csv.is_file():
+        import_nmt(site2, site2_csv, **dopts)
     nmt_run = base / "runs" / "nmt_like_source"
-    train(site2_csv, nmt_run, cfg, progress=False)
+    if not RunDir(nmt_run, must_exist=False).has_checkpoint("best"):  # a rerun reuses it (same data, same seed)
+        train(site2_csv, nmt_run, cfg, progress=False)
     labels = {
         str(tuab_run): "TUAB source (shallow)",
         str(nmt_run): "NMT-like source (shallow, 2nd site)",

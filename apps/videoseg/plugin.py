@@ -10,9 +10,12 @@ SPEC = AppSpec(
     exporter="medtransfer.apps.videoseg.export:export_run",
     demo="medtransfer.apps.videoseg.demo:demo",
     bench="medtransfer.apps.videoseg.bench:bench",
+    rank_features="medtransfer.apps.videoseg.rank:rank_features",
     importers={
         "echonet_dynamic": "medtransfer.apps.videoseg.data:import_echonet",
         "trackrad2025": "medtransfer.apps.videoseg.data:import_trackrad",
     },
     data_cards=("echonet_dynamic.md", "trackrad2025.md"),
+    reference_cases="medtransfer.apps.videoseg.reference:reference_cases",
+    input_stats="medtransfer.apps.videoseg.reference:input_stats",
 )

@@ -12,8 +12,11 @@ SPEC = AppSpec(
     exporter="medtransfer.apps.wsi.export:export_run",
     demo="medtransfer.apps.wsi.demo:demo",
     bench="medtransfer.apps.wsi.bench:bench",
+    rank_features="medtransfer.apps.wsi.rank:rank_features",
+    rank_demo="medtransfer.apps.wsi.rank:rank_demo",
     importers={"tcga": "medtransfer.apps.wsi.labels:import_tcga"},
     data_cards=("tcga_survival.md", "uni2h_dss.md"),
+    input_stats="medtransfer.apps.wsi.reference:input_stats",  # drift statistics; no reference_cases yet
     # declared here so `medtransfer models` lists it without importing the (torch) model module
     backbones={
         "uni2h": {

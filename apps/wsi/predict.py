@@ -31,6 +31,7 @@ class WSIPredictor(Predictor):
         self.gates = dict((getattr(bundle, "meta", None) or {}).get("gates") or {})
 
     suffixes = (".h5",) + SLIDE_SUFFIXES
+    modalities = ("features",)
 
     def _features_from_slide(self, path: Path) -> tuple[np.ndarray, Any, Any, Any]:
         from medtransfer.apps.wsi.slide import iter_tile_batches, open_slide, plan_tiles
@@ -89,6 +90,7 @@ class WSIPredictor(Predictor):
             feats, tiling, thumb, mask = self._features_from_slide(path)
             coords = tiling.coords
             check_feature_bag(feats, path, self.gates)  # the encoder's output passes the same gate
+        feats = self.perturbed(feats, "features")  # medtransfer audit (identity otherwise)
         dim = int(pre["feature_dim"])
         if feats.shape[1] != dim:
             raise InputError(path, f"features are {feats.shape[1]}-d but the model expects {dim}-d (other encoder?)")

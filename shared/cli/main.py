@@ -62,10 +62,12 @@ def fail(msg: str, code: int = 2) -> None:
 
 def parse_opts(pairs: Optional[List[str]]) -> dict[str, Any]:
     """``--opt key=value`` pairs (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    if not pairs:
+        return out  # no YAML import on the common path (predict's cold start)
     import yaml
 
-    out: dict[str, Any] = {}
-    for p in pairs or []:
+    for p in pairs:
         if "=" not in p:
             fail(f"--opt expects key=value, got '{p}'")
         k, v = p.split("=", 1)
@@ -152,6 +154,9 @@ def export(
         "--force",
         help="export a run that does not beat its trivial baseline (the bundle and every answer are marked unreliable)",
     ),
+    audit: Optional[Path] = typer.Option(
+        None, "--audit", help="labelled manifest: audit the bundle (`medtransfer audit`) into its model card"
+    ),
 ) -> None:
     """Export a trained run to an ONNX bundle (model files, metadata.json, README.md, checksums.sha256).
 
@@ -167,7 +172,12 @@ def export(
     run = RunDir(run_dir)
     check_output(out, overwrite)  # refuse before the (slow) export
     fn = hook(run.app, "exporter")  # every exporter writes through shared.export.export_bundle (atomic, guarded)
-    res = fn(run_dir, out, quantize=quantize, overwrite=overwrite, force=force)
+    from medtransfer.shared.export.guard import auditing
+
+    if audit is not None and not audit.is_file():
+        fail(f"{audit}: audit manifest not found")
+    with auditing(audit):
+        res = fn(run_dir, out, quantize=quantize, overwrite=overwrite, force=force)
     typer.echo(f"wrote {res}")
 
 
@@ -336,12 +346,13 @@ def demo(
     out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="output folder (report.md, bundles/)"),
     apps: Optional[str] = typer.Option(None, "--apps", help="comma-separated apps (default: all installed)"),
     full: bool = typer.Option(False, "--full", help="bigger data / more epochs than the quick default"),
+    tools: bool = typer.Option(True, "--tools/--no-tools", help="then rank, estimate, merge and audit on the demo"),
 ) -> None:
     """Run every installed app end to end on generated data; write report.md and bundles/."""
     from medtransfer.shared.demo import run_demo
 
     try:
-        report = run_demo(out, apps=apps.split(",") if apps else None, fast=not full)
+        report = run_demo(out, apps=apps.split(",") if apps else None, fast=not full, tools_on=tools)
     except MedTransferError as e:
         fail(str(e))
     typer.echo(f"wrote {report}")
@@ -359,12 +370,14 @@ def bench(
     threads: int = typer.Option(0, "--threads", help="threads for both engines (0 = all cores)"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON here"),
     sample: Optional[List[Path]] = typer.Option(None, "--sample", help="input(s) for cold start and score scaling"),
+    score_cases: str = typer.Option("", "--score-cases", help="e.g. 200,1000: score that many cases, 1 vs N and Ray"),
 ) -> None:
     """Benchmarks as JSON: ONNX vs eager, predict cold start, score at 1 vs N workers (+ app benches)."""
     from medtransfer.shared.bench import run_bench
 
     try:
-        res = run_bench(bundle=bundle, app=app_name, workers=workers, batch=batch, threads=threads, samples=sample)
+        sizes = tuple(int(x) for x in score_cases.split(",") if x.strip())
+        res = run_bench(bundle, app_name, workers, batch, threads, sample, score_sizes=sizes)
     except MedTransferError as e:
         fail(str(e))
     text = json.dumps(res, indent=2, default=_jsonable)

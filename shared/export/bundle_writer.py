@@ -234,6 +234,10 @@ def _card(meta: dict[str, Any]) -> str:
         f"Every file of this folder (this card and `{METADATA}` included) is listed in `{CHECKSUMS}`:",
         f"`sha256sum -c {CHECKSUMS}` inside the folder, or `medtransfer verify <this folder>`, checks them.",
     ]
+    if meta.get("audit"):  # `medtransfer export --audit MANIFEST` (shared.runtime.audit)
+        from medtransfer.shared.runtime.audit import card_section
+
+        lines += ["", card_section(meta["audit"]).rstrip()]
     lines += [
         "",
         "## Use",

@@ -127,4 +127,32 @@ def export_bundle(
     verdict = baseline_verdict(run.info().get("baseline"), run_dir, force)
     with staged_output(out_dir, overwrite=overwrite) as tmp, exporting(verdict):
         write(run.path, tmp, quantize)
+        _reference_step(run.path, Path(tmp))
+        if _AUDIT.get() is not None:  # `export --audit MANIFEST`: the audit summary goes into the model card
+            from medtransfer.shared.runtime.audit import attach_audit
+
+            attach_audit(Path(tmp), _AUDIT.get())
     return Path(out_dir).absolute()
+
+
+_AUDIT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("medtransfer_export_audit", default=None)
+
+
+@contextmanager
+def auditing(manifest: str | Path | None) -> Iterator[None]:
+    """Exports inside this block audit the bundle on ``manifest`` (``shared.runtime.audit.attach_audit``)."""
+    token = _AUDIT.set(Path(manifest) if manifest else None)
+    try:
+        yield
+    finally:
+        _AUDIT.reset(token)
+
+
+def _reference_step(run_dir: Path, staged: Path) -> None:
+    """Reference statistics for ``medtransfer estimate`` (``shared.export.reference``), when the app
+    wrote a bundle into the staging folder."""
+    from medtransfer.shared.export.reference import attach_reference
+    from medtransfer.shared.runtime.schema import METADATA
+
+    if (staged / METADATA).is_file():
+        attach_reference(run_dir, staged)

@@ -8,7 +8,7 @@ size against ``shared.runtime.gates`` before decoding any pixel, turns PIL's exc
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -22,7 +22,10 @@ MAX_PIXELS = 80_000_000
 
 
 def read_image(
-    path: str | Path, prep: dict[str, Any], overrides: Mapping[str, Any] | None = None
+    path: str | Path,
+    prep: dict[str, Any],
+    overrides: Mapping[str, Any] | None = None,
+    transform: Callable[..., np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
     """Read and preprocess one image to (C, size, size) float32, with its plausibility reasons.
 
@@ -33,6 +36,7 @@ def read_image(
         path: the image file.
         prep: the bundle's preprocessing parameters.
         overrides: the bundle's ``gates`` limit overrides.
+        transform: applied to the resized 0-255 pixels before the gates (``medtransfer audit``).
 
     Returns:
         (array, reasons): reasons is empty unless the image is blank / constant.
@@ -60,6 +64,8 @@ def read_image(
         raise
     except Exception as e:  # noqa: BLE001 - PIL decoders raise many types on broken pixel data
         raise InputError(path, f"image pixel data cannot be decoded ({type(e).__name__})") from None
+    if transform is not None:
+        raw = np.asarray(transform(raw, vmax=255.0), dtype=np.float32)
     reasons = gates.image_content_reasons(raw, overrides)
     arr = raw / 255.0
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

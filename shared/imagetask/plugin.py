@@ -15,4 +15,7 @@ SPEC = AppSpec(
     demo_default=False,
     importers={"image-folder": "medtransfer.shared.imagetask.data:import_image_folder"},
     data_cards=("own_folders.md",),
+    reference_cases="medtransfer.shared.imagetask.reference:reference_cases",
+    input_stats="medtransfer.shared.imagetask.reference:input_stats",
+    rank_features="medtransfer.shared.imagetask.rank:rank_features",
 )

@@ -16,6 +16,7 @@ class ImagePredictor(Predictor):
     """Label and class probabilities for one image; blank / constant images are marked unreliable."""
 
     suffixes = SUFFIXES
+    modalities = ("image",)
 
     def predict(self, path: Path, **case: Any) -> dict[str, Any]:
         """Answer one image.
@@ -27,7 +28,9 @@ class ImagePredictor(Predictor):
         Returns:
             ``label``, ``probability``, ``probabilities`` (+ ``unreliable`` / ``reasons`` for implausible input).
         """
-        x, reasons = read_image(path, self.bundle.preprocessing, self.bundle.meta.get("gates") or None)
+        x, reasons = read_image(
+            path, self.bundle.preprocessing, self.bundle.meta.get("gates") or None, self.input_hook("image")
+        )
         logits = self.bundle.run({"image": x[None]})["logits"][0]
         prob = softmax(logits.astype(np.float64))
         labels = self.bundle.labels

@@ -17,7 +17,7 @@ from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit, predict_arrays
 from medtransfer.shared.imagetask.data import load_image
 from medtransfer.shared.manifest import Record, assign_splits, by_split, read_manifest, require_classes
 from medtransfer.shared.registry import create_model
-from medtransfer.shared.rundir import RunDir, model_spec
+from medtransfer.shared.rundir import RunDir, model_builder, model_spec
 from medtransfer.shared.runtime.gates import limits_for
 from medtransfer.shared.utils.errors import MedTransferError
 
@@ -83,6 +83,53 @@ def _build(cfg: dict[str, Any], n_classes: int):
     )
 
 
+#: strategies that change the network itself (PEFT modules wrapped in): the model spec records them
+PEFT_STRATEGIES: tuple[str, ...] = ("lora", "adapter")
+
+
+@model_builder
+def build_model(
+    name: str, num_classes: int, in_chans: int = 3, strategy: str = "full", peft: dict[str, Any] | None = None
+) -> torch.nn.Module:
+    """An untrained registry model wrapped the way ``train.strategy`` wraps it (LoRA / adapters).
+
+    What a PEFT run's model spec names, so ``RunDir.load_model`` (export, merge, evaluate) rebuilds
+    the very modules the checkpoint's weights belong to (``fc.base.weight``, ``fc.lora_a.weight``...).
+
+    Args:
+        name: registry name.
+        num_classes: classes of the head.
+        in_chans: input channels.
+        strategy: the run's ``train.strategy`` (``lora`` / ``adapter`` insert PEFT modules).
+        peft: the run's ``train.peft`` section (targets, r, alpha...).
+
+    Returns:
+        The model (random weights).
+    """
+    from medtransfer.shared.finetune import setup_strategy
+
+    model = create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans)
+    if strategy in PEFT_STRATEGIES:
+        setup_strategy(model, {"strategy": strategy, "peft": dict(peft or {})})
+    return model
+
+
+def _spec(cfg: dict[str, Any], n_classes: int) -> dict[str, Any]:
+    """The model spec a run records: the registry name, or :func:`build_model` for PEFT strategies."""
+    name, in_chans = str(cfg["model"]["name"]), 1 if cfg["data"]["grayscale"] else 3
+    strategy = str(cfg["train"].get("strategy", "full"))
+    if strategy not in PEFT_STRATEGIES:
+        return model_spec(registry=name, num_classes=n_classes, in_chans=in_chans)
+    return model_spec(
+        builder="medtransfer.shared.imagetask.task:build_model",
+        name=name,
+        num_classes=n_classes,
+        in_chans=in_chans,
+        strategy=strategy,
+        peft=dict(cfg["train"].get("peft") or {}),
+    )
+
+
 def train(
     manifest: str | Path, out: str | Path, recipe: str | Path | None = None, overrides: Iterable[str] | None = None
 ) -> dict[str, Any]:
@@ -110,9 +157,7 @@ def train(
         monitor="val_accuracy",
         mode="max",
         extra_state={"labels": labels, "preprocessing": prep},
-        model_spec=model_spec(
-            registry=str(cfg["model"]["name"]), num_classes=len(labels), in_chans=1 if cfg["data"]["grayscale"] else 3
-        ),
+        model_spec=_spec(cfg, len(labels)),
     )
     # the trivial baseline beside the model, on the same validation cases: always the majority training class
     majority = max(labels, key=lambda c: sum(r.label == c for r in tr))
@@ -128,7 +173,7 @@ def train(
 
 def load_run(run_dir: str | Path):
     """Rebuild the model of a run from its best checkpoint; returns (model, cfg, labels, prep)."""
-    model, ck = RunDir(run_dir).load_model("best")  # rebuilt from the registry name + args it records
+    model, ck = RunDir(run_dir).load_model("best")  # rebuilt from the spec it records (registry name or PEFT builder)
     return model, ck["config"], ck["labels"], ck["preprocessing"]
 
 

@@ -7,6 +7,7 @@ caller turns that into an error line or an error row.  Torch-free.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ class Predictor:
 
     #: suffixes this predictor accepts when ``score --input-dir`` walks a folder
     suffixes: tuple[str, ...] = ()
+    #: ``shared.runtime.perturb`` modalities of the decoded input (what ``medtransfer audit`` perturbs)
+    modalities: tuple[str, ...] = ()
 
     def __init__(self, bundle: Bundle, **options: Any) -> None:
         self.bundle = bundle
@@ -51,6 +54,29 @@ class Predictor:
 
             mark_unreliable(res, [f"bundle: {self.bundle.unreliable}"])
         return res
+
+    def input_hook(self, modality: str) -> Callable[..., np.ndarray] | None:
+        """The audit's perturbation for a decoded ``modality`` input (``fn(x, **meta) -> x``), or None.
+
+        ``medtransfer audit`` (``shared.runtime.audit``) sets ``self.perturbation`` (modality -> fn or
+        None); outside an audit, and at severity 0, this is None and the predictor runs unchanged.
+        """
+        factory = self.__dict__.get("perturbation")
+        return None if factory is None else factory(modality)
+
+    def perturbed(self, x: np.ndarray, modality: str, **meta: Any) -> np.ndarray:
+        """``x`` as decoded, or the audit's perturbation of it (call right after decoding an input).
+
+        Args:
+            x: the decoded input (layout per ``shared.runtime.perturb``'s modality).
+            modality: its ``shared.runtime.perturb`` modality.
+            meta: ``sfreq`` (Hz) and the like.
+
+        Returns:
+            ``x`` itself outside an audit.
+        """
+        fn = self.input_hook(modality)
+        return x if fn is None else fn(x, **meta)
 
     def output_dir(self, path: Path) -> Path | None:
         """Folder for this input's artefacts: ``out_dir/<path relative to input_root, no suffix>``.

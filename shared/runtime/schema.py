@@ -41,7 +41,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator, model_validator
 
 from medtransfer.shared.utils.errors import BundleError
 
@@ -198,9 +198,11 @@ def validate_metadata(raw: Any, where: str) -> BundleMeta:
     """
     schema_major(raw, where)
     try:
-        return BundleMeta.model_validate(raw)
+        meta = BundleMeta.model_validate(raw)
     except ValidationError as e:
         raise BundleError(f"{where}: {_one_line(e)}") from None
+    check_reference_entry(raw, where)
+    return meta
 
 
 def _one_line(e: ValidationError) -> str:
@@ -295,3 +297,95 @@ def read_metadata_bytes(data: bytes, where: str) -> BundleMeta:
         return validate_metadata(raw, where)
     except RecursionError:
         raise BundleError(f"{where}: JSON nested too deeply") from None
+
+
+# ---------------------------------------------------------------------------------- reference statistics
+REFERENCE_SCHEMA = "medtransfer-reference/1"
+
+
+class ValCases(BaseModel):
+    """Per validation case (no paths, no identifiers): predicted and true class, the two ATC scores."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pred: list[int]
+    label: list[int]
+    max_softmax: list[float]
+    neg_entropy: list[float]
+
+    @field_validator("label", "max_softmax", "neg_entropy")
+    @classmethod
+    def _same_length(cls, v: list[Any], info: Any) -> list[Any]:
+        n = len(info.data.get("pred", v))
+        if len(v) != n:
+            raise ValueError(f"has {len(v)} entries, 'pred' has {n}")
+        return v
+
+
+class ReferenceStats(BaseModel):
+    """``reference.json`` of a bundle: what ``medtransfer estimate`` compares a new site with.
+
+    Written at export from the run's validation split (see ``shared.export.reference``); listed in
+    the metadata's ``files`` and in ``checksums.sha256`` like every other bundle file.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_id: StrictStr = Field(alias="schema")
+    kind: StrictStr = Field(pattern=r"^(classifier|segmentation|survival|other)$")
+    split: StrictStr = Field(pattern=r"^val$")
+    n_cases: int = Field(ge=1)
+    n_errors: int = Field(ge=0)
+    labels: list[StrictStr] = Field(default_factory=list)
+    accuracy: float | None = None
+    balanced_accuracy: float | None = None
+    score_functions: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    val_cases: ValCases | None = None
+    confidence: dict[str, list[float]] = Field(default_factory=dict)
+    stats: dict[str, list[float]] = Field(default_factory=dict)
+    outputs: dict[str, list[float]] = Field(default_factory=dict)
+
+    @field_validator("schema_id")
+    @classmethod
+    def _schema(cls, v: str) -> str:
+        if v != REFERENCE_SCHEMA:
+            raise ValueError(f"expected '{REFERENCE_SCHEMA}'")
+        return v
+
+    @model_validator(mode="after")
+    def _classifier_cases(self) -> "ReferenceStats":
+        if self.kind == "classifier" and (self.val_cases is None or not self.val_cases.pred):
+            raise ValueError("a classifier reference needs its validation cases ('val_cases')")
+        return self
+
+
+def validate_reference(raw: Any, where: str) -> ReferenceStats:
+    """Validate parsed ``reference.json``.
+
+    Raises:
+        BundleError: one line naming ``where`` and the first bad field (values never echoed).
+    """
+    if not isinstance(raw, dict):
+        raise BundleError(f"{where}: expected a JSON object at the top level")
+    try:
+        return ReferenceStats.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors(include_url=False, include_input=False)[0]
+        loc = ".".join(str(x) for x in err.get("loc", ())) or "?"
+        raise BundleError(f"{where}: field {_shown(loc)}: {err.get('msg', 'invalid')}") from None
+
+
+def check_reference_entry(meta: dict[str, Any], where: str) -> None:
+    """The metadata's ``reference`` summary, when present, must be a mapping naming a listed file.
+
+    Raises:
+        BundleError: a malformed summary or a ``file`` not in the metadata's ``files``.
+    """
+    ref = meta.get("reference")
+    if ref is None:
+        return
+    if not isinstance(ref, dict):
+        raise BundleError(f"{where}: field 'reference': expected a mapping")
+    f = ref.get("file")
+    if f is not None and f not in (meta.get("files") or {}):
+        raise BundleError(f"{where}: field 'reference': file {_shown(f)} is not one of the bundle's files")

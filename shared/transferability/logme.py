@@ -17,13 +17,15 @@ and LogME is the maximised log evidence divided by ``n``::
 Everything runs in the basis of one thin SVD of ``F`` (all target columns at once, vectorised).
 Classification uses one-hot targets and averages LogME over the classes; regression uses the
 scalar target (standardised, so scores of different targets are comparable).  Higher is better.
+:func:`logme` centres features and targets and rescales the features by one global factor first
+(:func:`prepare_features`), so the hyperparameter clamp never decides the score.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["logme", "logme_evidence", "one_hot"]
+__all__ = ["logme", "logme_evidence", "one_hot", "prepare_features"]
 
 CLAMP = 1e10  # alpha and beta stay in [1 / CLAMP, CLAMP]
 
@@ -95,13 +97,40 @@ def logme_evidence(
     return ev / n, alpha, beta
 
 
+def prepare_features(features: np.ndarray) -> np.ndarray:
+    """Features centred per dimension and scaled by ONE global factor to unit mean variance.
+
+    Centring removes the intercept (a constant offset shared by every sample, common in pooled
+    post-ReLU features, is no signal and must not be paid for through the weight prior); the single
+    global scale keeps the isotropic prior's geometry (LogME is invariant to it in exact arithmetic)
+    but puts the optimum well inside the ``[1 / CLAMP, CLAMP]`` box whatever the backbone's feature
+    scale.  Without it, features whose sample-to-sample variation is small next to their magnitude
+    need ``alpha`` below the clamp and score the no-signal value ``-1/2 log(2 pi e)``.
+
+    Args:
+        features: (n, D) features.
+
+    Returns:
+        (n, D) float64 prepared features (all zeros when the features are constant).
+    """
+    f = np.asarray(features, dtype=np.float64)
+    f = f - f.mean(0, keepdims=True)
+    scale = float(np.sqrt((f**2).mean()))
+    return f / scale if scale > 0 else f
+
+
 def logme(features: np.ndarray, target: np.ndarray, regression: bool = False) -> float:
     """LogME of features for a target (higher = more transferable).
+
+    Features are centred and globally rescaled (:func:`prepare_features`); target columns are
+    centred too (the intercept is not part of the evidence).  Features that do not vary across the
+    samples carry no signal and score the no-signal value ``-1/2 log(2 pi e)`` (about -1.419) for a
+    standardised regression target.
 
     Args:
         features: (n, D) frozen features of the target's training split.
         target: (n,) class labels (classification) or continuous values (regression).
-        regression: True: the scalar target, standardised; False: one-hot targets averaged over classes.
+        regression: True: the scalar target, standardised; False: one-hot targets (centred) averaged over classes.
 
     Returns:
         The mean (over target columns) maximised log evidence per sample.
@@ -113,5 +142,6 @@ def logme(features: np.ndarray, target: np.ndarray, regression: bool = False) ->
         cols = ((t - t.mean()) / (sd if sd > 0 else 1.0))[:, None]
     else:
         cols = one_hot(t)
-    ev, _, _ = logme_evidence(features, cols)
+        cols = cols - cols.mean(0, keepdims=True)
+    ev, _, _ = logme_evidence(prepare_features(features), cols)
     return float(ev.mean())

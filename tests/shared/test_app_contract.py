@@ -113,6 +113,42 @@ def test_the_core_names_no_app():
     assert not found, found
 
 
+#: core files whose code strings equal an app's name for another reason, reported (issue 14): modality keys
+#: "eeg" / "wsi" of the audit perturbations and of the estimate shifts, which happen to be app names too
+APP_NAME_STRINGS_KNOWN = ("runtime/perturb.py", "runtime/estimate_shift.py")
+
+
+def _app_name_strings(source: str, names: set[str]) -> list[tuple[int, str]]:
+    """(line, value) of every string in the code (docstrings left out) that is exactly an app's name."""
+    tree = ast.parse(source)
+    docs = set()
+    for n in ast.walk(tree):
+        body = getattr(n, "body", None)
+        if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body:
+            first = body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                docs.add(id(first.value))
+    return [
+        (n.lineno, n.value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs and n.value in names
+    ]
+
+
+def test_the_core_code_holds_no_app_name_string():
+    # apps outside the core (the image task is the core's own); prose (docstrings, messages) may say "EEG"
+    names = {n for n, s in APPS.items() if not (s.cli or "").startswith("medtransfer.shared.")}
+    demo = 'def f(app):\n    """Runs the eeg part."""\n    return run("eeg") if app else "EEG data"\n'
+    assert _app_name_strings(demo, {"eeg"}) == [(3, "eeg")]  # the checker itself can fail
+    found = [
+        f"{f.relative_to(REPO / 'shared').as_posix()}:{line} has the string '{value}'"
+        for f in _core_files()
+        if f.relative_to(REPO / "shared").as_posix() not in APP_NAME_STRINGS_KNOWN
+        for line, value in _app_name_strings(f.read_text(encoding="utf-8"), names)
+    ]
+    assert not found, found
+
+
 def test_demo_selection_is_declared_not_named(monkeypatch):
     from medtransfer.shared.demo import select_demos
     from medtransfer.shared.utils.errors import MedTransferError

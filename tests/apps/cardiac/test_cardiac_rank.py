@@ -34,3 +34,18 @@ def test_cardiac_rank_grade_and_view_targets(small_manifest, tmp_path):
     missing = f"resnet18={tmp_path / 'nope.pth'}"
     with pytest.raises(CandidateError, match="not found"):
         rank("cardiac", manifest, [missing], tmp_path / "m", progress=False)
+
+
+def test_cardiac_subset_manifest_keeps_graded_rows_per_split_and_view(small_manifest, tmp_path):
+    from collections import Counter
+
+    from medtransfer.apps.cardiac.rank import subset_manifest
+
+    sub = read_manifest(subset_manifest(small_manifest, tmp_path / "s" / "sub.csv", {"train": 2, "test": 1}))
+    full = [r for r in read_manifest(small_manifest) if r.extra.get("grade", "") != ""]
+    counts = Counter((r.split, r.label) for r in sub)
+    want = {
+        k: min(n, {"train": 2, "test": 1}.get(k[0], 0)) for k, n in Counter((r.split, r.label) for r in full).items()
+    }
+    assert counts == {k: v for k, v in want.items() if v}
+    assert all(r.path.is_file() and r.extra["grade"] != "" for r in sub)  # paths still reach the original files

@@ -132,7 +132,7 @@ def test_cli_export_relative_overwrite_and_verify(image_run, tmp_path, monkeypat
     r = runner.invoke(app, ["export", run, "--out", "rel/dir", "--force"])  # plumbing run: below baseline
     assert r.exit_code == 0, r.output
     out = tmp_path / "rel" / "dir"
-    assert sorted(os.listdir(out)) == ["README.md", "checksums.sha256", "metadata.json", "model.onnx"]
+    assert sorted(os.listdir(out)) == ["README.md", "checksums.sha256", "metadata.json", "model.onnx", "reference.json"]
     assert os.listdir(tmp_path / "rel") == ["dir"]
     r = runner.invoke(app, ["export", run, "--out", "rel/dir", "--force"])
     assert r.exit_code == 2 and "pass --overwrite" in r.output and len(r.output.strip().splitlines()) == 1

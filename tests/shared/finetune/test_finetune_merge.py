@@ -242,3 +242,73 @@ def test_bad_trim_and_missing_base_are_one_line(sites, tmp_path, capsys):
     assert code == 2 and "--trim must be in (0, 1]" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_main(["merge", a, b, "--method", "task_arithmetic", "-o", tmp_path / "m"], capsys)
     assert code == 2 and "needs --base" in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------- LoRA image runs
+@pytest.fixture(scope="module")
+def lora_run(image_run, tmp_path_factory):
+    from medtransfer.shared.imagetask.task import train
+
+    run = tmp_path_factory.mktemp("lora") / "run"
+    ov = ["train.epochs=1", "train.progress=false", "data.size=32", "train.strategy=lora", "train.peft.r=2"]
+    train(image_run["manifest"], run, overrides=ov)
+    return run
+
+
+def test_lora_image_run_rebuilds_exports_and_merges(lora_run, tmp_path, capsys):
+    import numpy as np
+    import onnxruntime as ort
+
+    from medtransfer.shared.imagetask.task import export_run
+    from medtransfer.shared.peft import LoRAConv2d, LoRALinear
+
+    # the spec records the LoRA wrapping: load_model rebuilds the very modules the weights belong to
+    model, ck = RunDir(lora_run).load_model("best")
+    assert ck["model_spec"]["kwargs"]["strategy"] == "lora" and ck["model_spec"]["kwargs"]["peft"]["r"] == 2
+    wrapped = [n for n, m in model.named_modules() if isinstance(m, (LoRALinear, LoRAConv2d))]
+    assert wrapped and any(k.endswith("lora_a.weight") for k in ck["model"])
+    assert all(torch.equal(v, ck["model"][k]) for k, v in model.state_dict().items())
+    bundle = export_run(lora_run, tmp_path / "bundle", force=True)  # 1 epoch: below the majority class
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        want = model(x).numpy()
+    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert np.allclose(sess.run(None, {"image": x.numpy()})[0], want, atol=1e-4)
+    # two sites nudged from the LoRA run, merged with it as the base: the LoRA updates are merged dense
+    work = tmp_path / "sites"
+    a, b = _site(lora_run, work / "a", _nudge(1)), _site(lora_run, work / "b", _nudge(2))
+    out = tmp_path / "merged"
+    code, _, err = run_main(["merge", a, b, "--base", lora_run, "--method", "ties", "-o", out], capsys)
+    assert code == 0, err
+    merged, mck = RunDir(out).load_model("best")
+    assert mck["merged_from"]["lora"] and mck["model_spec"] == ck["model_spec"]
+    assert all(float(v.abs().sum()) == 0.0 for k, v in mck["model"].items() if k.endswith("lora_b.weight"))
+    assert (export_run(out, tmp_path / "merged_bundle", force=True) / "model.onnx").is_file()
+
+
+# ------------------------------------------------------------------------------------ demo section
+def test_demo_section_runs_every_declared_scenario(monkeypatch, tmp_path):
+    from medtransfer.shared import plugins
+    from medtransfer.shared.finetune.merge_demo import demo_section
+
+    def good(out_dir, fast):
+        assert fast is True and Path(out_dir) == tmp_path / "merge" / "zz_good"
+        rows = {"base": {"s1": {"acc": 0.5, "mae": 2.0}, "s2": {"acc": 0.25, "mae": 4.0}}}
+        return {"title": "zz: a scenario", "sites": ["s1", "s2"], "metric": "acc", "rows": rows, "caption": "cap"}
+
+    def bad(out_dir, fast):
+        raise ValueError("broken\nscenario")
+
+    specs = {
+        "zz_good": plugins.AppSpec(name="zz_good", help="", merge_demo="t:good"),
+        "zz_bad": plugins.AppSpec(name="zz_bad", help="", merge_demo="t:bad"),
+        "zz_none": plugins.AppSpec(name="zz_none", help=""),
+    }
+    monkeypatch.setattr(plugins, "discover_apps", lambda: specs)
+    monkeypatch.setattr(plugins, "load_object", lambda ref: {"t:good": good, "t:bad": bad}[ref])
+    md = demo_section(tmp_path, fast=True)
+    assert "### zz: a scenario" in md and "| base | 0.50 / 2.00 | 0.25 / 4.00 | 0.38 / 3.00 |" in md
+    assert "![zz_good merge](merge/zz_good_merge.png)" in md and (tmp_path / "merge" / "zz_good_merge.png").is_file()
+    assert "not run (ValueError: broken scenario" in md and (tmp_path / "merge" / "zz_bad" / "error.txt").is_file()
+    assert "zz_none" not in md
+    assert demo_section(tmp_path / "only", fast=True, apps=["zz_bad"]).count("###") == 1

@@ -107,3 +107,28 @@ def test_ranks_tau_cka_and_greedy_selection():
     assert greedy_select(t, sim, 2, lam=0.5) == ["A", "C"]  # B is redundant with A: gain .95 - .5*.99 < .9
     assert greedy_select(t, sim, 2, lam=0.0) == ["A", "B"]
     assert greedy_select(t, sim, 9) == ["A", "C", "B", "D"]
+
+
+@pytest.mark.parametrize("n,d", [(60, 8), (40, 512)])  # more samples than dims, and far fewer
+@pytest.mark.parametrize("scale,offset", [(1.0, 0.0), (1e-6, 0.0), (1e-3, 50.0), (1e4, 0.0)])
+def test_logme_linear_features_beat_random_ones_at_any_feature_scale(n, d, scale, offset):
+    """Features that linearly determine the target score above random ones, whatever their scale or
+    common offset (small variation on a large pooled mean used to pin alpha at the clamp: no-signal value)."""
+    rng = np.random.default_rng(6)
+    no_signal = -0.5 * np.log(2 * np.pi * np.e)
+    t = rng.normal(size=n)
+    good = np.c_[t, rng.normal(size=(n, d - 1)) * 0.1] * scale + offset
+    bad = rng.normal(size=(n, d)) * scale + offset
+    assert logme(good, t, regression=True) > logme(bad, t, regression=True)
+    assert logme(good, t, regression=True) > no_signal + 0.05
+    y = rng.integers(0, 3, n)
+    good_c = (one_hot(y) @ rng.normal(size=(3, d)) + 0.1 * rng.normal(size=(n, d))) * scale + offset
+    assert logme(good_c, y) > logme(bad, y)
+    # one global feature scale does not change the score (in exact arithmetic it cannot)
+    assert logme(good * 7.0, t, regression=True) == pytest.approx(logme(good, t, regression=True), rel=1e-4)
+
+
+def test_logme_constant_features_score_the_no_signal_value():
+    t = np.random.default_rng(7).normal(size=30)
+    const = np.tile(np.linspace(0.1, 2.0, 16), (30, 1))
+    assert logme(const, t, regression=True) == pytest.approx(-0.5 * np.log(2 * np.pi * np.e), abs=1e-6)
