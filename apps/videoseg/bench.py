@@ -1,170 +1,518 @@
-"""``medtransfer bench`` for videoseg: our streaming ONNX predictor vs sam2's ``SAM2VideoPredictor``.
+"""``medtransfer bench --app videoseg``: our streaming ONNX predictor vs sam2's ``SAM2VideoPredictor``.
 
-Both run the same SAM2 weights (random init, no adapters: the same network) at the same config and
-resolution on CPU.  Reported: frames/s of each (SAM2VideoPredictor timed from ``init_state`` on a
-JPEG folder, which it requires, to the end of ``propagate_in_video``; ours from opening the AVI
-to the last mask), their ratio, the per-frame Dice between the two, and the peak RSS of our
-predictor (fresh process each) on 100 vs 400 frames of the same AVI.
+Both sides run the same SAM2 weights (random init, no adapters: one state dict loaded into both)
+at the same config and resolution on CPU, prompted with the same first-frame mask.  By default
+SAM2.1 hiera-tiny at 256 and 512 px on 48 and 192 frames; the 128-px "micro" model only with
+``micro=True`` (``python -m medtransfer.apps.videoseg.bench --micro``).
+
+Every timed run is a fresh process (so each side's peak RSS is its own): SAM2VideoPredictor timed
+from ``init_state`` on a JPEG folder (which it requires) to the end of ``propagate_in_video``;
+ours from opening the AVI to the last mask (fast backend).  Reported per run:
+seconds, frames/s, peak RSS, the ratio (official seconds / ours), the per-frame Dice between the
+two and the load average; per size, our per-graph milliseconds per frame on the previous path
+(``fast=False``: each session its own thread pool) and the fast path (sequential, to attribute
+time to graphs).  ``cpu_sets`` runs the child processes concurrently, each pinned to its own
+cores (for a many-core machine; the default runs them one after another on this process's cores).
+
+    python -m medtransfer.apps.videoseg.bench --sizes 256,512 --frames 48,192 --threads 2 --out vs.json
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-_RSS_SCRIPT = r"""
-import json, resource, sys, time
-from medtransfer.apps.videoseg.io import open_video
-from medtransfer.apps.videoseg.predict import OnnxBackend
-from medtransfer.apps.videoseg.propagate import StreamingPropagator
-from medtransfer.shared.runtime.bundle import Bundle
-bundle, video, n, box = sys.argv[1], sys.argv[2], int(sys.argv[3]), [float(v) for v in sys.argv[4].split(",")]
-prop = StreamingPropagator(OnnxBackend(Bundle(bundle, verify=False)))
-rd = open_video(video)
-t = time.time(); areas = [int(m.sum()) for _, m in prop.run(rd.frames(0, n), n, box=box)]
-dt = time.time() - t
-print(json.dumps({"frames": len(areas), "seconds": dt, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "torch_loaded": "torch" in sys.modules}))
-"""
+#: ours with one fast-path setting switched off (``ablation=True``)
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "prefetch": {"prefetch": True},
+    "shared_pool": {"shared_pool": True},
+    "previous_sessions": {"fast": False, "prefetch": False},
+}
+GRAPH_CALLS = ("encode_image", "attend", "decode", "encode_memory")
 
 
-def _rss_run(bundle: Path, video: Path, n: int, box: list[float]) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-c", _RSS_SCRIPT, str(bundle), str(video), str(n), ",".join(map(str, box))],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def load_average() -> list[float]:
+    """The 1/5/15-minute load averages (what every timing is quoted with)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:  # pragma: no cover - not Unix
+        return []
 
 
-def bench(
-    frames: int = 24,
-    image_size: int = 128,
-    micro: bool = True,
-    arch: str = "sam2.1_hiera_tiny",
-    rss_frames: str = "100,400",
-    threads: int = 0,
-    **_: Any,
-) -> dict[str, Any]:
-    """Run the comparison.
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss it starts afresh at exec, so a
+    child does not inherit its parent's peak)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:  # pragma: no cover - no procfs
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class _Timed:
+    """Wraps a backend; adds each network call's wall time to ``totals`` (seconds)."""
+
+    def __init__(self, inner: Any, totals: dict[str, float]) -> None:
+        self.inner, self.consts, self.totals = inner, inner.consts, totals
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self.inner, name)
+
+        def timed(*a: Any, **kw: Any) -> Any:
+            t = time.perf_counter()
+            out = fn(*a, **kw)
+            self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t
+            return out
+
+        return timed
+
+
+def child_ours(args: dict[str, Any]) -> dict[str, Any]:
+    """One timed run of our torch-free predictor loop (runs in a fresh process).
 
     Args:
-        frames: frames for the speed comparison.
-        image_size: SAM2 input size for both predictors.
-        micro: use the micro SAM2 config (fewer blocks; fast default); False = the full ``arch``.
-        arch: SAM2 variant.
-        rss_frames: comma-separated video lengths for the peak-RSS runs ("" = skip).
-        threads: torch / ORT threads (0 = default).
+        args: ``bundle``, ``video`` (AVI), ``frames``, ``mask`` (.npy first-frame mask), ``masks_out``
+            (.npy written), ``fast``, ``prefetch``, ``threads``, ``profile`` (time each graph call).
 
     Returns:
-        Measured numbers (JSON-serialisable).
+        ``seconds``, ``fps``, ``peak_rss_mb``, ``torch_loaded`` and, when profiled, ``ms_per_frame``.
     """
-    import cv2
+    from medtransfer.apps.videoseg.io import open_video
+    from medtransfer.apps.videoseg.predict import OnnxBackend
+    from medtransfer.apps.videoseg.propagate import StreamingPropagator
+    from medtransfer.shared.runtime.bundle import Bundle
+
+    n = int(args["frames"])
+    bundle = Bundle(args["bundle"], verify=False, threads=int(args.get("threads") or 0))
+    backend: Any = OnnxBackend(
+        bundle,
+        fast=bool(args["fast"]),
+        threads=int(args.get("threads") or 0),
+        shared_pool=bool(args.get("shared_pool", False)),
+    )
+    totals: dict[str, float] = {}
+    if args.get("profile"):
+        backend = _Timed(backend, totals)
+    prop = StreamingPropagator(backend)
+    mask = np.load(args["mask"])
+    t = time.perf_counter()
+    rd = open_video(args["video"])
+    out = np.stack([m for _, m in prop.run(rd.frames(0, n), n, mask=mask, prefetch=bool(args["prefetch"]))])
+    dt = time.perf_counter() - t
+    np.save(args["masks_out"], out)
+    res = {
+        "seconds": round(dt, 2),
+        "fps": round(n / dt, 3),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "torch_loaded": "torch" in sys.modules,
+    }
+    if totals:
+        res["ms_per_frame"] = {k: round(1000 * totals.get(k, 0.0) / n, 1) for k in GRAPH_CALLS}
+    return res
+
+
+def child_official(args: dict[str, Any]) -> dict[str, Any]:
+    """One timed run of sam2's ``SAM2VideoPredictor`` (fresh process), mask prompt on frame 0.
+
+    Args:
+        args: ``state_dict`` (.pt), ``arch``, ``image_size``, ``overrides``, ``jpg_dir``, ``mask``,
+            ``masks_out``, ``threads``.
+    """
+    import torch
+
+    from medtransfer.shared.models.sam2_builder import build_sam2
+
+    torch.set_num_threads(int(args.get("threads") or 0) or len(os.sched_getaffinity(0)))
+    ref = build_sam2(
+        args["arch"], image_size=int(args["image_size"]), video_predictor=True, extra_overrides=args["overrides"]
+    )
+    ref.load_state_dict(torch.load(args["state_dict"], weights_only=True), strict=True)
+    ref.eval()
+    mask = np.load(args["mask"]).astype(bool)
+    masks: dict[int, np.ndarray] = {}
+    t = time.perf_counter()
+    with torch.inference_mode():
+        state = ref.init_state(args["jpg_dir"], offload_video_to_cpu=True, offload_state_to_cpu=True)
+        ref.add_new_mask(state, frame_idx=0, obj_id=1, mask=mask)
+        for fi, _, logits in ref.propagate_in_video(state):
+            masks[fi] = (logits[0, 0] > 0).numpy().astype(np.uint8)
+    dt = time.perf_counter() - t
+    n = len(masks)
+    np.save(args["masks_out"], np.stack([masks[i] for i in range(n)]))
+    return {
+        "seconds": round(dt, 2),
+        "fps": round(n / dt, 3),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _spawn(kind: str, args: dict[str, Any], cpus: list[int] | None) -> dict[str, Any]:
+    """Run :func:`child_ours` / :func:`child_official` in a fresh interpreter (pinned to ``cpus``)."""
+    env = dict(os.environ)
+    if args.get("threads"):
+        env["OMP_NUM_THREADS"] = str(args["threads"])
+    args = {**args, "cpus": cpus or []}
+    cmd = [sys.executable, "-m", "medtransfer.apps.videoseg.bench", "--child", kind, json.dumps(args)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if out.returncode:
+        tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
+        return {"error": f"{kind} child failed: {' | '.join(tail)}"}
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["load_average"] = load_average()
+    if cpus:
+        res["cpus"] = cpus
+    return res
+
+
+def _run_jobs(jobs: list[tuple[str, str, dict[str, Any]]], cpu_sets: list[list[int]]) -> dict[str, dict[str, Any]]:
+    """Run ``(key, kind, args)`` jobs one after another, or concurrently with one CPU set each."""
+    from rich.console import Console
+
+    con = Console(stderr=True)
+    results: dict[str, dict[str, Any]] = {}
+    if not cpu_sets:
+        for key, kind, args in jobs:
+            with con.status(f"videoseg bench: {key}"):
+                results[key] = _spawn(kind, args, None)
+            con.print(f"videoseg bench {key}: {json.dumps(results[key])}")
+        return results
+    free = list(cpu_sets)
+    lock = threading.Condition()
+    todo = sorted(jobs, key=lambda j: -int(j[2].get("frames", 0)) * int(j[2].get("image_size", 0) or 1))
+
+    def work(job: tuple[str, str, dict[str, Any]]) -> None:
+        with lock:
+            while not free:
+                lock.wait()
+            cpus = free.pop(0)
+        try:
+            results[job[0]] = _spawn(job[1], job[2], cpus)
+            con.print(f"videoseg bench {job[0]}: {json.dumps(results[job[0]])}")
+        finally:
+            with lock:
+                free.append(cpus)
+                lock.notify()
+
+    threads = [threading.Thread(target=work, args=(j,)) for j in todo]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return results
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> list[float]:
+    out = []
+    for x, y in zip(a, b):
+        s = int(x.sum()) + int(y.sum())
+        out.append(1.0 if s == 0 else 2.0 * int((x & y).sum()) / s)
+    return out
+
+
+def _ints(v: str | int | list[int] | tuple[int, ...]) -> list[int]:
+    if isinstance(v, int):
+        return [v]
+    if isinstance(v, str):
+        return [int(x) for x in v.split(",") if x.strip()]
+    return [int(x) for x in v]
+
+
+def child_export(args: dict[str, Any]) -> dict[str, Any]:
+    """:func:`make_bundle` in a fresh process (``arch``, ``image_size``, ``overrides``, ``work``)."""
+    bundle, sd, sec = make_bundle(args["arch"], int(args["image_size"]), args["overrides"], Path(args["work"]))
+    return {"bundle": str(bundle), "state_dict": str(sd), "export_seconds": round(sec, 1)}
+
+
+def make_bundle(arch: str, size: int, overrides: list[str], work: Path) -> tuple[Path, Path, float]:
+    """Random-init SAM2 (seed 0) exported as a bundle; its state dict saved for the official side.
+
+    Returns:
+        The bundle folder, the state-dict file and the export seconds.
+    """
     import torch
 
     from medtransfer.apps.videoseg.export import export_model
-    from medtransfer.apps.videoseg.io import open_video, write_avi
-    from medtransfer.apps.videoseg.model import MICRO_OVERRIDES, build_model
-    from medtransfer.apps.videoseg.predict import OnnxBackend
-    from medtransfer.apps.videoseg.propagate import StreamingPropagator, mask_to_box
-    from medtransfer.apps.videoseg.synthetic import make_cine
+    from medtransfer.apps.videoseg.model import build_model
     from medtransfer.shared.export import write_bundle
-    from medtransfer.shared.models.sam2_builder import build_sam2
-    from medtransfer.shared.runtime.bundle import Bundle
 
-    if threads:
-        torch.set_num_threads(threads)
-    overrides = list(MICRO_OVERRIDES) if micro else []
     torch.manual_seed(0)
-    ours, _ = build_model({"arch": arch, "image_size": image_size, "adapter": "none", "overrides": overrides})
-    tmp = Path(tempfile.mkdtemp(prefix="videoseg_bench_"))
-    bundle = tmp / "bundle"
+    ours, _ = build_model({"arch": arch, "image_size": size, "adapter": "none", "overrides": overrides})
+    sd = work / f"sam2_{size}.pt"
+    torch.save(ours.state_dict(), sd)
+    bundle = work / f"bundle_{size}"
     t = time.time()
     export_model(ours, bundle)
-    files = [p.name for p in bundle.glob("*.onnx")] + ["constants.npz"]
     write_bundle(
         bundle,
         name="bench",
         app="videoseg",
         task="track",
-        files=files,
+        files=[p.name for p in bundle.glob("*.onnx")] + ["constants.npz"],
         inputs={},
         outputs={},
-        preprocessing={"image_size": image_size},
+        preprocessing={"image_size": size},
     )
-    export_s = time.time() - t
-    n_max = max([frames] + [int(v) for v in rss_frames.split(",") if v.strip()])
-    vid, masks, _ = make_cine(112, n_max, seed=7)
-    avi = write_avi(tmp / "clip.avi", vid)
-    box = mask_to_box(masks[0]).tolist()
+    return bundle, sd, time.time() - t
 
-    # ours: ONNX Runtime, lazy AVI reading
-    prop = StreamingPropagator(OnnxBackend(Bundle(bundle, verify=False)))
-    t = time.time()
-    rd = open_video(avi)
-    ours_masks = [m for _, m in prop.run(rd.frames(0, frames), frames, box=box)]
-    ours_s = time.time() - t
 
-    # sam2's own predictor, same weights and config, JPEG folder input
-    jdir = tmp / "jpg"
-    jdir.mkdir()
-    for i, fr in enumerate(vid[:frames]):
-        cv2.imwrite(str(jdir / f"{i:05d}.jpg"), fr, [cv2.IMWRITE_JPEG_QUALITY, 100])
-    ref = build_sam2(arch, image_size=image_size, video_predictor=True, extra_overrides=overrides)
-    sd = {k: v for k, v in ours.state_dict().items()}
-    ref.load_state_dict(sd, strict=True)
-    ref.eval()
-    t = time.time()
-    ref_masks: dict[int, np.ndarray] = {}
-    with torch.inference_mode():
-        state = ref.init_state(str(jdir), offload_video_to_cpu=True, offload_state_to_cpu=True)
-        ref.add_new_points_or_box(state, frame_idx=0, obj_id=1, box=np.array(box, np.float32))
-        for fi, _, logits in ref.propagate_in_video(state):
-            ref_masks[fi] = (logits[0, 0] > 0).numpy().astype(np.uint8)
-    ref_s = time.time() - t
-    dice = []
-    for i, m in enumerate(ours_masks):
-        r = ref_masks[i]
-        s = int(m.sum()) + int(r.sum())
-        dice.append(1.0 if s == 0 else 2.0 * int((m & r).sum()) / s)
+def bench(
+    sizes: str | list[int] = "256,512",
+    frames: str | list[int] = "48,192",
+    micro: bool = False,
+    arch: str = "sam2.1_hiera_tiny",
+    threads: int = 0,
+    profile_frames: int = 16,
+    prefetch: bool = False,
+    cpu_sets: str = "",
+    ablation: bool = False,
+    out: str | None = None,
+    work_dir: str | None = None,
+    **_: Any,
+) -> dict[str, Any]:
+    """Run the comparison.
+
+    Args:
+        sizes: SAM2 input sizes (comma-separated), each run by both predictors.
+        frames: video lengths (comma-separated); the longest shows whether memory stays flat.
+        micro: the 128-px micro SAM2 config (fewer blocks) instead of the full ``arch`` (smoke runs).
+        arch: SAM2 variant.
+        threads: torch / ONNX Runtime threads in each run (0 = the cores the run may use).
+        profile_frames: frames for the per-graph profile of the previous and the fast path (0 = skip).
+        prefetch: ours encodes frame t+1 in a second thread while tracking frame t (off: on 2 cores
+            it did not pay, see the ``prefetch`` ablation).
+        cpu_sets: ``"0,1;2,3"``: run the timed processes concurrently, one CPU set each ("" = one
+            after another on this process's cores).
+        ablation: also time ours at the shortest length with each of :data:`ABLATIONS`.
+        out: also write the JSON here.
+        work_dir: keep bundles, videos and masks here (default: a temporary folder, removed).
+
+    Returns:
+        Measured numbers (JSON-serialisable).
+    """
+    import shutil
+
+    import cv2
+
+    from medtransfer.apps.videoseg.io import write_avi
+    from medtransfer.apps.videoseg.model import MICRO_OVERRIDES
+    from medtransfer.apps.videoseg.synthetic import make_cine
+
+    size_list = [128] if micro and sizes == "256,512" else _ints(sizes)
+    frame_list = _ints(frames)
+    overrides = list(MICRO_OVERRIDES) if micro else []
+    sets = [[int(c) for c in s.split(",")] for s in cpu_sets.split(";") if s.strip()]
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="videoseg_bench_"))
+    work.mkdir(parents=True, exist_ok=True)
+    n_max = max(frame_list + [profile_frames])
+    vid, gt, _ = make_cine(112, n_max, seed=7)
+    mask_path = work / "mask0.npy"
+    np.save(mask_path, gt[0])
+    videos: dict[int, tuple[Path, Path]] = {}
+    for n in sorted(set(frame_list + ([profile_frames] if profile_frames else []))):
+        jdir = work / f"jpg_{n}"
+        jdir.mkdir(exist_ok=True)
+        for i, fr in enumerate(vid[:n]):
+            cv2.imwrite(str(jdir / f"{i:05d}.jpg"), fr, [cv2.IMWRITE_JPEG_QUALITY, 100])
+        videos[n] = (write_avi(work / f"clip_{n}.avi", vid[:n]), jdir)
+
     res: dict[str, Any] = {
         "config": {
             "arch": arch,
             "micro": micro,
-            "image_size": image_size,
-            "video": "112x112 synthetic AVI",
-            "frames": frames,
+            "sizes": size_list,
+            "frames": frame_list,
+            "prompt": "first-frame mask",
+            "video": "112x112 synthetic cine (AVI for ours, JPEG q100 folder for SAM2VideoPredictor)",
             "device": "cpu",
-            "torch_threads": torch.get_num_threads(),
+            "threads": threads or "all cores of each run",
+            "prefetch": prefetch,
+            "cpu_sets": sets or None,
+            "cpu_count": os.cpu_count(),
         },
-        "export_seconds": round(export_s, 1),
-        "ours_onnx_fps": round(frames / ours_s, 3),
-        "sam2_video_predictor_fps": round(frames / ref_s, 3),
-        "speedup": round(ref_s / ours_s, 3),
-        "agreement_dice_mean": round(float(np.mean(dice)), 4),
-        "agreement_dice_min": round(float(np.min(dice)), 4),
+        "load_average_start": load_average(),
+        "sizes": {},
     }
-    rss = {}
-    for n in [int(v) for v in rss_frames.split(",") if v.strip()]:
-        r = _rss_run(bundle, avi, n, box)
-        rss[str(n)] = {
-            "peak_rss_mb": round(r["peak_rss_mb"], 1),
-            "fps": round(r["frames"] / r["seconds"], 3),
-            "torch_loaded": r["torch_loaded"],
-        }
-    if rss:
-        res["ours_peak_rss_mb"] = rss
-        ks = list(rss)
-        res["rss_growth_mb"] = round(rss[ks[-1]]["peak_rss_mb"] - rss[ks[0]]["peak_rss_mb"], 1)
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
+    exports = _run_jobs(
+        [
+            (
+                f"{size}px/export",
+                "export",
+                {"arch": arch, "image_size": size, "overrides": overrides, "work": str(work)},
+            )
+            for size in size_list
+        ],
+        sets,
+    )
+    jobs: list[tuple[str, str, dict[str, Any]]] = []
+    for size in size_list:
+        ex = exports[f"{size}px/export"]
+        if "error" in ex:
+            raise RuntimeError(f"videoseg bench: export at {size} px failed: {ex['error']}")
+        bundle, sd = Path(ex["bundle"]), Path(ex["state_dict"])
+        res["sizes"][str(size)] = {"export_seconds": ex["export_seconds"]}
+        common = {"bundle": str(bundle), "mask": str(mask_path), "threads": threads, "image_size": size}
+        for n in frame_list:
+            avi, jdir = videos[n]
+            jobs.append(
+                (
+                    f"{size}px/{n}f/ours",
+                    "ours",
+                    {**common, "video": str(avi), "frames": n, "fast": True, "prefetch": prefetch, "profile": False,
+                     "masks_out": str(work / f"ours_{size}_{n}.npy")},
+                )
+            )  # fmt: skip
+            jobs.append(
+                (
+                    f"{size}px/{n}f/official",
+                    "official",
+                    {"state_dict": str(sd), "arch": arch, "image_size": size, "overrides": overrides,
+                     "jpg_dir": str(jdir), "mask": str(mask_path), "threads": threads, "frames": n,
+                     "masks_out": str(work / f"official_{size}_{n}.npy")},
+                )
+            )  # fmt: skip
+        if ablation:  # ours at the shortest length with one setting changed at a time
+            n = min(frame_list)
+            for name, change in ABLATIONS.items():
+                jobs.append(
+                    (
+                        f"{size}px/{n}f/ours_{name}",
+                        "ours",
+                        {**common, "video": str(videos[n][0]), "frames": n, "fast": True, "prefetch": prefetch,
+                         "profile": False, "masks_out": str(work / f"ablation_{name}_{size}.npy"), **change},
+                    )
+                )  # fmt: skip
+        if profile_frames:
+            avi, _ = videos[profile_frames]
+            for name, fast in (("previous", False), ("fast", True)):
+                jobs.append(
+                    (
+                        f"{size}px/{profile_frames}f/profile_{name}",
+                        "ours",
+                        {**common, "video": str(avi), "frames": profile_frames, "fast": fast, "prefetch": False,
+                         "profile": True, "masks_out": str(work / f"profile_{name}_{size}.npy")},
+                    )
+                )  # fmt: skip
+    runs = _run_jobs(jobs, sets)
+    for size in size_list:
+        row = res["sizes"][str(size)]
+        for n in frame_list:
+            o, r = runs[f"{size}px/{n}f/ours"], runs[f"{size}px/{n}f/official"]
+            entry: dict[str, Any] = {"ours": o, "official": r}
+            if "error" not in o and "error" not in r:
+                entry["speedup"] = round(r["seconds"] / o["seconds"], 3)
+                d = _dice(np.load(work / f"ours_{size}_{n}.npy"), np.load(work / f"official_{size}_{n}.npy"))
+                entry["agreement_dice_mean"] = round(float(np.mean(d)), 4)
+                entry["agreement_dice_min"] = round(float(np.min(d)), 4)
+            row[f"{n}_frames"] = entry
+        if ablation:
+            n = min(frame_list)
+            row["ablation"] = {"frames": n, **{k: runs[f"{size}px/{n}f/ours_{k}"] for k in ABLATIONS}}
+        if profile_frames:
+            prev, fast = (runs[f"{size}px/{profile_frames}f/profile_{k}"] for k in ("previous", "fast"))
+            row["profile"] = {"frames": profile_frames, "previous": prev, "fast": fast}
+            if "error" not in prev and "error" not in fast:
+                a = np.load(work / f"profile_previous_{size}.npy")
+                b = np.load(work / f"profile_fast_{size}.npy")
+                row["profile"]["fast_equals_previous"] = bool(np.array_equal(a, b))
+        if len(frame_list) > 1:
+            lo, hi = f"{min(frame_list)}_frames", f"{max(frame_list)}_frames"
+            for side in ("ours", "official"):
+                a, b = row[lo][side].get("peak_rss_mb"), row[hi][side].get("peak_rss_mb")
+                if a is not None and b is not None:
+                    row[f"{side}_rss_growth_mb"] = round(b - a, 1)
+    res["load_average_end"] = load_average()
+    _print_table(res)
+    if out:
+        Path(out).write_text(json.dumps(res, indent=2))
+        res["json"] = str(out)
+    if not work_dir:
+        shutil.rmtree(work, ignore_errors=True)
     return res
+
+
+def _print_table(res: dict[str, Any]) -> None:
+    """Both sides, the ratio, peak RSS and the load average, as a table on stderr."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"videoseg: ours (ONNX) vs SAM2VideoPredictor, {res['config']['arch']}")
+    for c in ("size", "frames", "ours s", "official s", "speedup", "ours RSS MiB", "official RSS MiB", "Dice", "load"):
+        t.add_column(c)
+    for size, row in res["sizes"].items():
+        for key, e in row.items():
+            if not key.endswith("_frames"):
+                continue
+            o, r = e["ours"], e["official"]
+            t.add_row(
+                size,
+                key.split("_")[0],
+                str(o.get("seconds", o.get("error"))),
+                str(r.get("seconds", r.get("error"))),
+                str(e.get("speedup", "-")),
+                str(o.get("peak_rss_mb", "-")),
+                str(r.get("peak_rss_mb", "-")),
+                str(e.get("agreement_dice_mean", "-")),
+                " ".join(map(str, o.get("load_average", []))),
+            )
+    Console(stderr=True).print(t)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m medtransfer.apps.videoseg.bench [--micro] [--sizes 256,512] [--frames 48,192] ...``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m medtransfer.apps.videoseg.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--child", choices=("ours", "official", "export"), help=argparse.SUPPRESS)
+    p.add_argument("child_args", nargs="?", help=argparse.SUPPRESS)
+    p.add_argument("--sizes", default="256,512")
+    p.add_argument("--frames", default="48,192")
+    p.add_argument("--micro", action="store_true", help="the 128-px micro model (smoke runs)")
+    p.add_argument("--arch", default="sam2.1_hiera_tiny")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--profile-frames", type=int, default=16)
+    p.add_argument("--prefetch", action="store_true", help="ours encodes the next frame in a second thread")
+    p.add_argument("--cpu-sets", default="")
+    p.add_argument("--ablation", action="store_true", help="also time ours with each fast setting switched off")
+    p.add_argument("--out", default="videoseg_bench.json")
+    p.add_argument("--work-dir", default=None)
+    a = p.parse_args(argv)
+    if a.child:
+        cargs = json.loads(a.child_args)
+        if cargs.get("cpus"):  # pin before any library starts its threads
+            os.sched_setaffinity(0, cargs["cpus"])
+        fn = {"ours": child_ours, "official": child_official, "export": child_export}[a.child]
+        print(json.dumps(fn(cargs)))
+        return 0
+    res = bench(
+        sizes=a.sizes,
+        frames=a.frames,
+        micro=a.micro,
+        arch=a.arch,
+        threads=a.threads,
+        profile_frames=a.profile_frames,
+        prefetch=a.prefetch,
+        cpu_sets=a.cpu_sets,
+        ablation=a.ablation,
+        out=a.out,
+        work_dir=a.work_dir,
+    )
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

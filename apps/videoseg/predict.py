@@ -5,10 +5,17 @@
 gif=false`` skips the GIF).  The input key is the video's path relative to the input root without
 its last suffix (``pt.v1.mha`` -> ``pt.v1``), so two inputs never share an output folder.  Without
 ``--out`` nothing is written (the answer says so).  Imports no torch.
+
+The ONNX sessions (:func:`make_session`) keep their thread pools from spinning when idle (six
+sessions alternating per frame, each spinning its own pool, cost 1.5-2x per graph), or share ONNX
+Runtime's process-wide pool (``--opt shared_pool=true``, for processes that open no other ONNX
+session), run on the best available provider (CUDA when ``onnxruntime-gpu`` is installed) and take
+``--opt fast=false`` for the bundle's plain sessions (the previous path).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,42 +28,151 @@ from medtransfer.shared.runtime.bundle import Bundle
 from medtransfer.shared.runtime.predictor import Predictor
 from medtransfer.shared.utils.errors import InputError
 
+#: per-graph ONNX Runtime settings of the fast backend: graph optimisation level (the
+#: image encoder is the one large graph worth full fusion; the small tracker graphs too)
+GRAPH_OPT = {
+    "image_encoder.onnx": "all",
+    "decoder_box.onnx": "all",
+    "decoder_track.onnx": "all",
+    "mask_prompt.onnx": "all",
+    "memory_encoder.onnx": "all",
+    "memory_attention.onnx": "all",
+}
+_OPT_LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+_POOL: dict[str, Any] = {}
+
+
+def default_threads() -> int:
+    """CPU threads for ONNX Runtime: ``MEDTRANSFER_THREADS`` or the cores this process may use."""
+    env = int(os.environ.get("MEDTRANSFER_THREADS", "0") or 0)
+    if env:
+        return env
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(os.cpu_count() or 1, 1)
+
+
+def shared_thread_pool(threads: int) -> bool:
+    """Create ONNX Runtime's process-wide (global) intra-op thread pool once.
+
+    Sessions made with ``use_per_session_threads=False`` then share one pool instead of each
+    spinning its own (six sessions alternating per frame fought over the cores).
+
+    Returns:
+        True when the global pool exists (made now or earlier in this process), else False
+        (the caller falls back to per-session pools without spinning).
+    """
+    if "ok" in _POOL:
+        return bool(_POOL["ok"])
+    import onnxruntime.capi._pybind_state as C
+
+    try:
+        C.set_global_thread_pool_sizes(int(threads), 1)
+        _POOL["ok"] = True
+    except Exception as e:  # noqa: BLE001 - already created (by us or another library): use it
+        _POOL["ok"] = "already been created" in str(e)
+    _POOL["threads"] = threads
+    return bool(_POOL["ok"])
+
+
+def make_session(bundle: Bundle, name: str, threads: int = 0, shared_pool: bool = False, opt: str | None = None) -> Any:
+    """One ONNX Runtime session for a bundle file, with the fast backend's settings.
+
+    Args:
+        bundle: an opened (sha256-checked) bundle.
+        name: the ``.onnx`` file inside it.
+        threads: intra-op threads (0 = :func:`default_threads`).
+        shared_pool: use the process-wide thread pool (:func:`shared_thread_pool`).  Off by default:
+            once that pool exists, ONNX Runtime refuses every session in the process that has its
+            own pool (``Bundle.session`` of any app), so only a process that runs nothing else may
+            turn it on.  Off: per-session pools of ``threads`` that do not spin when idle.
+        opt: graph optimisation level (``basic``/``extended``/``all``; default :data:`GRAPH_OPT`).
+
+    Returns:
+        ``onnxruntime.InferenceSession`` on the best available provider (CUDA when installed).
+    """
+    import onnxruntime as ort
+
+    from medtransfer.shared.runtime.bundle import _providers
+
+    if name not in bundle.description.files:
+        raise InputError(bundle.path / name, "not a model file of this bundle")
+    threads = threads or default_threads()
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _OPT_LEVELS[opt or GRAPH_OPT.get(name, "all")])
+    if shared_pool and shared_thread_pool(threads):
+        so.use_per_session_threads = False
+    else:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        # idle pools must not spin while another session works
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(bundle.path / name), sess_options=so, providers=_providers())
+
 
 class OnnxBackend:
-    """The bundle's ONNX graphs behind the numpy interface of the streaming loop."""
+    """The bundle's ONNX graphs behind the numpy interface of the streaming loop.
 
-    def __init__(self, bundle: Bundle) -> None:
+    Args:
+        bundle: the opened bundle.
+        fast: sessions from :func:`make_session` (idle pools do not spin, explicit thread count,
+            per-graph optimisation level); False = the bundle's plain sessions (the previous path,
+            which the fast path is checked against).
+        threads: intra-op threads for the fast sessions (0 = the bundle's ``threads``, else
+            ``MEDTRANSFER_THREADS``, else all cores this process may use).  The shared pool is made
+            once per process: the first backend's count holds for later ones.
+        shared_pool: the fast sessions share ONNX Runtime's global thread pool (see
+            :func:`make_session`: only for processes that open no other ONNX session).
+    """
+
+    def __init__(self, bundle: Bundle, fast: bool = True, threads: int = 0, shared_pool: bool = False) -> None:
         self.bundle = bundle
+        self.fast = fast
+        threads = threads or int(getattr(bundle, "threads", 0) or 0)
         with np.load(bundle.path / "constants.npz") as z:
             self.consts = {k: z[k] for k in z.files}
-        self.enc = bundle.session("image_encoder.onnx")
+
+        def sess(name: str) -> Any:
+            return make_session(bundle, name, threads, shared_pool) if fast else bundle.session(name)
+
+        self.enc = sess("image_encoder.onnx")
         self.dec = {
-            "box": bundle.session("decoder_box.onnx"),
-            "track": bundle.session("decoder_track.onnx"),
-            "mask": bundle.session("mask_prompt.onnx"),
+            "box": sess("decoder_box.onnx"),
+            "track": sess("decoder_track.onnx"),
+            "mask": sess("mask_prompt.onnx"),
         }
-        self.menc = bundle.session("memory_encoder.onnx")
-        self.matt = bundle.session("memory_attention.onnx")
+        self.menc = sess("memory_encoder.onnx")
+        self.matt = sess("memory_attention.onnx")
+        self._track_prompt = {"coords": np.zeros((1, 1, 2), np.float32), "labels": -np.ones((1, 1), np.int32)}
+        self._out = {
+            id(s): [o.name for o in s.get_outputs()] for s in (self.enc, self.menc, self.matt, *self.dec.values())
+        }
+
+    def _run(self, sess: Any, feeds: dict[str, Any]) -> list[Any]:
+        return sess.run(None, feeds)
 
     def encode_image(self, image: np.ndarray) -> tuple[np.ndarray, ...]:
-        return tuple(self.enc.run(None, {"image": image}))
+        return tuple(self._run(self.enc, {"image": image}))
 
     def decode(
         self, kind: str, pix: np.ndarray, hr0: np.ndarray, hr1: np.ndarray, *prompt: np.ndarray
     ) -> tuple[np.ndarray, ...]:
-        feeds = {"pix_feat": pix.astype(np.float32), "hr0": hr0, "hr1": hr1}
+        feeds: dict[str, Any] = {"pix_feat": np.ascontiguousarray(pix, np.float32), "hr0": hr0, "hr1": hr1}
         if kind == "track":
-            feeds.update(coords=np.zeros((1, 1, 2), np.float32), labels=-np.ones((1, 1), np.int32))
+            feeds.update(self._track_prompt)
         elif kind == "box":
             feeds.update(coords=prompt[0], labels=prompt[1])
         else:
             feeds["mask"] = prompt[0]
-        return tuple(self.dec[kind].run(None, feeds))
+        return tuple(self._run(self.dec[kind], feeds))
 
     def encode_memory(
         self, feat: np.ndarray, mask_logits: np.ndarray, score: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        a, b = self.menc.run(None, {"vision_feat": feat, "mask_logits": mask_logits, "object_score": score})
+        a, b = self._run(self.menc, {"vision_feat": feat, "mask_logits": mask_logits, "object_score": score})
         return a, b
 
     def attend(
@@ -68,9 +184,23 @@ class OnnxBackend:
         ptr: np.ndarray,
         ptr_pos: np.ndarray,
     ) -> np.ndarray:
-        return self.matt.run(
-            None, {"curr": curr, "curr_pos": curr_pos, "mem": mem, "mem_pos": mem_pos, "ptr": ptr, "ptr_pos": ptr_pos}
-        )[0]
+        feeds = {"curr": curr, "curr_pos": curr_pos, "mem": mem, "mem_pos": mem_pos, "ptr": ptr, "ptr_pos": ptr_pos}
+        if self.fast:
+            feeds = {k: np.ascontiguousarray(v, np.float32) for k, v in feeds.items()}
+        return self._run(self.matt, feeds)[0]
+
+
+def _flag(v: Any) -> bool:
+    return str(v).lower() not in ("false", "0", "no", "off")
+
+
+def backend_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``--opt`` values for :class:`OnnxBackend`: ``fast`` (default on), ``threads``, ``shared_pool``."""
+    return {
+        "fast": _flag(options.get("fast", True)),
+        "threads": int(options.get("threads") or 0),
+        "shared_pool": _flag(options.get("shared_pool", False)),
+    }
 
 
 def parse_box(box: Any) -> list[float]:
@@ -88,15 +218,19 @@ class VideoSegPredictor(Predictor):
 
     Options: ``out_dir`` (masks.npz and the GIF go to ``out_dir/<input key>/``; none: nothing is
     written), ``input_root`` (set by predict / score), ``gif`` (default on),
-    ``box`` / ``mask`` (default prompt), ``max_frames`` (0 = all).
+    ``box`` / ``mask`` (default prompt), ``max_frames`` (0 = all), ``prefetch`` (encode the next
+    frame in a second thread while tracking this one; default off: on 2 CPU cores it did not pay), ``fast`` / ``threads`` / ``shared_pool``
+    (ONNX Runtime settings, :func:`backend_options`).
     """
 
     suffixes = VIDEO_SUFFIXES
     accepts_folders = True  # frame folders are videos too (score's input check lets folders through)
+    modalities = ("video",)
 
     def __init__(self, bundle: Bundle, **options: Any) -> None:
         super().__init__(bundle, **options)
-        self.prop = StreamingPropagator(OnnxBackend(bundle))
+        self.prop = StreamingPropagator(OnnxBackend(bundle, **backend_options(self.options)))
+        self.prefetch = _flag(self.options.get("prefetch", False))
 
     def predict(self, path: Path, **case: Any) -> dict[str, Any]:
         """Propagate; returns paths of the outputs and a per-frame area summary.
@@ -128,7 +262,11 @@ class VideoSegPredictor(Predictor):
             raise InputError(path, "no prompt: give --box x0,y0,x1,y1 or --mask FIRST_FRAME_MASK")
         content = gates.image_content_reasons(reader.read([0]), self.bundle.meta.get("gates") or None)
         out = np.zeros((n, reader.height, reader.width), np.uint8)
-        for t, m in self.prop.run(reader.frames(0, n), n, box=None if mask is not None else box, mask=mask):
+        frames = reader.frames(0, n)
+        hook = self.input_hook("video")
+        if hook is not None:  # medtransfer audit: the decoded clip perturbed as a whole
+            frames = iter(hook(np.stack(list(frames)), vmax=255.0))
+        for t, m in self.prop.run(frames, n, box=None if mask is not None else box, mask=mask):
             out[t] = m
         out_dir = self.output_dir(path)
         res: dict[str, Any] = {

@@ -99,6 +99,11 @@ def mask_to_box(mask: np.ndarray) -> np.ndarray:
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
 
 
+def _seq(x: np.ndarray, c: int, hw: int) -> np.ndarray:
+    """(1, C, h, w) -> contiguous sequence-first (hw, C) float32 (done once per stored memory)."""
+    return np.ascontiguousarray(x.reshape(c, hw).T, dtype=np.float32)
+
+
 class StreamingPropagator:
     """Propagate one prompted object through a stream of frames with bounded memory.
 
@@ -121,6 +126,29 @@ class StreamingPropagator:
         pe = sine_pe_1d(pos / max(max_ptrs - 1, 1), self.tpos_w.shape[1])
         return pe @ self.tpos_w.T + self.tpos_b  # (N, mem_dim)
 
+    def encoded(self, frames: Iterable[np.ndarray], prefetch: bool = False) -> Iterator[tuple[np.ndarray, tuple]]:
+        """Yield ``(frame, image-encoder outputs)``; with ``prefetch`` the encoder works on frame
+        t+1 in a second thread while the caller tracks frame t (at most two frames in flight).
+
+        Frames are read in the calling thread (readers need not be thread-safe).
+        """
+        S = self.size
+        if not prefetch:
+            for fr in frames:
+                yield fr, tuple(self.b.encode_image(preprocess(fr, S)))
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1, thread_name_prefix="videoseg-encoder") as ex:
+            pending = None
+            for fr in frames:
+                fut = ex.submit(self.b.encode_image, preprocess(fr, S))
+                if pending is not None:
+                    yield pending[0], tuple(pending[1].result())
+                pending = (fr, fut)
+            if pending is not None:
+                yield pending[0], tuple(pending[1].result())
+
     def run(
         self,
         frames: Iterable[np.ndarray],
@@ -128,6 +156,7 @@ class StreamingPropagator:
         box: np.ndarray | None = None,
         mask: np.ndarray | None = None,
         return_logits: bool = False,
+        prefetch: bool = False,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(t, mask)`` for every frame, frame 0 being the prompt frame.
 
@@ -137,6 +166,7 @@ class StreamingPropagator:
             box: ``x0,y0,x1,y1`` in frame pixels (prompt), or
             mask: (H, W) 0/1 first-frame mask (prompt).
             return_logits: yield (S, S) float logits instead of (H, W) uint8 masks.
+            prefetch: encode frame t+1 in a second thread while frame t is tracked (same masks).
         """
         import cv2
 
@@ -144,12 +174,15 @@ class StreamingPropagator:
             raise ValueError("give exactly one prompt: box or mask")
         S, C = self.size, self.mem_dim
         cond: dict[str, np.ndarray] = {}
+        # memories are kept sequence-first (hw, C), transposed once when stored; memory attention's
+        # inputs are written into buffers reused every frame (no per-frame re-layout of old memories)
         mems: deque[tuple[int, np.ndarray, np.ndarray]] = deque(maxlen=self.num_maskmem - 1)
         max_ptrs = min(n_frames, self.max_obj_ptrs)
         ptrs: deque[tuple[int, np.ndarray]] = deque(maxlen=max(max_ptrs - 1, 1))
-        for t, fr in enumerate(frames):
+        buf: dict[str, np.ndarray] = {}
+        for t, (fr, enc) in enumerate(self.encoded(frames, prefetch)):
             H, W = fr.shape
-            feat, pos, hr0, hr1 = self.b.encode_image(preprocess(fr, S))
+            feat, pos, hr0, hr1 = enc
             if t == 0:
                 if box is not None:
                     b = check_box(box, H, W)
@@ -164,7 +197,12 @@ class StreamingPropagator:
                         raise InputError("mask", "first-frame mask is empty")
                     low, high, ptr, score = self.b.decode("mask", feat, hr0, hr1, m[None, None].astype(np.float32))
                 mf, mp = self.b.encode_memory(feat, high, score)
-                cond = {"feat": mf, "pos": mp, "ptr": ptr}
+                hw = feat.shape[2] * feat.shape[3]
+                cond = {"feat": _seq(mf, C, hw), "pos": _seq(mp, C, hw), "ptr": ptr}
+                buf = {
+                    "mem": np.empty((self.num_maskmem * hw, 1, C), np.float32),
+                    "mem_pos": np.empty((self.num_maskmem * hw, 1, C), np.float32),
+                }
             else:
                 hw = feat.shape[2] * feat.shape[3]
                 # spatial memories: prompt frame (t_pos 0) then previous frames, oldest first
@@ -173,10 +211,10 @@ class StreamingPropagator:
                     t_pos = self.num_maskmem - (t - tt)
                     if t_pos >= 1:
                         chosen.append((t_pos, f_, p_))
-                mem = np.concatenate([f_.reshape(C, hw).T for _, f_, _ in chosen], 0)[:, None]
-                mem_pos = np.concatenate(
-                    [p_.reshape(C, hw).T + self.tpos_enc[self.num_maskmem - tp - 1] for tp, _, p_ in chosen], 0
-                )[:, None]
+                mem, mem_pos = buf["mem"][: len(chosen) * hw], buf["mem_pos"][: len(chosen) * hw]
+                for i, (tp, f_, p_) in enumerate(chosen):
+                    mem[i * hw : (i + 1) * hw, 0] = f_
+                    np.add(p_, self.tpos_enc[self.num_maskmem - tp - 1], out=mem_pos[i * hw : (i + 1) * hw, 0])
                 # object pointers: prompt frame, then the most recent frames
                 pl = [(t - 0, cond["ptr"])] + [(t - tt, p) for tt, p in reversed(ptrs) if 1 <= t - tt < max_ptrs]
                 pos_arr = np.array([p for p, _ in pl], np.float32)
@@ -189,15 +227,15 @@ class StreamingPropagator:
                 pix = self.b.attend(
                     curr,
                     curr_pos,
-                    mem.astype(np.float32),
-                    mem_pos.astype(np.float32),
+                    mem,
+                    mem_pos,
                     ptr_tok.astype(np.float32),
                     ptr_pos.astype(np.float32),
                 )
                 pix = pix.transpose(1, 2, 0).reshape(feat.shape)
                 low, high, ptr, score = self.b.decode("track", pix, hr0, hr1)
                 mf, mp = self.b.encode_memory(feat, high, score)
-                mems.append((t, mf, mp))
+                mems.append((t, _seq(mf, C, hw), _seq(mp, C, hw)))
                 ptrs.append((t, ptr))
             logits = high[0, 0]
             if return_logits:
