@@ -525,6 +525,14 @@ def merge_runs(
                     f"{d.path}: not fine-tuned from the base {base} (median weight cosine {cos:.2f} over {n} "
                     "tensors; a fine-tuned run stays near 1); refused"
                 )
+    else:  # no base (average): the runs must still share a starting point, or averaging mixes unrelated weights
+        for d, sd in zip(dirs[1:], sites[1:]):
+            cos, n = base_cosine(sd, sites[0])
+            if n and cos < MIN_BASE_COSINE:
+                raise MergeError(
+                    f"{d.path}: does not share a starting point with {dirs[0].path} (median weight cosine "
+                    f"{cos:.2f} over {n} tensors; runs fine-tuned from one base stay near 1); refused"
+                )
     merged, report = merge_state_dicts(sites, base_sd, method, trim, scale)
     merged = unfold_lora(merged, cks[0]["model"], scalings)
     try:

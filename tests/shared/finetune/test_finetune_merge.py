@@ -210,6 +210,16 @@ def test_refusals_are_one_line(sites, tmp_path, capsys, change, words):
     assert not (tmp_path / "m").exists()
 
 
+def test_average_without_base_refuses_runs_from_different_starts(sites, tmp_path, capsys):
+    a, b = sites["a"], sites["b"]
+    code, _, err = run_main(["merge", a, b, "--method", "average", "-o", tmp_path / "ok"], capsys)
+    assert code == 0, err  # two sites fine-tuned from one base: averaged without naming it
+    stranger = _site(sites["base"], tmp_path / "stranger", _other_base)
+    code, _, err = run_main(["merge", a, stranger, "--method", "average", "-o", tmp_path / "m"], capsys)
+    assert code == 2 and "does not share a starting point" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()
+
+
 def test_refuses_a_run_recording_another_base_run(sites, tmp_path, capsys):
     other = _site(sites["base"], tmp_path / "other_base", _nudge(9))
 
