@@ -105,7 +105,7 @@ def rank_demo(base: Path, demo_out: Path, fast: bool) -> dict[str, Any]:
 
     Fast: the cardiac demo's manifest and view run (``<demo_out>/work/cardiac``) are reused when
     present (else a small phantom tree and a 48 px view run are made); every candidate is ranked at the
-    view run's input size on a subset (16 training frames per view) and fine-tuned 3 epochs on it.
+    view run's input size on a subset (12 training frames per view) and fine-tuned 3 epochs on it.
 
     Args:
         base: work folder.
@@ -141,7 +141,7 @@ def rank_demo(base: Path, demo_out: Path, fast: bool) -> dict[str, Any]:
     # every candidate sees the view run's input size (grading from the view run keeps its preprocessing);
     # 32 px is too small for resnet18: its last stage is 1x1 and its stride-2 shortcut reads one black corner
     size = int(RunDir(view_run).config()["preprocessing"]["size"])
-    per = {"train": 16, "val": 6, "test": 10} if fast else {"train": 60, "val": 20, "test": 30}
+    per = {"train": 12, "val": 4, "test": 8} if fast else {"train": 60, "val": 20, "test": 30}
     man = subset_manifest(full, base / "subset.csv", per)
     epochs = 3 if fast else 8
     ov = [f"preprocessing.size={size}", f"train.epochs={epochs}", "train.batch_size=16", "train.progress=false"]

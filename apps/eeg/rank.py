@@ -147,4 +147,9 @@ def rank_demo(base: Path, demo_out: Path, fast: bool) -> dict[str, Any]:
         run = base / "finetune" / Path(spec).name
         train(target, run, c, init=init, progress=False)
         results[spec] = float(evaluate(run, target, split="test", progress=False, write=False)["balanced_accuracy"])
-    return {"labels": labels, "ranking": res, "results": results, "what": "test balanced accuracy"}
+    src = "the eeg demo's data and TUAB run" if data == work / "data" else "data and a TUAB run made here"
+    what = (
+        f"test balanced accuracy ({src}; whole network fine-tuned {cfg['train']['epochs']} epochs on "
+        f"{2 * n} train/val recordings of {dur:.0f} s, {cfg['data']['sfreq']:g} Hz)"
+    )
+    return {"labels": labels, "ranking": res, "results": results, "what": what}

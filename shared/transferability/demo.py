@@ -73,7 +73,13 @@ def demo_section(demo_out: Path, fast: bool, apps: Sequence[str] | None = None) 
         "fine-tuned at demo scale. Kendall's tau (scipy) compares each score's order with the fine-tuned "
         "results (+1 = same order; few candidates and small test splits make it coarse). "
         "Regression targets: cardiac grade (standardised grade; TMI on quantile bins), "
-        "wsi survival (martingale residuals). videoseg ranking (SAM2, mask area) is not validated here.",
+        "wsi survival (martingale residuals). videoseg ranking (SAM2, mask area) is not validated here. "
+        + (
+            "Fast mode: the app demos' runs and data are reused and candidates are fine-tuned at tiny sizes "
+            "(each Kendall's tau row says what was fine-tuned, at what size); `fast=False` runs the bigger validation."
+            if fast
+            else ""
+        ),
         "",
         f"| app | candidate | {' | '.join(SCORES)} | combined rank | fine-tuned result |",
         "| --- | --- | " + " | ".join("---" for _ in SCORES) + " | --- | --- |",
