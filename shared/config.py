@@ -43,6 +43,11 @@ def save_yaml(cfg: Mapping[str, Any], path: str | Path) -> Path:
     return path
 
 
+def as_saved(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg`` as :func:`save_yaml` writes it and :func:`load_yaml` reads it back (tuples -> lists, paths -> str)."""
+    return yaml.safe_load(yaml.safe_dump(_plain(cfg), sort_keys=False)) or {}
+
+
 def _plain(x: Any) -> Any:
     if isinstance(x, Mapping):
         return {str(k): _plain(v) for k, v in x.items()}

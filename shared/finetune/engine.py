@@ -267,6 +267,9 @@ def fit(
     seed_everything(int(tc["seed"]) + rank)
     device = resolve_device(str(tc["device"]))
     run = RunDir(run_dir, must_exist=False)
+    last = run.load_checkpoint("last") if tc["resume"] and run.has_checkpoint("last") else None  # verified first
+    if last is not None:
+        check_resume_config(run.path, cfg)
     if main:
         _start_run(run, cfg, app, task, monitor, mode, world)
         if model_spec:
@@ -286,8 +289,8 @@ def fit(
     train_loader, val_loader, sampler = _loaders(train_ds, val_ds, tc, device, g, is_dist, collate_fn, sampler_weights)
 
     st = _Tracker(mode)
-    if tc["resume"] and run.has_checkpoint("last"):
-        st.resume(run.load_checkpoint("last"), model, opt, sched, g)
+    if last is not None:
+        st.resume(last, model, opt, sched, g)
 
     fwd = forward_fn or _default_forward
     step = _Step(
@@ -358,6 +361,50 @@ def fit(
 
 # ------------------------------------------------------------------------------- fit's parts
 _RESUME_ONLY = ("optimizer", "scheduler", "rng")  # kept in last.pt only
+
+
+#: config keys a resumed run may change: how long and where it runs, not what it learns
+RESUME_MAY_CHANGE = frozenset(
+    {"train.epochs", "train.progress", "train.device", "train.resume", "train.num_workers", "train.patience"}
+)
+
+
+def check_resume_config(run_dir: Path, cfg: dict[str, Any]) -> None:
+    """Refuse to resume a run folder whose ``config.yaml`` differs from ``cfg`` in what the run learns.
+
+    Re-running the same command resumes; re-running into the same ``--out`` with another seed, recipe or
+    data setting would otherwise continue the old checkpoint and overwrite its config, so the folder would
+    no longer describe its weights.
+
+    Raises:
+        ConfigError: a differing key (the first few are named).
+    """
+    from medtransfer.shared.config import as_saved, load_yaml
+    from medtransfer.shared.utils.errors import ConfigError
+
+    old_path = Path(run_dir) / "config.yaml"
+    if not old_path.is_file():
+        return
+    old = _flatten(load_yaml(old_path))
+    new = _flatten(as_saved(cfg))
+    diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE]
+    if diffs:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diffs[:3])
+        more = f" and {len(diffs) - 3} more" if len(diffs) > 3 else ""
+        raise ConfigError(
+            f"{run_dir}: holds a run trained with another config ({shown}{more}); resuming would mix them: "
+            "use a new --out, or --set train.resume=false to start this folder over"
+        )
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}." if isinstance(v, dict) else f"{prefix}{k}"))
+    return out
 
 
 def _start_run(run: RunDir, cfg: dict[str, Any], app: str, task: str, monitor: str, mode: str, world: int) -> None:

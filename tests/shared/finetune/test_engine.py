@@ -116,6 +116,32 @@ def test_resume_continues_where_it_stopped(tmp_path):
     )
 
 
+def test_resume_refuses_a_folder_trained_with_another_config(tmp_path):
+    from medtransfer.shared.utils.errors import ConfigError
+
+    def run(**train):
+        torch.manual_seed(0)
+        return fit(
+            Net(),
+            data(),
+            data(64, 1),
+            cfg=cfg(patience=0, **train),
+            run_dir=tmp_path / "r",
+            app="t",
+            task="c",
+            loss_fn=nn.functional.cross_entropy,
+        )
+
+    run(epochs=1, seed=0)
+    saved = (tmp_path / "r" / "config.yaml").read_text()
+    assert len(run(epochs=2, seed=0).history) == 2  # same config, more epochs: resumes
+    with pytest.raises(ConfigError, match=r"train.seed: 0 -> 1.*--set train.resume=false"):
+        run(epochs=2, seed=1)
+    assert (tmp_path / "r" / "config.yaml").read_text() != saved  # the epochs=2 resume rewrote it...
+    assert "seed: 0" in (tmp_path / "r" / "config.yaml").read_text()  # ...the refused run did not
+    assert len(run(epochs=1, seed=1, resume=False).history) == 1  # starting over is explicit
+
+
 def test_early_stopping(tmp_path):
     # a monitored metric that never improves after the first epoch (lr=0 is refused by the range checks)
     res = fit(
