@@ -4,6 +4,7 @@ ONNX export and torch-free scoring."""
 
 from __future__ import annotations
 
+import csv
 import os
 import time
 from pathlib import Path
@@ -118,14 +119,20 @@ def run(out_dir: Path, fast: bool = True) -> dict[str, Any]:
     res["forced"] = forced = bool(base) and not base.get("beats_baseline", True)
     res["bundle"] = bundle = export_run(moe_run, out_dir / "bundle_wsi_moe", force=forced)
     bag_dir = out_dir / "bags_tcga_planted"
-    target_cases = [c for c in cases if c.study == "tcga_stad"][:4]
-    for c in target_cases:
+    stad = [c for c in cases if c.study == "tcga_stad"][:24]
+    target_cases = stad[:4]
+    for c in stad:
         write_bag(
             bag_dir / f"{c.case_id}.h5",
             np.zeros((len(bags[c.case_id]), 2), np.int64),
             bags[c.case_id],
             {"complete": True, "encoder": "synthetic"},
         )
+    # a labelled manifest of the target's bags (survival time and event): what `audit` and `score` read
+    with open(bag_dir / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "time", "event"])
+        w.writerows([f"{c.case_id}.h5", int(c.event), f"{c.time:.2f}", int(c.event)] for c in stad)
     pred = build_predictor(load_bundle(bundle), out_dir=str(out_dir / "predictions"), plot=True)
     res["scored"] = [(c, pred.predict(bag_dir / f"{c.case_id}.h5")) for c in target_cases]
 
