@@ -99,7 +99,7 @@ def run_app_demo(spec: AppSpec, out: Path, fast: bool) -> DemoResult:
 # ``func(demo_out: Path, fast: bool) -> str`` reads the finished demo folder (bundles/, work/<app>/).
 TOOL_SECTIONS: tuple[tuple[str, str], ...] = (
     ("Which source? (rank)", "medtransfer.shared.transferability.demo:demo_section"),
-    ("New site without labels (estimate)", "medtransfer.shared.runtime.estimate:demo_section"),
+    ("New site without labels (estimate)", "medtransfer.shared.runtime.estimate_shift:demo_section"),
     ("Many sites, one model (merge)", "medtransfer.shared.finetune.merge_demo:demo_section"),
     ("Robustness audit (audit)", "medtransfer.shared.runtime.audit:demo_section"),
 )

@@ -204,6 +204,7 @@ def attach_reference(run_dir: str | Path, bundle_dir: str | Path, progress: bool
             "statistics": sorted(ref["stats"]),
         }
     meta["reference"] = summary
+    meta.setdefault("run_dir", str(Path(run_dir).resolve()))  # every app's bundle names the run it came from
     desc = validate_metadata(meta, f"{bundle_dir / METADATA} (being written)")
     (bundle_dir / METADATA).write_text(desc.to_json(), encoding="utf-8")
     (bundle_dir / CARD).write_text(_card(desc.to_dict()), encoding="utf-8")
