@@ -19,6 +19,7 @@ import numpy as np
 
 from medtransfer.shared.runtime import gates
 from medtransfer.shared.utils.errors import InputError, MedTransferError
+from medtransfer.shared.utils.imports import module_available
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".gif", ".avi", ".mp4", ".mov", ".mkv")
@@ -38,20 +39,6 @@ def _limits(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
 READERS = {"cv2": "opencv-python-headless", "pydicom": "pydicom"}
 
 
-def reader_available(module: str) -> bool:
-    """Whether a reader package can be imported (without importing it; a module set to None in
-    ``sys.modules`` counts as missing, as Python's import does)."""
-    import importlib.util
-    import sys
-
-    if module in sys.modules:
-        return sys.modules[module] is not None
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def require_readers(modules: Mapping[str, str] = READERS) -> None:
     """Refuse with one line naming ``medtransfer[cardiac]`` when a reader package is missing; imports nothing.
 
@@ -59,7 +46,7 @@ def require_readers(modules: Mapping[str, str] = READERS) -> None:
         MedTransferError: a reader is not installed.
     """
     for mod, dist in modules.items():
-        if not reader_available(mod):
+        if not module_available(mod):
             raise MedTransferError(
                 f"the cardiac app needs the '{dist}' package, which is not installed: install medtransfer[cardiac]"
             )

@@ -22,17 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from medtransfer.apps.eeg.io import PAPER_CHANNELS
+from medtransfer.shared.bench import load_average
 
 #: the paper recipe at full length: 60-360 s, 100 Hz, 60 s windows
 BENCH_DATA = {"crop_start_s": 60.0, "crop_max_s": 300.0, "window_seconds": 60.0, "sfreq": 100.0}
-
-
-def load_average() -> list[float]:
-    """1, 5 and 15 minute load averages (empty where the OS does not tell)."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return []
 
 
 def _rss_mib() -> dict[str, float]:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from medtransfer.shared.utils.errors import InputError, MedTransferError
+from medtransfer.shared.utils.imports import module_available
 
 #: the paper's 21 channels, in its order
 PAPER_CHANNELS: list[str] = [
@@ -169,20 +170,6 @@ def window_samples(pp: Mapping[str, Any]) -> int:
 READERS = {"edfio": ("edfio", "eeg"), "mne": ("mne", "eeg-mne")}
 
 
-def reader_available(module: str) -> bool:
-    """Whether a reader package can be imported (without importing it; a module set to None in
-    ``sys.modules`` counts as missing, as Python's import does)."""
-    import importlib.util
-    import sys
-
-    if module in sys.modules:
-        return sys.modules[module] is not None
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def missing_reader(module: str, path: str | Path | None = None) -> MedTransferError:
     """The one-line error for a reader package that is not installed (names the extra to install)."""
     dist, extra = READERS.get(module, (module, "eeg"))
@@ -201,7 +188,7 @@ def require_readers(modules: tuple[str, ...] = ("edfio",)) -> None:
         MedTransferError: a reader is not installed.
     """
     for m in modules:
-        if not reader_available(m):
+        if not module_available(m):
             raise missing_reader(m)
 
 

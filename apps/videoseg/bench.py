@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from medtransfer.shared.bench import load_average
+
 #: ours with one fast-path setting switched off (``ablation=True``)
 ABLATIONS: dict[str, dict[str, Any]] = {
     "prefetch": {"prefetch": True},
@@ -38,14 +40,6 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "previous_sessions": {"fast": False, "prefetch": False},
 }
 GRAPH_CALLS = ("encode_image", "attend", "decode", "encode_memory")
-
-
-def load_average() -> list[float]:
-    """The 1/5/15-minute load averages (what every timing is quoted with)."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:  # pragma: no cover - not Unix
-        return []
 
 
 def _peak_rss_mb() -> float:
