@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from medtransfer.shared.runtime.bundle import load_bundle
 from medtransfer.shared.runtime.score import cases_from_manifest, score
 
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     summary = score(
         args.bundle,
-        cases_from_manifest(args.manifest),
+        cases_from_manifest(args.manifest, load_bundle(args.bundle)),  # the bundle: videoseg labels prompt
         args.out,
         resume=True,
         workers=args.actors,

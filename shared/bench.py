@@ -125,18 +125,63 @@ def eager_model(bundle_dir: Path, meta: dict[str, Any]) -> Any:
     return model[0] if isinstance(model, tuple) else model
 
 
-def cold_start(bundle_dir: Path, sample: Path, repeats: int = 3) -> dict[str, Any]:
-    """Wall time of ``medtransfer predict BUNDLE SAMPLE`` in a fresh process (best of N)."""
+def _predict_cmd() -> list[str]:
     exe = Path(sys.executable).with_name("medtransfer")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "medtransfer.shared.cli.main"]
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        r = subprocess.run(cmd + ["predict", str(bundle_dir), str(sample)], capture_output=True, text=True)
-        times.append(time.perf_counter() - t0)
-        if r.returncode != 0:
-            raise RuntimeError(f"predict failed: {r.stderr.strip()[-300:]}")
-    return {"predict_cold_start_s": round(min(times), 3), "predict_cold_start_runs_s": [round(t, 3) for t in times]}
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "medtransfer.shared.cli.main"]
+
+
+def _timed_predict(bundle_dir: Path, sample: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """One ``medtransfer predict BUNDLE SAMPLE`` in a fresh process: (wall s, child CPU user+sys s; NaN
+    where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        resource = None  # type: ignore[assignment]
+
+    def cpu() -> float:
+        if resource is None:
+            return float("nan")
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return ru.ru_utime + ru.ru_stime
+
+    c0, t0 = cpu(), time.perf_counter()
+    r = subprocess.run(
+        [*_predict_cmd(), "predict", str(bundle_dir), str(sample)], capture_output=True, text=True, env=env
+    )
+    wall, used = time.perf_counter() - t0, cpu() - c0
+    if r.returncode != 0:
+        raise RuntimeError(f"predict failed: {r.stderr.strip()[-300:]}")
+    return wall, used
+
+
+def cold_start(bundle_dir: Path, sample: Path, repeats: int = 3, uncached: bool = True) -> dict[str, Any]:
+    """Wall time of ``medtransfer predict BUNDLE SAMPLE`` in a fresh process (best of N).
+
+    The runtime cache (:mod:`medtransfer.shared.runtime.cache`: verified digests, optimised ONNX
+    graphs) is the user's, as in real use: the first run fills it, so the best of ``repeats`` is a
+    repeated call's cold start.  With ``uncached``, one more run first uses an empty temporary cache
+    (a first call ever, or ``MEDTRANSFER_CACHE=off``).
+
+    Returns:
+        ``predict_cold_start_s`` (best wall), ``predict_cold_start_runs_s``, ``predict_cold_start_cpu_s``
+        (best child CPU user+sys: less sensitive to a busy machine), ``predict_cold_start_uncached_s``
+        and ``..._uncached_cpu_s`` (with ``uncached``), and ``load_avg`` (1/5/15 min, at the end).
+    """
+    out: dict[str, Any] = {}
+    if uncached:
+        with tempfile.TemporaryDirectory(prefix="mt-cache-") as tmp:
+            env = {**os.environ, "MEDTRANSFER_CACHE_DIR": tmp}
+            wall, cpu = _timed_predict(bundle_dir, sample, env)
+        out.update(predict_cold_start_uncached_s=round(wall, 3), predict_cold_start_uncached_cpu_s=round(cpu, 3))
+    runs = [_timed_predict(bundle_dir, sample) for _ in range(repeats)]
+    walls = [w for w, _ in runs]
+    out.update(
+        predict_cold_start_s=round(min(walls), 3),
+        predict_cold_start_runs_s=[round(t, 3) for t in walls],
+        predict_cold_start_cpu_s=round(min(c for _, c in runs), 3),
+        load_avg=load_average(),
+    )
+    return out
 
 
 def score_scaling(bundle_dir: Path, cases, workers: int) -> dict[str, Any]:
@@ -201,46 +246,166 @@ def make_case_set(samples: list[Path], n: int, folder: Path) -> Path:
     return man
 
 
-def _tree_rss(proc: Any) -> int:
-    """Resident bytes of a process and all its descendants (shared pages counted per process)."""
+def _tree(proc: Any) -> list[Any]:
+    """A process and all its descendants (empty once it is gone)."""
+    import psutil
+
+    try:
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _sample(procs: list[Any], cpu: dict[int, float]) -> int:
+    """Resident bytes of ``procs`` (shared pages counted per process); records each one's CPU seconds
+    (user + system) so far in ``cpu`` by pid."""
     import psutil
 
     total = 0
-    try:
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return 0
     for p in procs:
         try:
-            total += p.memory_info().rss
+            with p.oneshot():
+                total += p.memory_info().rss
+                t = p.cpu_times()
+            cpu[p.pid] = t.user + t.system
         except psutil.Error:
             pass
     return total
 
 
+def _tree_rss(proc: Any) -> int:
+    """Resident bytes of a process and all its descendants (shared pages counted per process)."""
+    return _sample(_tree(proc), {})
+
+
+class RayCluster:
+    """A private Ray cluster for the bench, as a user's running cluster: ``ray start --head --block``
+    in its own session (port, temporary folder and CPU count of its own), so jobs join it through
+    ``RAY_ADDRESS`` and :meth:`stop` ends exactly its processes (never ``ray stop``, which stops
+    every Ray on the machine).  Token authentication is off unless ``RAY_AUTH_MODE`` says otherwise
+    (Ray 2.60 turns it on by default, and jobs then failed to join a cluster with its own
+    ``--temp-dir`` here: "InvalidAuthToken").
+
+    Args:
+        cpus: CPUs the cluster offers.
+        folder: its temporary folder (sockets, logs, spilled objects); keep the path short.
+        object_store_mb: object store size.
+        timeout_s: how long to wait for it to start.
+
+    Raises:
+        MedTransferError: Ray is missing or the cluster did not start in time (one line).
+    """
+
+    def __init__(self, cpus: int, folder: Path, object_store_mb: int = 200, timeout_s: float = 180.0) -> None:
+        import collections
+        import signal
+        import socket
+        import threading
+
+        exe = Path(sys.executable).with_name("ray")
+        if not exe.exists():
+            raise MedTransferError("the ray-cluster setup needs Ray: pip install 'medtransfer[distributed]'")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+        self.env.pop("RAY_ADDRESS", None)
+        cmd = [str(exe), "start", "--head", "--block", f"--port={port}", f"--num-cpus={cpus}"]
+        cmd += [f"--object-store-memory={object_store_mb * 2**20}", "--include-dashboard=false"]
+        cmd += ["--disable-usage-stats", f"--temp-dir={folder}"]
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env, start_new_session=True
+        )
+        self._signal = signal
+        ready = threading.Event()
+        tail: collections.deque[str] = collections.deque(maxlen=3)
+
+        def pump() -> None:  # read its output to the end (a full pipe would block it)
+            for line in self.proc.stdout:  # type: ignore[union-attr]
+                tail.append(line.strip())
+                if "Ray runtime started" in line:
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        while not ready.wait(1.0) and self.proc.poll() is None and time.perf_counter() - t0 < timeout_s:
+            pass
+        if not ready.is_set():
+            self.stop()
+            raise MedTransferError(f"the bench's Ray cluster did not start: {' | '.join(tail)[-300:]}")
+        self.start_s = round(time.perf_counter() - t0, 3)
+        self.address = f"127.0.0.1:{port}"
+        self.env["RAY_ADDRESS"] = self.address
+
+    def processes(self) -> list[Any]:
+        """The cluster's processes now (raylet, GCS, agents, workers)."""
+        import psutil
+
+        return _tree(psutil.Process(self.proc.pid)) if self.proc.poll() is None else []
+
+    def stop(self) -> None:
+        """End the cluster's process group (SIGTERM, then SIGKILL after 15 s)."""
+        sig = self._signal
+        for s, wait in ((sig.SIGTERM, 15), (sig.SIGKILL, 5)):
+            try:
+                os.killpg(self.proc.pid, s)
+            except (ProcessLookupError, PermissionError):
+                break
+            try:
+                self.proc.wait(timeout=wait)
+                time.sleep(0.5)  # the rest of the group goes down with it
+                os.killpg(self.proc.pid, 0)  # raises once no process of the group is left
+            except subprocess.TimeoutExpired:
+                continue
+            except ProcessLookupError:
+                break
+
+
 def score_run(
-    bundle_dir: Path, manifest: Path, out_csv: Path, engine: str, workers: int, chunksize: int | None = None
+    bundle_dir: Path,
+    manifest: Path,
+    out_csv: Path,
+    engine: str,
+    workers: int,
+    chunksize: int | None = None,
+    cluster: RayCluster | None = None,
 ) -> dict[str, Any]:
-    """One ``score`` job in a fresh (torch-free) process, as a user runs it; peak memory sampled.
+    """One ``score`` job in a fresh (torch-free) process, as a user runs it; memory and CPU sampled.
+
+    Args:
+        cluster: a running Ray cluster the job joins (``engine`` ``ray``); its processes are
+            measured with the job's.
 
     Returns:
         ``score``'s summary plus ``cpu_s`` (this process and its local workers; not Ray's processes),
-        ``wall_s`` (process start to exit), ``peak_rss_mib`` (the job's whole
-        process tree, workers / Ray processes included, sampled every 0.1 s; shared pages counted per
-        process) and ``loadavg`` before and after.
+        ``total_cpu_s`` (the job process, every process under it, and the cluster's processes
+        during the job: comparable across engines and less sensitive to a busy machine than wall
+        times), ``wall_s`` (process start to exit), ``peak_rss_mib`` (the job's whole process tree
+        and the cluster's processes, workers / Ray processes included; shared pages counted per
+        process) and ``loadavg`` before and after.  Processes are listed every 0.5 s and sampled
+        every 0.1 s (a process's last 0.1 s of CPU may be missed).
     """
     import psutil
 
     cmd = [sys.executable, "-m", "medtransfer.shared.bench", "--score-child", str(bundle_dir), str(manifest)]
     cmd += [str(out_csv), engine, str(workers), str(chunksize or 0)]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    env = {**(cluster.env if cluster else os.environ), "PYTHONWARNINGS": "ignore"}
+    base: dict[int, float] = {}
+    if cluster:
+        _sample(cluster.processes(), base)  # the cluster's CPU before the job
+    last = dict(base)
     before = load_average()
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     proc = psutil.Process(p.pid)
-    peak = 0
+    peak, tick, procs = 0, 0, []
     while p.poll() is None:
-        peak = max(peak, _tree_rss(proc))
+        if tick % 5 == 0:  # listing processes walks /proc (milliseconds): every 0.5 s, sampling every 0.1 s
+            procs = _tree(proc) + (cluster.processes() if cluster else [])
+        peak = max(peak, _sample(procs, last))
+        tick += 1
         time.sleep(0.1)
     out, err = p.communicate()
     wall = time.perf_counter() - t0
@@ -248,6 +413,9 @@ def score_run(
     if p.returncode != 0 or line is None:
         return {"error": (err.strip().splitlines() or ["failed"])[-1][:300], "engine": engine, "workers": workers}
     res = json.loads(line)
+    # the job process itself as it reported at its end; everything else as last sampled
+    others = sum(c - base.get(pid, 0.0) for pid, c in last.items() if pid != p.pid)
+    res["total_cpu_s"] = round(res.get("cpu_self_s", 0.0) + others, 2)
     res.update(wall_s=round(wall, 3), peak_rss_mib=round(peak / 2**20, 1), loadavg=[before, load_average()])
     return res
 
@@ -271,6 +439,7 @@ def _score_child(argv: list[str]) -> None:
 
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     s["cpu_s"] = round(me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime, 2)  # local workers included
+    s["cpu_self_s"] = round(me.ru_utime + me.ru_stime, 2)
     print(json.dumps(s))
 
 
@@ -285,23 +454,27 @@ def score_bench(
     progress: bool = True,
 ) -> dict[str, Any]:
     """``score`` at scale: each setup (``engine:workers``) on ``n`` cases for each size, each job a
-    fresh process (what a user runs), with both sides, ratios, start-up, peak memory and load.
+    fresh process (what a user runs), with both sides, ratios, start-up, peak memory, CPU and load.
 
     Args:
         bundle_dir: the bundle.
         samples: input files for it, cycled into ``n`` distinct case files.
         sizes: case counts.
-        setups: ``local:1``, ``local:2``, ``ray:2``, ...
+        setups: ``local:1``, ``local:2``, ``ray:2`` (Ray started by the job, or the cluster at
+            ``RAY_ADDRESS`` when set), ``ray-cluster:2`` (a private running cluster with that many
+            CPUs, started once for the bench: :class:`RayCluster`), ...
         work_dir: keep case files and results here (default: a temporary folder).
         chunksize: cases per task (None: the engine's default).
         out_json: also write the result here.
         progress: print one line per job to stderr.
 
     Returns:
-        ``runs`` (one summary per size and setup: seconds, work_s, startup_s, cases_per_s, peak_rss_mib,
-        loadavg...) and ``ratios`` per size: ``local_2w_over_1w`` (speed-up, start-up included and
-        work only), ``ray_over_local_1w`` and ``ray_over_local_2w`` (time ratios, >1 = Ray slower),
-        ``ray_startup_s``.
+        ``runs`` (one summary per size and setup: seconds, work_s, startup_s, cases_per_s, cpu_s,
+        total_cpu_s, peak_rss_mib, loadavg...) and ``ratios`` per size: ``local_2w_over_1w``
+        (speed-up, start-up included and work only), per Ray setup ``ray_over_local_1w``,
+        ``ray_over_local_2w`` (``ray_cluster_...`` for ``ray-cluster``; time ratios, >1 = Ray
+        slower), ``..._cpu_over_local_2w`` (total CPU ratio), ``ray_startup_s``; and
+        ``ray_cluster_start_s`` when a cluster was started.
     """
     tmp = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="score_bench_"))
     res: dict[str, Any] = {
@@ -313,17 +486,34 @@ def score_bench(
         "runs": {},
         "ratios": {},
     }
+    cluster: RayCluster | None = None
     try:
         for n in sizes:
             man = make_case_set(list(samples), n, tmp / f"cases_{n}")
             runs: dict[str, Any] = {}
             for setup in setups:
                 engine, _, w = setup.partition(":")
-                r = score_run(Path(bundle_dir), man, tmp / f"out_{n}_{engine}{w}.csv", engine, int(w or 1), chunksize)
+                if engine == "ray-cluster" and cluster is None:
+                    # short path: Ray's socket names must stay under ~107 characters
+                    cluster = RayCluster(int(w or 1), Path(tempfile.mkdtemp(prefix="rc", dir="/tmp")))
+                    res["ray_cluster_start_s"] = cluster.start_s
+                use = cluster if engine == "ray-cluster" else None
+                r = score_run(
+                    Path(bundle_dir),
+                    man,
+                    tmp / f"out_{n}_{engine}{w}.csv",
+                    "ray" if use else engine,
+                    int(w or 1),
+                    chunksize,
+                    cluster=use,
+                )
                 runs[setup] = r
                 if progress:
-                    keys = ("seconds", "work_s", "startup_s", "cpu_s", "ok", "error", "peak_rss_mib", "loadavg")
-                    print(f"score bench n={n} {setup}: " + json.dumps({k: r.get(k) for k in keys}), file=sys.stderr)
+                    keys = ("seconds", "work_s", "startup_s", "cpu_s", "total_cpu_s", "ok", "error", "peak_rss_mib")
+                    print(
+                        f"score bench n={n} {setup}: " + json.dumps({k: r.get(k) for k in (*keys, "loadavg")}),
+                        file=sys.stderr,
+                    )
             res["runs"][str(n)] = runs
             res["ratios"][str(n)] = _ratios(runs)
         res["loadavg_end"] = load_average()
@@ -332,9 +522,12 @@ def score_bench(
             Path(out_json).write_text(json.dumps(res, indent=2))
         return res
     finally:
-        if not work_dir:
-            import shutil
+        import shutil
 
+        if cluster is not None:
+            cluster.stop()
+            shutil.rmtree(cluster.folder, ignore_errors=True)
+        if not work_dir:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -344,20 +537,25 @@ def _ratios(runs: dict[str, Any]) -> dict[str, Any]:
         return float(v) if isinstance(v, (int, float)) and v > 0 else None
 
     out: dict[str, Any] = {}
-    one, two, ray = "local:1", "local:2", next((k for k in runs if k.startswith("ray")), "ray:2")
-    for key, name in (("seconds", ""), ("work_s", "_work")):
-        a, b, r = get(one, key), get(two, key), get(ray, key)
-        if a and b:
-            out[f"local_2w_over_1w{name}"] = round(a / b, 2)  # speed-up
-        if r and a:
-            out[f"ray_over_local_1w{name}"] = round(r / a, 2)  # time ratio: > 1 means Ray is slower
-        if r and b:
-            out[f"ray_over_local_2w{name}"] = round(r / b, 2)
-    if ray in runs:
-        out["ray_startup_s"] = runs[ray].get("startup_s")
+    one, two = "local:1", "local:2"
+    a, b = get(one, "seconds"), get(two, "seconds")
+    if a and b:
+        out["local_2w_over_1w"] = round(a / b, 2)  # speed-up
+    a, b = get(one, "work_s"), get(two, "work_s")
+    if a and b:
+        out["local_2w_over_1w_work"] = round(a / b, 2)
+    for ray in (k for k in runs if k.startswith("ray")):
+        tag = ray.partition(":")[0].replace("-", "_")  # ray, ray_cluster
+        for key, name in (("seconds", ""), ("work_s", "_work"), ("total_cpu_s", "_cpu")):
+            a, b, r = get(one, key), get(two, key), get(ray, key)
+            if r and a and key != "total_cpu_s":
+                out[f"{tag}_over_local_1w{name}"] = round(r / a, 2)  # time ratio: > 1 means Ray is slower
+            if r and b:
+                out[f"{tag}_over_local_2w{name}"] = round(r / b, 2)
+        out[f"{tag}_startup_s"] = runs[ray].get("startup_s")
         stats = runs[ray].get("engine_stats") or {}
-        out["ray_init_s"] = stats.get("ray_init_s")
-        out["ray_actors_s"] = stats.get("ray_actors_s")
+        out[f"{tag}_init_s"] = stats.get("ray_init_s")
+        out[f"{tag}_actors_s"] = stats.get("ray_actors_s")
     return out
 
 
@@ -449,9 +647,14 @@ def _engines(bundle: Path, batch: int, threads: int) -> dict[str, Any]:
 
 def _main(argv: list[str]) -> None:
     """``python -m medtransfer.shared.bench score BUNDLE SAMPLE... [--cases 200,1000] [--setups
-    local:1,local:2,ray:2] [--chunksize N] [--work DIR] [--json OUT]``: the score bench."""
+    local:1,local:2,ray:2] [--chunksize N] [--work DIR] [--json OUT]``: the score bench.
+    ``python -m medtransfer.shared.bench cold BUNDLE SAMPLE [BUNDLE SAMPLE ...] [--repeats N]``:
+    the predict cold start of each bundle (:func:`cold_start`)."""
     if argv and argv[0] == "--score-child":
         _score_child(argv[1:])
+        return
+    if argv and argv[0] == "cold":
+        _cold_main(argv[1:])
         return
     import argparse
 
@@ -475,6 +678,26 @@ def _main(argv: list[str]) -> None:
         out_json=a.json,
     )
     print(json.dumps(res, indent=2))
+
+
+def _cold_main(argv: list[str]) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m medtransfer.shared.bench cold")
+    ap.add_argument("pairs", nargs="+", help="BUNDLE SAMPLE [BUNDLE SAMPLE ...]")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args(argv)
+    if len(a.pairs) % 2:
+        ap.error("give BUNDLE SAMPLE pairs")
+    res = {}
+    for b, smp in zip(a.pairs[::2], a.pairs[1::2]):
+        meta = json.loads((Path(b) / "metadata.json").read_text())
+        res[f"{meta.get('app')}:{b}"] = cold_start(Path(b), Path(smp), repeats=a.repeats)
+    text = json.dumps({"cpu_count": os.cpu_count(), **res}, indent=2)
+    if a.json:
+        a.json.write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# the runtime's per-user cache (verified digests, optimised ONNX graphs) goes to a folder of this test
+# session, not the developer's ~/.cache: tests neither read a stale entry nor leave 100s of MB behind
+if "MEDTRANSFER_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache = tempfile.mkdtemp(prefix="medtransfer-test-cache-")
+    os.environ["MEDTRANSFER_CACHE_DIR"] = _cache
+    atexit.register(shutil.rmtree, _cache, True)
 
 
 @pytest.fixture(scope="session")

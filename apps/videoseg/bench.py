@@ -7,7 +7,10 @@ SAM2.1 hiera-tiny at 256 and 512 px on 48 and 192 frames; the 128-px "micro" mod
 
 Every timed run is a fresh process (so each side's peak RSS is its own): SAM2VideoPredictor timed
 from ``init_state`` on a JPEG folder (which it requires) to the end of ``propagate_in_video``;
-ours from opening the AVI to the last mask (fast backend).  Reported per run:
+ours from opening the AVI to the last mask (fast backend; ONNX sessions are made before the clock
+starts, as the official model is built and loaded before it).  Ours runs the bundle's default image
+encoder (int8 when export found it agreeing with float32: ``int8_encoder`` per size gives that
+Dice) and, at the shortest length, the float32 encoder too (``ours_fp32``).  Reported per run:
 seconds, frames/s, peak RSS, the ratio (official seconds / ours), the per-frame Dice between the
 two and the load average; per size, our per-graph milliseconds per frame on the previous path
 (``fast=False``: each session its own thread pool) and the fast path (sequential, to attribute
@@ -33,9 +36,13 @@ import numpy as np
 
 from medtransfer.shared.bench import load_average
 
-#: ours with one fast-path setting switched off (``ablation=True``)
+#: ours with one setting changed (``ablation=True``): encoder prefetch (its own thread, 2 threads per
+#: session, or 1 so the encoder and the tracker graphs each hold one core), spinning within runs,
+#: the shared pool, the previous sessions
 ABLATIONS: dict[str, dict[str, Any]] = {
     "prefetch": {"prefetch": True},
+    "prefetch_1thread": {"prefetch": True, "threads": 1},
+    "spin": {"spin": True},
     "shared_pool": {"shared_pool": True},
     "previous_sessions": {"fast": False, "prefetch": False},
 }
@@ -91,12 +98,16 @@ def child_ours(args: dict[str, Any]) -> dict[str, Any]:
 
     n = int(args["frames"])
     bundle = Bundle(args["bundle"], verify=False, threads=int(args.get("threads") or 0))
+    t0 = time.perf_counter()
     backend: Any = OnnxBackend(
         bundle,
         fast=bool(args["fast"]),
         threads=int(args.get("threads") or 0),
         shared_pool=bool(args.get("shared_pool", False)),
+        encoder=str(args.get("encoder") or "auto"),
+        spin=bool(args.get("spin", False)),
     )
+    session_seconds = time.perf_counter() - t0
     totals: dict[str, float] = {}
     if args.get("profile"):
         backend = _Timed(backend, totals)
@@ -112,6 +123,8 @@ def child_ours(args: dict[str, Any]) -> dict[str, Any]:
         "fps": round(n / dt, 3),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "torch_loaded": "torch" in sys.modules,
+        "encoder": getattr(backend, "inner", backend).encoder_file,
+        "session_seconds": round(session_seconds, 2),
     }
     if totals:
         res["ms_per_frame"] = {k: round(1000 * totals.get(k, 0.0) / n, 1) for k in GRAPH_CALLS}
@@ -228,18 +241,33 @@ def _ints(v: str | int | list[int] | tuple[int, ...]) -> list[int]:
 def child_export(args: dict[str, Any]) -> dict[str, Any]:
     """:func:`make_bundle` in a fresh process (``arch``, ``image_size``, ``overrides``, ``work``)."""
     bundle, sd, sec = make_bundle(args["arch"], int(args["image_size"]), args["overrides"], Path(args["work"]))
-    return {"bundle": str(bundle), "state_dict": str(sd), "export_seconds": round(sec, 1)}
+    meta = json.loads((bundle / "metadata.json").read_text())
+    return {
+        "bundle": str(bundle),
+        "state_dict": str(sd),
+        "export_seconds": round(sec, 1),
+        "int8_encoder": meta["metrics"].get("int8_encoder_agreement"),
+    }
 
 
 def make_bundle(arch: str, size: int, overrides: list[str], work: Path) -> tuple[Path, Path, float]:
-    """Random-init SAM2 (seed 0) exported as a bundle; its state dict saved for the official side.
+    """Random-init SAM2 (seed 0) exported as a bundle (with the int8 encoder beside the float32 one,
+    default as export decides it); its state dict saved for the official side.
 
     Returns:
         The bundle folder, the state-dict file and the export seconds.
     """
     import torch
 
-    from medtransfer.apps.videoseg.export import export_model
+    from medtransfer.apps.videoseg.export import (
+        INT8_ENCODER,
+        agreement_clip,
+        check_frames,
+        encoder_metadata,
+        export_model,
+        int8_encoder_agreement,
+        write_int8_encoder,
+    )
     from medtransfer.apps.videoseg.model import build_model
     from medtransfer.shared.export import write_bundle
 
@@ -250,16 +278,20 @@ def make_bundle(arch: str, size: int, overrides: list[str], work: Path) -> tuple
     bundle = work / f"bundle_{size}"
     t = time.time()
     export_model(ours, bundle)
-    write_bundle(
-        bundle,
-        name="bench",
-        app="videoseg",
-        task="track",
-        files=[p.name for p in bundle.glob("*.onnx")] + ["constants.npz"],
-        inputs={},
-        outputs={},
-        preprocessing={"image_size": size},
-    )
+    write_int8_encoder(bundle)
+    files = sorted({p.name for p in bundle.glob("*.onnx")} | {INT8_ENCODER}) + ["constants.npz"]
+    kw: dict[str, Any] = {
+        "name": "bench",
+        "app": "videoseg",
+        "task": "track",
+        "files": files,
+        "inputs": {},
+        "outputs": {},
+        "preprocessing": {"image_size": size},
+    }
+    write_bundle(bundle, **kw)
+    agreement = int8_encoder_agreement(bundle, *agreement_clip(check_frames(size, 16)))
+    write_bundle(bundle, **kw, metrics={"int8_encoder_agreement": agreement}, extra=encoder_metadata(agreement))
     return bundle, sd, time.time() - t
 
 
@@ -357,7 +389,7 @@ def bench(
         if "error" in ex:
             raise RuntimeError(f"videoseg bench: export at {size} px failed: {ex['error']}")
         bundle, sd = Path(ex["bundle"]), Path(ex["state_dict"])
-        res["sizes"][str(size)] = {"export_seconds": ex["export_seconds"]}
+        res["sizes"][str(size)] = {"export_seconds": ex["export_seconds"], "int8_encoder": ex.get("int8_encoder")}
         common = {"bundle": str(bundle), "mask": str(mask_path), "threads": threads, "image_size": size}
         for n in frame_list:
             avi, jdir = videos[n]
@@ -369,6 +401,15 @@ def bench(
                      "masks_out": str(work / f"ours_{size}_{n}.npy")},
                 )
             )  # fmt: skip
+            if n == min(frame_list):  # the float32 encoder too (the default may be int8)
+                jobs.append(
+                    (
+                        f"{size}px/{n}f/ours_fp32",
+                        "ours",
+                        {**common, "video": str(avi), "frames": n, "fast": True, "prefetch": prefetch,
+                         "profile": False, "encoder": "fp32", "masks_out": str(work / f"ours_fp32_{size}_{n}.npy")},
+                    )
+                )  # fmt: skip
             jobs.append(
                 (
                     f"{size}px/{n}f/official",
@@ -411,6 +452,11 @@ def bench(
                 d = _dice(np.load(work / f"ours_{size}_{n}.npy"), np.load(work / f"official_{size}_{n}.npy"))
                 entry["agreement_dice_mean"] = round(float(np.mean(d)), 4)
                 entry["agreement_dice_min"] = round(float(np.min(d)), 4)
+            f32 = runs.get(f"{size}px/{n}f/ours_fp32")
+            if f32 is not None:
+                entry["ours_fp32"] = f32
+                if "error" not in f32 and "error" not in r:
+                    entry["speedup_fp32"] = round(r["seconds"] / f32["seconds"], 3)
             row[f"{n}_frames"] = entry
         if ablation:
             n = min(frame_list)
@@ -444,7 +490,8 @@ def _print_table(res: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table(title=f"videoseg: ours (ONNX) vs SAM2VideoPredictor, {res['config']['arch']}")
-    for c in ("size", "frames", "ours s", "official s", "speedup", "ours RSS MiB", "official RSS MiB", "Dice", "load"):
+    cols = ("size", "frames", "ours s", "official s", "speedup", "ours fp32 s", "speedup fp32", "ours RSS MiB")
+    for c in (*cols, "official RSS MiB", "Dice", "load"):
         t.add_column(c)
     for size, row in res["sizes"].items():
         for key, e in row.items():
@@ -457,6 +504,8 @@ def _print_table(res: dict[str, Any]) -> None:
                 str(o.get("seconds", o.get("error"))),
                 str(r.get("seconds", r.get("error"))),
                 str(e.get("speedup", "-")),
+                str(e.get("ours_fp32", {}).get("seconds", "-")),
+                str(e.get("speedup_fp32", "-")),
                 str(o.get("peak_rss_mb", "-")),
                 str(r.get("peak_rss_mb", "-")),
                 str(e.get("agreement_dice_mean", "-")),

@@ -173,6 +173,30 @@ def import_trackrad(root: str | Path, out_csv: str | Path, seed: int = 0, **_: A
     return write_manifest(recs, out_csv)
 
 
+def prompt_mask(masks: dict[int, np.ndarray], where: str | Path = "mask") -> tuple[int, np.ndarray]:
+    """The prompt of a mask stack: the first labelled frame whose mask is not empty.
+
+    The one rule of the app's protocol, shared by evaluation (:func:`evaluate.evaluate_case`),
+    ``predict`` / ``score`` / ``estimate`` with a mask file (EchoNet: the ED or ES tracing, whichever
+    comes first; TrackRAD: the first-frame label) and the export's reference cases: tracking starts
+    on that frame and nothing else of the stack is used.
+
+    Args:
+        masks: frame index -> (H, W) mask (:func:`medtransfer.apps.videoseg.io.read_masks`).
+        where: the mask file, for the error message.
+
+    Returns:
+        (frame index, its (H, W) uint8 mask).
+
+    Raises:
+        InputError: no frame of the stack has a non-empty mask.
+    """
+    for k in sorted(masks):
+        if masks[k].any():
+            return int(k), masks[k]
+    raise InputError(where, "mask is empty (no labelled frame has a non-empty mask)")
+
+
 @dataclass
 class VideoCase:
     """One video with its (possibly sparse) masks.

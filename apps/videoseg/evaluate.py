@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from medtransfer.apps.videoseg.data import VideoCase, load_manifest_cases
+from medtransfer.apps.videoseg.data import VideoCase, load_manifest_cases, prompt_mask
 from medtransfer.apps.videoseg.io import open_video
 from medtransfer.apps.videoseg.propagate import StreamingPropagator, mask_to_box
 from medtransfer.shared.export.guard import baseline_record
@@ -118,12 +118,10 @@ def evaluate_case(
     Returns:
         ``{"case", "frames_scored", "model": {...}, "copy_first": {...}}`` (means over frames).
     """
-    lab = [k for k in case.labelled if case.masks[k].any()]
-    p = lab[0]
+    p, first = prompt_mask(case.masks, case.case_id)  # the same rule as predict / score / estimate
     later = [k for k in case.labelled if k > p]
     stop = (later[-1] + 1) if later else p + 1
     rd = open_video(case.video)
-    first = case.masks[p]
     kw = {"box": mask_to_box(first)} if prompt == "box" else {"mask": first}
     got: dict[int, np.ndarray] = {}
     for t, m in prop.run(rd.frames(p, stop), stop - p, **kw):

@@ -7,6 +7,12 @@ frames: best of 3 masks), ``mask_prompt.onnx`` (first-frame mask prompt), ``memo
 small tensors the torch-free loop needs).  Each graph is parity-checked against PyTorch by the
 shared exporter; then a demo clip is propagated with both backends and the per-frame Dice
 between the two is recorded (must be >= 0.99).
+
+Beside the float32 image encoder the bundle carries ``image_encoder_int8.onnx`` (dynamic int8 on
+its MatMuls only: ConvInteger is slower than float32 Conv on CPU); a synthetic cine is propagated
+with each encoder (ONNX both) and the int8 one becomes the runtime's default encoder
+(``encoder_default`` in metadata.json) only when every frame's Dice between the two is at least
+:data:`INT8_DEFAULT_MIN_DICE`.  ``--opt encoder=fp32`` at predict time picks the float32 graph.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from medtransfer.apps.videoseg.model import (
     TorchBackend,
     model_constants,
 )
+from medtransfer.apps.videoseg.predict import ENCODER_FILES
 from medtransfer.shared.rundir import RunDir
 from medtransfer.shared.runtime.gates import limits_for
 
@@ -34,6 +41,27 @@ from medtransfer.shared.runtime.gates import limits_for
 INT8_MIN_MEAN_DICE = 0.9
 
 GRAPHS = ("image_encoder", "decoder_box", "decoder_track", "mask_prompt", "memory_encoder", "memory_attention")
+#: opset of memory_attention.onnx: at 23 each SDPA is one ``Attention`` op (ONNX Runtime's CPU
+#: kernel: 10-20% less CPU time than MatMul/Softmax/MatMul at 256-512 px, same masks)
+MEMORY_ATTENTION_OPSET = 23
+#: the int8 image encoder shipped beside the float32 one, and the op types it quantizes
+INT8_ENCODER = ENCODER_FILES["int8"]
+INT8_OPS = ["MatMul"]
+#: the least per-frame Dice (int8 vs float32 image encoder, same ONNX loop) for int8 to be the default
+INT8_DEFAULT_MIN_DICE = 0.99
+#: above this image size the export checks parity on smaller inputs (same graphs, same tolerances): the
+#: image encoder on one image instead of its batch-2 trace example, the memory attention at 1 memory
+#: (+4 pointers) beside the traced 3 (+12) instead of 7 (+64), and fewer propagated frames
+#: (:func:`check_frames`).  At 1024 px the full checks took 3/4 of an export's CPU time (tracing: 1/4).
+FULL_PARITY_MAX_SIZE = 512
+
+
+def check_frames(image_size: int, n: int) -> int:
+    """Frames of a propagation check at ``image_size``: ``n`` up to :data:`FULL_PARITY_MAX_SIZE`, then
+    scaled down by the pixel count, at least 4 (the prompt frame and 3 tracked frames with memories)."""
+    if image_size <= FULL_PARITY_MAX_SIZE:
+        return n
+    return max(4, round(n * (FULL_PARITY_MAX_SIZE / image_size) ** 2))
 
 
 def export_model(sam: torch.nn.Module, out_dir: str | Path, atol: float = 1e-3) -> dict[str, Any]:
@@ -57,6 +85,7 @@ def export_model(sam: torch.nn.Module, out_dir: str | Path, atol: float = 1e-3) 
 
     rep: dict[str, Any] = {}
     enc = EncoderPart(sam)
+    big = S > FULL_PARITY_MAX_SIZE
     rep["image_encoder"] = export_onnx(
         enc,
         (rn(2, 3, S, S),),
@@ -65,6 +94,7 @@ def export_model(sam: torch.nn.Module, out_dir: str | Path, atol: float = 1e-3) 
         ["vision_feat", "vision_pos", "hr0", "hr1"],
         dynamic={"image": {0: "batch"}},
         atol=atol,
+        **({"parity_args": [(rn(1, 3, S, S),)], "check_example": False} if big else {}),
     )
     with torch.no_grad():
         feat, pos, hr0, hr1 = enc(rn(1, 3, S, S))
@@ -104,6 +134,7 @@ def export_model(sam: torch.nn.Module, out_dir: str | Path, atol: float = 1e-3) 
         atol=atol,
     )
     hw = g * g
+    m, p = (1, 4) if big else (7, 64)  # memories and pointers of the second parity input
     rep["memory_attention"] = export_onnx(
         MemoryAttentionPart(sam, g),
         (rn(hw, 1, C), rn(hw, 1, C), rn(3 * hw, 1, M), rn(3 * hw, 1, M), rn(12, 1, M), rn(12, 1, M)),
@@ -111,8 +142,9 @@ def export_model(sam: torch.nn.Module, out_dir: str | Path, atol: float = 1e-3) 
         ["curr", "curr_pos", "mem", "mem_pos", "ptr", "ptr_pos"],
         ["pix_feat"],
         dynamic={"mem": {0: "n_mem"}, "mem_pos": {0: "n_mem"}, "ptr": {0: "n_ptr"}, "ptr_pos": {0: "n_ptr"}},
-        parity_args=[(rn(hw, 1, C), rn(hw, 1, C), rn(7 * hw, 1, M), rn(7 * hw, 1, M), rn(64, 1, M), rn(64, 1, M))],
+        parity_args=[(rn(hw, 1, C), rn(hw, 1, C), rn(m * hw, 1, M), rn(m * hw, 1, M), rn(p, 1, M), rn(p, 1, M))],
         atol=atol,
+        opset=MEMORY_ATTENTION_OPSET,
     )
     np.savez(out / "constants.npz", **model_constants(sam))
     return rep
@@ -131,7 +163,7 @@ def propagation_parity(
     from medtransfer.shared.runtime.bundle import Bundle
 
     tb = StreamingPropagator(TorchBackend(sam))
-    ob = StreamingPropagator(OnnxBackend(Bundle(bundle_dir, verify=False)))
+    ob = StreamingPropagator(OnnxBackend(Bundle(bundle_dir, verify=False), encoder="fp32"))
     n = len(frames)
     pt = [m for _, m in tb.run(iter(frames), n, box=box)]
     ox = [m for _, m in ob.run(iter(frames), n, box=box)]
@@ -140,6 +172,66 @@ def propagation_parity(
         s = int(a.sum()) + int(b.sum())
         dices.append(1.0 if s == 0 else 2.0 * int((a & b).sum()) / s)
     return {"per_frame_dice": [round(d, 5) for d in dices], "min_dice": float(min(dices)), "frames": n}
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
+
+
+def write_int8_encoder(bundle_dir: str | Path) -> Path:
+    """Write :data:`INT8_ENCODER` (dynamic int8 on :data:`INT8_OPS`) beside ``image_encoder.onnx``."""
+    from medtransfer.shared.export import quantize_int8
+
+    d = Path(bundle_dir)
+    return quantize_int8(d / "image_encoder.onnx", d / INT8_ENCODER, op_types=INT8_OPS)
+
+
+def int8_encoder_agreement(bundle_dir: str | Path, frames: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+    """Propagate one clip with the float32 and the int8 image encoder (all else equal, ONNX both).
+
+    Args:
+        bundle_dir: a bundle (metadata may be pending) listing both encoders.
+        frames: grey uint8 frames.
+        mask: first-frame mask prompt.
+
+    Returns:
+        ``{"mean_dice", "min_dice", "frames", "min_required", "default"}``: ``default`` is ``"int8"``
+        when every frame's Dice is at least :data:`INT8_DEFAULT_MIN_DICE`, else ``"fp32"``.
+    """
+    from medtransfer.apps.videoseg.predict import OnnxBackend
+    from medtransfer.apps.videoseg.propagate import StreamingPropagator
+    from medtransfer.shared.runtime.bundle import Bundle
+
+    b = Bundle(bundle_dir, verify=False)
+    n = len(frames)
+    out = {
+        enc: [m for _, m in StreamingPropagator(OnnxBackend(b, encoder=enc)).run(iter(frames), n, mask=mask)]
+        for enc in ("fp32", "int8")
+    }
+    d = [_dice(x, y) for x, y in zip(out["fp32"], out["int8"])]
+    return {
+        "mean_dice": round(float(np.mean(d)), 5),
+        "min_dice": round(float(np.min(d)), 5),
+        "frames": n,
+        "min_required": INT8_DEFAULT_MIN_DICE,
+        "default": "int8" if min(d) >= INT8_DEFAULT_MIN_DICE else "fp32",
+    }
+
+
+def agreement_clip(n: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic cine (112 px, ``n`` frames) and first-frame mask the int8 check propagates."""
+    from medtransfer.apps.videoseg.synthetic import make_cine
+
+    frames, masks, _ = make_cine(112, n, seed=321)
+    return frames, masks[0]
+
+
+def encoder_metadata(agreement: dict[str, Any] | None) -> dict[str, Any]:
+    """metadata.json keys naming the encoders and the default one (none without an int8 encoder)."""
+    if not agreement:
+        return {}
+    return {"encoders": dict(ENCODER_FILES), "encoder_default": agreement["default"]}
 
 
 def export_run(
@@ -179,22 +271,29 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
     run_dir, out = Path(run_dir), Path(out_dir)
     sam, cfg = load_run_model(run_dir)
     rep = export_model(sam, out)
+    files = [f"{n}.onnx" for n in GRAPHS] + ["constants.npz"]
+    if quantize != "int8":  # float32 bundle: the int8 encoder beside it (the default if it agrees)
+        write_int8_encoder(out)
+        files.append(INT8_ENCODER)
     write_bundle(
         out,
         name="videoseg-track",
         app="videoseg",
         task="track",
-        files=[f"{n}.onnx" for n in GRAPHS] + ["constants.npz"],
+        files=files,
         inputs={},
         outputs={},
         preprocessing={},
         extra={"_pending": True},
     )
-    frames, masks, _ = make_cine(112, 8, seed=123)
+    frames, masks, _ = make_cine(112, check_frames(int(sam.image_size), 8), seed=123)
     par = propagation_parity(sam, out, frames, mask_to_box(masks[0]))
     int8: dict[str, Any] = {}
+    agreement: dict[str, Any] = {}
     if quantize == "int8":
         int8 = quantize_image_encoder(sam, out, frames, mask_to_box(masks[0]), par)
+    else:
+        agreement = int8_encoder_agreement(out, *agreement_clip(check_frames(int(sam.image_size), 16)))
     summary = {}
     sj = run_dir / "summary.json"
     if sj.is_file():
@@ -206,7 +305,7 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
         name="videoseg-track",
         app="videoseg",
         task="track",
-        files=[f"{n}.onnx" for n in GRAPHS] + ["constants.npz"],
+        files=files,
         inputs={
             "video": {"type": "video", "format": "AVI/MP4/.mha/frame folder", "channels": 1, "dtype": "uint8"},
             "prompt": {"type": "box x0,y0,x1,y1 or first-frame mask (H, W)"},
@@ -218,6 +317,7 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
             "onnx_parity": {k: v["max_abs_diff"] for k, v in rep.items()},
             "propagation_parity": par,
             **({"int8_image_encoder": int8} if int8 else {}),
+            **({"int8_encoder_agreement": agreement} if agreement else {}),
         },
         data_card="data_cards/echonet_dynamic.md",
         description=(
@@ -231,6 +331,7 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
             "arch": cfg["model"]["arch"],
             "gates": limits_for("image_", "video_", "decode_"),
             **({"quantized": {"image_encoder.onnx": "int8 (dynamic)"}} if int8 else {}),
+            **encoder_metadata(agreement),
         },
     )
     if par["min_dice"] < 0.99:
@@ -264,7 +365,7 @@ def quantize_image_encoder(
     src = bundle_dir / "image_encoder.onnx"
     tmp = bundle_dir / "image_encoder.int8.onnx"
     size32 = src.stat().st_size
-    quantize_int8(src, tmp)
+    quantize_int8(src, tmp, op_types=INT8_OPS)
     tmp.replace(src)
     q = propagation_parity(sam, bundle_dir, frames, box)
 

@@ -10,7 +10,10 @@ The ONNX sessions (:func:`make_session`) keep their thread pools from spinning w
 sessions alternating per frame, each spinning its own pool, cost 1.5-2x per graph), or share ONNX
 Runtime's process-wide pool (``--opt shared_pool=true``, for processes that open no other ONNX
 session), run on the best available provider (CUDA when ``onnxruntime-gpu`` is installed) and take
-``--opt fast=false`` for the bundle's plain sessions (the previous path).
+``--opt fast=false`` for the bundle's plain sessions (the previous path).  The image encoder is the
+bundle's default one (``encoder_default`` in its metadata: the int8 graph when export found it
+agreeing with float32, see ``export.int8_encoder_agreement``); ``--opt encoder=fp32`` or ``int8``
+picks one.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from medtransfer.apps.videoseg.data import prompt_mask
 from medtransfer.apps.videoseg.io import VIDEO_SUFFIXES, open_video, overlay_gif, read_masks
 from medtransfer.apps.videoseg.propagate import StreamingPropagator, check_box
 from medtransfer.shared.runtime import gates
@@ -40,6 +44,35 @@ GRAPH_OPT = {
 }
 _OPT_LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 _POOL: dict[str, Any] = {}
+ENCODER_FILES = {"fp32": "image_encoder.onnx", "int8": "image_encoder_int8.onnx"}
+
+
+def encoder_file(bundle: Bundle, encoder: str = "auto") -> str:
+    """The image-encoder graph to run.
+
+    Args:
+        bundle: the opened bundle.
+        encoder: ``auto`` (the bundle's ``encoder_default`` on CPU, else float32: dynamic int8 has
+            no GPU kernels), ``fp32`` or ``int8``.
+
+    Returns:
+        The graph's file name inside the bundle.
+
+    Raises:
+        InputError: an unknown choice, or ``int8`` for a bundle without an int8 encoder.
+    """
+    from medtransfer.shared.runtime.bundle import _providers
+
+    choice = str(encoder or "auto").lower()
+    if choice == "auto":
+        on_cpu = _providers()[0] == "CPUExecutionProvider"
+        choice = str(bundle.meta.get("encoder_default") or "fp32") if on_cpu else "fp32"
+    if choice not in ENCODER_FILES:
+        raise InputError("--opt encoder", f"'{encoder}' is not one of auto, fp32, int8")
+    name = ENCODER_FILES[choice]
+    if name not in bundle.description.files:
+        raise InputError(bundle.path, f"this bundle has no {choice} image encoder ({name}); use --opt encoder=fp32")
+    return name
 
 
 def default_threads() -> int:
@@ -76,7 +109,9 @@ def shared_thread_pool(threads: int) -> bool:
     return bool(_POOL["ok"])
 
 
-def make_session(bundle: Bundle, name: str, threads: int = 0, shared_pool: bool = False, opt: str | None = None) -> Any:
+def make_session(
+    bundle: Bundle, name: str, threads: int = 0, shared_pool: bool = False, opt: str | None = None, spin: bool = False
+) -> Any:
     """One ONNX Runtime session for a bundle file, with the fast backend's settings.
 
     Args:
@@ -88,6 +123,9 @@ def make_session(bundle: Bundle, name: str, threads: int = 0, shared_pool: bool 
             own pool (``Bundle.session`` of any app), so only a process that runs nothing else may
             turn it on.  Off: per-session pools of ``threads`` that do not spin when idle.
         opt: graph optimisation level (``basic``/``extended``/``all``; default :data:`GRAPH_OPT`).
+        spin: per-session pools spin during a run (no wake-up latency between ops) and stop spinning
+            when the run ends (``session.force_spinning_stop``), so idle pools still leave the cores
+            to the next session.  Off by default: on a loaded machine spinning threads steal cores.
 
     Returns:
         ``onnxruntime.InferenceSession`` on the best available provider (CUDA when installed).
@@ -95,6 +133,7 @@ def make_session(bundle: Bundle, name: str, threads: int = 0, shared_pool: bool 
     import onnxruntime as ort
 
     from medtransfer.shared.runtime.bundle import _providers
+    from medtransfer.shared.runtime.cache import ort_session
 
     if name not in bundle.description.files:
         raise InputError(bundle.path / name, "not a model file of this bundle")
@@ -109,8 +148,12 @@ def make_session(bundle: Bundle, name: str, threads: int = 0, shared_pool: bool 
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         # idle pools must not spin while another session works
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(bundle.path / name), sess_options=so, providers=_providers())
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        if spin:
+            so.add_session_config_entry("session.force_spinning_stop", "1")
+    # CPU sessions reuse this user's saved optimised graph of the same verified file (shared runtime cache)
+    digest = next((c.sha256 for c in bundle.checks if c.name == name and c.status == "OK"), None)
+    return ort_session(bundle.path / name, so, _providers(), digest=digest)
 
 
 class OnnxBackend:
@@ -126,19 +169,30 @@ class OnnxBackend:
             once per process: the first backend's count holds for later ones.
         shared_pool: the fast sessions share ONNX Runtime's global thread pool (see
             :func:`make_session`: only for processes that open no other ONNX session).
+        encoder: image encoder, ``auto`` / ``fp32`` / ``int8`` (:func:`encoder_file`).
+        spin: fast sessions spin within a run only (see :func:`make_session`).
     """
 
-    def __init__(self, bundle: Bundle, fast: bool = True, threads: int = 0, shared_pool: bool = False) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        fast: bool = True,
+        threads: int = 0,
+        shared_pool: bool = False,
+        encoder: str = "auto",
+        spin: bool = False,
+    ) -> None:
         self.bundle = bundle
         self.fast = fast
+        self.encoder_file = encoder_file(bundle, encoder)
         threads = threads or int(getattr(bundle, "threads", 0) or 0)
         with np.load(bundle.path / "constants.npz") as z:
             self.consts = {k: z[k] for k in z.files}
 
         def sess(name: str) -> Any:
-            return make_session(bundle, name, threads, shared_pool) if fast else bundle.session(name)
+            return make_session(bundle, name, threads, shared_pool, spin=spin) if fast else bundle.session(name)
 
-        self.enc = sess("image_encoder.onnx")
+        self.enc = sess(self.encoder_file)
         self.dec = {
             "box": sess("decoder_box.onnx"),
             "track": sess("decoder_track.onnx"),
@@ -195,11 +249,14 @@ def _flag(v: Any) -> bool:
 
 
 def backend_options(options: dict[str, Any]) -> dict[str, Any]:
-    """``--opt`` values for :class:`OnnxBackend`: ``fast`` (default on), ``threads``, ``shared_pool``."""
+    """``--opt`` values for :class:`OnnxBackend`: ``fast`` (default on), ``threads``, ``shared_pool``,
+    ``encoder`` (``auto``), ``spin`` (off)."""
     return {
         "fast": _flag(options.get("fast", True)),
         "threads": int(options.get("threads") or 0),
         "shared_pool": _flag(options.get("shared_pool", False)),
+        "encoder": str(options.get("encoder") or "auto"),
+        "spin": _flag(options.get("spin", False)),
     }
 
 
@@ -216,16 +273,24 @@ def parse_box(box: Any) -> list[float]:
 class VideoSegPredictor(Predictor):
     """Track one object through a video from a first-frame box or mask.
 
+    A mask file's prompt is its first non-empty labelled frame (:func:`data.prompt_mask`, as in
+    evaluation): tracking starts there, earlier frames stay empty, the answer gives ``prompt_frame``,
+    and no other frame of the file is used (an EchoNet label .npz prompts on its first tracing).
+
     Options: ``out_dir`` (masks.npz and the GIF go to ``out_dir/<input key>/``; none: nothing is
     written), ``input_root`` (set by predict / score), ``gif`` (default on),
     ``box`` / ``mask`` (default prompt), ``max_frames`` (0 = all), ``prefetch`` (encode the next
-    frame in a second thread while tracking this one; default off: on 2 CPU cores it did not pay), ``fast`` / ``threads`` / ``shared_pool``
-    (ONNX Runtime settings, :func:`backend_options`).
+    frame in a second thread while tracking this one; default off: on 2 CPU cores it did not pay),
+    ``fast`` / ``threads`` / ``shared_pool`` / ``encoder`` (ONNX Runtime settings and the image
+    encoder, :func:`backend_options`).
     """
 
     suffixes = VIDEO_SUFFIXES
     accepts_folders = True  # frame folders are videos too (score's input check lets folders through)
     modalities = ("video",)
+    #: score / estimate: a manifest's label (its masks file) comes as this case key; its first labelled
+    #: frame is the prompt (``data.prompt_mask``) unless the case gives a mask or a box
+    label_prompt = "label_mask"
 
     def __init__(self, bundle: Bundle, **options: Any) -> None:
         super().__init__(bundle, **options)
@@ -241,17 +306,18 @@ class VideoSegPredictor(Predictor):
         path = Path(path)
         reader = open_video(path, overrides=self.bundle.meta.get("gates") or None)
         box = case.get("box") or self.options.get("box")
-        mask_path = case.get("mask") or self.options.get("mask")
+        mask_path = (
+            case.get("mask") or (None if case.get("box") else case.get("label_mask")) or self.options.get("mask")
+        )
         n = reader.n_frames
         mf = int(self.options.get("max_frames") or 0)
         if mf:
             n = min(n, mf)
-        mask = None
+        mask, p = None, 0  # p: the prompt frame, where tracking starts (earlier frames stay empty)
         if mask_path:
-            ms = read_masks(mask_path)
-            first = ms.get(0, next(iter(ms.values())) if ms else None)
-            if first is None or not first.any():
-                raise InputError(mask_path, "first-frame mask is empty")
+            p, first = prompt_mask(read_masks(mask_path), mask_path)  # only this frame of the file is used
+            if p >= n:
+                raise InputError(mask_path, f"prompt mask on frame {p} but the video has {n} frames to track")
             if first.shape != reader.shape:
                 raise InputError(mask_path, f"mask size {first.shape} differs from video frame size {reader.shape}")
             mask = first
@@ -262,12 +328,13 @@ class VideoSegPredictor(Predictor):
             raise InputError(path, "no prompt: give --box x0,y0,x1,y1 or --mask FIRST_FRAME_MASK")
         content = gates.image_content_reasons(reader.read([0]), self.bundle.meta.get("gates") or None)
         out = np.zeros((n, reader.height, reader.width), np.uint8)
-        frames = reader.frames(0, n)
+        frames = reader.frames(p, n)
         hook = self.input_hook("video")
         if hook is not None:  # medtransfer audit: the decoded clip perturbed as a whole
             frames = iter(hook(np.stack(list(frames)), vmax=255.0))
-        for t, m in self.prop.run(frames, n, box=None if mask is not None else box, mask=mask):
-            out[t] = m
+        for t, m in self.prop.run(frames, n - p, box=None if mask is not None else box, mask=mask):
+            out[p + t] = m
+        area = out[p:].reshape(n - p, -1).sum(1)  # the tracked frames
         out_dir = self.output_dir(path)
         res: dict[str, Any] = {
             "input": str(path),
@@ -275,9 +342,10 @@ class VideoSegPredictor(Predictor):
             "height": reader.height,
             "width": reader.width,
             "masks": None,
-            "area_first": int(out[0].sum()),
-            "area_mean": float(out.reshape(n, -1).sum(1).mean()),
-            "empty_frames": int((out.reshape(n, -1).sum(1) == 0).sum()),
+            "prompt_frame": p,
+            "area_first": int(area[0]),
+            "area_mean": float(area.mean()),
+            "empty_frames": int((area == 0).sum()),
         }
         if out_dir is None:
             res["artefacts"] = (

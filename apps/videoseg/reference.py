@@ -10,12 +10,34 @@ from typing import Any
 
 
 def reference_cases(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The VALIDATION videos (with their prompt columns) of the run's manifest (``run.json["manifest"]``)."""
-    from medtransfer.shared.export.reference import manifest_val_cases
+    """The VALIDATION videos of the run's manifest (``run.json["manifest"]``), each with its prompt.
+
+    The prompt is what ``score`` / ``estimate`` give the predictor for a manifest row
+    (:func:`medtransfer.shared.runtime.score.cases_from_manifest`): the row's ``mask`` / ``box`` column
+    when it has one, else its label (the masks file, resolved against the manifest's folder) under the
+    predictor's ``label_prompt`` key, whose first non-empty labelled frame prompts the tracker
+    (:func:`medtransfer.apps.videoseg.data.prompt_mask`: EchoNet's first traced frame, TrackRAD's first
+    label, as in evaluation).  No other labelled frame reaches the prediction.
+    """
+    from medtransfer.apps.videoseg.predict import VideoSegPredictor
     from medtransfer.shared.rundir import RunDir
 
     manifest = RunDir(run_dir).info().get("manifest")
-    return manifest_val_cases(manifest) if manifest else []
+    if not manifest:
+        return []
+    from medtransfer.shared.manifest import read_manifest
+
+    base = Path(manifest).resolve().parent
+    key = VideoSegPredictor.label_prompt
+    out = []
+    for r in read_manifest(manifest):
+        if r.split != "val":
+            continue
+        extra = dict(r.extra)
+        if str(r.label).strip() and not extra.get(key):
+            extra[key] = str(base / r.label)
+        out.append({"path": str(r.path), "label": str(r.label), "extra": extra})
+    return out
 
 
 def input_stats(path: str | Path, bundle: Any) -> dict[str, float]:

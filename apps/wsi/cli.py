@@ -144,7 +144,8 @@ def train(
     recipe: Optional[Path] = recipe_option(),
     set_: Optional[List[str]] = set_option(),
 ) -> None:
-    """Train one exportable survival MIL (``medtransfer export RUN --out BUNDLE``)."""
+    """Train one exportable survival MIL (``medtransfer export RUN --out BUNDLE``); the run records its
+    validation and held-out bags in ``RUN/reference_bags/`` for ``medtransfer estimate``'s drift reference."""
     from medtransfer.apps.wsi.train import train_run
 
     cfg, bags = _config_and_bags(labels, features, synthetic, dim, strength, set_, recipe)

@@ -16,7 +16,8 @@ SPEC = AppSpec(
     rank_demo="medtransfer.apps.wsi.rank:rank_demo",
     importers={"tcga": "medtransfer.apps.wsi.labels:import_tcga"},
     data_cards=("tcga_survival.md", "uni2h_dss.md"),
-    input_stats="medtransfer.apps.wsi.reference:input_stats",  # drift statistics; no reference_cases yet
+    reference_cases="medtransfer.apps.wsi.reference:reference_cases",  # validation bags (drift-only reference)
+    input_stats="medtransfer.apps.wsi.reference:input_stats",
     # declared here so `medtransfer models` lists it without importing the (torch) model module
     backbones={
         "uni2h": {

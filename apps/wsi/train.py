@@ -153,11 +153,13 @@ def metric_fn(out: dict[str, np.ndarray], tgt: dict[str, np.ndarray]) -> dict[st
 
 @dataclass
 class Cohort:
-    """Patients with bags: cases[i] pairs with bags[cases[i].case_id]."""
+    """Patients with bags: cases[i] pairs with bags[cases[i].case_id]; ``files`` (case id -> its slides'
+    h5 bags) when the bags were read from a features folder (empty for in-memory bags)."""
 
     cases: list[Case]
     bags: dict[str, np.ndarray]
     errors: list[dict[str, str]] = field(default_factory=list)
+    files: dict[str, list[Path]] = field(default_factory=dict)
 
     def subset(self, ids: Sequence[str]) -> list[Case]:
         idx = {c.case_id: c for c in self.cases}
@@ -184,6 +186,7 @@ def load_cohort(
         raise InputError(labels_root, f"unknown study '{study}' (found: {', '.join(tables)})")
     cases, errors = read_table(tables[study], endpoint, study)
     out: dict[str, np.ndarray] = {}
+    files: dict[str, list[Path]] = {}
     if bags is not None:
         out = {c.case_id: bags[c.case_id] for c in cases if c.case_id in bags}
         for cid, x in out.items():  # in-memory bags pass the same gate as files
@@ -215,6 +218,7 @@ def load_cohort(
                     continue
                 try:
                     parts.append(read_bag(have[st])[0])
+                    files.setdefault(c.case_id, []).append(have[st].resolve())
                     used.add(st)
                 except ImplausibleBagError:
                     raise  # NaN / inf / out-of-range features would poison training: refuse, naming the file
@@ -229,7 +233,7 @@ def load_cohort(
     kept = [c for c in cases if c.case_id in out]
     if not kept:
         raise InputError(labels_root, f"{study}: no patient has a feature bag")
-    return Cohort(kept, out, errors)
+    return Cohort(kept, out, errors, files)
 
 
 def _arrays(cases: Sequence[Case]) -> tuple[np.ndarray, np.ndarray]:
@@ -462,6 +466,112 @@ def split_val(cases: Sequence[Case], fraction: float, seed: int) -> tuple[list[C
     return [c for i, c in enumerate(cases) if i not in idx], [c for i, c in enumerate(cases) if i in idx]
 
 
+#: folder of a run that holds its reference manifest (and, for in-memory bags, the bags themselves)
+REFERENCE_DIR = "reference_bags"
+#: most patients recorded per split (validation, test): enough for drift statistics, small on disk
+MAX_REFERENCE_CASES = 100
+
+
+def _capped(cases: Sequence[Case], seed: int) -> list[Case]:
+    """At most :data:`MAX_REFERENCE_CASES` patients (a seeded draw, in their original order)."""
+    cases = list(cases)
+    if len(cases) <= MAX_REFERENCE_CASES:
+        return cases
+    keep = set(np.random.default_rng([int(seed), 29]).permutation(len(cases))[:MAX_REFERENCE_CASES].tolist())
+    return [c for i, c in enumerate(cases) if i in keep]
+
+
+def record_reference(
+    run_dir: str | Path,
+    cohort: Cohort,
+    val_cases: Sequence[Case],
+    test_cases: Sequence[Case] = (),
+    seed: int = 0,
+    share_from: Optional[str | Path] = None,
+    no_val_reason: str = "",
+) -> Optional[Path]:
+    """Record the bags ``medtransfer export`` builds the bundle's ``reference.json`` from.
+
+    Writes ``RUN_DIR/reference_bags/manifest.csv`` (``path,label,split,censored``; label = survival
+    months, as ``data import tcga`` spells it) with the run's VALIDATION patients (``split=val``: the
+    reference) and its held-out fold (``split=test``: never the reference; for checking ``estimate`` on
+    unseen patients), at most :data:`MAX_REFERENCE_CASES` of each.  Bags read from a features folder
+    are listed where they are (one row per slide); in-memory bags (``--synthetic``) are written beside
+    the manifest as ``val_0000.h5``... (no patient identifier in the names).  ``run.json`` gets
+    ``manifest`` (the file) and ``wsi.reference`` (counts, or why there is none).
+
+    Args:
+        run_dir: the run folder.
+        cohort: the patients and their bags.
+        val_cases: validation patients (not fitted); none: no reference, ``no_val_reason`` recorded.
+        test_cases: the held-out fold's patients.
+        seed: seed of the draw when a split has more than :data:`MAX_REFERENCE_CASES` patients.
+        share_from: another run of the same fold whose written bags are hard-linked instead of
+            written again (same patients, same bags; copied where links are not possible).
+        no_val_reason: why there are no validation patients (for the bundle's note).
+
+    Returns:
+        The manifest, or None when there are no validation patients.
+    """
+    import csv
+    import os
+    import shutil
+
+    from medtransfer.apps.wsi.features import write_bag
+
+    run = RunDir(run_dir)
+    info = run.info()
+    if not val_cases:
+        info.setdefault("wsi", {})["reference"] = {
+            "available": False,
+            "reason": no_val_reason or "the run holds out no validation patients",
+        }
+        info.pop("manifest", None)
+        run.write_info(info)
+        return None
+    ref_dir = run.path / REFERENCE_DIR
+    ref_dir.mkdir(parents=True, exist_ok=True)
+    for old in [*ref_dir.glob("val_*.h5"), *ref_dir.glob("test_*.h5")]:  # a re-run replaces what it wrote
+        old.unlink()
+    shared = Path(share_from) / REFERENCE_DIR if share_from else None
+    rows: list[list[str]] = []
+    counts = {}
+    for split, cases in (("val", _capped(val_cases, seed)), ("test", _capped(test_cases, seed + 1))):
+        counts[f"n_{split}"] = len(cases)
+        for i, c in enumerate(cases):
+            label = [f"{c.time:.4f}", split, str(int(c.censored))]
+            if c.case_id in cohort.files:  # bags on disk: listed where they are, one row per slide
+                rows += [[str(p), *label] for p in cohort.files[c.case_id]]
+                continue
+            name = f"{split}_{i:04d}.h5"
+            dst = ref_dir / name
+            if shared is not None and (shared / name).is_file():
+                if dst.exists():
+                    dst.unlink()
+                try:
+                    os.link(shared / name, dst)
+                except OSError:
+                    shutil.copyfile(shared / name, dst)
+            else:
+                x = cohort.bags[c.case_id]
+                write_bag(dst, np.zeros((len(x), 2), np.int64), x, {"complete": True, "encoder": "in-memory"})
+            rows.append([name, *label])
+    man = ref_dir / "manifest.csv"
+    with open(man, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split", "censored"])
+        w.writerows(rows)
+    info.setdefault("wsi", {})["reference"] = {
+        "available": True,
+        "manifest": f"{REFERENCE_DIR}/manifest.csv",
+        "bags": "features folder" if cohort.files else "written (in-memory bags)",
+        **counts,
+    }
+    info["manifest"] = str(man.resolve())  # as the other apps: the manifest export reads validation cases from
+    run.write_info(info)
+    return man
+
+
 def _edges(cases: Sequence[Case], cfg: dict[str, Any]) -> np.ndarray:
     t, c = _arrays(cases)
     return make_bins(t, 1 - c, int(cfg["model"]["n_bins"]), str(cfg["model"]["bins"]))
@@ -524,6 +634,12 @@ def cross_validate(
         ev = evaluate(model, te, cohort.bags, tr)
         # CV reports on the held-out fold (no validation split): its baseline is recorded there, named so
         record_baseline(model, out_dir / f"fold{k}", te, cohort.bags, tr, split="test (held-out fold)")
+        record_reference(
+            out_dir / f"fold{k}",
+            cohort,
+            [],
+            no_val_reason="a cross-validation fold run holds out only its test fold (no validation patients)",
+        )
         tr_risk = evaluate(model, tr, cohort.bags, tr)["risk"]
         pooled_t += [x.time for x in te]
         pooled_c += [x.censored for x in te]
@@ -583,6 +699,12 @@ def train_sources(cohorts: dict[str, Cohort], cfg: dict[str, Any], out_dir: str 
             c,
             Path(out_dir) / f"source_{study}",
             extra={"in_dim": dim, "kind": "mil", "study": study, "config": c["model"]},
+        )
+        record_reference(
+            Path(out_dir) / f"source_{study}",
+            coh,
+            [],
+            no_val_reason="a source model is trained on every patient of its study (none held out)",
         )
     return out
 
@@ -653,6 +775,10 @@ def pkt_compare(
             extra={"in_dim": dim, "kind": "mil", "study": study},
         )
         record_baseline(m, out_dir / f"fold{k}" / "specific", vcases, target.bags, tr, vsplit)
+        # the reference of `estimate`: the fold's training patients not drawn (never the held-out fold)
+        spec_dir = out_dir / f"fold{k}" / "specific"
+        no_val = "every training patient of the fold was drawn (--n-train): no validation patients"
+        record_reference(spec_dir, target, val, te, int(c["train"]["seed"]), no_val_reason=no_val)
         res["cancer-specific"].append(evaluate(m, te, target.bags, tr)["c_index"])
         todo = []
         if finetune == "all":
@@ -677,6 +803,8 @@ def pkt_compare(
                 extra={"in_dim": dim, "kind": "mil", "study": study, "source": s},
             )
             record_baseline(ft, out_dir / f"fold{k}" / f"finetune_{s}", vcases, target.bags, tr, vsplit)
+            record_reference(out_dir / f"fold{k}" / f"finetune_{s}", target, val, te, int(c["train"]["seed"]),
+                             share_from=spec_dir, no_val_reason=no_val)  # fmt: skip
             res[key].append(evaluate(ft, te, target.bags, tr)["c_index"])
         torch.manual_seed(int(c["train"]["seed"]))
         fold_names = select_experts(sources, tr, target.bags, n_auto)["picked"] if n_auto else list(names)
@@ -699,6 +827,8 @@ def pkt_compare(
             extra={"in_dim": dim, "kind": "moe", "study": study, "sources": enames},
         )
         record_baseline(moe, out_dir / f"fold{k}" / "moe", vcases, target.bags, tr, vsplit)
+        record_reference(out_dir / f"fold{k}" / "moe", target, val, te, int(c["train"]["seed"]), share_from=spec_dir,
+                         no_val_reason=no_val)  # fmt: skip
         ev = evaluate(moe, te, target.bags, tr)
         res["moe-pkt"].append(ev["c_index"])
         full = np.zeros((len(ev["gates"]), len(names) + (ev["gates"].shape[1] - len(fold_names))), np.float64)
@@ -912,6 +1042,14 @@ def train_run(
     extra = bag_attrs(features) if features else {}
     extra["val_ids"] = [c.case_id for c in val]  # not fitted: `wsi evaluate --split val`
     metrics = finalize_run(model, out, coh, tr, te, extra)
+    record_reference(
+        out,
+        coh,
+        val,
+        te,
+        int(cfg["train"]["seed"]),
+        no_val_reason="data.val_fraction=0 holds out no validation patients",
+    )
     if val:
         base = record_baseline(model, out, val, coh.bags, tr, "val")
     elif te:

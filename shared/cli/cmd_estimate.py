@@ -63,6 +63,8 @@ def register(app: typer.Typer) -> None:
         }
         if "estimate_reliable" in res:
             brief["estimate_reliable"] = res["estimate_reliable"]
+        if res.get("reason"):  # why there is no accuracy estimate (segmentation, survival: drift only)
+            brief["reason"] = res["reason"]
         brief["drift"] = {"flag": res["drift"]["flag"], "summary": res["drift"]["summary"]}
         brief["out"] = str(out)
         typer.echo(json.dumps(brief))

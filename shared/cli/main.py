@@ -29,7 +29,12 @@ def known_error_line(e: BaseException) -> str | None:
 
 
 class _OneLineErrors(typer.core.TyperGroup):
-    """The one error path: any known error escaping any command (core or app) is one line + exit 2."""
+    """The top-level group.
+
+    The one error path: any known error escaping any command (core or app) is one line + exit 2.
+    Lazy mounting: the transfer tools (:data:`TOOL_MODULES`) and the apps' groups are imported only
+    when invoked (or when ``--help`` lists them), so ``medtransfer predict`` pays for none of them.
+    """
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -40,6 +45,33 @@ class _OneLineErrors(typer.core.TyperGroup):
                 raise
             typer.echo(line, err=True)
             raise typer.Exit(2) from None
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        """Core commands, then the tools, then the core's groups, then the apps (the order of ``--help``)."""
+        core = super().list_commands(ctx)
+        groups = [n for n in core if hasattr(self.commands[n], "list_commands")]
+        lazy = [n for n in (*TOOL_MODULES, *_app_names()) if n not in core]
+        tools = [n for n in lazy if n in TOOL_MODULES]
+        return [n for n in core if n not in groups] + tools + groups + [n for n in lazy if n not in tools]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is None and (cmd_name in TOOL_MODULES or cmd_name in _app_names()):
+            for name, c in _load_lazy(cmd_name).items():
+                self.commands.setdefault(name, c)
+            cmd = super().get_command(ctx, cmd_name)
+        return cmd
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        """As typer's, with "Did you mean ...?" also offering lazily mounted commands (only near misses load)."""
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            from difflib import get_close_matches
+
+            lazy = [*TOOL_MODULES, *_app_names()]
+            if args[0] not in lazy:
+                for name in get_close_matches(args[0], lazy):
+                    self.get_command(ctx, name)
+        return super().resolve_command(ctx, args)
 
 
 app = typer.Typer(
@@ -191,7 +223,7 @@ def verify(bundle: Path = typer.Argument(..., help="bundle folder")) -> None:
     from medtransfer.shared.runtime.bundle import load_bundle
 
     try:
-        b = load_bundle(bundle)
+        b = load_bundle(bundle, cached=False)  # every byte re-read (predict may trust the digest cache)
     except MedTransferError as e:
         fail(str(e))
     typer.echo(f"bundle  {b.path}")
@@ -314,7 +346,7 @@ def score_cmd(
         sc.check_out_path(out, manifest=manifest, input_dir=input_dir, bundle_dir=bundle)
         with sc.lock_output(out):  # before any work: unwritable or busy --out is refused first
             b = load_bundle(bundle)
-            cases = sc.cases_from_manifest(manifest) if manifest else sc.cases_from_dir(input_dir, b)
+            cases = sc.cases_from_manifest(manifest, b) if manifest else sc.cases_from_dir(input_dir, b)
             if options.get("out_dir"):  # per-case artefacts: OUT/<path relative to the input root>, no clashes
                 from medtransfer.shared.runtime.outputs import input_root, unique_keys
 
@@ -386,45 +418,46 @@ def bench(
     typer.echo(text)
 
 
-# ------------------------------------------------------------------------------------------ app groups
-def _mount_apps() -> None:
-    from medtransfer.shared.plugins import discover_apps, load_object
-
-    for spec in discover_apps().values():
-        if not spec.cli:
-            continue
-        try:
-            sub = load_object(spec.cli)
-        except Exception as e:  # noqa: BLE001 - a broken app must not take the CLI down
-            print(f"warning: CLI of app '{spec.name}' failed to load: {e}", file=sys.stderr)
-            continue
-        app.add_typer(sub, name=spec.name, help=spec.help)
-
-
-# ------------------------------------------------------------------------------------------ transfer tools
+# ------------------------------------------------------------------------------ app groups and tools (lazy)
+#: top-level tools kept in their own modules: ``shared/cli/cmd_<name>.py`` with ``register(app)``
+#: mounting the command ``<name>`` (each imports only typer at import time)
 TOOL_MODULES = ("rank", "estimate", "merge", "audit")
 
 
-def _mount_tools() -> None:
-    """Top-level tools kept in their own modules: ``shared/cli/cmd_<name>.py`` with ``register(app)``.
+def _app_names() -> list[str]:
+    """The installed apps that have a CLI group (their plugin specs only: no app module is imported)."""
+    from medtransfer.shared.plugins import discover_apps
 
-    Each module imports only typer at import time (heavy imports inside its command), so the CLI's
-    cold start does not pay for tools it does not run.
+    return [s.name for s in discover_apps().values() if s.cli]
+
+
+def _load_lazy(name: str) -> dict[str, Any]:
+    """The click command(s) behind one lazily mounted name: a tool module's commands or an app's group.
+
+    A broken app CLI is a warning on stderr (the rest of the CLI keeps working) and no command.
     """
     import importlib
 
-    for name in TOOL_MODULES:
+    from medtransfer.shared.plugins import discover_apps, load_object
+
+    holder = typer.Typer(add_completion=False)
+    if name in TOOL_MODULES:
         try:
             mod = importlib.import_module(f"medtransfer.shared.cli.cmd_{name}")
         except ModuleNotFoundError as e:
             if e.name != f"medtransfer.shared.cli.cmd_{name}":
                 raise
-            continue
-        mod.register(app)
-
-
-_mount_tools()
-_mount_apps()
+            return {}
+        mod.register(holder)
+    else:
+        spec = next(s for s in discover_apps().values() if s.name == name)
+        try:
+            sub = load_object(spec.cli)
+        except Exception as e:  # noqa: BLE001 - a broken app must not take the CLI down
+            print(f"warning: CLI of app '{spec.name}' failed to load: {e}", file=sys.stderr)
+            return {}
+        holder.add_typer(sub, name=spec.name, help=spec.help)
+    return dict(typer.main.get_group(holder).commands)
 
 
 def main() -> None:

@@ -41,6 +41,8 @@ def export_onnx(
     dynamic: dict[str, dict[int, str]] | None = None,
     atol: float = 1e-4,
     parity_args: list[tuple[torch.Tensor, ...]] | None = None,
+    check_example: bool = True,
+    opset: int | None = None,
 ) -> dict[str, Any]:
     """Export with ``torch.onnx.export(dynamo=True)``, run ``onnx.checker`` and check parity.
 
@@ -52,7 +54,10 @@ def export_onnx(
         output_names: ONNX output names.
         dynamic: input name -> {dim index: dim name}, e.g. ``{"image": {0: "batch"}}``.
         atol: max abs difference allowed between ONNX Runtime and PyTorch.
-        parity_args: other inputs to check (e.g. another batch size); example_args always checked.
+        parity_args: other inputs to check (e.g. another batch size).
+        check_example: also check ``example_args`` (False: only ``parity_args``, which must then be
+            given; for big models whose trace example is costly to run twice, e.g. a batch of 2 at 1024 px).
+        opset: ONNX opset (None: the exporter's default; 23 turns SDPA into one ``Attention`` op).
 
     Returns:
         ``{"max_abs_diff": float, "checked_inputs": int, "opset": int}``.
@@ -64,6 +69,8 @@ def export_onnx(
     import onnxruntime as ort
 
     path = Path(path)
+    if not check_example and not parity_args:
+        raise ParityError(f"{path}: no inputs to check parity on (check_example=False needs parity_args)")
     path.parent.mkdir(parents=True, exist_ok=True)
     module = module.eval()
     with warnings.catch_warnings(), torch.no_grad():
@@ -78,6 +85,7 @@ def export_onnx(
             verbose=False,
             optimize=True,
             external_data=False,
+            opset_version=int(opset) if opset else None,
         )
         if prog is None:  # the dynamo exporter returns a program unless it raised
             raise ParityError(f"{path}: torch.onnx.export returned no program")
@@ -86,7 +94,7 @@ def export_onnx(
     onnx.checker.check_model(model, full_check=True)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
-    cases = [tuple(example_args)] + [tuple(a) for a in (parity_args or [])]
+    cases = ([tuple(example_args)] if check_example else []) + [tuple(a) for a in (parity_args or [])]
     for args in cases:
         with torch.no_grad():
             ref = module(*args)
@@ -106,8 +114,11 @@ def export_onnx(
     return {"max_abs_diff": worst, "checked_inputs": len(cases), "opset": int(opset)}
 
 
-def quantize_int8(src: str | Path, dst: str | Path) -> Path:
-    """onnxruntime dynamic int8 quantization (weights int8, activations quantized on the fly)."""
+def quantize_int8(src: str | Path, dst: str | Path, op_types: list[str] | None = None) -> Path:
+    """onnxruntime dynamic int8 quantization (weights int8, activations quantized on the fly).
+
+    ``op_types``: only these op types (e.g. ``["MatMul"]``: ConvInteger is slow on CPU); None = all.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -118,6 +129,6 @@ def quantize_int8(src: str | Path, dst: str | Path) -> Path:
         base = pre
     except Exception:
         base = src
-    quantize_dynamic(str(base), str(dst), weight_type=QuantType.QInt8)
+    quantize_dynamic(str(base), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=op_types)
     pre.unlink(missing_ok=True)
     return dst

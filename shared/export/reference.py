@@ -31,6 +31,9 @@ import numpy as np
 from medtransfer.shared.runtime.schema import CARD, METADATA, REFERENCE_SCHEMA, validate_metadata, validate_reference
 
 REFERENCE_FILE = "reference.json"
+#: most validation cases the reference is built from (a seeded sample beyond): export stays bounded on
+#: a large validation split (EchoNet-Dynamic has 1288 validation videos); drift tests need >= 10
+MAX_REFERENCE_CASES = 300
 
 
 def manifest_val_cases(manifest: str | Path) -> list[dict[str, Any]]:
@@ -174,9 +177,15 @@ def attach_reference(run_dir: str | Path, bundle_dir: str | Path, progress: bool
             cases, reason = [], f"validation cases unavailable ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
         else:
             reason = "the run has no validation cases"
+        n_available = len(cases)
+        if n_available > MAX_REFERENCE_CASES:  # seeded, in the split's order: the same bundle every export
+            keep = set(np.random.default_rng(0).permutation(n_available)[:MAX_REFERENCE_CASES].tolist())
+            cases = [c for i, c in enumerate(cases) if i in keep]
         if cases:
             try:
                 ref, reason = build_reference(bundle, cases, progress=progress)
+                if ref is not None:
+                    ref["n_validation_cases"] = n_available  # the sample's population (n_cases: used)
             except Exception as e:  # noqa: BLE001 - the bundle is still exported, without reference
                 ref, reason = (
                     None,

@@ -32,17 +32,18 @@ API
   replaced by ``RuntimeError("Type: message")``).  A worker that dies (segfault, OOM kill) fails only
   its items: the chunks it had in flight are retried one item at a time in a fresh pool, and an
   item that kills a worker again gets a ``WorkerDied`` result.
-- ``chunksize``: items per task (``None``: ``len(items) // (workers * 8)`` clamped to 1..8; 1 for
-  iterables of unknown length).  At most ``2 * workers`` chunks are in flight (backpressure), so
-  an iterable is consumed lazily and memory stays bounded (with ``ordered=True``, results that
-  finish ahead of a slow item wait for it in memory).
+- ``chunksize``: items per task (``None``: ``len(items) // (workers * 8)`` clamped to 1..8, for Ray
+  guided chunks of up to 32; 1 for iterables of unknown length).  At most ``2 * workers`` chunks
+  are in flight (backpressure), so an iterable is consumed lazily and memory stays bounded (with
+  ``ordered=True``, results that finish ahead of a slow item wait for it in memory).
 - ``progress``: ``True`` or a description shows a rich progress bar.
 - :func:`worker_threads` is the intra-op thread budget each worker should give ONNX Runtime /
   torch (``cores // workers``, at least 1); the engine also sets ``MEDTRANSFER_THREADS`` (read
   by ``Bundle.session``) and ``OMP_NUM_THREADS`` in each worker, so N workers x threads <= cores.
-- ``MapRun.stats``: ``engine``, ``workers``, ``chunksize``, ``start_method``, ``startup_s`` (pool /
-  Ray start until every worker's ``init`` is done, measured apart from the work) and, after the run,
-  ``seconds`` (work only) and ``items``.
+- ``MapRun.stats``: ``engine``, ``workers``, ``chunksize`` (the largest), ``chunking`` (``fixed`` /
+  ``guided``), ``start_method``, ``startup_s`` (pool / Ray start until every worker's ``init`` is
+  done, measured apart from the work) and, after the run, ``seconds`` (work only) and ``items``
+  (Ray also ``actor_cpu_s``: the actors' CPU, ``init`` included).
 
 Engines
 - ``local``, ``workers<=1``: in this process, no pickling, no start-up.
@@ -52,11 +53,19 @@ Engines
   Runtime session in this process); otherwise by ``forkserver`` (``spawn`` off Linux).
   ``preload=("pkg.module", ...)`` imports what the workers need once, before the fork (or in the
   fork server).  ``start_method=`` overrides.
-- ``ray``: long-lived actors (one ``init`` each, ``num_cpus=1``) fed chunks round-robin with at
-  most two chunks per actor in flight; ``ray.init`` (lazily imported) joins ``RAY_ADDRESS`` when set,
-  else starts a local Ray with ``workers`` CPUs and a small object store (``object_store_mb``,
-  default 128 MiB).  A Ray this module started stays up for the next call (start-up is paid
-  once per process); :func:`shutdown_ray` stops it.
+- ``ray``: long-lived actors (one ``init`` each, ``num_cpus=1``) fed chunks, least busy actor
+  first, at most two chunks per actor in flight; a finished chunk is replaced before its results
+  go to the caller.  Without ``chunksize``, chunks are guided (:func:`ray_chunksize`,
+  :func:`guided_chunk`: up to 32 items while much is left, shrinking at the end) and carry no
+  Ray task events, so a long job does not pay per-task overhead thousands of times.  Ray starts
+  its workers 15 nice steps nicer than the raylet; an actor on the driver's machine takes the
+  driver's nice value instead (best effort: raising priority needs ``CAP_SYS_NICE``; without it,
+  start the cluster with ``RAY_worker_niceness=0``), so it competes with other work as local
+  workers do (``stats["actor_nice"]`` says what it got).  ``ray.init`` (lazily imported) joins
+  ``RAY_ADDRESS`` when set, else starts a local Ray with ``workers`` CPUs, a small object store
+  (``object_store_mb``, default 128 MiB), workers at this process's priority and no metrics
+  export.  A Ray this module started stays up for the next call (start-up is paid once per
+  process); :func:`shutdown_ray` stops it.
 Torch-free.
 """
 
@@ -114,6 +123,23 @@ def default_chunksize(n_items: int | None, workers: int) -> int:
     return max(1, min(8, n_items // (max(1, workers) * 8)))
 
 
+def ray_chunksize(n_items: int | None, workers: int) -> int:
+    """Largest chunk a Ray job cuts: ``n // (workers * 8)`` clamped to 1..32.
+
+    A Ray task costs a few milliseconds of driver, actor and raylet work, so Ray gets bigger chunks
+    than local workers (:func:`default_chunksize`); :func:`guided_chunk` shrinks them near the end.
+    """
+    if not n_items:
+        return 1
+    return max(1, min(32, n_items // (max(1, workers) * 8)))
+
+
+def guided_chunk(left: int, workers: int, largest: int) -> int:
+    """Guided self-scheduling: the next chunk is ``left / (workers * 4)`` (rounded up), at most
+    ``largest``, at least 1, so the last chunks are small and the workers finish together."""
+    return max(1, min(largest, -(-left // (max(1, workers) * 4))))
+
+
 def _portable(e: BaseException) -> BaseException:
     """``e`` if it survives pickling, else a RuntimeError carrying its type and message."""
     try:
@@ -155,6 +181,36 @@ def _limit_threads(threads: int) -> None:
         threadpool_limits(threads)
     except Exception:  # noqa: BLE001 - optional
         pass
+
+
+def niceness() -> int:
+    """This process's nice value (0 where the OS has none)."""
+    try:
+        return os.getpriority(os.PRIO_PROCESS, 0)
+    except (AttributeError, OSError):
+        return 0
+
+
+def _renice(target: int) -> int:
+    """Best effort: give every thread of this process the nice value ``target`` (Linux niceness is
+    per thread).  Raising priority needs ``CAP_SYS_NICE`` or a permissive ``RLIMIT_NICE``; where it
+    is refused the process keeps its value.
+
+    Returns:
+        The nice value in effect afterwards.
+    """
+    if niceness() == target:
+        return target
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, target)
+        except (AttributeError, OSError):  # not permitted / thread gone
+            pass
+    return niceness()
 
 
 def _worker_init(init: Callable[[], Any], fn: Callable[[Any, Any], Any], threads: int) -> None:
@@ -250,9 +306,15 @@ class MapRun(Generic[Result]):
         self.workers = max(1, int(workers))
         n = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
         self.total = n
-        self.chunksize = max(1, int(chunksize)) if chunksize else default_chunksize(n, self.workers)
+        # Ray without a chunk size: guided chunks (big while much is left, shrinking at the end)
+        self._guided = engine == "ray" and not chunksize and bool(n)
+        if chunksize:
+            self.chunksize = max(1, int(chunksize))
+        else:
+            self.chunksize = ray_chunksize(n, self.workers) if self._guided else default_chunksize(n, self.workers)
         self._items = iter(enumerate(items))
         self.stats: dict[str, Any] = {"engine": engine, "workers": self.workers, "chunksize": self.chunksize}
+        self.stats["chunking"] = "guided" if self._guided else "fixed"
         t0 = time.perf_counter()
         if engine == "ray":
             self._backend: _Backend = _RayBackend(init, fn, self.workers, object_store_mb)
@@ -286,10 +348,13 @@ class MapRun(Generic[Result]):
         self.close()
 
     def _chunks(self) -> Iterator[list[tuple[int, Any]]]:
+        left = self.total or 0
         while True:
-            chunk = [x for _, x in zip(range(self.chunksize), self._items)]
+            size = guided_chunk(left, self.workers, self.chunksize) if self._guided else self.chunksize
+            chunk = [x for _, x in zip(range(size), self._items)]
             if not chunk:
                 return
+            left -= len(chunk)
             yield chunk
 
     def _run(self) -> Generator[tuple[int, Any], None, None]:
@@ -312,6 +377,7 @@ class MapRun(Generic[Result]):
             self.stats["seconds"] = round(time.perf_counter() - t0, 3)
             self.stats["items"] = count
             self._backend.close(abort=not ok)
+            self.stats.update(self._backend.describe())  # e.g. Ray actors' CPU, known at the end
 
 
 def _in_order(stream: Iterator[tuple[int, Any]]) -> Iterator[tuple[int, Any]]:
@@ -483,7 +549,11 @@ def ray_init(workers: int = 1, object_store_mb: int = 128) -> dict[str, Any]:
         kw: dict[str, Any] = dict(address=addr, include_dashboard=False, log_to_driver=False, configure_logging=False)
         if addr is None:
             kw.update(num_cpus=max(1, workers), object_store_memory=max(80, object_store_mb) * 1024 * 1024)
+            # workers at this process's priority (Ray's default starts them 15 steps nicer, so any
+            # other busy process on the machine starves them); no metrics export nobody reads
+            kw["_system_config"] = {"worker_niceness": 0, "enable_metrics_collection": False}
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         try:
             ray.init(**kw)
         except Exception as e:  # noqa: BLE001 - e.g. the node timed out starting on a loaded machine
@@ -505,9 +575,17 @@ def shutdown_ray() -> None:
 
 
 class _RayWorker:
-    """A long-lived actor: ``init`` once, then chunks."""
+    """A long-lived actor: ``init`` once, then chunks.  On the driver's machine it takes the driver's
+    nice value (Ray starts its workers 15 steps nicer than the raylet, so on a shared machine any
+    other busy process would starve them, where local workers compete as equals)."""
 
-    def __init__(self, init: Callable[[], Any], fn: Callable[[Any, Any], Any], threads: int) -> None:
+    def __init__(
+        self, init: Callable[[], Any], fn: Callable[[Any, Any], Any], threads: int, driver: tuple[str, int]
+    ) -> None:
+        import socket
+
+        host, nice = driver
+        self.nice = _renice(nice) if socket.gethostname() == host else niceness()
         _limit_threads(threads)
         self.fn = fn
         self.error: BaseException | None = None
@@ -516,8 +594,13 @@ class _RayWorker:
         except Exception as e:  # noqa: BLE001 - every item's result
             self.state, self.error = None, _portable(e)
 
-    def ready(self) -> tuple[int, BaseException | None]:
-        return os.getpid(), self.error
+    def ready(self) -> tuple[int, BaseException | None, int]:
+        return os.getpid(), self.error, self.nice
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system) this actor's process has used, ``init`` included."""
+        t = os.times()
+        return t.user + t.system
 
     def run(self, chunk: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
         if self.error is not None:
@@ -532,6 +615,8 @@ class _RayBackend(_Backend):
     def __init__(
         self, init: Callable[[], Any], fn: Callable[[Any, Any], Any], workers: int, object_store_mb: int
     ) -> None:
+        import socket
+
         t0 = time.perf_counter()
         self.info = ray_init(workers, object_store_mb)
         import ray
@@ -540,14 +625,15 @@ class _RayBackend(_Backend):
         threads = 1 if cluster else worker_threads(workers)
         actor_cls = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(_RayWorker)
         t1 = time.perf_counter()
-        self.actors: list[Any] = [actor_cls.remote(init, fn, threads) for _ in range(workers)]
+        driver = (socket.gethostname(), niceness())
+        self.actors: list[Any] = [actor_cls.remote(init, fn, threads, driver) for _ in range(workers)]
         # actors up and init done: start-up ends here
         try:
             ready = ray.get([a.ready.remote() for a in self.actors])
         except Exception:
             self.close()  # e.g. init / fn could not be unpickled on the workers
             raise
-        for _, err in ready:
+        for _, err, _ in ready:
             if err is not None:
                 self.close()
                 raise err
@@ -555,42 +641,57 @@ class _RayBackend(_Backend):
         self.info["ray_startup_s"] = round(time.perf_counter() - t0, 3)
         self.info["start_method"] = "ray-actors"
         self.info["threads_per_worker"] = threads
+        self.info["driver_nice"] = driver[1]
+        self.info["actor_nice"] = max(n for _, _, n in ready)
 
     def describe(self) -> dict[str, Any]:
         return dict(self.info)
 
     def run(self, chunks: Iterator[list[tuple[int, Any]]], inflight: int) -> Iterator[tuple[int, Any]]:
+        """Least-busy actor first; a finished chunk is replaced BEFORE its rows go to the caller
+        (who may spend a while writing them), so no actor waits on the driver."""
         import ray
 
         running: dict[Any, tuple[int, list[tuple[int, Any]]]] = {}
         load = [0] * len(self.actors)
         source = iter(chunks)
-        exhausted = False
-        while True:
-            while not exhausted and len(running) < inflight:
+
+        def top_up() -> None:
+            while len(running) < inflight:
                 chunk = next(source, None)
                 if chunk is None:
-                    exhausted = True
-                    break
+                    return
                 k = min(range(len(self.actors)), key=load.__getitem__)  # least busy actor
-                running[self.actors[k].run.remote(chunk)] = (k, chunk)
+                # no task events: the GCS need not record every chunk of a long job
+                running[self.actors[k].run.options(enable_task_events=False).remote(chunk)] = (k, chunk)
                 load[k] += 1
-            if not running:
-                break
+
+        top_up()
+        while running:
             done, _ = ray.wait(list(running), num_returns=1)
+            results: list[tuple[int, Any]] = []
             for ref in done:
                 k, chunk = running.pop(ref)
                 load[k] -= 1
                 try:
-                    yield from ray.get(ref)
+                    results.extend(ray.get(ref))
                 except Exception as e:  # noqa: BLE001 - the actor died: its items fail, the job goes on
                     err = WorkerDied(f"the Ray actor died while running this item ({type(e).__name__})")
-                    yield from ((i, err) for i, _ in chunk)
+                    results.extend((i, err) for i, _ in chunk)
+            del done, ref  # no ref outlives its chunk: the result can leave the object store now
+            top_up()  # before handing rows out (the caller may write each one durably)
+            yield from results
 
     def close(self, abort: bool = False) -> None:
         import ray
 
-        for a in getattr(self, "actors", []):
+        actors = getattr(self, "actors", [])
+        if actors and not abort:  # what the actors used: Ray's processes are no children of ours
+            try:
+                self.info["actor_cpu_s"] = round(sum(ray.get([a.cpu.remote() for a in actors], timeout=10)), 2)
+            except Exception:  # noqa: BLE001 - an actor is gone: no figure
+                pass
+        for a in actors:
             try:
                 ray.kill(a)
             except Exception:  # noqa: BLE001 - already gone
@@ -622,7 +723,7 @@ def run_map(
         items: the items (sent to workers as they are: paths or small records, not arrays).
         engine: ``local`` (processes on this machine) or ``ray`` (actors; ``RAY_ADDRESS`` honoured).
         workers: processes / actors; ``<=1`` with ``local`` runs in this process.
-        chunksize: items per task (``None``: see :func:`default_chunksize`).
+        chunksize: items per task (``None``: see :func:`default_chunksize`; Ray: :func:`guided_chunk`).
         ordered: yield in input order (else as finished).
         progress: show a rich progress bar (a string is its description).
         start_method: force ``fork`` / ``forkserver`` / ``spawn`` for local workers.

@@ -24,13 +24,18 @@ lock and resume rules as ``score``) and compares them with the reference:
   yet, so the JSON says so (``transfer_score.available: false``).
 - **Interval**: percentile bootstrap (site cases and validation cases resampled together, the ATC
   threshold refitted each time).
-- **Drift**: per input statistic and for the confidences, population stability index (PSI, ten
-  reference-quantile bins, fewer for small references) and the two-sample Kolmogorov-Smirnov test; a
-  statistic drifts when KS p < 0.01 and PSI >= 0.25 (KS alone below 10 reference values).
+- **Drift**: per input statistic, numeric output and confidence score, the two-sample
+  Kolmogorov-Smirnov test of the site against the reference sample, with the p-values of ALL the
+  bundle's statistics adjusted together (Holm, family-wise alpha 0.01: dozens of uncorrected tests
+  flagged unshifted data).  A statistic drifts when its adjusted p < 0.01 and its KS distance is at
+  least 0.2 (an effect floor: a large site must not flag a trivial difference); with fewer than 10
+  values on either side it is not tested (``insufficient data``, never "drift").  PSI is reported for
+  information only (biased upwards on small samples).  See :func:`drift_report`.
 
 When any input statistic drifts, ``estimate_reliable`` is false with a ``caution``: on our shifted
 checks (gain, strong noise) models became confidently wrong there, which no confidence-based
-estimator can see.  Segmentation and survival bundles get drift only (``kind`` and ``estimated_accuracy: null`` with the
+estimator can see; when too few cases could be tested, the ``caution`` says the check was not made.
+Segmentation and survival bundles get drift only (``kind`` and ``estimated_accuracy: null`` with the
 reason in the JSON).  Torch-free.
 """
 
@@ -55,8 +60,13 @@ SCORE_FUNCTIONS = ("max_softmax", "neg_entropy")
 MAX_SAMPLE = 1000
 #: largest number of validation cases kept per case in the reference
 MAX_VAL_CASES = 5000
-PSI_FLAG = 0.25
-KS_P_FLAG = 0.01
+#: the drift test (see :func:`drift_report`): family-wise level, p-value correction over all statistics
+DRIFT_ALPHA = 0.01
+DRIFT_CORRECTION = "holm"
+#: fewest values on EACH side (reference and site) for a statistic to be tested
+MIN_DRIFT_CASES = 10
+#: smallest KS distance (largest gap between the two empirical CDFs) that counts as drift
+DRIFT_EFFECT_FLOOR = 0.2
 #: fewest reference values PSI is computed on (two bins of five)
 MIN_PSI_REFERENCE = 10
 
@@ -249,6 +259,10 @@ def reference_sample(values: Iterable[float]) -> list[float]:
 def psi(ref: Sequence[float], new: Sequence[float], bins: int = 10) -> float:
     """Population stability index of ``new`` against ``ref`` over reference-quantile bins.
 
+    Reported beside the drift test, never deciding it: on small samples PSI is biased upwards by about
+    ``(bins - 1) * (1/n_ref + 1/n_site)`` (0.29 for 10 bins, 144 reference and 40 site cases drawn from
+    the SAME distribution), so a fixed PSI threshold flags unshifted data.
+
     Returns:
         PSI, or NaN when the reference has fewer than :data:`MIN_PSI_REFERENCE` values (too few to bin).
     """
@@ -264,41 +278,104 @@ def psi(ref: Sequence[float], new: Sequence[float], bins: int = 10) -> float:
     return float(np.sum((nc - rc) * np.log(nc / rc)))
 
 
-def compare(ref: Sequence[float], new: Sequence[float]) -> dict[str, Any]:
-    """PSI and two-sample KS of one statistic.
+def adjust_pvalues(p: Sequence[float], method: str = DRIFT_CORRECTION) -> np.ndarray:
+    """Multiplicity-adjusted p-values of one family of tests.
 
-    ``drift`` when KS p < :data:`KS_P_FLAG` and PSI >= :data:`PSI_FLAG` (PSI needs at least
-    :data:`MIN_PSI_REFERENCE` reference values; with fewer, the KS test decides alone).
+    Args:
+        p: raw p-values.
+        method: ``holm`` (Holm-Bonferroni step-down: family-wise error control under any dependence
+            between the tests, which ours have: histogram bins sum to one, band powers move together)
+            or ``bh`` (Benjamini-Hochberg false discovery rate, :func:`scipy.stats.false_discovery_control`).
+
+    Returns:
+        Adjusted p-values in the order given (compare each with the family's alpha).
     """
+    q = np.asarray(p, dtype=np.float64)
+    if q.size == 0:
+        return q
+    if method == "bh":
+        from scipy.stats import false_discovery_control
+
+        return np.asarray(false_discovery_control(q, method="bh"), dtype=np.float64)
+    if method != "holm":
+        raise ValueError(f"unknown p-value correction '{method}' (holm or bh)")
+    order = np.argsort(q, kind="stable")
+    m = q.size
+    stepped = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * q[order]))
+    out = np.empty(m)
+    out[order] = stepped
+    return out
+
+
+def compare(ref: Sequence[float], new: Sequence[float], min_cases: int = MIN_DRIFT_CASES) -> dict[str, Any]:
+    """The two-sample KS test (and PSI, for information) of one statistic; no drift decision.
+
+    :func:`drift_report` decides over all statistics of a bundle at once (multiplicity-adjusted p,
+    effect floor); an entry returned here has ``status`` ``tested`` or ``insufficient data`` (fewer
+    than ``min_cases`` finite values on either side) and ``drift`` false.
+    """
+    r = [float(x) for x in ref if x is not None and math.isfinite(x)]
+    n = [float(x) for x in new if x is not None and math.isfinite(x)]
+    out: dict[str, Any] = {"n": len(n), "n_reference": len(r)}
+    if r and n:
+        out.update(reference_median=round(float(np.median(r)), 6), site_median=round(float(np.median(n)), 6))
+    if len(r) < min_cases or len(n) < min_cases:
+        return {**out, "psi": None, "ks": None, "ks_p": None, "status": "insufficient data", "drift": False}
     from scipy.stats import ks_2samp
 
-    n = [x for x in new if x is not None and math.isfinite(x)]
-    if len(ref) < 2 or len(n) < 2:
-        return {"n": len(n), "psi": None, "ks": None, "ks_p": None, "drift": False}
-    ks = ks_2samp(np.asarray(ref), np.asarray(n))
-    p = psi(ref, n)
-    psi_ok = not math.isfinite(p) or p >= PSI_FLAG
+    ks = ks_2samp(np.asarray(r), np.asarray(n))
+    p = psi(r, n)
     return {
-        "n": len(n),
-        "reference_median": round(float(np.median(ref)), 6),
-        "site_median": round(float(np.median(n)), 6),
+        **out,
         "psi": round(p, 4) if math.isfinite(p) else None,
         "ks": round(float(ks.statistic), 4),
         "ks_p": float(f"{float(ks.pvalue):.3g}"),
-        "drift": bool(psi_ok and ks.pvalue < KS_P_FLAG),
+        "status": "tested",
+        "drift": False,
     }
 
 
-def drift_report(reference: Mapping[str, Any], site: Mapping[str, Sequence[float]]) -> dict[str, Any]:
+def drift_rule(alpha: float = DRIFT_ALPHA, method: str = DRIFT_CORRECTION) -> str:
+    """The drift test in one line (written into the JSON)."""
+    name = "Holm" if method == "holm" else "Benjamini-Hochberg"
+    return (
+        f"two-sample KS per statistic, p-values {name}-adjusted over every statistic tested (alpha {alpha:g}); a "
+        f"statistic drifts when its adjusted p < {alpha:g} AND its KS distance >= {DRIFT_EFFECT_FLOOR:g}; fewer "
+        f"than {MIN_DRIFT_CASES} values on either side: insufficient data (not tested); PSI is reported, not used"
+    )
+
+
+def drift_report(
+    reference: Mapping[str, Any],
+    site: Mapping[str, Sequence[float]],
+    alpha: float = DRIFT_ALPHA,
+    method: str = DRIFT_CORRECTION,
+) -> dict[str, Any]:
     """Compare the site's statistics with the reference samples of the same names.
+
+    The test: each statistic (input statistics, numeric outputs, confidences) gets a two-sample KS test
+    of the site's values against the bundle's reference sample; its p-values are adjusted together
+    (``method``, Holm by default: the chance that an unshifted site flags ANY statistic stays below
+    ``alpha`` however many statistics the app defines and however they correlate).  A statistic drifts
+    when its adjusted p < ``alpha`` and its KS distance (largest gap between the two empirical CDFs, 0-1)
+    is at least :data:`DRIFT_EFFECT_FLOOR`, so a large site does not flag a trivially small, significant
+    difference.  Statistics with fewer than :data:`MIN_DRIFT_CASES` values on either side are not
+    tested (``insufficient data``), and when none can be tested the report says so instead of "drift"
+    or "no drift".  KS assumes independent cases: many cases from few patients or sessions overstate
+    the evidence, which the effect floor limits.
 
     Args:
         reference: the bundle's reference (``stats``, ``outputs`` and, for classifiers, ``confidence``
             reference samples).
         site: statistic name -> the site's values (input statistics, ``confidence.max_softmax`` ...).
+        alpha: family-wise (Holm) or false-discovery (BH) level.
+        method: ``holm`` or ``bh`` (:func:`adjust_pvalues`).
 
     Returns:
-        ``flag``, ``summary`` (one line), ``statistics`` (name -> PSI / KS / drift), ``confidence``.
+        ``flag``, ``status`` (``drift``, ``no drift`` or ``insufficient data``), ``summary`` (one line),
+        ``rule``, ``correction``, ``alpha``, ``effect_floor``, ``min_cases``, ``n_tested``,
+        ``drifted``, ``insufficient``, ``statistics`` and ``confidence`` (name -> n, medians, KS, KS p,
+        ``p_adjusted``, PSI, ``status``, ``drift``).
     """
     groups = {"input": reference.get("stats") or {}, "output": reference.get("outputs") or {}}
     conf = reference.get("confidence") or {}
@@ -313,9 +390,19 @@ def drift_report(reference: Mapping[str, Any], site: Mapping[str, Sequence[float
         for name, sample in sorted(conf.items())
         if f"confidence.{name}" in site
     }
+    family = [v for v in [*stats.values(), *confidence.values()] if v["status"] == "tested"]
+    for v, pa in zip(family, adjust_pvalues([v["ks_p"] for v in family], method)):
+        v["p_adjusted"] = float(f"{pa:.3g}")
+        significant = bool(pa < alpha)
+        v["drift"] = significant and v["ks"] >= DRIFT_EFFECT_FLOOR
+        v["status"] = "drift" if v["drift"] else ("below effect floor" if significant else "no drift")
     drifted = sorted((k for k, v in stats.items() if v["drift"]), key=lambda k: -(stats[k]["ks"] or 0))
     conf_drift = [k for k, v in confidence.items() if v["drift"]]
+    insufficient = [k for k, v in stats.items() if v["status"] == "insufficient data"] + [
+        f"confidence.{k}" for k, v in confidence.items() if v["status"] == "insufficient data"
+    ]
     n_stats = len(stats)
+    name = "Holm" if method == "holm" else "BH"
     if drifted or conf_drift:
         parts = []
         if drifted:
@@ -329,15 +416,38 @@ def drift_report(reference: Mapping[str, Any], site: Mapping[str, Sequence[float
             parts.append(
                 f"confidence drifted ({conf_drift[0]} median {c['reference_median']:.3g} -> {c['site_median']:.3g})"
             )
-        summary = "DRIFT: " + "; ".join(parts)
+        status = "drift"
+        summary = "DRIFT: " + "; ".join(parts) + f" ({name}-adjusted over {len(family)} tests, alpha {alpha:g})"
+    elif not family:
+        status = "insufficient data"
+        ns = max((v["n"] for v in [*stats.values(), *confidence.values()]), default=0)
+        nr = max((v["n_reference"] for v in [*stats.values(), *confidence.values()]), default=0)
+        summary = (
+            f"insufficient data for a drift test: {ns} site and {nr} reference values per statistic "
+            f"(at least {MIN_DRIFT_CASES} on each side needed)"
+        )
     else:
-        summary = f"no drift detected in {n_stats} statistics" + (" and the confidences" if confidence else "")
+        status = "no drift"
+        summary = (
+            f"no drift detected in {n_stats} statistics"
+            + (" and the confidences" if confidence else "")
+            + f" ({name}-adjusted over {len(family)} tests, alpha {alpha:g}"
+            + (f"; {len(insufficient)} not tested: too few values" if insufficient else "")
+            + ")"
+        )
     return {
         "flag": bool(drifted or conf_drift),
+        "status": status,
         "summary": summary,
-        "rule": f"a statistic drifts when KS p < {KS_P_FLAG} and PSI >= {PSI_FLAG} (PSI from {MIN_PSI_REFERENCE} "
-        "reference values)",
+        "rule": drift_rule(alpha, method),
+        "correction": method,
+        "alpha": alpha,
+        "effect_floor": DRIFT_EFFECT_FLOOR,
+        "effect": "KS distance (largest gap between the empirical CDFs)",
+        "min_cases": MIN_DRIFT_CASES,
+        "n_tested": len(family),
         "drifted": drifted + [f"confidence.{k}" for k in conf_drift],
+        "insufficient": insufficient,
         "statistics": stats,
         "confidence": confidence,
     }
@@ -523,7 +633,7 @@ def estimate(
     sc.check_out_path(out_json, manifest=manifest, input_dir=input_dir, bundle_dir=bundle_dir)
     bundle = load_bundle(bundle_dir)
     reference = read_reference(bundle)
-    cases = sc.cases_from_manifest(manifest) if manifest else sc.cases_from_dir(input_dir, bundle)
+    cases = sc.cases_from_manifest(manifest, bundle) if manifest else sc.cases_from_dir(input_dir, bundle)
     sc.check_out_path(rows, cases=cases)
     sc.check_out_path(out_json, cases=cases)
     t0 = time.perf_counter()
@@ -578,6 +688,21 @@ def estimate(
     return res
 
 
+def site_values(observations: Iterable[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """Statistic name -> values over cases (``input.*``, ``output.*``, ``confidence.*``), as
+    :func:`drift_report` takes them, from :func:`observe` results."""
+    site: dict[str, list[float]] = {}
+    for o in observations:
+        for k, v in (o.get("stats") or {}).items():
+            site.setdefault(f"input.{k}", []).append(float(v))
+        for k, v in (o.get("outputs") or {}).items():
+            site.setdefault(f"output.{k}", []).append(float(v))
+        for sf in SCORE_FUNCTIONS:
+            if sf in o:
+                site.setdefault(f"confidence.{sf}", []).append(float(o[sf]))
+    return site
+
+
 def summarise(
     reference: Mapping[str, Any],
     rows: Sequence[Mapping[str, str]],
@@ -606,15 +731,7 @@ def summarise(
         "estimated_balanced_accuracy": None,
         "interval": None,
     }
-    site: dict[str, list[float]] = {}
-    for _, o in ok:
-        for k, v in (o.get("stats") or {}).items():
-            site.setdefault(f"input.{k}", []).append(float(v))
-        for k, v in (o.get("outputs") or {}).items():
-            site.setdefault(f"output.{k}", []).append(float(v))
-        for sf in SCORE_FUNCTIONS:
-            if sf in o:
-                site.setdefault(f"confidence.{sf}", []).append(float(o[sf]))
+    site = site_values(o for _, o in ok)
     cls = [(cid, o) for cid, o in ok if o.get("kind") == "classifier"]
     if kind == "classifier" and cls:
         est = estimate_accuracy(
@@ -651,6 +768,11 @@ def summarise(
                 "the inputs drifted from the validation data: ATC and DoC assume the model's confidence still "
                 "tracks its accuracy, which shifts such as amplifier gain or added noise can break (a model can "
                 "become confidently wrong); check a labelled sample from this site"
+            )
+        elif res["drift"]["status"] == "insufficient data":
+            res["caution"] = (
+                "too few cases to test the inputs for drift, so whether the estimate's assumptions hold here is "
+                "unchecked; check a labelled sample from this site"
             )
     if errors:
         res["errors"] = [{"case": r.get("case"), "error": r.get("error")} for r in errors[:20]]

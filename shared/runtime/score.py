@@ -60,11 +60,32 @@ class Case:
     extra: dict[str, str]
 
 
-def cases_from_manifest(csv_path: str | Path) -> list[Case]:
-    """Cases from a generic manifest (labels are ignored)."""
+def cases_from_manifest(csv_path: str | Path, bundle: Bundle | None = None) -> list[Case]:
+    """Cases from a generic manifest.
+
+    Labels are ignored, except where the bundle's predictor class names a ``label_prompt`` case key
+    (videoseg: the label is the masks file whose first labelled frame prompts the tracker): given the
+    bundle, each labelled row gets its label, resolved against the CSV's folder, under that key.
+    """
     from medtransfer.shared.manifest import read_manifest
 
-    return [Case(r.case_id, str(r.path), dict(r.extra)) for r in read_manifest(csv_path)]
+    key = label_prompt_key(bundle) if bundle is not None else None
+    base = Path(csv_path).resolve().parent
+    cases = []
+    for r in read_manifest(csv_path):
+        extra = dict(r.extra)
+        if key and str(r.label).strip() and not extra.get(key):
+            extra[key] = str(base / r.label)  # an absolute label stays as it is
+        cases.append(Case(r.case_id, str(r.path), extra))
+    return cases
+
+
+def label_prompt_key(bundle: Bundle) -> str | None:
+    """The case key under which the bundle's predictor takes a manifest's label as its prompt, or None."""
+    from medtransfer.shared.plugins import get_app, load_object
+
+    spec = get_app(bundle.app)
+    return getattr(load_object(spec.predictor), "label_prompt", None) if spec.predictor else None
 
 
 def cases_from_dir(folder: str | Path, bundle: Bundle) -> list[Case]:

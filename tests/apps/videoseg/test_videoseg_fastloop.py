@@ -90,16 +90,16 @@ def demo_video(vs_echo):
     return frames, box, mask
 
 
-@pytest.mark.parametrize("prompt", ["box", "mask"])
-def test_fast_loop_equals_previous_loop(vs_bundle, demo_video, prompt):
+@pytest.mark.parametrize("prompt,encoder", [("box", "fp32"), ("mask", "fp32"), ("box", "auto")])
+def test_fast_loop_equals_previous_loop(vs_bundle, demo_video, prompt, encoder):
     from medtransfer.apps.videoseg.predict import OnnxBackend
     from medtransfer.shared.runtime.bundle import Bundle
 
     frames, box, mask = demo_video
     kw = {"box": box} if prompt == "box" else {"mask": mask}
     n = len(frames)
-    ref = list(reference_loop(OnnxBackend(Bundle(vs_bundle), fast=False), iter(frames), n, **kw))
-    fast = StreamingPropagator(OnnxBackend(Bundle(vs_bundle), fast=True, threads=2))
+    ref = list(reference_loop(OnnxBackend(Bundle(vs_bundle), fast=False, encoder=encoder), iter(frames), n, **kw))
+    fast = StreamingPropagator(OnnxBackend(Bundle(vs_bundle), fast=True, threads=2, encoder=encoder))
     got = list(fast.run(iter(frames), n, prefetch=True, **kw))
     logits = [lg for _, lg in fast.run(iter(frames), n, return_logits=True, **kw)]
     assert [t for t, _ in got] == list(range(n)) == [t for t, _, _ in ref]
@@ -157,7 +157,14 @@ def test_make_session_settings(vs_bundle):
     assert [i.name for i in s.get_inputs()] == ["vision_feat", "mask_logits", "object_score"]
     with pytest.raises(InputError, match="not a model file"):
         make_session(b, "metadata.json")
-    assert backend_options({"fast": "false", "threads": "3"}) == {"fast": False, "threads": 3, "shared_pool": False}
+    assert backend_options({"fast": "false", "threads": "3", "encoder": "fp32"}) == {
+        "fast": False,
+        "threads": 3,
+        "shared_pool": False,
+        "encoder": "fp32",
+        "spin": False,
+    }
+    assert backend_options({})["encoder"] == "auto" and backend_options({"spin": "true"})["spin"] is True
     # the fast sessions leave per-session pools usable (no process-wide pool made behind the caller's back)
     assert b.session("memory_encoder.onnx") is not None
 
@@ -184,3 +191,52 @@ def test_int8_image_encoder_records_dice_change(vs_run, vs_bundle, tmp_path):
     assert rep["float32"]["min_dice"] == fp32["min_dice"] and rep["frames"] == 5
     assert 0.0 <= rep["int8"]["mean_dice"] <= 1.0
     assert rep["mean_dice_change"] == round(rep["int8"]["mean_dice"] - rep["float32"]["mean_dice"], 5)
+
+
+def test_int8_encoder_beside_float32_is_default_only_when_it_agrees(vs_bundle, demo_video, monkeypatch, tmp_path):
+    import shutil
+    from types import SimpleNamespace
+
+    import onnx
+
+    from medtransfer.apps.videoseg import export as vx
+    from medtransfer.apps.videoseg.predict import ENCODER_FILES, OnnxBackend, encoder_file
+    from medtransfer.shared.runtime import bundle as bundle_mod
+    from medtransfer.shared.runtime.bundle import Bundle
+    from medtransfer.shared.utils.errors import InputError
+
+    b = Bundle(vs_bundle)
+    agree = b.meta["metrics"]["int8_encoder_agreement"]
+    assert agree["frames"] == 16 and 0.0 <= agree["min_dice"] <= agree["mean_dice"] <= 1.0
+    assert b.meta["encoder_default"] == ("int8" if agree["min_dice"] >= vx.INT8_DEFAULT_MIN_DICE else "fp32")
+    ops = {n.op_type for n in onnx.load(str(vs_bundle / vx.INT8_ENCODER)).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"} and "ConvInteger" not in ops  # MatMuls only
+    # the choice reaches the session: auto follows the metadata, fp32 / int8 as asked
+    assert encoder_file(b, "auto") == ENCODER_FILES[b.meta["encoder_default"]]
+    with monkeypatch.context() as mp:  # on a GPU provider auto keeps float32 (int8 has no GPU kernels)
+        mp.setattr(bundle_mod, "_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+        assert encoder_file(b, "auto") == "image_encoder.onnx"
+        assert encoder_file(b, "int8") == vx.INT8_ENCODER
+    assert OnnxBackend(b, encoder="fp32").encoder_file == "image_encoder.onnx"
+    assert OnnxBackend(b, encoder="int8").encoder_file == vx.INT8_ENCODER
+    frames = demo_video[0]
+    img = preprocess(frames[0], int(b.meta["preprocessing"]["image_size"]))
+    f32 = OnnxBackend(b, encoder="fp32").encode_image(img)[0]
+    i8 = OnnxBackend(b, encoder="int8").encode_image(img)[0]
+    assert not np.array_equal(f32, i8) and np.abs(f32 - i8).max() < 0.5 * np.abs(f32).max()  # int8 ran
+    with pytest.raises(InputError, match="not one of"):
+        encoder_file(b, "fp16")
+    bare = SimpleNamespace(meta={}, description=SimpleNamespace(files={"image_encoder.onnx": ""}), path=vs_bundle)
+    assert encoder_file(bare, "auto") == "image_encoder.onnx"  # bundles from before: float32
+    with pytest.raises(InputError, match="no int8 image encoder"):
+        encoder_file(bare, "int8")
+    # an impossible threshold keeps float32 the default; the measured Dice is the bundle's own
+    c = shutil.copytree(vs_bundle, tmp_path / "c")
+    monkeypatch.setattr(vx, "INT8_DEFAULT_MIN_DICE", 1.01)
+    rep = vx.int8_encoder_agreement(c, *vx.agreement_clip())
+    assert rep["default"] == "fp32" and rep["min_dice"] == agree["min_dice"] and rep["mean_dice"] == agree["mean_dice"]
+    assert vx.encoder_metadata(rep) == {
+        "encoders": {"fp32": "image_encoder.onnx", "int8": vx.INT8_ENCODER},
+        "encoder_default": "fp32",
+    }
+    assert vx.encoder_metadata({}) == {}

@@ -28,17 +28,24 @@ def test_run_dir_layout(vs_run):
 
 
 def test_bundle_and_onnx_propagation_parity(vs_bundle, vs_run):
-    from medtransfer.apps.videoseg.export import GRAPHS, propagation_parity
+    import onnx
+
+    from medtransfer.apps.videoseg.export import GRAPHS, INT8_ENCODER, propagation_parity
     from medtransfer.apps.videoseg.propagate import mask_to_box
     from medtransfer.apps.videoseg.train import load_run_model
     from medtransfer.shared.runtime.bundle import Bundle
 
     b = Bundle(vs_bundle)
-    assert set(b.meta["files"]) == {f"{g}.onnx" for g in GRAPHS} | {"constants.npz"}
+    files = set(b.meta["files"])
+    assert {f for f in files if f.endswith(".onnx")} == {f"{g}.onnx" for g in GRAPHS} | {INT8_ENCODER}
+    assert "constants.npz" in files
     assert b.meta["metrics"]["propagation_parity"]["min_dice"] >= 0.99
     assert all(v < 1e-3 for v in b.meta["metrics"]["onnx_parity"].values())
     # independent check on another clip, with a mask prompt too
     sam, _ = load_run_model(vs_run["run_dir"])
+    ma = onnx.load(str(vs_bundle / "memory_attention.onnx"))
+    # one fused Attention op per self- and cross-attention of each layer
+    assert sum(n.op_type == "Attention" for n in ma.graph.node) == 2 * len(sam.memory_attention.layers)
     frames, masks, _ = make_cine(96, 6, seed=11)
     par = propagation_parity(sam, vs_bundle, frames, mask_to_box(masks[0]))
     assert par["frames"] == 6 and par["min_dice"] >= 0.99

@@ -149,7 +149,9 @@ def test_slide_scoring_end_to_end(slide_bundle: Path, slide_dir: Path, tmp_path:
     from medtransfer.shared.utils.errors import InputError
 
     meta = json.loads((slide_bundle / "metadata.json").read_text())
-    assert set(meta["files"]) == {"model.onnx", "encoder.onnx"} and meta["preprocessing"]["encoder"] == "resnet18"
+    # reference.json: the validation bags' drift statistics the run records (``medtransfer estimate``)
+    assert set(meta["files"]) == {"model.onnx", "encoder.onnx", "reference.json"}
+    assert meta["preprocessing"]["encoder"] == "resnet18"
     p = build_predictor(load_bundle(slide_bundle), out_dir=str(tmp_path), plot=True)
     r = p.predict(slide_dir / "good_a.tif")
     assert np.isfinite(r["risk"]) and r["risk_group"] in ("low", "high") and r["n_patches"] > 0

@@ -5,13 +5,23 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
+from pathlib import Path
 
 import pytest
 
-from medtransfer.shared.runtime.engines import WorkerDied, default_chunksize, run_map, worker_threads
+from medtransfer.shared.runtime.engines import (
+    WorkerDied,
+    default_chunksize,
+    guided_chunk,
+    ray_chunksize,
+    run_map,
+    worker_threads,
+)
 
 _INITS = 0
 
@@ -144,6 +154,37 @@ def test_default_chunksize():
     assert default_chunksize(200, 2) == 8 and default_chunksize(48, 2) == 3
 
 
+def test_ray_chunks_are_guided_big_first_small_last():
+    assert ray_chunksize(None, 2) == 1 and ray_chunksize(10, 2) == 1
+    assert ray_chunksize(5000, 2) == 32 and ray_chunksize(320, 2) == 20
+    left, sizes = 1000, []
+    while left:
+        sizes.append(guided_chunk(left, 2, ray_chunksize(1000, 2)))
+        left -= sizes[-1]
+    assert sum(sizes) == 1000 and sizes[0] == 32 and sizes[-1] == 1
+    assert sizes == sorted(sizes, reverse=True)  # never grows: the tail is cut fine
+    assert len(sizes) < 1000 // 8  # fewer tasks than fixed chunks of 8
+
+
+def test_renice_reaches_every_thread(tmp_path):
+    code = textwrap.dedent("""
+        import json, os, threading, time
+        from medtransfer.shared.runtime.engines import _renice, niceness
+        stop = threading.Event()
+        t = threading.Thread(target=stop.wait); t.start()  # a thread that exists before the call
+        want = niceness() + 3
+        got = _renice(want)
+        tids = os.listdir("/proc/self/task")
+        nices = sorted({os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in tids})
+        stop.set(); t.join()
+        print(json.dumps({"want": want, "got": got, "threads": len(tids), "nices": nices}))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["got"] == got["want"] and got["threads"] >= 2 and got["nices"] == [got["want"]]
+
+
 def test_unknown_engine_is_one_line():
     from medtransfer.shared.utils.errors import MedTransferError
 
@@ -182,6 +223,11 @@ def test_ray_gives_what_local_gives():
     states = {(r[0], r[1]) for _, r in ray_res if not isinstance(r, BaseException)}
     assert len(states) == len({pid for pid, _ in states}) <= 2  # one init per actor, actors reused
     assert run.stats["startup_s"] >= run.stats.get("ray_actors_s", 0) > 0
+    assert run.stats["chunking"] == "fixed" and run.stats["chunksize"] == 2
+    assert run.stats["actor_nice"] == run.stats["driver_nice"]  # not Ray's 15 steps nicer
+    guided = run_map(_init, _square, range(300), engine="ray", workers=2)
+    _check(list(guided), 300)
+    assert guided.stats["chunking"] == "guided" and guided.stats["chunksize"] == ray_chunksize(300, 2)
     with pytest.raises(RuntimeError, match="no model here"):
         run_map(_failing_init, _square, range(3), engine="ray", workers=1)
 
@@ -229,7 +275,51 @@ def test_score_bench_runs_each_setup_on_distinct_case_files(image_run, tmp_path)
         r = runs[setup]
         assert r["ok"] == 7 and r["error"] == 0, r  # 7 distinct files although only 3 samples
         assert r["peak_rss_mib"] > 0 and r["cpu_s"] > 0 and len(r["loadavg"]) == 2
+        assert r["total_cpu_s"] >= r["cpu_self_s"] > 0  # the job process and every worker under it
     assert runs["local:2"]["engine_stats"]["start_method"] == "fork"  # a fresh process without torch
     ratios = res["ratios"]["7"]
     assert ratios["local_2w_over_1w"] == round(runs["local:1"]["seconds"] / runs["local:2"]["seconds"], 2)
     assert json.loads((tmp_path / "b.json").read_text())["runs"]["7"]["local:1"]["ok"] == 7
+
+
+def test_score_bench_ratios_name_each_ray_setup():
+    from medtransfer.shared.bench import _ratios
+
+    runs = {
+        "local:1": {"seconds": 8.0, "work_s": 7.0, "total_cpu_s": 7.5},
+        "local:2": {"seconds": 4.0, "work_s": 3.5, "total_cpu_s": 8.0},
+        "ray:2": {"seconds": 10.0, "work_s": 4.0, "total_cpu_s": 9.0, "startup_s": 6.0},
+        "ray-cluster:2": {"seconds": 5.0, "work_s": 3.5, "total_cpu_s": 10.0, "startup_s": 1.5},
+    }
+    out = _ratios(runs)
+    assert out["local_2w_over_1w"] == 2.0 and out["local_2w_over_1w_work"] == 2.0
+    assert out["ray_over_local_2w"] == 2.5 and out["ray_over_local_2w_work"] == round(4.0 / 3.5, 2)
+    assert out["ray_cluster_over_local_2w"] == 1.25 and out["ray_cluster_over_local_2w_work"] == 1.0
+    assert out["ray_cluster_over_local_2w_cpu"] == 1.25 and out["ray_over_local_1w"] == 1.25
+    assert out["ray_startup_s"] == 6.0 and out["ray_cluster_startup_s"] == 1.5
+
+
+@pytest.mark.slow
+def test_score_joins_a_running_ray_cluster_which_the_bench_stops(image_run, tmp_path):
+    pytest.importorskip("ray")
+    import psutil
+
+    from medtransfer.shared.bench import RayCluster, make_case_set, score_run
+
+    imgs = sorted(Path(image_run["root"]).rglob("*.png"))[:3]
+    man = make_case_set(imgs, 5, tmp_path / "cases")
+    folder = Path(tempfile.mkdtemp(prefix="rct", dir="/tmp"))  # Ray's socket paths must stay short
+    cluster, pids = None, []
+    try:
+        cluster = RayCluster(1, folder)
+        pids = [p.pid for p in cluster.processes()]
+        assert len(pids) >= 2  # raylet, GCS, ...
+        r = score_run(Path(image_run["bundle"]), man, tmp_path / "o.csv", "ray", 1, cluster=cluster)
+        assert r["ok"] == 5 and r["engine_stats"]["ray_address"] == cluster.address, r
+        assert r["engine_stats"]["actor_nice"] == r["engine_stats"]["driver_nice"]
+        assert r["engine_stats"]["actor_cpu_s"] > 0 and r["total_cpu_s"] > r["cpu_s"]  # the actor's CPU counted
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
