@@ -24,6 +24,7 @@ def cdir(tmp_path, monkeypatch):
     d = tmp_path / "cache"
     monkeypatch.setenv("MEDTRANSFER_CACHE_DIR", str(d))
     monkeypatch.delenv("MEDTRANSFER_CACHE", raising=False)
+    monkeypatch.setenv("MEDTRANSFER_ORT_GRAPH_CACHE", "on")  # opt-in; these tests check it
     monkeypatch.setattr(cache, "MIN_CACHED_BYTES", 0)
     monkeypatch.setattr(cache, "RACY_SECONDS", 0.0)
     return d
@@ -215,3 +216,15 @@ def test_saved_graphs_are_bounded(kit, tmp_path, cdir, monkeypatch):
     assert names == [".json", ".onnx", ".weights"]  # one entry and nothing orphaned ...
     (card,) = (cdir / "ort").glob("*.json")
     assert json.loads(card.read_text())["key"][0] == meta["files"]["model.onnx"]  # ... the newest
+
+
+def test_optimised_graph_cache_is_opt_in(kit, tmp_path, cdir, monkeypatch):
+    """Without MEDTRANSFER_ORT_GRAPH_CACHE=on no graph is saved (the digest cache still works)."""
+    monkeypatch.delenv("MEDTRANSFER_ORT_GRAPH_CACHE")
+    b = kit.make_bundle(tmp_path / "b")
+    want = load_bundle(b).run(X)["logits"]
+    assert not list(cdir.glob("ort/*.onnx"))  # no graph saved
+    seen = _session_paths(monkeypatch)
+    np.testing.assert_allclose(load_bundle(b).run(X)["logits"], want)
+    assert seen == [str(b / "model.onnx")]  # the bundle's own model, optimised afresh
+    assert len(list((cdir / "sha256").iterdir())) == 2  # while the digest cache still works
