@@ -395,6 +395,7 @@ def validate(
                 "estimated_balanced_accuracy": res["estimated_balanced_accuracy"],
                 "interval": res["interval"]["accuracy"],
                 "drift": res["drift"]["flag"],
+                "drift_status": res["drift"].get("status", ""),
                 "estimate_reliable": res.get("estimate_reliable", True),
                 "drift_summary": res["drift"]["summary"],
             }
@@ -544,10 +545,12 @@ def demo_section(demo_out: Path, fast: bool = True) -> str:
             continue
         for r in res["levels"]:
             ci = r["interval"]
+            untested = r.get("drift_status") == "insufficient data"  # too few cases: never reported as "no drift"
+            drift = "yes" if r["drift"] else ("untested (too few cases)" if untested else "no")
+            reliable = "no (inputs drifted)" if not r["estimate_reliable"] else ("unchecked" if untested else "yes")
             lines.append(
                 f"| {app} | {r['shift']} {r['severity']:g} | {r['true_accuracy']:.3f} | {r['estimated_accuracy']:.3f} "
-                f"| {f'{ci[0]:.2f}-{ci[1]:.2f}' if ci else 'n/a'} | {r['doc']:.3f} | {'yes' if r['drift'] else 'no'} "
-                f"| {'yes' if r['estimate_reliable'] else 'no (inputs drifted)'} |"
+                f"| {f'{ci[0]:.2f}-{ci[1]:.2f}' if ci else 'n/a'} | {r['doc']:.3f} | {drift} | {reliable} |"
             )
         m = res["mae"]
         n_ref = (meta.get("reference") or {}).get("n_cases")
