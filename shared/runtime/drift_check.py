@@ -243,19 +243,10 @@ def plot(results: Sequence[Mapping[str, Any]], path: Path) -> Path:
     return path
 
 
-def bundles_under(root: Path) -> list[Path]:
-    """Bundle folders with ``reference.json`` under ``root`` (one per distinct bundle)."""
-    seen: dict[bytes, Path] = {}
-    for p in sorted(root.rglob(est.REFERENCE_FILE), key=lambda p: (len(p.parts), str(p))):
-        sums = p.parent / "checksums.sha256"
-        if sums.is_file():
-            seen.setdefault(sums.read_bytes(), p.parent)
-    return sorted(seen.values())
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """The command line (see the module docstring)."""
     from medtransfer.shared.bench import load_average
+    from medtransfer.shared.runtime.estimate_shift import bundles_under
 
     ap = argparse.ArgumentParser(prog="python -m medtransfer.shared.runtime.drift_check")
     ap.add_argument("demo_out", type=Path, help="a demo output folder (its bundles), or one bundle with --manifest")

@@ -464,8 +464,8 @@ def plot_levels(levels: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ demo
-def _bundles(demo_out: Path) -> list[Path]:
-    """Bundles with reference statistics under a demo output folder (any depth)."""
+def bundles_under(demo_out: Path) -> list[Path]:
+    """Bundles with reference statistics under a folder (any depth; one per distinct bundle)."""
     from medtransfer.shared.export.reference import REFERENCE_FILE
 
     seen: dict[bytes, Path] = {}
@@ -526,7 +526,7 @@ def demo_section(demo_out: Path, fast: bool = True) -> str:
     ]
     notes: list[str] = []
     drift_lines: list[str] = []
-    for b in _bundles(demo_out):
+    for b in bundles_under(demo_out):
         meta = json.loads((b / "metadata.json").read_text(encoding="utf-8"))
         app = meta.get("app", "?")
         if (meta.get("reference") or {}).get("kind") != "classifier":
