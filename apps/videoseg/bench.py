@@ -36,12 +36,11 @@ import numpy as np
 
 from medtransfer.shared.bench import load_average
 
-#: ours with one setting changed (``ablation=True``): encoder prefetch (its own thread, 2 threads per
-#: session, or 1 so the encoder and the tracker graphs each hold one core), spinning within runs,
-#: the shared pool, the previous sessions
+#: ours with one setting changed (``ablation=True``): no encoder prefetch (by default the encoder works
+#: on the next frame in its own thread, the threads split with the tracker graphs), spinning within
+#: runs, the shared pool, the previous sessions
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "prefetch": {"prefetch": True},
-    "prefetch_1thread": {"prefetch": True, "threads": 1},
+    "no_prefetch": {"prefetch": False},
     "spin": {"spin": True},
     "shared_pool": {"shared_pool": True},
     "previous_sessions": {"fast": False, "prefetch": False},
@@ -106,6 +105,7 @@ def child_ours(args: dict[str, Any]) -> dict[str, Any]:
         shared_pool=bool(args.get("shared_pool", False)),
         encoder=str(args.get("encoder") or "auto"),
         spin=bool(args.get("spin", False)),
+        prefetch=args.get("prefetch", "auto"),
     )
     session_seconds = time.perf_counter() - t0
     totals: dict[str, float] = {}
@@ -115,7 +115,8 @@ def child_ours(args: dict[str, Any]) -> dict[str, Any]:
     mask = np.load(args["mask"])
     t = time.perf_counter()
     rd = open_video(args["video"])
-    out = np.stack([m for _, m in prop.run(rd.frames(0, n), n, mask=mask, prefetch=bool(args["prefetch"]))])
+    # profiled runs go one graph at a time (so time is attributed to graphs); else the backend decides
+    out = np.stack([m for _, m in prop.run(rd.frames(0, n), n, mask=mask, prefetch=False if totals else None)])
     dt = time.perf_counter() - t
     np.save(args["masks_out"], out)
     res = {
@@ -124,6 +125,9 @@ def child_ours(args: dict[str, Any]) -> dict[str, Any]:
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "torch_loaded": "torch" in sys.modules,
         "encoder": getattr(backend, "inner", backend).encoder_file,
+        "attention": getattr(backend, "inner", backend).attention_file,
+        "prefetch": bool(getattr(backend, "inner", backend).prefetch) and not totals,
+        "threads": getattr(backend, "inner", backend).threads,
         "session_seconds": round(session_seconds, 2),
     }
     if totals:
@@ -260,7 +264,7 @@ def make_bundle(arch: str, size: int, overrides: list[str], work: Path) -> tuple
     import torch
 
     from medtransfer.apps.videoseg.export import (
-        INT8_ENCODER,
+        INT8_FILES,
         agreement_clip,
         check_frames,
         encoder_metadata,
@@ -279,7 +283,7 @@ def make_bundle(arch: str, size: int, overrides: list[str], work: Path) -> tuple
     t = time.time()
     export_model(ours, bundle)
     write_int8_encoder(bundle)
-    files = sorted({p.name for p in bundle.glob("*.onnx")} | {INT8_ENCODER}) + ["constants.npz"]
+    files = sorted({p.name for p in bundle.glob("*.onnx")} | set(INT8_FILES)) + ["constants.npz"]
     kw: dict[str, Any] = {
         "name": "bench",
         "app": "videoseg",
@@ -302,7 +306,7 @@ def bench(
     arch: str = "sam2.1_hiera_tiny",
     threads: int = 0,
     profile_frames: int = 16,
-    prefetch: bool = False,
+    prefetch: str = "auto",
     cpu_sets: str = "",
     ablation: bool = False,
     out: str | None = None,
@@ -318,8 +322,8 @@ def bench(
         arch: SAM2 variant.
         threads: torch / ONNX Runtime threads in each run (0 = the cores the run may use).
         profile_frames: frames for the per-graph profile of the previous and the fast path (0 = skip).
-        prefetch: ours encodes frame t+1 in a second thread while tracking frame t (off: on 2 cores
-            it did not pay, see the ``prefetch`` ablation).
+        prefetch: ours encodes frame t+1 in a second thread while tracking frame t, threads split
+            (``auto``: the predictor's default, on with 2+ CPU threads; see the ``no_prefetch`` ablation).
         cpu_sets: ``"0,1;2,3"``: run the timed processes concurrently, one CPU set each ("" = one
             after another on this process's cores).
         ablation: also time ours at the shortest length with each of :data:`ABLATIONS`.
@@ -527,7 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="sam2.1_hiera_tiny")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--profile-frames", type=int, default=16)
-    p.add_argument("--prefetch", action="store_true", help="ours encodes the next frame in a second thread")
+    p.add_argument(
+        "--prefetch", default="auto", choices=("auto", "true", "false"), help="ours encodes the next frame meanwhile"
+    )
     p.add_argument("--cpu-sets", default="")
     p.add_argument("--ablation", action="store_true", help="also time ours with each fast setting switched off")
     p.add_argument("--out", default="videoseg_bench.json")

@@ -33,7 +33,7 @@ from medtransfer.apps.videoseg.model import (
     TorchBackend,
     model_constants,
 )
-from medtransfer.apps.videoseg.predict import ENCODER_FILES
+from medtransfer.apps.videoseg.predict import ATTENTION_FILES, ENCODER_FILES
 from medtransfer.shared.rundir import RunDir
 from medtransfer.shared.runtime.gates import limits_for
 
@@ -44,8 +44,11 @@ GRAPHS = ("image_encoder", "decoder_box", "decoder_track", "mask_prompt", "memor
 #: opset of memory_attention.onnx: at 23 each SDPA is one ``Attention`` op (ONNX Runtime's CPU
 #: kernel: 10-20% less CPU time than MatMul/Softmax/MatMul at 256-512 px, same masks)
 MEMORY_ATTENTION_OPSET = 23
-#: the int8 image encoder shipped beside the float32 one, and the op types it quantizes
+#: the int8 image encoder and memory attention shipped beside the float32 ones, and the op types
+#: quantized (MatMul with a constant weight: the linear layers; ConvInteger is slow on CPU)
 INT8_ENCODER = ENCODER_FILES["int8"]
+INT8_ATTENTION = ATTENTION_FILES["int8"]
+INT8_FILES = (INT8_ENCODER, INT8_ATTENTION)
 INT8_OPS = ["MatMul"]
 #: the least per-frame Dice (int8 vs float32 image encoder, same ONNX loop) for int8 to be the default
 INT8_DEFAULT_MIN_DICE = 0.99
@@ -179,16 +182,24 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if s == 0 else 2.0 * int((a & b).sum()) / s
 
 
-def write_int8_encoder(bundle_dir: str | Path) -> Path:
-    """Write :data:`INT8_ENCODER` (dynamic int8 on :data:`INT8_OPS`) beside ``image_encoder.onnx``."""
+def write_int8_encoder(bundle_dir: str | Path) -> list[str]:
+    """Write :data:`INT8_FILES` (dynamic int8 on :data:`INT8_OPS`) beside their float32 graphs.
+
+    Returns:
+        The file names written (add them to the bundle's files).
+    """
     from medtransfer.shared.export import quantize_int8
 
     d = Path(bundle_dir)
-    return quantize_int8(d / "image_encoder.onnx", d / INT8_ENCODER, op_types=INT8_OPS)
+    quantize_int8(d / "image_encoder.onnx", d / INT8_ENCODER, op_types=INT8_OPS)
+    # at 512 px the memory attention's linear layers took 75 of 293 ms per frame in float32, 37 in int8
+    quantize_int8(d / "memory_attention.onnx", d / INT8_ATTENTION, op_types=INT8_OPS)
+    return list(INT8_FILES)
 
 
 def int8_encoder_agreement(bundle_dir: str | Path, frames: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
-    """Propagate one clip with the float32 and the int8 image encoder (all else equal, ONNX both).
+    """Propagate one clip with the float32 and the int8 graphs (image encoder and, where the bundle
+    has it, memory attention; all else equal, ONNX both).
 
     Args:
         bundle_dir: a bundle (metadata may be pending) listing both encoders.
@@ -272,9 +283,8 @@ def _write_bundle_files(run_dir: str | Path, out_dir: Path, quantize: str | None
     sam, cfg = load_run_model(run_dir)
     rep = export_model(sam, out)
     files = [f"{n}.onnx" for n in GRAPHS] + ["constants.npz"]
-    if quantize != "int8":  # float32 bundle: the int8 encoder beside it (the default if it agrees)
-        write_int8_encoder(out)
-        files.append(INT8_ENCODER)
+    if quantize != "int8":  # float32 bundle: the int8 graphs beside it (the default if they agree)
+        files += write_int8_encoder(out)
     write_bundle(
         out,
         name="videoseg-track",

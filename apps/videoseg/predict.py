@@ -13,7 +13,8 @@ session), run on the best available provider (CUDA when ``onnxruntime-gpu`` is i
 ``--opt fast=false`` for the bundle's plain sessions (the previous path).  The image encoder is the
 bundle's default one (``encoder_default`` in its metadata: the int8 graph when export found it
 agreeing with float32, see ``export.int8_encoder_agreement``); ``--opt encoder=fp32`` or ``int8``
-picks one.
+picks one.  With the int8 encoder goes the bundle's int8 memory attention where it has one (the
+agreement check covers both graphs together).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ GRAPH_OPT = {
 _OPT_LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 _POOL: dict[str, Any] = {}
 ENCODER_FILES = {"fp32": "image_encoder.onnx", "int8": "image_encoder_int8.onnx"}
+#: the int8 memory attention (linear layers int8; attention itself float32) that newer bundles ship
+#: beside the float32 one: it runs with the int8 image encoder (one int8/fp32 choice, one agreement check)
+ATTENTION_FILES = {"fp32": "memory_attention.onnx", "int8": "memory_attention_int8.onnx"}
 
 
 def encoder_file(bundle: Bundle, encoder: str = "auto") -> str:
@@ -73,6 +77,36 @@ def encoder_file(bundle: Bundle, encoder: str = "auto") -> str:
     if name not in bundle.description.files:
         raise InputError(bundle.path, f"this bundle has no {choice} image encoder ({name}); use --opt encoder=fp32")
     return name
+
+
+def attention_file(bundle: Bundle, encoder: str) -> str:
+    """The memory-attention graph that goes with the chosen image encoder file: int8 with the int8
+    encoder when the bundle has it (bundles exported before 2026-11-28 have only float32)."""
+    int8 = ATTENTION_FILES["int8"]
+    if encoder == ENCODER_FILES["int8"] and int8 in bundle.description.files:
+        return int8
+    return ATTENTION_FILES["fp32"]
+
+
+def resolve_prefetch(choice: bool | str | None, possible: bool, threads: int) -> bool:
+    """Whether the streaming loop encodes the next frame while tracking this one.
+
+    ``auto`` (or None): when ``possible`` (fast per-session CPU pools) and ``threads >= 2``: at 512 px
+    on 2 cores, 1 thread each for the encoder and the tracker took 26-28 s for 48 frames against
+    27-31 s for both in turn on 2 threads (SAM2.1 hiera-tiny, int8 graphs).  True / False force it
+    (True with plain sessions keeps each session's own thread count).
+
+    Raises:
+        InputError: not one of auto / true / false.
+    """
+    v = "auto" if choice is None else str(choice).lower()
+    if v == "auto":
+        return bool(possible and threads >= 2)
+    if v in ("true", "1", "yes", "on"):
+        return True
+    if v in ("false", "0", "no", "off"):
+        return False
+    raise InputError("--opt prefetch", f"'{choice}' is not one of auto, true, false")
 
 
 def default_threads() -> int:
@@ -171,6 +205,9 @@ class OnnxBackend:
             :func:`make_session`: only for processes that open no other ONNX session).
         encoder: image encoder, ``auto`` / ``fp32`` / ``int8`` (:func:`encoder_file`).
         spin: fast sessions spin within a run only (see :func:`make_session`).
+        prefetch: the streaming loop encodes frame t+1 in a second thread while it tracks frame t,
+            the threads split between the encoder and the tracker graphs (:func:`resolve_prefetch`;
+            ``auto``: on for fast CPU sessions with at least 2 threads).  ``.prefetch`` is the outcome.
     """
 
     def __init__(
@@ -181,25 +218,34 @@ class OnnxBackend:
         shared_pool: bool = False,
         encoder: str = "auto",
         spin: bool = False,
+        prefetch: bool | str = "auto",
     ) -> None:
+        from medtransfer.shared.runtime.bundle import _providers
+
         self.bundle = bundle
         self.fast = fast
         self.encoder_file = encoder_file(bundle, encoder)
-        threads = threads or int(getattr(bundle, "threads", 0) or 0)
+        threads = threads or int(getattr(bundle, "threads", 0) or 0) or default_threads()
+        on_cpu = _providers()[0] == "CPUExecutionProvider"
+        self.prefetch = resolve_prefetch(prefetch, fast and not shared_pool and on_cpu, threads)
+        # with prefetch the encoder and the tracker graphs run at once: the threads are split
+        enc_threads, trk_threads = ((threads + 1) // 2, max(threads // 2, 1)) if self.prefetch else (threads, threads)
+        self.threads = {"encoder": enc_threads, "tracker": trk_threads}
         with np.load(bundle.path / "constants.npz") as z:
             self.consts = {k: z[k] for k in z.files}
 
-        def sess(name: str) -> Any:
-            return make_session(bundle, name, threads, shared_pool, spin=spin) if fast else bundle.session(name)
+        def sess(name: str, n: int = trk_threads) -> Any:
+            return make_session(bundle, name, n, shared_pool, spin=spin) if fast else bundle.session(name)
 
-        self.enc = sess(self.encoder_file)
+        self.enc = sess(self.encoder_file, enc_threads)
+        self.attention_file = attention_file(bundle, self.encoder_file)
         self.dec = {
             "box": sess("decoder_box.onnx"),
             "track": sess("decoder_track.onnx"),
             "mask": sess("mask_prompt.onnx"),
         }
         self.menc = sess("memory_encoder.onnx")
-        self.matt = sess("memory_attention.onnx")
+        self.matt = sess(self.attention_file)
         self._track_prompt = {"coords": np.zeros((1, 1, 2), np.float32), "labels": -np.ones((1, 1), np.int32)}
         self._out = {
             id(s): [o.name for o in s.get_outputs()] for s in (self.enc, self.menc, self.matt, *self.dec.values())
@@ -250,8 +296,9 @@ def _flag(v: Any) -> bool:
 
 def backend_options(options: dict[str, Any]) -> dict[str, Any]:
     """``--opt`` values for :class:`OnnxBackend`: ``fast`` (default on), ``threads``, ``shared_pool``,
-    ``encoder`` (``auto``), ``spin`` (off)."""
+    ``encoder`` (``auto``), ``spin`` (off), ``prefetch`` (``auto``)."""
     return {
+        "prefetch": str(options.get("prefetch", "auto")),
         "fast": _flag(options.get("fast", True)),
         "threads": int(options.get("threads") or 0),
         "shared_pool": _flag(options.get("shared_pool", False)),
@@ -280,9 +327,9 @@ class VideoSegPredictor(Predictor):
     Options: ``out_dir`` (masks.npz and the GIF go to ``out_dir/<input key>/``; none: nothing is
     written), ``input_root`` (set by predict / score), ``gif`` (default on),
     ``box`` / ``mask`` (default prompt), ``max_frames`` (0 = all), ``prefetch`` (encode the next
-    frame in a second thread while tracking this one; default off: on 2 CPU cores it did not pay),
-    ``fast`` / ``threads`` / ``shared_pool`` / ``encoder`` (ONNX Runtime settings and the image
-    encoder, :func:`backend_options`).
+    frame in a second thread while tracking this one, threads split; ``auto``: on CPU with 2+ threads,
+    :func:`resolve_prefetch`), ``fast`` / ``threads`` / ``shared_pool`` / ``encoder`` (ONNX Runtime
+    settings and the image encoder, :func:`backend_options`).
     """
 
     suffixes = VIDEO_SUFFIXES
@@ -295,7 +342,7 @@ class VideoSegPredictor(Predictor):
     def __init__(self, bundle: Bundle, **options: Any) -> None:
         super().__init__(bundle, **options)
         self.prop = StreamingPropagator(OnnxBackend(bundle, **backend_options(self.options)))
-        self.prefetch = _flag(self.options.get("prefetch", False))
+        self.prefetch = bool(self.prop.b.prefetch)  # the loop follows its backend
 
     def predict(self, path: Path, **case: Any) -> dict[str, Any]:
         """Propagate; returns paths of the outputs and a per-frame area summary.

@@ -156,7 +156,7 @@ class StreamingPropagator:
         box: np.ndarray | None = None,
         mask: np.ndarray | None = None,
         return_logits: bool = False,
-        prefetch: bool = False,
+        prefetch: bool | None = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(t, mask)`` for every frame, frame 0 being the prompt frame.
 
@@ -166,13 +166,16 @@ class StreamingPropagator:
             box: ``x0,y0,x1,y1`` in frame pixels (prompt), or
             mask: (H, W) 0/1 first-frame mask (prompt).
             return_logits: yield (S, S) float logits instead of (H, W) uint8 masks.
-            prefetch: encode frame t+1 in a second thread while frame t is tracked (same masks).
+            prefetch: encode frame t+1 in a second thread while frame t is tracked (same masks);
+                None: the backend's ``prefetch`` (False when it has none).
         """
         import cv2
 
         if (box is None) == (mask is None):
             raise ValueError("give exactly one prompt: box or mask")
         S, C = self.size, self.mem_dim
+        if prefetch is None:
+            prefetch = bool(getattr(self.b, "prefetch", False))
         cond: dict[str, np.ndarray] = {}
         # memories are kept sequence-first (hw, C), transposed once when stored; memory attention's
         # inputs are written into buffers reused every frame (no per-frame re-layout of old memories)

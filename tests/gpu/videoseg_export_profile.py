@@ -99,7 +99,7 @@ def main() -> None:
             pending()
             return vx.int8_encoder_agreement(a.out, *vx.agreement_clip(n_agr))
 
-        files.append(vx.INT8_ENCODER)
+        files += list(getattr(vx, "INT8_FILES", [vx.INT8_ENCODER]))
         steps.append(("int8 encoder", lambda: vx.write_int8_encoder(a.out)))
         steps.append(("int8 agreement", agreement))
     total_w, total_c = time.perf_counter(), time.process_time()

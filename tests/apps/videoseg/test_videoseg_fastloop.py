@@ -99,8 +99,11 @@ def test_fast_loop_equals_previous_loop(vs_bundle, demo_video, prompt, encoder):
     kw = {"box": box} if prompt == "box" else {"mask": mask}
     n = len(frames)
     ref = list(reference_loop(OnnxBackend(Bundle(vs_bundle), fast=False, encoder=encoder), iter(frames), n, **kw))
-    fast = StreamingPropagator(OnnxBackend(Bundle(vs_bundle), fast=True, threads=2, encoder=encoder))
-    got = list(fast.run(iter(frames), n, prefetch=True, **kw))
+    backend = OnnxBackend(Bundle(vs_bundle), fast=True, threads=2, encoder=encoder)
+    # the default on a CPU with 2 threads: the encoder prefetches in its own thread, 1 thread each
+    assert backend.prefetch and backend.threads == {"encoder": 1, "tracker": 1}
+    fast = StreamingPropagator(backend)
+    got = list(fast.run(iter(frames), n, **kw))
     logits = [lg for _, lg in fast.run(iter(frames), n, return_logits=True, **kw)]
     assert [t for t, _ in got] == list(range(n)) == [t for t, _, _ in ref]
     assert sum(int(m.sum()) for _, _, m in ref) > 0  # a non-trivial track
@@ -148,7 +151,7 @@ def test_prefetch_overlaps_and_stays_bounded(vs_bundle, demo_video):
 
 
 def test_make_session_settings(vs_bundle):
-    from medtransfer.apps.videoseg.predict import backend_options, make_session
+    from medtransfer.apps.videoseg.predict import OnnxBackend, backend_options, make_session, resolve_prefetch
     from medtransfer.shared.runtime.bundle import Bundle
     from medtransfer.shared.utils.errors import InputError
 
@@ -158,6 +161,7 @@ def test_make_session_settings(vs_bundle):
     with pytest.raises(InputError, match="not a model file"):
         make_session(b, "metadata.json")
     assert backend_options({"fast": "false", "threads": "3", "encoder": "fp32"}) == {
+        "prefetch": "auto",
         "fast": False,
         "threads": 3,
         "shared_pool": False,
@@ -165,6 +169,17 @@ def test_make_session_settings(vs_bundle):
         "spin": False,
     }
     assert backend_options({})["encoder"] == "auto" and backend_options({"spin": "true"})["spin"] is True
+    # prefetch: auto only where the sessions' threads can be split (fast CPU pools, 2+ threads)
+    assert [resolve_prefetch("auto", True, n) for n in (1, 2, 8)] == [False, True, True]
+    assert resolve_prefetch(None, False, 8) is False and resolve_prefetch("true", False, 1) is True
+    assert resolve_prefetch("false", True, 8) is False
+    with pytest.raises(InputError, match="not one of auto, true, false"):
+        resolve_prefetch("sometimes", True, 2)
+    one = OnnxBackend(b, threads=1)
+    assert not one.prefetch and one.threads == {"encoder": 1, "tracker": 1}
+    assert OnnxBackend(b, threads=3).threads == {"encoder": 2, "tracker": 1}
+    assert not OnnxBackend(b, threads=3, prefetch="false").prefetch
+    assert not OnnxBackend(b, fast=False, threads=2).prefetch  # plain sessions: their own pools
     # the fast sessions leave per-session pools usable (no process-wide pool made behind the caller's back)
     assert b.session("memory_encoder.onnx") is not None
 
@@ -200,7 +215,7 @@ def test_int8_encoder_beside_float32_is_default_only_when_it_agrees(vs_bundle, d
     import onnx
 
     from medtransfer.apps.videoseg import export as vx
-    from medtransfer.apps.videoseg.predict import ENCODER_FILES, OnnxBackend, encoder_file
+    from medtransfer.apps.videoseg.predict import ENCODER_FILES, OnnxBackend, attention_file, encoder_file
     from medtransfer.shared.runtime import bundle as bundle_mod
     from medtransfer.shared.runtime.bundle import Bundle
     from medtransfer.shared.utils.errors import InputError
@@ -219,6 +234,13 @@ def test_int8_encoder_beside_float32_is_default_only_when_it_agrees(vs_bundle, d
         assert encoder_file(b, "int8") == vx.INT8_ENCODER
     assert OnnxBackend(b, encoder="fp32").encoder_file == "image_encoder.onnx"
     assert OnnxBackend(b, encoder="int8").encoder_file == vx.INT8_ENCODER
+    # the int8 memory attention goes with the int8 encoder: linear layers int8, attention float32
+    ops = [n.op_type for n in onnx.load(str(vs_bundle / vx.INT8_ATTENTION)).graph.node]
+    assert {"MatMulInteger", "DynamicQuantizeMatMul"} & set(ops) and ops.count("Attention") >= 2
+    assert OnnxBackend(b, encoder="int8").attention_file == vx.INT8_ATTENTION
+    assert OnnxBackend(b, encoder="fp32").attention_file == "memory_attention.onnx"
+    older = SimpleNamespace(description=SimpleNamespace(files={vx.INT8_ENCODER: ""}))
+    assert attention_file(older, vx.INT8_ENCODER) == "memory_attention.onnx"  # bundles from before
     frames = demo_video[0]
     img = preprocess(frames[0], int(b.meta["preprocessing"]["image_size"]))
     f32 = OnnxBackend(b, encoder="fp32").encode_image(img)[0]

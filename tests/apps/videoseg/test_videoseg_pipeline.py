@@ -30,14 +30,14 @@ def test_run_dir_layout(vs_run):
 def test_bundle_and_onnx_propagation_parity(vs_bundle, vs_run):
     import onnx
 
-    from medtransfer.apps.videoseg.export import GRAPHS, INT8_ENCODER, propagation_parity
+    from medtransfer.apps.videoseg.export import GRAPHS, INT8_FILES, propagation_parity
     from medtransfer.apps.videoseg.propagate import mask_to_box
     from medtransfer.apps.videoseg.train import load_run_model
     from medtransfer.shared.runtime.bundle import Bundle
 
     b = Bundle(vs_bundle)
     files = set(b.meta["files"])
-    assert {f for f in files if f.endswith(".onnx")} == {f"{g}.onnx" for g in GRAPHS} | {INT8_ENCODER}
+    assert {f for f in files if f.endswith(".onnx")} == {f"{g}.onnx" for g in GRAPHS} | set(INT8_FILES)
     assert "constants.npz" in files
     assert b.meta["metrics"]["propagation_parity"]["min_dice"] >= 0.99
     assert all(v < 1e-3 for v in b.meta["metrics"]["onnx_parity"].values())
@@ -49,6 +49,38 @@ def test_bundle_and_onnx_propagation_parity(vs_bundle, vs_run):
     frames, masks, _ = make_cine(96, 6, seed=11)
     par = propagation_parity(sam, vs_bundle, frames, mask_to_box(masks[0]))
     assert par["frames"] == 6 and par["min_dice"] >= 0.99
+
+
+def test_memory_attention_part_equals_sam2(vs_run):
+    """The exported memory attention (queries in groups over one key/value head, value projection
+    after attending over the 64-d memory) computes what sam2's own module computes."""
+    import torch
+
+    from medtransfer.apps.videoseg.model import MemoryAttentionPart, query_groups
+    from medtransfer.apps.videoseg.train import load_run_model
+
+    assert [query_groups(n) for n in (256, 1024, 4096, 36, 6, 9)] == [8, 8, 8, 4, 2, 1]
+    sam, _ = load_run_model(vs_run["run_dir"])
+    g = int(sam.image_size) // 16
+    hw, C, M = g * g, int(sam.hidden_dim), int(sam.mem_dim)
+    part = MemoryAttentionPart(sam.eval(), g)
+    assert part.q_groups == query_groups(hw) > 1
+    torch.manual_seed(3)
+    for n_mem, n_ptr in ((1, 4), (7, 64)):
+        curr, cpos = torch.randn(hw, 1, C), torch.randn(hw, 1, C)
+        mem, mpos = torch.randn(n_mem * hw, 1, M), torch.randn(n_mem * hw, 1, M)
+        ptr, ppos = torch.randn(n_ptr, 1, M), torch.randn(n_ptr, 1, M)
+        with torch.no_grad():
+            ours = part(curr, cpos, mem, mpos, ptr, ppos)
+            ref = sam.memory_attention(
+                curr=[curr],
+                curr_pos=[cpos],
+                memory=torch.cat([mem, ptr]),
+                memory_pos=torch.cat([mpos, ppos]),
+                num_obj_ptr_tokens=n_ptr,
+            )
+        assert ours.shape == ref.shape
+        assert torch.allclose(ours, ref, atol=1e-4, rtol=1e-4), (ours - ref).abs().max()
 
 
 def test_predict_is_torch_free_and_writes_outputs(vs_bundle, tmp_path):
