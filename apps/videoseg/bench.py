@@ -36,11 +36,11 @@ import numpy as np
 
 from medtransfer.shared.bench import load_average
 
-#: ours with one setting changed (``ablation=True``): no encoder prefetch (by default the encoder works
-#: on the next frame in its own thread, the threads split with the tracker graphs), spinning within
-#: runs, the shared pool, the previous sessions
+#: ours with one setting changed (``ablation=True``): encoder prefetch (the encoder works on the next
+#: frame in its own thread, the threads split with the tracker graphs), spinning within runs, the
+#: shared pool, the previous sessions
 ABLATIONS: dict[str, dict[str, Any]] = {
-    "no_prefetch": {"prefetch": False},
+    "prefetch": {"prefetch": True},
     "spin": {"spin": True},
     "shared_pool": {"shared_pool": True},
     "previous_sessions": {"fast": False, "prefetch": False},
@@ -105,7 +105,7 @@ def child_ours(args: dict[str, Any]) -> dict[str, Any]:
         shared_pool=bool(args.get("shared_pool", False)),
         encoder=str(args.get("encoder") or "auto"),
         spin=bool(args.get("spin", False)),
-        prefetch=args.get("prefetch", "auto"),
+        prefetch=bool(args.get("prefetch")) and not args.get("profile"),
     )
     session_seconds = time.perf_counter() - t0
     totals: dict[str, float] = {}
@@ -115,8 +115,8 @@ def child_ours(args: dict[str, Any]) -> dict[str, Any]:
     mask = np.load(args["mask"])
     t = time.perf_counter()
     rd = open_video(args["video"])
-    # profiled runs go one graph at a time (so time is attributed to graphs); else the backend decides
-    out = np.stack([m for _, m in prop.run(rd.frames(0, n), n, mask=mask, prefetch=False if totals else None)])
+    # profiled runs go one graph at a time (so time is attributed to graphs)
+    out = np.stack([m for _, m in prop.run(rd.frames(0, n), n, mask=mask)])
     dt = time.perf_counter() - t
     np.save(args["masks_out"], out)
     res = {
@@ -306,7 +306,7 @@ def bench(
     arch: str = "sam2.1_hiera_tiny",
     threads: int = 0,
     profile_frames: int = 16,
-    prefetch: str = "auto",
+    prefetch: bool = False,
     cpu_sets: str = "",
     ablation: bool = False,
     out: str | None = None,
@@ -323,7 +323,7 @@ def bench(
         threads: torch / ONNX Runtime threads in each run (0 = the cores the run may use).
         profile_frames: frames for the per-graph profile of the previous and the fast path (0 = skip).
         prefetch: ours encodes frame t+1 in a second thread while tracking frame t, threads split
-            (``auto``: the predictor's default, on with 2+ CPU threads; see the ``no_prefetch`` ablation).
+            (off, as the predictor's default; see the ``prefetch`` ablation).
         cpu_sets: ``"0,1;2,3"``: run the timed processes concurrently, one CPU set each ("" = one
             after another on this process's cores).
         ablation: also time ours at the shortest length with each of :data:`ABLATIONS`.
@@ -531,9 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="sam2.1_hiera_tiny")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--profile-frames", type=int, default=16)
-    p.add_argument(
-        "--prefetch", default="auto", choices=("auto", "true", "false"), help="ours encodes the next frame meanwhile"
-    )
+    p.add_argument("--prefetch", action="store_true", help="ours encodes the next frame in a second thread")
     p.add_argument("--cpu-sets", default="")
     p.add_argument("--ablation", action="store_true", help="also time ours with each fast setting switched off")
     p.add_argument("--out", default="videoseg_bench.json")

@@ -213,6 +213,11 @@ class MemoryAttentionPart(nn.Module):
     Inputs are sequence-first like SAM2's: ``curr``/``curr_pos`` (HW,1,256); spatial memory
     ``mem``/``mem_pos`` (n_mem*HW,1,64) (rotary-encoded); pointer tokens ``ptr``/``ptr_pos``
     (n_ptr,1,64) (not rotary-encoded).  Output: (HW,1,256).
+
+    With one head per attention (SAM2's memory attention) the rotary encoding is folded into the
+    projections: RoPE(W x + b) = (W x + b) * cos + (P W x + P b) * sin', P swapping each pair (done
+    once here on the weights), the tables broadcast over the memories; a few elementwise passes
+    over the 7 x HW memory keys per layer instead of slicing, gathering and stacking them.
     """
 
     def __init__(self, sam: nn.Module, grid: int) -> None:
@@ -223,31 +228,45 @@ class MemoryAttentionPart(nn.Module):
             cis = attn.compute_cis(end_x=grid, end_y=grid)
             self.register_buffer(f"{name}_cos", cis.real.float().contiguous(), persistent=False)
             self.register_buffer(f"{name}_sin", cis.imag.float().contiguous(), persistent=False)
+            # the same rotation as pairs-interleaved tables: x * cos2 + swap(x) * sin2
+            sign = torch.tensor([-1.0, 1.0]).repeat(cis.shape[-1])
+            self.register_buffer(f"{name}_cos2", cis.real.float().repeat_interleave(2, -1), persistent=False)
+            self.register_buffer(f"{name}_sin2", cis.imag.float().repeat_interleave(2, -1) * sign, persistent=False)
         self.hw = grid * grid
         self.q_groups = query_groups(self.hw)
+        attns = [m for layer in self.ma.layers for m in (layer.self_attn, layer.cross_attn_image)]
+        self.folded = all(m.num_heads == 1 for m in attns)
+        if self.folded:  # the pair-swapped copies of the rotary projections, made once
+            for i, layer in enumerate(self.ma.layers):
+                for tag, lin in (
+                    ("sq", layer.self_attn.q_proj),
+                    ("sk", layer.self_attn.k_proj),
+                    ("cq", layer.cross_attn_image.q_proj),
+                    ("ck", layer.cross_attn_image.k_proj),
+                ):
+                    d = lin.weight.shape[0]
+                    swap = torch.arange(d).view(-1, 2).flip(-1).reshape(-1)
+                    w, bias = lin.weight.detach(), lin.bias.detach()
+                    self.register_buffer(f"l{i}_{tag}_ws", w[swap].clone(), persistent=False)
+                    self.register_buffer(f"l{i}_{tag}_bs", bias[swap].clone(), persistent=False)
 
-    def _attn(
-        self,
-        attn: nn.Module,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        n_rope_k: int | None,
+    def _rope_proj(
+        self, lin: nn.Module, x: torch.Tensor, key: str, cos2: torch.Tensor, sin2: torch.Tensor
     ) -> torch.Tensor:
-        heads = attn.num_heads
-        q = attn._separate_heads(attn.q_proj(q), heads)
-        k = attn._separate_heads(attn.k_proj(k), heads)
-        q = _rotate(q, cos, sin)
-        if n_rope_k is None:
-            k = _rotate(k, cos, sin)
-        else:
-            idx = torch.arange(n_rope_k, device=k.device) % self.hw
-            k = torch.cat([_rotate(k[:, :, :n_rope_k], cos[idx], sin[idx]), k[:, :, n_rope_k:]], dim=2)
+        """RoPE(lin(x)) for (B, N, C) with N a multiple of HW (positions repeat every HW tokens)."""
+        ws, bs = getattr(self, f"{key}_ws"), getattr(self, f"{key}_bs")
+        a, s = lin(x), F.linear(x, ws, bs)
+        b, n, d = a.shape
+        if n == self.hw:
+            return a * cos2 + s * sin2
+        return (a.reshape(b, -1, self.hw, d) * cos2 + s.reshape(b, -1, self.hw, d) * sin2).reshape(b, n, d)
+
+    def _attend(self, attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """SDPA of (B, H, N, D) queries over keys / values, then the value and output projections."""
         # one head over a memory narrower than the head (cross attention: 64-d memory, 256-d head):
         # softmax rows sum to 1, so A (M W^T + b) = (A M) W^T + b; attending over M and projecting
         # after does ~37% fewer multiply-adds than projecting the 7 x HW memory tokens first
+        heads = attn.num_heads
         late_v = heads == 1 and v.shape[-1] < q.shape[-1]
         v = v.unsqueeze(1) if late_v else attn._separate_heads(attn.v_proj(v), heads)
         b, h, n, d = q.shape
@@ -260,6 +279,28 @@ class MemoryAttentionPart(nn.Module):
         if late_v:
             out = attn.v_proj(out)
         return attn.out_proj(attn._recombine_heads(out))
+
+    def _attn(
+        self,
+        attn: nn.Module,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        n_rope_k: int | None,
+    ) -> torch.Tensor:
+        """The general path (any number of heads): project, rotate, attend."""
+        heads = attn.num_heads
+        q = attn._separate_heads(attn.q_proj(q), heads)
+        k = attn._separate_heads(attn.k_proj(k), heads)
+        q = _rotate(q, cos, sin)
+        if n_rope_k is None:
+            k = _rotate(k, cos, sin)
+        else:
+            idx = torch.arange(n_rope_k, device=k.device) % self.hw
+            k = torch.cat([_rotate(k[:, :, :n_rope_k], cos[idx], sin[idx]), k[:, :, n_rope_k:]], dim=2)
+        return self._attend(attn, q, k, v)
 
     def forward(
         self,
@@ -277,14 +318,32 @@ class MemoryAttentionPart(nn.Module):
         out = curr + 0.1 * curr_pos if ma.pos_enc_at_input else curr
         out = out.transpose(0, 1)
         qpos = curr_pos.transpose(0, 1)
-        for layer in ma.layers:
+        if self.folded:  # keys of the memories (rotary) and of the pointers (not), split once
+            mem_b, ptr_b = mem.transpose(0, 1), ptr.transpose(0, 1)
+            mem_k, ptr_k = mem_b + mem_pos.transpose(0, 1), ptr_b + ptr_pos.transpose(0, 1)
+        for i, layer in enumerate(ma.layers):
             t2 = layer.norm1(out)
             qk = t2 + qpos if layer.pos_enc_at_attn else t2
-            out = out + self._attn(layer.self_attn, qk, qk, t2, self.sa_cos, self.sa_sin, None)
+            if self.folded:
+                sa = layer.self_attn
+                q1 = self._rope_proj(sa.q_proj, qk, f"l{i}_sq", self.sa_cos2, self.sa_sin2).unsqueeze(1)
+                k1 = self._rope_proj(sa.k_proj, qk, f"l{i}_sk", self.sa_cos2, self.sa_sin2).unsqueeze(1)
+                out = out + self._attend(sa, q1, k1, t2)
+            else:
+                out = out + self._attn(layer.self_attn, qk, qk, t2, self.sa_cos, self.sa_sin, None)
             t2 = layer.norm2(out)
             q = t2 + qpos if layer.pos_enc_at_cross_attn_queries else t2
-            k = memory + memory_pos if layer.pos_enc_at_cross_attn_keys else memory
-            out = out + self._attn(layer.cross_attn_image, q, k, memory, self.ca_cos, self.ca_sin, n_rope)
+            if self.folded:
+                ca = layer.cross_attn_image
+                km, kp = (mem_k, ptr_k) if layer.pos_enc_at_cross_attn_keys else (mem_b, ptr_b)
+                q1 = self._rope_proj(ca.q_proj, q, f"l{i}_cq", self.ca_cos2, self.ca_sin2).unsqueeze(1)
+                k1 = torch.cat(
+                    [self._rope_proj(ca.k_proj, km, f"l{i}_ck", self.ca_cos2, self.ca_sin2), ca.k_proj(kp)], 1
+                )
+                out = out + self._attend(ca, q1, k1.unsqueeze(1), memory)
+            else:
+                k = memory + memory_pos if layer.pos_enc_at_cross_attn_keys else memory
+                out = out + self._attn(layer.cross_attn_image, q, k, memory, self.ca_cos, self.ca_sin, n_rope)
             t2 = layer.norm3(out)
             out = out + layer.linear2(layer.activation(layer.linear1(t2)))
         return ma.norm(out).transpose(0, 1)

@@ -88,25 +88,22 @@ def attention_file(bundle: Bundle, encoder: str) -> str:
     return ATTENTION_FILES["fp32"]
 
 
-def resolve_prefetch(choice: bool | str | None, possible: bool, threads: int) -> bool:
-    """Whether the streaming loop encodes the next frame while tracking this one.
+def resolve_prefetch(choice: bool | str | None) -> bool:
+    """``--opt prefetch``: encode frame t+1 in a second thread while frame t is tracked.
 
-    ``auto`` (or None): when ``possible`` (fast per-session CPU pools) and ``threads >= 2``: at 512 px
-    on 2 cores, 1 thread each for the encoder and the tracker took 26-28 s for 48 frames against
-    27-31 s for both in turn on 2 threads (SAM2.1 hiera-tiny, int8 graphs).  True / False force it
-    (True with plain sessions keeps each session's own thread count).
+    Off by default: on 2 cores (SAM2.1 hiera-tiny, 48 frames, threads split 1 + 1) it tied at 512 px
+    with the int8 graphs (27.5 vs 27.6 s), lost at 256 px (6.85 vs 6.57 s) and lost with the float32
+    encoder, which then outweighs the tracker graphs (11.1 vs 9.1 s at 256 px, 44.0 vs 40.1 s at 512).
 
     Raises:
-        InputError: not one of auto / true / false.
+        InputError: not true / false.
     """
-    v = "auto" if choice is None else str(choice).lower()
-    if v == "auto":
-        return bool(possible and threads >= 2)
+    v = "false" if choice is None else str(choice).lower()
     if v in ("true", "1", "yes", "on"):
         return True
     if v in ("false", "0", "no", "off"):
         return False
-    raise InputError("--opt prefetch", f"'{choice}' is not one of auto, true, false")
+    raise InputError("--opt prefetch", f"'{choice}' is not one of true, false")
 
 
 def default_threads() -> int:
@@ -205,9 +202,9 @@ class OnnxBackend:
             :func:`make_session`: only for processes that open no other ONNX session).
         encoder: image encoder, ``auto`` / ``fp32`` / ``int8`` (:func:`encoder_file`).
         spin: fast sessions spin within a run only (see :func:`make_session`).
-        prefetch: the streaming loop encodes frame t+1 in a second thread while it tracks frame t,
-            the threads split between the encoder and the tracker graphs (:func:`resolve_prefetch`;
-            ``auto``: on for fast CPU sessions with at least 2 threads).  ``.prefetch`` is the outcome.
+        prefetch: the streaming loop encodes frame t+1 in a second thread while it tracks frame t
+            (:func:`resolve_prefetch`; off by default); fast sessions then split the threads
+            between the encoder and the tracker graphs.
     """
 
     def __init__(
@@ -218,18 +215,16 @@ class OnnxBackend:
         shared_pool: bool = False,
         encoder: str = "auto",
         spin: bool = False,
-        prefetch: bool | str = "auto",
+        prefetch: bool | str = False,
     ) -> None:
-        from medtransfer.shared.runtime.bundle import _providers
-
         self.bundle = bundle
         self.fast = fast
         self.encoder_file = encoder_file(bundle, encoder)
         threads = threads or int(getattr(bundle, "threads", 0) or 0) or default_threads()
-        on_cpu = _providers()[0] == "CPUExecutionProvider"
-        self.prefetch = resolve_prefetch(prefetch, fast and not shared_pool and on_cpu, threads)
+        self.prefetch = resolve_prefetch(prefetch)
         # with prefetch the encoder and the tracker graphs run at once: the threads are split
-        enc_threads, trk_threads = ((threads + 1) // 2, max(threads // 2, 1)) if self.prefetch else (threads, threads)
+        split = self.prefetch and fast and not shared_pool and threads >= 2
+        enc_threads, trk_threads = ((threads + 1) // 2, threads // 2) if split else (threads, threads)
         self.threads = {"encoder": enc_threads, "tracker": trk_threads}
         with np.load(bundle.path / "constants.npz") as z:
             self.consts = {k: z[k] for k in z.files}
@@ -296,9 +291,9 @@ def _flag(v: Any) -> bool:
 
 def backend_options(options: dict[str, Any]) -> dict[str, Any]:
     """``--opt`` values for :class:`OnnxBackend`: ``fast`` (default on), ``threads``, ``shared_pool``,
-    ``encoder`` (``auto``), ``spin`` (off), ``prefetch`` (``auto``)."""
+    ``encoder`` (``auto``), ``spin`` (off), ``prefetch`` (off)."""
     return {
-        "prefetch": str(options.get("prefetch", "auto")),
+        "prefetch": resolve_prefetch(options.get("prefetch", False)),
         "fast": _flag(options.get("fast", True)),
         "threads": int(options.get("threads") or 0),
         "shared_pool": _flag(options.get("shared_pool", False)),
@@ -327,7 +322,7 @@ class VideoSegPredictor(Predictor):
     Options: ``out_dir`` (masks.npz and the GIF go to ``out_dir/<input key>/``; none: nothing is
     written), ``input_root`` (set by predict / score), ``gif`` (default on),
     ``box`` / ``mask`` (default prompt), ``max_frames`` (0 = all), ``prefetch`` (encode the next
-    frame in a second thread while tracking this one, threads split; ``auto``: on CPU with 2+ threads,
+    frame in a second thread while tracking this one, threads split; off by default,
     :func:`resolve_prefetch`), ``fast`` / ``threads`` / ``shared_pool`` / ``encoder`` (ONNX Runtime
     settings and the image encoder, :func:`backend_options`).
     """

@@ -99,8 +99,8 @@ def test_fast_loop_equals_previous_loop(vs_bundle, demo_video, prompt, encoder):
     kw = {"box": box} if prompt == "box" else {"mask": mask}
     n = len(frames)
     ref = list(reference_loop(OnnxBackend(Bundle(vs_bundle), fast=False, encoder=encoder), iter(frames), n, **kw))
-    backend = OnnxBackend(Bundle(vs_bundle), fast=True, threads=2, encoder=encoder)
-    # the default on a CPU with 2 threads: the encoder prefetches in its own thread, 1 thread each
+    backend = OnnxBackend(Bundle(vs_bundle), fast=True, threads=2, encoder=encoder, prefetch=True)
+    # prefetch: the encoder works in its own thread, the 2 threads split 1 + 1
     assert backend.prefetch and backend.threads == {"encoder": 1, "tracker": 1}
     fast = StreamingPropagator(backend)
     got = list(fast.run(iter(frames), n, **kw))
@@ -161,7 +161,7 @@ def test_make_session_settings(vs_bundle):
     with pytest.raises(InputError, match="not a model file"):
         make_session(b, "metadata.json")
     assert backend_options({"fast": "false", "threads": "3", "encoder": "fp32"}) == {
-        "prefetch": "auto",
+        "prefetch": False,
         "fast": False,
         "threads": 3,
         "shared_pool": False,
@@ -169,17 +169,15 @@ def test_make_session_settings(vs_bundle):
         "spin": False,
     }
     assert backend_options({})["encoder"] == "auto" and backend_options({"spin": "true"})["spin"] is True
-    # prefetch: auto only where the sessions' threads can be split (fast CPU pools, 2+ threads)
-    assert [resolve_prefetch("auto", True, n) for n in (1, 2, 8)] == [False, True, True]
-    assert resolve_prefetch(None, False, 8) is False and resolve_prefetch("true", False, 1) is True
-    assert resolve_prefetch("false", True, 8) is False
-    with pytest.raises(InputError, match="not one of auto, true, false"):
-        resolve_prefetch("sometimes", True, 2)
-    one = OnnxBackend(b, threads=1)
-    assert not one.prefetch and one.threads == {"encoder": 1, "tracker": 1}
-    assert OnnxBackend(b, threads=3).threads == {"encoder": 2, "tracker": 1}
-    assert not OnnxBackend(b, threads=3, prefetch="false").prefetch
-    assert not OnnxBackend(b, fast=False, threads=2).prefetch  # plain sessions: their own pools
+    # prefetch: off by default; on, fast sessions split the threads (at least 1 each)
+    assert backend_options({"prefetch": "true"})["prefetch"] is True
+    assert resolve_prefetch(None) is False and resolve_prefetch("on") is True and resolve_prefetch("0") is False
+    with pytest.raises(InputError, match="not one of true, false"):
+        resolve_prefetch("auto")
+    assert OnnxBackend(b, threads=2).threads == {"encoder": 2, "tracker": 2}
+    assert OnnxBackend(b, threads=1, prefetch=True).threads == {"encoder": 1, "tracker": 1}
+    assert OnnxBackend(b, threads=3, prefetch=True).threads == {"encoder": 2, "tracker": 1}
+    assert OnnxBackend(b, fast=False, threads=2, prefetch=True).prefetch  # plain sessions keep their pools
     # the fast sessions leave per-session pools usable (no process-wide pool made behind the caller's back)
     assert b.session("memory_encoder.onnx") is not None
 

@@ -65,8 +65,10 @@ def test_memory_attention_part_equals_sam2(vs_run):
     hw, C, M = g * g, int(sam.hidden_dim), int(sam.mem_dim)
     part = MemoryAttentionPart(sam.eval(), g)
     assert part.q_groups == query_groups(hw) > 1
+    assert part.folded  # one head each: the rotary encoding folded into the projections
     torch.manual_seed(3)
-    for n_mem, n_ptr in ((1, 4), (7, 64)):
+    for n_mem, n_ptr, folded in ((1, 4, True), (7, 64, True), (7, 64, False)):
+        part.folded = folded  # False: the general path (any number of heads)
         curr, cpos = torch.randn(hw, 1, C), torch.randn(hw, 1, C)
         mem, mpos = torch.randn(n_mem * hw, 1, M), torch.randn(n_mem * hw, 1, M)
         ptr, ppos = torch.randn(n_ptr, 1, M), torch.randn(n_ptr, 1, M)
