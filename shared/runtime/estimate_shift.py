@@ -604,6 +604,12 @@ def _drift_rows(b: Path, app: str, meta: dict[str, Any], demo_out: Path, limit: 
     n_ref = ref.get("n_cases")
     notes.append(
         f"- `{app}` ({kind}): reference from {n_ref} validation cases, {len(rows)} test cases per level"
-        + ("" if levels[-1]["flag"] else "; the shifted copy was NOT flagged (reported as measured)")
+        + (
+            ""
+            if levels[-1]["flag"]
+            else "; too few cases to test drift (not a finding of no drift)"
+            if levels[-1]["status"] == "insufficient data"
+            else "; the shifted copy was NOT flagged (reported as measured)"
+        )
     )
     return out
