@@ -462,7 +462,9 @@ def score_bench(
         sizes: case counts.
         setups: ``local:1``, ``local:2``, ``ray:2`` (Ray started by the job, or the cluster at
             ``RAY_ADDRESS`` when set), ``ray-cluster:2`` (a private running cluster with that many
-            CPUs, started once for the bench: :class:`RayCluster`), ...
+            CPUs, started once for the bench: :class:`RayCluster`), ...; a setup given twice runs
+            twice (``ray-cluster:2#2``: the next job on the cluster, which finds the first job's
+            warm actors).
         work_dir: keep case files and results here (default: a temporary folder).
         chunksize: cases per task (None: the engine's default).
         out_json: also write the result here.
@@ -491,8 +493,9 @@ def score_bench(
         for n in sizes:
             man = make_case_set(list(samples), n, tmp / f"cases_{n}")
             runs: dict[str, Any] = {}
-            for setup in setups:
+            for k, setup in enumerate(setups):
                 engine, _, w = setup.partition(":")
+                label = setup if setup not in setups[:k] else f"{setup}#{setups[:k].count(setup) + 1}"
                 if engine == "ray-cluster" and cluster is None:
                     # short path: Ray's socket names must stay under ~107 characters
                     cluster = RayCluster(int(w or 1), Path(tempfile.mkdtemp(prefix="rc", dir="/tmp")))
@@ -507,11 +510,11 @@ def score_bench(
                     chunksize,
                     cluster=use,
                 )
-                runs[setup] = r
+                runs[label] = r  # a repeated setup (e.g. a second job on the warm cluster): setup#2
                 if progress:
                     keys = ("seconds", "work_s", "startup_s", "cpu_s", "total_cpu_s", "ok", "error", "peak_rss_mib")
                     print(
-                        f"score bench n={n} {setup}: " + json.dumps({k: r.get(k) for k in (*keys, "loadavg")}),
+                        f"score bench n={n} {label}: " + json.dumps({k: r.get(k) for k in (*keys, "loadavg")}),
                         file=sys.stderr,
                     )
             res["runs"][str(n)] = runs
@@ -545,7 +548,8 @@ def _ratios(runs: dict[str, Any]) -> dict[str, Any]:
     if a and b:
         out["local_2w_over_1w_work"] = round(a / b, 2)
     for ray in (k for k in runs if k.startswith("ray")):
-        tag = ray.partition(":")[0].replace("-", "_")  # ray, ray_cluster
+        rep = ray.partition("#")[2]
+        tag = ray.partition(":")[0].replace("-", "_") + (f"_{rep}" if rep else "")  # ray, ray_cluster, ray_cluster_2
         for key, name in (("seconds", ""), ("work_s", "_work"), ("total_cpu_s", "_cpu")):
             a, b, r = get(one, key), get(two, key), get(ray, key)
             if r and a and key != "total_cpu_s":

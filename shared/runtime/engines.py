@@ -66,14 +66,22 @@ Engines
   (``object_store_mb``, default 128 MiB), workers at this process's priority and no metrics
   export.  A Ray this module started stays up for the next call (start-up is paid once per
   process); :func:`shutdown_ray` stops it.
+- ``ray`` on a running cluster (``RAY_ADDRESS``) with ``reuse_key``: the actors are a warm pool
+  that outlives the job (named, detached, in the ``medtransfer`` namespace), so the next job with
+  the same key (``score``: the bundle's verified digest, its path, the options) finds them with
+  ``init`` done instead of paying worker start-up again; an actor idle for
+  ``MEDTRANSFER_RAY_KEEP_S`` seconds (default 120; 0 = no pool) ends itself, a job that fails or
+  is interrupted kills its pool.  ``stats["ray_actors_reused"]`` counts the warm actors found.
 Torch-free.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import sys
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
@@ -87,6 +95,9 @@ Result = TypeVar("Result")
 ENGINES = ("local", "ray")
 _THREADS_ENV = "MEDTRANSFER_THREADS"
 _WORKERS_ENV = "MEDTRANSFER_ENGINE_WORKERS"
+#: seconds an idle pooled Ray actor stays up on a running cluster (``MEDTRANSFER_RAY_KEEP_S``)
+RAY_KEEP_S = 120.0
+RAY_NAMESPACE = "medtransfer"
 
 
 class WorkerDied(RuntimeError):
@@ -299,6 +310,7 @@ class MapRun(Generic[Result]):
         start_method: str | None,
         object_store_mb: int,
         preload: Sequence[str] = (),
+        reuse_key: str | None = None,
     ) -> None:
         if engine not in ENGINES:
             raise MedTransferError(f"unknown engine '{engine}' (local or ray)")
@@ -317,7 +329,7 @@ class MapRun(Generic[Result]):
         self.stats["chunking"] = "guided" if self._guided else "fixed"
         t0 = time.perf_counter()
         if engine == "ray":
-            self._backend: _Backend = _RayBackend(init, fn, self.workers, object_store_mb)
+            self._backend: _Backend = _RayBackend(init, fn, self.workers, object_store_mb, reuse_key)
         elif self.workers <= 1:
             self._backend = _InlineBackend(init, fn)
         else:
@@ -574,13 +586,39 @@ def shutdown_ray() -> None:
         _RAY_STARTED_HERE = False
 
 
+def ray_keep_s() -> float:
+    """Idle seconds before a pooled actor ends itself (``MEDTRANSFER_RAY_KEEP_S``; 0 = no pool).
+
+    Raises:
+        MedTransferError: not a number.
+    """
+    v = os.environ.get("MEDTRANSFER_RAY_KEEP_S", "")
+    try:
+        return max(0.0, float(v)) if v.strip() else RAY_KEEP_S
+    except ValueError:
+        raise MedTransferError(f"MEDTRANSFER_RAY_KEEP_S must be seconds (a number), not '{v}'") from None
+
+
+def pool_name(reuse_key: str, threads: int, nice: int, i: int) -> str:
+    """The Ray name of actor ``i`` of the warm pool for this key, thread budget and priority."""
+    from medtransfer.shared import __version__
+
+    digest = hashlib.sha256(f"{reuse_key}|{threads}|{nice}|{__version__}".encode()).hexdigest()[:24]
+    return f"pool-{digest}-{i}"
+
+
 class _RayWorker:
     """A long-lived actor: ``init`` once, then chunks.  On the driver's machine it takes the driver's
     nice value (Ray starts its workers 15 steps nicer than the raylet, so on a shared machine any
     other busy process would starve them, where local workers compete as equals)."""
 
     def __init__(
-        self, init: Callable[[], Any], fn: Callable[[Any, Any], Any], threads: int, driver: tuple[str, int]
+        self,
+        init: Callable[[], Any],
+        fn: Callable[[Any, Any], Any],
+        threads: int,
+        driver: tuple[str, int],
+        keep_s: float = 0.0,
     ) -> None:
         import socket
 
@@ -589,13 +627,38 @@ class _RayWorker:
         _limit_threads(threads)
         self.fn = fn
         self.error: BaseException | None = None
+        self.jobs, self.busy, self.last = 0, 0, time.monotonic()
         try:
             self.state = init()
         except Exception as e:  # noqa: BLE001 - every item's result
             self.state, self.error = None, _portable(e)
+        if keep_s > 0:  # a pooled actor: ends itself after keep_s idle seconds
+            threading.Thread(target=self._expire, args=(keep_s,), daemon=True).start()
 
-    def ready(self) -> tuple[int, BaseException | None, int]:
-        return os.getpid(), self.error, self.nice
+    def _expire(self, keep_s: float) -> None:
+        import ray
+
+        while True:
+            time.sleep(min(5.0, max(keep_s / 4, 0.1)))
+            if not self.busy and time.monotonic() - self.last > keep_s:
+                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+                return
+
+    def retire(self, idle_s: float = 2.0) -> bool:
+        """End this pooled actor if it has been idle ``idle_s`` seconds (a job of another bundle
+        needs the CPU; an actor in use by a running job is never idle that long)."""
+        import ray
+
+        if self.busy or time.monotonic() - self.last < idle_s:
+            return False
+        ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+        return True
+
+    def ready(self) -> tuple[int, BaseException | None, int, int, float]:
+        """``(pid, init error, nice, jobs served including this one, CPU seconds so far)``."""
+        self.jobs += 1
+        self.last = time.monotonic()
+        return os.getpid(), self.error, self.nice, self.jobs, self.cpu()
 
     def cpu(self) -> float:
         """CPU seconds (user + system) this actor's process has used, ``init`` included."""
@@ -605,19 +668,57 @@ class _RayWorker:
     def run(self, chunk: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
         if self.error is not None:
             return [(i, self.error) for i, _ in chunk]
-        return [
-            (i, r if not isinstance(r, BaseException) else _portable(r))
-            for i, r in _run_chunk(self.state, self.fn, chunk)
-        ]
+        self.busy += 1
+        try:
+            return [
+                (i, r if not isinstance(r, BaseException) else _portable(r))
+                for i, r in _run_chunk(self.state, self.fn, chunk)
+            ]
+        finally:
+            self.busy -= 1
+            self.last = time.monotonic()
+
+
+def _retire_idle_pools(keep: set[str]) -> int:
+    """Ask every warm-pool actor on the cluster not named in ``keep`` to end itself if idle.
+
+    Returns:
+        How many were asked (they end asynchronously; busy ones stay).
+    """
+    import ray
+
+    try:
+        named = ray.util.list_named_actors(all_namespaces=True)
+    except Exception:  # noqa: BLE001 - an older Ray / no permission: nothing retired
+        return 0
+    asked = 0
+    for a in named:
+        name = str(a.get("name", "")) if isinstance(a, dict) else ""
+        if not isinstance(a, dict) or a.get("namespace") != RAY_NAMESPACE or not name.startswith("pool-"):
+            continue
+        if name in keep:
+            continue
+        try:
+            ray.get_actor(name, namespace=RAY_NAMESPACE).retire.remote()
+            asked += 1
+        except Exception:  # noqa: BLE001 - gone meanwhile
+            pass
+    return asked
 
 
 class _RayBackend(_Backend):
     def __init__(
-        self, init: Callable[[], Any], fn: Callable[[Any, Any], Any], workers: int, object_store_mb: int
+        self,
+        init: Callable[[], Any],
+        fn: Callable[[Any, Any], Any],
+        workers: int,
+        object_store_mb: int,
+        reuse_key: str | None = None,
     ) -> None:
         import socket
 
         t0 = time.perf_counter()
+        keep = ray_keep_s() if reuse_key and os.environ.get("RAY_ADDRESS") else 0.0
         self.info = ray_init(workers, object_store_mb)
         import ray
 
@@ -626,23 +727,42 @@ class _RayBackend(_Backend):
         actor_cls = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(_RayWorker)
         t1 = time.perf_counter()
         driver = (socket.gethostname(), niceness())
-        self.actors: list[Any] = [actor_cls.remote(init, fn, threads, driver) for _ in range(workers)]
+        self.pooled = bool(keep and cluster)
+        if cluster:  # idle warm pools of other bundles give their CPUs back to this job
+            mine = {pool_name(str(reuse_key), threads, driver[1], i) for i in range(workers)} if self.pooled else set()
+            self.info["ray_pools_retired"] = _retire_idle_pools(mine)
+        if self.pooled:  # the warm pool of this key: found (init done) or made, atomically by name
+            self.actors: list[Any] = [
+                actor_cls.options(
+                    name=pool_name(str(reuse_key), threads, driver[1], i),
+                    namespace=RAY_NAMESPACE,
+                    lifetime="detached",
+                    get_if_exists=True,
+                ).remote(init, fn, threads, driver, keep)
+                for i in range(workers)
+            ]
+        else:
+            self.actors = [actor_cls.remote(init, fn, threads, driver) for _ in range(workers)]
         # actors up and init done: start-up ends here
         try:
             ready = ray.get([a.ready.remote() for a in self.actors])
         except Exception:
-            self.close()  # e.g. init / fn could not be unpickled on the workers
+            self.close(abort=True)  # e.g. init / fn could not be unpickled on the workers
             raise
-        for _, err, _ in ready:
+        for _, err, _, _, _ in ready:
             if err is not None:
-                self.close()
+                self.close(abort=True)  # a pooled actor whose init failed is not kept either
                 raise err
+        # CPU before this job: 0 for a fresh actor (its init is this job's), so far for a warm one
+        self.cpu0 = [r[4] if r[3] > 1 else 0.0 for r in ready]
         self.info["ray_actors_s"] = round(time.perf_counter() - t1, 3)
+        self.info["ray_pool"] = {"keep_s": keep} if self.pooled else None
+        self.info["ray_actors_reused"] = sum(r[3] > 1 for r in ready)
         self.info["ray_startup_s"] = round(time.perf_counter() - t0, 3)
         self.info["start_method"] = "ray-actors"
         self.info["threads_per_worker"] = threads
         self.info["driver_nice"] = driver[1]
-        self.info["actor_nice"] = max(n for _, _, n in ready)
+        self.info["actor_nice"] = max(r[2] for r in ready)
 
     def describe(self) -> dict[str, Any]:
         return dict(self.info)
@@ -686,16 +806,18 @@ class _RayBackend(_Backend):
         import ray
 
         actors = getattr(self, "actors", [])
-        if actors and not abort:  # what the actors used: Ray's processes are no children of ours
+        if actors and not abort:  # what the actors used in this job: Ray's processes are no children of ours
             try:
-                self.info["actor_cpu_s"] = round(sum(ray.get([a.cpu.remote() for a in actors], timeout=10)), 2)
+                cpu = ray.get([a.cpu.remote() for a in actors], timeout=10)
+                self.info["actor_cpu_s"] = round(sum(cpu) - sum(getattr(self, "cpu0", [])), 2)
             except Exception:  # noqa: BLE001 - an actor is gone: no figure
                 pass
-        for a in actors:
-            try:
-                ray.kill(a)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+        if not getattr(self, "pooled", False) or abort:  # a warm pool stays for the next job
+            for a in actors:
+                try:
+                    ray.kill(a)
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
         self.actors = []
 
 
@@ -712,6 +834,7 @@ def run_map(
     start_method: str | None = None,
     object_store_mb: int = 128,
     preload: Sequence[str] = (),
+    reuse_key: str | None = None,
 ) -> MapRun[Result]:
     """Map ``fn(state, item)`` over ``items`` with ``state = init()`` built once per worker.
 
@@ -730,6 +853,9 @@ def run_map(
         object_store_mb: object store of a local Ray started here.
         preload: modules the workers need (e.g. a predictor's module): imported here before a
             ``fork`` (shared by the workers) or in the ``forkserver``.
+        reuse_key: Ray on a running cluster: the identity of ``init``'s state (e.g. a verified
+            bundle digest with its options); the actors then form a warm pool that the next job
+            with the same key reuses (see the module notes).  None: actors die with the job.
 
     Returns:
         A :class:`MapRun`: iterate it for ``(index, result_or_exception)``; ``.stats`` for timings.
@@ -739,5 +865,16 @@ def run_map(
         Exception: whatever ``init`` raised (in this process or the first failing worker).
     """
     return MapRun(
-        init, fn, items, engine, workers, chunksize, ordered, progress, start_method, object_store_mb, preload
+        init,
+        fn,
+        items,
+        engine,
+        workers,
+        chunksize,
+        ordered,
+        progress,
+        start_method,
+        object_store_mb,
+        preload,
+        reuse_key,
     )

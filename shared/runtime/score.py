@@ -573,6 +573,11 @@ def score(
             chunksize=chunksize,
             progress="scoring" if progress else False,
             preload=_predictor_module(verified),
+            # a running Ray cluster keeps the actors (bundle open) warm for the next job on this
+            # very bundle (verified digest) with these options
+            reuse_key=json.dumps(
+                [sha, str(Path(bundle_dir).resolve()), dict(options or {})], sort_keys=True, default=str
+            ),
         )
         writer = RowWriter(out_csv, fresh=fresh)
         try:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -323,3 +324,52 @@ def test_score_joins_a_running_ray_cluster_which_the_bench_stops(image_run, tmp_
             cluster.stop()
         shutil.rmtree(folder, ignore_errors=True)
     assert not [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.slow
+def test_running_cluster_keeps_a_warm_pool_per_bundle_that_ends_when_idle(image_run, tmp_path, monkeypatch):
+    """Jobs on a running cluster reuse the previous job's actors (bundle already open) while they
+    are warm; an idle pool ends itself after MEDTRANSFER_RAY_KEEP_S; a failed job leaves none."""
+    pytest.importorskip("ray")
+    from medtransfer.shared.bench import RayCluster, make_case_set, score_run
+    from medtransfer.shared.runtime.engines import pool_name, ray_keep_s
+    from medtransfer.shared.utils.errors import MedTransferError
+
+    monkeypatch.setenv("MEDTRANSFER_RAY_KEEP_S", "nope")
+    with pytest.raises(MedTransferError, match="MEDTRANSFER_RAY_KEEP_S"):
+        ray_keep_s()
+    monkeypatch.delenv("MEDTRANSFER_RAY_KEEP_S")
+    assert ray_keep_s() == 120.0
+    assert pool_name("k", 1, 0, 0) != pool_name("k", 2, 0, 0) != pool_name("j", 1, 0, 0)
+
+    imgs = sorted(Path(image_run["root"]).rglob("*.png"))[:3]
+    man = make_case_set(imgs, 6, tmp_path / "cases")
+    folder = Path(tempfile.mkdtemp(prefix="rcw", dir="/tmp"))  # Ray's socket paths must stay short
+    cluster = None
+    try:
+        cluster = RayCluster(1, folder)
+        cluster.env["MEDTRANSFER_RAY_KEEP_S"] = "3"
+
+        def job(name: str) -> dict:
+            r = score_run(Path(image_run["bundle"]), man, tmp_path / f"{name}.csv", "ray", 1, cluster=cluster)
+            assert r.get("ok") == 6, r
+            return r["engine_stats"]
+
+        first, second = job("a"), job("b")
+        assert first["ray_actors_reused"] == 0 and second["ray_actors_reused"] == 1
+        assert first["ray_pool"] == second["ray_pool"] == {"keep_s": 3.0}
+        assert second["ray_actors_s"] < first["ray_actors_s"]  # no worker start, no bundle load
+        assert (tmp_path / "a.csv").read_text().count("\n") == (tmp_path / "b.csv").read_text().count("\n")
+        time.sleep(8)  # idle past keep_s: the pool ended itself (and freed its CPU)
+        cluster.env["MEDTRANSFER_RAY_KEEP_S"] = "600"
+        assert job("c")["ray_actors_reused"] == 0
+        # no pool: a fresh actor, killed at the end; the idle pool of job c (kept 600 s) gives the
+        # cluster's one CPU back to it
+        cluster.env["MEDTRANSFER_RAY_KEEP_S"] = "0"
+        time.sleep(2.5)
+        d = job("d")
+        assert d["ray_pool"] is None and d["ray_pools_retired"] == 1 and job("e")["ray_actors_reused"] == 0
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)
