@@ -217,7 +217,9 @@ class MemoryAttentionPart(nn.Module):
     With one head per attention (SAM2's memory attention) the rotary encoding is folded into the
     projections: RoPE(W x + b) = (W x + b) * cos + (P W x + P b) * sin', P swapping each pair (done
     once here on the weights), the tables broadcast over the memories; a few elementwise passes
-    over the 7 x HW memory keys per layer instead of slicing, gathering and stacking them.
+    over the 7 x HW memory keys per layer instead of slicing, gathering and stacking them.  The
+    swapped copies are taken from the weights when the part is built (export and evaluation build
+    it from a loaded model), so build it after any change to the weights.
     """
 
     def __init__(self, sam: nn.Module, grid: int) -> None:

@@ -70,8 +70,10 @@ Engines
   that outlives the job (named, detached, in the ``medtransfer`` namespace), so the next job with
   the same key (``score``: the bundle's verified digest, its path, the options) finds them with
   ``init`` done instead of paying worker start-up again; an actor idle for
-  ``MEDTRANSFER_RAY_KEEP_S`` seconds (default 120; 0 = no pool) ends itself, a job that fails or
-  is interrupted kills its pool.  ``stats["ray_actors_reused"]`` counts the warm actors found.
+  ``MEDTRANSFER_RAY_KEEP_S`` seconds (default 120; 0 = no pool) ends itself; a pool whose ``init``
+  failed is killed (an interrupted job leaves its pool: another job may share it); a new job asks
+  other bundles' idle pools to end, so their CPUs are not held from it.
+  ``stats["ray_actors_reused"]`` counts the warm actors found.
 Torch-free.
 """
 
@@ -747,11 +749,11 @@ class _RayBackend(_Backend):
         try:
             ready = ray.get([a.ready.remote() for a in self.actors])
         except Exception:
-            self.close(abort=True)  # e.g. init / fn could not be unpickled on the workers
+            self.close(kill=True)  # e.g. init / fn could not be unpickled on the workers
             raise
         for _, err, _, _, _ in ready:
             if err is not None:
-                self.close(abort=True)  # a pooled actor whose init failed is not kept either
+                self.close(kill=True)  # a pooled actor whose init failed is not kept either
                 raise err
         # CPU before this job: 0 for a fresh actor (its init is this job's), so far for a warm one
         self.cpu0 = [r[4] if r[3] > 1 else 0.0 for r in ready]
@@ -802,7 +804,7 @@ class _RayBackend(_Backend):
             top_up()  # before handing rows out (the caller may write each one durably)
             yield from results
 
-    def close(self, abort: bool = False) -> None:
+    def close(self, abort: bool = False, kill: bool = False) -> None:
         import ray
 
         actors = getattr(self, "actors", [])
@@ -812,7 +814,9 @@ class _RayBackend(_Backend):
                 self.info["actor_cpu_s"] = round(sum(cpu) - sum(getattr(self, "cpu0", [])), 2)
             except Exception:  # noqa: BLE001 - an actor is gone: no figure
                 pass
-        if not getattr(self, "pooled", False) or abort:  # a warm pool stays for the next job
+        # a warm pool stays for the next job, even after a failed one: another job of the same
+        # bundle may be using the same actors (a pool whose init failed is killed: ``kill``)
+        if kill or not getattr(self, "pooled", False):
             for a in actors:
                 try:
                     ray.kill(a)
