@@ -70,6 +70,8 @@ class _Timed:
 
     def __getattr__(self, name: str) -> Any:
         fn = getattr(self.inner, name)
+        if not callable(fn):  # plain attributes (e.g. ``prefetch``) as they are
+            return fn
 
         def timed(*a: Any, **kw: Any) -> Any:
             t = time.perf_counter()

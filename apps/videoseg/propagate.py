@@ -175,7 +175,7 @@ class StreamingPropagator:
             raise ValueError("give exactly one prompt: box or mask")
         S, C = self.size, self.mem_dim
         if prefetch is None:
-            prefetch = bool(getattr(self.b, "prefetch", False))
+            prefetch = getattr(self.b, "prefetch", False) is True
         cond: dict[str, np.ndarray] = {}
         # memories are kept sequence-first (hw, C), transposed once when stored; memory attention's
         # inputs are written into buffers reused every frame (no per-frame re-layout of old memories)

@@ -260,3 +260,20 @@ def test_int8_encoder_beside_float32_is_default_only_when_it_agrees(vs_bundle, d
         "encoder_default": "fp32",
     }
     assert vx.encoder_metadata({}) == {}
+
+
+def test_timed_wrapper_passes_plain_attributes_through():
+    """The bench's per-graph timer must not turn ``prefetch`` into a (truthy) function: the loop
+    would then prefetch in profiled runs and the per-graph times would overlap."""
+    from medtransfer.apps.videoseg.bench import _Timed
+
+    class Backend:
+        consts: dict = {}
+        prefetch = False
+
+        def encode_image(self, x):
+            return (x,)
+
+    totals: dict = {}
+    t = _Timed(Backend(), totals)
+    assert t.prefetch is False and t.encode_image(1) == (1,) and "encode_image" in totals
