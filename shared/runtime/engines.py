@@ -478,16 +478,21 @@ class _PoolBackend(_Backend):
         source = iter(chunks)
         exhausted = False
         while True:
+            broken = False
             while not exhausted and len(running) < inflight:
                 chunk = next(source, None)
                 if chunk is None:
                     exhausted = True
                     break
-                running[self.pool.submit(_worker_chunk, chunk)] = chunk
-            if not running:
+                try:
+                    running[self.pool.submit(_worker_chunk, chunk)] = chunk
+                except BrokenProcessPool:  # a worker died before this chunk went out (it never ran)
+                    suspects.extend(chunk)
+                    broken = True
+                    break
+            if not running and not broken:
                 break
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            broken = False
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED) if running else (set(), set())
             for fut in done:
                 chunk = running.pop(fut)
                 try:

@@ -119,6 +119,21 @@ def test_a_crashing_item_fails_alone():
     assert {i: r for i, r in res.items() if i != 5} == {i: i + 1 for i in range(12) if i != 5}
 
 
+def test_a_worker_that_dies_before_the_next_submit_loses_nothing():
+    """The pool can break between two submits (CI saw it): the chunk that could not go out runs
+    again in the fresh pool like those in flight, and no item is lost."""
+
+    def items():
+        for i in range(10):
+            if i == 6:
+                time.sleep(1.5)  # item 5's worker dies meanwhile: the next submit finds the pool broken
+            yield i
+
+    res = dict(run_map(_init, _crash_on_5, items(), workers=2, chunksize=1))
+    assert sorted(res) == list(range(10)) and isinstance(res[5], WorkerDied)
+    assert {i: r for i, r in res.items() if i != 5} == {i: i + 1 for i in range(10) if i != 5}
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_init_failure_is_raised_before_any_item(workers):
     pulled = []
