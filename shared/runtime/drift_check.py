@@ -169,7 +169,7 @@ def check_bundle(
         for tag, fn in fns.items():
             d = fn(r_half, s_half)
             null_flags[tag] += int(d["flag"])
-            if tag == "after" and d.get("status") == "insufficient data":
+            if tag == "after" and d.get("status") == est.INSUFFICIENT_DATA:
                 null_insufficient += 1
     res: dict[str, Any] = {
         "app": bundle.app,

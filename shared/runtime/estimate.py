@@ -67,6 +67,8 @@ DRIFT_CORRECTION = "holm"
 MIN_DRIFT_CASES = 10
 #: smallest KS distance (largest gap between the two empirical CDFs) that counts as drift
 DRIFT_EFFECT_FLOOR = 0.2
+#: drift status of a statistic (or a whole report) with too few values to test: never "no drift"
+INSUFFICIENT_DATA = "insufficient data"
 #: fewest reference values PSI is computed on (two bins of five)
 MIN_PSI_REFERENCE = 10
 
@@ -320,7 +322,7 @@ def compare(ref: Sequence[float], new: Sequence[float], min_cases: int = MIN_DRI
     if r and n:
         out.update(reference_median=round(float(np.median(r)), 6), site_median=round(float(np.median(n)), 6))
     if len(r) < min_cases or len(n) < min_cases:
-        return {**out, "psi": None, "ks": None, "ks_p": None, "status": "insufficient data", "drift": False}
+        return {**out, "psi": None, "ks": None, "ks_p": None, "status": INSUFFICIENT_DATA, "drift": False}
     from scipy.stats import ks_2samp
 
     ks = ks_2samp(np.asarray(r), np.asarray(n))
@@ -398,8 +400,8 @@ def drift_report(
         v["status"] = "drift" if v["drift"] else ("below effect floor" if significant else "no drift")
     drifted = sorted((k for k, v in stats.items() if v["drift"]), key=lambda k: -(stats[k]["ks"] or 0))
     conf_drift = [k for k, v in confidence.items() if v["drift"]]
-    insufficient = [k for k, v in stats.items() if v["status"] == "insufficient data"] + [
-        f"confidence.{k}" for k, v in confidence.items() if v["status"] == "insufficient data"
+    insufficient = [k for k, v in stats.items() if v["status"] == INSUFFICIENT_DATA] + [
+        f"confidence.{k}" for k, v in confidence.items() if v["status"] == INSUFFICIENT_DATA
     ]
     n_stats = len(stats)
     name = "Holm" if method == "holm" else "BH"
@@ -419,7 +421,7 @@ def drift_report(
         status = "drift"
         summary = "DRIFT: " + "; ".join(parts) + f" ({name}-adjusted over {len(family)} tests, alpha {alpha:g})"
     elif not family:
-        status = "insufficient data"
+        status = INSUFFICIENT_DATA
         ns = max((v["n"] for v in [*stats.values(), *confidence.values()]), default=0)
         nr = max((v["n_reference"] for v in [*stats.values(), *confidence.values()]), default=0)
         summary = (
@@ -769,7 +771,7 @@ def summarise(
                 "tracks its accuracy, which shifts such as amplifier gain or added noise can break (a model can "
                 "become confidently wrong); check a labelled sample from this site"
             )
-        elif res["drift"]["status"] == "insufficient data":
+        elif res["drift"]["status"] == INSUFFICIENT_DATA:
             res["caution"] = (
                 "too few cases to test the inputs for drift, so whether the estimate's assumptions hold here is "
                 "unchecked; check a labelled sample from this site"

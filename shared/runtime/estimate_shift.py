@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from medtransfer.shared.runtime.estimate import INSUFFICIENT_DATA
 from medtransfer.shared.utils.errors import MedTransferError
 
 EEG_SUFFIXES = (".edf", ".bdf")
@@ -545,7 +546,7 @@ def demo_section(demo_out: Path, fast: bool = True) -> str:
             continue
         for r in res["levels"]:
             ci = r["interval"]
-            untested = r.get("drift_status") == "insufficient data"  # too few cases: never reported as "no drift"
+            untested = r.get("drift_status") == INSUFFICIENT_DATA  # too few cases: never reported as "no drift"
             drift = "yes" if r["drift"] else ("untested (too few cases)" if untested else "no")
             reliable = "no (inputs drifted)" if not r["estimate_reliable"] else ("unchecked" if untested else "yes")
             lines.append(
@@ -598,7 +599,7 @@ def _drift_rows(b: Path, app: str, meta: dict[str, Any], demo_out: Path, limit: 
         names = ", ".join(d.removeprefix("input.") for d in r["drifted"][:5]) + (
             " ..." if len(r["drifted"]) > 5 else ""
         )
-        flag = "yes" if r["flag"] else ("no (too few cases to test)" if r["status"] == "insufficient data" else "no")
+        flag = "yes" if r["flag"] else ("no (too few cases to test)" if r["status"] == INSUFFICIENT_DATA else "no")
         err = f" ({r['n_errors']} errors)" if r["n_errors"] else ""
         out.append(f"| {app} | {r['shift']} {r['severity']:g} | {flag} | {names or '-'} | {r['n_cases']}{err} |")
     n_ref = ref.get("n_cases")
@@ -608,7 +609,7 @@ def _drift_rows(b: Path, app: str, meta: dict[str, Any], demo_out: Path, limit: 
             ""
             if levels[-1]["flag"]
             else "; too few cases to test drift (not a finding of no drift)"
-            if levels[-1]["status"] == "insufficient data"
+            if levels[-1]["status"] == INSUFFICIENT_DATA
             else "; the shifted copy was NOT flagged (reported as measured)"
         )
     )
