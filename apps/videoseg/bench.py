@@ -121,15 +121,16 @@ def child_ours(args: dict[str, Any]) -> dict[str, Any]:
     out = np.stack([m for _, m in prop.run(rd.frames(0, n), n, mask=mask)])
     dt = time.perf_counter() - t
     np.save(args["masks_out"], out)
+    inner = getattr(backend, "inner", backend)
     res = {
         "seconds": round(dt, 2),
         "fps": round(n / dt, 3),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "torch_loaded": "torch" in sys.modules,
-        "encoder": getattr(backend, "inner", backend).encoder_file,
-        "attention": getattr(backend, "inner", backend).attention_file,
-        "prefetch": bool(getattr(backend, "inner", backend).prefetch) and not totals,
-        "threads": getattr(backend, "inner", backend).threads,
+        "encoder": inner.encoder_file,
+        "attention": inner.attention_file,
+        "prefetch": bool(inner.prefetch) and not totals,
+        "threads": inner.threads,
         "session_seconds": round(session_seconds, 2),
     }
     if totals:

@@ -259,8 +259,6 @@ class MemoryAttentionPart(nn.Module):
         ws, bs = getattr(self, f"{key}_ws"), getattr(self, f"{key}_bs")
         a, s = lin(x), F.linear(x, ws, bs)
         b, n, d = a.shape
-        if n == self.hw:
-            return a * cos2 + s * sin2
         return (a.reshape(b, -1, self.hw, d) * cos2 + s.reshape(b, -1, self.hw, d) * sin2).reshape(b, n, d)
 
     def _attend(self, attn: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

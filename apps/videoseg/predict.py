@@ -337,7 +337,6 @@ class VideoSegPredictor(Predictor):
     def __init__(self, bundle: Bundle, **options: Any) -> None:
         super().__init__(bundle, **options)
         self.prop = StreamingPropagator(OnnxBackend(bundle, **backend_options(self.options)))
-        self.prefetch = bool(self.prop.b.prefetch)  # the loop follows its backend
 
     def predict(self, path: Path, **case: Any) -> dict[str, Any]:
         """Propagate; returns paths of the outputs and a per-frame area summary.

@@ -643,12 +643,9 @@ class _RayWorker:
             threading.Thread(target=self._expire, args=(keep_s,), daemon=True).start()
 
     def _expire(self, keep_s: float) -> None:
-        import ray
-
         while True:
             time.sleep(min(5.0, max(keep_s / 4, 0.1)))
-            if not self.busy and time.monotonic() - self.last > keep_s:
-                ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+            if self.retire(keep_s):
                 return
 
     def retire(self, idle_s: float = 2.0) -> bool:
@@ -734,19 +731,16 @@ class _RayBackend(_Backend):
         actor_cls = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(_RayWorker)
         t1 = time.perf_counter()
         driver = (socket.gethostname(), niceness())
-        self.pooled = bool(keep and cluster)
+        self.pooled = keep > 0  # only with a reuse key on a running cluster (above)
+        names = [pool_name(str(reuse_key), threads, driver[1], i) for i in range(workers)] if self.pooled else []
         if cluster:  # idle warm pools of other bundles give their CPUs back to this job
-            mine = {pool_name(str(reuse_key), threads, driver[1], i) for i in range(workers)} if self.pooled else set()
-            self.info["ray_pools_retired"] = _retire_idle_pools(mine)
+            self.info["ray_pools_retired"] = _retire_idle_pools(set(names))
         if self.pooled:  # the warm pool of this key: found (init done) or made, atomically by name
             self.actors: list[Any] = [
-                actor_cls.options(
-                    name=pool_name(str(reuse_key), threads, driver[1], i),
-                    namespace=RAY_NAMESPACE,
-                    lifetime="detached",
-                    get_if_exists=True,
-                ).remote(init, fn, threads, driver, keep)
-                for i in range(workers)
+                actor_cls.options(name=name, namespace=RAY_NAMESPACE, lifetime="detached", get_if_exists=True).remote(
+                    init, fn, threads, driver, keep
+                )
+                for name in names
             ]
         else:
             self.actors = [actor_cls.remote(init, fn, threads, driver) for _ in range(workers)]
