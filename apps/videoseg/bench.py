@@ -312,6 +312,7 @@ def bench(
     prefetch: bool = False,
     cpu_sets: str = "",
     ablation: bool = False,
+    repeats: int = 1,
     out: str | None = None,
     work_dir: str | None = None,
     **_: Any,
@@ -330,6 +331,9 @@ def bench(
         cpu_sets: ``"0,1;2,3"``: run the timed processes concurrently, one CPU set each ("" = one
             after another on this process's cores).
         ablation: also time ours at the shortest length with each of :data:`ABLATIONS`.
+        repeats: time each ours / official pair this many times, alternating (ours, official, ours,
+            ...), so that a drift in the machine's speed reaches both sides; seconds and the speed-up
+            are medians over the repeats, each repeat's ratio is kept (``speedup_per_repeat``).
         out: also write the JSON here.
         work_dir: keep bundles, videos and masks here (default: a temporary folder, removed).
 
@@ -375,6 +379,7 @@ def bench(
             "prefetch": prefetch,
             "cpu_sets": sets or None,
             "cpu_count": os.cpu_count(),
+            "repeats": max(1, repeats),
         },
         "load_average_start": load_average(),
         "sizes": {},
@@ -400,6 +405,7 @@ def bench(
         common = {"bundle": str(bundle), "mask": str(mask_path), "threads": threads, "image_size": size}
         for n in frame_list:
             avi, jdir = videos[n]
+            first_ours = len(jobs)
             jobs.append(
                 (
                     f"{size}px/{n}f/ours",
@@ -417,15 +423,13 @@ def bench(
                          "profile": False, "encoder": "fp32", "masks_out": str(work / f"ours_fp32_{size}_{n}.npy")},
                     )
                 )  # fmt: skip
-            jobs.append(
-                (
-                    f"{size}px/{n}f/official",
-                    "official",
-                    {"state_dict": str(sd), "arch": arch, "image_size": size, "overrides": overrides,
-                     "jpg_dir": str(jdir), "mask": str(mask_path), "threads": threads, "frames": n,
-                     "masks_out": str(work / f"official_{size}_{n}.npy")},
-                )
-            )  # fmt: skip
+            official = {"state_dict": str(sd), "arch": arch, "image_size": size, "overrides": overrides,
+                        "jpg_dir": str(jdir), "mask": str(mask_path), "threads": threads, "frames": n,
+                        "masks_out": str(work / f"official_{size}_{n}.npy")}  # fmt: skip
+            jobs.append((f"{size}px/{n}f/official", "official", official))
+            for rep in range(1, max(1, repeats)):  # the pair again, alternating
+                jobs.append((f"{size}px/{n}f/ours#{rep}", "ours", jobs[first_ours][2]))
+                jobs.append((f"{size}px/{n}f/official#{rep}", "official", official))
         if ablation:  # ours at the shortest length with one setting changed at a time
             n = min(frame_list)
             for name, change in ABLATIONS.items():
@@ -452,10 +456,14 @@ def bench(
     for size in size_list:
         row = res["sizes"][str(size)]
         for n in frame_list:
-            o, r = runs[f"{size}px/{n}f/ours"], runs[f"{size}px/{n}f/official"]
+            o, r = (_median_run(runs, f"{size}px/{n}f/{side}", repeats) for side in ("ours", "official"))
             entry: dict[str, Any] = {"ours": o, "official": r}
             if "error" not in o and "error" not in r:
                 entry["speedup"] = round(r["seconds"] / o["seconds"], 3)
+                if repeats > 1:
+                    entry["speedup_per_repeat"] = [
+                        round(b / a, 3) for a, b in zip(o["seconds_repeats"], r["seconds_repeats"])
+                    ]
                 d = _dice(np.load(work / f"ours_{size}_{n}.npy"), np.load(work / f"official_{size}_{n}.npy"))
                 entry["agreement_dice_mean"] = round(float(np.mean(d)), 4)
                 entry["agreement_dice_min"] = round(float(np.min(d)), 4)
@@ -489,6 +497,20 @@ def bench(
     if not work_dir:
         shutil.rmtree(work, ignore_errors=True)
     return res
+
+
+def _median_run(runs: dict[str, dict[str, Any]], key: str, repeats: int) -> dict[str, Any]:
+    """The run of ``key`` with the median seconds over its repeats (``key``, ``key#1``, ...), with
+    every repeat's seconds in ``seconds_repeats`` (the first error, if any run failed)."""
+    all_runs = [runs[key]] + [runs[f"{key}#{r}"] for r in range(1, max(1, repeats))]
+    bad = next((r for r in all_runs if "error" in r), None)
+    if bad is not None or len(all_runs) == 1:
+        return bad or all_runs[0]
+    ranked = sorted(all_runs, key=lambda r: r["seconds"])
+    med = dict(ranked[(len(ranked) - 1) // 2])
+    med["seconds"] = round(float(np.median([r["seconds"] for r in all_runs])), 3)
+    med["seconds_repeats"] = [r["seconds"] for r in all_runs]
+    return med
 
 
 def _print_table(res: dict[str, Any]) -> None:
@@ -537,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefetch", action="store_true", help="ours encodes the next frame in a second thread")
     p.add_argument("--cpu-sets", default="")
     p.add_argument("--ablation", action="store_true", help="also time ours with each fast setting switched off")
+    p.add_argument("--repeats", type=int, default=1, help="time each ours/official pair N times, alternating")
     p.add_argument("--out", default="videoseg_bench.json")
     p.add_argument("--work-dir", default=None)
     a = p.parse_args(argv)
@@ -557,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         prefetch=a.prefetch,
         cpu_sets=a.cpu_sets,
         ablation=a.ablation,
+        repeats=a.repeats,
         out=a.out,
         work_dir=a.work_dir,
     )

@@ -41,9 +41,10 @@ from medtransfer.shared.runtime.gates import limits_for
 INT8_MIN_MEAN_DICE = 0.9
 
 GRAPHS = ("image_encoder", "decoder_box", "decoder_track", "mask_prompt", "memory_encoder", "memory_attention")
-#: opset of memory_attention.onnx: at 23 each SDPA is one ``Attention`` op (ONNX Runtime's CPU
-#: kernel: 10-20% less CPU time than MatMul/Softmax/MatMul at 256-512 px, same masks)
-MEMORY_ATTENTION_OPSET = 23
+#: opset of image_encoder.onnx and memory_attention.onnx: at 23 each SDPA is one ``Attention`` op
+#: (ONNX Runtime's CPU kernel: memory attention 10-20% less CPU time than MatMul/Softmax/MatMul at
+#: 256-512 px; the Hiera encoder's 12 window / global attentions ~5% less at 512 px int8, same masks)
+ATTENTION_OPSET = 23
 #: the int8 image encoder and memory attention shipped beside the float32 ones, and the op types
 #: quantized (MatMul with a constant weight: the linear layers; ConvInteger is slow on CPU)
 INT8_ENCODER = ENCODER_FILES["int8"]
@@ -97,6 +98,7 @@ def export_model(sam: torch.nn.Module, out_dir: str | Path, atol: float = 1e-3) 
         ["vision_feat", "vision_pos", "hr0", "hr1"],
         dynamic={"image": {0: "batch"}},
         atol=atol,
+        opset=ATTENTION_OPSET,
         **({"parity_args": [(rn(1, 3, S, S),)], "check_example": False} if big else {}),
     )
     with torch.no_grad():
@@ -147,7 +149,7 @@ def export_model(sam: torch.nn.Module, out_dir: str | Path, atol: float = 1e-3) 
         dynamic={"mem": {0: "n_mem"}, "mem_pos": {0: "n_mem"}, "ptr": {0: "n_ptr"}, "ptr_pos": {0: "n_ptr"}},
         parity_args=[(rn(hw, 1, C), rn(hw, 1, C), rn(m * hw, 1, M), rn(m * hw, 1, M), rn(p, 1, M), rn(p, 1, M))],
         atol=atol,
-        opset=MEMORY_ATTENTION_OPSET,
+        opset=ATTENTION_OPSET,
     )
     np.savez(out / "constants.npz", **model_constants(sam))
     return rep

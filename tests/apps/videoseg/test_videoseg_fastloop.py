@@ -277,3 +277,21 @@ def test_timed_wrapper_passes_plain_attributes_through():
     totals: dict = {}
     t = _Timed(Backend(), totals)
     assert t.prefetch is False and t.encode_image(1) == (1,) and "encode_image" in totals
+
+
+def test_bench_repeats_take_the_median_of_each_side():
+    """With repeats the bench reports each side's median run and every repeat's seconds, and a
+    failed repeat is reported as the error (never a median over fewer runs)."""
+    from medtransfer.apps.videoseg.bench import _median_run
+
+    runs = {
+        "512px/48f/ours": {"seconds": 30.0, "peak_rss_mb": 600.0},
+        "512px/48f/ours#1": {"seconds": 26.0, "peak_rss_mb": 610.0},
+        "512px/48f/ours#2": {"seconds": 28.0, "peak_rss_mb": 620.0},
+    }
+    med = _median_run(runs, "512px/48f/ours", 3)
+    assert med["seconds"] == 28.0 and med["peak_rss_mb"] == 620.0
+    assert med["seconds_repeats"] == [30.0, 26.0, 28.0]
+    assert _median_run(runs, "512px/48f/ours", 1) == runs["512px/48f/ours"]  # one run: as it was
+    runs["512px/48f/ours#1"] = {"error": "killed"}
+    assert _median_run(runs, "512px/48f/ours", 3) == {"error": "killed"}

@@ -46,6 +46,10 @@ def test_bundle_and_onnx_propagation_parity(vs_bundle, vs_run):
     ma = onnx.load(str(vs_bundle / "memory_attention.onnx"))
     # one fused Attention op per self- and cross-attention of each layer
     assert sum(n.op_type == "Attention" for n in ma.graph.node) == 2 * len(sam.memory_attention.layers)
+    # and one per Hiera block in the image encoder (exported at the same opset)
+    enc = onnx.load(str(vs_bundle / "image_encoder.onnx"))
+    blocks = len(sam.image_encoder.trunk.blocks)
+    assert sum(n.op_type == "Attention" for n in enc.graph.node) == blocks
     frames, masks, _ = make_cine(96, 6, seed=11)
     par = propagation_parity(sam, vs_bundle, frames, mask_to_box(masks[0]))
     assert par["frames"] == 6 and par["min_dice"] >= 0.99
