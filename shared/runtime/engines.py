@@ -565,7 +565,11 @@ def ray_init(workers: int = 1, object_store_mb: int = 128) -> dict[str, Any]:
     addr = os.environ.get("RAY_ADDRESS") or None
     t0 = time.perf_counter()
     if not ray.is_initialized():
-        kw: dict[str, Any] = dict(address=addr, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        # without RAY_ADDRESS always a new local Ray: ray.init() alone would join a cluster already
+        # running on this machine and then refuse num_cpus ("When connecting to an existing cluster...")
+        kw: dict[str, Any] = dict(
+            address=addr or "local", include_dashboard=False, log_to_driver=False, configure_logging=False
+        )
         if addr is None:
             kw.update(num_cpus=max(1, workers), object_store_memory=max(80, object_store_mb) * 1024 * 1024)
             # workers at this process's priority (Ray's default starts them 15 steps nicer, so any
@@ -580,7 +584,24 @@ def ray_init(workers: int = 1, object_store_mb: int = 128) -> dict[str, Any]:
             msg = " ".join(str(e).split())[:300]
             raise MedTransferError(f"--engine ray: could not start {where} ({type(e).__name__}: {msg})") from None
         _RAY_STARTED_HERE = addr is None
+        _disconnect_at_exit()
     return {"ray_init_s": round(time.perf_counter() - t0, 3), "ray_address": addr or "local"}
+
+
+def _disconnect_at_exit() -> None:
+    """At interpreter exit, disconnect from the Ray this module started or joined before Ray's own
+    exit hook does (registered after it, so it runs first): Ray's hook sleeps 0.5 s "to make sure
+    that log messages finish printing", and this module's jobs print no worker logs
+    (``log_to_driver=False``).  Measured: a ``score`` process on a cluster exited ~0.45 s sooner."""
+    import atexit
+
+    import ray
+
+    def disconnect() -> None:
+        if ray.is_initialized():
+            ray.shutdown()
+
+    atexit.register(disconnect)
 
 
 def shutdown_ray() -> None:

@@ -388,3 +388,28 @@ def test_running_cluster_keeps_a_warm_pool_per_bundle_that_ends_when_idle(image_
         if cluster is not None:
             cluster.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_ray_is_disconnected_at_exit_before_rays_own_hook(monkeypatch):
+    """Ray's own exit hook sleeps 0.5 s for worker logs we never print; ours (registered later,
+    so run first) disconnects without it, and only when Ray is still up."""
+    import atexit
+    import types
+
+    from medtransfer.shared.runtime import engines
+
+    calls: list[str] = []
+    state = {"up": True}
+    fake = types.SimpleNamespace(
+        is_initialized=lambda: state["up"], shutdown=lambda **kw: calls.append(f"shutdown{kw or ''}")
+    )
+    hooks: list = []
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(atexit, "register", lambda fn, *a, **kw: hooks.append(fn))
+    engines._disconnect_at_exit()
+    assert len(hooks) == 1
+    hooks[0]()
+    assert calls == ["shutdown"]  # plain shutdown: not Ray's _exiting_interpreter path
+    state["up"] = False
+    hooks[0]()
+    assert calls == ["shutdown"]  # already down (e.g. shutdown_ray ran): nothing more
