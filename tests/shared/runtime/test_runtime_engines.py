@@ -330,6 +330,7 @@ def test_score_joins_a_running_ray_cluster_which_the_bench_stops(image_run, tmp_
         cluster = RayCluster(1, folder)
         pids = [p.pid for p in cluster.processes()]
         assert len(pids) >= 2  # raylet, GCS, ...
+        assert cluster.first_connect_s is not None and cluster.first_connect_s > 0  # the probe connected
         r = score_run(Path(image_run["bundle"]), man, tmp_path / "o.csv", "ray", 1, cluster=cluster)
         assert r["ok"] == 5 and r["engine_stats"]["ray_address"] == cluster.address, r
         assert r["engine_stats"]["actor_nice"] == r["engine_stats"]["driver_nice"]
