@@ -500,8 +500,9 @@ def bench(
 
 
 def _median_run(runs: dict[str, dict[str, Any]], key: str, repeats: int) -> dict[str, Any]:
-    """The run of ``key`` with the median seconds over its repeats (``key``, ``key#1``, ...), with
-    every repeat's seconds in ``seconds_repeats`` (the first error, if any run failed)."""
+    """The median run of ``key`` over its repeats (``key``, ``key#1``, ...): the middle run's fields
+    (the lower middle one for an even count) with ``seconds`` the median and every repeat's seconds
+    in ``seconds_repeats``; the first error instead if any repeat failed."""
     all_runs = [runs[key]] + [runs[f"{key}#{r}"] for r in range(1, max(1, repeats))]
     bad = next((r for r in all_runs if "error" in r), None)
     if bad is not None or len(all_runs) == 1:
