@@ -405,30 +405,18 @@ def bench(
         common = {"bundle": str(bundle), "mask": str(mask_path), "threads": threads, "image_size": size}
         for n in frame_list:
             avi, jdir = videos[n]
-            first_ours = len(jobs)
-            jobs.append(
-                (
-                    f"{size}px/{n}f/ours",
-                    "ours",
-                    {**common, "video": str(avi), "frames": n, "fast": True, "prefetch": prefetch, "profile": False,
-                     "masks_out": str(work / f"ours_{size}_{n}.npy")},
-                )
-            )  # fmt: skip
+            ours = {**common, "video": str(avi), "frames": n, "fast": True, "prefetch": prefetch, "profile": False,
+                    "masks_out": str(work / f"ours_{size}_{n}.npy")}  # fmt: skip
+            jobs.append((f"{size}px/{n}f/ours", "ours", ours))
             if n == min(frame_list):  # the float32 encoder too (the default may be int8)
-                jobs.append(
-                    (
-                        f"{size}px/{n}f/ours_fp32",
-                        "ours",
-                        {**common, "video": str(avi), "frames": n, "fast": True, "prefetch": prefetch,
-                         "profile": False, "encoder": "fp32", "masks_out": str(work / f"ours_fp32_{size}_{n}.npy")},
-                    )
-                )  # fmt: skip
+                fp32 = {**ours, "encoder": "fp32", "masks_out": str(work / f"ours_fp32_{size}_{n}.npy")}
+                jobs.append((f"{size}px/{n}f/ours_fp32", "ours", fp32))
             official = {"state_dict": str(sd), "arch": arch, "image_size": size, "overrides": overrides,
                         "jpg_dir": str(jdir), "mask": str(mask_path), "threads": threads, "frames": n,
                         "masks_out": str(work / f"official_{size}_{n}.npy")}  # fmt: skip
             jobs.append((f"{size}px/{n}f/official", "official", official))
             for rep in range(1, max(1, repeats)):  # the pair again, alternating
-                jobs.append((f"{size}px/{n}f/ours#{rep}", "ours", jobs[first_ours][2]))
+                jobs.append((f"{size}px/{n}f/ours#{rep}", "ours", ours))
                 jobs.append((f"{size}px/{n}f/official#{rep}", "official", official))
         if ablation:  # ours at the shortest length with one setting changed at a time
             n = min(frame_list)
