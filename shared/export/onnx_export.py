@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medtransfer.shared.export.onnx_passes import GraphPass
 from medtransfer.shared.utils.errors import MedTransferError
 
 
@@ -43,6 +45,7 @@ def export_onnx(
     parity_args: list[tuple[torch.Tensor, ...]] | None = None,
     check_example: bool = True,
     opset: int | None = None,
+    graph_passes: Sequence[GraphPass] = (),
 ) -> dict[str, Any]:
     """Export with ``torch.onnx.export(dynamo=True)``, run ``onnx.checker`` and check parity.
 
@@ -58,9 +61,12 @@ def export_onnx(
         check_example: also check ``example_args`` (False: only ``parity_args``, which must then be
             given; for big models whose trace example is costly to run twice, e.g. a batch of 2 at 1024 px).
         opset: ONNX opset (None: the exporter's default; 23 turns SDPA into one ``Attention`` op).
+        graph_passes: rewrites of the saved graph (:mod:`~medtransfer.shared.export.onnx_passes`),
+            applied before ``onnx.checker`` and the parity check, which therefore cover them.
 
     Returns:
-        ``{"max_abs_diff": float, "checked_inputs": int, "opset": int}``.
+        ``{"max_abs_diff": float, "checked_inputs": int, "opset": int}``, plus ``"passes"``
+        (pass name -> places rewritten) when ``graph_passes`` were given.
 
     Raises:
         ParityError: a difference above ``atol``.
@@ -91,6 +97,11 @@ def export_onnx(
             raise ParityError(f"{path}: torch.onnx.export returned no program")
         prog.save(str(path), external_data=False)
     model = onnx.load(str(path))
+    passes = {}
+    for gp in graph_passes:
+        passes[getattr(gp, "__name__", type(gp).__name__)] = int(gp(model))
+    if any(passes.values()):
+        onnx.save(model, str(path))
     onnx.checker.check_model(model, full_check=True)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     worst = 0.0
@@ -111,7 +122,10 @@ def export_onnx(
     if worst > atol:
         raise ParityError(f"{path}: ONNX differs from PyTorch by {worst:.3g} (> {atol:g})")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), -1)
-    return {"max_abs_diff": worst, "checked_inputs": len(cases), "opset": int(opset)}
+    rep: dict[str, Any] = {"max_abs_diff": worst, "checked_inputs": len(cases), "opset": int(opset)}
+    if graph_passes:
+        rep["passes"] = passes
+    return rep
 
 
 def quantize_int8(src: str | Path, dst: str | Path, op_types: list[str] | None = None) -> Path:

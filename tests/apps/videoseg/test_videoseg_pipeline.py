@@ -50,6 +50,13 @@ def test_bundle_and_onnx_propagation_parity(vs_bundle, vs_run):
     enc = onnx.load(str(vs_bundle / "image_encoder.onnx"))
     blocks = len(sam.image_encoder.trunk.blocks)
     assert sum(n.op_type == "Attention" for n in enc.graph.node) == blocks
+    # each block's Attention reads its own q/k/v projections as 3-D tensors: no packed-qkv Slice or
+    # Transpose left between the projections and the fused op (shared onnx_passes.split_packed_qkv)
+    prod = {o: n for n in enc.graph.node for o in n.output}
+    atts = [n for n in enc.graph.node if n.op_type == "Attention"]
+    assert all(any(a.name == "q_num_heads" for a in n.attribute) for n in atts)
+    assert {prod[i].op_type for n in atts for i in n.input} <= {"Reshape"}
+    assert b.meta["metrics"]["graph_passes"]["image_encoder"] == {"split_packed_qkv": blocks}
     frames, masks, _ = make_cine(96, 6, seed=11)
     par = propagation_parity(sam, vs_bundle, frames, mask_to_box(masks[0]))
     assert par["frames"] == 6 and par["min_dice"] >= 0.99
