@@ -330,5 +330,39 @@ def bench(
     return res
 
 
+def _main(argv: list[str]) -> None:
+    """``python -m medtransfer.apps.wsi.bench [--out F] [--slide S] [--devices D] ...``: the slide bench
+    (``medtransfer bench --app wsi`` runs the same with its defaults)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m medtransfer.apps.wsi.bench", description=_main.__doc__)
+    ap.add_argument("--out", default="wsi_bench.json", help="JSON file to write (default: wsi_bench.json)")
+    ap.add_argument("--slide", default=None, help="bench only this slide (default: CMU + a generated TIFF)")
+    ap.add_argument("--encoder", default="resnet18")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-tiles", type=int, default=192)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--read-workers", type=int, default=2)
+    ap.add_argument("--big-side", type=int, default=20000, help="side of the generated slide (0 = skip it)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--int8", action="store_true", help="also the static int8 ONNX encoder")
+    ap.add_argument("--devices", default="auto", help="auto, cpu, cuda or cpu,cuda")
+    a = ap.parse_args(argv)
+    res = bench(
+        slide=a.slide,
+        encoder=a.encoder,
+        batch_size=a.batch_size,
+        max_tiles=a.max_tiles,
+        threads=a.threads,
+        read_workers=a.read_workers,
+        big_side=a.big_side,
+        rounds=a.rounds,
+        int8=a.int8,
+        devices=a.devices,
+        out=a.out,
+    )
+    print(json.dumps(res, indent=2))
+
+
 if __name__ == "__main__":  # pragma: no cover
-    print(json.dumps(bench(out=sys.argv[1] if len(sys.argv) > 1 else "wsi_bench.json"), indent=2))
+    _main(sys.argv[1:])

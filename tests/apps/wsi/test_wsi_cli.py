@@ -105,3 +105,24 @@ def test_wsi_synth_train_evaluate_cli(tmp_path: Path, capsys) -> None:
     assert code == 2 and err == "error: give --features DIR or --synthetic\n", err
     code, _, err = _main(["wsi", "evaluate", str(run), "--labels", str(labels), "--synthetic", "--split", "x"], capsys)
     assert code == 2 and err.startswith("error: --split must be test, val, train or all"), err
+
+
+def test_bench_module_parses_its_flags_before_measuring(tmp_path, monkeypatch, capsys):
+    """``python -m medtransfer.apps.wsi.bench --help`` prints usage: it once ran the whole bench and
+    wrote the JSON to a file named ``--help``; flags reach ``bench`` as given."""
+    import pytest
+
+    from medtransfer.apps.wsi import bench as wb
+
+    monkeypatch.chdir(tmp_path)
+    got: dict = {}
+    monkeypatch.setattr(wb, "bench", lambda **kw: got.update(kw) or {"ok": True})
+    with pytest.raises(SystemExit) as e:
+        wb._main(["--help"])
+    assert e.value.code == 0 and "--big-side" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == [] and not got
+    with pytest.raises(SystemExit) as e:
+        wb._main(["--bogus"])
+    assert e.value.code == 2 and not got
+    wb._main(["--out", "b.json", "--big-side", "0", "--devices", "cpu"])
+    assert got["out"] == "b.json" and got["big_side"] == 0 and got["devices"] == "cpu"
