@@ -347,21 +347,8 @@ def _main(argv: list[str]) -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--int8", action="store_true", help="also the static int8 ONNX encoder")
     ap.add_argument("--devices", default="auto", help="auto, cpu, cuda or cpu,cuda")
-    a = ap.parse_args(argv)
-    res = bench(
-        slide=a.slide,
-        encoder=a.encoder,
-        batch_size=a.batch_size,
-        max_tiles=a.max_tiles,
-        threads=a.threads,
-        read_workers=a.read_workers,
-        big_side=a.big_side,
-        rounds=a.rounds,
-        int8=a.int8,
-        devices=a.devices,
-        out=a.out,
-    )
-    print(json.dumps(res, indent=2))
+    # every flag's dest is the name of a bench() parameter
+    print(json.dumps(bench(**vars(ap.parse_args(argv))), indent=2))
 
 
 if __name__ == "__main__":  # pragma: no cover
