@@ -481,6 +481,9 @@ def _score_child(argv: list[str]) -> None:
     s["cpu_s"] = round(me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime, 2)  # local workers included
     s["cpu_self_s"] = round(me.ru_utime + me.ru_stime, 2)
     print(json.dumps(s))
+    from medtransfer.shared.runtime.engines import end_ray_driver
+
+    end_ray_driver(0)  # the job ends as `medtransfer score` does (shared.cli.main.main)
 
 
 def score_bench(

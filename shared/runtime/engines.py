@@ -73,7 +73,8 @@ Engines
   ``MEDTRANSFER_RAY_KEEP_S`` seconds (default 120; 0 = no pool) ends itself; a pool whose ``init``
   failed is killed (an interrupted job leaves its pool: another job may share it); a new job asks
   other bundles' idle pools to end, so their CPUs are not held from it.
-  ``stats["ray_actors_reused"]`` counts the warm actors found.
+  ``stats["ray_actors_reused"]`` counts the warm actors found.  A command-line job that joined a
+  cluster ends without Ray's driver shutdown (:func:`end_ray_driver`, ~0.33 s per job).
 Torch-free.
 """
 
@@ -588,6 +589,14 @@ def ray_init(workers: int = 1, object_store_mb: int = 128) -> dict[str, Any]:
     return {"ray_init_s": round(time.perf_counter() - t0, 3), "ray_address": addr or "local"}
 
 
+def _disconnect_ray() -> None:
+    """Exit hook: disconnect from the Ray this module started or joined (when still up)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def _disconnect_at_exit() -> None:
     """At interpreter exit, disconnect from the Ray this module started or joined before Ray's own
     exit hook does (registered after it, so it runs first): Ray's hook sleeps 0.5 s "to make sure
@@ -595,13 +604,73 @@ def _disconnect_at_exit() -> None:
     (``log_to_driver=False``).  Measured: a ``score`` process on a cluster exited ~0.45 s sooner."""
     import atexit
 
-    import ray
+    atexit.register(_disconnect_ray)
 
-    def disconnect() -> None:
-        if ray.is_initialized():
-            ray.shutdown()
 
-    atexit.register(disconnect)
+def _exit_status(code: Any) -> int:
+    """The process exit status ``sys.exit(code)`` gives (a message goes to stderr, status 1)."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    try:
+        sys.stderr.write(f"{code}\n")
+    except (OSError, ValueError):
+        pass
+    return 1
+
+
+def fast_exit_enabled() -> bool:
+    """``MEDTRANSFER_RAY_FAST_EXIT`` (default on; ``0``/``off``/``no``/``false`` turns it off)."""
+    return os.environ.get("MEDTRANSFER_RAY_FAST_EXIT", "").strip().lower() not in ("0", "off", "no", "false")
+
+
+def end_ray_driver(code: Any = 0) -> None:
+    """End this process now if it is a driver joined to a running Ray cluster; else return.
+
+    A command-line job calls this once its command has finished (results written and closed).
+    Ray's driver shutdown costs ~0.33 s per process whatever the job did (measured here on Ray
+    2.60: ``shutdown_driver`` joins a gRPC completion-queue poller that looks for its stop flag
+    every 250 ms, then tearing down its threads and mappings at interpreter exit takes ~0.08 s),
+    which on a 1000-case job is ~7 % of the wall time.  So this process runs every other exit
+    handler (logging, temporary files, ...), flushes stdout and stderr and ends with ``os._exit``
+    and the command's status, skipping Ray's disconnect: the raylet sees the driver's connection
+    close, as for any driver that ends (it logs ``graceful=false``; the GCS logs the driver's
+    exit as a warning) and Ray ends the job's non-detached actors and frees its objects as it
+    would after a disconnect; the warm pool's actors are detached and stay.
+
+    Nothing is skipped (it returns) when: Ray is not initialised; this process started the Ray
+    it uses (that Ray's processes must be stopped: :func:`shutdown_ray`); a non-daemon thread is
+    still running; the interpreter has no ``atexit._run_exitfuncs``; or
+    ``MEDTRANSFER_RAY_FAST_EXIT=0``.
+
+    Args:
+        code: what the command gave ``sys.exit`` (None, an exit status, or a message).
+    """
+    import atexit
+
+    ray = sys.modules.get("ray")
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if ray is None or _RAY_STARTED_HERE or run_exit_handlers is None or not fast_exit_enabled():
+        return
+    try:
+        if not ray.is_initialized():
+            return
+    except Exception:  # noqa: BLE001 - a broken Ray: leave it to the normal exit
+        return
+    main = threading.main_thread()
+    if any(t is not main and t.is_alive() and not t.daemon for t in threading.enumerate()):
+        return  # the normal exit waits for it
+    status = _exit_status(code)
+    atexit.unregister(ray.shutdown)  # Ray's own hook (0.5 s sleep, then the driver shutdown)
+    atexit.unregister(_disconnect_ray)
+    run_exit_handlers()  # everyone else's: logging flushed, temporary folders removed, ...
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(status)
 
 
 def shutdown_ray() -> None:

@@ -335,6 +335,24 @@ def test_score_joins_a_running_ray_cluster_which_the_bench_stops(image_run, tmp_
         assert r["ok"] == 5 and r["engine_stats"]["ray_address"] == cluster.address, r
         assert r["engine_stats"]["actor_nice"] == r["engine_stats"]["driver_nice"]
         assert r["engine_stats"]["actor_cpu_s"] > 0 and r["total_cpu_s"] > r["cpu_s"]  # the actor's CPU counted
+        # the command line on the cluster: it ends without Ray's driver shutdown (end_ray_driver), with
+        # its status, its summary on stdout and every row written; the warm pool the job above left
+        # (detached actors) serves it, and a failing command still exits 2 with one line
+        cmd = [sys.executable, "-m", "medtransfer.shared.cli.main", "score", str(image_run["bundle"]), "-m", str(man)]
+        p = subprocess.run(
+            [*cmd, "-o", str(tmp_path / "cli.csv"), "--engine", "ray", "-q"],
+            env=cluster.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert p.returncode == 0, p.stderr[-2000:]
+        summary = json.loads(p.stdout.strip().splitlines()[-1])
+        assert summary["ok"] == 5 and summary["engine_stats"]["ray_actors_reused"] == 1, summary
+        assert (tmp_path / "cli.csv").read_text().count("\n") == (tmp_path / "o.csv").read_text().count("\n") == 6
+        p = subprocess.run([*cmd, "-o", str(tmp_path / "cli.csv"), "--engine", "ray", "-q"], env=cluster.env,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert p.returncode == 2 and "exists" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     finally:
         if cluster is not None:
             cluster.stop()
@@ -414,3 +432,62 @@ def test_ray_is_disconnected_at_exit_before_rays_own_hook(monkeypatch):
     state["up"] = False
     hooks[0]()
     assert calls == ["shutdown"]  # already down (e.g. shutdown_ray ran): nothing more
+
+
+def test_a_driver_joined_to_a_cluster_ends_without_rays_shutdown(monkeypatch):
+    """end_ray_driver: on a joined cluster, every other exit handler runs, Ray's shutdown hooks are
+    dropped and the process ends with the command's status; everywhere else it returns."""
+    import atexit
+    import threading
+    import types
+
+    from medtransfer.shared.runtime import engines
+
+    calls: list = []
+    state = {"up": True}
+    fake = types.SimpleNamespace(is_initialized=lambda: state["up"], shutdown=lambda **kw: calls.append("shutdown"))
+
+    class Ended(Exception):
+        pass
+
+    def os_exit(status: int) -> None:
+        calls.append(("exit", status))
+        raise Ended
+
+    monkeypatch.setattr(engines.os, "_exit", os_exit)
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: calls.append("handlers"))
+    monkeypatch.setattr(atexit, "unregister", lambda fn: calls.append(("unregister", fn)))
+    monkeypatch.delenv("MEDTRANSFER_RAY_FAST_EXIT", raising=False)
+
+    engines.end_ray_driver(0)  # no Ray imported: nothing
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(engines, "_RAY_STARTED_HERE", True)
+    engines.end_ray_driver(0)  # the Ray we started must be stopped properly
+    monkeypatch.setattr(engines, "_RAY_STARTED_HERE", False)
+    state["up"] = False
+    engines.end_ray_driver(0)  # not connected
+    state["up"] = True
+    monkeypatch.setenv("MEDTRANSFER_RAY_FAST_EXIT", "off")
+    engines.end_ray_driver(0)  # turned off
+    monkeypatch.delenv("MEDTRANSFER_RAY_FAST_EXIT")
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, daemon=False)
+    t.start()
+    try:
+        engines.end_ray_driver(0)  # a non-daemon thread still works: the normal exit waits for it
+    finally:
+        stop.set()
+        t.join()
+    assert calls == []
+
+    with pytest.raises(Ended):
+        engines.end_ray_driver(3)
+    assert calls == [("unregister", fake.shutdown), ("unregister", engines._disconnect_ray), "handlers", ("exit", 3)]
+    calls.clear()
+    with pytest.raises(Ended):
+        engines.end_ray_driver(None)
+    assert calls[-1] == ("exit", 0)
+    calls.clear()
+    with pytest.raises(Ended):
+        engines.end_ray_driver("a message")  # as sys.exit("a message"): printed, status 1
+    assert calls[-1] == ("exit", 1)
