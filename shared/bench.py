@@ -486,6 +486,21 @@ def _score_child(argv: list[str]) -> None:
     end_ray_driver(0)  # the job ends as `medtransfer score` does (shared.cli.main.main)
 
 
+def check_score_setups(setups: tuple[str, ...], sizes: tuple[int, ...] = ()) -> None:
+    """Refuse a setup that is not ``local|ray|ray-cluster:N`` (N >= 1) or a size below 1, in one line.
+
+    Raises:
+        MedTransferError: the first bad one, named.
+    """
+    for setup in setups:
+        engine, _, w = setup.partition(":")
+        if engine not in ("local", "ray", "ray-cluster") or not (w or "1").isdigit() or int(w or 1) < 1:
+            raise MedTransferError(f"score setup '{setup}': expected local:N, ray:N or ray-cluster:N with N >= 1")
+    for n in sizes:
+        if n < 1:
+            raise MedTransferError(f"score case count {n}: expected at least 1")
+
+
 def score_bench(
     bundle_dir: Path,
     samples: list[Path],
@@ -523,6 +538,7 @@ def score_bench(
         connection, made by the bench before the jobs: :meth:`RayCluster._first_connect`) when a
         cluster was started.
     """
+    check_score_setups(setups, sizes)
     tmp = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="score_bench_"))
     res: dict[str, Any] = {
         "bundle": str(bundle_dir),
@@ -751,4 +767,8 @@ def _cold_main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    _main(sys.argv[1:])
+    try:
+        _main(sys.argv[1:])
+    except MedTransferError as e:  # one line, as the CLI gives it
+        sys.stderr.write(f"error: {e}\n")
+        sys.exit(2)

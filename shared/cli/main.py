@@ -403,13 +403,24 @@ def bench(
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON here"),
     sample: Optional[List[Path]] = typer.Option(None, "--sample", help="input(s) for cold start and score scaling"),
     score_cases: str = typer.Option("", "--score-cases", help="e.g. 200,1000: score that many cases, 1 vs N and Ray"),
+    score_setups: str = typer.Option(
+        "",
+        "--score-setups",
+        help="engine:workers list for --score-cases (default local:1,local:N,ray:N; ray-cluster:N = a private "
+        "running cluster, a setup given twice runs twice)",
+    ),
 ) -> None:
     """Benchmarks as JSON: ONNX vs eager, predict cold start, score at 1 vs N workers (+ app benches)."""
-    from medtransfer.shared.bench import run_bench
+    from medtransfer.shared.bench import check_score_setups, run_bench
 
     try:
-        sizes = tuple(int(x) for x in score_cases.split(",") if x.strip())
-        res = run_bench(bundle, app_name, workers, batch, threads, sample, score_sizes=sizes)
+        try:
+            sizes = tuple(int(x) for x in score_cases.split(",") if x.strip())
+        except ValueError:
+            raise MedTransferError(f"--score-cases '{score_cases}': expected case counts such as 200,1000") from None
+        setups = tuple(x.strip() for x in score_setups.split(",") if x.strip()) or None
+        check_score_setups(setups or (), sizes)  # before any benchmark runs
+        res = run_bench(bundle, app_name, workers, batch, threads, sample, score_sizes=sizes, score_setups=setups)
     except MedTransferError as e:
         fail(str(e))
     text = json.dumps(res, indent=2, default=_jsonable)

@@ -315,6 +315,24 @@ def test_score_bench_ratios_name_each_ray_setup():
     assert out["ray_startup_s"] == 6.0 and out["ray_cluster_startup_s"] == 1.5
 
 
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--score-cases", "1x"], "--score-cases '1x'"),
+        (["--score-cases", "0"], "case count 0"),
+        (["--score-cases", "10", "--score-setups", "local:1,ray-clustr:2"], "setup 'ray-clustr:2'"),
+        (["--score-cases", "10", "--score-setups", "local:0"], "setup 'local:0'"),
+    ],
+)
+def test_bench_refuses_bad_score_setups_in_one_line_before_running(args, says):
+    p = subprocess.run(
+        [sys.executable, "-m", "medtransfer.shared.cli.main", "bench", *args],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert p.stdout == ""  # refused before any benchmark ran
+
+
 @pytest.mark.slow
 def test_score_joins_a_running_ray_cluster_which_the_bench_stops(image_run, tmp_path):
     pytest.importorskip("ray")
