@@ -643,6 +643,19 @@ def default_bundle_app(app: str | None = None) -> str:
     return makers[0]
 
 
+def default_score_setups(workers: int) -> tuple[str, ...]:
+    """The score bench's default setups: ``local:1``, ``local:N``, then, with Ray installed,
+    ``ray:N`` (a Ray the job starts itself, or the cluster at ``RAY_ADDRESS``) and two jobs on a
+    private running cluster (``ray-cluster:N`` twice: a bundle's first job, then one that finds
+    the first job's warm actors), as a user meets each."""
+    import importlib.util
+
+    base = ("local:1", f"local:{workers}")
+    if importlib.util.find_spec("ray") is None:
+        return base
+    return (*base, f"ray:{workers}", f"ray-cluster:{workers}", f"ray-cluster:{workers}")
+
+
 def run_bench(
     bundle: Path | None = None,
     app: str | None = None,
@@ -657,8 +670,8 @@ def run_bench(
     """All core benchmarks on a bundle (default: one built by an app's ``bench_bundle`` hook).
 
     With ``score_sizes`` (e.g. ``(200, 1000)``), :func:`score_bench` also runs each of
-    ``score_setups`` (default ``local:1``, ``local:N``, ``ray:N`` with N = ``workers``) on that many
-    cases cycled from ``samples``, each job a fresh process (written to ``score_json`` too).
+    ``score_setups`` (default: :func:`default_score_setups`) on that many cases cycled from
+    ``samples``, each job a fresh process (written to ``score_json`` too).
 
     ONNX vs eager runs when the bundle's app declares ``bench_eager`` and the bundle's run is at
     hand, else the app's own ``bench`` hook is given ``bundle=`` (when it takes it); cold start and
@@ -692,7 +705,7 @@ def run_bench(
             cases = [Case(str(p), str(p), {}) for p in samples[:60]]
             res.update(score_scaling(bundle, cases, workers))
             if score_sizes:
-                setups = score_setups or ("local:1", f"local:{workers}", f"ray:{workers}")
+                setups = score_setups or default_score_setups(workers)
                 res["score_bench"] = score_bench(bundle, samples, score_sizes, setups, out_json=score_json)
         if app:
             res[app] = hook(app, "bench")()
@@ -713,7 +726,7 @@ def _engines(bundle: Path, batch: int, threads: int) -> dict[str, Any]:
 
 def _main(argv: list[str]) -> None:
     """``python -m medtransfer.shared.bench score BUNDLE SAMPLE... [--cases 200,1000] [--setups
-    local:1,local:2,ray:2] [--chunksize N] [--work DIR] [--json OUT]``: the score bench.
+    local:1,local:2,ray:2,ray-cluster:2,ray-cluster:2] [--chunksize N] [--work DIR] [--json OUT]``: the score bench.
     ``python -m medtransfer.shared.bench cold BUNDLE SAMPLE [BUNDLE SAMPLE ...] [--repeats N]``:
     the predict cold start of each bundle (:func:`cold_start`)."""
     if argv and argv[0] == "--score-child":
@@ -729,7 +742,7 @@ def _main(argv: list[str]) -> None:
     ap.add_argument("bundle", type=Path)
     ap.add_argument("samples", type=Path, nargs="+")
     ap.add_argument("--cases", default="200,1000")
-    ap.add_argument("--setups", default="local:1,local:2,ray:2")
+    ap.add_argument("--setups", default=",".join(default_score_setups(2)))
     ap.add_argument("--chunksize", type=int, default=None)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)

@@ -406,8 +406,8 @@ def bench(
     score_setups: str = typer.Option(
         "",
         "--score-setups",
-        help="engine:workers list for --score-cases (default local:1,local:N,ray:N; ray-cluster:N = a private "
-        "running cluster, a setup given twice runs twice)",
+        help="engine:workers list for --score-cases (default local:1,local:N and, with Ray, ray:N and "
+        "ray-cluster:N twice; ray-cluster:N = a private running cluster, a setup given twice runs twice)",
     ),
 ) -> None:
     """Benchmarks as JSON: ONNX vs eager, predict cold start, score at 1 vs N workers (+ app benches)."""

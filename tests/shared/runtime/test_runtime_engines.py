@@ -315,6 +315,20 @@ def test_score_bench_ratios_name_each_ray_setup():
     assert out["ray_startup_s"] == 6.0 and out["ray_cluster_startup_s"] == 1.5
 
 
+def test_score_bench_defaults_show_a_self_started_ray_and_a_running_clusters_first_and_next_job(monkeypatch):
+    import importlib.util
+
+    from medtransfer.shared.bench import check_score_setups, default_score_setups
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else find(name, *a))
+    assert default_score_setups(3) == ("local:1", "local:3")  # no Ray installed: no Ray setups
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "ray" else find(name, *a))
+    setups = default_score_setups(2)
+    assert setups == ("local:1", "local:2", "ray:2", "ray-cluster:2", "ray-cluster:2")
+    check_score_setups(setups)  # the defaults pass their own check
+
+
 @pytest.mark.parametrize(
     "args, says",
     [
