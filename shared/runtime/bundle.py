@@ -33,6 +33,7 @@ from medtransfer.shared.runtime.schema import (
     parse_checksums,
     read_metadata_bytes,
 )
+from medtransfer.shared.utils.envflags import env_off
 from medtransfer.shared.utils.errors import BundleError
 from medtransfer.shared.utils.hashing import sha256_file, sha256_text
 
@@ -264,7 +265,7 @@ def share_cpu_arena(so: Any) -> bool:
     """
     import onnxruntime as ort
 
-    if os.environ.get("MEDTRANSFER_ORT_SHARED_ARENA", "").strip().lower() in ("0", "off", "no", "false"):
+    if env_off("MEDTRANSFER_ORT_SHARED_ARENA"):
         return False
     with _ARENA_LOCK:
         if not _ARENA:

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from medtransfer.shared.utils.envflags import env_off, env_on
 from medtransfer.shared.utils.hashing import sha256_file
 
 __all__ = ["cache_dir", "file_sha256", "ort_session", "RACY_SECONDS", "MIN_CACHED_BYTES"]
@@ -62,7 +63,7 @@ def cache_dir(create: bool = True) -> Path | None:
     Returns:
         A folder this user owns and nobody else can write, or None.
     """
-    if os.environ.get("MEDTRANSFER_CACHE", "").strip().lower() in ("0", "off", "no", "false"):
+    if env_off("MEDTRANSFER_CACHE"):
         return None
     env = os.environ.get("MEDTRANSFER_CACHE_DIR")
     if env:
@@ -275,7 +276,7 @@ def graph_cache_enabled() -> bool:
     the saved graph started ~0.2 s sooner but predicted ~20 % slower per case than a freshly optimised
     session, so batch jobs (``score``) would lose more than a single ``predict`` gains.
     """
-    return os.environ.get("MEDTRANSFER_ORT_GRAPH_CACHE", "").strip().lower() in ("1", "on", "yes", "true")
+    return env_on("MEDTRANSFER_ORT_GRAPH_CACHE")
 
 
 def ort_session(

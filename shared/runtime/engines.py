@@ -89,6 +89,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, Generic, TypeVar
 
+from medtransfer.shared.utils.envflags import env_off
 from medtransfer.shared.utils.errors import MedTransferError
 
 State = TypeVar("State")
@@ -622,7 +623,7 @@ def _exit_status(code: Any) -> int:
 
 def fast_exit_enabled() -> bool:
     """``MEDTRANSFER_RAY_FAST_EXIT`` (default on; ``0``/``off``/``no``/``false`` turns it off)."""
-    return os.environ.get("MEDTRANSFER_RAY_FAST_EXIT", "").strip().lower() not in ("0", "off", "no", "false")
+    return not env_off("MEDTRANSFER_RAY_FAST_EXIT")
 
 
 def end_ray_driver(code: Any = 0) -> None:
