@@ -54,8 +54,14 @@ def split_packed_qkv(model: Any) -> int:
             cons.setdefault(i, []).append(n)
     graph_outputs = {o.name for o in g.output}
 
+    arrays: dict[str, np.ndarray] = {}  # each initializer decoded once (packed() runs per input)
+
     def const(name: str) -> np.ndarray | None:
-        return numpy_helper.to_array(inits[name]) if name in inits else None
+        if name not in inits:
+            return None
+        if name not in arrays:
+            arrays[name] = numpy_helper.to_array(inits[name])
+        return arrays[name]
 
     def ints(name: str) -> list[int] | None:
         a = const(name)
