@@ -15,24 +15,10 @@ def _value(name: str) -> str:
 
 
 def env_off(name: str) -> bool:
-    """Whether ``$name`` turns something off (``0``/``off``/``no``/``false``, any case).
-
-    Args:
-        name: the environment variable.
-
-    Returns:
-        True only for those values; unset or anything else is False (the default stays on).
-    """
+    """Whether ``$name`` is ``0``/``off``/``no``/``false`` (any case): a switch whose default is on."""
     return _value(name) in _OFF
 
 
 def env_on(name: str) -> bool:
-    """Whether ``$name`` turns something on (``1``/``on``/``yes``/``true``, any case).
-
-    Args:
-        name: the environment variable.
-
-    Returns:
-        True only for those values; unset or anything else is False (the default stays off).
-    """
+    """Whether ``$name`` is ``1``/``on``/``yes``/``true`` (any case): a switch whose default is off."""
     return _value(name) in _ON
