@@ -67,13 +67,18 @@ Engines
   export.  A Ray this module started stays up for the next call (start-up is paid once per
   process); :func:`shutdown_ray` stops it.
 - ``ray`` on a running cluster (``RAY_ADDRESS``) with ``reuse_key``: the actors are a warm pool
-  that outlives the job (named, detached, in the ``medtransfer`` namespace), so the next job with
-  the same key (``score``: the bundle's verified digest, its path, the options) finds them with
-  ``init`` done instead of paying worker start-up again; an actor idle for
-  ``MEDTRANSFER_RAY_KEEP_S`` seconds (default 120; 0 = no pool) ends itself; a pool whose ``init``
-  failed is killed (an interrupted job leaves its pool: another job may share it); a new job asks
-  other bundles' idle pools to end, so their CPUs are not held from it.
-  ``stats["ray_actors_reused"]`` counts the warm actors found.  A command-line job that joined a
+  that outlives the job (named, detached, in the ``medtransfer`` namespace), one pool per thread
+  budget, priority and medtransfer version, shared by every key (``score``: the bundle's verified
+  digest, its path, the options).  An actor opens a key's state on the key's first job and keeps
+  it (at most :data:`POOL_STATES` keys per actor, the least recently used beyond is dropped and
+  reopened when needed), so the next job of the same bundle finds ``init`` done and a job of
+  another bundle only opens its bundle, instead of paying worker start-up again.  A job leases
+  the actors and gives them back when it ends.  An actor idle for ``MEDTRANSFER_RAY_KEEP_S``
+  seconds (default 120; 0 = no pool) ends itself; a failing ``init`` fails its job and leaves
+  the pool (its state is not kept); a new job asks idle pools of another budget / priority /
+  version to end (at once when no job holds them), so their CPUs are not held from it.
+  ``stats["ray_actors_reused"]`` counts the warm actors found, ``stats["ray_states_reused"]`` those
+  that had this key open.  A command-line job that joined a
   cluster ends without Ray's driver shutdown (:func:`end_ray_driver`, ~0.33 s per job).
 Torch-free.
 """
@@ -697,81 +702,142 @@ def ray_keep_s() -> float:
         raise MedTransferError(f"MEDTRANSFER_RAY_KEEP_S must be seconds (a number), not '{v}'") from None
 
 
-def pool_name(reuse_key: str, threads: int, nice: int, i: int) -> str:
-    """The Ray name of actor ``i`` of the warm pool for this key, thread budget and priority."""
+def pool_name(threads: int, nice: int, i: int) -> str:
+    """The Ray name of actor ``i`` of the warm pool for this thread budget and priority.
+
+    One pool per cluster (and medtransfer version) serves every bundle: a job of another bundle
+    opens its bundle in the same warm actors instead of starting new ones.
+    """
     from medtransfer.shared import __version__
 
-    digest = hashlib.sha256(f"{reuse_key}|{threads}|{nice}|{__version__}".encode()).hexdigest()[:24]
+    digest = hashlib.sha256(f"{threads}|{nice}|{__version__}".encode()).hexdigest()[:24]
     return f"pool-{digest}-{i}"
 
 
-class _RayWorker:
-    """A long-lived actor: ``init`` once, then chunks.  On the driver's machine it takes the driver's
-    nice value (Ray starts its workers 15 steps nicer than the raylet, so on a shared machine any
-    other busy process would starve them, where local workers compete as equals)."""
+#: states (opened bundles) a pooled actor keeps at most; the least recently used beyond go
+POOL_STATES = 2
 
-    def __init__(
-        self,
-        init: Callable[[], Any],
-        fn: Callable[[Any, Any], Any],
-        threads: int,
-        driver: tuple[str, int],
-        keep_s: float = 0.0,
-    ) -> None:
+
+class _RayWorker:
+    """A long-lived actor: ``init`` once per key, then chunks.  On the driver's machine it takes the
+    driver's nice value (Ray starts its workers 15 steps nicer than the raylet, so on a shared
+    machine any other busy process would starve them, where local workers compete as equals).
+
+    A pooled actor serves several keys (bundles): :meth:`ready` opens a key's state (kept, at most
+    :data:`POOL_STATES` of them; one evicted is rebuilt from its ``init`` when a chunk needs it)
+    and takes a lease that :meth:`release` gives back when the job ends.
+    """
+
+    def __init__(self, threads: int, driver: tuple[str, int], keep_s: float = 0.0) -> None:
         import socket
 
         host, nice = driver
         self.nice = _renice(nice) if socket.gethostname() == host else niceness()
         _limit_threads(threads)
-        self.fn = fn
-        self.error: BaseException | None = None
+        self.recipes: dict[str, tuple[Callable[[], Any], Callable[[Any, Any], Any]]] = {}
+        self.states: dict[str, Any] = {}  # key -> state, least recently used first
+        self.leases: dict[str, int] = {}
         self.jobs, self.busy, self.last = 0, 0, time.monotonic()
-        try:
-            self.state = init()
-        except Exception as e:  # noqa: BLE001 - every item's result
-            self.state, self.error = None, _portable(e)
         if keep_s > 0:  # a pooled actor: ends itself after keep_s idle seconds
             threading.Thread(target=self._expire, args=(keep_s,), daemon=True).start()
 
     def _expire(self, keep_s: float) -> None:
         while True:
             time.sleep(min(5.0, max(keep_s / 4, 0.1)))
-            if self.retire(keep_s):
+            if self.retire(keep_s, unleased_now=False):
                 return
 
-    def retire(self, idle_s: float = 2.0) -> bool:
-        """End this pooled actor if it has been idle ``idle_s`` seconds (a job of another bundle
-        needs the CPU; an actor in use by a running job is never idle that long)."""
+    def retire(self, idle_s: float = 2.0, unleased_now: bool = True) -> bool:
+        """End this pooled actor unless a chunk runs or a job holds it; a job's lease counts for
+        ``idle_s`` idle seconds only (a driver that died never gives it back).  With
+        ``unleased_now`` an actor no job holds ends at once, else after ``idle_s`` idle seconds."""
         import ray
 
-        if self.busy or time.monotonic() - self.last < idle_s:
+        if self.busy:
+            return False
+        need = idle_s if any(self.leases.values()) or not unleased_now else 0.0
+        if time.monotonic() - self.last < need:
             return False
         ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
         return True
 
-    def ready(self) -> tuple[int, BaseException | None, int, int, float]:
-        """``(pid, init error, nice, jobs served including this one, CPU seconds so far)``."""
+    def _state(self, key: str) -> Any:
+        """The state of ``key``: opened on first use (``init`` errors are kept as the state)."""
+        if key in self.states:
+            self.states[key] = self.states.pop(key)  # most recently used last
+            return self.states[key]
+        init = self.recipes[key][0]
+        try:
+            state: Any = init()
+        except Exception as e:  # noqa: BLE001 - every item's result
+            state = _InitFailed(_portable(e))
+        self.states[key] = state
+        while len(self.states) > POOL_STATES:  # drop the least recently used (rebuilt if needed)
+            del self.states[next(iter(self.states))]
+        return state
+
+    def ready(
+        self, key: str, init: Callable[[], Any], fn: Callable[[Any, Any], Any]
+    ) -> tuple[int, BaseException | None, int, int, float, bool]:
+        """Open ``key``'s state (if not open) for a job and lease this actor to it.
+
+        Returns:
+            ``(pid, init error, nice, jobs served including this one, CPU seconds before this
+            job's init, whether the state was open already)``.
+        """
         self.jobs += 1
         self.last = time.monotonic()
-        return os.getpid(), self.error, self.nice, self.jobs, self.cpu()
+        cpu0, warm = self.cpu(), key in self.states
+        self.recipes[key] = (init, fn)
+        state = self._state(key)
+        err = state.error if isinstance(state, _InitFailed) else None
+        if err is not None:  # not kept: the next job of this key tries again
+            self.states.pop(key, None)
+            self.recipes.pop(key, None)
+        else:
+            self.leases[key] = self.leases.get(key, 0) + 1
+        return os.getpid(), err, self.nice, self.jobs, cpu0, warm
+
+    def release(self, key: str) -> float:
+        """The job that leased this actor for ``key`` has ended; returns :meth:`cpu`."""
+        n = self.leases.get(key, 0) - 1
+        if n > 0:
+            self.leases[key] = n
+        else:
+            self.leases.pop(key, None)
+        self.last = time.monotonic()
+        return self.cpu()
 
     def cpu(self) -> float:
         """CPU seconds (user + system) this actor's process has used, ``init`` included."""
         t = os.times()
         return t.user + t.system
 
-    def run(self, chunk: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
-        if self.error is not None:
-            return [(i, self.error) for i, _ in chunk]
+    def run(
+        self, key: str, init: Callable[[], Any], fn: Callable[[Any, Any], Any], chunk: list[tuple[int, Any]]
+    ) -> list[tuple[int, Any]]:
+        """One chunk of ``key``'s job (``init``/``fn`` come along: an actor Ray restarted, or one
+        that dropped the state, opens it again)."""
+        self.recipes[key] = (init, fn)
+        state = self._state(key)
+        if isinstance(state, _InitFailed):
+            return [(i, state.error) for i, _ in chunk]
         self.busy += 1
         try:
             return [
                 (i, r if not isinstance(r, BaseException) else _portable(r))
-                for i, r in _run_chunk(self.state, self.fn, chunk)
+                for i, r in _run_chunk(state, self.recipes[key][1], chunk)
             ]
         finally:
             self.busy -= 1
             self.last = time.monotonic()
+
+
+class _InitFailed:
+    """A key whose ``init`` raised: every item of it gets ``error``."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 def _retire_idle_pools(keep: set[str]) -> int:
@@ -823,33 +889,40 @@ class _RayBackend(_Backend):
         t1 = time.perf_counter()
         driver = (socket.gethostname(), niceness())
         self.pooled = keep > 0  # only with a reuse key on a running cluster (above)
-        names = [pool_name(str(reuse_key), threads, driver[1], i) for i in range(workers)] if self.pooled else []
-        if cluster:  # idle warm pools of other bundles give their CPUs back to this job
+        self.key = str(reuse_key) if self.pooled else "job"
+        names = [pool_name(threads, driver[1], i) for i in range(workers)] if self.pooled else []
+        if cluster:  # idle pools of another thread budget / priority / version give their CPUs back
             self.info["ray_pools_retired"] = _retire_idle_pools(set(names))
-        if self.pooled:  # the warm pool of this key: found (init done) or made, atomically by name
+        if self.pooled:  # the warm pool: found or made, atomically by name; any bundle's jobs share it
             self.actors: list[Any] = [
                 actor_cls.options(name=name, namespace=RAY_NAMESPACE, lifetime="detached", get_if_exists=True).remote(
-                    init, fn, threads, driver, keep
+                    threads, driver, keep
                 )
                 for name in names
             ]
         else:
-            self.actors = [actor_cls.remote(init, fn, threads, driver) for _ in range(workers)]
-        # actors up and init done: start-up ends here
+            self.actors = [actor_cls.remote(threads, driver) for _ in range(workers)]
+        # actors up and this job's init done (or found done): start-up ends here
+        self.leased: list[Any] = []
+        self.job = (ray.put(init), ray.put(fn))  # stored once, sent by reference with each chunk
         try:
-            ready = ray.get([a.ready.remote() for a in self.actors])
+            ready = ray.get([a.ready.remote(self.key, *self.job) for a in self.actors])
         except Exception:
-            self.close(kill=True)  # e.g. init / fn could not be unpickled on the workers
+            # e.g. init / fn could not be unpickled there: a job's own actors go, a shared pool stays
+            self.close(kill=not self.pooled)
             raise
-        for _, err, _, _, _ in ready:
+        self.leased = [a for a, r in zip(self.actors, ready) if r[1] is None]
+        for _, err, _, _, _, _ in ready:
             if err is not None:
-                self.close(kill=True)  # a pooled actor whose init failed is not kept either
+                # a warm pool stays for other bundles (the failed state is not kept); a job's own actors go
+                self.close(kill=not self.pooled)
                 raise err
-        # CPU before this job: 0 for a fresh actor (its init is this job's), so far for a warm one
+        # CPU before this job: 0 for a fresh actor (its start and init are this job's)
         self.cpu0 = [r[4] if r[3] > 1 else 0.0 for r in ready]
         self.info["ray_actors_s"] = round(time.perf_counter() - t1, 3)
         self.info["ray_pool"] = {"keep_s": keep} if self.pooled else None
         self.info["ray_actors_reused"] = sum(r[3] > 1 for r in ready)
+        self.info["ray_states_reused"] = sum(r[5] for r in ready)
         self.info["ray_startup_s"] = round(time.perf_counter() - t0, 3)
         self.info["start_method"] = "ray-actors"
         self.info["threads_per_worker"] = threads
@@ -875,7 +948,7 @@ class _RayBackend(_Backend):
                     return
                 k = min(range(len(self.actors)), key=load.__getitem__)  # least busy actor
                 # no task events: the GCS need not record every chunk of a long job
-                running[self.actors[k].run.options(enable_task_events=False).remote(chunk)] = (k, chunk)
+                running[self.actors[k].run.options(enable_task_events=False).remote(self.key, *self.job, chunk)] = (k, chunk)
                 load[k] += 1
 
         top_up()
@@ -898,14 +971,22 @@ class _RayBackend(_Backend):
         import ray
 
         actors = getattr(self, "actors", [])
-        if actors and not abort:  # what the actors used in this job: Ray's processes are no children of ours
+        leased = getattr(self, "leased", [])
+        if leased and abort:  # best effort: an interrupted job does not wait on its actors
+            for a in leased:
+                a.release.remote(self.key)
+        elif actors and not abort:  # the leases back, and what the actors used in this job
             try:
-                cpu = ray.get([a.cpu.remote() for a in actors], timeout=10)
+                leased_ids = {id(a) for a in leased}
+                cpu = ray.get(
+                    [a.release.remote(self.key) if id(a) in leased_ids else a.cpu.remote() for a in actors], timeout=10
+                )
                 self.info["actor_cpu_s"] = round(sum(cpu) - sum(getattr(self, "cpu0", [])), 2)
             except Exception:  # noqa: BLE001 - an actor is gone: no figure
                 pass
-        # a warm pool stays for the next job, even after a failed one: another job of the same
-        # bundle may be using the same actors (a pool whose init failed is killed: ``kill``)
+        self.leased = []
+        # a warm pool stays for the next job, even after a failed one (other jobs may be using
+        # it); ``kill``: actors whose start failed
         if kill or not getattr(self, "pooled", False):
             for a in actors:
                 try:
@@ -948,8 +1029,9 @@ def run_map(
         preload: modules the workers need (e.g. a predictor's module): imported here before a
             ``fork`` (shared by the workers) or in the ``forkserver``.
         reuse_key: Ray on a running cluster: the identity of ``init``'s state (e.g. a verified
-            bundle digest with its options); the actors then form a warm pool that the next job
-            with the same key reuses (see the module notes).  None: actors die with the job.
+            bundle digest with its options); the actors are then the cluster's warm pool, which
+            keeps this state open for the next job with the same key (see the module notes).
+            None: actors die with the job.
 
     Returns:
         A :class:`MapRun`: iterate it for ``(index, result_or_exception)``; ``.stats`` for timings.

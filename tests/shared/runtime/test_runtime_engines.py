@@ -393,9 +393,10 @@ def test_score_joins_a_running_ray_cluster_which_the_bench_stops(image_run, tmp_
 
 
 @pytest.mark.slow
-def test_running_cluster_keeps_a_warm_pool_per_bundle_that_ends_when_idle(image_run, tmp_path, monkeypatch):
+def test_running_cluster_keeps_a_warm_pool_that_ends_when_idle(image_run, tmp_path, monkeypatch):
     """Jobs on a running cluster reuse the previous job's actors (bundle already open) while they
-    are warm; an idle pool ends itself after MEDTRANSFER_RAY_KEEP_S; a failed job leaves none."""
+    are warm; an idle pool ends itself after MEDTRANSFER_RAY_KEEP_S; a job without a pool gets
+    the CPUs of an idle one."""
     pytest.importorskip("ray")
     from medtransfer.shared.bench import RayCluster, make_case_set, score_run
     from medtransfer.shared.runtime.engines import pool_name, ray_keep_s
@@ -406,7 +407,7 @@ def test_running_cluster_keeps_a_warm_pool_per_bundle_that_ends_when_idle(image_
         ray_keep_s()
     monkeypatch.delenv("MEDTRANSFER_RAY_KEEP_S")
     assert ray_keep_s() == 120.0
-    assert pool_name("k", 1, 0, 0) != pool_name("k", 2, 0, 0) != pool_name("j", 1, 0, 0)
+    assert pool_name(1, 0, 0) != pool_name(2, 0, 0) != pool_name(1, 5, 0) != pool_name(1, 0, 1)
 
     imgs = sorted(Path(image_run["root"]).rglob("*.png"))[:3]
     man = make_case_set(imgs, 6, tmp_path / "cases")
@@ -423,6 +424,7 @@ def test_running_cluster_keeps_a_warm_pool_per_bundle_that_ends_when_idle(image_
 
         first, second = job("a"), job("b")
         assert first["ray_actors_reused"] == 0 and second["ray_actors_reused"] == 1
+        assert first["ray_states_reused"] == 0 and second["ray_states_reused"] == 1
         assert first["ray_pool"] == second["ray_pool"] == {"keep_s": 3.0}
         assert second["ray_actors_s"] < first["ray_actors_s"]  # no worker start, no bundle load
         assert (tmp_path / "a.csv").read_text().count("\n") == (tmp_path / "b.csv").read_text().count("\n")
@@ -432,8 +434,7 @@ def test_running_cluster_keeps_a_warm_pool_per_bundle_that_ends_when_idle(image_
         # no pool: a fresh actor, killed at the end; the idle pool of job c (kept 600 s) gives the
         # cluster's one CPU back to it
         cluster.env["MEDTRANSFER_RAY_KEEP_S"] = "0"
-        time.sleep(2.5)
-        d = job("d")
+        d = job("d")  # no wait: job c gave its lease back, so its pool ends when asked
         assert d["ray_pool"] is None and d["ray_pools_retired"] == 1 and job("e")["ray_actors_reused"] == 0
     finally:
         if cluster is not None:
@@ -523,3 +524,76 @@ def test_a_driver_joined_to_a_cluster_ends_without_rays_shutdown(monkeypatch):
     with pytest.raises(Ended):
         engines.end_ray_driver("a message")  # as sys.exit("a message"): printed, status 1
     assert calls[-1] == ("exit", 1)
+
+
+_POOL_JOB = """
+import functools, json, os, sys, time
+from medtransfer.shared.runtime.engines import end_ray_driver, run_map
+
+def opened(tag):
+    if tag == "bad":
+        raise RuntimeError("no model in bundle bad")
+    return {"tag": tag, "pid": os.getpid(), "opened": time.time()}
+
+def answer(state, item):
+    return [state["tag"], item, state["pid"], state["opened"]]
+
+tag = sys.argv[1]
+try:
+    run = run_map(functools.partial(opened, tag), answer, range(4), engine="ray", workers=1, reuse_key=tag)
+    rows = [r for _, r in run]
+    run.close()
+    print(json.dumps({"rows": rows, "stats": run.stats}))
+except RuntimeError as e:
+    print(json.dumps({"error": str(e)}))
+end_ray_driver(0)
+"""
+
+
+def test_one_warm_pool_serves_every_bundle_back_to_back(tmp_path):
+    """Jobs of different bundles (keys) on a running cluster share one warm pool: the next bundle's
+    job opens its state in the warm actor at once (it waited for the previous pool to expire,
+    120 s, when pools were per bundle); each job's items see its own state; an actor keeps two
+    states (the least recently used beyond is reopened when needed); a failing init fails its job
+    and leaves the pool to the others."""
+    pytest.importorskip("ray")
+    from medtransfer.shared.bench import RayCluster
+    from medtransfer.shared.runtime.engines import POOL_STATES
+
+    assert POOL_STATES == 2
+    script = tmp_path / "job.py"
+    script.write_text(_POOL_JOB)
+    folder = Path(tempfile.mkdtemp(prefix="rcp", dir="/tmp"))  # Ray's socket paths must stay short
+    cluster = None
+    try:
+        cluster = RayCluster(1, folder)  # one CPU: a second pool could not start while one is kept
+        cluster.env["MEDTRANSFER_RAY_KEEP_S"] = "600"
+
+        def job(tag: str) -> dict:
+            p = subprocess.run([sys.executable, str(script), tag], env=cluster.env, capture_output=True, text=True,
+                               timeout=100)  # fmt: skip
+            assert p.returncode == 0, p.stderr[-2000:]
+            out = json.loads(p.stdout.strip().splitlines()[-1])
+            if "rows" in out:
+                assert [r[:2] for r in out["rows"]] == [[tag, i] for i in range(4)], out  # its own state
+            return out
+
+        a = job("A")
+        b = job("B")  # right after A: A's actor is idle for well under a second
+        assert b["stats"]["ray_actors_reused"] == 1 and b["stats"]["ray_states_reused"] == 0
+        assert b["stats"]["ray_actors_s"] < 30
+        pid = a["rows"][0][2]
+        assert {r[2] for j in (a, b) for r in j["rows"]} == {pid}  # the same actor process
+        a2 = job("A")  # A's state still open beside B's
+        assert a2["stats"]["ray_states_reused"] == 1 and a2["rows"][0][3] == a["rows"][0][3]
+        c = job("C")  # a third key: B (least recently used) is dropped
+        assert c["rows"][0][2] == pid
+        b2 = job("B")
+        assert b2["stats"]["ray_states_reused"] == 0 and b2["rows"][0][3] > b["rows"][0][3]  # reopened
+        assert job("bad") == {"error": "no model in bundle bad"}
+        a3 = job("A")  # the pool survived the failed job
+        assert a3["rows"][0][2] == pid and a3["stats"]["ray_actors_reused"] == 1
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)
