@@ -948,7 +948,10 @@ class _RayBackend(_Backend):
                     return
                 k = min(range(len(self.actors)), key=load.__getitem__)  # least busy actor
                 # no task events: the GCS need not record every chunk of a long job
-                running[self.actors[k].run.options(enable_task_events=False).remote(self.key, *self.job, chunk)] = (k, chunk)
+                running[self.actors[k].run.options(enable_task_events=False).remote(self.key, *self.job, chunk)] = (
+                    k,
+                    chunk,
+                )
                 load[k] += 1
 
         top_up()
