@@ -78,7 +78,10 @@ Engines
   the pool (its state is not kept); a new job asks idle pools of another budget / priority /
   version to end (at once when no job holds them), so their CPUs are not held from it.
   ``stats["ray_actors_reused"]`` counts the warm actors found, ``stats["ray_states_reused"]`` those
-  that had this key open.  A command-line job that joined a
+  that had this key open.  On a running cluster a job asks for no more actors than the cluster
+  has CPUs (``stats["workers_asked"]`` and one line on stderr when capped: the extra actors would
+  never be placed), and says once on stderr when the cluster has not placed its actors after
+  10 s (its CPUs held by other work).  A command-line job that joined a
   cluster ends without Ray's driver shutdown (:func:`end_ray_driver`, ~0.33 s per job).
 Torch-free.
 """
@@ -345,6 +348,7 @@ class MapRun(Generic[Result]):
             method = _start_method(start_method, preload)
             self._backend = _PoolBackend(init, fn, self.workers, method, preload)
         self.stats.update(self._backend.describe())
+        self.workers = int(self.stats["workers"])  # Ray: no more actors than the cluster's CPUs
         self.stats["startup_s"] = round(time.perf_counter() - t0, 3)
         self._gen: Generator[tuple[int, Any], None, None] | None = None
 
@@ -867,6 +871,30 @@ def _retire_idle_pools(keep: set[str]) -> int:
     return asked
 
 
+def _cluster_cpus() -> int:
+    """CPUs the Ray cluster has now (0 when Ray cannot say)."""
+    import ray
+
+    try:
+        return int(ray.cluster_resources().get("CPU", 0))
+    except Exception:  # noqa: BLE001 - an older Ray / no answer: no cap
+        return 0
+
+
+def _wait_placed(refs: list[Any], note_after_s: float = 10.0) -> list[Any]:
+    """``ray.get(refs)`` of the actors' first calls; says once on stderr when the cluster has not
+    placed them all after ``note_after_s`` seconds (its CPUs are held by other work)."""
+    import ray
+
+    done, pending = ray.wait(refs, num_returns=len(refs), timeout=note_after_s)
+    if pending:
+        sys.stderr.write(
+            f"--engine ray: waiting for the cluster to place {len(pending)} of {len(refs)} workers "
+            "(its CPUs are in use by other work)\n"
+        )
+    return ray.get(refs)
+
+
 class _RayBackend(_Backend):
     def __init__(
         self,
@@ -884,6 +912,12 @@ class _RayBackend(_Backend):
         import ray
 
         cluster = os.environ.get("RAY_ADDRESS")
+        cpus = _cluster_cpus()
+        if cluster and 0 < cpus < workers:  # actors beyond the cluster's CPUs would never start: the job hung
+            sys.stderr.write(f"--engine ray: {workers} workers asked, the Ray cluster has {cpus} CPUs: using {cpus}\n")
+            self.info["workers_asked"] = workers
+            workers = cpus
+        self.info["workers"] = workers
         threads = 1 if cluster else worker_threads(workers)
         actor_cls = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(_RayWorker)
         t1 = time.perf_counter()
@@ -906,7 +940,7 @@ class _RayBackend(_Backend):
         self.leased: list[Any] = []
         self.job = (ray.put(init), ray.put(fn))  # stored once, sent by reference with each chunk
         try:
-            ready = ray.get([a.ready.remote(self.key, *self.job) for a in self.actors])
+            ready = _wait_placed([a.ready.remote(self.key, *self.job) for a in self.actors])
         except Exception:
             # e.g. init / fn could not be unpickled there: a job's own actors go, a shared pool stays
             self.close(kill=not self.pooled)

@@ -538,9 +538,9 @@ def opened(tag):
 def answer(state, item):
     return [state["tag"], item, state["pid"], state["opened"]]
 
-tag = sys.argv[1]
+tag, workers = sys.argv[1], int(sys.argv[2])
 try:
-    run = run_map(functools.partial(opened, tag), answer, range(4), engine="ray", workers=1, reuse_key=tag)
+    run = run_map(functools.partial(opened, tag), answer, range(4), engine="ray", workers=workers, reuse_key=tag)
     rows = [r for _, r in run]
     run.close()
     print(json.dumps({"rows": rows, "stats": run.stats}))
@@ -555,7 +555,8 @@ def test_one_warm_pool_serves_every_bundle_back_to_back(tmp_path):
     job opens its state in the warm actor at once (it waited for the previous pool to expire,
     120 s, when pools were per bundle); each job's items see its own state; an actor keeps two
     states (the least recently used beyond is reopened when needed); a failing init fails its job
-    and leaves the pool to the others."""
+    and leaves the pool to the others; more workers than the cluster has CPUs is said and capped
+    (the job hung, its extra actors never placed)."""
     pytest.importorskip("ray")
     from medtransfer.shared.bench import RayCluster
     from medtransfer.shared.runtime.engines import POOL_STATES
@@ -569,13 +570,14 @@ def test_one_warm_pool_serves_every_bundle_back_to_back(tmp_path):
         cluster = RayCluster(1, folder)  # one CPU: a second pool could not start while one is kept
         cluster.env["MEDTRANSFER_RAY_KEEP_S"] = "600"
 
-        def job(tag: str) -> dict:
-            p = subprocess.run([sys.executable, str(script), tag], env=cluster.env, capture_output=True, text=True,
-                               timeout=100)  # fmt: skip
+        def job(tag: str, workers: int = 1) -> dict:
+            p = subprocess.run([sys.executable, str(script), tag, str(workers)], env=cluster.env, capture_output=True,
+                               text=True, timeout=100)  # fmt: skip
             assert p.returncode == 0, p.stderr[-2000:]
             out = json.loads(p.stdout.strip().splitlines()[-1])
+            out["stderr"] = [ln for ln in p.stderr.splitlines() if "--engine ray" in ln]
             if "rows" in out:
-                assert [r[:2] for r in out["rows"]] == [[tag, i] for i in range(4)], out  # its own state
+                assert sorted(r[:2] for r in out["rows"]) == [[tag, i] for i in range(4)], out  # its own state
             return out
 
         a = job("A")
@@ -590,9 +592,12 @@ def test_one_warm_pool_serves_every_bundle_back_to_back(tmp_path):
         assert c["rows"][0][2] == pid
         b2 = job("B")
         assert b2["stats"]["ray_states_reused"] == 0 and b2["rows"][0][3] > b["rows"][0][3]  # reopened
-        assert job("bad") == {"error": "no model in bundle bad"}
+        assert job("bad") == {"error": "no model in bundle bad", "stderr": []}
         a3 = job("A")  # the pool survived the failed job
-        assert a3["rows"][0][2] == pid and a3["stats"]["ray_actors_reused"] == 1
+        assert a3["rows"][0][2] == pid and a3["stats"]["ray_actors_reused"] == 1 and a3["stderr"] == []
+        a4 = job("A", workers=3)
+        assert a4["stats"]["workers"] == 1 and a4["stats"]["workers_asked"] == 3 and a4["rows"][0][2] == pid
+        assert a4["stderr"] == ["--engine ray: 3 workers asked, the Ray cluster has 1 CPUs: using 1"]
     finally:
         if cluster is not None:
             cluster.stop()
