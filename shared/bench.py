@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -486,16 +487,23 @@ def _score_child(argv: list[str]) -> None:
     end_ray_driver(0)  # the job ends as `medtransfer score` does (shared.cli.main.main)
 
 
+#: engines of the score bench's setups (``engine:workers``)
+SCORE_ENGINES = ("local", "ray", "ray-cluster", "ray-cluster-other")
+
+
 def check_score_setups(setups: tuple[str, ...], sizes: tuple[int, ...] = ()) -> None:
-    """Refuse a setup that is not ``local|ray|ray-cluster:N`` (N >= 1) or a size below 1, in one line.
+    """Refuse a setup that is not ``local|ray|ray-cluster|ray-cluster-other:N`` (N >= 1) or a size
+    below 1, in one line.
 
     Raises:
         MedTransferError: the first bad one, named.
     """
     for setup in setups:
         engine, _, w = setup.partition(":")
-        if engine not in ("local", "ray", "ray-cluster") or not (w or "1").isdigit() or int(w or 1) < 1:
-            raise MedTransferError(f"score setup '{setup}': expected local:N, ray:N or ray-cluster:N with N >= 1")
+        if engine not in SCORE_ENGINES or not (w or "1").isdigit() or int(w or 1) < 1:
+            raise MedTransferError(
+                f"score setup '{setup}': expected local:N, ray:N, ray-cluster:N or ray-cluster-other:N with N >= 1"
+            )
     for n in sizes:
         if n < 1:
             raise MedTransferError(f"score case count {n}: expected at least 1")
@@ -522,7 +530,8 @@ def score_bench(
             ``RAY_ADDRESS`` when set), ``ray-cluster:2`` (a private running cluster with that many
             CPUs, started once for the bench: :class:`RayCluster`), ...; a setup given twice runs
             twice (``ray-cluster:2#2``: the next job on the cluster, which finds the first job's
-            warm actors).
+            warm actors); ``ray-cluster-other:2``: a job on the same cluster with a bundle its
+            warm actors have not opened (a copy of the bundle at another path).
         work_dir: keep case files and results here (default: a temporary folder).
         chunksize: cases per task (None: the engine's default).
         out_json: also write the result here.
@@ -557,14 +566,18 @@ def score_bench(
             for k, setup in enumerate(setups):
                 engine, _, w = setup.partition(":")
                 label = setup if setup not in setups[:k] else f"{setup}#{setups[:k].count(setup) + 1}"
-                if engine == "ray-cluster" and cluster is None:
+                if engine.startswith("ray-cluster") and cluster is None:
                     # short path: Ray's socket names must stay under ~107 characters
                     cluster = RayCluster(int(w or 1), Path(tempfile.mkdtemp(prefix="rc", dir="/tmp")))
                     res["ray_cluster_start_s"] = cluster.start_s
                     res["ray_cluster_first_connect_s"] = cluster.first_connect_s
-                use = cluster if engine == "ray-cluster" else None
+                use = cluster if engine.startswith("ray-cluster") else None
+                bundle = Path(bundle_dir)
+                if engine == "ray-cluster-other":  # another bundle for the pool: same files, new path
+                    bundle = tmp / f"bundle_other_{n}_{k}"
+                    shutil.copytree(bundle_dir, bundle, dirs_exist_ok=True)
                 r = score_run(
-                    Path(bundle_dir),
+                    bundle,
                     man,
                     tmp / f"out_{n}_{engine}{w}.csv",
                     "ray" if use else engine,
@@ -587,8 +600,6 @@ def score_bench(
             Path(out_json).write_text(json.dumps(res, indent=2))
         return res
     finally:
-        import shutil
-
         if cluster is not None:
             cluster.stop()
             shutil.rmtree(cluster.folder, ignore_errors=True)
@@ -647,13 +658,14 @@ def default_score_setups(workers: int) -> tuple[str, ...]:
     """The score bench's default setups: ``local:1``, ``local:N``, then, with Ray installed,
     ``ray:N`` (a Ray the job starts itself, or the cluster at ``RAY_ADDRESS``) and two jobs on a
     private running cluster (``ray-cluster:N`` twice: a bundle's first job, then one that finds
-    the first job's warm actors), as a user meets each."""
+    the first job's warm actors; then ``ray-cluster-other:N``, a job of another bundle on those
+    warm actors), as a user meets each."""
     import importlib.util
 
     base = ("local:1", f"local:{workers}")
     if importlib.util.find_spec("ray") is None:
         return base
-    return (*base, f"ray:{workers}", f"ray-cluster:{workers}", f"ray-cluster:{workers}")
+    return (*base, f"ray:{workers}", f"ray-cluster:{workers}", f"ray-cluster:{workers}", f"ray-cluster-other:{workers}")
 
 
 def run_bench(

@@ -407,7 +407,8 @@ def bench(
         "",
         "--score-setups",
         help="engine:workers list for --score-cases (default local:1,local:N and, with Ray, ray:N and "
-        "ray-cluster:N twice; ray-cluster:N = a private running cluster, a setup given twice runs twice)",
+        "ray-cluster:N twice, then ray-cluster-other:N; ray-cluster:N = a private running cluster, a setup given "
+        "twice runs twice, ray-cluster-other:N = a job of another bundle (a copy) on its warm actors)",
     ),
 ) -> None:
     """Benchmarks as JSON: ONNX vs eager, predict cold start, score at 1 vs N workers (+ app benches)."""

@@ -3,6 +3,7 @@ crashes isolated, thread budget, lazy consumption; Ray gives what local gives.""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -325,8 +326,30 @@ def test_score_bench_defaults_show_a_self_started_ray_and_a_running_clusters_fir
     assert default_score_setups(3) == ("local:1", "local:3")  # no Ray installed: no Ray setups
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "ray" else find(name, *a))
     setups = default_score_setups(2)
-    assert setups == ("local:1", "local:2", "ray:2", "ray-cluster:2", "ray-cluster:2")
+    assert setups == ("local:1", "local:2", "ray:2", "ray-cluster:2", "ray-cluster:2", "ray-cluster-other:2")
     check_score_setups(setups)  # the defaults pass their own check
+
+
+def test_score_bench_runs_another_bundle_on_the_clusters_warm_actors(image_run, tmp_path):
+    """``ray-cluster-other``: a copy of the bundle (another path, so another pool key) scored on the
+    cluster after the first job: the warm actor opens it (no new actor), the rows are the same."""
+    pytest.importorskip("ray")
+    from medtransfer.shared.bench import score_bench
+
+    imgs = sorted(Path(image_run["root"]).rglob("*.png"))[:3]
+    res = score_bench(Path(image_run["bundle"]), imgs, sizes=(4,), setups=("ray-cluster:1", "ray-cluster-other:1"),
+                      work_dir=tmp_path / "w", progress=False)  # fmt: skip
+    first, other = (res["runs"]["4"][k] for k in ("ray-cluster:1", "ray-cluster-other:1"))
+    assert first["ok"] == other["ok"] == 4, res
+    assert first["engine_stats"]["ray_actors_reused"] == 0
+    assert other["engine_stats"]["ray_actors_reused"] == 1 and other["engine_stats"]["ray_states_reused"] == 0
+
+    def answers(out: str) -> dict:
+        with open(out, newline="") as f:
+            return {r["case"]: (r["status"], r["result"], r["bundle_sha256"]) for r in csv.DictReader(f)}
+
+    assert answers(other["out"]) == answers(first["out"]) and len(answers(first["out"])) == 4
+    assert "ray_cluster_other_over_local_2w" not in res["ratios"]["4"]  # no local setup to compare with
 
 
 @pytest.mark.parametrize(
