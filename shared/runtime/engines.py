@@ -748,8 +748,11 @@ class _RayWorker:
     def _expire(self, keep_s: float) -> None:
         while True:
             time.sleep(min(5.0, max(keep_s / 4, 0.1)))
-            if self.retire(keep_s, unleased_now=False):
-                return
+            try:
+                if self.retire(keep_s, unleased_now=False):
+                    return
+            except Exception:  # noqa: BLE001 - e.g. a job's call changed the leases meanwhile: next round
+                continue
 
     def retire(self, idle_s: float = 2.0, unleased_now: bool = True) -> bool:
         """End this pooled actor unless a chunk runs or a job holds it; a job's lease counts for
