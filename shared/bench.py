@@ -133,7 +133,11 @@ def _predict_cmd() -> list[str]:
 
 def _timed_predict(bundle_dir: Path, sample: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
     """One ``medtransfer predict BUNDLE SAMPLE`` in a fresh process: (wall s, child CPU user+sys s; NaN
-    where the OS does not say)."""
+    where the OS does not say).
+
+    Raises:
+        MedTransferError: the predict failed (its last error line).
+    """
     try:
         import resource
     except ImportError:  # Windows
@@ -150,8 +154,9 @@ def _timed_predict(bundle_dir: Path, sample: Path, env: dict[str, str] | None = 
         [*_predict_cmd(), "predict", str(bundle_dir), str(sample)], capture_output=True, text=True, env=env
     )
     wall, used = time.perf_counter() - t0, cpu() - c0
-    if r.returncode != 0:
-        raise RuntimeError(f"predict failed: {r.stderr.strip()[-300:]}")
+    if r.returncode != 0:  # the command's own one-line error, after the bench's context
+        why = (r.stderr.strip().splitlines() or [f"exit status {r.returncode}"])[-1].removeprefix("error: ")
+        raise MedTransferError(f"cold start: predict {bundle_dir} {sample} failed: {why[:300]}")
     return wall, used
 
 
@@ -738,7 +743,7 @@ def _engines(bundle: Path, batch: int, threads: int) -> dict[str, Any]:
 
 def _main(argv: list[str]) -> None:
     """``python -m medtransfer.shared.bench score BUNDLE SAMPLE... [--cases 200,1000] [--setups
-    local:1,local:2,ray:2,ray-cluster:2,ray-cluster:2] [--chunksize N] [--work DIR] [--json OUT]``: the score bench.
+    local:1,local:2,ray:2,ray-cluster:2,ray-cluster:2,ray-cluster-other:2] [--chunksize N] [--work DIR] [--json OUT]``: the score bench.
     ``python -m medtransfer.shared.bench cold BUNDLE SAMPLE [BUNDLE SAMPLE ...] [--repeats N]``:
     the predict cold start of each bundle (:func:`cold_start`)."""
     if argv and argv[0] == "--score-child":

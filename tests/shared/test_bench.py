@@ -25,6 +25,23 @@ def test_bench_measures(image_run):
     assert s["score_cases_per_s_1w"] > 0 and s["score_cases_per_s_2w"] > 0
 
 
+def test_cold_start_of_a_failing_predict_is_one_line(image_run, tmp_path):
+    """A sample the bundle cannot read: the bench says so in one line naming both, exit 2 (it was a
+    traceback)."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    with pytest.raises(
+        MedTransferError, match=r"cold start: predict .*notes\.txt failed: .*notes\.txt: not a readable image"
+    ):
+        cold_start(Path(image_run["bundle"]), bad, repeats=1, uncached=False)
+    p = subprocess.run([sys.executable, "-m", "medtransfer.shared.bench", "cold", str(image_run["bundle"]), str(bad),
+                        "--repeats", "1"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "notes.txt" in p.stderr, p.stderr
+
+
 def test_export_int8_records_metric_change(image_run, tmp_path):
     from medtransfer.shared.imagetask.task import export_run
     from medtransfer.shared.runtime.bundle import load_bundle
