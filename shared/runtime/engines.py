@@ -62,7 +62,8 @@ Engines
   driver's nice value instead (best effort: raising priority needs ``CAP_SYS_NICE``; without it,
   start the cluster with ``RAY_worker_niceness=0``), so it competes with other work as local
   workers do (``stats["actor_nice"]`` says what it got).  ``ray.init`` (lazily imported) joins
-  ``RAY_ADDRESS`` when set, else starts a local Ray with ``workers`` CPUs, a small object store
+  ``RAY_ADDRESS`` when set (one line at once when nothing listens there:
+  :func:`probe_ray_address`), else starts a local Ray with ``workers`` CPUs, a small object store
   (``object_store_mb``, default 128 MiB), workers at this process's priority and no metrics
   export.  A Ray this module started stays up for the next call (start-up is paid once per
   process); :func:`shutdown_ray` stops it.
@@ -576,6 +577,8 @@ def ray_init(workers: int = 1, object_store_mb: int = 128) -> dict[str, Any]:
     addr = os.environ.get("RAY_ADDRESS") or None
     t0 = time.perf_counter()
     if not ray.is_initialized():
+        if addr:
+            probe_ray_address(addr)
         # without RAY_ADDRESS always a new local Ray: ray.init() alone would join a cluster already
         # running on this machine and then refuse num_cpus ("When connecting to an existing cluster...")
         kw: dict[str, Any] = dict(
@@ -597,6 +600,28 @@ def ray_init(workers: int = 1, object_store_mb: int = 128) -> dict[str, Any]:
         _RAY_STARTED_HERE = addr is None
         _disconnect_at_exit()
     return {"ray_init_s": round(time.perf_counter() - t0, 3), "ray_address": addr or "local"}
+
+
+def probe_ray_address(addr: str, timeout_s: float = 5.0) -> None:
+    """Refuse a ``RAY_ADDRESS`` nothing listens at, before Ray tries it (Ray retries a dead address
+    for minutes, printing warnings, and the job looked hung).  ``auto``/``local`` are Ray's own.
+
+    Raises:
+        MedTransferError: not ``host:port`` (or ``ray://host:port``), or no answer there (one line).
+    """
+    import socket
+
+    if addr in ("auto", "local"):
+        return
+    host, _, port = addr.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise MedTransferError(f"--engine ray: RAY_ADDRESS={addr} is not host:port")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise MedTransferError(f"--engine ray: no Ray cluster answers at RAY_ADDRESS={addr} ({why})") from None
 
 
 def _disconnect_ray() -> None:

@@ -625,3 +625,30 @@ def test_one_warm_pool_serves_every_bundle_back_to_back(tmp_path):
         if cluster is not None:
             cluster.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_dead_or_malformed_ray_address_is_one_line_at_once(image_run, tmp_path):
+    """RAY_ADDRESS where nothing listens: one line naming it, exit 2, no results file (Ray itself
+    retried for minutes with warnings and the job looked hung)."""
+    pytest.importorskip("ray")
+    import socket
+
+    from medtransfer.shared.runtime.engines import probe_ray_address
+    from medtransfer.shared.utils.errors import MedTransferError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again when the block ends: nothing listens there
+    with pytest.raises(MedTransferError, match="not host:port"):
+        probe_ray_address("nohost:abc")
+    probe_ray_address("auto")  # Ray's own lookups are left to Ray
+    for addr, says in ((f"127.0.0.1:{port}", f"no Ray cluster answers at RAY_ADDRESS=127.0.0.1:{port}"),
+                       ("ray://", "not host:port")):  # fmt: skip
+        t0 = time.perf_counter()
+        p = subprocess.run(
+            [sys.executable, "-m", "medtransfer.shared.cli.main", "score", str(image_run["bundle"]), "-i",
+             str(image_run["root"]), "-o", str(tmp_path / "o.csv"), "--engine", "ray", "-q"],
+            env={**os.environ, "RAY_ADDRESS": addr}, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert time.perf_counter() - t0 < 60 and not (tmp_path / "o.csv").exists()
