@@ -909,18 +909,27 @@ def _cluster_cpus() -> int:
         return 0
 
 
-def _wait_placed(refs: list[Any], note_after_s: float = 10.0) -> list[Any]:
-    """``ray.get(refs)`` of the actors' first calls; says once on stderr when the cluster has not
-    placed them all after ``note_after_s`` seconds (its CPUs are held by other work)."""
+def _wait_placed(
+    refs: list[Any], free: Callable[[], Any] | None = None, note_after_s: float = 10.0, every_s: float = 2.0
+) -> list[Any]:
+    """``ray.get(refs)`` of the actors' first calls.  While some wait for a CPU, ``free`` is called
+    every ``every_s`` seconds (idle pools that a running job held at the start end once it is
+    done), and stderr says once, after ``note_after_s`` seconds, that the cluster's CPUs are busy."""
     import ray
 
-    done, pending = ray.wait(refs, num_returns=len(refs), timeout=note_after_s)
-    if pending:
-        sys.stderr.write(
-            f"--engine ray: waiting for the cluster to place {len(pending)} of {len(refs)} workers "
-            "(its CPUs are in use by other work)\n"
-        )
-    return ray.get(refs)
+    t0, noted = time.monotonic(), False
+    while True:
+        _, pending = ray.wait(refs, num_returns=len(refs), timeout=every_s)
+        if not pending:
+            return ray.get(refs)
+        if free is not None:
+            free()
+        if not noted and time.monotonic() - t0 >= note_after_s:
+            sys.stderr.write(
+                f"--engine ray: waiting for the cluster to place {len(pending)} of {len(refs)} workers "
+                "(its CPUs are in use by other work)\n"
+            )
+            noted = True
 
 
 class _RayBackend(_Backend):
@@ -968,7 +977,8 @@ class _RayBackend(_Backend):
         self.leased: list[Any] = []
         self.job = (ray.put(init), ray.put(fn))  # stored once, sent by reference with each chunk
         try:
-            ready = _wait_placed([a.ready.remote(self.key, *self.job) for a in self.actors])
+            free = (lambda: _retire_idle_pools(set(names))) if cluster else None
+            ready = _wait_placed([a.ready.remote(self.key, *self.job) for a in self.actors], free)
         except Exception:
             # e.g. init / fn could not be unpickled there: a job's own actors go, a shared pool stays
             self.close(kill=not self.pooled)

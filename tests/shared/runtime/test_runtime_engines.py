@@ -559,11 +559,13 @@ def opened(tag):
     return {"tag": tag, "pid": os.getpid(), "opened": time.time()}
 
 def answer(state, item):
+    time.sleep(PAUSE)
     return [state["tag"], item, state["pid"], state["opened"]]
 
 tag, workers = sys.argv[1], int(sys.argv[2])
+n, PAUSE = (int(sys.argv[3]), float(sys.argv[4])) if len(sys.argv) > 4 else (4, 0.0)
 try:
-    run = run_map(functools.partial(opened, tag), answer, range(4), engine="ray", workers=workers, reuse_key=tag)
+    run = run_map(functools.partial(opened, tag), answer, range(n), engine="ray", workers=workers, reuse_key=tag)
     rows = [r for _, r in run]
     run.close()
     print(json.dumps({"rows": rows, "stats": run.stats}))
@@ -652,3 +654,36 @@ def test_a_dead_or_malformed_ray_address_is_one_line_at_once(image_run, tmp_path
         )  # fmt: skip
         assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
         assert time.perf_counter() - t0 < 60 and not (tmp_path / "o.csv").exists()
+
+
+def test_a_job_waiting_for_cpus_gets_them_when_the_pool_holding_them_is_released(tmp_path):
+    """A job without a pool (MEDTRANSFER_RAY_KEEP_S=0) that starts while another job holds the
+    cluster's one CPU in the warm pool: once that job ends, the waiting job asks the now idle pool
+    to end and runs (it waited the pool's whole keep time, here 600 s, before)."""
+    pytest.importorskip("ray")
+    from medtransfer.shared.bench import RayCluster
+
+    script = tmp_path / "job.py"
+    script.write_text(_POOL_JOB)
+    folder = Path(tempfile.mkdtemp(prefix="rcq", dir="/tmp"))  # Ray's socket paths must stay short
+    cluster = None
+    try:
+        cluster = RayCluster(1, folder)
+        env = {**cluster.env, "MEDTRANSFER_RAY_KEEP_S": "600"}
+        a = subprocess.Popen([sys.executable, str(script), "A", "1", "40", "0.15"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        time.sleep(4)  # A's job holds the pool's actor (and the CPU) now
+        t0 = time.perf_counter()
+        b = subprocess.run([sys.executable, str(script), "B", "1"], env={**env, "MEDTRANSFER_RAY_KEEP_S": "0"},
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        waited = time.perf_counter() - t0
+        out_a, err_a = a.communicate(timeout=120)
+        assert a.returncode == 0 and len(json.loads(out_a.strip().splitlines()[-1])["rows"]) == 40, err_a[-2000:]
+        assert b.returncode == 0, b.stderr[-2000:]
+        res = json.loads(b.stdout.strip().splitlines()[-1])
+        assert sorted(r[:2] for r in res["rows"]) == [["B", i] for i in range(4)]
+        assert res["stats"]["ray_pool"] is None and waited < 60, (waited, res["stats"])
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)
