@@ -131,7 +131,9 @@ def _predict_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "medtransfer.shared.cli.main"]
 
 
-def _timed_predict(bundle_dir: Path, sample: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
+def _timed_predict(
+    bundle_dir: Path, sample: Path, env: dict[str, str] | None = None, options: dict[str, Any] | None = None
+) -> tuple[float, float]:
     """One ``medtransfer predict BUNDLE SAMPLE`` in a fresh process: (wall s, child CPU user+sys s; NaN
     where the OS does not say).
 
@@ -150,8 +152,12 @@ def _timed_predict(bundle_dir: Path, sample: Path, env: dict[str, str] | None = 
         return ru.ru_utime + ru.ru_stime
 
     c0, t0 = cpu(), time.perf_counter()
+    # parsed values go back as YAML the command parses to the same value (JSON is YAML)
+    opts = [
+        a for k, v in (options or {}).items() for a in ("--opt", f"{k}={v if isinstance(v, str) else json.dumps(v)}")
+    ]
     r = subprocess.run(
-        [*_predict_cmd(), "predict", str(bundle_dir), str(sample)], capture_output=True, text=True, env=env
+        [*_predict_cmd(), "predict", str(bundle_dir), str(sample), *opts], capture_output=True, text=True, env=env
     )
     wall, used = time.perf_counter() - t0, cpu() - c0
     if r.returncode != 0:  # the command's own one-line error, after the bench's context
@@ -160,8 +166,11 @@ def _timed_predict(bundle_dir: Path, sample: Path, env: dict[str, str] | None = 
     return wall, used
 
 
-def cold_start(bundle_dir: Path, sample: Path, repeats: int = 3, uncached: bool = True) -> dict[str, Any]:
-    """Wall time of ``medtransfer predict BUNDLE SAMPLE`` in a fresh process (best of N).
+def cold_start(
+    bundle_dir: Path, sample: Path, repeats: int = 3, uncached: bool = True, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Wall time of ``medtransfer predict BUNDLE SAMPLE [--opt k=v ...]`` in a fresh process (best of N);
+    ``options`` are predictor options (e.g. a video bundle's ``box`` prompt).
 
     The runtime cache (:mod:`medtransfer.shared.runtime.cache`: verified digests, optimised ONNX
     graphs) is the user's, as in real use: the first run fills it, so the best of ``repeats`` is a
@@ -177,9 +186,9 @@ def cold_start(bundle_dir: Path, sample: Path, repeats: int = 3, uncached: bool 
     if uncached:
         with tempfile.TemporaryDirectory(prefix="mt-cache-") as tmp:
             env = {**os.environ, "MEDTRANSFER_CACHE_DIR": tmp}
-            wall, cpu = _timed_predict(bundle_dir, sample, env)
+            wall, cpu = _timed_predict(bundle_dir, sample, env, options)
         out.update(predict_cold_start_uncached_s=round(wall, 3), predict_cold_start_uncached_cpu_s=round(cpu, 3))
-    runs = [_timed_predict(bundle_dir, sample) for _ in range(repeats)]
+    runs = [_timed_predict(bundle_dir, sample, None, options) for _ in range(repeats)]
     walls = [w for w, _ in runs]
     out.update(
         predict_cold_start_s=round(min(walls), 3),
@@ -190,23 +199,26 @@ def cold_start(bundle_dir: Path, sample: Path, repeats: int = 3, uncached: bool 
     return out
 
 
-def score_scaling(bundle_dir: Path, cases, workers: int) -> dict[str, Any]:
-    """Cases/s at 1 worker vs N workers on the same cases (in this process; start-up apart).
+def score_scaling(bundle_dir: Path, cases, workers: int, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Cases/s at 1 worker vs N workers on the same cases (in this process; start-up apart), with
+    these predictor ``options``.
 
     Returns:
         ``cases``, ``score_cases_per_s_{w}w`` (start-up included), ``score_work_cases_per_s_{w}w``,
-        ``score_startup_s_{w}w``, ``score_start_method_{w}w`` and ``score_speedup_{N}w`` (work only).
+        ``score_startup_s_{w}w``, ``score_start_method_{w}w``, ``score_errors_{w}w`` (error rows)
+        and ``score_speedup_{N}w`` (work only).
     """
     from medtransfer.shared.runtime.score import score
 
     out: dict[str, Any] = {"cases": len(cases)}
     with tempfile.TemporaryDirectory() as tmp:
         for w in sorted({1, workers}):
-            s = score(bundle_dir, cases, Path(tmp) / f"s{w}.csv", workers=w, progress=False)
+            s = score(bundle_dir, cases, Path(tmp) / f"s{w}.csv", workers=w, progress=False, options=options)
             out[f"score_cases_per_s_{w}w"] = s["cases_per_s"]
             out[f"score_work_cases_per_s_{w}w"] = s["work_cases_per_s"]
             out[f"score_startup_s_{w}w"] = s["startup_s"]
             out[f"score_start_method_{w}w"] = s["engine_stats"].get("start_method")
+            out[f"score_errors_{w}w"] = s["error"]  # error rows are timed too: a bench says how many
     if workers > 1 and out.get("score_work_cases_per_s_1w"):
         out[f"score_speedup_{workers}w"] = round(
             out[f"score_work_cases_per_s_{workers}w"] / out["score_work_cases_per_s_1w"], 2
@@ -417,12 +429,14 @@ def score_run(
     workers: int,
     chunksize: int | None = None,
     cluster: RayCluster | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One ``score`` job in a fresh (torch-free) process, as a user runs it; memory and CPU sampled.
 
     Args:
         cluster: a running Ray cluster the job joins (``engine`` ``ray``); its processes are
             measured with the job's.
+        options: predictor options (``score --opt``).
 
     Returns:
         ``score``'s summary plus ``cpu_s`` (this process and its local workers; not Ray's processes),
@@ -436,7 +450,7 @@ def score_run(
     import psutil
 
     cmd = [sys.executable, "-m", "medtransfer.shared.bench", "--score-child", str(bundle_dir), str(manifest)]
-    cmd += [str(out_csv), engine, str(workers), str(chunksize or 0)]
+    cmd += [str(out_csv), engine, str(workers), str(chunksize or 0), json.dumps(options or {})]
     env = {**(cluster.env if cluster else os.environ), "PYTHONWARNINGS": "ignore"}
     base: dict[int, float] = {}
     if cluster:
@@ -469,7 +483,7 @@ def score_run(
 def _score_child(argv: list[str]) -> None:
     from medtransfer.shared.runtime.score import cases_from_manifest, score
 
-    bundle, manifest, out, engine, workers, chunk = argv[:6]
+    bundle, manifest, out, engine, workers, chunk, options = argv[:7]
     s = score(
         bundle,
         cases_from_manifest(manifest),
@@ -480,6 +494,7 @@ def _score_child(argv: list[str]) -> None:
         overwrite=True,
         manifest=manifest,
         chunksize=int(chunk) or None,
+        options=json.loads(options),
     )
     import resource
 
@@ -523,6 +538,7 @@ def score_bench(
     chunksize: int | None = None,
     out_json: Path | None = None,
     progress: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``score`` at scale: each setup (``engine:workers``) on ``n`` cases for each size, each job a
     fresh process (what a user runs), with both sides, ratios, start-up, peak memory, CPU and load.
@@ -541,6 +557,7 @@ def score_bench(
         chunksize: cases per task (None: the engine's default).
         out_json: also write the result here.
         progress: print one line per job to stderr.
+        options: predictor options for every job (``score --opt``; e.g. a video bundle's ``box``).
 
     Returns:
         ``runs`` (one summary per size and setup: seconds, work_s, startup_s, cases_per_s, cpu_s,
@@ -589,6 +606,7 @@ def score_bench(
                     int(w or 1),
                     chunksize,
                     cluster=use,
+                    options=options,
                 )
                 runs[label] = r  # a repeated setup (e.g. a second job on the warm cluster): setup#2
                 if progress:
@@ -683,6 +701,7 @@ def run_bench(
     score_sizes: tuple[int, ...] = (),
     score_setups: tuple[str, ...] | None = None,
     score_json: Path | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """All core benchmarks on a bundle (default: one built by an app's ``bench_bundle`` hook).
 
@@ -692,7 +711,8 @@ def run_bench(
 
     ONNX vs eager runs when the bundle's app declares ``bench_eager`` and the bundle's run is at
     hand, else the app's own ``bench`` hook is given ``bundle=`` (when it takes it); cold start and
-    1-vs-N score scaling run on ``samples`` (inputs for that bundle).  With ``app``, that app's own
+    1-vs-N score scaling run on ``samples`` (inputs for that bundle), with the predictor
+    ``options`` (``--opt``; e.g. a video bundle's ``box`` prompt).  With ``app``, that app's own
     benchmark is added.
     """
     from medtransfer.shared.plugins import accepts, get_app, hook
@@ -718,12 +738,14 @@ def run_bench(
             if accepts(fn, "bundle"):
                 res[f"{spec.name}_bundle_bench"] = fn(bundle=str(bundle))
         if samples:
-            res.update(cold_start(bundle, samples[0]))
+            res.update(cold_start(bundle, samples[0], options=options))
             cases = [Case(str(p), str(p), {}) for p in samples[:60]]
-            res.update(score_scaling(bundle, cases, workers))
+            res.update(score_scaling(bundle, cases, workers, options))
             if score_sizes:
                 setups = score_setups or default_score_setups(workers)
-                res["score_bench"] = score_bench(bundle, samples, score_sizes, setups, out_json=score_json)
+                res["score_bench"] = score_bench(
+                    bundle, samples, score_sizes, setups, out_json=score_json, options=options
+                )
         if app:
             res[app] = hook(app, "bench")()
     return res
@@ -783,13 +805,17 @@ def _cold_main(argv: list[str]) -> None:
     ap.add_argument("pairs", nargs="+", help="BUNDLE SAMPLE [BUNDLE SAMPLE ...]")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--opt", action="append", default=[], help="predictor option key=value for every predict")
     a = ap.parse_args(argv)
     if len(a.pairs) % 2:
         ap.error("give BUNDLE SAMPLE pairs")
+    from medtransfer.shared.cli.main import parse_opts
+
+    options = parse_opts(a.opt)
     res = {}
     for b, smp in zip(a.pairs[::2], a.pairs[1::2]):
         meta = json.loads((Path(b) / "metadata.json").read_text())
-        res[f"{meta.get('app')}:{b}"] = cold_start(Path(b), Path(smp), repeats=a.repeats)
+        res[f"{meta.get('app')}:{b}"] = cold_start(Path(b), Path(smp), repeats=a.repeats, options=options)
     text = json.dumps({"cpu_count": os.cpu_count(), **res}, indent=2)
     if a.json:
         a.json.write_text(text)

@@ -410,6 +410,9 @@ def bench(
         "ray-cluster:N twice, then ray-cluster-other:N; ray-cluster:N = a private running cluster, a setup given "
         "twice runs twice, ray-cluster-other:N = a job of another bundle (a copy) on its warm actors)",
     ),
+    opt: Optional[List[str]] = typer.Option(
+        None, "--opt", help="predictor option key=value for the cold start and score runs (e.g. box=10,10,90,90)"
+    ),
 ) -> None:
     """Benchmarks as JSON: ONNX vs eager, predict cold start, score at 1 vs N workers (+ app benches)."""
     from medtransfer.shared.bench import check_score_setups, run_bench
@@ -421,7 +424,17 @@ def bench(
             raise MedTransferError(f"--score-cases '{score_cases}': expected case counts such as 200,1000") from None
         setups = tuple(x.strip() for x in score_setups.split(",") if x.strip()) or None
         check_score_setups(setups or (), sizes)  # before any benchmark runs
-        res = run_bench(bundle, app_name, workers, batch, threads, sample, score_sizes=sizes, score_setups=setups)
+        res = run_bench(
+            bundle,
+            app_name,
+            workers,
+            batch,
+            threads,
+            sample,
+            score_sizes=sizes,
+            score_setups=setups,
+            options=parse_opts(opt),
+        )
     except MedTransferError as e:
         fail(str(e))
     text = json.dumps(res, indent=2, default=_jsonable)
