@@ -765,9 +765,11 @@ def _engines(bundle: Path, batch: int, threads: int) -> dict[str, Any]:
 
 def _main(argv: list[str]) -> None:
     """``python -m medtransfer.shared.bench score BUNDLE SAMPLE... [--cases 200,1000] [--setups
-    local:1,local:2,ray:2,ray-cluster:2,ray-cluster:2,ray-cluster-other:2] [--chunksize N] [--work DIR] [--json OUT]``: the score bench.
+    local:1,local:2,ray:2,ray-cluster:2,ray-cluster:2,ray-cluster-other:2] [--chunksize N] [--work DIR] [--json OUT]
+    [--opt k=v ...]``: the score bench.
     ``python -m medtransfer.shared.bench cold BUNDLE SAMPLE [BUNDLE SAMPLE ...] [--repeats N]``:
-    the predict cold start of each bundle (:func:`cold_start`)."""
+    the predict cold start of each bundle (:func:`cold_start`); ``--opt k=v`` gives predictor options
+    to each."""
     if argv and argv[0] == "--score-child":
         _score_child(argv[1:])
         return
@@ -785,7 +787,10 @@ def _main(argv: list[str]) -> None:
     ap.add_argument("--chunksize", type=int, default=None)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--opt", action="append", default=[], help="predictor option key=value for every job")
     a = ap.parse_args(argv)
+    from medtransfer.shared.cli.main import parse_opts
+
     res = score_bench(
         a.bundle,
         a.samples,
@@ -794,6 +799,7 @@ def _main(argv: list[str]) -> None:
         work_dir=a.work,
         chunksize=a.chunksize,
         out_json=a.json,
+        options=parse_opts(a.opt),
     )
     print(json.dumps(res, indent=2))
 
