@@ -787,7 +787,7 @@ class _RayWorker:
 
         if self.busy:
             return False
-        need = idle_s if any(self.leases.values()) or not unleased_now else 0.0
+        need = idle_s if self.leases or not unleased_now else 0.0  # ``release`` drops a key at 0
         if time.monotonic() - self.last < need:
             return False
         ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
@@ -949,8 +949,8 @@ class _RayBackend(_Backend):
         import ray
 
         cluster = os.environ.get("RAY_ADDRESS")
-        cpus = _cluster_cpus()
-        if cluster and 0 < cpus < workers:  # actors beyond the cluster's CPUs would never start: the job hung
+        cpus = _cluster_cpus() if cluster else 0  # a Ray started here has ``workers`` CPUs
+        if 0 < cpus < workers:  # actors beyond the cluster's CPUs would never start: the job hung
             sys.stderr.write(f"--engine ray: {workers} workers asked, the Ray cluster has {cpus} CPUs: using {cpus}\n")
             self.info["workers_asked"] = workers
             workers = cpus
