@@ -9,7 +9,8 @@ or with the Ray Jobs API:
 
     ray job submit --working-dir . -- python deploy/ray_batch_job.py /shared/bundles/eeg /shared/m.csv /shared/out.csv
 
-Without ``RAY_ADDRESS`` a small local Ray is started (``--actors`` CPUs).  The job is resumable:
+Without ``RAY_ADDRESS`` it joins the cluster ``ray start --head`` left on this machine, else it
+starts a small local Ray (``--actors`` CPUs; ``RAY_ADDRESS=local`` always does).  The job is resumable:
 re-running it skips cases already in results.csv, and bad cases become error rows.  It is the same
 code path as ``medtransfer score --engine ray``: the shared engine
 (``medtransfer.shared.runtime.engines``) keeps one long-lived actor per ``--actors`` (each opens

@@ -384,8 +384,11 @@ class RayCluster:
         return _tree(psutil.Process(self.proc.pid)) if self.proc.poll() is None else []
 
     def stop(self) -> None:
-        """End the cluster's process group (SIGTERM, then SIGKILL after 15 s), then any of its
-        processes still running outside the group (an idle Ray worker outlived the group here)."""
+        """End the cluster's process group (SIGTERM, then SIGKILL after 2 s), then any of its
+        processes still running outside the group (an idle Ray worker outlived the group here).
+        Ray's graceful stop is slow and nothing of this throwaway cluster needs it: measured here,
+        ``ray start --block`` ignored SIGTERM, its raylet took 10 s to end and its GCS never did,
+        so every stop waited the whole grace time (it was 15 s)."""
         import psutil
 
         try:
@@ -393,7 +396,7 @@ class RayCluster:
         except psutil.Error:
             procs = []
         sig = self._signal
-        for s, wait in ((sig.SIGTERM, 15), (sig.SIGKILL, 5)):
+        for s, wait in ((sig.SIGTERM, 2), (sig.SIGKILL, 5)):
             try:
                 os.killpg(self.proc.pid, s)
             except (ProcessLookupError, PermissionError):
@@ -547,8 +550,8 @@ def score_bench(
         bundle_dir: the bundle.
         samples: input files for it, cycled into ``n`` distinct case files.
         sizes: case counts.
-        setups: ``local:1``, ``local:2``, ``ray:2`` (Ray started by the job, or the cluster at
-            ``RAY_ADDRESS`` when set), ``ray-cluster:2`` (a private running cluster with that many
+        setups: ``local:1``, ``local:2``, ``ray:2`` (as ``score --engine ray`` runs here: the cluster at
+            ``RAY_ADDRESS``, else one ``ray start`` left on this machine, else a Ray the job starts), ``ray-cluster:2`` (a private running cluster with that many
             CPUs, started once for the bench: :class:`RayCluster`), ...; a setup given twice runs
             twice (``ray-cluster:2#2``: the next job on the cluster, which finds the first job's
             warm actors); ``ray-cluster-other:2``: a job on the same cluster with a bundle its
@@ -679,7 +682,8 @@ def default_bundle_app(app: str | None = None) -> str:
 
 def default_score_setups(workers: int) -> tuple[str, ...]:
     """The score bench's default setups: ``local:1``, ``local:N``, then, with Ray installed,
-    ``ray:N`` (a Ray the job starts itself, or the cluster at ``RAY_ADDRESS``) and two jobs on a
+    ``ray:N`` (a Ray the job starts itself, or the cluster it joins: ``RAY_ADDRESS``, or one
+    ``ray start`` left on this machine) and two jobs on a
     private running cluster (``ray-cluster:N`` twice: a bundle's first job, then one that finds
     the first job's warm actors; then ``ray-cluster-other:N``, a job of another bundle on those
     warm actors), as a user meets each."""

@@ -11,6 +11,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# `--engine ray` without RAY_ADDRESS joins a cluster `ray start` left on this machine (as Ray's own
+# ray.init() does): tests get a Ray of their own unless they set RAY_ADDRESS themselves
+os.environ.setdefault("RAY_ADDRESS", "local")
 # the runtime's per-user cache (verified digests, optimised ONNX graphs) goes to a folder of this test
 # session, not the developer's ~/.cache: tests neither read a stale entry nor leave 100s of MB behind
 if "MEDTRANSFER_CACHE_DIR" not in os.environ:

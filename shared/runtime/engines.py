@@ -63,11 +63,13 @@ Engines
   start the cluster with ``RAY_worker_niceness=0``), so it competes with other work as local
   workers do (``stats["actor_nice"]`` says what it got).  ``ray.init`` (lazily imported) joins
   ``RAY_ADDRESS`` when set (one line at once when nothing listens there:
-  :func:`probe_ray_address`), else starts a local Ray with ``workers`` CPUs, a small object store
+  :func:`probe_ray_address`), else the cluster ``ray start`` left running on this machine, as
+  Ray's own ``ray.init()`` does (said in one line; ``RAY_ADDRESS=local`` opts out), else starts a
+  local Ray with ``workers`` CPUs, a small object store
   (``object_store_mb``, default 128 MiB), workers at this process's priority and no metrics
   export.  A Ray this module started stays up for the next call (start-up is paid once per
   process); :func:`shutdown_ray` stops it.
-- ``ray`` on a running cluster (``RAY_ADDRESS``) with ``reuse_key``: the actors are a warm pool
+- ``ray`` on a running cluster (either of the two above) with ``reuse_key``: the actors are a warm pool
   that outlives the job (named, detached, in the ``medtransfer`` namespace), one pool per thread
   budget, priority and medtransfer version, shared by every key (``score``: the bundle's verified
   digest, its path, the options).  An actor opens a key's state on the key's first job and keeps
@@ -90,6 +92,7 @@ Torch-free.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pickle
 import sys
@@ -558,10 +561,113 @@ class _PoolBackend(_Backend):
 
 # ------------------------------------------------------------------------------ ray
 _RAY_STARTED_HERE = False
+#: the cluster address this process joined (None: none joined, or a Ray it started itself)
+_RAY_CLUSTER: str | None = None
+
+
+def local_ray_cluster() -> str | None:
+    """The address of a Ray cluster started on this machine with ``ray start`` (Ray's own record,
+    ``ray_current_cluster`` in Ray's temporary folder, which ``ray stop`` clears), when something
+    answers there; else None (no record, or a stale one: the cluster was killed).
+    """
+    try:
+        from ray._private.utils import read_ray_address
+
+        addr = read_ray_address()
+    except Exception:  # noqa: BLE001 - no record, or a Ray without this helper: start one
+        return None
+    if not addr:
+        return None
+    try:
+        probe_ray_address(addr, timeout_s=1.0)
+    except MedTransferError:
+        return None
+    return addr
+
+
+def ray_cluster() -> str | None:
+    """The running cluster this process joined (``RAY_ADDRESS``, or the one ``ray start`` left on
+    this machine), or None (Ray not up here, or a Ray this process started itself)."""
+    return _RAY_CLUSTER
+
+
+def _ray_error(e: BaseException) -> str:
+    """One line for a failed ``ray.init``: Ray's message, plus what to do when the cluster asked for
+    a token (Ray 2.60's ``ray start`` turns token authentication on, and a driver given an explicit
+    address never sends the token by itself)."""
+    chain: list[str] = []
+    seen: BaseException | None = e
+    while seen is not None and len(chain) < 5:
+        chain.append(f"{type(seen).__name__}: {seen}")
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(" ".join(chain).split())
+    if "InvalidAuthToken" in text or "AuthenticationError" in text:
+        if (os.environ.get("RAY_AUTH_MODE") or "").lower() == "token":
+            return "the cluster refused this driver's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+        return (
+            "the cluster asks for its token: set RAY_AUTH_MODE=token with the token in ~/.ray/auth_token, "
+            "RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN, or use RAY_ADDRESS=auto on its head node"
+        )
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+
+
+def _token_auth_if_token_available() -> None:
+    """Turn Ray's token authentication on for this process when ``RAY_AUTH_MODE`` is unset and a
+    token is at hand (``~/.ray/auth_token``, ``RAY_AUTH_TOKEN_PATH``, ``RAY_AUTH_TOKEN``): what Ray's
+    ``ray.init()`` does for the cluster ``ray start`` left on this machine, and never for an
+    address it was given."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _probe_ray_auth(addr: str) -> None:
+    """Refuse at once a cluster that asks for a token this driver will not send: one GCS handshake
+    (milliseconds), where ``ray.init`` retried it for 20 s printing a warning each second.  Ray's
+    own warning for the handshake is kept off stderr (this function says it in one line); any other
+    outcome is left to ``ray.init``.
+
+    Raises:
+        MedTransferError: the cluster refused the handshake for its token (one line).
+    """
+    if addr in ("auto", "local") or addr.startswith("ray://"):
+        return
+    try:
+        from ray._raylet import GcsClient  # type: ignore[attr-defined]
+        from ray.exceptions import AuthenticationError
+    except ImportError:  # another Ray: leave it to ray.init
+        return
+    saved = None
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        try:
+            GcsClient(address=addr)
+        finally:
+            os.dup2(saved, 2)
+    except AuthenticationError as e:
+        raise MedTransferError(
+            f"--engine ray: could not join the cluster at RAY_ADDRESS={addr} ({_ray_error(e)})"
+        ) from None
+    except Exception:  # noqa: BLE001 - anything else (a closed stderr, an old Ray): ray.init says it
+        pass
+    finally:
+        if saved is not None:
+            os.close(saved)
 
 
 def ray_init(workers: int = 1, object_store_mb: int = 128) -> dict[str, Any]:
-    """Join ``RAY_ADDRESS`` when set, else start a small local Ray (``workers`` CPUs); no-op if up.
+    """Join a running Ray cluster, else start a small local Ray (``workers`` CPUs); no-op if up.
+
+    The cluster is ``RAY_ADDRESS`` when set (``local``: always a Ray of this process's own), else
+    the one ``ray start`` left running on this machine (:func:`local_ray_cluster`; said in one line
+    on stderr), as Ray's own ``ray.init()`` does.
 
     Returns:
         ``ray_init_s`` (0 when Ray was already up) and ``ray_address`` (``local`` or the address).
@@ -569,37 +675,63 @@ def ray_init(workers: int = 1, object_store_mb: int = 128) -> dict[str, Any]:
     Raises:
         MedTransferError: Ray is not installed, or it could not start / connect (one line).
     """
-    global _RAY_STARTED_HERE
+    global _RAY_STARTED_HERE, _RAY_CLUSTER
     try:
         import ray
     except ImportError:
         raise MedTransferError("--engine ray needs Ray: pip install 'medtransfer[distributed]'") from None
-    addr = os.environ.get("RAY_ADDRESS") or None
+    env_addr = os.environ.get("RAY_ADDRESS") or None
+    addr = None if env_addr == "local" else env_addr
     t0 = time.perf_counter()
     if not ray.is_initialized():
+        found = None
         if addr:
             probe_ray_address(addr)
-        # without RAY_ADDRESS always a new local Ray: ray.init() alone would join a cluster already
-        # running on this machine and then refuse num_cpus ("When connecting to an existing cluster...")
+            _probe_ray_auth(addr)
+        elif env_addr is None:
+            found = local_ray_cluster()
+            if found:
+                sys.stderr.write(
+                    f"--engine ray: joining the Ray cluster running on this machine ({found}; "
+                    "RAY_ADDRESS=local starts a private one)\n"
+                )
+        # a private Ray is started with address="local" (ray.init() alone would join a cluster
+        # running here and then refuse num_cpus); the one found above is joined at its address
         kw: dict[str, Any] = dict(
-            address=addr or "local", include_dashboard=False, log_to_driver=False, configure_logging=False
+            address=addr or found or "local",
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
         )
-        if addr is None:
+        if not (addr or found):
             kw.update(num_cpus=max(1, workers), object_store_memory=max(80, object_store_mb) * 1024 * 1024)
             # workers at this process's priority (Ray's default starts them 15 steps nicer, so any
             # other busy process on the machine starves them); no metrics export nobody reads
             kw["_system_config"] = {"worker_niceness": 0, "enable_metrics_collection": False}
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # Ray warns on stderr that it turned token authentication on, for the cluster found here
+        # (its own setting, which ``ray start`` printed; the line above names the cluster) and for
+        # a private Ray (whose token never leaves this machine): not a thing the user must act on
+        auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        level = auth_log.level
+        auth_log.setLevel(logging.ERROR)
         try:
+            if found:  # as Ray's ray.init() does for the cluster it finds: send the token when there is one
+                _token_auth_if_token_available()
             ray.init(**kw)
         except Exception as e:  # noqa: BLE001 - e.g. the node timed out starting on a loaded machine
-            where = f"the cluster at RAY_ADDRESS={addr}" if addr else "a local Ray"
-            msg = " ".join(str(e).split())[:300]
-            raise MedTransferError(f"--engine ray: could not start {where} ({type(e).__name__}: {msg})") from None
-        _RAY_STARTED_HERE = addr is None
+            if addr:
+                where = f"join the cluster at RAY_ADDRESS={addr}"
+            else:
+                where = f"join the Ray cluster running on this machine ({found})" if found else "start a local Ray"
+            raise MedTransferError(f"--engine ray: could not {where} ({_ray_error(e)})") from None
+        finally:
+            auth_log.setLevel(level)
+        _RAY_STARTED_HERE = not (addr or found)
+        _RAY_CLUSTER = addr or found
         _disconnect_at_exit()
-    return {"ray_init_s": round(time.perf_counter() - t0, 3), "ray_address": addr or "local"}
+    return {"ray_init_s": round(time.perf_counter() - t0, 3), "ray_address": _RAY_CLUSTER or "local"}
 
 
 def probe_ray_address(addr: str, timeout_s: float = 5.0) -> None:
@@ -944,11 +1076,12 @@ class _RayBackend(_Backend):
         import socket
 
         t0 = time.perf_counter()
-        keep = ray_keep_s() if reuse_key and os.environ.get("RAY_ADDRESS") else 0.0
+        keep_s = ray_keep_s() if reuse_key else 0.0  # a bad value is refused before Ray starts
         self.info = ray_init(workers, object_store_mb)
         import ray
 
-        cluster = os.environ.get("RAY_ADDRESS")
+        cluster = ray_cluster()
+        keep = keep_s if cluster else 0.0
         cpus = _cluster_cpus() if cluster else 0  # a Ray started here has ``workers`` CPUs
         if 0 < cpus < workers:  # actors beyond the cluster's CPUs would never start: the job hung
             sys.stderr.write(f"--engine ray: {workers} workers asked, the Ray cluster has {cpus} CPUs: using {cpus}\n")

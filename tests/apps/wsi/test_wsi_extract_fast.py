@@ -257,7 +257,7 @@ def test_wsi_extract_scale_out_same_bags(
     """Two local worker processes and two Ray actors give the previous path's bags; a corrupt slide
     is an error row in both."""
     src = _folder(slide_dir, tmp_path)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_ADDRESS", "local")  # a Ray of its own, whatever runs on this machine
     kw = dict(batch_size=8, show_progress=False, backend="torch", device="cpu", workers=2, threads=1)
     engines = ["local"] + (["ray"] if importlib.util.find_spec("ray") else [])
     for engine in engines:

@@ -687,3 +687,84 @@ def test_a_job_waiting_for_cpus_gets_them_when_the_pool_holding_them_is_released
         if cluster is not None:
             cluster.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_job_without_ray_address_joins_the_cluster_ray_start_left_on_this_machine(image_run, tmp_path, monkeypatch):
+    """`ray start --head` once, then `--engine ray` jobs without RAY_ADDRESS join it (one line says
+    so; the second job finds the warm pool), as Ray's own `ray.init()` does, token authentication
+    (Ray 2.60's default) included; RAY_ADDRESS=local opts out; a record the killed cluster left
+    behind starts a private Ray.  An explicit address to a cluster that asks for a token the driver
+    does not send is one line at once (Ray retried it 20 s, a warning each second)."""
+    pytest.importorskip("ray")
+    from medtransfer.shared.bench import RayCluster, make_case_set
+
+    imgs = sorted(Path(image_run["root"]).rglob("*.png"))[:3]
+    man = make_case_set(imgs, 4, tmp_path / "cases")
+    base = Path(tempfile.mkdtemp(prefix="rtj", dir="/tmp"))  # Ray's socket paths must stay short
+    token = os.urandom(16).hex()
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+    cmd = [sys.executable, "-m", "medtransfer.shared.cli.main", "score", str(image_run["bundle"]), "-m", str(man),
+           "--engine", "ray", "-q", "--overwrite"]  # fmt: skip
+    cluster = None
+
+    def job(out: str, **env: str | None) -> subprocess.CompletedProcess[str]:
+        e = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+        return subprocess.run([*cmd, "-o", str(tmp_path / out)], env=e, capture_output=True, text=True, timeout=300)
+
+    try:
+        cluster = RayCluster(1, base / "ray")  # records its address where Ray looks with RAY_TMPDIR=base
+        port = cluster.address.rpartition(":")[2]
+        here = dict(RAY_TMPDIR=str(base), RAY_ADDRESS=None, RAY_AUTH_MODE=None)  # a user's shell: token in a file / env
+        summaries = []
+        for out in ("a.csv", "b.csv"):
+            p = job(out, **here)
+            assert p.returncode == 0, p.stderr[-2000:]
+            said = p.stderr.strip().splitlines()
+            assert len(said) == 1 and "joining the Ray cluster running on this machine" in said[0], p.stderr
+            summaries.append(json.loads(p.stdout.strip().splitlines()[-1]))
+        assert [s["ok"] for s in summaries] == [4, 4], summaries
+        assert all(s["engine_stats"]["ray_address"].endswith(f":{port}") for s in summaries), summaries
+        assert summaries[1]["engine_stats"]["ray_actors_reused"] == 1, summaries  # the warm pool
+        rows = [[r[:-1] for r in csv.reader((tmp_path / f).open())] for f in ("a.csv", "b.csv")]  # less the time
+        assert rows[0] == rows[1] and len(rows[0]) == 5
+        p = job("c.csv", **{**here, "RAY_ADDRESS": "local"})  # opted out: a Ray of its own
+        assert p.returncode == 0 and "joining" not in p.stderr, p.stderr[-2000:]
+        assert json.loads(p.stdout.strip().splitlines()[-1])["engine_stats"]["ray_address"] == "local"
+        t0 = time.perf_counter()
+        p = job("d.csv", RAY_ADDRESS=cluster.address, RAY_AUTH_MODE=None, RAY_AUTH_TOKEN=None)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert "asks for its token: set RAY_AUTH_MODE=token" in p.stderr and token not in p.stderr, p.stderr
+        assert time.perf_counter() - t0 < 15 and not (tmp_path / "d.csv").exists()
+        cluster.stop()
+        cluster = None
+        assert (base / "ray" / "ray_current_cluster").exists()  # the killed cluster's record stays
+        p = job("e.csv", **here)  # nothing answers there: a private Ray, nothing said
+        assert p.returncode == 0 and p.stderr.strip() == "", p.stderr[-2000:]
+        assert json.loads(p.stdout.strip().splitlines()[-1])["engine_stats"]["ray_address"] == "local"
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_refused_token_says_what_to_set(monkeypatch):
+    """Ray's refusal of a driver without the cluster's token (a chained exception of Ray's) becomes
+    what to set; with token mode on it says the token was refused; anything else stays Ray's message."""
+    from medtransfer.shared.runtime.engines import _ray_error
+
+    def chained() -> ConnectionError:
+        try:
+            try:
+                raise RuntimeError("Failed to connect to GCS: RPC error: InvalidAuthToken: missing or incorrect")
+            except RuntimeError as inner:
+                raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from inner
+        except ConnectionError as e:
+            return e
+
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    assert "set RAY_AUTH_MODE=token" in _ray_error(chained())
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    assert "refused this driver's token" in _ray_error(chained())
+    assert _ray_error(TimeoutError("node did not\n start")) == "TimeoutError: node did not start"
