@@ -591,7 +591,7 @@ def ray_cluster() -> str | None:
     return _RAY_CLUSTER
 
 
-def _ray_error(e: BaseException) -> str:
+def _ray_error(e: BaseException, other: str = "or use RAY_ADDRESS=auto on its head node") -> str:
     """One line for a failed ``ray.init``: Ray's message, plus what to do when the cluster asked for
     a token (Ray 2.60's ``ray start`` turns token authentication on, and a driver given an explicit
     address never sends the token by itself)."""
@@ -606,7 +606,7 @@ def _ray_error(e: BaseException) -> str:
             return "the cluster refused this driver's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
         return (
             "the cluster asks for its token: set RAY_AUTH_MODE=token with the token in ~/.ray/auth_token, "
-            "RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN, or use RAY_ADDRESS=auto on its head node"
+            f"RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN, {other}"
         )
     return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
 
@@ -625,11 +625,16 @@ def _token_auth_if_token_available() -> None:
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
-def _probe_ray_auth(addr: str) -> None:
+def _probe_ray_auth(addr: str, where: str, other: str) -> None:
     """Refuse at once a cluster that asks for a token this driver will not send: one GCS handshake
     (milliseconds), where ``ray.init`` retried it for 20 s printing a warning each second.  Ray's
     own warning for the handshake is kept off stderr (this function says it in one line); any other
     outcome is left to ``ray.init``.
+
+    Args:
+        addr: the cluster's ``host:port``.
+        where: what the one line says could not be done.
+        other: the other way out the line offers.
 
     Raises:
         MedTransferError: the cluster refused the handshake for its token (one line).
@@ -652,9 +657,7 @@ def _probe_ray_auth(addr: str) -> None:
         finally:
             os.dup2(saved, 2)
     except AuthenticationError as e:
-        raise MedTransferError(
-            f"--engine ray: could not join the cluster at RAY_ADDRESS={addr} ({_ray_error(e)})"
-        ) from None
+        raise MedTransferError(f"--engine ray: could not {where} ({_ray_error(e, other)})") from None
     except Exception:  # noqa: BLE001 - anything else (a closed stderr, an old Ray): ray.init says it
         pass
     finally:
@@ -687,14 +690,13 @@ def ray_init(workers: int = 1, object_store_mb: int = 128) -> dict[str, Any]:
         found = None
         if addr:
             probe_ray_address(addr)
-            _probe_ray_auth(addr)
+            where, other = f"join the cluster at RAY_ADDRESS={addr}", "or use RAY_ADDRESS=auto on its head node"
         elif env_addr is None:
             found = local_ray_cluster()
-            if found:
-                sys.stderr.write(
-                    f"--engine ray: joining the Ray cluster running on this machine ({found}; "
-                    "RAY_ADDRESS=local starts a private one)\n"
-                )
+        if found:
+            where, other = f"join the Ray cluster running on this machine ({found})", "or RAY_ADDRESS=local"
+        elif not addr:
+            where, other = "start a local Ray", ""
         # a private Ray is started with address="local" (ray.init() alone would join a cluster
         # running here and then refuse num_cpus); the one found above is joined at its address
         kw: dict[str, Any] = dict(
@@ -719,15 +721,20 @@ def ray_init(workers: int = 1, object_store_mb: int = 128) -> dict[str, Any]:
         try:
             if found:  # as Ray's ray.init() does for the cluster it finds: send the token when there is one
                 _token_auth_if_token_available()
+            if addr or found:
+                _probe_ray_auth(addr or found or "", where, other)
             ray.init(**kw)
+        except MedTransferError:
+            raise
         except Exception as e:  # noqa: BLE001 - e.g. the node timed out starting on a loaded machine
-            if addr:
-                where = f"join the cluster at RAY_ADDRESS={addr}"
-            else:
-                where = f"join the Ray cluster running on this machine ({found})" if found else "start a local Ray"
-            raise MedTransferError(f"--engine ray: could not {where} ({_ray_error(e)})") from None
+            raise MedTransferError(f"--engine ray: could not {where} ({_ray_error(e, other)})") from None
         finally:
             auth_log.setLevel(level)
+        if found:
+            sys.stderr.write(
+                f"--engine ray: joined the Ray cluster running on this machine ({found}; "
+                "RAY_ADDRESS=local starts a private one)\n"
+            )
         _RAY_STARTED_HERE = not (addr or found)
         _RAY_CLUSTER = addr or found
         _disconnect_at_exit()

@@ -722,7 +722,7 @@ def test_a_job_without_ray_address_joins_the_cluster_ray_start_left_on_this_mach
             p = job(out, **here)
             assert p.returncode == 0, p.stderr[-2000:]
             said = p.stderr.strip().splitlines()
-            assert len(said) == 1 and "joining the Ray cluster running on this machine" in said[0], p.stderr
+            assert len(said) == 1 and "joined the Ray cluster running on this machine" in said[0], p.stderr
             summaries.append(json.loads(p.stdout.strip().splitlines()[-1]))
         assert [s["ok"] for s in summaries] == [4, 4], summaries
         assert all(s["engine_stats"]["ray_address"].endswith(f":{port}") for s in summaries), summaries
@@ -730,13 +730,20 @@ def test_a_job_without_ray_address_joins_the_cluster_ray_start_left_on_this_mach
         rows = [[r[:-1] for r in csv.reader((tmp_path / f).open())] for f in ("a.csv", "b.csv")]  # less the time
         assert rows[0] == rows[1] and len(rows[0]) == 5
         p = job("c.csv", **{**here, "RAY_ADDRESS": "local"})  # opted out: a Ray of its own
-        assert p.returncode == 0 and "joining" not in p.stderr, p.stderr[-2000:]
+        assert p.returncode == 0 and "joined" not in p.stderr, p.stderr[-2000:]
         assert json.loads(p.stdout.strip().splitlines()[-1])["engine_stats"]["ray_address"] == "local"
         t0 = time.perf_counter()
         p = job("d.csv", RAY_ADDRESS=cluster.address, RAY_AUTH_MODE=None, RAY_AUTH_TOKEN=None)
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
         assert "asks for its token: set RAY_AUTH_MODE=token" in p.stderr and token not in p.stderr, p.stderr
         assert time.perf_counter() - t0 < 15 and not (tmp_path / "d.csv").exists()
+        home = tmp_path / "home"  # a user without the token: not in the environment, no ~/.ray/auth_token
+        home.mkdir()
+        t0 = time.perf_counter()
+        p = job("f.csv", **{**here, "RAY_AUTH_TOKEN": None, "HOME": str(home)})
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        assert "could not join the Ray cluster running on this machine" in p.stderr, p.stderr
+        assert "or RAY_ADDRESS=local" in p.stderr and time.perf_counter() - t0 < 15, p.stderr
         cluster.stop()
         cluster = None
         assert (base / "ray" / "ray_current_cluster").exists()  # the killed cluster's record stays
