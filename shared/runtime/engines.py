@@ -79,7 +79,10 @@ Engines
   the actors and gives them back when it ends.  An actor idle for ``MEDTRANSFER_RAY_KEEP_S``
   seconds (default 120; 0 = no pool) ends itself; a failing ``init`` fails its job and leaves
   the pool (its state is not kept); a new job asks idle pools of another budget / priority /
-  version to end (at once when no job holds them), so their CPUs are not held from it.
+  version to end (at once when no job holds them), so their CPUs are not held from it; an idle
+  pooled actor no job holds also ends when other work on the cluster waits for CPUs
+  (:meth:`_RayWorker.yield_to_waiting_work`: another user's task waited out the keep time), and a
+  job whose pooled actor ended as the job found it makes it again (:data:`POOL_TRIES`).
   ``stats["ray_actors_reused"]`` counts the warm actors found, ``stats["ray_states_reused"]`` those
   that had this key open.  On a running cluster a job asks for no more actors than the cluster
   has CPUs (``stats["workers_asked"]`` and one line on stderr when capped: the extra actors would
@@ -884,6 +887,38 @@ def pool_name(threads: int, nice: int, i: int) -> str:
 
 #: states (opened bundles) a pooled actor keeps at most; the least recently used beyond go
 POOL_STATES = 2
+#: a pooled actor no job holds, idle this long, ends when other work on the cluster waits for CPUs
+YIELD_IDLE_S = 2.0
+#: how often an idle pooled actor looks (one GCS call, ~1 ms)
+YIELD_POLL_S = 2.0
+#: actor ``i`` of a pool yields only after ``i`` times this many idle seconds more
+YIELD_STAGGER_S = 4.0
+
+
+def _cpu_demand_waiting() -> bool:
+    """Whether work on the cluster waits for CPUs: a pending request (task, actor or placement
+    group bundle) asking for CPUs that fits on one of the live nodes (one that fits nowhere waits
+    for ever whatever this pool does, and does not count).  One GCS call.
+
+    Returns:
+        False too when the cluster's state cannot be read (an older Ray): the pool keeps its time.
+    """
+    import ray
+
+    try:
+        from ray.autoscaler.v2.sdk import get_cluster_resource_state
+
+        state = get_cluster_resource_state(ray._private.worker.global_worker.gcs_client)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - an older Ray, a GCS hiccup: nothing known to wait
+        return False
+    dead = 2  # autoscaler_pb2.NodeStatus.DEAD
+    nodes = [dict(n.total_resources) for n in state.node_states if n.status != dead]
+    asks = [dict(r.request.resources_bundle) for r in state.pending_resource_requests]
+    asks += [dict(r.request.resources_bundle) for g in state.pending_gang_resource_requests for r in g.requests]
+    return any(
+        ask.get("CPU", 0.0) > 0 and any(all(node.get(k, 0.0) >= v for k, v in ask.items()) for node in nodes)
+        for ask in asks
+    )
 
 
 class _RayWorker:
@@ -911,12 +946,35 @@ class _RayWorker:
 
     def _expire(self, keep_s: float) -> None:
         while True:
-            time.sleep(min(5.0, max(keep_s / 4, 0.1)))
+            time.sleep(min(YIELD_POLL_S, max(keep_s / 4, 0.1)))
             try:
-                if self.retire(keep_s, unleased_now=False):
+                if self.retire(keep_s, unleased_now=False) or self.yield_to_waiting_work():
                     return
             except Exception:  # noqa: BLE001 - e.g. a job's call changed the leases meanwhile: next round
                 continue
+
+    def yield_to_waiting_work(self) -> bool:
+        """End this pooled actor when no job holds it, it has been idle :data:`YIELD_IDLE_S`
+        seconds and other work on the cluster waits for CPUs (:func:`_cpu_demand_waiting`): an idle
+        warm pool gives its CPUs to whoever needs them instead of holding them for its keep time
+        (another user's task waited up to the whole 120 s).  Actor ``i`` of the pool waits
+        ``i * YIELD_STAGGER_S`` seconds more, so one task waiting ends one actor, not the whole
+        pool (the cluster's view of what waits lags the freed CPU by a worker's start, ~1-2 s
+        here).  Returns whether it ended."""
+        wait = YIELD_IDLE_S + YIELD_STAGGER_S * self._index()
+        if self.busy or self.leases or time.monotonic() - self.last < wait:
+            return False
+        return _cpu_demand_waiting() and self.retire(YIELD_IDLE_S, unleased_now=True)
+
+    def _index(self) -> int:
+        """This actor's place in its pool (``pool-<digest>-<i>``; 0 when not named so)."""
+        import ray
+
+        try:
+            name = ray.get_runtime_context().get_actor_name() or ""
+            return int(name.rpartition("-")[2])
+        except (ValueError, AttributeError):
+            return 0
 
     def retire(self, idle_s: float = 2.0, unleased_now: bool = True) -> bool:
         """End this pooled actor unless a chunk runs or a job holds it; a job's lease counts for
@@ -1011,6 +1069,16 @@ class _InitFailed:
         self.error = error
 
 
+#: tries to find or make a pooled actor that ended as a job found it
+POOL_TRIES = 3
+
+
+def _pool_actor(actor_cls: Any, name: str, threads: int, driver: tuple[str, int], keep_s: float) -> Any:
+    """The warm pool's actor ``name``: the running one, or a new one (atomically, by name)."""
+    opts = dict(name=name, namespace=RAY_NAMESPACE, lifetime="detached", get_if_exists=True)
+    return actor_cls.options(**opts).remote(threads, driver, keep_s)
+
+
 def _retire_idle_pools(keep: set[str]) -> int:
     """Ask every warm-pool actor on the cluster not named in ``keep`` to end itself if idle.
 
@@ -1050,8 +1118,8 @@ def _cluster_cpus() -> int:
 
 def _wait_placed(
     refs: list[Any], free: Callable[[], Any] | None = None, note_after_s: float = 10.0, every_s: float = 2.0
-) -> list[Any]:
-    """``ray.get(refs)`` of the actors' first calls.  While some wait for a CPU, ``free`` is called
+) -> None:
+    """Wait until the actors' first calls ``refs`` are done.  While some wait for a CPU, ``free`` is called
     every ``every_s`` seconds (idle pools that a running job held at the start end once it is
     done), and stderr says once, after ``note_after_s`` seconds, that the cluster's CPUs are busy."""
     import ray
@@ -1060,7 +1128,7 @@ def _wait_placed(
     while True:
         _, pending = ray.wait(refs, num_returns=len(refs), timeout=every_s)
         if not pending:
-            return ray.get(refs)
+            return
         if free is not None:
             free()
         if not noted and time.monotonic() - t0 >= note_after_s:
@@ -1105,12 +1173,7 @@ class _RayBackend(_Backend):
         if cluster:  # idle pools of another thread budget / priority / version give their CPUs back
             self.info["ray_pools_retired"] = _retire_idle_pools(set(names))
         if self.pooled:  # the warm pool: found or made, atomically by name; any bundle's jobs share it
-            self.actors: list[Any] = [
-                actor_cls.options(name=name, namespace=RAY_NAMESPACE, lifetime="detached", get_if_exists=True).remote(
-                    threads, driver, keep
-                )
-                for name in names
-            ]
+            self.actors: list[Any] = [_pool_actor(actor_cls, name, threads, driver, keep) for name in names]
         else:
             self.actors = [actor_cls.remote(threads, driver) for _ in range(workers)]
         # actors up and this job's init done (or found done): start-up ends here
@@ -1118,12 +1181,11 @@ class _RayBackend(_Backend):
         self.job = (ray.put(init), ray.put(fn))  # stored once, sent by reference with each chunk
         try:
             free = (lambda: _retire_idle_pools(set(names))) if cluster else None
-            ready = _wait_placed([a.ready.remote(self.key, *self.job) for a in self.actors], free)
+            ready = self._handshake(lambda i: _pool_actor(actor_cls, names[i], threads, driver, keep), free)
         except Exception:
             # e.g. init / fn could not be unpickled there: a job's own actors go, a shared pool stays
             self.close(kill=not self.pooled)
             raise
-        self.leased = [a for a, r in zip(self.actors, ready) if r[1] is None]
         for _, err, _, _, _, _ in ready:
             if err is not None:
                 # a warm pool stays for other bundles (the failed state is not kept); a job's own actors go
@@ -1140,6 +1202,43 @@ class _RayBackend(_Backend):
         self.info["threads_per_worker"] = threads
         self.info["driver_nice"] = driver[1]
         self.info["actor_nice"] = max(r[2] for r in ready)
+
+    def _handshake(self, remake: Callable[[int], Any], free: Callable[[], Any] | None) -> list[Any]:
+        """Every actor's :meth:`_RayWorker.ready` (this job's ``init`` and lease); the actors whose
+        lease was taken go to ``self.leased`` as they answer.  A pooled actor that ended between
+        this job's lookup and its call (an idle pool ends itself at its keep time, when another
+        job asks, or when other work waits for its CPUs) is found or made again by name
+        (``remake(i)``), up to :data:`POOL_TRIES` times; the job failed before.
+
+        Returns:
+            ``ready``'s answers, in actor order.
+        """
+        import ray
+
+        refs = [a.ready.remote(self.key, *self.job) for a in self.actors]
+        out: list[Any] = [None] * len(refs)
+        todo = list(range(len(refs)))
+        for attempt in range(1, POOL_TRIES + 1):
+            _wait_placed([refs[i] for i in todo], free)
+            again = []
+            for i in todo:
+                try:
+                    out[i] = ray.get(refs[i])
+                except ray.exceptions.RayActorError:
+                    if not self.pooled or attempt == POOL_TRIES:
+                        raise
+                    again.append(i)
+                    continue
+                if out[i][1] is None:
+                    self.leased.append(self.actors[i])
+            if not again:
+                break
+            time.sleep(0.2 * attempt)  # the ended actor's name is released with its end
+            for i in again:
+                self.actors[i] = remake(i)
+                refs[i] = self.actors[i].ready.remote(self.key, *self.job)
+            todo = again
+        return out
 
     def describe(self) -> dict[str, Any]:
         return dict(self.info)

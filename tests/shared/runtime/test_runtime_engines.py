@@ -775,3 +775,69 @@ def test_a_refused_token_says_what_to_set(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
     assert "refused this driver's token" in _ray_error(chained())
     assert _ray_error(TimeoutError("node did not\n start")) == "TimeoutError: node did not start"
+
+
+_KILL_FOUND_ACTOR = """
+import ray
+from medtransfer.shared.runtime import engines
+
+_found = engines._pool_actor
+_killed = []
+
+def _ended_as_found(*args, **kw):  # the idle actor ends itself just as this job finds it
+    actor = _found(*args, **kw)
+    if not _killed:
+        ray.get(actor.cpu.remote())  # it is up (the running pool's actor)
+        ray.kill(actor, no_restart=True)
+        _killed.append(1)
+    return actor
+
+engines._pool_actor = _ended_as_found
+"""
+
+_FOREIGN_TASK = """
+import time, ray
+ray.init(log_to_driver=False, configure_logging=False)
+t = time.perf_counter()
+ray.get(ray.remote(num_cpus=1)(lambda: 1).remote())
+print(round(time.perf_counter() - t, 2))
+"""
+
+
+@pytest.mark.slow
+def test_an_idle_pool_gives_its_cpus_to_work_that_waits_and_a_job_survives_a_pool_actor_ending(tmp_path):
+    """Another user's task waiting for the CPU an idle warm pool holds gets it within seconds (it
+    waited the pool's whole keep time, here 600 s); the next job makes the pool again.  A pooled
+    actor that ends between a job's lookup and its first call is made again (the job failed)."""
+    pytest.importorskip("ray")
+    from medtransfer.shared.bench import RayCluster
+
+    (tmp_path / "job.py").write_text(_POOL_JOB)
+    (tmp_path / "job_kill.py").write_text(_KILL_FOUND_ACTOR + _POOL_JOB)
+    (tmp_path / "foreign.py").write_text(_FOREIGN_TASK)
+    folder = Path(tempfile.mkdtemp(prefix="rcy", dir="/tmp"))  # Ray's socket paths must stay short
+    cluster = None
+    try:
+        cluster = RayCluster(1, folder)  # one CPU, which the warm pool's one actor holds between jobs
+        env = {**cluster.env, "MEDTRANSFER_RAY_KEEP_S": "600"}
+
+        def run(script: str, *args: str) -> dict:
+            p = subprocess.run([sys.executable, str(tmp_path / script), *args], env=env, capture_output=True,
+                               text=True, timeout=120)  # fmt: skip
+            assert p.returncode == 0, p.stderr[-2000:]
+            return json.loads(p.stdout.strip().splitlines()[-1])
+
+        a = run("job.py", "A", "1")
+        assert a["stats"]["ray_pool"] == {"keep_s": 600.0} and len(a["rows"]) == 4
+        waited = run("foreign.py")
+        assert waited < 30, waited
+        a2 = run("job.py", "A", "1")
+        assert a2["stats"]["ray_actors_reused"] == 0 and a2["rows"][0][2] != a["rows"][0][2]  # a new actor
+        a3 = run("job_kill.py", "A", "1")
+        assert sorted(r[:2] for r in a3["rows"]) == [["A", i] for i in range(4)], a3
+        assert a3["rows"][0][2] != a2["rows"][0][2] and a3["stats"]["ray_actors_reused"] == 0  # made again
+        assert run("job.py", "A", "1")["stats"]["ray_actors_reused"] == 1  # and it is the pool now
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)
