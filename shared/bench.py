@@ -659,6 +659,9 @@ def _ratios(runs: dict[str, Any]) -> dict[str, Any]:
         stats = runs[ray].get("engine_stats") or {}
         out[f"{tag}_init_s"] = stats.get("ray_init_s")
         out[f"{tag}_actors_s"] = stats.get("ray_actors_s")
+        # which Ray the job used: "local" (it started one) or the cluster it joined (``ray:N`` joins
+        # RAY_ADDRESS or a cluster ``ray start`` left on this machine)
+        out[f"{tag}_address"] = stats.get("ray_address")
     return out
 
 

@@ -305,15 +305,18 @@ def test_score_bench_ratios_name_each_ray_setup():
     runs = {
         "local:1": {"seconds": 8.0, "work_s": 7.0, "total_cpu_s": 7.5},
         "local:2": {"seconds": 4.0, "work_s": 3.5, "total_cpu_s": 8.0},
-        "ray:2": {"seconds": 10.0, "work_s": 4.0, "total_cpu_s": 9.0, "startup_s": 6.0},
-        "ray-cluster:2": {"seconds": 5.0, "work_s": 3.5, "total_cpu_s": 10.0, "startup_s": 1.5},
-    }
+        "ray:2": {"seconds": 10.0, "work_s": 4.0, "total_cpu_s": 9.0, "startup_s": 6.0,
+                  "engine_stats": {"ray_address": "local"}},
+        "ray-cluster:2": {"seconds": 5.0, "work_s": 3.5, "total_cpu_s": 10.0, "startup_s": 1.5,
+                          "engine_stats": {"ray_address": "127.0.0.1:6379"}},
+    }  # fmt: skip
     out = _ratios(runs)
     assert out["local_2w_over_1w"] == 2.0 and out["local_2w_over_1w_work"] == 2.0
     assert out["ray_over_local_2w"] == 2.5 and out["ray_over_local_2w_work"] == round(4.0 / 3.5, 2)
     assert out["ray_cluster_over_local_2w"] == 1.25 and out["ray_cluster_over_local_2w_work"] == 1.0
     assert out["ray_cluster_over_local_2w_cpu"] == 1.25 and out["ray_over_local_1w"] == 1.25
     assert out["ray_startup_s"] == 6.0 and out["ray_cluster_startup_s"] == 1.5
+    assert out["ray_address"] == "local" and out["ray_cluster_address"] == "127.0.0.1:6379"  # which Ray each used
 
 
 def test_score_bench_defaults_show_a_self_started_ray_and_a_running_clusters_first_and_next_job(monkeypatch):
