@@ -83,6 +83,9 @@ Engines
   pooled actor no job holds also ends when other work on the cluster waits for CPUs
   (:meth:`_RayWorker.yield_to_waiting_work`: another user's task waited out the keep time), and a
   job whose pooled actor ended as the job found it makes it again (:data:`POOL_TRIES`).
+  An item that kills its actor fails alone (the other items of the chunks it had in flight run
+  again one at a time), and a cluster that goes down during a job stops it with one line
+  (``_RayBackend.run``).
   ``stats["ray_actors_reused"]`` counts the warm actors found, ``stats["ray_states_reused"]`` those
   that had this key open.  On a running cluster a job asks for no more actors than the cluster
   has CPUs (``stats["workers_asked"]`` and one line on stderr when capped: the extra actors would
@@ -1202,6 +1205,10 @@ class _RayBackend(_Backend):
         self.info["threads_per_worker"] = threads
         self.info["driver_nice"] = driver[1]
         self.info["actor_nice"] = max(r[2] for r in ready)
+        try:  # where to ask, when actors die, whether the cluster itself is still there
+            self.gcs: str | None = ray.get_runtime_context().gcs_address
+        except Exception:  # noqa: BLE001 - e.g. Ray client mode: not known
+            self.gcs = None
 
     def _handshake(self, remake: Callable[[int], Any], free: Callable[[], Any] | None) -> list[Any]:
         """Every actor's :meth:`_RayWorker.ready` (this job's ``init`` and lease); the actors whose
@@ -1245,41 +1252,96 @@ class _RayBackend(_Backend):
 
     def run(self, chunks: Iterator[list[tuple[int, Any]]], inflight: int) -> Iterator[tuple[int, Any]]:
         """Least-busy actor first; a finished chunk is replaced BEFORE its rows go to the caller
-        (who may spend a while writing them), so no actor waits on the driver."""
+        (who may spend a while writing them), so no actor waits on the driver.
+
+        An actor that dies takes the items of its chunks in flight with it, most of them innocent
+        (a chunk holds up to 32; two are in flight per actor): they run again one at a time, each
+        alone on one actor (Ray restarts it; the other actors go on with the job), and only an
+        item that kills its actor when alone gets a :class:`WorkerDied` result, as with local
+        workers (before, the whole chunk did).  When the cluster itself is gone (its GCS does not
+        answer), the job stops with one line instead of giving every item left an error (here:
+        1848 error rows over 44 s, which ``score --resume`` would then skip).
+
+        Raises:
+            MedTransferError: the cluster stopped answering during the job.
+        """
+        import collections
+
         import ray
 
-        running: dict[Any, tuple[int, list[tuple[int, Any]]]] = {}
-        load = [0] * len(self.actors)
+        n = len(self.actors)
+        per = max(1, inflight // n)  # chunks in flight per actor
+        running: dict[Any, tuple[int, list[tuple[int, Any]], bool]] = {}
+        load = [0] * n
         source = iter(chunks)
+        suspects: collections.deque[tuple[int, Any]] = collections.deque()
+        lone: int | None = None  # the actor that runs suspects, one at a time and nothing else
+
+        def submit(k: int, chunk: list[tuple[int, Any]], alone: bool) -> None:
+            # no task events: the GCS need not record every chunk of a long job
+            ref = self.actors[k].run.options(enable_task_events=False).remote(self.key, *self.job, chunk)
+            running[ref] = (k, chunk, alone)
+            load[k] += 1
 
         def top_up() -> None:
-            while len(running) < inflight:
+            nonlocal lone
+            if suspects and lone is None:
+                lone = min(range(n), key=load.__getitem__)  # takes no new chunk from now on
+            if lone is not None and load[lone] == 0:
+                if suspects:
+                    submit(lone, [suspects.popleft()], True)
+                else:
+                    lone = None
+            others = [k for k in range(n) if k != lone]
+            while others:
+                k = min(others, key=load.__getitem__)  # least busy actor
+                if load[k] >= per:
+                    return
                 chunk = next(source, None)
                 if chunk is None:
                     return
-                k = min(range(len(self.actors)), key=load.__getitem__)  # least busy actor
-                # no task events: the GCS need not record every chunk of a long job
-                running[self.actors[k].run.options(enable_task_events=False).remote(self.key, *self.job, chunk)] = (
-                    k,
-                    chunk,
-                )
-                load[k] += 1
+                submit(k, chunk, False)
 
         top_up()
         while running:
             done, _ = ray.wait(list(running), num_returns=1)
             results: list[tuple[int, Any]] = []
             for ref in done:
-                k, chunk = running.pop(ref)
+                k, chunk, alone = running.pop(ref)
                 load[k] -= 1
                 try:
                     results.extend(ray.get(ref))
-                except Exception as e:  # noqa: BLE001 - the actor died: its items fail, the job goes on
-                    err = WorkerDied(f"the Ray actor died while running this item ({type(e).__name__})")
-                    results.extend((i, err) for i, _ in chunk)
+                except Exception as e:  # noqa: BLE001 - the actor died: its items run again alone
+                    self._fail_if_cluster_gone(e)
+                    if alone:
+                        # a cluster going down ends its processes over a second or so (here the
+                        # raylet first, the GCS later): look again before blaming the item
+                        time.sleep(1.0)
+                        self._fail_if_cluster_gone(e)
+                        err = WorkerDied(f"the Ray actor died while running this item ({type(e).__name__})")
+                        results.extend((i, err) for i, _ in chunk)
+                    else:
+                        suspects.extend(chunk)
             del done, ref  # no ref outlives its chunk: the result can leave the object store now
             top_up()  # before handing rows out (the caller may write each one durably)
             yield from results
+
+    def _fail_if_cluster_gone(self, e: BaseException) -> None:
+        """Raise when the cluster's GCS no longer answers (the actor's death was the cluster's).
+
+        Raises:
+            MedTransferError: one line naming the cluster.
+        """
+        if not self.gcs:
+            return
+        try:
+            probe_ray_address(self.gcs, timeout_s=2.0)
+        except MedTransferError:
+            raise MedTransferError(
+                f"--engine ray: the Ray cluster at {self.gcs} stopped answering during the job "
+                f"({type(e).__name__}); the items without a result so far have none (score: run "
+                "again with --resume once it is back)"
+            ) from None
 
     def close(self, abort: bool = False, kill: bool = False) -> None:
         import ray
