@@ -550,9 +550,10 @@ def score_bench(
         bundle_dir: the bundle.
         samples: input files for it, cycled into ``n`` distinct case files.
         sizes: case counts.
-        setups: ``local:1``, ``local:2``, ``ray:2`` (as ``score --engine ray`` runs here: the cluster at
-            ``RAY_ADDRESS``, else one ``ray start`` left on this machine, else a Ray the job starts), ``ray-cluster:2`` (a private running cluster with that many
-            CPUs, started once for the bench: :class:`RayCluster`), ...; a setup given twice runs
+        setups: ``local:1``, ``local:2``, ``ray:2`` (as ``score --engine ray`` runs here: the
+            cluster at ``RAY_ADDRESS``, else one ``ray start`` left on this machine, else a Ray the
+            job starts), ``ray-cluster:2`` (a private running cluster with that many CPUs, started
+            once for the bench: :class:`RayCluster`), ...; a setup given twice runs
             twice (``ray-cluster:2#2``: the next job on the cluster, which finds the first job's
             warm actors); ``ray-cluster-other:2``: a job on the same cluster with a bundle its
             warm actors have not opened (a copy of the bundle at another path).

@@ -105,7 +105,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from medtransfer.shared.utils.envflags import env_off
 from medtransfer.shared.utils.errors import MedTransferError
@@ -591,12 +591,6 @@ def local_ray_cluster() -> str | None:
     return addr
 
 
-def ray_cluster() -> str | None:
-    """The running cluster this process joined (``RAY_ADDRESS``, or the one ``ray start`` left on
-    this machine), or None (Ray not up here, or a Ray this process started itself)."""
-    return _RAY_CLUSTER
-
-
 def _ray_error(e: BaseException, other: str = "or use RAY_ADDRESS=auto on its head node") -> str:
     """One line for a failed ``ray.init``: Ray's message, plus what to do when the cluster asked for
     a token (Ray 2.60's ``ray start`` turns token authentication on, and a driver given an explicit
@@ -910,18 +904,29 @@ def _cpu_demand_waiting() -> bool:
 
     try:
         from ray.autoscaler.v2.sdk import get_cluster_resource_state
+        from ray.core.generated.autoscaler_pb2 import NodeStatus  # type: ignore[attr-defined]
 
         state = get_cluster_resource_state(ray._private.worker.global_worker.gcs_client)  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - an older Ray, a GCS hiccup: nothing known to wait
         return False
-    dead = 2  # autoscaler_pb2.NodeStatus.DEAD
-    nodes = [dict(n.total_resources) for n in state.node_states if n.status != dead]
+    nodes = [dict(n.total_resources) for n in state.node_states if n.status != NodeStatus.DEAD]
     asks = [dict(r.request.resources_bundle) for r in state.pending_resource_requests]
     asks += [dict(r.request.resources_bundle) for g in state.pending_gang_resource_requests for r in g.requests]
     return any(
         ask.get("CPU", 0.0) > 0 and any(all(node.get(k, 0.0) >= v for k, v in ask.items()) for node in nodes)
         for ask in asks
     )
+
+
+class _Ready(NamedTuple):
+    """What :meth:`_RayWorker.ready` answers."""
+
+    pid: int
+    error: BaseException | None  # the key's ``init`` failed
+    nice: int
+    jobs: int  # jobs served, this one included
+    cpu0: float  # CPU seconds before this job's ``init``
+    warm: bool  # the key's state was open already
 
 
 class _RayWorker:
@@ -1008,15 +1013,8 @@ class _RayWorker:
             del self.states[next(iter(self.states))]
         return state
 
-    def ready(
-        self, key: str, init: Callable[[], Any], fn: Callable[[Any, Any], Any]
-    ) -> tuple[int, BaseException | None, int, int, float, bool]:
-        """Open ``key``'s state (if not open) for a job and lease this actor to it.
-
-        Returns:
-            ``(pid, init error, nice, jobs served including this one, CPU seconds before this
-            job's init, whether the state was open already)``.
-        """
+    def ready(self, key: str, init: Callable[[], Any], fn: Callable[[Any, Any], Any]) -> _Ready:
+        """Open ``key``'s state (if not open) for a job and lease this actor to it."""
         self.jobs += 1
         self.last = time.monotonic()
         cpu0, warm = self.cpu(), key in self.states
@@ -1028,7 +1026,7 @@ class _RayWorker:
             self.recipes.pop(key, None)
         else:
             self.leases[key] = self.leases.get(key, 0) + 1
-        return os.getpid(), err, self.nice, self.jobs, cpu0, warm
+        return _Ready(os.getpid(), err, self.nice, self.jobs, cpu0, warm)
 
     def release(self, key: str) -> float:
         """The job that leased this actor for ``key`` has ended; returns :meth:`cpu`."""
@@ -1158,7 +1156,7 @@ class _RayBackend(_Backend):
         self.info = ray_init(workers, object_store_mb)
         import ray
 
-        cluster = ray_cluster()
+        cluster = _RAY_CLUSTER  # None: a Ray started here
         keep = keep_s if cluster else 0.0
         cpus = _cluster_cpus() if cluster else 0  # a Ray started here has ``workers`` CPUs
         if 0 < cpus < workers:  # actors beyond the cluster's CPUs would never start: the job hung
@@ -1189,28 +1187,28 @@ class _RayBackend(_Backend):
             # e.g. init / fn could not be unpickled there: a job's own actors go, a shared pool stays
             self.close(kill=not self.pooled)
             raise
-        for _, err, _, _, _, _ in ready:
-            if err is not None:
+        for r in ready:
+            if r.error is not None:
                 # a warm pool stays for other bundles (the failed state is not kept); a job's own actors go
                 self.close(kill=not self.pooled)
-                raise err
+                raise r.error
         # CPU before this job: 0 for a fresh actor (its start and init are this job's)
-        self.cpu0 = [r[4] if r[3] > 1 else 0.0 for r in ready]
+        self.cpu0 = [r.cpu0 if r.jobs > 1 else 0.0 for r in ready]
         self.info["ray_actors_s"] = round(time.perf_counter() - t1, 3)
         self.info["ray_pool"] = {"keep_s": keep} if self.pooled else None
-        self.info["ray_actors_reused"] = sum(r[3] > 1 for r in ready)
-        self.info["ray_states_reused"] = sum(r[5] for r in ready)
+        self.info["ray_actors_reused"] = sum(r.jobs > 1 for r in ready)
+        self.info["ray_states_reused"] = sum(r.warm for r in ready)
         self.info["ray_startup_s"] = round(time.perf_counter() - t0, 3)
         self.info["start_method"] = "ray-actors"
         self.info["threads_per_worker"] = threads
         self.info["driver_nice"] = driver[1]
-        self.info["actor_nice"] = max(r[2] for r in ready)
+        self.info["actor_nice"] = max(r.nice for r in ready)
         try:  # where to ask, when actors die, whether the cluster itself is still there
             self.gcs: str | None = ray.get_runtime_context().gcs_address
         except Exception:  # noqa: BLE001 - e.g. Ray client mode: not known
             self.gcs = None
 
-    def _handshake(self, remake: Callable[[int], Any], free: Callable[[], Any] | None) -> list[Any]:
+    def _handshake(self, remake: Callable[[int], Any], free: Callable[[], Any] | None) -> list[_Ready]:
         """Every actor's :meth:`_RayWorker.ready` (this job's ``init`` and lease); the actors whose
         lease was taken go to ``self.leased`` as they answer.  A pooled actor that ended between
         this job's lookup and its call (an idle pool ends itself at its keep time, when another
@@ -1223,7 +1221,7 @@ class _RayBackend(_Backend):
         import ray
 
         refs = [a.ready.remote(self.key, *self.job) for a in self.actors]
-        out: list[Any] = [None] * len(refs)
+        out: list[Any] = [None] * len(refs)  # every one set below, or the job fails
         todo = list(range(len(refs)))
         for attempt in range(1, POOL_TRIES + 1):
             _wait_placed([refs[i] for i in todo], free)
@@ -1236,7 +1234,7 @@ class _RayBackend(_Backend):
                         raise
                     again.append(i)
                     continue
-                if out[i][1] is None:
+                if out[i].error is None:
                     self.leased.append(self.actors[i])
             if not again:
                 break
