@@ -21,6 +21,7 @@ is reported apart from the tile throughput.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -125,7 +126,7 @@ def _slide_bench(
 ) -> dict[str, Any]:
     import torch
 
-    from medtransfer.apps.wsi.features import prepare_slide
+    from medtransfer.apps.wsi.features import feature_agreement, prepare_slide
     from medtransfer.apps.wsi.slide import iter_tile_batches, read_tiles_plain
 
     t = time.perf_counter()
@@ -190,9 +191,10 @@ def _slide_bench(
     fns: dict[str, Callable[[], float]] = {"plain": plain, "ours_torch": ours(enc)}
     for k, e in extra.items():
         fns[k] = ours(e)
-        res[f"max_abs_feature_diff_{k.removeprefix('ours_')}"] = float(
-            np.max(np.abs(ref - np.concatenate([e(t) for _, t in iter_tile_batches(s, tiling)])))
-        )
+        feats = np.concatenate([e(t) for _, t in iter_tile_batches(s, tiling)])
+        res[f"max_abs_feature_diff_{k.removeprefix('ours_')}"] = float(np.max(np.abs(ref - feats)))
+        if "int8" in k:  # lossy: how far from the fp32 features, per tile
+            res[f"agreement_{k.removeprefix('ours_')}"] = feature_agreement(ref, feats)
     best = _best(fns, rounds)
     res["read_only_tiles_per_s"] = {k: round(v, 1) for k, v in rd.items()} | {
         "ratio": round(rd["ours"] / rd["plain"], 2)
@@ -291,11 +293,11 @@ def bench(
                 export_encoder_onnx(encoder, str(tmp / "w.pt"), patch_size, src)
                 res["onnx_export_s"] = round(time.perf_counter() - t, 1)
                 extra["ours_onnx"] = OnnxEncoder(src, "cpu", patch_size, threads)
-                if int8:  # static QDQ int8, calibrated on tiles of the first slide
-                    from medtransfer.apps.wsi.features import calibration_tiles, quantize_encoder_int8
+                if int8:  # as wsi extract --quantize int8: static QDQ, calibrated and checked on the first slide
+                    from medtransfer.apps.wsi.features import calibration_tiles, int8_encoder
 
-                    cal = calibration_tiles(paths[0], target_mpp, patch_size, None, 0.25)
-                    q = quantize_encoder_int8(src, tmp / "encoder.int8.onnx", cal)
+                    cal = functools.partial(calibration_tiles, paths[0], target_mpp, patch_size, None, 0.25)
+                    q, res["int8_check"] = int8_encoder(src, tmp, cal, patch_size)
                     extra["ours_onnx_int8"] = OnnxEncoder(q, "cpu", patch_size, threads)
             for e in [enc, *extra.values()]:  # warm-up (first-call kernel selection)
                 e(np.zeros((batch_size, patch_size, patch_size, 3), np.uint8))

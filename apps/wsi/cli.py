@@ -90,7 +90,10 @@ def extract(
         "auto", "--backend", help="auto (ONNX Runtime on CPU when --weights is a file), torch or onnx"
     ),
     quantize: Optional[str] = typer.Option(
-        None, "--quantize", help="int8: ONNX encoder statically int8-quantized on the first slide (features differ)"
+        None,
+        "--quantize",
+        help="int8: ONNX encoder statically int8-quantized on the first slide, once per --out folder "
+        "(checked against fp32 on held-out tiles; features differ)",
     ),
     engine: str = typer.Option("local", "--engine", help="local (processes) or ray (actors; RAY_ADDRESS honoured)"),
     workers: int = typer.Option(1, "--workers", help="slides in parallel (processes or Ray actors)"),

@@ -165,6 +165,8 @@ class OnnxEncoder:
         threads: ONNX Runtime intra-op threads (0 = ORT default).
         name: the encoder name recorded in the bags (default: the bundle's encoder / ``onnx:<file stem>``).
         pretrained: recorded in the bags for a plain ``.onnx`` file.
+        bag_attrs: more attributes every bag records and a finished bag must match (the int8
+            encoder's identity and its agreement with fp32, see :func:`int8_encoder`).
 
     Raises:
         ConfigError: missing file, no encoder in the bundle, or a tile size the model cannot take.
@@ -180,11 +182,13 @@ class OnnxEncoder:
         threads: int = 0,
         name: Optional[str] = None,
         pretrained: bool = False,
+        bag_attrs: Optional[dict[str, Any]] = None,
     ) -> None:
         import onnxruntime as ort
 
         path = Path(path)
         self.pretrained = pretrained
+        self.bag_attrs = dict(bag_attrs or {})
         self.device = "cpu"
         self.precision = "int8" if "int8" in path.name else "fp32"
         providers = ["CPUExecutionProvider"]
@@ -240,6 +244,11 @@ class OnnxEncoder:
 
 
 BACKENDS = ("auto", "torch", "onnx")
+
+
+def bag_identity(bag_attrs: dict[str, Any]) -> dict[str, Any]:
+    """The attributes of ``bag_attrs`` that a finished bag must match to be skipped (``*_sha256``)."""
+    return {k: v for k, v in bag_attrs.items() if k.endswith("_sha256")}
 
 
 def _sha256(path: Path) -> str:
@@ -343,9 +352,9 @@ def calibration_tiles(
     patch_size: int,
     mpp: Optional[float],
     tissue_fraction_min: float,
-    n: int = 32,
+    n: int = 64,
 ) -> np.ndarray:
-    """Up to ``n`` tissue tiles spread over a slide (int8 calibration)."""
+    """Up to ``n`` tissue tiles spread over a slide (int8 calibration: half calibrate, half check)."""
     prep = prepare_slide(slide_path, target_mpp, patch_size, mpp, tissue_fraction_min)
     try:
         t = prep.tiling
@@ -353,6 +362,109 @@ def calibration_tiles(
         return np.concatenate([b for _, b in iter_tile_batches(prep.slide, t, batch_size=n)])
     finally:
         prep.close()
+
+
+#: an int8 encoder whose features agree with fp32 worse than this (cosine, on any held-out tile of
+#: the calibration slide) is refused: its bags would no longer be the fp32 encoder's features
+INT8_MIN_COSINE = 0.98
+
+
+def feature_agreement(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    """Per-tile cosine similarity and relative L2 error of ``got`` against ``ref`` features.
+
+    Args:
+        ref: (N, D) reference features (fp32 encoder).
+        got: (N, D) features of the same tiles (e.g. the int8 encoder).
+
+    Returns:
+        ``cosine_mean``, ``cosine_min``, ``rel_l2_max`` (rounded to 6 digits).
+    """
+    ref, got = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    nr, ng = np.linalg.norm(ref, axis=1), np.linalg.norm(got, axis=1)
+    cos = (ref * got).sum(1) / np.maximum(nr * ng, 1e-12)
+    cos = np.where((nr == 0) & (ng == 0), 1.0, cos)  # two zero vectors agree
+    rel = np.linalg.norm(got - ref, axis=1) / np.maximum(nr, 1e-12)
+    return {
+        "cosine_mean": round(float(cos.mean()), 6),
+        "cosine_min": round(float(cos.min()), 6),
+        "rel_l2_max": round(float(rel.max()), 6),
+    }
+
+
+def int8_encoder(
+    src: Path, cache_dir: Path, calibrate: Callable[[], np.ndarray], patch_size: int
+) -> tuple[Path, dict[str, Any]]:
+    """The int8 encoder of ``src`` for one features folder: made once, then reused.
+
+    Every bag of a folder must come from one int8 model (static quantization depends on its
+    calibration tiles: a resumed or extended job that calibrated again would mix two encoders
+    under one name).  The model is kept in ``cache_dir`` beside its card (JSON: sha256 of the int8
+    file and of its fp32 source, tile counts, agreement) and reused while the file matches the
+    card.  When made, half of the calibration tiles calibrate and the other half check: the int8
+    features must agree with fp32 at cosine >= :data:`INT8_MIN_COSINE` on each of them.
+
+    Args:
+        src: the fp32 ONNX encoder.
+        cache_dir: where the int8 model and its card live (the features folder's ``.cache``).
+        calibrate: returns (N, H, W, 3) uint8 tiles of the slide to calibrate on (called only when
+            the model is made).
+        patch_size: tile side.
+
+    Returns:
+        ``(int8 file, bag attributes)``: ``int8_sha256`` (what a finished bag must match) and the
+        agreement (``int8_cosine_mean`` / ``int8_cosine_min`` / ``int8_check_tiles``).
+
+    Raises:
+        ConfigError: the int8 features disagree with fp32 (one line, with the numbers).
+    """
+    src_sha = _sha256(src)
+    q = cache_dir / f"{src.stem}-{src_sha[:16]}.int8.onnx"
+    card = q.with_name(q.name.removesuffix(".onnx") + ".json")
+    if q.is_file() and card.is_file():
+        try:
+            info = json.loads(card.read_text(encoding="utf-8"))
+            if info.get("source_sha256") == src_sha and info.get("int8_sha256") == _sha256(q):
+                return q, _int8_bag_attrs(info)
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            pass  # an unreadable or edited card: made again below
+    tiles = calibrate()
+    cal, check = (tiles[0::2], tiles[1::2]) if len(tiles) >= 4 else (tiles, tiles)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".{q.stem}.{os.getpid()}.part.onnx"
+    try:
+        quantize_encoder_int8(src, tmp, cal)
+        ref = OnnxEncoder(src, "cpu", patch_size)(check)
+        got = OnnxEncoder(tmp, "cpu", patch_size)(check)
+        agree = feature_agreement(ref, got)
+        if not agree["cosine_min"] >= INT8_MIN_COSINE:
+            raise ConfigError(
+                f"--quantize int8: the int8 encoder's features agree with fp32 at cosine "
+                f"{agree['cosine_min']:.4f} (mean {agree['cosine_mean']:.4f}) on {len(check)} held-out tiles "
+                f"of the calibration slide, below {INT8_MIN_COSINE}: run without --quantize"
+            )
+        info = {
+            "source_sha256": src_sha,
+            "int8_sha256": _sha256(tmp),
+            "calibration_tiles": int(len(cal)),
+            "check_tiles": int(len(check)),
+            **agree,
+        }
+        part = card.with_name(f".{card.name}.{os.getpid()}.part")
+        part.write_text(json.dumps(info, indent=2), encoding="utf-8")
+        tmp.replace(q)
+        part.replace(card)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return q, _int8_bag_attrs(info)
+
+
+def _int8_bag_attrs(info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "int8_sha256": str(info["int8_sha256"]),
+        "int8_cosine_mean": float(info["cosine_mean"]),
+        "int8_cosine_min": float(info["cosine_min"]),
+        "int8_check_tiles": int(info["check_tiles"]),
+    }
 
 
 @dataclass(frozen=True)
@@ -370,10 +482,12 @@ class EncoderSpec:
         backend: ``torch``, ``onnx`` (the registry encoder exported once, run by ONNX Runtime) or
             ``auto`` (ONNX Runtime on CPU when the encoder has a weights file, else torch).
         quantize: ``int8``: run the ONNX encoder statically int8-quantized, calibrated on tiles of
-            the first slide (:func:`quantize_encoder_int8`; features then differ from fp32, and the
-            bags record ``<encoder>+int8``).
+            the first slide once per features folder (:func:`int8_encoder`; features then differ
+            from fp32, and the bags record ``<encoder>+int8``, the model's sha256 and its agreement).
         label_override: the encoder name to record (set by :meth:`resolve`).
         pretrained: recorded for an exported registry encoder (set by :meth:`resolve`).
+        bag_attrs: more attributes every bag records and a finished bag must match (the int8
+            encoder's identity, set by :meth:`resolve`).
     """
 
     name: str = "resnet18"
@@ -387,6 +501,7 @@ class EncoderSpec:
     quantize: Optional[str] = None
     label_override: Optional[str] = None
     pretrained: bool = False
+    bag_attrs: tuple[tuple[str, Any], ...] = ()
 
     @property
     def label(self) -> str:
@@ -444,26 +559,38 @@ class EncoderSpec:
                 export_encoder_onnx(self.name, self.weights, self.patch_size, src)
         elif src.is_dir():
             src = src / "encoder.onnx"
+        attrs: dict[str, Any] = {}
         if self.quantize == "int8":
-            q = scratch / f"{src.stem}.int8.onnx"  # calibrated on this job's slides: not cached
             if calibrate is None:
                 raise ConfigError("--quantize int8 needs calibration tiles")
-            quantize_encoder_int8(src, q, calibrate())
-            src = q
+            # one per features folder (a random-init encoder's, exported per job, stays in the scratch)
+            keep = scratch if src.parent == scratch else cache_dir
+            src, attrs = int8_encoder(src, keep, calibrate, self.patch_size)
             label = label if label.endswith("+int8") else label + "+int8"
-        return replace(self, onnx=str(src), label_override=label, pretrained=bool(self.weights))
+        return replace(
+            self, onnx=str(src), label_override=label, pretrained=bool(self.weights), bag_attrs=tuple(attrs.items())
+        )
 
     def build(self) -> Any:
         """The encoder (torch :class:`Encoder` or :class:`OnnxEncoder`)."""
         if self.onnx:
             return OnnxEncoder(
-                self.onnx, self.device, self.patch_size, self.threads, self.label_override, self.pretrained
+                self.onnx,
+                self.device,
+                self.patch_size,
+                self.threads,
+                self.label_override,
+                self.pretrained,
+                dict(self.bag_attrs),
             )
         return Encoder(self.name, self.weights, self.device, self.patch_size, self.precision, self.threads)
 
 
-def h5_is_complete(h5_path: Path, encoder: str, target_mpp: float, patch_size: int) -> bool:
-    """True when the h5 holds a finished extraction with these settings."""
+def h5_is_complete(
+    h5_path: Path, encoder: str, target_mpp: float, patch_size: int, identity: Optional[dict[str, Any]] = None
+) -> bool:
+    """True when the h5 holds a finished extraction with these settings (and, with ``identity``,
+    these attribute values: e.g. the int8 encoder's ``int8_sha256``)."""
     import h5py
 
     if not h5_path.is_file():
@@ -474,6 +601,7 @@ def h5_is_complete(h5_path: Path, encoder: str, target_mpp: float, patch_size: i
             return (
                 bool(a.get("complete", False))
                 and str(a.get("encoder", "")) == encoder
+                and all(str(a.get(k, "")) == str(v) for k, v in (identity or {}).items())
                 and abs(float(a.get("mpp", -1)) - target_mpp) < 1e-6
                 and int(a.get("patch_size", -1)) == patch_size
                 and "features" in f
@@ -730,7 +858,8 @@ def extract_slide(
     slide_path, out_dir = Path(slide_path), Path(out_dir)
     name = key or slide_name(slide_path)
     h5_path = out_dir / f"{name}.h5"
-    if not overwrite and h5_is_complete(h5_path, encoder.name, target_mpp, patch_size):
+    extra = dict(getattr(encoder, "bag_attrs", None) or {})
+    if not overwrite and h5_is_complete(h5_path, encoder.name, target_mpp, patch_size, bag_identity(extra)):
         if prepared is not None:
             prepared.close()
         return _skipped(name, h5_path)
@@ -767,6 +896,7 @@ def extract_slide(
         "key": name,
         "complete": True,
         "coords_convention": "level-0 top-left (x, y)",
+        **extra,
     }
     write_bag(h5_path, tiling.coords, feats, attrs)
     overlay = save_overlay(prep.thumb, prep.mask, tiling, out_dir / "thumbnails" / f"{name}.png")
@@ -974,7 +1104,11 @@ def extract_many(
             ``out_dir/.cache``, run by ONNX Runtime) or ``auto`` (``wsi extract``'s default: onnx on
             CPU when the encoder has a weights file, torch otherwise); see :class:`EncoderSpec`.
         quantize: ``int8`` runs the ONNX encoder statically int8-quantized, calibrated on tiles of
-            the first slide (features differ from fp32; a slide that fails calibration fails the job).
+            the folder's first slide once and kept in ``out_dir/.cache`` (:func:`int8_encoder`), so
+            every bag of the folder comes from one int8 model (a bag of another one is redone);
+            refused when its features agree with fp32 below cosine :data:`INT8_MIN_COSINE`.
+            Features differ from fp32. A blank or unreadable slide is passed over for calibration
+            (and is its own error row); the job fails only when no slide has tissue.
 
     Returns:
         One :class:`ExtractResult` per slide (``slide`` is its output key).
@@ -1015,28 +1149,41 @@ def extract_many(
     )
     if backend not in BACKENDS:
         raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)} (got '{backend}')")
-    label = spec.label
     job = _SlideJob(
         str(out_dir), target_mpp, patch_size, mpp, batch_size, tissue_fraction_min, overwrite, int(read_workers)
     )
-    done: dict[str, ExtractResult] = {}
-    todo: list[tuple[str, Path]] = []
-    for name, sp in keyed.items():
-        if not overwrite and h5_is_complete(out_dir / f"{name}.h5", label, target_mpp, patch_size):
-            done[name] = _skipped(name, out_dir / f"{name}.h5")
-        else:
-            todo.append((name, sp))
     # beside the bags, so that workers on other machines (Ray) read the same exported encoder
     (out_dir / ".cache").mkdir(exist_ok=True)
     scratch = tempfile.TemporaryDirectory(prefix="tmp-", dir=out_dir / ".cache")
+
+    def calibrate() -> np.ndarray:
+        """Tiles of the folder's first slide that has tissue, done or not (a blank or unreadable
+        slide is its own error row later, not the job's end)."""
+        first: Optional[InputError] = None
+        for sp in keyed.values():
+            try:
+                return calibration_tiles(sp, target_mpp, patch_size, mpp, tissue_fraction_min)
+            except InputError as e:
+                first = first or e
+        assert first is not None  # keyed is never empty
+        raise first
+
+    def resolved(s: EncoderSpec) -> EncoderSpec:
+        return s.resolve(out_dir / ".cache", Path(scratch.name), calibrate)
+
     try:
-        if todo:  # export once here (cached), so that no worker exports
-            first = todo[0][1]
-            spec = spec.resolve(
-                out_dir / ".cache",
-                Path(scratch.name),
-                lambda: calibration_tiles(first, target_mpp, patch_size, mpp, tissue_fraction_min),
-            )
+        if quantize:  # which int8 model the folder's bags must come from decides what is done
+            spec = resolved(spec)
+        done: dict[str, ExtractResult] = {}
+        todo: list[tuple[str, Path]] = []
+        identity = bag_identity(dict(spec.bag_attrs))
+        for name, sp in keyed.items():
+            if not overwrite and h5_is_complete(out_dir / f"{name}.h5", spec.label, target_mpp, patch_size, identity):
+                done[name] = _skipped(name, out_dir / f"{name}.h5")
+            else:
+                todo.append((name, sp))
+        if todo and not quantize:  # export once here (cached), so that no worker exports
+            spec = resolved(spec)
         _run_jobs(todo, spec, job, engine, workers, show_progress, done)
     finally:
         scratch.cleanup()

@@ -220,6 +220,80 @@ def test_wsi_onnx_backend_matches_torch_and_is_cached(
     assert cos.min() > 0.98 and np.max(np.abs(f4 - ref)) > TOL
 
 
+@pytest.mark.slow
+def test_wsi_int8_one_model_per_folder_checked_and_recorded(
+    weights: Path, tmp_path: Path, tile_opts: dict, slide_dir: Path, monkeypatch, capsys
+) -> None:
+    """``--quantize int8``: calibrated once on the folder's first slide, kept in OUT/.cache and
+    reused, so a resumed job's bags come from the same int8 model (before, it calibrated again on
+    the first slide left to do); every bag records the model's sha256 and its agreement with fp32
+    on held-out tiles; a bag of another int8 model is redone; a model that disagrees is refused."""
+    import json
+
+    import medtransfer.apps.wsi.features as F
+
+    src = tmp_path / "slides"
+    make_slide(src / "a.tif", size=(1024, 768), seed=11)
+    make_slide(src / "b.tif", size=(1024, 768), seed=12)
+    out = tmp_path / "bags"
+    kw = dict(**tile_opts, batch_size=8, show_progress=False, device="cpu", backend="onnx", quantize="int8")
+    res = extract_many(src, out, "resnet18", str(weights), **kw)
+    assert [r.status for r in res] == ["done", "done"], [r.error for r in res]
+    fb, _, ab = read_bag(out / "b.h5")
+    _, _, aa = read_bag(out / "a.h5")
+    models = list((out / ".cache").glob("*.int8.onnx"))
+    cards = list((out / ".cache").glob("*.int8.json"))
+    assert len(models) == 1 and len(cards) == 1
+    card = json.loads(cards[0].read_text())
+    assert aa["int8_sha256"] == ab["int8_sha256"] == card["int8_sha256"] == F._sha256(models[0])
+    assert F.INT8_MIN_COSINE <= ab["int8_cosine_min"] <= ab["int8_cosine_mean"] <= 1.0
+    assert card["calibration_tiles"] > 0 and card["check_tiles"] == ab["int8_check_tiles"] > 0
+    assert ab["encoder"] == "resnet18+int8" and ab["precision"] == "int8"
+
+    # resumed after b's bag was lost: b is extracted again with the folder's int8 model, a skipped
+    (out / "b.h5").unlink()
+    mtime = models[0].stat().st_mtime_ns
+    res2 = extract_many(src, out, "resnet18", str(weights), **kw)
+    assert [r.status for r in res2] == ["skipped", "done"]
+    fb2, _, ab2 = read_bag(out / "b.h5")
+    assert ab2["int8_sha256"] == ab["int8_sha256"] and models[0].stat().st_mtime_ns == mtime
+    np.testing.assert_array_equal(fb2, fb)
+
+    # a bag of another int8 model (here: its recorded sha edited) is not "done": it is redone
+    import h5py
+
+    with h5py.File(out / "a.h5", "r+") as f:
+        f.attrs["int8_sha256"] = "0" * 64
+    res3 = extract_many(src, out, "resnet18", str(weights), **kw)
+    assert [r.status for r in res3] == ["done", "skipped"]
+    assert read_bag(out / "a.h5")[2]["int8_sha256"] == ab["int8_sha256"]
+
+    # an edited card (or model) is not trusted: the model is made again
+    cards[0].write_text(json.dumps({**card, "int8_sha256": "f" * 64}))
+    extract_many(src, tmp_path / "bags2", "resnet18", str(weights), **kw)  # another folder: its own model
+    res4 = extract_many(src, out, "resnet18", str(weights), **kw, overwrite=True)
+    assert all(r.status == "done" for r in res4)
+    assert json.loads(cards[0].read_text())["int8_sha256"] == F._sha256(models[0])
+
+    # a blank or corrupt first slide is its own error row: calibration takes the next one (the
+    # job failed with the blank slide's error before)
+    res5 = extract_many(slide_dir, tmp_path / "bags5", "resnet18", str(weights), **kw)
+    status = {r.slide: r.status for r in res5}
+    assert status["blank"] == status["corrupt"] == "error" and status["good_a"] == status["good_b"] == "done"
+
+    # an int8 model that disagrees with fp32 is refused in one line, nothing written
+    monkeypatch.setattr(F, "INT8_MIN_COSINE", 1.000001)
+    with pytest.raises(ConfigError, match=r"--quantize int8: .* agree with fp32 at cosine .* run without --quantize"):
+        extract_many(src, tmp_path / "bags3", "resnet18", str(weights), **kw)
+    assert not list((tmp_path / "bags3").glob("*.h5")) and not list((tmp_path / "bags3" / ".cache").glob("*int8*"))
+    code, _, err = run_main(
+        ["wsi", "extract", src, "-o", tmp_path / "bags4", "--weights", weights, "--quantize", "int8",
+         "--target-mpp", "2", "--patch-size", "64", "--device", "cpu"],
+        capsys,
+    )  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "run without --quantize" in err
+
+
 def test_wsi_extract_option_errors(one_slide: Path, tmp_path: Path, capsys) -> None:
     import torch
 
