@@ -251,6 +251,25 @@ def bag_identity(bag_attrs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in bag_attrs.items() if k.endswith("_sha256")}
 
 
+#: bag attributes that say which features a bag holds: bags that differ in one of them do not mix
+EXTRACTION_KEYS = ("encoder", "mpp", "patch_size", "int8_sha256")
+
+
+def extraction_mismatch(a: dict[str, Any], b: dict[str, Any]) -> Optional[str]:
+    """How two bags' extractions differ (``None`` when they may be mixed).
+
+    Only :data:`EXTRACTION_KEYS` both bags record are compared (bags of other tools may record none).
+
+    Returns:
+        e.g. ``"encoder 'resnet18+int8' vs 'resnet18'"``, or ``None``.
+    """
+    for k in EXTRACTION_KEYS:
+        if k in a and k in b and str(a[k]) != str(b[k]):
+            va, vb = (str(x)[:16] if k.endswith("_sha256") else str(x) for x in (a[k], b[k]))
+            return f"{k} '{va}' vs '{vb}'"
+    return None
+
+
 def _sha256(path: Path) -> str:
     import hashlib
 

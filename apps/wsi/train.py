@@ -178,7 +178,7 @@ def load_cohort(
     Slides without an h5 and h5 files without a label become error rows; a patient with no bag
     at all is dropped (error row); the rest is kept.
     """
-    from medtransfer.apps.wsi.features import ImplausibleBagError, find_bags, read_bag
+    from medtransfer.apps.wsi.features import ImplausibleBagError, extraction_mismatch, find_bags, read_bag
     from medtransfer.shared.runtime.gates import check_feature_bag
 
     tables = find_studies(labels_root)
@@ -207,6 +207,7 @@ def load_cohort(
             raise InputError(fdir, "features folder not found")
         have = find_bags(fdir)
         used = set()
+        first: Optional[tuple[Path, dict[str, Any]]] = None  # every bag must come from its extraction
         for c in cases:
             parts = []
             for sid in c.slides:
@@ -217,7 +218,15 @@ def load_cohort(
                     )
                     continue
                 try:
-                    parts.append(read_bag(have[st])[0])
+                    feats, _, attrs = read_bag(have[st])
+                    first = first or (have[st], attrs)
+                    if diff := extraction_mismatch(attrs, first[1]):
+                        # e.g. an int8 extraction interrupted over an fp32 folder: training would mix encoders
+                        raise MedTransferError(
+                            f"{have[st]}: another extraction than {first[0].name} ({diff}); a features folder "
+                            "must hold one: run wsi extract again into it with one setting"
+                        )
+                    parts.append(feats)
                     files.setdefault(c.case_id, []).append(have[st].resolve())
                     used.add(st)
                 except ImplausibleBagError:

@@ -103,6 +103,33 @@ def test_score_gives_an_error_row_for_a_nan_bag(cohort, tmp_path):
     assert rows["good.h5"]["status"] == "ok" and json.loads(rows["good.h5"]["result"])["risk_group"] in ("low", "high")
 
 
+def test_training_refuses_a_folder_of_two_extractions(cohort, tmp_path):
+    """Bags of two extractions of one feature size (e.g. an int8 ``wsi extract`` interrupted over
+    an fp32 folder) were trained on together, the encoder taken from the first bag only: now one
+    line naming the bag and how it differs.  Attributes only one bag records are not compared."""
+    feats = tmp_path / "feats"
+    stems = sorted(cohort["slides"])
+    fp32 = {"complete": True, "encoder": "resnet18", "mpp": 0.5, "patch_size": 224}
+    for st in stems:
+        write_bag(feats / f"{st}.h5", np.zeros((len(cohort["slides"][st]), 2), np.int64), cohort["slides"][st], fp32)
+    _bag(feats / f"{stems[1]}.h5", cohort["slides"][stems[1]])  # another tool's bag: no attributes
+    assert len(load_cohort(cohort["root"], "tcga_aaa", feats).cases) == len(cohort["cases"])
+    int8 = {**fp32, "encoder": "resnet18+int8", "int8_sha256": "ab" * 32}
+    write_bag(feats / f"{stems[5]}.h5", np.zeros((len(cohort["slides"][stems[5]]), 2), np.int64),
+              cohort["slides"][stems[5]], int8)  # fmt: skip
+    with pytest.raises(MedTransferError, match="another extraction") as e:
+        load_cohort(cohort["root"], "tcga_aaa", feats)
+    msg = str(e.value)
+    assert f"{stems[5]}.h5" in msg and "encoder 'resnet18+int8' vs 'resnet18'" in msg and "\n" not in msg
+    for st in stems:  # all int8, one model: fine; two int8 models: refused
+        write_bag(feats / f"{st}.h5", np.zeros((len(cohort["slides"][st]), 2), np.int64), cohort["slides"][st], int8)
+    assert len(load_cohort(cohort["root"], "tcga_aaa", feats).cases) == len(cohort["cases"])
+    write_bag(feats / f"{stems[7]}.h5", np.zeros((len(cohort["slides"][stems[7]]), 2), np.int64),
+              cohort["slides"][stems[7]], {**int8, "int8_sha256": "cd" * 32})  # fmt: skip
+    with pytest.raises(MedTransferError, match="int8_sha256 'cdcdcdcdcdcdcdcd' vs 'abababababababab'"):
+        load_cohort(cohort["root"], "tcga_aaa", feats)
+
+
 def test_training_refuses_a_nan_bag_naming_the_file(cohort, tmp_path):
     feats = tmp_path / "feats"
     stems = sorted(cohort["slides"])
