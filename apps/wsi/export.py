@@ -62,6 +62,33 @@ def export_run(
     return export_bundle(run_dir, out_dir, write, quantize, overwrite, force)
 
 
+def _rebuildable_encoder(w: dict[str, Any], encoder_weights: Any) -> Optional[str]:
+    """The run's patch encoder as export can rebuild it (its bags' registry name, ``+int8`` dropped:
+    the bundle carries the fp32 encoder), or ``None`` with one line on stderr when it cannot: a name
+    the registry does not know (bags of an ``--encoder-onnx`` file), or pretrained weights the run
+    does not record (a random-init encoder would give other features than the bags it was trained
+    on, and every slide the bundle scored would get a meaningless risk).  The bundle then scores
+    feature bags (.h5), not slides.
+    """
+    import sys
+
+    from medtransfer.shared.registry import list_models
+
+    name = w.get("encoder")
+    if not name or name == "in-memory":
+        return None
+    base = str(name).removesuffix("+int8")
+    why = None
+    if base not in list_models():
+        why = f"encoder '{name}' is not a registry encoder export can rebuild"
+    elif w.get("encoder_pretrained") and encoder_weights is None and w.get("encoder_weights") is None:
+        why = f"its bags came from pretrained {base} weights that the run does not record"
+    if why:
+        sys.stderr.write(f"export: no patch encoder in the bundle ({why}): it scores feature bags (.h5), not slides\n")
+        return None
+    return base
+
+
 def _write_bundle_files(
     run_dir: str | Path, out_dir: Path, quantize: str | None, encoder: Optional[str] = None, encoder_weights: Any = None
 ) -> Path:
@@ -87,7 +114,7 @@ def _write_bundle_files(
         parity_args=[(x1, torch.ones(1, 23))],
     )
     files = ["model.onnx"]
-    enc_name = encoder or w.get("encoder")
+    enc_name = encoder or _rebuildable_encoder(w, encoder_weights)
     pre: dict[str, Any] = {
         "bin_edges_months": w["edges"],
         "feature_dim": dim,

@@ -1002,6 +1002,8 @@ def bag_attrs(features: str | Path) -> dict[str, Any]:
             a = dict(f.attrs)
         return {
             "encoder": str(a.get("encoder", "")) or None,
+            # export must not pair the model with a random-init encoder when the bags were pretrained
+            "encoder_pretrained": bool(a["pretrained"]) if "pretrained" in a else None,
             "patch_size": int(a.get("patch_size", 224)),
             "target_mpp": float(a.get("mpp", 0.5)),
             "tissue_fraction_min": float(a.get("tissue_fraction_min", 0.25)),

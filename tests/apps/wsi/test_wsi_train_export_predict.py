@@ -164,6 +164,40 @@ def test_slide_scoring_end_to_end(slide_bundle: Path, slide_dir: Path, tmp_path:
         p.predict(slide_dir / "corrupt.svs")
 
 
+def test_export_adds_only_an_encoder_that_gives_the_bags_features(slide_bundle: Path, tmp_path: Path, capsys) -> None:
+    """A run trained on bags of pretrained weights it does not record was exported with a
+    random-init encoder (every slide then got a risk from meaningless features); a run on int8
+    bags failed ("unknown model 'resnet18+int8'"), as did one on bags of an --encoder-onnx file.
+    Now: the fp32 registry encoder for int8 bags, and no encoder (one line; bags still scored)
+    when export cannot rebuild the one the bags came from."""
+    import shutil
+
+    from medtransfer.apps.wsi.export import export_run
+
+    def export(**wsi) -> dict:
+        run = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(slide_bundle.parent / "run", run)
+        info = json.loads((run / "run.json").read_text())
+        info["wsi"].update(wsi)
+        (run / "run.json").write_text(json.dumps(info))
+        return json.loads((export_run(run, run.with_name(run.name + "_b"), force=True) / "metadata.json").read_text())
+
+    m = export(encoder="resnet18+int8", encoder_pretrained=False)
+    assert "encoder.onnx" in m["files"] and m["preprocessing"]["encoder"] == "resnet18"
+    capsys.readouterr()
+    for wsi, why in (
+        (
+            {"encoder": "resnet18", "encoder_pretrained": True},
+            "pretrained resnet18 weights that the run does not record",
+        ),
+        ({"encoder": "onnx:my_encoder"}, "'onnx:my_encoder' is not a registry encoder"),
+    ):
+        m = export(**wsi)
+        err = capsys.readouterr().err
+        assert "encoder.onnx" not in m["files"] and "encoder" not in m["preprocessing"], wsi
+        assert why in err and "scores feature bags (.h5), not slides" in err and len(err.strip().splitlines()) == 1
+
+
 def test_cli_predict_and_score_bags(moe_setup, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
