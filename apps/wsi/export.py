@@ -75,7 +75,7 @@ def _rebuildable_encoder(w: dict[str, Any], encoder_weights: Any) -> Optional[st
     from medtransfer.shared.registry import list_models
 
     name = w.get("encoder")
-    if not name or name == "in-memory":
+    if not name:
         return None
     base = str(name).removesuffix("+int8")
     why = None
