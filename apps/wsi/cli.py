@@ -265,15 +265,24 @@ def pkt(
     set_: Optional[List[str]] = set_option(),
 ) -> None:
     """Cancer-specific vs single-source fine-tune vs MoE-PKT, per fold, in one command."""
-    from medtransfer.apps.wsi.train import load_cohort, parse_experts, pkt_compare, train_sources
+    from medtransfer.apps.wsi.train import (
+        check_same_extraction,
+        load_cohort,
+        parse_experts,
+        pkt_compare,
+        train_sources,
+    )
 
     cfg, bags = _config_and_bags(labels, features, synthetic, dim, strength, set_, recipe)
     ep = str(cfg["data"]["endpoint"])
     srcs = [s.strip() for s in sources.split(",") if s.strip()]
     parse_experts(experts, len(srcs))  # refused before any training
-    models = train_sources({s: load_cohort(labels, s, features, ep, bags) for s in srcs}, cfg, out)
+    cohorts = {s: load_cohort(labels, s, features, ep, bags) for s in srcs}
+    tgt = load_cohort(labels, target, features, ep, bags)
+    check_same_extraction({**cohorts, target: tgt})  # refused before any training
+    models = train_sources(cohorts, cfg, out)
     r = pkt_compare(
-        load_cohort(labels, target, features, ep, bags),
+        tgt,
         models,
         labels,
         target,

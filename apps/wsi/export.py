@@ -11,6 +11,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
+from medtransfer.apps.wsi.features import base_encoder
 from medtransfer.apps.wsi.model import SurvivalHead, build_tile_encoder
 from medtransfer.shared.export import export_onnx, write_bundle
 from medtransfer.shared.rundir import RunDir
@@ -77,7 +78,7 @@ def _rebuildable_encoder(w: dict[str, Any], encoder_weights: Any) -> Optional[st
     name = w.get("encoder")
     if not name:
         return None
-    base = str(name).removesuffix("+int8")
+    base = base_encoder(name)
     why = None
     if base not in list_models():
         why = f"encoder '{name}' is not a registry encoder export can rebuild"
@@ -121,6 +122,14 @@ def _write_bundle_files(
         "endpoint": cfg["data"]["endpoint"],
         "risk_threshold": w.get("risk_threshold"),
     }
+    bagx = w.get("bag_extraction") or {}
+    if bagx:  # predict refuses a bag extracted otherwise (another encoder, tile MPP or size)
+        pre["bag_extraction"] = dict(bagx)
+    if encoder and bagx.get("encoder") and base_encoder(encoder) != base_encoder(bagx["encoder"]):
+        raise MedTransferError(
+            f"encoder {encoder} is not the one the run's bags came from ({bagx['encoder']}): "
+            "its features would not be the model's"
+        )
     metrics: dict[str, Any] = {"onnx_parity_max_abs_diff": parity["max_abs_diff"]}
     if enc_name:
         enc, edim, pre_ok = build_tile_encoder(

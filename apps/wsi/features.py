@@ -14,6 +14,7 @@ second run recomputes nothing; partial files from an interrupted run are redone.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -253,21 +254,71 @@ def bag_identity(bag_attrs: dict[str, Any]) -> dict[str, Any]:
 
 #: bag attributes that say which features a bag holds: bags that differ in one of them do not mix
 EXTRACTION_KEYS = ("encoder", "mpp", "patch_size", "int8_sha256")
+#: what a model's input features depend on: a bag it scores must match its training bags in these
+#: (the encoder compared without ``+int8``: an int8 extraction passed its cosine check against fp32)
+SCORING_KEYS = ("encoder", "mpp", "patch_size")
 
 
-def extraction_mismatch(a: dict[str, Any], b: dict[str, Any]) -> Optional[str]:
+def base_encoder(name: Any) -> str:
+    """The fp32 encoder an int8 extraction comes from (``resnet18+int8`` -> ``resnet18``)."""
+    return str(name).removesuffix("+int8")
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal as numbers when both are (0.5 in JSON vs an h5 float64 attribute), else as text."""
+    import numbers
+
+    if isinstance(a, numbers.Real) and isinstance(b, numbers.Real):
+        return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
+    return str(a) == str(b)
+
+
+def extraction_record(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`EXTRACTION_KEYS` a bag records, as JSON values (what a run and its bundle keep)."""
+    out: dict[str, Any] = {}
+    for k in EXTRACTION_KEYS:
+        if k in attrs:
+            v = attrs[k]
+            v = v.item() if hasattr(v, "item") and getattr(v, "size", 1) == 1 else v
+            out[k] = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+            if not isinstance(out[k], (str, int, float, bool)):
+                out[k] = str(out[k])
+    return out
+
+
+def extraction_mismatch(
+    a: dict[str, Any], b: dict[str, Any], keys: tuple[str, ...] = EXTRACTION_KEYS, int8_alike: bool = False
+) -> Optional[str]:
     """How two bags' extractions differ (``None`` when they may be mixed).
 
-    Only :data:`EXTRACTION_KEYS` both bags record are compared (bags of other tools may record none).
+    Only ``keys`` both record are compared (bags of other tools may record none).
+
+    Args:
+        a, b: bag attributes (or a run's :func:`extraction_record`).
+        keys: what to compare (:data:`EXTRACTION_KEYS` to mix bags, :data:`SCORING_KEYS` to score one).
+        int8_alike: compare encoders by :func:`base_encoder`.
 
     Returns:
         e.g. ``"encoder 'resnet18+int8' vs 'resnet18'"``, or ``None``.
     """
-    for k in EXTRACTION_KEYS:
-        if k in a and k in b and str(a[k]) != str(b[k]):
-            va, vb = (str(x)[:16] if k.endswith("_sha256") else str(x) for x in (a[k], b[k]))
-            return f"{k} '{va}' vs '{vb}'"
+    for k in keys:
+        if k in a and k in b:
+            va, vb = a[k], b[k]
+            if k == "encoder" and int8_alike:
+                va, vb = base_encoder(va), base_encoder(vb)
+            if not _same_value(va, vb):
+                va, vb = (shown_value(x, 16 if k.endswith("_sha256") else 64) for x in (va, vb))
+                return f"{k} '{va}' vs '{vb}'"
     return None
+
+
+def shown_value(v: Any, n: int) -> str:
+    """A bag attribute as a message may quote it: numbers and name-like text only (an attribute is
+    file content, which may hold anything), cut to ``n`` characters."""
+    import re
+
+    t = str(v)
+    return t[:n] if re.fullmatch(r"[A-Za-z0-9_.:+\-/]{1,200}", t) else "(not a name)"
 
 
 def _sha256(path: Path) -> str:

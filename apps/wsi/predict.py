@@ -68,6 +68,26 @@ class WSIPredictor(Predictor):
                 pass
         return feats, tiling, thumb, mask
 
+    def _check_extraction(self, path: Path, attrs: dict[str, Any]) -> None:
+        """Refuse a bag whose features are not the model's: another encoder (int8 of the same one
+        is accepted: its extraction passed the cosine check against fp32), tile MPP or tile size,
+        as its attributes and the training bags' record (``bag_extraction``) say.  Bags of other
+        tools that record none, and bundles of runs on in-memory bags, are not checked.
+
+        Raises:
+            InputError: one line naming the difference and the model's extraction.
+        """
+        from medtransfer.apps.wsi.features import SCORING_KEYS, extraction_mismatch, shown_value
+
+        want = self.bundle.preprocessing.get("bag_extraction") or {}
+        diff = extraction_mismatch(attrs, want, SCORING_KEYS, int8_alike=True) if want else None
+        if diff:
+            names = {"encoder": "encoder", "mpp": "target MPP", "patch_size": "patch size"}
+            model = ", ".join(f"{names[k]} {shown_value(want[k], 64)}" for k in SCORING_KEYS if k in want)
+            raise InputError(
+                path, f"extracted otherwise than the model's training bags ({diff}); extract it with theirs: {model}"
+            )
+
     def predict(self, path: Path, **case: Any) -> dict[str, Any]:
         """Score one input.
 
@@ -85,7 +105,8 @@ class WSIPredictor(Predictor):
             raise InputError(path, f"not a feature bag (.h5) or a slide ({', '.join(SLIDE_SUFFIXES)})")
         out_dir = self.artefact_dir(path) if self.options.get("plot") else None  # refuse a clash before any work
         if path.suffix.lower() == ".h5":
-            feats, coords, _ = read_bag(path, self.gates)
+            feats, coords, attrs = read_bag(path, self.gates)
+            self._check_extraction(path, attrs)
         else:
             feats, tiling, thumb, mask = self._features_from_slide(path)
             coords = tiling.coords

@@ -154,12 +154,19 @@ def metric_fn(out: dict[str, np.ndarray], tgt: dict[str, np.ndarray]) -> dict[st
 @dataclass
 class Cohort:
     """Patients with bags: cases[i] pairs with bags[cases[i].case_id]; ``files`` (case id -> its slides'
-    h5 bags) when the bags were read from a features folder (empty for in-memory bags)."""
+    h5 bags) when the bags were read from a features folder (empty for in-memory bags);
+    ``extraction``: what those bags' features are (encoder, tile MPP / size, int8 model: the
+    bags' own record, one for the whole folder), recorded by the runs trained on them."""
 
     cases: list[Case]
     bags: dict[str, np.ndarray]
     errors: list[dict[str, str]] = field(default_factory=list)
     files: dict[str, list[Path]] = field(default_factory=dict)
+    extraction: dict[str, Any] = field(default_factory=dict)
+
+    def run_extra(self) -> dict[str, Any]:
+        """What a run trained on these bags records of them (``bag_extraction``; checked by predict)."""
+        return {"bag_extraction": dict(self.extraction)} if self.extraction else {}
 
     def subset(self, ids: Sequence[str]) -> list[Case]:
         idx = {c.case_id: c for c in self.cases}
@@ -178,7 +185,13 @@ def load_cohort(
     Slides without an h5 and h5 files without a label become error rows; a patient with no bag
     at all is dropped (error row); the rest is kept.
     """
-    from medtransfer.apps.wsi.features import ImplausibleBagError, extraction_mismatch, find_bags, read_bag
+    from medtransfer.apps.wsi.features import (
+        ImplausibleBagError,
+        extraction_mismatch,
+        extraction_record,
+        find_bags,
+        read_bag,
+    )
     from medtransfer.shared.runtime.gates import check_feature_bag
 
     tables = find_studies(labels_root)
@@ -242,7 +255,25 @@ def load_cohort(
     kept = [c for c in cases if c.case_id in out]
     if not kept:
         raise InputError(labels_root, f"{study}: no patient has a feature bag")
-    return Cohort(kept, out, errors, files)
+    return Cohort(kept, out, errors, files, extraction_record(first[1]) if bags is None and first else {})
+
+
+def check_same_extraction(cohorts: dict[str, Cohort]) -> None:
+    """Refuse studies whose bags come from different extractions (source models and a target
+    trained on other features would be mixed by fine-tuning and MoE-PKT routing).
+
+    Raises:
+        MedTransferError: one line naming the two studies and the difference.
+    """
+    from medtransfer.apps.wsi.features import extraction_mismatch
+
+    items = [(k, c) for k, c in cohorts.items() if c.extraction]
+    for study, coh in items[1:]:
+        if diff := extraction_mismatch(coh.extraction, items[0][1].extraction):
+            raise MedTransferError(
+                f"{study}: its bags come from another extraction than {items[0][0]}'s ({diff}); "
+                "sources and target must share one: extract them with one setting"
+            )
 
 
 def _arrays(cases: Sequence[Case]) -> tuple[np.ndarray, np.ndarray]:
@@ -638,7 +669,7 @@ def cross_validate(
             edges,
             c,
             out_dir / f"fold{k}",
-            extra={"in_dim": dim, "kind": "mil", "study": study, "fold": k, "config": c["model"]},
+            extra={"in_dim": dim, "kind": "mil", "study": study, "fold": k, "config": c["model"], **cohort.run_extra()},
         )
         ev = evaluate(model, te, cohort.bags, tr)
         # CV reports on the held-out fold (no validation split): its baseline is recorded there, named so
@@ -707,7 +738,7 @@ def train_sources(cohorts: dict[str, Cohort], cfg: dict[str, Any], out_dir: str 
             edges,
             c,
             Path(out_dir) / f"source_{study}",
-            extra={"in_dim": dim, "kind": "mil", "study": study, "config": c["model"]},
+            extra={"in_dim": dim, "kind": "mil", "study": study, "config": c["model"], **coh.run_extra()},
         )
         record_reference(
             Path(out_dir) / f"source_{study}",
@@ -781,7 +812,7 @@ def pkt_compare(
             edges,
             c,
             out_dir / f"fold{k}" / "specific",
-            extra={"in_dim": dim, "kind": "mil", "study": study},
+            extra={"in_dim": dim, "kind": "mil", "study": study, **target.run_extra()},
         )
         record_baseline(m, out_dir / f"fold{k}" / "specific", vcases, target.bags, tr, vsplit)
         # the reference of `estimate`: the fold's training patients not drawn (never the held-out fold)
@@ -809,7 +840,7 @@ def pkt_compare(
                 edges,
                 c,
                 out_dir / f"fold{k}" / f"finetune_{s}",
-                extra={"in_dim": dim, "kind": "mil", "study": study, "source": s},
+                extra={"in_dim": dim, "kind": "mil", "study": study, "source": s, **target.run_extra()},
             )
             record_baseline(ft, out_dir / f"fold{k}" / f"finetune_{s}", vcases, target.bags, tr, vsplit)
             record_reference(out_dir / f"fold{k}" / f"finetune_{s}", target, val, te, int(c["train"]["seed"]),
@@ -833,7 +864,7 @@ def pkt_compare(
             cm,
             out_dir / f"fold{k}" / "moe",
             head=["target", "router", "experts", "head"],
-            extra={"in_dim": dim, "kind": "moe", "study": study, "sources": enames},
+            extra={"in_dim": dim, "kind": "moe", "study": study, "sources": enames, **target.run_extra()},
         )
         record_baseline(moe, out_dir / f"fold{k}" / "moe", vcases, target.bags, tr, vsplit)
         record_reference(out_dir / f"fold{k}" / "moe", target, val, te, int(c["train"]["seed"]), share_from=spec_dir,
@@ -1050,7 +1081,7 @@ def train_run(
         out,
         extra={"in_dim": dim, "kind": "mil", "study": study, "fold": fold},
     )
-    extra = bag_attrs(features) if features else {}
+    extra = (bag_attrs(features) if features else {}) | coh.run_extra()
     extra["val_ids"] = [c.case_id for c in val]  # not fitted: `wsi evaluate --split val`
     metrics = finalize_run(model, out, coh, tr, te, extra)
     record_reference(

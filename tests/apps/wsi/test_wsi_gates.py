@@ -130,6 +130,87 @@ def test_training_refuses_a_folder_of_two_extractions(cohort, tmp_path):
         load_cohort(cohort["root"], "tcga_aaa", feats)
 
 
+def test_scoring_refuses_a_bag_of_another_extraction(cohort, tmp_path):
+    """A bundle trained on resnet18 bags at 0.5 um/px scored resnet34 bags (also 512-d) or bags
+    tiled at 0.25 um/px without a word: meaningless risks.  The run records its bags' extraction,
+    the bundle carries it, and predict / score refuse a bag that differs (an int8 extraction of
+    the same encoder and bags of tools that record nothing are scored); the pkt command refuses
+    sources and target of two extractions before training; an export that would pair the model
+    with another encoder is refused."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from medtransfer.apps.wsi.export import export_run
+    from medtransfer.apps.wsi.train import check_same_extraction
+    from medtransfer.shared.cli.main import app
+
+    feats = tmp_path / "feats"
+    ours = {"complete": True, "encoder": "onnx:enc16", "mpp": 0.5, "patch_size": 224}  # 16-d bags
+    for st, x in cohort["slides"].items():
+        write_bag(feats / f"{st}.h5", np.zeros((len(x), 2), np.int64), x, ours)
+    train_run(cohort["root"], "tcga_aaa", tmp_path / "run", make_config(overrides=FAST), feats, fold=0)
+    info = json.loads((tmp_path / "run" / "run.json").read_text())["wsi"]
+    assert info["bag_extraction"] == {"encoder": "onnx:enc16", "mpp": 0.5, "patch_size": 224}
+    bundle = export_run(tmp_path / "run", tmp_path / "bundle", force=True)  # bags-only (not a registry encoder)
+    meta = json.loads((bundle / "metadata.json").read_text())
+    assert meta["preprocessing"]["bag_extraction"] == info["bag_extraction"]
+
+    x = next(iter(cohort["slides"].values()))
+    q = tmp_path / "q"
+    cases = {
+        "same.h5": ours,
+        "int8.h5": {**ours, "encoder": "onnx:enc16+int8", "int8_sha256": "ab" * 32},
+        "other_tool.h5": {"complete": True},
+        "resnet34.h5": {**ours, "encoder": "onnx:other16"},
+        "at40x.h5": {**ours, "mpp": 0.25},
+        "tiles256.h5": {**ours, "patch_size": 256},
+        "named.h5": {**ours, "encoder": "Jane Doe 1970-01-01"},
+    }
+    for name, attrs in cases.items():
+        write_bag(q / name, np.zeros((len(x), 2), np.int64), x, attrs)
+    p = _predictor(bundle)
+    for ok in ("same.h5", "int8.h5", "other_tool.h5"):
+        assert np.isfinite(p.predict(q / ok)["risk"]), ok
+    for bad, diff in (
+        ("resnet34.h5", "encoder 'onnx:other16' vs 'onnx:enc16'"),
+        ("at40x.h5", "mpp '0.25' vs '0.5'"),
+        ("tiles256.h5", "patch_size '256' vs '224'"),
+        ("named.h5", "encoder '(not a name)' vs 'onnx:enc16'"),
+    ):
+        with pytest.raises(InputError, match="extracted otherwise than the model's training bags") as e:
+            p.predict(q / bad)
+        msg = str(e.value)
+        assert diff in msg and bad in msg and "encoder onnx:enc16, target MPP 0.5, patch size 224" in msg
+        assert "\n" not in msg and "Jane" not in msg
+
+    # score: one error row per such bag, the others scored
+    r = CliRunner().invoke(
+        app, ["score", str(bundle), "--input-dir", str(q), "--out", str(tmp_path / "s.csv"), "--quiet"]
+    )
+    with open(tmp_path / "s.csv") as fh:
+        rows = {Path(x["case"]).name: x for x in csv.DictReader(fh)}
+    assert len(rows) == len(cases), r.output
+    assert {k for k, v in rows.items() if v["status"] == "ok"} == {"same.h5", "int8.h5", "other_tool.h5"}
+    assert all("extracted otherwise" in rows[k]["error"] for k in ("resnet34.h5", "at40x.h5", "tiles256.h5"))
+
+    # export with another encoder than the bags': refused
+    run2 = tmp_path / "run2"
+    shutil.copytree(tmp_path / "run", run2)
+    with pytest.raises(MedTransferError, match="not the one the run's bags came from"):
+        export_run(run2, tmp_path / "bundle2", force=True, encoder="resnet34")
+
+    # Path-PKT: sources and target of two extractions are refused before training
+    a = load_cohort(cohort["root"], "tcga_aaa", feats)
+    assert a.extraction == info["bag_extraction"]
+    for st, x in cohort["slides"].items():
+        write_bag(tmp_path / "f2" / f"{st}.h5", np.zeros((len(x), 2), np.int64), x, {**ours, "mpp": 0.25})
+    b = load_cohort(cohort["root"], "tcga_aaa", tmp_path / "f2")
+    check_same_extraction({"tcga_aaa": a, "tcga_bbb": a})
+    with pytest.raises(MedTransferError, match="tcga_bbb: its bags come from another extraction than tcga_aaa's"):
+        check_same_extraction({"tcga_aaa": a, "tcga_bbb": b})
+
+
 def test_training_refuses_a_nan_bag_naming_the_file(cohort, tmp_path):
     feats = tmp_path / "feats"
     stems = sorted(cohort["slides"])
