@@ -460,6 +460,18 @@ def cache_root(cfg: Mapping[str, Any], manifest: Path | None = None) -> Path:
     return base / pp_hash(cfg)
 
 
+def _read_index(path: Path) -> dict[str, Any]:
+    """A cache index (recording key -> entry); ``{}`` when missing or unreadable (an interrupted or
+    edited index only costs recomputing its recordings)."""
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(index, dict):
+        return {}
+    return {k: v for k, v in index.items() if isinstance(v, dict)}
+
+
 def build_cache(
     records: Sequence[Record],
     cfg: Mapping[str, Any],
@@ -487,7 +499,7 @@ def build_cache(
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.json").write_text(json.dumps(pp, indent=1), encoding="utf-8")
     index_path = root / "index.json"
-    index: dict[str, Any] = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    index = _read_index(index_path)
     todo, keys = [], []
     for r in records:
         if not r.path.is_file():
@@ -531,10 +543,16 @@ def build_cache(
                         else:
                             results[todo[i][0]] = res[n]
                         advance()
-        index.update(results)
-        tmp = index_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(index), encoding="utf-8")
-        os.replace(tmp, index_path)
+        # another job on this cache (two trainings of one config) may have written the index
+        # meanwhile: merge under the index lock, so that neither job's entries are lost
+        from medtransfer.shared.utils.locks import waiting
+
+        with waiting(root / ".index.lock"):
+            index = _read_index(index_path)
+            index.update(results)
+            tmp = index_path.with_name(f".index.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(index), encoding="utf-8")
+            os.replace(tmp, index_path)
     cached, errors = [], []
     for r, k in zip(records, keys):
         if k is None:

@@ -237,7 +237,7 @@ def bench(
         big_side: side of the generated slide (0 = skip it).
         rounds: interleaved repetitions (best counts).
         onnx: also bench the ONNX Runtime encoder.
-        int8: also bench it statically int8-quantized (QDQ, calibrated on the first slide; features differ).
+        int8: also bench it statically int8-quantized (QDQ, calibrated as ``wsi extract`` does; features differ).
         devices: ``auto`` (CPU, plus CUDA when present), ``cpu``, ``cuda`` or ``cpu,cuda``.
         out: also write the JSON here (``MEDTRANSFER_WSI_BENCH_OUT`` when unset).
 
@@ -293,10 +293,10 @@ def bench(
                 export_encoder_onnx(encoder, str(tmp / "w.pt"), patch_size, src)
                 res["onnx_export_s"] = round(time.perf_counter() - t, 1)
                 extra["ours_onnx"] = OnnxEncoder(src, "cpu", patch_size, threads)
-                if int8:  # as wsi extract --quantize int8: static QDQ, calibrated and checked on the first slide
-                    from medtransfer.apps.wsi.features import calibration_tiles, int8_encoder
+                if int8:  # as wsi extract --quantize int8 over the bench's slides: static QDQ, calibrated and checked
+                    from medtransfer.apps.wsi.features import folder_calibration_tiles, int8_encoder
 
-                    cal = functools.partial(calibration_tiles, paths[0], target_mpp, patch_size, None, 0.25)
+                    cal = functools.partial(folder_calibration_tiles, list(paths), target_mpp, patch_size, None, 0.25)
                     q, res["int8_check"] = int8_encoder(src, tmp, cal, patch_size)
                     extra["ours_onnx_int8"] = OnnxEncoder(q, "cpu", patch_size, threads)
             for e in [enc, *extra.values()]:  # warm-up (first-call kernel selection)

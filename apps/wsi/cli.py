@@ -92,7 +92,7 @@ def extract(
     quantize: Optional[str] = typer.Option(
         None,
         "--quantize",
-        help="int8: ONNX encoder statically int8-quantized on the first slide, once per --out folder "
+        help="int8: ONNX encoder statically int8-quantized on tiles of the first (up to 8) slides, once per --out folder "
         "(checked against fp32 on held-out tiles; features differ)",
     ),
     engine: str = typer.Option("local", "--engine", help="local (processes) or ray (actors; RAY_ADDRESS honoured)"),

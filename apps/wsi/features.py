@@ -33,6 +33,7 @@ from medtransfer.apps.wsi.slide import (
     slide_name,
 )
 from medtransfer.shared.utils.errors import ConfigError, InputError, MedTransferError
+from medtransfer.shared.utils.locks import exclusive
 
 
 @dataclass
@@ -434,8 +435,51 @@ def calibration_tiles(
         prep.close()
 
 
+#: int8 calibration draws its tiles from up to this many slides of a folder (in order), so that one
+#: atypical first slide (a small biopsy, another stain) does not set every activation range alone
+INT8_CALIBRATION_SLIDES = 8
+
+
+def folder_calibration_tiles(
+    slides: list[Path],
+    target_mpp: float,
+    patch_size: int,
+    mpp: Optional[float],
+    tissue_fraction_min: float,
+    n: int = 64,
+    max_slides: int = INT8_CALIBRATION_SLIDES,
+) -> np.ndarray:
+    """Up to ``n`` tissue tiles from the first ``max_slides`` slides that have tissue (an equal share
+    of each, spread over it), done or not: a blank or unreadable slide is passed over (its own
+    error row later, not the job's end).  Each slide's share is contiguous, so that the even / odd
+    split of :func:`int8_encoder` calibrates and checks on every slide.
+
+    Raises:
+        InputError: no slide has a tissue tile (the first slide's error).
+    """
+    parts: list[np.ndarray] = []
+    first: Optional[InputError] = None
+    left = max(n, 2)
+    for i, sp in enumerate(slides):
+        if len(parts) >= max_slides or left <= 0:
+            break
+        per = -(-left // max(1, min(max_slides - len(parts), len(slides) - i)))  # the rest, shared
+        per += per % 2  # even, so each slide's tiles split evenly
+        try:
+            t = calibration_tiles(sp, target_mpp, patch_size, mpp, tissue_fraction_min, per)
+        except InputError as e:
+            first = first or e
+            continue
+        parts.append(t)
+        left -= len(t)
+    if not parts:
+        assert first is not None  # slides is never empty
+        raise first
+    return np.concatenate(parts)
+
+
 #: an int8 encoder whose features agree with fp32 worse than this (cosine, on any held-out tile of
-#: the calibration slide) is refused: its bags would no longer be the fp32 encoder's features
+#: the calibration slides) is refused: its bags would no longer be the fp32 encoder's features
 INT8_MIN_COSINE = 0.98
 
 
@@ -476,7 +520,7 @@ def int8_encoder(
     Args:
         src: the fp32 ONNX encoder.
         cache_dir: where the int8 model and its card live (the features folder's ``.cache``).
-        calibrate: returns (N, H, W, 3) uint8 tiles of the slide to calibrate on (called only when
+        calibrate: returns (N, H, W, 3) uint8 tiles of the slides to calibrate on (called only when
             the model is made).
         patch_size: tile side.
 
@@ -510,7 +554,7 @@ def int8_encoder(
             raise ConfigError(
                 f"--quantize int8: the int8 encoder's features agree with fp32 at cosine "
                 f"{agree['cosine_min']:.4f} (mean {agree['cosine_mean']:.4f}) on {len(check)} held-out tiles "
-                f"of the calibration slide, below {INT8_MIN_COSINE}: run without --quantize"
+                f"of the calibration slides, below {INT8_MIN_COSINE}: run without --quantize"
             )
         info = {
             "source_sha256": src_sha,
@@ -552,7 +596,7 @@ class EncoderSpec:
         backend: ``torch``, ``onnx`` (the registry encoder exported once, run by ONNX Runtime) or
             ``auto`` (ONNX Runtime on CPU when the encoder has a weights file, else torch).
         quantize: ``int8``: run the ONNX encoder statically int8-quantized, calibrated on tiles of
-            the first slide once per features folder (:func:`int8_encoder`; features then differ
+            the folder's first slides once per folder (:func:`int8_encoder`; features then differ
             from fp32, and the bags record ``<encoder>+int8``, the model's sha256 and its agreement).
         label_override: the encoder name to record (set by :meth:`resolve`).
         pretrained: recorded for an exported registry encoder (set by :meth:`resolve`).
@@ -1174,7 +1218,8 @@ def extract_many(
             ``out_dir/.cache``, run by ONNX Runtime) or ``auto`` (``wsi extract``'s default: onnx on
             CPU when the encoder has a weights file, torch otherwise); see :class:`EncoderSpec`.
         quantize: ``int8`` runs the ONNX encoder statically int8-quantized, calibrated on tiles of
-            the folder's first slide once and kept in ``out_dir/.cache`` (:func:`int8_encoder`), so
+            the folder's first slides (:func:`folder_calibration_tiles`: up to
+            :data:`INT8_CALIBRATION_SLIDES`) once and kept in ``out_dir/.cache`` (:func:`int8_encoder`), so
             every bag of the folder comes from one int8 model (a bag of another one is redone);
             refused when its features agree with fp32 below cosine :data:`INT8_MIN_COSINE`.
             Features differ from fp32. A blank or unreadable slide is passed over for calibration
@@ -1186,7 +1231,8 @@ def extract_many(
     Raises:
         InputError: no slides found.
         ConfigError: unknown engine, device or precision.
-        MedTransferError: two slides map to one output name.
+        MedTransferError: two slides map to one output name, or another job is extracting into
+            ``out_dir`` (one job per folder: ``out_dir/.extract.lock``, released if it dies).
     """
     import csv
     import tempfile
@@ -1206,64 +1252,60 @@ def extract_many(
     keyed = unique_keys(slides, root)  # refuses a clash before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec = EncoderSpec(
-        encoder,
-        weights,
-        device,
-        patch_size,
-        precision,
-        int(threads),
-        str(encoder_onnx) if encoder_onnx else None,
-        backend,
-        quantize,
-    )
-    if backend not in BACKENDS:
-        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)} (got '{backend}')")
-    job = _SlideJob(
-        str(out_dir), target_mpp, patch_size, mpp, batch_size, tissue_fraction_min, overwrite, int(read_workers)
-    )
-    # beside the bags, so that workers on other machines (Ray) read the same exported encoder
-    (out_dir / ".cache").mkdir(exist_ok=True)
-    scratch = tempfile.TemporaryDirectory(prefix="tmp-", dir=out_dir / ".cache")
+    # one job per features folder: a second one wrote the same bags, int8 model and log at once
+    # (a bag could record one int8 model and hold another's features)
+    with exclusive(out_dir / ".extract.lock", out_dir, "already being extracted into by"):
+        spec = EncoderSpec(
+            encoder,
+            weights,
+            device,
+            patch_size,
+            precision,
+            int(threads),
+            str(encoder_onnx) if encoder_onnx else None,
+            backend,
+            quantize,
+        )
+        if backend not in BACKENDS:
+            raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)} (got '{backend}')")
+        job = _SlideJob(
+            str(out_dir), target_mpp, patch_size, mpp, batch_size, tissue_fraction_min, overwrite, int(read_workers)
+        )
+        # beside the bags, so that workers on other machines (Ray) read the same exported encoder
+        (out_dir / ".cache").mkdir(exist_ok=True)
+        scratch = tempfile.TemporaryDirectory(prefix="tmp-", dir=out_dir / ".cache")
 
-    def calibrate() -> np.ndarray:
-        """Tiles of the folder's first slide that has tissue, done or not (a blank or unreadable
-        slide is its own error row later, not the job's end)."""
-        first: Optional[InputError] = None
-        for sp in keyed.values():
-            try:
-                return calibration_tiles(sp, target_mpp, patch_size, mpp, tissue_fraction_min)
-            except InputError as e:
-                first = first or e
-        assert first is not None  # keyed is never empty
-        raise first
+        def calibrate() -> np.ndarray:
+            return folder_calibration_tiles(list(keyed.values()), target_mpp, patch_size, mpp, tissue_fraction_min)
 
-    def resolved(s: EncoderSpec) -> EncoderSpec:
-        return s.resolve(out_dir / ".cache", Path(scratch.name), calibrate)
+        def resolved(s: EncoderSpec) -> EncoderSpec:
+            return s.resolve(out_dir / ".cache", Path(scratch.name), calibrate)
 
-    try:
-        if quantize:  # which int8 model the folder's bags must come from decides what is done
-            spec = resolved(spec)
-        done: dict[str, ExtractResult] = {}
-        todo: list[tuple[str, Path]] = []
-        identity = bag_identity(dict(spec.bag_attrs))
-        for name, sp in keyed.items():
-            if not overwrite and h5_is_complete(out_dir / f"{name}.h5", spec.label, target_mpp, patch_size, identity):
-                done[name] = _skipped(name, out_dir / f"{name}.h5")
-            else:
-                todo.append((name, sp))
-        if todo and not quantize:  # export once here (cached), so that no worker exports
-            spec = resolved(spec)
-        _run_jobs(todo, spec, job, engine, workers, show_progress, done)
-    finally:
-        scratch.cleanup()
-    results = [done[name] for name in keyed]
-    rows = [r.row() for r in results]
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-    with open(out_dir / "extract_log.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
-    return results
+        try:
+            if quantize:  # which int8 model the folder's bags must come from decides what is done
+                spec = resolved(spec)
+            done: dict[str, ExtractResult] = {}
+            todo: list[tuple[str, Path]] = []
+            identity = bag_identity(dict(spec.bag_attrs))
+            for name, sp in keyed.items():
+                if not overwrite and h5_is_complete(
+                    out_dir / f"{name}.h5", spec.label, target_mpp, patch_size, identity
+                ):
+                    done[name] = _skipped(name, out_dir / f"{name}.h5")
+                else:
+                    todo.append((name, sp))
+            if todo and not quantize:  # export once here (cached), so that no worker exports
+                spec = resolved(spec)
+            _run_jobs(todo, spec, job, engine, workers, show_progress, done)
+        finally:
+            scratch.cleanup()
+        results = [done[name] for name in keyed]
+        rows = [r.row() for r in results]
+        cols: list[str] = []
+        for r in rows:
+            cols += [k for k in r if k not in cols]
+        with open(out_dir / "extract_log.csv", "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            w.writerows(rows)
+        return results

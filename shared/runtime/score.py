@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import csv
 import errno
-import fcntl
 import functools
 import io
 import json
 import os
-import socket
 import stat
 import time
 from collections.abc import Iterable, Iterator
@@ -215,9 +213,6 @@ def lock_path(out_csv: str | Path) -> Path:
     return out_csv.with_name(out_csv.name + ".lock")
 
 
-_HELD: dict[str, list[Any]] = {}  # lock file (resolved) -> [open file, depth] held by this process
-
-
 def check_writable(out_csv: str | Path) -> None:
     """Refuse, with one line, a results path that cannot be written (before any work starts).
 
@@ -242,79 +237,19 @@ def check_writable(out_csv: str | Path) -> None:
 
 @contextmanager
 def lock_output(out_csv: str | Path) -> Iterator[Path]:
-    """Hold the exclusive lock on a results file for the ``with`` block (re-entrant in one process).
-
-    ``fcntl.flock(LOCK_EX | LOCK_NB)`` on ``<out>.lock``, with ``"<pid> <host>"`` written into it.
-    The kernel releases the lock when the process dies (even SIGKILL), so a stale lock file never
-    blocks a restart.  The lock file is removed on a clean exit.
+    """Hold the exclusive lock on a results file for the ``with`` block (re-entrant in one process):
+    ``<out>.lock`` beside it (:func:`medtransfer.shared.utils.locks.exclusive`: kernel-held, so a
+    killed job never blocks a restart; removed on a clean exit).
 
     Raises:
         MedTransferError: another process holds the lock ("already being written by pid N on HOST"),
             or the lock file cannot be created.
     """
+    from medtransfer.shared.utils.locks import exclusive
+
     check_writable(out_csv)
-    lp = lock_path(out_csv)
-    key = os.path.realpath(lp)
-    if key in _HELD:
-        _HELD[key][1] += 1
-        try:
-            yield lp
-        finally:
-            _HELD[key][1] -= 1
-        return
-    f = _acquire(Path(out_csv), lp)
-    _HELD[key] = [f, 1]
-    try:
+    with exclusive(lock_path(out_csv), out_csv) as lp:
         yield lp
-    finally:
-        del _HELD[key]
-        try:
-            if os.path.exists(lp) and os.stat(lp).st_ino == os.fstat(f.fileno()).st_ino:
-                os.unlink(lp)  # still holding the lock: nobody else can be using this inode
-        except OSError:
-            pass
-        f.close()
-
-
-def _acquire(out_csv: Path, lp: Path) -> Any:
-    for _ in range(20):
-        try:
-            f = open(lp, "a+", encoding="utf-8")  # noqa: SIM115 - held for the job
-        except OSError as e:
-            raise MedTransferError(
-                f"{out_csv}: cannot create the lock file {lp.name} ({e.strerror or type(e).__name__})"
-            ) from None
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(f)
-            f.close()
-            raise MedTransferError(
-                f"{out_csv}: already being written by {holder} (lock {lp}); wait for that job or stop it"
-            ) from None
-        try:  # the previous holder may have removed the file between our open and our lock
-            same = os.stat(lp).st_ino == os.fstat(f.fileno()).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:
-            f.close()
-            continue
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()} {socket.gethostname()}\n")
-        f.flush()
-        return f
-    raise MedTransferError(f"{out_csv}: could not take the lock {lp} (it keeps being replaced)")
-
-
-def _holder(f: Any) -> str:
-    for _ in range(25):  # the holder writes its pid right after locking: give it a moment
-        f.seek(0)
-        parts = f.read(200).split()
-        if len(parts) >= 2 and parts[0].isdigit():
-            return f"pid {parts[0]} on {parts[1]}"
-        time.sleep(0.02)
-    return "another process"
 
 
 def check_out_path(

@@ -120,6 +120,37 @@ def test_cache_reuse_hash_and_parallel(tuab_csv, tmp_path):
     assert isinstance(np.load(c1[0].file, mmap_mode="r"), np.memmap)
 
 
+def test_cache_index_keeps_entries_another_job_wrote_meanwhile(tuab_csv, tmp_path, monkeypatch):
+    """Two jobs on one cache (two trainings of one config): each read index.json at its start and
+    wrote its own copy at its end, so the later one dropped the other's entries (recomputed by the
+    next run); an unreadable index raised a JSON traceback.  Now the index is merged under a lock."""
+    import medtransfer.apps.eeg.data as D
+
+    recs = read_manifest(tuab_csv)[:4]
+    cfg = data_cfg({**SMALL, "cache_dir": str(tmp_path)})
+    root = cache_root(cfg)
+    build_cache(recs[:2], cfg, root, workers=1, progress=False)
+    first = json.loads((root / "index.json").read_text())
+    assert len(first) == 2
+    real = D.preprocess_recording
+
+    def other_job_finishes_meanwhile(*a, **k):
+        d = json.loads((root / "index.json").read_text())
+        d["other-job-recording"] = {"ok": False, "reason": "written by the other job"}
+        (root / "index.json").write_text(json.dumps(d))
+        return real(*a, **k)
+
+    monkeypatch.setattr(D, "preprocess_recording", other_job_finishes_meanwhile)
+    cached, err = build_cache(recs, cfg, root, workers=1, progress=False)
+    assert len(cached) == 4 and not err
+    index = json.loads((root / "index.json").read_text())
+    assert set(first) < set(index) and "other-job-recording" in index and len(index) == 5
+    monkeypatch.setattr(D, "preprocess_recording", real)
+    (root / "index.json").write_text("{not json")  # interrupted / edited: recomputed, no traceback
+    cached, err = build_cache(recs, cfg, root, workers=1, progress=False)
+    assert len(cached) == 4 and not err and len(json.loads((root / "index.json").read_text())) == 4
+
+
 def test_aggregate_and_metrics():
     rec = np.array([0, 0, 1, 1, 2, 2])
     p = np.array([0.9, 0.7, 0.2, 0.4, 0.6, 0.1])

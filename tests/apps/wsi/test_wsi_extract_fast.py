@@ -294,6 +294,25 @@ def test_wsi_int8_one_model_per_folder_checked_and_recorded(
     assert code == 2 and len(err.strip().splitlines()) == 1 and "run without --quantize" in err
 
 
+def test_wsi_int8_calibration_draws_on_several_slides(slide_dir: Path, tile_opts: dict) -> None:
+    """The int8 model was calibrated (and checked) on the folder's first slide alone, so one
+    atypical slide set every activation range; now an equal, even share of tiles from each of
+    the first slides with tissue (blank / corrupt ones passed over), up to 8 slides."""
+    from medtransfer.apps.wsi.features import calibration_tiles, folder_calibration_tiles
+    from medtransfer.shared.utils.errors import InputError
+
+    opts = (tile_opts["target_mpp"], tile_opts["patch_size"], None, 0.25)
+    a, b, blank, bad = (slide_dir / n for n in ("good_a.tif", "good_b.tif", "blank.tif", "corrupt.svs"))
+    got = folder_calibration_tiles([blank, a, bad, b], *opts, n=8)
+    want = np.concatenate([calibration_tiles(a, *opts, 4), calibration_tiles(b, *opts, 4)])
+    assert got.shape == want.shape and np.array_equal(got, want)
+    np.testing.assert_array_equal(
+        folder_calibration_tiles([a, b], *opts, n=8, max_slides=1), calibration_tiles(a, *opts, 8)
+    )
+    with pytest.raises(InputError):
+        folder_calibration_tiles([blank, bad], *opts, n=8)
+
+
 def test_wsi_extract_option_errors(one_slide: Path, tmp_path: Path, capsys) -> None:
     import torch
 
@@ -313,6 +332,37 @@ def test_wsi_extract_option_errors(one_slide: Path, tmp_path: Path, capsys) -> N
         assert len(err.strip().splitlines()) == 1
     code, _, err = run_main(["wsi", "extract", one_slide, "-o", tmp_path / "o", "--encoder-onnx", tmp_path], capsys)
     assert code == 2 and "encoder.onnx" in err
+
+
+def test_wsi_extract_refuses_a_folder_another_job_is_extracting_into(one_slide: Path, tmp_path: Path, capsys) -> None:
+    """Two ``wsi extract`` jobs into one --out both wrote every bag through one ``<slide>.h5.part``,
+    the folder's int8 model (a bag could record one model and hold the other's features) and the
+    log (one job's rows lost).  Now the second is refused in one line naming the first; the lock
+    dies with its holder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "feats"
+    out.mkdir()
+    code = (
+        "import time\nfrom medtransfer.shared.utils.locks import exclusive\n"
+        f"with exclusive({str(out / '.extract.lock')!r}, 'x'):\n    print('held', flush=True)\n    time.sleep(600)\n"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        rc, _, err = run_main(["wsi", "extract", one_slide, "-o", out], capsys)
+        assert rc == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"already being extracted into by pid {holder.pid}" in err
+        assert not list(out.glob("*.h5")) and not (out / "extract_log.csv").exists()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    rc, _, err = run_main(["wsi", "extract", one_slide, "-o", out], capsys)
+    assert rc == 0, err
+    assert len(list(out.glob("*.h5"))) == 1 and not (out / ".extract.lock").exists()
 
 
 # ------------------------------------------------------------------------------ scale-out

@@ -1,0 +1,67 @@
+"""The one-job lock (``exclusive``: names its holder, dies with it) and the waiting lock of short
+read-modify-writes (``waiting``: no update lost between processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medtransfer.shared.utils.errors import MedTransferError
+from medtransfer.shared.utils.locks import exclusive, waiting
+
+
+def _hold(lock: Path, target: Path) -> subprocess.Popen:
+    code = (
+        "import time\nfrom medtransfer.shared.utils.locks import exclusive\n"
+        f"with exclusive({str(lock)!r}, {str(target)!r}):\n    print('held', flush=True)\n    time.sleep(600)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_exclusive_names_its_holder_and_dies_with_it(tmp_path: Path) -> None:
+    lock, target = tmp_path / ".job.lock", tmp_path / "out"
+    holder = _hold(lock, target)
+    try:
+        with pytest.raises(MedTransferError) as e:
+            with exclusive(lock, target, "already being extracted into by"):
+                pass
+        msg = str(e.value)
+        assert msg.startswith(f"{target}: already being extracted into by pid {holder.pid} on {socket.gethostname()}")
+        assert "\n" not in msg
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # the kernel drops the lock: the lock file left blocks nothing
+        holder.wait()
+    assert lock.exists()
+    with exclusive(lock, target):
+        with exclusive(lock, target):  # re-entrant in one process
+            pass
+        assert lock.exists()
+    assert not lock.exists()  # removed on a clean exit
+
+
+def test_waiting_loses_no_update_between_processes(tmp_path: Path) -> None:
+    """Two processes add 40 keys each to one JSON file, re-reading it under the lock each time."""
+    f = tmp_path / "index.json"
+    code = (
+        "import json, os, sys\nfrom pathlib import Path\nfrom medtransfer.shared.utils.locks import waiting\n"
+        "f = Path(sys.argv[1])\n"
+        "for i in range(40):\n"
+        "    with waiting(f.with_name('.index.lock')):\n"
+        "        d = json.loads(f.read_text()) if f.exists() else {}\n"
+        "        d[f'{sys.argv[2]}{i}'] = i\n"
+        "        t = f.with_name(f'.{os.getpid()}.tmp'); t.write_text(json.dumps(d)); os.replace(t, f)\n"
+    )
+    ps = [subprocess.Popen([sys.executable, "-c", code, str(f), k]) for k in "ab"]
+    assert [p.wait(timeout=120) for p in ps] == [0, 0]
+    assert len(json.loads(f.read_text())) == 80
+    with waiting(tmp_path / ".index.lock"):  # free again
+        pass
