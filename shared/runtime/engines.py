@@ -738,6 +738,7 @@ def ray_init(workers: int = 1, object_store_mb: int = 128) -> dict[str, Any]:
         _RAY_STARTED_HERE = not (addr or found)
         _RAY_CLUSTER = addr or found
         _disconnect_at_exit()
+        _ray_errors_to_stderr()
     return {"ray_init_s": round(time.perf_counter() - t0, 3), "ray_address": _RAY_CLUSTER or "local"}
 
 
@@ -769,6 +770,29 @@ def _disconnect_ray() -> None:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+def _ray_errors_to_stderr() -> None:
+    """Send the cluster's error messages Ray's driver prints ("(raylet) A worker died ...") to
+    stderr: Ray writes them to stdout from a background thread, whatever ``log_to_driver`` says,
+    so they landed between (and after) the lines a job prints there for scripts to read
+    (``score``'s summary, ``wsi extract``'s rows).  Our own account of a dead worker is its item's
+    error row.  Left as it is when this Ray has no such printer (another version)."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        return
+    printer = getattr(ray_worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "medtransfer_stderr", False):
+        return
+
+    def to_stderr(data: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(data, dict) and not data.get("is_err"):
+            data = {**data, "is_err": True}
+        return printer(data, *args, **kwargs)
+
+    to_stderr.medtransfer_stderr = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = to_stderr
 
 
 def _disconnect_at_exit() -> None:

@@ -312,6 +312,35 @@ def test_score_bench_runs_each_setup_on_distinct_case_files(image_run, tmp_path)
     assert json.loads((tmp_path / "b.json").read_text())["runs"]["7"]["local:1"]["ok"] == 7
 
 
+def test_rays_worker_death_message_goes_to_stderr_not_the_jobs_stdout():
+    """Ray's driver printed "(raylet) A worker died ..." to stdout from a background thread (also
+    after the job's own last line), breaking scripts that read a job's stdout; now it goes to
+    stderr, and stdout holds only what the job prints."""
+    pytest.importorskip("ray")
+    code = textwrap.dedent(
+        """
+        import os
+        from medtransfer.shared.runtime.engines import end_ray_driver, run_map
+
+        def init():
+            return {}
+
+        def fn(state, x):
+            if x == 5:
+                os._exit(3)
+            return x + 1
+
+        res = dict(run_map(init, fn, range(12), engine="ray", workers=2, chunksize=2))
+        print("RESULT", sorted(res), type(res[5]).__name__, flush=True)
+        end_ray_driver(0)
+        """
+    )
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines() == [f"RESULT {list(range(12))} WorkerDied"], r.stdout[-2000:]
+
+
 def test_score_bench_ratios_name_each_ray_setup():
     from medtransfer.shared.bench import _ratios
 
