@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from medtransfer.apps.wsi.features import base_encoder
+from medtransfer.apps.wsi.features import RECORDED_KEYS, _sha256, base_encoder
 from medtransfer.apps.wsi.model import SurvivalHead, build_tile_encoder
 from medtransfer.shared.export import export_onnx, write_bundle
 from medtransfer.shared.rundir import RunDir
@@ -63,13 +63,22 @@ def export_run(
     return export_bundle(run_dir, out_dir, write, quantize, overwrite, force)
 
 
-def _rebuildable_encoder(w: dict[str, Any], encoder_weights: Any) -> Optional[str]:
-    """The run's patch encoder as export can rebuild it (its bags' registry name, ``+int8`` dropped:
-    the bundle carries the fp32 encoder), or ``None`` with one line on stderr when it cannot: a name
-    the registry does not know (bags of an ``--encoder-onnx`` file), or pretrained weights the run
-    does not record (a random-init encoder would give other features than the bags it was trained
-    on, and every slide the bundle scored would get a meaningless risk).  The bundle then scores
-    feature bags (.h5), not slides.
+def _is_file(x: Any) -> bool:
+    return isinstance(x, (str, Path)) and Path(x).is_file()
+
+
+def _rebuildable_encoder(w: dict[str, Any], encoder_weights: Any) -> tuple[Optional[str], Any]:
+    """The run's patch encoder as export can rebuild it: its bags' registry name (``+int8``
+    dropped: the bundle carries the fp32 encoder) and its weights (given, or the file the bags
+    recorded, found at its recorded path with its recorded sha256), or ``(None, None)`` with one
+    line on stderr when it cannot: a name the registry does not know (bags of an
+    ``--encoder-onnx`` file), or pretrained weights it cannot find unchanged (a random-init
+    encoder would give other features than the bags it was trained on, and every slide the
+    bundle scored would get a meaningless risk).  The bundle then scores feature bags (.h5), not
+    slides.
+
+    Raises:
+        MedTransferError: ``encoder_weights`` given, and not the weights the bags came from.
     """
     import sys
 
@@ -77,17 +86,30 @@ def _rebuildable_encoder(w: dict[str, Any], encoder_weights: Any) -> Optional[st
 
     name = w.get("encoder")
     if not name:
-        return None
+        return None, None
     base = base_encoder(name)
+    bagx = w.get("bag_extraction") or {}
+    weights = encoder_weights if encoder_weights is not None else w.get("encoder_weights")
     why = None
     if base not in list_models():
         why = f"encoder '{name}' is not a registry encoder export can rebuild"
-    elif w.get("encoder_pretrained") and encoder_weights is None and w.get("encoder_weights") is None:
-        why = f"its bags came from pretrained {base} weights that the run does not record"
+    elif _is_file(weights) and bagx.get("weights_sha256"):
+        if _sha256(Path(weights)) != bagx["weights_sha256"]:
+            raise MedTransferError(f"{weights}: not the {base} weights the run's bags came from (sha256 differs)")
+    elif w.get("encoder_pretrained") and weights is None:
+        path, sha = bagx.get("weights_path"), bagx.get("weights_sha256")
+        if not path or not sha:
+            why = f"its bags came from pretrained {base} weights that the run does not record"
+        elif not Path(str(path)).is_file():
+            why = f"the {base} weights its bags came from are no longer at {path}"
+        elif _sha256(Path(str(path))) != sha:
+            why = f"{path} no longer holds the {base} weights its bags came from (sha256 differs)"
+        else:
+            weights = str(path)
     if why:
         sys.stderr.write(f"export: no patch encoder in the bundle ({why}): it scores feature bags (.h5), not slides\n")
-        return None
-    return base
+        return None, None
+    return base, weights
 
 
 def _write_bundle_files(
@@ -115,7 +137,7 @@ def _write_bundle_files(
         parity_args=[(x1, torch.ones(1, 23))],
     )
     files = ["model.onnx"]
-    enc_name = encoder or _rebuildable_encoder(w, encoder_weights)
+    enc_name, enc_weights = (encoder, encoder_weights) if encoder else _rebuildable_encoder(w, encoder_weights)
     pre: dict[str, Any] = {
         "bin_edges_months": w["edges"],
         "feature_dim": dim,
@@ -123,8 +145,8 @@ def _write_bundle_files(
         "risk_threshold": w.get("risk_threshold"),
     }
     bagx = w.get("bag_extraction") or {}
-    if bagx:  # predict refuses a bag extracted otherwise (another encoder, tile MPP or size)
-        pre["bag_extraction"] = dict(bagx)
+    if bagx:  # predict refuses a bag extracted otherwise (another encoder or weights, tile MPP or size)
+        pre["bag_extraction"] = {k: v for k, v in bagx.items() if k not in RECORDED_KEYS}  # no local paths
     if encoder and bagx.get("encoder") and base_encoder(encoder) != base_encoder(bagx["encoder"]):
         raise MedTransferError(
             f"encoder {encoder} is not the one the run's bags came from ({bagx['encoder']}): "
@@ -132,9 +154,7 @@ def _write_bundle_files(
         )
     metrics: dict[str, Any] = {"onnx_parity_max_abs_diff": parity["max_abs_diff"]}
     if enc_name:
-        enc, edim, pre_ok = build_tile_encoder(
-            enc_name, encoder_weights if encoder_weights is not None else w.get("encoder_weights")
-        )
+        enc, edim, pre_ok = build_tile_encoder(enc_name, enc_weights)
         if edim != dim:
             raise MedTransferError(f"encoder {enc_name} gives {edim}-d features but the aggregator expects {dim}")
         ps = int(w.get("patch_size", 224))
@@ -154,6 +174,7 @@ def _write_bundle_files(
             {
                 "encoder": enc_name,
                 "encoder_pretrained": bool(pre_ok),
+                **({"encoder_weights_sha256": _sha256(Path(enc_weights))} if _is_file(enc_weights) else {}),
                 "patch_size": ps,
                 "target_mpp": float(w.get("target_mpp", 0.5)),
                 "tissue_fraction_min": float(w.get("tissue_fraction_min", 0.25)),

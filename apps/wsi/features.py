@@ -118,6 +118,7 @@ class Encoder:
         if threads:
             torch.set_num_threads(int(threads))
         self.name = name
+        self.bag_attrs: dict[str, Any] = {}  # what every bag records of it (EncoderSpec.build sets it)
         # the same module (normalisation inside) that export writes to encoder.onnx
         self.model, self.feature_dim, self.pretrained = build_tile_encoder(name, weights)
         self.device = torch.device(resolve_device(device))
@@ -254,10 +255,13 @@ def bag_identity(bag_attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 #: bag attributes that say which features a bag holds: bags that differ in one of them do not mix
-EXTRACTION_KEYS = ("encoder", "mpp", "patch_size", "int8_sha256")
+#: (``weights_sha256``: the ``--weights`` file; ``encoder_onnx_sha256``: the ``--encoder-onnx`` file)
+EXTRACTION_KEYS = ("encoder", "mpp", "patch_size", "weights_sha256", "encoder_onnx_sha256", "int8_sha256")
 #: what a model's input features depend on: a bag it scores must match its training bags in these
 #: (the encoder compared without ``+int8``: an int8 extraction passed its cosine check against fp32)
-SCORING_KEYS = ("encoder", "mpp", "patch_size")
+SCORING_KEYS = ("encoder", "mpp", "patch_size", "weights_sha256", "encoder_onnx_sha256")
+#: recorded beside them, never compared: where the weights were (export looks for them there)
+RECORDED_KEYS = ("weights_path",)
 
 
 def base_encoder(name: Any) -> str:
@@ -275,9 +279,10 @@ def _same_value(a: Any, b: Any) -> bool:
 
 
 def extraction_record(attrs: dict[str, Any]) -> dict[str, Any]:
-    """The :data:`EXTRACTION_KEYS` a bag records, as JSON values (what a run and its bundle keep)."""
+    """The :data:`EXTRACTION_KEYS` (and :data:`RECORDED_KEYS`) a bag records, as JSON values (what a
+    run and its bundle keep)."""
     out: dict[str, Any] = {}
-    for k in EXTRACTION_KEYS:
+    for k in EXTRACTION_KEYS + RECORDED_KEYS:
         if k in attrs:
             v = attrs[k]
             v = v.item() if hasattr(v, "item") and getattr(v, "size", 1) == 1 else v
@@ -322,14 +327,24 @@ def shown_value(v: Any, n: int) -> str:
     return t[:n] if re.fullmatch(r"[A-Za-z0-9_.:+\-/]{1,200}", t) else "(not a name)"
 
 
+_SHA_MEMO: dict[tuple[str, int, int], str] = {}
+
+
 def _sha256(path: Path) -> str:
+    """sha256 of a file, remembered per (path, size, mtime) in this process (weights files of a
+    few GB are hashed once per job, not per use)."""
     import hashlib
 
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key in _SHA_MEMO:
+        return _SHA_MEMO[key]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+    _SHA_MEMO[key] = h.hexdigest()
+    return _SHA_MEMO[key]
 
 
 def export_encoder_onnx(name: str, weights: Any, patch_size: int, path: str | Path) -> Path:
@@ -682,8 +697,26 @@ class EncoderSpec:
             src, attrs = int8_encoder(src, keep, calibrate, self.patch_size)
             label = label if label.endswith("+int8") else label + "+int8"
         return replace(
-            self, onnx=str(src), label_override=label, pretrained=bool(self.weights), bag_attrs=tuple(attrs.items())
+            self,
+            onnx=str(src),
+            label_override=label,
+            pretrained=bool(self.weights),
+            bag_attrs=tuple({**dict(self.bag_attrs), **attrs}.items()),
         )
+
+    def source_identity(self) -> dict[str, Any]:
+        """What the bags record of the encoder's own file, before :meth:`resolve`: the ``--weights``
+        file (``weights_sha256``, and ``weights_path``, where export looks for it) or the
+        ``--encoder-onnx`` file (``encoder_onnx_sha256``); ``{}`` for random init.  A finished bag of
+        other weights is then redone, and training and scoring tell such bags apart."""
+        if self.onnx:
+            p = Path(self.onnx)
+            p = p / "encoder.onnx" if p.is_dir() else p
+            return {"encoder_onnx_sha256": _sha256(p)} if p.is_file() else {}
+        w = self.weights
+        if isinstance(w, (str, Path)) and Path(w).is_file():
+            return {"weights_sha256": _sha256(Path(w)), "weights_path": str(Path(w).resolve())}
+        return {}
 
     def build(self) -> Any:
         """The encoder (torch :class:`Encoder` or :class:`OnnxEncoder`)."""
@@ -697,7 +730,9 @@ class EncoderSpec:
                 self.pretrained,
                 dict(self.bag_attrs),
             )
-        return Encoder(self.name, self.weights, self.device, self.patch_size, self.precision, self.threads)
+        enc = Encoder(self.name, self.weights, self.device, self.patch_size, self.precision, self.threads)
+        enc.bag_attrs = dict(self.bag_attrs)
+        return enc
 
 
 def h5_is_complete(
@@ -1268,6 +1303,7 @@ def extract_many(
         )
         if backend not in BACKENDS:
             raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)} (got '{backend}')")
+        spec = replace(spec, bag_attrs=tuple(spec.source_identity().items()))
         job = _SlideJob(
             str(out_dir), target_mpp, patch_size, mpp, batch_size, tissue_fraction_min, overwrite, int(read_workers)
         )

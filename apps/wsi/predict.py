@@ -83,7 +83,12 @@ class WSIPredictor(Predictor):
         diff = extraction_mismatch(attrs, want, SCORING_KEYS, int8_alike=True) if want else None
         if diff:
             names = {"encoder": "encoder", "mpp": "target MPP", "patch_size": "patch size"}
-            model = ", ".join(f"{names[k]} {shown_value(want[k], 64)}" for k in SCORING_KEYS if k in want)
+            names |= {"weights_sha256": "weights sha256", "encoder_onnx_sha256": "--encoder-onnx sha256"}
+            model = ", ".join(
+                f"{names.get(k, k)} {shown_value(want[k], 16 if k.endswith('_sha256') else 64)}"
+                for k in SCORING_KEYS
+                if k in want
+            )
             raise InputError(
                 path, f"extracted otherwise than the model's training bags ({diff}); extract it with theirs: {model}"
             )

@@ -232,3 +232,73 @@ def test_cli_predict_and_score_bags(moe_setup, tmp_path: Path) -> None:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4
     assert sum(1 for x in rows if x.get("status") == "error") == 1  # the broken bag is an error row, the rest scored
+
+
+def test_bags_record_their_weights_and_export_ships_them(slide_bundle: Path, slide_dir: Path, tmp_path, capsys):
+    """Bags did not say which weights made them: a job rerun with other ``--weights`` skipped the
+    finished bags (one folder, two networks' features, one name), and export could never ship a
+    pretrained patch encoder (the run did not know the weights).  Now every bag records the
+    weights' sha256 and path: other weights redo the bag, export finds the weights where the bags
+    were made and ships them when unchanged (else one line and a bags-only bundle), and scoring
+    refuses a bag of other weights."""
+    import shutil
+
+    import timm
+    import torch
+
+    from medtransfer.apps.wsi.export import export_run
+    from medtransfer.apps.wsi.features import _sha256, extract_many, read_bag
+    from medtransfer.shared.runtime.bundle import load_bundle
+    from medtransfer.shared.runtime.predictor import build_predictor
+    from medtransfer.shared.utils.errors import InputError
+
+    w1, w2 = tmp_path / "w1.pt", tmp_path / "w2.pt"
+    for seed, p in ((1, w1), (2, w2)):
+        torch.manual_seed(seed)
+        torch.save(timm.create_model("resnet18", num_classes=0).state_dict(), str(p))
+    src = tmp_path / "slides"
+    src.mkdir()
+    shutil.copy(slide_dir / "good_a.tif", src / "a.tif")
+    opts = dict(target_mpp=2.0, patch_size=64, batch_size=8, show_progress=False, device="cpu")
+    out = tmp_path / "bags"
+    assert [r.status for r in extract_many(src, out, "resnet18", str(w1), **opts)] == ["done"]
+    f1, _, a1 = read_bag(out / "a.h5")
+    assert a1["weights_sha256"] == _sha256(w1) and a1["weights_path"] == str(w1.resolve()) and a1["pretrained"]
+    assert [r.status for r in extract_many(src, out, "resnet18", str(w1), **opts)] == ["skipped"]
+    assert [r.status for r in extract_many(src, out, "resnet18", str(w2), **opts)] == ["done"]  # skipped before
+    f2, _, a2 = read_bag(out / "a.h5")
+    assert a2["weights_sha256"] == _sha256(w2) and not np.allclose(f1, f2, atol=1e-3)
+
+    def export(name: str) -> dict:
+        run = tmp_path / name
+        shutil.copytree(slide_bundle.parent / "run", run)
+        info = json.loads((run / "run.json").read_text())
+        bagx = {k: a1[k] for k in ("encoder", "mpp", "patch_size", "weights_sha256", "weights_path")}
+        info["wsi"].update(encoder="resnet18", encoder_pretrained=True, patch_size=64, target_mpp=2.0,
+                           bag_extraction=bagx)  # fmt: skip
+        (run / "run.json").write_text(json.dumps(info))
+        b = export_run(run, tmp_path / f"{name}_bundle", force=True)
+        return {"dir": b, **json.loads((b / "metadata.json").read_text())}
+
+    m = export("run_w1")
+    pre = m["preprocessing"]
+    assert "encoder.onnx" in m["files"] and pre["encoder_pretrained"] and pre["encoder_weights_sha256"] == _sha256(w1)
+    assert "weights_path" not in pre["bag_extraction"]  # no local path in a shipped bundle
+    # the shipped encoder is w1's: the bundle's encoder.onnx gives w1's bag
+    extract_many(src, tmp_path / "via_bundle", encoder_onnx=m["dir"], **opts)
+    np.testing.assert_allclose(read_bag(tmp_path / "via_bundle" / "a.h5")[0], f1, atol=1e-3)
+    # scoring: w1's bag is scored, w2's refused
+    p = build_predictor(load_bundle(m["dir"]))
+    assert np.isfinite(p.predict(tmp_path / "via_bundle" / "a.h5")["risk"])
+    with pytest.raises(InputError, match="weights_sha256"):
+        p.predict(out / "a.h5")
+
+    capsys.readouterr()
+    w1.write_bytes(w2.read_bytes())  # the file at the recorded path now holds other weights
+    m = export("run_changed")
+    assert "encoder.onnx" not in m["files"] and "sha256 differs" in capsys.readouterr().err
+    w1.unlink()
+    m = export("run_moved")
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("export: no patch encoder")]
+    assert "encoder.onnx" not in m["files"] and len(lines) == 1 and "no longer at" in lines[0]
