@@ -902,10 +902,12 @@ def pool_name(threads: int, nice: int, i: int) -> str:
     """
     from medtransfer.shared import __version__
 
-    digest = hashlib.sha256(f"{threads}|{nice}|{__version__}".encode()).hexdigest()[:24]
+    digest = hashlib.sha256(f"{threads}|{nice}|{__version__}|{POOL_PROTOCOL}".encode()).hexdigest()[:24]
     return f"pool-{digest}-{i}"
 
 
+#: the calls a pooled actor answers (part of the pool's name: a pool of other calls is not joined)
+POOL_PROTOCOL = 2
 #: states (opened bundles) a pooled actor keeps at most; the least recently used beyond go
 POOL_STATES = 2
 #: a pooled actor no job holds, idle this long, ends when other work on the cluster waits for CPUs
@@ -1037,8 +1039,16 @@ class _RayWorker:
             del self.states[next(iter(self.states))]
         return state
 
-    def ready(self, key: str, init: Callable[[], Any], fn: Callable[[Any, Any], Any]) -> _Ready:
+    @staticmethod
+    def _enter(cwd: str | None) -> None:
+        """Work in the job's folder (the driver's), when this machine has it: relative paths are
+        the user's.  An actor runs one call at a time, so each call sets its job's."""
+        if cwd and os.path.isdir(cwd):
+            os.chdir(cwd)
+
+    def ready(self, key: str, init: Callable[[], Any], fn: Callable[[Any, Any], Any], cwd: str | None = None) -> _Ready:
         """Open ``key``'s state (if not open) for a job and lease this actor to it."""
+        self._enter(cwd)
         self.jobs += 1
         self.last = time.monotonic()
         cpu0, warm = self.cpu(), key in self.states
@@ -1068,10 +1078,16 @@ class _RayWorker:
         return t.user + t.system
 
     def run(
-        self, key: str, init: Callable[[], Any], fn: Callable[[Any, Any], Any], chunk: list[tuple[int, Any]]
+        self,
+        key: str,
+        init: Callable[[], Any],
+        fn: Callable[[Any, Any], Any],
+        chunk: list[tuple[int, Any]],
+        cwd: str | None = None,
     ) -> list[tuple[int, Any]]:
         """One chunk of ``key``'s job (``init``/``fn`` come along: an actor Ray restarted, or one
-        that dropped the state, opens it again)."""
+        that dropped the state, opens it again), in the job's folder ``cwd``."""
+        self._enter(cwd)
         self.recipes[key] = (init, fn)
         state = self._state(key)
         if isinstance(state, _InitFailed):
@@ -1204,6 +1220,10 @@ class _RayBackend(_Backend):
         # actors up and this job's init done (or found done): start-up ends here
         self.leased: list[Any] = []
         self.job = (ray.put(init), ray.put(fn))  # stored once, sent by reference with each chunk
+        # the actors work in the driver's folder: relative paths (an --input-dir, a manifest's
+        # rows, --out, the bundle) mean what they mean to the user (a cluster's actors started in
+        # `ray start`'s folder, and every case of a relative --input-dir was "file not found")
+        self.cwd = os.getcwd()
         try:
             free = (lambda: _retire_idle_pools(set(names))) if cluster else None
             ready = self._handshake(lambda i: _pool_actor(actor_cls, names[i], threads, driver, keep), free)
@@ -1244,7 +1264,7 @@ class _RayBackend(_Backend):
         """
         import ray
 
-        refs = [a.ready.remote(self.key, *self.job) for a in self.actors]
+        refs = [a.ready.remote(self.key, *self.job, cwd=self.cwd) for a in self.actors]
         out: list[Any] = [None] * len(refs)  # every one set below, or the job fails
         todo = list(range(len(refs)))
         for attempt in range(1, POOL_TRIES + 1):
@@ -1265,7 +1285,7 @@ class _RayBackend(_Backend):
             time.sleep(0.2 * attempt)  # the ended actor's name is released with its end
             for i in again:
                 self.actors[i] = remake(i)
-                refs[i] = self.actors[i].ready.remote(self.key, *self.job)
+                refs[i] = self.actors[i].ready.remote(self.key, *self.job, cwd=self.cwd)
             todo = again
         return out
 
@@ -1301,7 +1321,7 @@ class _RayBackend(_Backend):
 
         def submit(k: int, chunk: list[tuple[int, Any]], alone: bool) -> None:
             # no task events: the GCS need not record every chunk of a long job
-            ref = self.actors[k].run.options(enable_task_events=False).remote(self.key, *self.job, chunk)
+            ref = self.actors[k].run.options(enable_task_events=False).remote(self.key, *self.job, chunk, cwd=self.cwd)
             running[ref] = (k, chunk, alone)
             load[k] += 1
 

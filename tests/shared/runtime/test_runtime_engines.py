@@ -453,6 +453,18 @@ def test_score_joins_a_running_ray_cluster_which_the_bench_stops(image_run, tmp_
         p = subprocess.run([*cmd, "-o", str(tmp_path / "cli.csv"), "--engine", "ray", "-q"], env=cluster.env,
                            capture_output=True, text=True, timeout=300)  # fmt: skip
         assert p.returncode == 2 and "exists" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+        # relative paths are the user's: the cluster's actors started in another folder, and every
+        # case of a relative --input-dir was "file not found" (and a relative bundle failed to open)
+        (tmp_path / "rel").mkdir()
+        for i, img in enumerate(imgs[:2]):
+            shutil.copy(img, tmp_path / "rel" / f"c{i}.png")
+        shutil.copytree(image_run["bundle"], tmp_path / "bundle_rel")
+        rel = [sys.executable, "-m", "medtransfer.shared.cli.main", "score", "bundle_rel", "--input-dir", "rel"]
+        p = subprocess.run([*rel, "-o", "rel.csv", "--engine", "ray", "-q"], env=cluster.env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert p.returncode == 0, p.stderr[-2000:]
+        summary = json.loads(p.stdout.strip().splitlines()[-1])
+        assert summary["ok"] == 2 and summary["error"] == 0, summary
     finally:
         if cluster is not None:
             cluster.stop()
