@@ -9,13 +9,14 @@ or MLflow only if installed and asked, and runs under ``torchrun`` (DDP; gloo on
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ParamSpec, Sequence
 
 import numpy as np
 import torch
@@ -211,6 +212,30 @@ class _Loggers:
             self.mlflow.end_run()
 
 
+_P = ParamSpec("_P")
+
+
+def _one_trainer(fn: Callable[_P, FitResult]) -> Callable[_P, FitResult]:
+    """One training per run folder: the main process holds ``run_dir/.train.lock`` for the whole
+    fit (:func:`medtransfer.shared.utils.locks.exclusive`; released if it dies).  Two trainings
+    into one ``--out`` resumed each other's checkpoints and interleaved their metrics and
+    ``run.json``; the second is now refused in one line naming the first."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> FitResult:
+        from medtransfer.shared.utils.locks import exclusive
+
+        run_dir = Path(str(kwargs["run_dir"]))
+        if int(os.environ.get("RANK", "0")) != 0:  # DDP: rank 0 writes the folder and holds its lock
+            return fn(*args, **kwargs)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with exclusive(run_dir / ".train.lock", run_dir, "already being trained into by"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_one_trainer
 def fit(
     model: nn.Module,
     train_ds: Dataset,
@@ -256,6 +281,9 @@ def fit(
 
     Returns:
         FitResult with the checkpoint paths, the best validation metrics and the history.
+
+    Raises:
+        MedTransferError: another training holds ``run_dir`` (one training per run folder).
     """
     tc = {**TRAIN_DEFAULTS, **(cfg.get("train") or {})}
     check_ranges({"train": tc})  # programmatic callers get the same range checks as the CLI
