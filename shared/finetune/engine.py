@@ -218,8 +218,8 @@ _P = ParamSpec("_P")
 def _one_trainer(fn: Callable[_P, FitResult]) -> Callable[_P, FitResult]:
     """One training per run folder: the main process holds ``run_dir/.train.lock`` for the whole
     fit (:func:`medtransfer.shared.utils.locks.exclusive`; released if it dies).  Two trainings
-    into one ``--out`` resumed each other's checkpoints and interleaved their metrics and
-    ``run.json``; the second is now refused in one line naming the first."""
+    into one ``--out`` both wrote its checkpoints, metrics and ``run.json`` (one could resume from
+    the other's ``last.pt``); the second is now refused in one line naming the first."""
 
     @functools.wraps(fn)
     def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> FitResult:

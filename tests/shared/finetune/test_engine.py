@@ -275,8 +275,7 @@ def test_step_scheduler_matches_torch_steplr(tmp_path):
 
 
 def test_one_training_per_run_folder(tmp_path):
-    """Two trainings into one --out resumed each other's checkpoints and interleaved their
-    metrics and run.json; the second is now refused in one line naming the first, before it
+    """Two trainings into one --out both wrote its checkpoints, metrics and run.json; the second is now refused in one line naming the first, before it
     writes anything, and the lock dies with its holder."""
     import signal
     import socket
