@@ -11,7 +11,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from medtransfer.apps.wsi.features import RECORDED_KEYS, _sha256, base_encoder
+from medtransfer.apps.wsi.features import RECORDED_KEYS, base_encoder, file_sha256
 from medtransfer.apps.wsi.model import SurvivalHead, build_tile_encoder
 from medtransfer.shared.export import export_onnx, write_bundle
 from medtransfer.shared.rundir import RunDir
@@ -94,7 +94,7 @@ def _rebuildable_encoder(w: dict[str, Any], encoder_weights: Any) -> tuple[Optio
     if base not in list_models():
         why = f"encoder '{name}' is not a registry encoder export can rebuild"
     elif _is_file(weights) and bagx.get("weights_sha256"):
-        if _sha256(Path(weights)) != bagx["weights_sha256"]:
+        if file_sha256(Path(weights)) != bagx["weights_sha256"]:
             raise MedTransferError(f"{weights}: not the {base} weights the run's bags came from (sha256 differs)")
     elif w.get("encoder_pretrained") and weights is None:
         path, sha = bagx.get("weights_path"), bagx.get("weights_sha256")
@@ -102,7 +102,7 @@ def _rebuildable_encoder(w: dict[str, Any], encoder_weights: Any) -> tuple[Optio
             why = f"its bags came from pretrained {base} weights that the run does not record"
         elif not Path(str(path)).is_file():
             why = f"the {base} weights its bags came from are no longer at {path}"
-        elif _sha256(Path(str(path))) != sha:
+        elif file_sha256(Path(str(path))) != sha:
             why = f"{path} no longer holds the {base} weights its bags came from (sha256 differs)"
         else:
             weights = str(path)
@@ -174,7 +174,7 @@ def _write_bundle_files(
             {
                 "encoder": enc_name,
                 "encoder_pretrained": bool(pre_ok),
-                **({"encoder_weights_sha256": _sha256(Path(enc_weights))} if _is_file(enc_weights) else {}),
+                **({"encoder_weights_sha256": file_sha256(Path(enc_weights))} if _is_file(enc_weights) else {}),
                 "patch_size": ps,
                 "target_mpp": float(w.get("target_mpp", 0.5)),
                 "tissue_fraction_min": float(w.get("tissue_fraction_min", 0.25)),

@@ -330,7 +330,7 @@ def shown_value(v: Any, n: int) -> str:
 _SHA_MEMO: dict[tuple[str, int, int], str] = {}
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     """sha256 of a file, remembered per (path, size, mtime) in this process (weights files of a
     few GB are hashed once per job, not per use)."""
     import hashlib
@@ -546,13 +546,13 @@ def int8_encoder(
     Raises:
         ConfigError: the int8 features disagree with fp32 (one line, with the numbers).
     """
-    src_sha = _sha256(src)
+    src_sha = file_sha256(src)
     q = cache_dir / f"{src.stem}-{src_sha[:16]}.int8.onnx"
     card = q.with_name(q.name.removesuffix(".onnx") + ".json")
     if q.is_file() and card.is_file():
         try:
             info = json.loads(card.read_text(encoding="utf-8"))
-            if info.get("source_sha256") == src_sha and info.get("int8_sha256") == _sha256(q):
+            if info.get("source_sha256") == src_sha and info.get("int8_sha256") == file_sha256(q):
                 return q, _int8_bag_attrs(info)
         except (OSError, ValueError, AttributeError, KeyError, TypeError):
             pass  # an unreadable or edited card: made again below
@@ -573,7 +573,7 @@ def int8_encoder(
             )
         info = {
             "source_sha256": src_sha,
-            "int8_sha256": _sha256(tmp),
+            "int8_sha256": file_sha256(tmp),
             "calibration_tiles": int(len(cal)),
             "check_tiles": int(len(check)),
             **agree,
@@ -681,7 +681,7 @@ class EncoderSpec:
         if src is None:
             w = self.weights
             if isinstance(w, (str, Path)) and Path(w).is_file():
-                src = cache_dir / f"{self.name}-{self.patch_size}px-{_sha256(Path(w))[:16]}.onnx"
+                src = cache_dir / f"{self.name}-{self.patch_size}px-{file_sha256(Path(w))[:16]}.onnx"
             else:
                 src = scratch / f"{self.name}-{self.patch_size}px-random.onnx"
             if not src.is_file():
@@ -712,10 +712,10 @@ class EncoderSpec:
         if self.onnx:
             p = Path(self.onnx)
             p = p / "encoder.onnx" if p.is_dir() else p
-            return {"encoder_onnx_sha256": _sha256(p)} if p.is_file() else {}
+            return {"encoder_onnx_sha256": file_sha256(p)} if p.is_file() else {}
         w = self.weights
         if isinstance(w, (str, Path)) and Path(w).is_file():
-            return {"weights_sha256": _sha256(Path(w)), "weights_path": str(Path(w).resolve())}
+            return {"weights_sha256": file_sha256(Path(w)), "weights_path": str(Path(w).resolve())}
         return {}
 
     def build(self) -> Any:

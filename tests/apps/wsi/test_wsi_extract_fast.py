@@ -245,7 +245,7 @@ def test_wsi_int8_one_model_per_folder_checked_and_recorded(
     cards = list((out / ".cache").glob("*.int8.json"))
     assert len(models) == 1 and len(cards) == 1
     card = json.loads(cards[0].read_text())
-    assert aa["int8_sha256"] == ab["int8_sha256"] == card["int8_sha256"] == F._sha256(models[0])
+    assert aa["int8_sha256"] == ab["int8_sha256"] == card["int8_sha256"] == F.file_sha256(models[0])
     assert F.INT8_MIN_COSINE <= ab["int8_cosine_min"] <= ab["int8_cosine_mean"] <= 1.0
     assert card["calibration_tiles"] > 0 and card["check_tiles"] == ab["int8_check_tiles"] > 0
     assert ab["encoder"] == "resnet18+int8" and ab["precision"] == "int8"
@@ -273,7 +273,7 @@ def test_wsi_int8_one_model_per_folder_checked_and_recorded(
     extract_many(src, tmp_path / "bags2", "resnet18", str(weights), **kw)  # another folder: its own model
     res4 = extract_many(src, out, "resnet18", str(weights), **kw, overwrite=True)
     assert all(r.status == "done" for r in res4)
-    assert json.loads(cards[0].read_text())["int8_sha256"] == F._sha256(models[0])
+    assert json.loads(cards[0].read_text())["int8_sha256"] == F.file_sha256(models[0])
 
     # a blank or corrupt first slide is its own error row: calibration takes the next one (the
     # job failed with the blank slide's error before)

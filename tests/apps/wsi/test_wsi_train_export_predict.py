@@ -247,7 +247,7 @@ def test_bags_record_their_weights_and_export_ships_them(slide_bundle: Path, sli
     import torch
 
     from medtransfer.apps.wsi.export import export_run
-    from medtransfer.apps.wsi.features import _sha256, extract_many, read_bag
+    from medtransfer.apps.wsi.features import extract_many, file_sha256, read_bag
     from medtransfer.shared.runtime.bundle import load_bundle
     from medtransfer.shared.runtime.predictor import build_predictor
     from medtransfer.shared.utils.errors import InputError
@@ -263,11 +263,11 @@ def test_bags_record_their_weights_and_export_ships_them(slide_bundle: Path, sli
     out = tmp_path / "bags"
     assert [r.status for r in extract_many(src, out, "resnet18", str(w1), **opts)] == ["done"]
     f1, _, a1 = read_bag(out / "a.h5")
-    assert a1["weights_sha256"] == _sha256(w1) and a1["weights_path"] == str(w1.resolve()) and a1["pretrained"]
+    assert a1["weights_sha256"] == file_sha256(w1) and a1["weights_path"] == str(w1.resolve()) and a1["pretrained"]
     assert [r.status for r in extract_many(src, out, "resnet18", str(w1), **opts)] == ["skipped"]
     assert [r.status for r in extract_many(src, out, "resnet18", str(w2), **opts)] == ["done"]  # skipped before
     f2, _, a2 = read_bag(out / "a.h5")
-    assert a2["weights_sha256"] == _sha256(w2) and not np.allclose(f1, f2, atol=1e-3)
+    assert a2["weights_sha256"] == file_sha256(w2) and not np.allclose(f1, f2, atol=1e-3)
 
     def export(name: str) -> dict:
         run = tmp_path / name
@@ -282,7 +282,9 @@ def test_bags_record_their_weights_and_export_ships_them(slide_bundle: Path, sli
 
     m = export("run_w1")
     pre = m["preprocessing"]
-    assert "encoder.onnx" in m["files"] and pre["encoder_pretrained"] and pre["encoder_weights_sha256"] == _sha256(w1)
+    assert (
+        "encoder.onnx" in m["files"] and pre["encoder_pretrained"] and pre["encoder_weights_sha256"] == file_sha256(w1)
+    )
     assert "weights_path" not in pre["bag_extraction"]  # no local path in a shipped bundle
     # the shipped encoder is w1's: the bundle's encoder.onnx gives w1's bag
     extract_many(src, tmp_path / "via_bundle", encoder_onnx=m["dir"], **opts)
