@@ -162,6 +162,7 @@ def test_scoring_refuses_a_bag_of_another_extraction(cohort, tmp_path):
         "same.h5": ours,
         "int8.h5": {**ours, "encoder": "onnx:enc16+int8", "int8_sha256": "ab" * 32},
         "other_tool.h5": {"complete": True},
+        "bytes_attr.h5": {**ours, "encoder": np.bytes_(b"onnx:enc16")},  # another writer's fixed-length string
         "resnet34.h5": {**ours, "encoder": "onnx:other16"},
         "at40x.h5": {**ours, "mpp": 0.25},
         "tiles256.h5": {**ours, "patch_size": 256},
@@ -170,7 +171,7 @@ def test_scoring_refuses_a_bag_of_another_extraction(cohort, tmp_path):
     for name, attrs in cases.items():
         write_bag(q / name, np.zeros((len(x), 2), np.int64), x, attrs)
     p = _predictor(bundle)
-    for ok in ("same.h5", "int8.h5", "other_tool.h5"):
+    for ok in ("same.h5", "int8.h5", "other_tool.h5", "bytes_attr.h5"):
         assert np.isfinite(p.predict(q / ok)["risk"]), ok
     for bad, diff in (
         ("resnet34.h5", "encoder 'onnx:other16' vs 'onnx:enc16'"),
@@ -191,7 +192,12 @@ def test_scoring_refuses_a_bag_of_another_extraction(cohort, tmp_path):
     with open(tmp_path / "s.csv") as fh:
         rows = {Path(x["case"]).name: x for x in csv.DictReader(fh)}
     assert len(rows) == len(cases), r.output
-    assert {k for k, v in rows.items() if v["status"] == "ok"} == {"same.h5", "int8.h5", "other_tool.h5"}
+    assert {k for k, v in rows.items() if v["status"] == "ok"} == {
+        "same.h5",
+        "int8.h5",
+        "other_tool.h5",
+        "bytes_attr.h5",
+    }
     assert all("extracted otherwise" in rows[k]["error"] for k in ("resnet34.h5", "at40x.h5", "tiles256.h5"))
 
     # export with another encoder than the bags': refused
