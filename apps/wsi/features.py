@@ -32,6 +32,7 @@ from medtransfer.apps.wsi.slide import (
     save_overlay,
     slide_name,
 )
+from medtransfer.shared.runtime.cache import file_sha256  # per file identity: big weights hashed once
 from medtransfer.shared.utils.errors import ConfigError, InputError, MedTransferError
 from medtransfer.shared.utils.locks import exclusive
 
@@ -327,26 +328,6 @@ def shown_value(v: Any, n: int) -> str:
 
     t = str(v)
     return t[:n] if re.fullmatch(r"[A-Za-z0-9_.:+\-/]{1,200}", t) else "(not a name)"
-
-
-_SHA_MEMO: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) in this process (weights files of a
-    few GB are hashed once per job, not per use)."""
-    import hashlib
-
-    st = os.stat(path)
-    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
-    if key in _SHA_MEMO:
-        return _SHA_MEMO[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    _SHA_MEMO[key] = h.hexdigest()
-    return _SHA_MEMO[key]
 
 
 def export_encoder_onnx(name: str, weights: Any, patch_size: int, path: str | Path) -> Path:
