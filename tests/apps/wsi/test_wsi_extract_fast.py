@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 from cliutil import run_main
+from lockutil import lock_held_elsewhere
 
 from medtransfer.apps.wsi.features import EncoderSpec, OnnxEncoder, extract_many, read_bag
 from medtransfer.apps.wsi.slide import (
@@ -339,27 +340,13 @@ def test_wsi_extract_refuses_a_folder_another_job_is_extracting_into(one_slide: 
     the folder's int8 model (a bag could record one model and hold the other's features) and the
     log (one job's rows lost).  Now the second is refused in one line naming the first; the lock
     dies with its holder."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
     out = tmp_path / "feats"
     out.mkdir()
-    code = (
-        "import time\nfrom medtransfer.shared.utils.locks import exclusive\n"
-        f"with exclusive({str(out / '.extract.lock')!r}, 'x'):\n    print('held', flush=True)\n    time.sleep(600)\n"
-    )
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(out / ".extract.lock") as holder:
         rc, _, err = run_main(["wsi", "extract", one_slide, "-o", out], capsys)
         assert rc == 2 and len(err.strip().splitlines()) == 1, err
         assert f"already being extracted into by pid {holder.pid}" in err
         assert not list(out.glob("*.h5")) and not (out / "extract_log.csv").exists()
-    finally:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait()
     rc, _, err = run_main(["wsi", "extract", one_slide, "-o", out], capsys)
     assert rc == 0, err
     assert len(list(out.glob("*.h5"))) == 1 and not (out / ".extract.lock").exists()

@@ -277,31 +277,23 @@ def test_step_scheduler_matches_torch_steplr(tmp_path):
 def test_one_training_per_run_folder(tmp_path):
     """Two trainings into one --out both wrote its checkpoints, metrics and run.json; the second is now refused in one line naming the first, before it
     writes anything, and the lock dies with its holder."""
-    import signal
     import socket
+
+    from lockutil import lock_held_elsewhere
 
     from medtransfer.shared.utils.errors import MedTransferError
 
     run = tmp_path / "run"
     run.mkdir()
-    code = (
-        "import time\nfrom medtransfer.shared.utils.locks import exclusive\n"
-        f"with exclusive({str(run / '.train.lock')!r}, 'x'):\n    print('held', flush=True)\n    time.sleep(600)\n"
-    )
-    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
 
     def train():
         return fit(Net(), data(), data(64, 1), cfg=cfg(epochs=1), run_dir=run, app="t", task="c",
                    loss_fn=nn.functional.cross_entropy)  # fmt: skip
 
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_elsewhere(run / ".train.lock") as holder:
         with pytest.raises(MedTransferError) as e:
             train()
         msg = str(e.value)
         assert f"already being trained into by pid {holder.pid} on {socket.gethostname()}" in msg and "\n" not in msg
         assert sorted(p.name for p in run.iterdir()) == [".train.lock"]  # nothing written
-    finally:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.wait()
     assert train().best_path.is_file() and not (run / ".train.lock").exists()

@@ -4,42 +4,27 @@ read-modify-writes (``waiting``: no update lost between processes)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from lockutil import lock_held_elsewhere
 
 from medtransfer.shared.utils.errors import MedTransferError
 from medtransfer.shared.utils.locks import exclusive, waiting
 
 
-def _hold(lock: Path, target: Path) -> subprocess.Popen:
-    code = (
-        "import time\nfrom medtransfer.shared.utils.locks import exclusive\n"
-        f"with exclusive({str(lock)!r}, {str(target)!r}):\n    print('held', flush=True)\n    time.sleep(600)\n"
-    )
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert p.stdout is not None and p.stdout.readline().strip() == "held"
-    return p
-
-
 def test_exclusive_names_its_holder_and_dies_with_it(tmp_path: Path) -> None:
     lock, target = tmp_path / ".job.lock", tmp_path / "out"
-    holder = _hold(lock, target)
-    try:
+    with lock_held_elsewhere(lock, target) as holder:
         with pytest.raises(MedTransferError) as e:
             with exclusive(lock, target, "already being extracted into by"):
                 pass
         msg = str(e.value)
         assert msg.startswith(f"{target}: already being extracted into by pid {holder.pid} on {socket.gethostname()}")
         assert "\n" not in msg
-    finally:
-        os.kill(holder.pid, signal.SIGKILL)  # the kernel drops the lock: the lock file left blocks nothing
-        holder.wait()
     assert lock.exists()
     with exclusive(lock, target):
         with exclusive(lock, target):  # re-entrant in one process
