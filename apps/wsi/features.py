@@ -274,7 +274,6 @@ def _same_value(a: Any, b: Any) -> bool:
     """Equal as numbers when both are (0.5 in JSON vs an h5 float64 attribute), else as text."""
     import numbers
 
-    a, b = (x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in (a, b))  # h5 byte strings
     if isinstance(a, numbers.Real) and isinstance(b, numbers.Real):
         return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
     return str(a) == str(b)
@@ -312,7 +311,7 @@ def extraction_mismatch(
     for k in keys:
         if k in a and k in b:
             va, vb = a[k], b[k]
-            va, vb = (x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in (va, vb))
+            va, vb = (x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in (va, vb))  # h5 byte strings
             if k == "encoder" and int8_alike:
                 va, vb = base_encoder(va), base_encoder(vb)
             if not _same_value(va, vb):
