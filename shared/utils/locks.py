@@ -8,9 +8,11 @@ a restart; the file is removed on a clean exit.  Re-entrant within one process. 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,6 +47,9 @@ def exclusive(lock_file: str | Path, target: str | Path, busy: str = "already be
             _HELD[key][1] -= 1
         return
     f = _acquire(Path(target), lp, busy)
+    if f is None:  # a filesystem without locks: the job runs unguarded (said once on stderr)
+        yield lp
+        return
     _HELD[key] = [f, 1]
     try:
         yield lp
@@ -58,7 +63,11 @@ def exclusive(lock_file: str | Path, target: str | Path, busy: str = "already be
         f.close()
 
 
-def _acquire(target: Path, lp: Path, busy: str) -> Any:
+#: flock errors that mean "this filesystem has no locks" (some network / FUSE mounts), not "busy"
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
+def _acquire(target: Path, lp: Path, busy: str) -> Any | None:
     for _ in range(20):
         try:
             f = open(lp, "a+", encoding="utf-8")  # noqa: SIM115 - held for the job
@@ -72,6 +81,12 @@ def _acquire(target: Path, lp: Path, busy: str) -> Any:
             holder = _holder(f)
             f.close()
             raise MedTransferError(f"{target}: {busy} {holder} (lock {lp}); wait for that job or stop it") from None
+        except OSError as e:
+            f.close()
+            if e.errno not in _NO_LOCKS:
+                raise MedTransferError(f"{target}: cannot lock {lp.name} ({e.strerror or type(e).__name__})") from None
+            sys.stderr.write(f"{target}: its filesystem has no file locks: not guarded against a second job on it\n")
+            return None
         try:  # the previous holder may have removed the file between our open and our lock
             same = os.stat(lp).st_ino == os.fstat(f.fileno()).st_ino
         except FileNotFoundError:
@@ -103,7 +118,13 @@ def waiting(lock_file: str | Path) -> Iterator[None]:
     (e.g. two jobs updating one cache index).  Released by the kernel if the process dies."""
     lp = Path(lock_file)
     with open(lp, "a+", encoding="utf-8") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        except OSError as e:
+            if e.errno not in _NO_LOCKS:
+                raise
+            yield  # a filesystem without locks: unguarded, as before there was a lock
+            return
         try:
             yield
         finally:

@@ -50,3 +50,31 @@ def test_waiting_loses_no_update_between_processes(tmp_path: Path) -> None:
     assert len(json.loads(f.read_text())) == 80
     with waiting(tmp_path / ".index.lock"):  # free again
         pass
+
+
+def test_a_filesystem_without_locks_runs_the_job_unguarded_saying_so(tmp_path: Path, monkeypatch, capsys) -> None:
+    """flock on some network / FUSE mounts fails with ENOLCK / EOPNOTSUPP: the job ran with a
+    traceback before; now it runs, saying once that it is not guarded.  Other errors are one line."""
+    import errno
+
+    import medtransfer.shared.utils.locks as L
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(L.fcntl, "flock", no_locks)
+    ran = False
+    with exclusive(tmp_path / ".job.lock", tmp_path / "out"):
+        ran = True
+    assert ran and "has no file locks: not guarded" in capsys.readouterr().err
+    with waiting(tmp_path / ".index.lock"):  # the cache index's lock: unguarded too, no traceback
+        ran = False
+    assert not ran
+
+    def broken(fd: int, op: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(L.fcntl, "flock", broken)
+    with pytest.raises(MedTransferError, match=r"out: cannot lock \.job\.lock \(Input/output error\)"):
+        with exclusive(tmp_path / ".job.lock", tmp_path / "out"):
+            pass
