@@ -500,7 +500,8 @@ def score(
         # workers start (each opens the bundle once) before the results file is touched; none
         # beyond one per case, and no Ray at all when nothing is left to score
         run = run_map(
-            functools.partial(_scorer, bundle_dir, dict(options or {})),
+            # absolute: a warm Ray actor keeps the opened bundle for jobs run from other folders
+            functools.partial(_scorer, os.path.abspath(bundle_dir), dict(options or {})),
             _score_one,
             todo,
             engine=engine if todo else "local",
