@@ -1268,6 +1268,8 @@ def extract_many(
     root = Path(source) if Path(source).is_dir() else Path(source).parent
     keyed = unique_keys(slides, root)  # refuses a clash before any work
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MedTransferError(f"{out_dir}: --out is a file, expected a folder for the bags")
     out_dir.mkdir(parents=True, exist_ok=True)
     # one job per features folder: a second one wrote the same bags, int8 model and log at once
     # (a bag could record one int8 model and hold another's features)

@@ -333,6 +333,9 @@ def test_wsi_extract_option_errors(one_slide: Path, tmp_path: Path, capsys) -> N
         assert len(err.strip().splitlines()) == 1
     code, _, err = run_main(["wsi", "extract", one_slide, "-o", tmp_path / "o", "--encoder-onnx", tmp_path], capsys)
     assert code == 2 and "encoder.onnx" in err
+    (tmp_path / "afile").write_text("x")
+    code, _, err = run_main(["wsi", "extract", one_slide, "-o", tmp_path / "afile"], capsys)
+    assert code == 2 and "--out is a file, expected a folder" in err and len(err.strip().splitlines()) == 1
 
 
 def test_wsi_extract_refuses_a_folder_another_job_is_extracting_into(one_slide: Path, tmp_path: Path, capsys) -> None:
