@@ -155,8 +155,8 @@ def metric_fn(out: dict[str, np.ndarray], tgt: dict[str, np.ndarray]) -> dict[st
 class Cohort:
     """Patients with bags: cases[i] pairs with bags[cases[i].case_id]; ``files`` (case id -> its slides'
     h5 bags) when the bags were read from a features folder (empty for in-memory bags);
-    ``extraction``: what those bags' features are (encoder, tile MPP / size, int8 model: the
-    bags' own record, one for the whole folder), recorded by the runs trained on them."""
+    ``extraction``: what those bags' features are (encoder and its weights, tile MPP / size, int8
+    model: the bags' own record, one for the whole folder), recorded by the runs trained on them."""
 
     cases: list[Case]
     bags: dict[str, np.ndarray]
