@@ -281,12 +281,11 @@ def _same_value(a: Any, b: Any) -> bool:
 
 def extraction_record(attrs: dict[str, Any]) -> dict[str, Any]:
     """The :data:`EXTRACTION_KEYS` (and :data:`RECORDED_KEYS`) a bag records, as JSON values (what a
-    run and its bundle keep)."""
+    run and its bundle keep), from :func:`read_bag`'s attributes (numpy scalars already Python)."""
     out: dict[str, Any] = {}
     for k in EXTRACTION_KEYS + RECORDED_KEYS:
         if k in attrs:
             v = attrs[k]
-            v = v.item() if hasattr(v, "item") and getattr(v, "size", 1) == 1 else v
             out[k] = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
             if not isinstance(out[k], (str, int, float, bool)):
                 out[k] = str(out[k])
@@ -663,7 +662,8 @@ class EncoderSpec:
         if src is None:
             w = self.weights
             if isinstance(w, (str, Path)) and Path(w).is_file():
-                src = cache_dir / f"{self.name}-{self.patch_size}px-{file_sha256(Path(w))[:16]}.onnx"
+                sha = dict(self.bag_attrs).get("weights_sha256") or file_sha256(Path(w))  # hashed once per job
+                src = cache_dir / f"{self.name}-{self.patch_size}px-{sha[:16]}.onnx"
             else:
                 src = scratch / f"{self.name}-{self.patch_size}px-random.onnx"
             if not src.is_file():

@@ -3,7 +3,8 @@
 ``fcntl.flock(LOCK_EX | LOCK_NB)`` on a lock file with ``"<pid> <host>"`` written into it.  The
 kernel releases the lock when the process dies (even SIGKILL), so a stale lock file never blocks
 a restart; the file is removed on a clean exit.  Re-entrant within one process.  Used by
-``score`` (its results file), ``estimate`` and ``wsi extract`` (its features folder).
+``score`` (its results file), ``estimate``, ``wsi extract`` (its features folder) and training
+(``fit``: its run folder); :func:`waiting` guards short read-modify-writes (the EEG cache index).
 """
 
 from __future__ import annotations
