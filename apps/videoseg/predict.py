@@ -20,6 +20,8 @@ agreement check covers both graphs together).
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -236,17 +238,15 @@ class OnnxBackend:
 
         self.enc = sess(self.encoder_file, enc_threads)
         self.attention_file = attention_file(bundle, self.encoder_file)
-        self.dec = {
-            "box": sess("decoder_box.onnx"),
-            "track": sess("decoder_track.onnx"),
-            "mask": sess("mask_prompt.onnx"),
-        }
+        # a video is prompted once, by a box or by a mask: each prompt decoder opens on first use
+        # (a session costs tens of ms of every cold start); the tracking decoder runs every frame
+        self.dec = _LazySessions(
+            sess, {"box": "decoder_box.onnx", "track": "decoder_track.onnx", "mask": "mask_prompt.onnx"}
+        )
+        self.dec["track"]  # noqa: B018 - a bundle missing it fails here, not mid-video
         self.menc = sess("memory_encoder.onnx")
         self.matt = sess(self.attention_file)
         self._track_prompt = {"coords": np.zeros((1, 1, 2), np.float32), "labels": -np.ones((1, 1), np.int32)}
-        self._out = {
-            id(s): [o.name for o in s.get_outputs()] for s in (self.enc, self.menc, self.matt, *self.dec.values())
-        }
 
     def _run(self, sess: Any, feeds: dict[str, Any]) -> list[Any]:
         return sess.run(None, feeds)
@@ -285,6 +285,21 @@ class OnnxBackend:
         if self.fast:
             feeds = {k: np.ascontiguousarray(v, np.float32) for k, v in feeds.items()}
         return self._run(self.matt, feeds)[0]
+
+
+class _LazySessions(dict):
+    """Sessions by kind, each opened on first access (thread-safe: the prefetch thread never
+    decodes, but a predictor may be shared)."""
+
+    def __init__(self, open_session: Callable[[str], Any], files: dict[str, str]) -> None:
+        super().__init__()
+        self._open, self._files, self._lock = open_session, files, threading.Lock()
+
+    def __missing__(self, kind: str) -> Any:
+        with self._lock:
+            if kind not in self:
+                self[kind] = self._open(self._files[kind])
+            return dict.__getitem__(self, kind)
 
 
 def _flag(v: Any) -> bool:

@@ -102,8 +102,10 @@ def test_fast_loop_equals_previous_loop(vs_bundle, demo_video, prompt, encoder):
     backend = OnnxBackend(Bundle(vs_bundle), fast=True, threads=2, encoder=encoder, prefetch=True)
     # prefetch: the encoder works in its own thread, the 2 threads split 1 + 1
     assert backend.prefetch and backend.threads == {"encoder": 1, "tracker": 1}
+    assert set(backend.dec) == {"track"}  # prompt decoders open on first use
     fast = StreamingPropagator(backend)
     got = list(fast.run(iter(frames), n, **kw))
+    assert set(backend.dec) == {"track", prompt}  # the other prompt's decoder never opened
     logits = [lg for _, lg in fast.run(iter(frames), n, return_logits=True, **kw)]
     assert [t for t, _ in got] == list(range(n)) == [t for t, _, _ in ref]
     assert sum(int(m.sum()) for _, _, m in ref) > 0  # a non-trivial track
