@@ -96,12 +96,19 @@ def compare_engines(
     }
 
 
+def _bundle_meta(bundle_dir: Path) -> dict[str, Any]:
+    """A bundle's metadata, checked as ``predict`` checks it (BundleError: one line naming the problem)."""
+    from medtransfer.shared.runtime.bundle import Bundle
+
+    return Bundle(bundle_dir).meta
+
+
 def onnx_vs_eager(bundle_dir: Path, batch: int = 16, threads: int = 0) -> dict[str, Any]:
     """Throughput of the bundle's ``model.onnx`` vs the same network in PyTorch eager (same threads,
     same batch).  The eager model comes from the bundle's app's ``bench_eager`` hook, given the run
     folder the bundle was exported from (``metadata.run_dir``)."""
     bundle_dir = Path(bundle_dir)
-    meta = json.loads((bundle_dir / "metadata.json").read_text())
+    meta = _bundle_meta(bundle_dir)
     spec = next(iter(meta["inputs"].values()))
     shape = [batch if d in (-1, None) or isinstance(d, str) else int(d) for d in spec["shape"]]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
@@ -737,7 +744,7 @@ def run_bench(
         else:
             res["bundle"] = str(bundle)
         bundle = Path(bundle)
-        meta = json.loads((bundle / "metadata.json").read_text())
+        meta = _bundle_meta(bundle)
         spec = get_app(meta["app"])
         if spec.bench_eager:
             res.update(_engines(bundle, batch, threads))
@@ -786,13 +793,15 @@ def _main(argv: list[str]) -> None:
         return
     import argparse
 
+    from medtransfer.shared.utils.cliargs import at_least, int_list
+
     ap = argparse.ArgumentParser(prog="python -m medtransfer.shared.bench")
     ap.add_argument("what", choices=["score"])
     ap.add_argument("bundle", type=Path)
     ap.add_argument("samples", type=Path, nargs="+")
-    ap.add_argument("--cases", default="200,1000")
+    ap.add_argument("--cases", default="200,1000", type=int_list(1))
     ap.add_argument("--setups", default=",".join(default_score_setups(2)))
-    ap.add_argument("--chunksize", type=int, default=None)
+    ap.add_argument("--chunksize", type=at_least(1), default=None)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--opt", action="append", default=[], help="predictor option key=value for every job")
@@ -802,7 +811,7 @@ def _main(argv: list[str]) -> None:
     res = score_bench(
         a.bundle,
         a.samples,
-        tuple(int(x) for x in a.cases.split(",")),
+        tuple(a.cases),
         tuple(a.setups.split(",")),
         work_dir=a.work,
         chunksize=a.chunksize,
@@ -815,9 +824,11 @@ def _main(argv: list[str]) -> None:
 def _cold_main(argv: list[str]) -> None:
     import argparse
 
+    from medtransfer.shared.utils.cliargs import at_least
+
     ap = argparse.ArgumentParser(prog="python -m medtransfer.shared.bench cold")
     ap.add_argument("pairs", nargs="+", help="BUNDLE SAMPLE [BUNDLE SAMPLE ...]")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=at_least(1), default=5)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--opt", action="append", default=[], help="predictor option key=value for every predict")
     a = ap.parse_args(argv)
@@ -828,7 +839,7 @@ def _cold_main(argv: list[str]) -> None:
     options = parse_opts(a.opt)
     res = {}
     for b, smp in zip(a.pairs[::2], a.pairs[1::2]):
-        meta = json.loads((Path(b) / "metadata.json").read_text())
+        meta = _bundle_meta(Path(b))
         res[f"{meta.get('app')}:{b}"] = cold_start(Path(b), Path(smp), repeats=a.repeats, options=options)
     text = json.dumps({"cpu_count": os.cpu_count(), **res}, indent=2)
     if a.json:

@@ -340,11 +340,13 @@ def _main(argv: list[str]) -> None:
         return
     import argparse
 
+    from medtransfer.shared.utils.cliargs import at_least, positive_float
+
     ap = argparse.ArgumentParser(prog="python -m medtransfer.apps.eeg.bench")
-    ap.add_argument("n_recordings", nargs="?", type=int, default=16)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--scale", type=int, default=4)
-    ap.add_argument("--duration", type=float, default=400.0)
+    ap.add_argument("n_recordings", nargs="?", type=at_least(4), default=16)
+    ap.add_argument("--workers", type=at_least(1), default=2)
+    ap.add_argument("--scale", type=at_least(1), default=4)
+    ap.add_argument("--duration", type=positive_float, default=400.0)
     ap.add_argument("--no-braindecode", action="store_true")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=None, help="also write the JSON here")

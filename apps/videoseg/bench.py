@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from medtransfer.shared.bench import load_average
+from medtransfer.shared.utils.cliargs import at_least, int_list
 
 #: ours with one setting changed (``ablation=True``): encoder prefetch (the encoder works on the next
 #: frame in its own thread, the threads split with the tracker graphs), spinning within runs, the
@@ -245,6 +246,25 @@ def _ints(v: str | int | list[int] | tuple[int, ...]) -> list[int]:
     return [int(x) for x in v]
 
 
+def _cpu_sets(text: str) -> list[list[int]]:
+    """``"0,1;2,3"`` -> ``[[0, 1], [2, 3]]``: CPU sets this process may use.
+
+    Raises:
+        ValueError: not that form, or a CPU this process may not run on.
+    """
+    sets = []
+    for part in (s for s in text.split(";") if s.strip()):
+        try:
+            cpus = [int(c) for c in part.split(",") if c.strip()]
+        except ValueError:
+            raise ValueError(f"'{text}': expected CPU sets such as 0,1;2,3") from None
+        allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+        if not cpus or not set(cpus) <= allowed:
+            raise ValueError(f"'{part}': not CPUs this process may use ({sorted(allowed)})")
+        sets.append(cpus)
+    return sets
+
+
 def child_export(args: dict[str, Any]) -> dict[str, Any]:
     """:func:`make_bundle` in a fresh process (``arch``, ``image_size``, ``overrides``, ``work``)."""
     bundle, sd, sec = make_bundle(args["arch"], int(args["image_size"]), args["overrides"], Path(args["work"]))
@@ -351,7 +371,7 @@ def bench(
     size_list = [128] if micro and sizes == "256,512" else _ints(sizes)
     frame_list = _ints(frames)
     overrides = list(MICRO_OVERRIDES) if micro else []
-    sets = [[int(c) for c in s.split(",")] for s in cpu_sets.split(";") if s.strip()]
+    sets = _cpu_sets(cpu_sets)
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="videoseg_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     n_max = max(frame_list + [profile_frames])
@@ -539,19 +559,24 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m medtransfer.apps.videoseg.bench", description=__doc__.split("\n")[0])
     p.add_argument("--child", choices=("ours", "official", "export"), help=argparse.SUPPRESS)
     p.add_argument("child_args", nargs="?", help=argparse.SUPPRESS)
-    p.add_argument("--sizes", default="256,512")
-    p.add_argument("--frames", default="48,192")
+    p.add_argument("--sizes", default="256,512", type=int_list(32, multiple_of=32), help="SAM2 input sizes")
+    p.add_argument("--frames", default="48,192", type=int_list(2), help="video lengths")
     p.add_argument("--micro", action="store_true", help="the 128-px micro model (smoke runs)")
     p.add_argument("--arch", default="sam2.1_hiera_tiny")
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--profile-frames", type=int, default=16)
+    p.add_argument("--threads", type=at_least(0), default=0)
+    p.add_argument("--profile-frames", type=at_least(0), default=16)
     p.add_argument("--prefetch", action="store_true", help="ours encodes the next frame in a second thread")
     p.add_argument("--cpu-sets", default="")
     p.add_argument("--ablation", action="store_true", help="also time ours with each fast setting switched off")
-    p.add_argument("--repeats", type=int, default=1, help="time each ours/official pair N times, alternating")
+    p.add_argument("--repeats", type=at_least(1), default=1, help="time each ours/official pair N times, alternating")
     p.add_argument("--out", default="videoseg_bench.json")
     p.add_argument("--work-dir", default=None)
     a = p.parse_args(argv)
+    if a.cpu_sets:
+        try:
+            _cpu_sets(a.cpu_sets)
+        except ValueError as e:
+            p.error(f"argument --cpu-sets: {e}")
     if a.child:
         cargs = json.loads(a.child_args)
         if cargs.get("cpus"):  # pin before any library starts its threads
@@ -560,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(fn(cargs)))
         return 0
     res = bench(
-        sizes=a.sizes,
+        sizes="256,512" if a.micro and a.sizes == [256, 512] else a.sizes,
         frames=a.frames,
         micro=a.micro,
         arch=a.arch,

@@ -33,6 +33,8 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 CMU = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "wsi" / "slides" / "CMU-1-Small-Region.svs"
+#: what --devices accepts (a comma-separated list of these)
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def _load() -> str:
@@ -251,6 +253,11 @@ def bench(
     from medtransfer.apps.wsi.features import Encoder, OnnxEncoder
     from medtransfer.apps.wsi.model import build_tile_encoder
 
+    bad = [d for d in devices.split(",") if d.strip() not in DEVICES]
+    if bad or not devices.strip():
+        raise ValueError(f"devices '{devices}': expected one or more of {', '.join(DEVICES)}")
+    if slide and not Path(slide).is_file():
+        raise FileNotFoundError(f"{slide}: slide not found")
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # read-only tiles
     torch.set_num_threads(int(threads))
     torch.manual_seed(0)
@@ -263,12 +270,17 @@ def bench(
         "loadavg_start": _load(),
         "slides": [],
     }
+    want = ["cpu", "cuda"] if devices == "auto" else [d.strip() for d in devices.split(",")]
+    if "cuda" in want and not torch.cuda.is_available():  # said, not silently skipped
+        res["cuda"] = "not measured: torch sees no CUDA device on this machine"
+        print(f"wsi bench [cuda]: {res['cuda']}", file=sys.stderr)
+    run_on = [d for d in dict.fromkeys(want) if d == "cpu" or torch.cuda.is_available()]
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         paths: list[Path] = []
         if slide:
             paths.append(Path(slide))
-        else:
+        elif run_on:  # (nothing to generate when no device will run)
             if CMU.is_file():
                 paths.append(CMU.resolve())
             else:
@@ -277,8 +289,7 @@ def bench(
                 t = time.perf_counter()
                 paths.append(make_big_slide(tmp / f"generated_{big_side}.tif", side=big_side))
                 res["generate_big_slide_s"] = round(time.perf_counter() - t, 1)
-        want = ["cpu", "cuda"] if devices == "auto" else [d.strip() for d in devices.split(",")]
-        for device in [d for d in want if d == "cpu" or (d == "cuda" and torch.cuda.is_available())]:
+        for device in run_on:
             model, dim, _ = build_tile_encoder(encoder, None)
             model = model.eval().to(device)
             enc = Encoder(encoder, None, device, patch_size, threads=threads)
@@ -337,20 +348,28 @@ def _main(argv: list[str]) -> None:
     (``medtransfer bench --app wsi`` runs the same with its defaults)."""
     import argparse
 
+    from medtransfer.shared.utils.cliargs import at_least, choice_list
+
     ap = argparse.ArgumentParser(prog="python -m medtransfer.apps.wsi.bench", description=_main.__doc__)
     ap.add_argument("--out", default="wsi_bench.json", help="JSON file to write (default: wsi_bench.json)")
     ap.add_argument("--slide", default=None, help="bench only this slide (default: CMU + a generated TIFF)")
     ap.add_argument("--encoder", default="resnet18")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--max-tiles", type=int, default=192)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--read-workers", type=int, default=2)
-    ap.add_argument("--big-side", type=int, default=20000, help="side of the generated slide (0 = skip it)")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--batch-size", type=at_least(1), default=32)
+    ap.add_argument("--max-tiles", type=at_least(1), default=192)
+    ap.add_argument("--threads", type=at_least(1), default=2)
+    ap.add_argument("--read-workers", type=at_least(1), default=2)
+    ap.add_argument("--big-side", type=at_least(0), default=20000, help="side of the generated slide (0 = skip it)")
+    ap.add_argument("--rounds", type=at_least(1), default=2)
     ap.add_argument("--int8", action="store_true", help="also the static int8 ONNX encoder")
-    ap.add_argument("--devices", default="auto", help="auto, cpu, cuda or cpu,cuda")
+    ap.add_argument("--devices", default="auto", type=choice_list(DEVICES), help="auto, cpu, cuda or cpu,cuda")
+    a = ap.parse_args(argv)
+    if a.slide and not Path(a.slide).is_file():
+        ap.error(f"argument --slide: {a.slide}: slide not found")
     # every flag's dest is the name of a bench() parameter
-    print(json.dumps(bench(**vars(ap.parse_args(argv))), indent=2))
+    res = bench(**vars(a))
+    print(json.dumps(res, indent=2))
+    if res.get("slides") == []:  # e.g. --devices cuda where there is none: nothing was measured
+        raise SystemExit(f"wsi bench: nothing measured ({res.get('cuda') or 'no slide'})")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -109,6 +109,11 @@ def test_bench_reports_a_missing_run_folder(image_run, monkeypatch, hooks_module
     meta = json.loads((b / "metadata.json").read_text())
     meta["run_dir"] = str(tmp_path / "gone")
     (b / "metadata.json").write_text(json.dumps(meta))
+    from medtransfer.shared.runtime.schema import CHECKSUMS, format_checksums
+    from medtransfer.shared.utils.hashing import sha256_file
+
+    # resealed, as a re-export with the run folder gone would leave it (the bench checks bundles as predict does)
+    (b / CHECKSUMS).write_text(format_checksums({p.name: sha256_file(p) for p in b.iterdir() if p.name != CHECKSUMS}))
     image = plugins.discover_apps()["image"]
     _with_specs(monkeypatch, dataclasses.replace(image, bench_eager="fake_bench_hooks:eager", bench=None))
     res = run_bench(bundle=b)
@@ -124,3 +129,18 @@ def test_default_bench_bundle_comes_from_a_declared_hook(monkeypatch):
     _with_specs(monkeypatch, a)
     with pytest.raises(MedTransferError, match="--bundle"):
         default_bundle_app()
+
+
+def test_bench_refuses_what_is_not_a_bundle_in_one_line(tmp_path, capsys):
+    """The bench read metadata.json as it found it: a missing folder gave Python's 'No such file or
+    directory', metadata without its schema a KeyError.  It now opens the bundle as predict does."""
+    from cliutil import run_main
+
+    assert run_main(["bench", "--bundle", tmp_path / "nope"], capsys)[2].strip() == (
+        f"error: {tmp_path / 'nope'}: not a bundle (no metadata.json)"
+    )
+    (tmp_path / "metadata.json").write_text("{}")
+    code, _, err = run_main(["bench", "--bundle", tmp_path], capsys)
+    assert code != 0 and err.strip() == f"error: {tmp_path / 'metadata.json'}: field 'schema' is missing"
+    with pytest.raises(MedTransferError, match="field 'schema' is missing"):
+        onnx_vs_eager(tmp_path)

@@ -1,5 +1,6 @@
 """CLI-level checks through the top-level `medtransfer` typer app."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -126,3 +127,23 @@ def test_bench_module_parses_its_flags_before_measuring(tmp_path, monkeypatch, c
     assert e.value.code == 2 and not got
     wb._main(["--out", "b.json", "--big-side", "0", "--devices", "cpu"])
     assert got["out"] == "b.json" and got["big_side"] == 0 and got["devices"] == "cpu"
+
+
+def test_bench_says_when_the_asked_device_is_absent(tmp_path, monkeypatch, capsys):
+    """``--devices cuda`` on a machine without CUDA printed a JSON with no slide and exited 0, after
+    generating a 20k-px slide for nothing: now it says so and fails, before generating anything."""
+    import pytest
+    import torch
+
+    from medtransfer.apps.wsi import bench as wb
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(wb, "make_big_slide", lambda *a, **k: pytest.fail("generated a slide nobody measures"))
+    with pytest.raises(SystemExit) as e:
+        wb._main(["--devices", "cuda", "--out", "b.json"])
+    assert "nothing measured (not measured: torch sees no CUDA device" in str(e.value.code)
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert res["slides"] == [] and "no CUDA device" in res["cuda"]
+    assert "wsi bench [cuda]: not measured" in capsys.readouterr().err
