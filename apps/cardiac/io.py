@@ -20,6 +20,7 @@ import numpy as np
 from medtransfer.shared.runtime import gates
 from medtransfer.shared.utils.errors import InputError, MedTransferError
 from medtransfer.shared.utils.imports import module_available
+from medtransfer.shared.utils.video import open_capture
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".gif", ".avi", ".mp4", ".mov", ".mkv")
@@ -184,14 +185,16 @@ def read_video(path: Path, max_frames: int = 0, overrides: Mapping[str, Any] | N
         overrides: gate limit overrides (the bundle's ``gates``).
 
     Raises:
-        InputError: implausible declared size / frame count, no decodable frame.
+        InputError: implausible declared size / frame count, no decodable frame, or a video that
+            ends before its declared frame count (truncated or corrupt; a GIF keeps the frames
+            before a broken tail).
     """
     import cv2
 
     lim = _limits(overrides)
     if path.suffix.lower() == ".gif":
         return _read_gif(path, max_frames, lim)
-    cap = cv2.VideoCapture(str(path))
+    cap = open_capture(path)
     try:
         if not cap.isOpened():
             raise InputError(path, "not a video OpenCV can open")
@@ -220,6 +223,8 @@ def read_video(path: Path, max_frames: int = 0, overrides: Mapping[str, Any] | N
         cap.release()
     if not frames:
         raise InputError(path, "no readable frames (not a video OpenCV can decode)")
+    if 0 < i < n:  # a view / grade from the frames before the damage would pass for the clip's
+        raise InputError(path, f"frame {i} of {n} could not be decoded (video truncated or corrupt)")
     return _subsample(frames, max_frames)
 
 

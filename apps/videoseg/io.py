@@ -26,6 +26,7 @@ import numpy as np
 
 from medtransfer.shared.runtime import gates
 from medtransfer.shared.utils.errors import InputError
+from medtransfer.shared.utils.video import open_capture
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".mha", ".mhd")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -181,7 +182,7 @@ class VideoReader:
             self.kind = "video"
             import cv2
 
-            cap = cv2.VideoCapture(str(self.path))
+            cap = open_capture(self.path)
             try:
                 if not cap.isOpened():
                     raise InputError(self.path, "not a readable video (OpenCV could not open it)")
@@ -248,7 +249,7 @@ class VideoReader:
         else:
             import cv2
 
-            cap = cv2.VideoCapture(str(self.path))
+            cap = open_capture(self.path)
             try:
                 if start:
                     cap.set(cv2.CAP_PROP_POS_FRAMES, start)
@@ -259,7 +260,8 @@ class VideoReader:
                         ok, fr = False, None
                     if not ok or fr is None:
                         raise InputError(
-                            self.path, f"video truncated: frame {i} of {self.n_frames} could not be decoded"
+                            self.path,
+                            f"frame {i} of {self.n_frames} could not be decoded (video truncated or corrupt)",
                         )
                     if fr.shape[:2] != (self.height, self.width) or fr.ndim != 3:
                         raise InputError(

@@ -28,6 +28,7 @@ import numpy as np
 
 from medtransfer.shared.runtime.estimate import INSUFFICIENT_DATA
 from medtransfer.shared.utils.errors import MedTransferError
+from medtransfer.shared.utils.video import open_capture
 
 EEG_SUFFIXES = (".edf", ".bdf")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -195,7 +196,7 @@ def _shift_video(src: Path, dst: Path, name: str, severity: float, rng: np.rando
         return dst
     import cv2
 
-    cap = cv2.VideoCapture(str(src))
+    cap = open_capture(src)
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     frames = []
     while True:

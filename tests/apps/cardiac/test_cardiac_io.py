@@ -71,3 +71,17 @@ def test_unexpected_channel_count(tmp_path):
 
     with pytest.raises(InputError, match="channel count 2"):
         _to_rgb(np.zeros((64, 64, 2), np.uint8), tmp_path / "x")
+
+
+def test_a_clip_that_ends_before_its_declared_frames_is_an_error(tmp_path):
+    """A truncated AVI (24 frames declared, 6 decodable) was classified and graded from the frames
+    before the damage, status ok: now an error naming where decoding stopped, as videoseg does."""
+    clip = cine("A4C", 8, 24, seed=1, size=(96, 128))
+    data = write_avi(tmp_path / "a.avi", clip).read_bytes()
+    assert len(read_frames(tmp_path / "a.avi")[0]) == 24
+    bad = tmp_path / "cut.avi"
+    bad.write_bytes(data[: len(data) // 4])
+    with pytest.raises(
+        InputError, match=r"cut\.avi: frame \d+ of 24 could not be decoded \(video truncated or corrupt\)"
+    ):
+        read_frames(bad)
