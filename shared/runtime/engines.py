@@ -569,6 +569,9 @@ class _PoolBackend(_Backend):
 _RAY_STARTED_HERE = False
 #: the cluster address this process joined (None: none joined, or a Ray it started itself)
 _RAY_CLUSTER: str | None = None
+#: Ray jobs (``run_map(engine="ray")``) of this process in progress (a Ray started here is restarted
+#: for more workers only when none is)
+_RAY_JOBS = 0
 
 
 def local_ray_cluster() -> str | None:
@@ -1191,6 +1194,7 @@ class _RayBackend(_Backend):
     ) -> None:
         import socket
 
+        global _RAY_JOBS
         t0 = time.perf_counter()
         keep_s = ray_keep_s() if reuse_key else 0.0  # a bad value is refused before Ray starts
         self.info = ray_init(workers, object_store_mb)
@@ -1198,9 +1202,17 @@ class _RayBackend(_Backend):
 
         cluster = _RAY_CLUSTER  # None: a Ray started here
         keep = keep_s if cluster else 0.0
-        cpus = _cluster_cpus() if cluster else 0  # a Ray started here has ``workers`` CPUs
+        cpus = _cluster_cpus()
+        if not cluster and _RAY_STARTED_HERE and 0 < cpus < workers and _RAY_JOBS == 0:
+            # the Ray this process started for an earlier job of fewer workers (a script that
+            # preprocesses with 1 worker, then scores with 2): the job waited for CPUs that Ray
+            # would never have; started again for this one (its actors went with their jobs)
+            shutdown_ray()
+            self.info = {**ray_init(workers, object_store_mb), "ray_restarted_for_workers": cpus}
+            cpus = _cluster_cpus()
         if 0 < cpus < workers:  # actors beyond the cluster's CPUs would never start: the job hung
-            sys.stderr.write(f"--engine ray: {workers} workers asked, the Ray cluster has {cpus} CPUs: using {cpus}\n")
+            ray_is = "the Ray cluster has" if cluster else "this process's Ray has"
+            sys.stderr.write(f"--engine ray: {workers} workers asked, {ray_is} {cpus} CPUs: using {cpus}\n")
             self.info["workers_asked"] = workers
             workers = cpus
         self.info["workers"] = workers
@@ -1243,6 +1255,8 @@ class _RayBackend(_Backend):
         self.info["ray_actors_reused"] = sum(r.jobs > 1 for r in ready)
         self.info["ray_states_reused"] = sum(r.warm for r in ready)
         self.info["ray_startup_s"] = round(time.perf_counter() - t0, 3)
+        _RAY_JOBS += 1
+        self._counted = True  # until close()
         self.info["start_method"] = "ray-actors"
         self.info["threads_per_worker"] = threads
         self.info["driver_nice"] = driver[1]
@@ -1388,6 +1402,10 @@ class _RayBackend(_Backend):
     def close(self, abort: bool = False, kill: bool = False) -> None:
         import ray
 
+        global _RAY_JOBS
+        if getattr(self, "_counted", False):
+            _RAY_JOBS -= 1
+            self._counted = False
         actors = getattr(self, "actors", [])
         leased = getattr(self, "leased", [])
         if leased and abort:  # best effort: an interrupted job does not wait on its actors

@@ -249,6 +249,27 @@ def test_ray_gives_what_local_gives():
         run_map(_failing_init, _square, range(3), engine="ray", workers=1)
 
 
+def test_a_later_ray_job_of_more_workers_gets_them(monkeypatch, capsys):
+    """A script's first Ray job had 1 worker (Ray started here with 1 CPU), its next asked for 2: the
+    second actor waited for a CPU that Ray would never have (hung; CI met it when the 1-worker test
+    ran first).  Ray is started again for the larger job; a Ray that a job of this process is still
+    using is not, and the job takes the CPUs there are."""
+    ray = pytest.importorskip("ray")
+    from medtransfer.shared.runtime import engines as E
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    E.shutdown_ray()
+    assert sorted(dict(run_map(_init, _square, [0, 1], engine="ray", workers=1))) == [0, 1]
+    two = run_map(_init, _square, range(4), engine="ray", workers=2, chunksize=1)
+    assert two.stats["workers"] == 2 and two.stats["ray_restarted_for_workers"] == 1
+    assert sorted(dict(two)) == [0, 1, 2, 3] and E._RAY_JOBS == 0
+    monkeypatch.setattr(E, "_RAY_JOBS", 1)  # another job of this process in progress
+    three = run_map(_init, _square, range(3), engine="ray", workers=3, chunksize=1)
+    assert three.stats["workers"] == 2 and three.stats["workers_asked"] == 3
+    assert sorted(dict(three)) == [0, 1, 2]
+    assert "3 workers asked, this process's Ray has 2 CPUs: using 2" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ray_an_item_that_kills_its_actor_fails_alone(workers):
     """As with local workers: the item whose actor dies gets WorkerDied, the other items of its chunk
