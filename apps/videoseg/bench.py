@@ -252,17 +252,28 @@ def _cpu_sets(text: str) -> list[list[int]]:
     Raises:
         ValueError: not that form, or a CPU this process may not run on.
     """
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
     sets = []
     for part in (s for s in text.split(";") if s.strip()):
         try:
             cpus = [int(c) for c in part.split(",") if c.strip()]
         except ValueError:
             raise ValueError(f"'{text}': expected CPU sets such as 0,1;2,3") from None
-        allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
         if not cpus or not set(cpus) <= allowed:
             raise ValueError(f"'{part}': not CPUs this process may use ({sorted(allowed)})")
         sets.append(cpus)
     return sets
+
+
+def _cpu_sets_arg(text: str) -> str:
+    """``--cpu-sets`` as argparse checks it (:func:`_cpu_sets`); the text is kept for :func:`bench`."""
+    import argparse
+
+    try:
+        _cpu_sets(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def child_export(args: dict[str, Any]) -> dict[str, Any]:
@@ -566,17 +577,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=at_least(0), default=0)
     p.add_argument("--profile-frames", type=at_least(0), default=16)
     p.add_argument("--prefetch", action="store_true", help="ours encodes the next frame in a second thread")
-    p.add_argument("--cpu-sets", default="")
+    p.add_argument("--cpu-sets", default="", type=_cpu_sets_arg)
     p.add_argument("--ablation", action="store_true", help="also time ours with each fast setting switched off")
     p.add_argument("--repeats", type=at_least(1), default=1, help="time each ours/official pair N times, alternating")
     p.add_argument("--out", default="videoseg_bench.json")
     p.add_argument("--work-dir", default=None)
     a = p.parse_args(argv)
-    if a.cpu_sets:
-        try:
-            _cpu_sets(a.cpu_sets)
-        except ValueError as e:
-            p.error(f"argument --cpu-sets: {e}")
     if a.child:
         cargs = json.loads(a.child_args)
         if cargs.get("cpus"):  # pin before any library starts its threads

@@ -10,6 +10,7 @@ built-in parser is never tried), FFmpeg logs nothing, and OpenCV logs errors onl
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,9 @@ from typing import Any
 #: FFmpeg's AV_LOG_QUIET, read by OpenCV when it first starts FFmpeg (hence set before any capture)
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
-_QUIET = False
 
-
+@functools.cache  # once per process
 def _quiet_opencv() -> None:
-    global _QUIET
-    if _QUIET:
-        return
     import cv2
 
     if "OPENCV_LOG_LEVEL" not in os.environ:
@@ -31,7 +28,6 @@ def _quiet_opencv() -> None:
             cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
         except (AttributeError, cv2.error):  # pragma: no cover - an OpenCV without the call
             pass
-    _QUIET = True
 
 
 def open_capture(path: str | Path) -> Any:

@@ -109,11 +109,10 @@ def test_bench_reports_a_missing_run_folder(image_run, monkeypatch, hooks_module
     meta = json.loads((b / "metadata.json").read_text())
     meta["run_dir"] = str(tmp_path / "gone")
     (b / "metadata.json").write_text(json.dumps(meta))
-    from medtransfer.shared.runtime.schema import CHECKSUMS, format_checksums
-    from medtransfer.shared.utils.hashing import sha256_file
+    from medtransfer.shared.export.bundle_writer import write_checksums
 
     # resealed, as a re-export with the run folder gone would leave it (the bench checks bundles as predict does)
-    (b / CHECKSUMS).write_text(format_checksums({p.name: sha256_file(p) for p in b.iterdir() if p.name != CHECKSUMS}))
+    write_checksums(b, list(meta["files"]))
     image = plugins.discover_apps()["image"]
     _with_specs(monkeypatch, dataclasses.replace(image, bench_eager="fake_bench_hooks:eager", bench=None))
     res = run_bench(bundle=b)
