@@ -31,6 +31,7 @@ from medtransfer.shared.export.guard import baseline_record
 from medtransfer.shared.manifest import read_manifest
 from medtransfer.shared.rundir import RunDir, model_spec
 from medtransfer.shared.utils.errors import InputError, MedTransferError
+from medtransfer.shared.utils.seed import seed_everything
 
 DEFAULTS: dict[str, Any] = {
     # pretrained: "" (none) or a local weight file; views: the view classes, in head order
@@ -339,6 +340,7 @@ def train_view(
         ``{"run_dir", "val", "test", "ood"}`` (test: accuracy, macro-F1, per-class F1).
     """
     cfg = make_config(recipe, overrides)
+    seed_everything(int(cfg["train"].get("seed", 0)))  # the initial weights are the run's seed's
     model = build_model(cfg, pretrained=_pretrained(cfg))
     return _run(
         Path(manifest),
@@ -368,6 +370,7 @@ def train_grade(
     head too, so one exported model answers both (0 = pure grade regression).
     """
     cfg = make_config(recipe, overrides)
+    seed_everything(int(cfg["train"].get("seed", 0)))  # the new head's initial weights are the run's seed's
     init = str(cfg["grade"]["init"])
     if init == "view":
         if not init_run:

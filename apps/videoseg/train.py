@@ -25,6 +25,7 @@ from medtransfer.shared.export.guard import baseline_record
 from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit
 from medtransfer.shared.rundir import RunDir, model_spec
 from medtransfer.shared.utils.errors import ConfigError, InputError
+from medtransfer.shared.utils.seed import seed_everything
 
 APP, TASK = "videoseg", "track"
 DATA_DEFAULTS: dict[str, Any] = {
@@ -308,8 +309,9 @@ def train(manifest: str | Path, run_dir: str | Path, cfg: dict[str, Any] | None 
         raise InputError(manifest, "no rows with split=train")
     if not va:
         raise InputError(manifest, "no rows with split=val (validation never uses the test split)")
-    model, params = build_model(cfg["model"])
     seed = int(cfg["train"]["seed"])
+    seed_everything(seed)  # the adapters' initial weights are the run's seed's
+    model, params = build_model(cfg["model"])
     head = head_modules(cfg)
     prompt = str(cfg["data"]["prompt"])
     res = fit(

@@ -20,6 +20,7 @@ from medtransfer.shared.registry import create_model
 from medtransfer.shared.rundir import RunDir, model_builder, model_spec
 from medtransfer.shared.runtime.gates import limits_for
 from medtransfer.shared.utils.errors import MedTransferError
+from medtransfer.shared.utils.seed import seed_everything
 
 
 def defaults() -> dict[str, Any]:
@@ -143,6 +144,7 @@ def train(
     tr, va = by_split(recs, "train"), by_split(recs, "val")
     if not tr or not va:
         raise MedTransferError(f"{manifest}: need train and val cases (got {len(tr)} / {len(va)})")
+    seed_everything(int(cfg["train"]["seed"]))  # the initial weights are the run's seed's
     model = _build(cfg, len(labels))
     res = fit(
         model,
