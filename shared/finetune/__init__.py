@@ -7,5 +7,6 @@ from medtransfer.shared.finetune.engine import (  # noqa: F401
     load_checkpoint,
     predict_arrays,
     resolve_device,
+    weights_digest,
 )
 from medtransfer.shared.finetune.strategies import STRATEGIES, param_groups, setup_strategy  # noqa: F401

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import json
 import math
 import os
@@ -302,6 +303,8 @@ def fit(
         _start_run(run, cfg, app, task, monitor, mode, world)
         if model_spec:
             run.update_info(model_spec=model_spec)
+        if last is None:  # a fresh start: which weights it started from (a resume keeps the first run's)
+            run.update_info(initial_weights_sha256=weights_digest(model))
 
     setup_strategy(model, tc, head)
     model.to(device)
@@ -385,6 +388,27 @@ def fit(
     return FitResult(
         run_dir, run.checkpoint_path("best"), run.checkpoint_path("last"), st.best_metrics, st.history, st.best_epoch
     )
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of a model's state: every entry's name, dtype, shape and bytes, in name order.
+
+    ``fit`` records it as ``initial_weights_sha256`` in ``run.json``: two runs of one config that
+    started from the same weights (same seed, same pretrained file) have the same digest.
+
+    Args:
+        model: the network.
+
+    Returns:
+        The hex digest.
+    """
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------- fit's parts

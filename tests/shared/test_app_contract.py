@@ -5,6 +5,8 @@
 * every app comes from a ``medtransfer.apps`` entry point, and the core (shared/ outside the image
   task's own package) names no app: no import of one, no comparison with an app's name;
 * ``medtransfer export RUN --out <relative path>`` works for every app, on a tiny run;
+* every app's training starts from the same weights whatever the process drew before it (it seeds
+  before it builds the model);
 * demo selection and declared backbones go through the specs alone.
 """
 
@@ -324,3 +326,33 @@ def test_export_to_a_relative_out(name, tmp_path, monkeypatch, capsys):
     assert not [p.name for p in (tmp_path / "bundles").iterdir() if p.name != "b"]  # no staging left behind
     code, out, err = _cli(monkeypatch, capsys, "verify", "bundles/b")
     assert code == 0, err
+
+
+class _Started(Exception):
+    """Raised by the patched engine right after ``fit`` recorded the run's start."""
+
+
+@pytest.mark.parametrize("name", sorted(APPS))
+def test_training_starts_from_the_seeds_weights_whatever_ran_before(name, tmp_path, monkeypatch):
+    import random
+
+    import numpy as np
+    import torch
+
+    from medtransfer.shared.finetune import engine
+
+    if name not in TINY_RUNS:
+        pytest.fail(f"app '{name}' has no tiny run in TINY_RUNS: its seeding cannot be checked")
+
+    def stop(*a, **k):  # fit has written run.json (initial_weights_sha256): the training itself is not needed
+        raise _Started
+
+    monkeypatch.setattr(engine, "setup_strategy", stop)
+    digests = []
+    for k, draws in enumerate((0, 1000)):
+        torch.rand(draws), np.random.rand(draws), [random.random() for _ in range(draws)]
+        with pytest.raises(_Started):
+            TINY_RUNS[name](tmp_path / f"w{k}")
+        (info,) = [json.loads(p.read_text()) for p in (tmp_path / f"w{k}").rglob("run.json")]
+        digests.append(info["initial_weights_sha256"])
+    assert digests[0] == digests[1]

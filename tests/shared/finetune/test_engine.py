@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import yaml
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit, load_checkpoint
+from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit, load_checkpoint, weights_digest
 from medtransfer.shared.finetune.strategies import param_groups, setup_strategy, stages
 
 
@@ -111,9 +112,36 @@ def test_resume_continues_where_it_stopped(tmp_path):
         loss_fn=nn.functional.cross_entropy,
     )
     assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
+    digest = [json.loads((tmp_path / r / "run.json").read_text())["initial_weights_sha256"] for r in "ab"]
+    assert digest[0] == digest[1]  # the resumed run still names the weights its first process started from
     np.testing.assert_allclose(
         [h["train_loss"] for h in resumed.history], [h["train_loss"] for h in full.history], rtol=1e-5
     )
+
+
+def test_run_json_names_the_weights_training_started_from(tmp_path):
+    def start(seed, out):
+        torch.manual_seed(seed)
+        net = Net()
+        before = weights_digest(net)
+        fit(
+            net,
+            data(32),
+            None,
+            cfg=cfg(epochs=1),
+            run_dir=tmp_path / out,
+            app="t",
+            task="c",
+            loss_fn=nn.functional.cross_entropy,
+        )
+        assert weights_digest(net) != before  # it trained: the record is of the start, not the end
+        return before, json.loads((tmp_path / out / "run.json").read_text())["initial_weights_sha256"]
+
+    a, b, c = start(0, "a"), start(0, "b"), start(1, "c")
+    assert a[1] == a[0] and a == b
+    assert c[1] == c[0] != a[0]
+    net = Net()
+    assert weights_digest(copy.deepcopy(net)) == weights_digest(net) != weights_digest(copy.deepcopy(net).half())
 
 
 def test_resume_refuses_a_folder_trained_with_another_config(tmp_path):
