@@ -60,11 +60,8 @@ def rank_features(
 
     model, cfg = _model_and_cfg(candidate, dict(opts))
     dcfg = dict(cfg["data"])
-    dcfg["cache_dir"] = str(
-        opts.get("cache_dir") or dcfg.get("cache_dir") or Path(manifest).resolve().parent / ".eeg_cache"
-    )
-    if not Path(dcfg["cache_dir"]).parent.exists():
-        dcfg["cache_dir"] = str(Path(manifest).resolve().parent / ".eeg_cache")
+    # the target's windows go to the target's cache, never to the cache folder the candidate run recorded
+    dcfg["cache_dir"] = str(opts.get("cache_dir") or Path(manifest).resolve().parent / ".eeg_cache")
     splits, _ = load_split(Path(manifest), dcfg, ["train"], progress=False)
     for rec in splits["train"]:
         win = np.load(rec.file, mmap_mode="r")

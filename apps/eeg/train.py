@@ -233,7 +233,7 @@ def train(
         extra_state=extra,
         model_spec=model_spec(
             builder="medtransfer.apps.eeg.train:build_model",
-            cfg={"data": dict(cfg["data"]), "model": dict(cfg["model"])},
+            cfg={"data": pp_config(cfg["data"]), "model": dict(cfg["model"])},  # what it is, not where it ran
         ),
     )
     run_dir = Path(run_dir)

@@ -40,11 +40,11 @@ def merge(
     run is an ordinary run folder (evaluate and export read it); it records `merged_from` and is
     not validated yet, so export asks for --force until you have evaluated it.
     """
-    from medtransfer.shared.finetune.merge import merge_runs
+    from medtransfer.shared.finetune.merge import METHODS, MergeError, merge_runs
 
+    if method not in METHODS:
+        raise MergeError(f"unknown merge method '{method}' (choose from {', '.join(METHODS)})")
     if method != "average" and base is None:
-        from medtransfer.shared.finetune.merge import MergeError
-
         raise MergeError(f"--method {method} needs --base (the run or weights the runs were fine-tuned from)")
     rec = merge_runs(runs, out, base, method=method, trim=trim, scale=scale)
     rep = rec["report"]

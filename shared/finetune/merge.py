@@ -43,12 +43,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
 
 from medtransfer.shared.utils.errors import InputError, MedTransferError
+from medtransfer.shared.utils.locks import exclusive
 
 METHODS: tuple[str, ...] = ("ties", "task_arithmetic", "average")
 #: TIES keeps the top 20% of each task vector by magnitude (the paper's k = 20)
@@ -382,19 +385,36 @@ def _load_base(base: str | Path) -> tuple[StateDict, dict[str, Any]]:
     return read_state_dict(p), {"path": str(p.resolve()), "kind": "weights", "sha256": sha256_file(p)}
 
 
-def _check_provenance(run_path: Path, info: Mapping[str, Any], base: Path, base_sha: str) -> None:
-    """Refuse a run that records another base run than ``base`` (when both are run folders that still exist)."""
+def _same_weights(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool | None:
+    """Whether two state dicts hold the same values on the tensors they share (None: nothing shared)."""
+    common = [k for k in a if k in b and torch.is_tensor(a[k]) and torch.is_tensor(b[k])]
+    if not common:
+        return None
+    return all(a[k].shape == b[k].shape and torch.equal(a[k].to(b[k].dtype), b[k]) for k in common)
+
+
+def _check_provenance(
+    run_path: Path, info: Mapping[str, Any], base: Path, base_sd: Mapping[str, Any], seen: dict[str, Any]
+) -> None:
+    """Refuse a run that records a starting point (run folder or weights file, still present) whose
+    weights are not the base's, whichever way the base is given (its run folder or a weights file)."""
+    from medtransfer.shared.registry.weights import read_state_dict
     from medtransfer.shared.rundir import RunDir
 
     src = _recorded_init(info)
-    if not src or not base.is_dir():
+    if not src:
         return
     sp = Path(src)
-    if not (sp / "run.json").is_file() or sp.resolve() == base.resolve():
+    if not sp.exists() or sp.resolve() == base.resolve():
         return
-    shas = RunDir(sp).expected_sha256("best") or set()
-    if base_sha and base_sha not in shas:
-        raise MergeError(f"{run_path}: was fine-tuned from {sp}, not from the base {base}; refused")
+    key = str(sp.resolve())
+    if key not in seen:
+        try:
+            seen[key] = RunDir(sp).load_checkpoint("best")["model"] if sp.is_dir() else read_state_dict(sp)
+        except MedTransferError:
+            seen[key] = None  # unreadable now: the weight-cosine test below still applies
+    if seen[key] is not None and _same_weights(seen[key], base_sd) is False:
+        raise MergeError(f"{run_path}: was fine-tuned from {sp}, whose weights are not the base {base}'s; refused")
 
 
 def not_validated_baseline(rec: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -461,9 +481,14 @@ def merge_runs(
     if scale is not None and not math.isfinite(scale):
         raise MergeError(f"--scale must be a finite number (got {scale})")
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(out, "--out exists and is not empty; choose a new run folder")
+    _check_out(out)
     dirs = [RunDir(r) for r in runs]
+    where: dict[str, Path] = {}
+    for d in dirs:
+        k = os.path.realpath(d.path)
+        if k in where:
+            raise MergeError(f"{d.path}: given twice (as {where[k]} and {d.path}); merge needs distinct runs")
+        where[k] = d.path
     infos = [d.info() for d in dirs]
     cks = [d.load_checkpoint("best") for d in dirs]
     specs = [ck.get("model_spec") or info.get("model_spec") for ck, info in zip(cks, infos)]
@@ -503,8 +528,8 @@ def merge_runs(
     base_sd: StateDict | None = None
     base_rec: dict[str, Any] = {}
     if base is not None:
-        base_sd, base_rec = _load_base(base)
-        base_sd = fold_lora(base_sd, scalings)
+        base_raw, base_rec = _load_base(base)
+        base_sd = fold_lora(base_raw, scalings)
         float_keys = [k for k, v in sites[0].items() if _is_float(v) and not is_bn_stat(k)]
         total = sum(sites[0][k].numel() for k in float_keys) or 1
         found = sum(
@@ -517,8 +542,9 @@ def merge_runs(
                 f"{base}: holds only {100 * found / total:.0f}% of the runs' parameters; "
                 "not the base they were fine-tuned from"
             )
+        seen: dict[str, Any] = {}
         for d, info, sd in zip(dirs, infos, sites):
-            _check_provenance(d.path, info, Path(base), str(base_rec.get("sha256", "")))
+            _check_provenance(d.path, info, Path(base), base_raw, seen)
             cos, n = base_cosine(sd, base_sd)
             if n and cos < MIN_BASE_COSINE:
                 raise MergeError(
@@ -534,6 +560,13 @@ def merge_runs(
                     f"{cos:.2f} over {n} tensors; runs fine-tuned from one base stay near 1); refused"
                 )
     merged, report = merge_state_dicts(sites, base_sd, method, trim, scale)
+    bad = next(
+        (k for k, v in merged.items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()), None
+    )
+    if bad is not None:
+        raise MergeError(
+            f"the merged weights hold inf or NaN (first: '{bad}'; --scale {report.get('scale')}); nothing written"
+        )
     merged = unfold_lora(merged, cks[0]["model"], scalings)
     try:
         model.load_state_dict(merged)
@@ -550,8 +583,6 @@ def merge_runs(
         "run_json_from": str(r0.resolve()),
         "report": report,
     }
-    run = RunDir(out, must_exist=False)
-    out.mkdir(parents=True, exist_ok=True)
     info = {k: v for k, v in i0.items() if k not in _OWN_RESULTS}
     info.update(
         created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -559,10 +590,29 @@ def merge_runs(
         baseline=not_validated_baseline(i0.get("baseline")),
         model_spec=dict(s0),
     )
-    run.write_info(info)
-    if (r0 / "config.yaml").is_file():
-        save_yaml(load_yaml(r0 / "config.yaml"), out / "config.yaml")
     state = {k: v for k, v in ck0.items() if k not in ("model", "history", "best")}
     state.update(model=merged, model_spec=dict(s0), merged_from=record)
-    run.save_checkpoint(state, "best")
+    config = load_yaml(r0 / "config.yaml") if (r0 / "config.yaml").is_file() else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(out.parent / f".{out.name}.merge.lock", out, "already being merged into by"):
+        _check_out(out)  # again, under the lock: another merge may have finished into it meanwhile
+        stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+        shutil.rmtree(stage, ignore_errors=True)
+        try:
+            run = RunDir(stage, must_exist=False)
+            stage.mkdir()
+            run.write_info(info)
+            if config is not None:
+                save_yaml(config, stage / "config.yaml")
+            run.save_checkpoint(state, "best")
+            if out.is_dir():
+                out.rmdir()  # empty (checked under the lock)
+            os.rename(stage, out)  # the run appears whole or not at all
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
     return record
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(out, "--out exists and is not empty; choose a new run folder")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -136,17 +137,33 @@ def resolve_candidate(spec: str, app: str, allow_random_init: bool = False) -> C
 
 
 def target_sha(target: Path) -> str:
-    """sha256 of a target manifest file; of a target folder (wsi labels): its files' names, sizes and times.
+    """sha256 of what a target is: a manifest file's bytes and the files it lists (resolved path, size,
+    modification time), or a target folder's (wsi labels) files' names, sizes and times.
 
-    The inputs a manifest lists are assumed unchanged (a changed file under the same path is not seen).
+    Two byte-identical manifests in different folders list different files (their paths are relative
+    to the manifest): they are different targets.
     """
     target = Path(target)
     if target.is_file():
-        return sha256_file(target)
+        from medtransfer.shared.manifest import read_manifest
+
+        try:
+            listed = [_stat_key(Path(r.path)) for r in read_manifest(target)]
+        except MedTransferError:
+            listed = []  # not a generic manifest (the app's hook reads it): its bytes and place
+        return sha256_text(json.dumps([sha256_file(target), str(target.resolve()), listed]))
     listing = sorted(
         (str(p.relative_to(target)), p.stat().st_size, p.stat().st_mtime_ns) for p in target.rglob("*") if p.is_file()
     )
     return sha256_text(json.dumps([str(target.resolve()), listing]))
+
+
+def _stat_key(p: Path) -> list[Any]:
+    try:
+        st = p.stat()
+    except OSError:
+        return [str(p.resolve()), None]
+    return [str(p.resolve()), st.st_size, st.st_mtime_ns]
 
 
 def cache_key(cand: Candidate, manifest: Path, opts: Mapping[str, Any]) -> str:
@@ -298,8 +315,12 @@ def rank(
         raise InputError(target, "target not found")
     if not candidates:
         raise MedTransferError("give at least one --candidate")
-    if len(set(candidates)) != len(candidates):
-        raise MedTransferError("a --candidate is given twice")
+    seen: dict[str, str] = {}
+    for c in candidates:  # a path spelled twice (runs/a, runs/a/, ./runs/a) is one candidate
+        k = os.path.realpath(c) if os.path.exists(c) else c
+        if k in seen:
+            raise MedTransferError(f"a --candidate is given twice ({seen[k]} and {c})")
+        seen[k] = c
     fn = app_hook(app, "rank_features")
     cands = [resolve_candidate(c, app, allow_random_init) for c in candidates]  # all checked before any work
     cache = Path(cache_dir) if cache_dir else out / "feature_cache"
@@ -308,6 +329,8 @@ def rank(
     for c in cands:
         x, y, hit = extract(c, target, fn, cache, opts, progress)
         reg = is_regression(y)
+        if not reg and np.unique(y).size < 2:
+            raise InputError(target, "its training split holds one class only; ranking needs two or more")
         task = "regression" if reg else "classification"
         scores.append(score_features(x, y, reg))
         names.append(c.name)

@@ -6,7 +6,7 @@
   task's own package) names no app: no import of one, no comparison with an app's name;
 * ``medtransfer export RUN --out <relative path>`` works for every app, on a tiny run;
 * every app's training starts from the same weights whatever the process drew before it (it seeds
-  before it builds the model);
+  before it builds the model), and its model spec names no folder of the machine it ran on;
 * demo selection and declared backbones go through the specs alone.
 """
 
@@ -355,4 +355,7 @@ def test_training_starts_from_the_seeds_weights_whatever_ran_before(name, tmp_pa
             TINY_RUNS[name](tmp_path / f"w{k}")
         (info,) = [json.loads(p.read_text()) for p in (tmp_path / f"w{k}").rglob("run.json")]
         digests.append(info["initial_weights_sha256"])
+        # the model spec says what the model is, not where it ran: runs of one architecture trained on
+        # other machines (cache folders, workers) stay comparable (``medtransfer merge`` compares specs)
+        assert str(tmp_path) not in json.dumps(info.get("model_spec")), info["model_spec"]
     assert digests[0] == digests[1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -31,3 +33,14 @@ def test_eeg_rank_random_architectures_on_training_recordings(nmt_csv, eeg_small
     assert hit and direct.shape[0] == n_train and np.allclose(cached, direct, atol=1e-5)
     with pytest.raises(CandidateError, match="candidate 'resnet18'.*not an eeg architecture"):
         rank("eeg", nmt_csv, ["resnet18"], tmp_path / "out2", True, opts, progress=False)
+
+
+def test_a_run_candidates_cache_folder_gets_none_of_the_targets_windows(trained_run, nmt_csv, tmp_path):
+    from medtransfer.shared.config import load_yaml
+
+    run_cache = load_yaml(trained_run / "config.yaml")["data"]["cache_dir"]
+    before = sorted(p.name for p in Path(run_cache).rglob("*"))
+    res = rank("eeg", nmt_csv, [str(trained_run)], tmp_path / "out", progress=False)
+    assert res["rows"][0]["n"] > 0
+    assert sorted(p.name for p in Path(run_cache).rglob("*")) == before  # the run's folder is not written to
+    assert any((nmt_csv.parent / ".eeg_cache").rglob("*.npy"))  # the target's own cache, as training uses

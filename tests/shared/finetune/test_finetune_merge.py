@@ -149,8 +149,10 @@ def sites(image_run, tmp_path_factory):
 def test_merge_copies_of_a_run_via_cli(sites, tmp_path, capsys):
     # every method is checked on state dicts above; through the CLI and run folders: ties (trim 1)
     a = sites["a"]
+    a2 = tmp_path / "a_copy"
+    shutil.copytree(a, a2)
     out = tmp_path / "ties"
-    code, _, err = run_main(["merge", a, a, "--base", sites["base"], "-o", out, "--trim", "1"], capsys)
+    code, _, err = run_main(["merge", a, a2, "--base", sites["base"], "-o", out, "--trim", "1"], capsys)
     assert code == 0, err
     want = RunDir(a).load_checkpoint("best")["model"]
     got = RunDir(out).load_checkpoint("best")["model"]
@@ -230,6 +232,50 @@ def test_refuses_a_run_recording_another_base_run(sites, tmp_path, capsys):
     site = _site(sites["base"], tmp_path / "c", from_other)
     code, _, err = run_main(["merge", sites["a"], site, "--base", sites["base"], "-o", tmp_path / "m"], capsys)
     assert code == 2 and "was fine-tuned from" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_base_given_as_a_weights_file_is_checked_against_what_the_runs_record(sites, tmp_path, capsys):
+    other = _site(sites["base"], tmp_path / "other_base", _nudge(9))  # close to the base: cosine alone passes it
+
+    def from_base(seed):
+        def change(ck, info):
+            _nudge(seed)(ck, info)
+            info["init_run"] = str(sites["base"])
+
+        return change
+
+    a, b = _site(sites["base"], tmp_path / "a", from_base(3)), _site(sites["base"], tmp_path / "b", from_base(4))
+    wrong = other / "checkpoints" / "best.pt"
+    code, _, err = run_main(["merge", a, b, "--base", wrong, "-o", tmp_path / "m"], capsys)
+    assert code == 2 and "whose weights are not the base" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "m").exists()
+    right = sites["base"] / "checkpoints" / "best.pt"  # the recorded base run's own weights file
+    code, _, err = run_main(["merge", a, b, "--base", right, "-o", tmp_path / "m"], capsys)
+    assert code == 0, err
+
+
+def test_nonsense_merges_are_refused_and_write_nothing(sites, tmp_path, capsys):
+    a, b, base = sites["a"], sites["b"], sites["base"]
+    for args, words in (
+        ([a, str(a) + "/", "--base", base], "given twice"),
+        ([a, b, "--base", base, "--method", "task_arithmetic", "--scale", "1e39"], "inf or NaN"),
+        ([a, b, "--method", "bogus"], "unknown merge method 'bogus'"),
+    ):
+        code, _, err = run_main(["merge", *args, "-o", tmp_path / "m"], capsys)
+        assert code == 2 and words in err and len(err.strip().splitlines()) == 1, (args, err)
+        assert not (tmp_path / "m").exists()
+        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".m.")], "staging left behind"
+
+
+def test_a_second_merge_into_one_out_is_refused_while_the_first_runs(sites, tmp_path, capsys):
+    from lockutil import lock_held_elsewhere
+
+    with lock_held_elsewhere(tmp_path / ".m.merge.lock", tmp_path / "m"):
+        code, _, err = run_main(
+            ["merge", sites["a"], sites["b"], "--base", sites["base"], "-o", tmp_path / "m"], capsys
+        )
+    assert code == 2 and "already being merged into by pid" in err, err
+    assert not (tmp_path / "m").exists()
 
 
 def test_merge_command_imports_light():

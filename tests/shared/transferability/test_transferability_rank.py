@@ -55,6 +55,41 @@ def test_rank_scores_ranks_caches_and_writes_outputs(tmp_path, monkeypatch):
     assert len(calls) == 3
 
 
+def test_the_cache_knows_two_sites_with_one_manifest_text_apart(tmp_path, monkeypatch):
+    """Byte-identical manifests in two folders list different files: features are not shared."""
+    calls: list = []
+    monkeypatch.setattr("medtransfer.shared.plugins.hook", lambda app, which: _fake_hook(calls))
+    mans = []
+    for site in ("siteX", "siteY"):
+        (tmp_path / site).mkdir()
+        (tmp_path / site / "r1.edf").write_bytes(site.encode())
+        (m := tmp_path / site / "m.csv").write_text("path,label\nr1.edf,normal\n")
+        mans.append(m)
+    cache = tmp_path / "cache"
+    for m in mans:
+        R.rank("eeg", m, ["shallow"], tmp_path / "o", allow_random_init=True, cache_dir=cache, progress=False)
+    assert len(calls) == 2  # siteY was extracted, not answered with siteX's cached features
+    R.rank("eeg", mans[1], ["shallow"], tmp_path / "o", allow_random_init=True, cache_dir=cache, progress=False)
+    assert len(calls) == 2  # the same site again: from the cache
+    (tmp_path / "siteY" / "r1.edf").write_bytes(b"re-exported, longer")  # a listed file changed
+    R.rank("eeg", mans[1], ["shallow"], tmp_path / "o", allow_random_init=True, cache_dir=cache, progress=False)
+    assert len(calls) == 3
+
+
+def test_a_one_class_target_and_a_candidate_named_twice_are_refused(tmp_path, monkeypatch):
+    def one_class(candidate, manifest, **opts):
+        yield np.random.default_rng(0).normal(size=(8, 4)), np.zeros(8, np.int64)
+
+    monkeypatch.setattr("medtransfer.shared.plugins.hook", lambda app, which: one_class)
+    man = tmp_path / "m.csv"
+    man.write_text("path,label\na,0\n")
+    with pytest.raises(R.InputError, match="m.csv: its training split holds one class only"):
+        R.rank("eeg", man, ["shallow"], tmp_path / "o", allow_random_init=True, progress=False)
+    run = _run_folder(tmp_path / "runs" / "a", "eeg")
+    with pytest.raises(R.MedTransferError, match="given twice"):
+        R.rank("eeg", man, [str(run), str(run) + "/"], tmp_path / "o", progress=False)
+
+
 def test_regression_targets_use_the_regression_variants():
     rng = np.random.default_rng(1)
     t = rng.normal(size=60)
