@@ -316,11 +316,11 @@ def rank(
     if not candidates:
         raise MedTransferError("give at least one --candidate")
     seen: dict[str, str] = {}
-    for c in candidates:  # a path spelled twice (runs/a, runs/a/, ./runs/a) is one candidate
-        k = os.path.realpath(c) if os.path.exists(c) else c
+    for spec in candidates:  # a path spelled twice (runs/a, runs/a/, ./runs/a) is one candidate
+        k = os.path.realpath(spec) if os.path.exists(spec) else spec
         if k in seen:
-            raise MedTransferError(f"a --candidate is given twice ({seen[k]} and {c})")
-        seen[k] = c
+            raise MedTransferError(f"a --candidate is given twice ({seen[k]} and {spec})")
+        seen[k] = spec
     fn = app_hook(app, "rank_features")
     cands = [resolve_candidate(c, app, allow_random_init) for c in candidates]  # all checked before any work
     cache = Path(cache_dir) if cache_dir else out / "feature_cache"
