@@ -83,6 +83,7 @@ def read_stack(path: Path, time_axis: str | int = "auto", overrides: Mapping[str
     Raises:
         InputError: unreadable header, not a 2-D / 3-D scalar image, implausible size, bad pixel data.
     """
+    gates.check_metaimage_data_file(path)  # before ITK opens it: pixels come from this input only
     try:
         import SimpleITK as sitk
 

@@ -106,6 +106,11 @@ def _rebuildable_encoder(w: dict[str, Any], encoder_weights: Any) -> tuple[Optio
             why = f"{path} no longer holds the {base} weights its bags came from (sha256 differs)"
         else:
             weights = str(path)
+    elif weights is None and bagx.get("random_init_sha256"):
+        from medtransfer.apps.wsi.features import random_init_digest
+
+        if random_init_digest(base) != bagx["random_init_sha256"]:
+            why = f"its bags came from a random-init {base} that this installation draws differently"
     if why:
         sys.stderr.write(f"export: no patch encoder in the bundle ({why}): it scores feature bags (.h5), not slides\n")
         return None, None

@@ -13,6 +13,7 @@ second run recomputes nothing; partial files from an interrupted run are redone.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -256,11 +257,20 @@ def bag_identity(bag_attrs: dict[str, Any]) -> dict[str, Any]:
 
 
 #: bag attributes that say which features a bag holds: bags that differ in one of them do not mix
-#: (``weights_sha256``: the ``--weights`` file; ``encoder_onnx_sha256``: the ``--encoder-onnx`` file)
-EXTRACTION_KEYS = ("encoder", "mpp", "patch_size", "weights_sha256", "encoder_onnx_sha256", "int8_sha256")
+#: (``weights_sha256``: the ``--weights`` file; ``encoder_onnx_sha256``: the ``--encoder-onnx`` file;
+#: ``random_init_sha256``: a random-init encoder's weights, drawn with a fixed seed)
+EXTRACTION_KEYS = (
+    "encoder",
+    "mpp",
+    "patch_size",
+    "weights_sha256",
+    "encoder_onnx_sha256",
+    "random_init_sha256",
+    "int8_sha256",
+)
 #: what a model's input features depend on: a bag it scores must match its training bags in these
 #: (the encoder compared without ``+int8``: an int8 extraction passed its cosine check against fp32)
-SCORING_KEYS = ("encoder", "mpp", "patch_size", "weights_sha256", "encoder_onnx_sha256")
+SCORING_KEYS = ("encoder", "mpp", "patch_size", "weights_sha256", "encoder_onnx_sha256", "random_init_sha256")
 #: recorded beside them, never compared: where the weights were (export looks for them there)
 RECORDED_KEYS = ("weights_path",)
 
@@ -689,8 +699,9 @@ class EncoderSpec:
     def source_identity(self) -> dict[str, Any]:
         """What the bags record of the encoder's own file, before :meth:`resolve`: the ``--weights``
         file (``weights_sha256``, and ``weights_path``, where export looks for it) or the
-        ``--encoder-onnx`` file (``encoder_onnx_sha256``); ``{}`` for random init.  A finished bag of
-        other weights is then redone, and training and scoring tell such bags apart."""
+        ``--encoder-onnx`` file (``encoder_onnx_sha256``) or, for random init, the digest of the
+        weights drawn (``random_init_sha256``).  A finished bag of other weights is then redone, and
+        training and scoring tell such bags apart."""
         if self.onnx:
             p = Path(self.onnx)
             p = p / "encoder.onnx" if p.is_dir() else p
@@ -698,6 +709,8 @@ class EncoderSpec:
         w = self.weights
         if isinstance(w, (str, Path)) and Path(w).is_file():
             return {"weights_sha256": file_sha256(Path(w)), "weights_path": str(Path(w).resolve())}
+        if not w:
+            return {"random_init_sha256": random_init_digest(self.name)}
         return {}
 
     def build(self) -> Any:
@@ -715,6 +728,16 @@ class EncoderSpec:
         enc = Encoder(self.name, self.weights, self.device, self.patch_size, self.precision, self.threads)
         enc.bag_attrs = dict(self.bag_attrs)
         return enc
+
+
+@functools.cache
+def random_init_digest(name: str) -> str:
+    """The digest (``shared.finetune.weights_digest``) of the random-init tile encoder ``name``:
+    what its bags record, and what export checks its rebuilt encoder against."""
+    from medtransfer.apps.wsi.model import build_tile_encoder
+    from medtransfer.shared.finetune import weights_digest
+
+    return weights_digest(build_tile_encoder(name, None)[0])
 
 
 def h5_is_complete(

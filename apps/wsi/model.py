@@ -47,19 +47,29 @@ def uni2h(num_classes: int = 0, depth: int = 24, **kw: Any) -> nn.Module:
     return timm.create_model("vit_giant_patch14_224", pretrained=False, **args)
 
 
+#: the seed of a random-init patch encoder (bags record its weights' digest, ``random_init_sha256``)
+RANDOM_INIT_SEED = 0
+
+
 def build_encoder(name: str = "resnet18", weights: Any = None, **kw: Any) -> tuple[nn.Module, int, bool]:
     """A registry image net as a patch feature extractor.
 
     Args:
         name: registry name (timm family: resnet18, resnet50, densenet121, uni2h, ...).
-        weights: None = random init (features still usable for plumbing, not for science);
+        weights: None = random init, drawn with :data:`RANDOM_INIT_SEED` (features usable for
+            plumbing, not for science; the same encoder in every job);
             True = the registry's file from the weights dirs; a path = that file.
         **kw: passed to the builder (e.g. ``depth`` for ``uni2h``).
 
     Returns:
         ``(model, feature_dim, pretrained)``.
     """
-    model = create_model(name, pretrained=weights or False, num_classes=0, **kw)
+    if weights:
+        model = create_model(name, pretrained=weights, num_classes=0, **kw)
+    else:  # random init: one fixed draw, so every extraction (and export) of it gives the same features
+        with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
+            torch.manual_seed(RANDOM_INIT_SEED)
+            model = create_model(name, pretrained=False, num_classes=0, **kw)
     dim = int(getattr(model, "num_features", 0) or 0)
     if not dim:
         with torch.no_grad():

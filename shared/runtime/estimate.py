@@ -641,7 +641,9 @@ def estimate(
     t0 = time.perf_counter()
     with sc.lock_output(rows):
         unique, aliases = sc.unique_cases(cases)
-        done, fresh = sc.plan_resume(rows, bundle.sha256, resume, overwrite)
+        ids = {a: sc.input_id(c) for c in unique for a in aliases[c.case_id]}
+        opt_sha = sc.options_sha256(options)
+        done, fresh = sc.plan_resume(rows, bundle.sha256, resume, overwrite, ids, opt_sha)
         todo = [c for c in unique if not any(a in done for a in aliases[c.case_id])]
         predictor = build_predictor(bundle, **(options or {}))
         stats_fn = stats_hook(bundle.app)
@@ -655,7 +657,12 @@ def estimate(
                 task = bar.add_task("estimating", total=len(todo))
                 for c in todo:
                     t1 = time.perf_counter()
-                    row: dict[str, Any] = {"case": c.case_id, **prov}
+                    row: dict[str, Any] = {
+                        "case": c.case_id,
+                        **prov,
+                        "input_id": ids.get(c.case_id, ""),
+                        "options_sha256": opt_sha,
+                    }
                     try:
                         problem = sc.path_problem(c.path, folders_ok)
                         if problem:

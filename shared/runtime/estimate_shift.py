@@ -187,6 +187,9 @@ def _shift_video(src: Path, dst: Path, name: str, severity: float, rng: np.rando
     if src.suffix.lower() in (".mha", ".mhd"):
         import SimpleITK as sitk
 
+        from medtransfer.shared.runtime.gates import check_metaimage_data_file
+
+        check_metaimage_data_file(src)
         img = sitk.ReadImage(str(src))
         arr = sitk.GetArrayFromImage(img)
         out = sitk.GetImageFromArray(_shift_array(arr, "video", name, severity, rng))

@@ -196,6 +196,45 @@ LIMITS.setdefault("image_min_std", 1.0)  # grey levels (0-255): below this a fra
 LIMITS.setdefault("decode_max_bytes", 2 * 1024**3)  # refuse a decode that would allocate more than this
 
 
+#: how much of a MetaImage file is read looking for its header (the header is short text before the pixels)
+_META_HEADER_MAX = 64 * 1024
+
+
+def check_metaimage_data_file(path: str | Path) -> None:
+    """Refuse a MetaImage (``.mha`` / ``.mhd``) whose header sends the reader to pixel data outside the
+    input: ``ElementDataFile`` must be ``LOCAL`` (the pixels follow the header) or the bare name of a
+    file beside it, never a path (``../other_patient.raw``, ``/etc/passwd``), a list or a pattern.
+
+    Args:
+        path: the MetaImage file.
+
+    Raises:
+        InputError: no header, or a data file elsewhere (named in the message, not followed).
+    """
+    p = Path(path)
+    if p.suffix.lower() not in (".mha", ".mhd"):
+        return
+    try:
+        with open(p, "rb") as f:
+            head = f.read(_META_HEADER_MAX)
+    except OSError as e:
+        raise InputError(p, f"cannot be read ({e.strerror or type(e).__name__})") from None
+    for raw in head.split(b"\n"):
+        key, eq, value = raw.partition(b"=")
+        if eq and key.strip() == b"ElementDataFile":
+            name = value.strip().decode("utf-8", "replace")
+            if name == "LOCAL":
+                return
+            if name.upper() == "LIST" or " " in name or "%" in name:
+                raise InputError(p, "MetaImage header lists several data files; only one file is read")
+            if "/" in name or "\\" in name or name in (".", "..") or name.startswith("~"):
+                raise InputError(p, "MetaImage header points its pixel data at another folder; refused")
+            if not (p.parent / name).is_file():
+                raise InputError(p, "MetaImage header names a pixel data file that is not beside it")
+            return
+    raise InputError(p, "not a MetaImage file (no ElementDataFile in its header)")
+
+
 def check_decode_bytes(n_bytes: int, path: str | Path, overrides: Mapping[str, Any] | None = None) -> None:
     """Refuse a decode whose output (frames x height x width x channels x bytes) exceeds the ceiling.
 

@@ -30,12 +30,13 @@ from __future__ import annotations
 import csv
 import errno
 import functools
+import hashlib
 import io
 import json
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,39 @@ from medtransfer.shared.runtime.engines import ENGINES, run_map, worker_threads
 from medtransfer.shared.runtime.predictor import build_predictor
 from medtransfer.shared.utils.errors import InputError, MedTransferError
 
-BASE_COLUMNS = ["case", "status", "error", "result", "bundle_name", "bundle_version", "bundle_sha256", "seconds"]
+BASE_COLUMNS = [
+    "case",
+    "status",
+    "error",
+    "result",
+    "bundle_name",
+    "bundle_version",
+    "bundle_sha256",
+    "seconds",
+    "input_id",
+    "options_sha256",
+]
+#: the columns of results files written before rows recorded their input's identity and the options
+LEGACY_COLUMNS = BASE_COLUMNS[:8]
+
+
+def input_id(case: "Case") -> str:
+    """What a row records of its input: a short digest of its resolved path, size and modification
+    time (a resumed job redoes nothing for an unchanged file and refuses to mix in another one).
+    Neither the path nor any of the file's bytes appear in it."""
+    p = os.path.realpath(os.path.abspath(case.path))
+    try:
+        st = os.stat(p)
+        ident = [p, st.st_size, st.st_mtime_ns]
+    except OSError:
+        ident = [p, None, None]
+    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
+
+
+def options_sha256(options: Mapping[str, Any] | None) -> str:
+    """A short digest of the predictor options (``--opt``) a row was scored with."""
+    text = json.dumps(dict(options or {}), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -293,7 +326,7 @@ def read_header(out_csv: Path) -> list[str] | None:
         return None
     with open(out_csv, newline="", encoding="utf-8", errors="replace") as f:
         line = f.readline()
-    if not line.endswith("\n") and (",".join(BASE_COLUMNS) + "\r\n").startswith(line):
+    if not line.endswith("\n") and any((",".join(c) + "\r\n").startswith(line) for c in (BASE_COLUMNS, LEGACY_COLUMNS)):
         return None  # torn header: the job died writing it, nothing was scored
     return next(csv.reader([line.rstrip("\r\n")]), [])
 
@@ -329,6 +362,7 @@ class RowWriter:
     def __init__(self, out_csv: Path, fresh: bool) -> None:
         out_csv.parent.mkdir(parents=True, exist_ok=True)
         new = fresh or not out_csv.is_file() or out_csv.stat().st_size == 0
+        self.columns = BASE_COLUMNS if new else (read_header(out_csv) or BASE_COLUMNS)  # a legacy file keeps its own
         if new:
             tmp = out_csv.with_name(f".{out_csv.name}.{os.getpid()}.tmp")
             self.f = open(tmp, "w", newline="", encoding="utf-8")  # noqa: SIM115 - open for the job
@@ -346,7 +380,7 @@ class RowWriter:
         os.fsync(self.f.fileno())
 
     def write(self, row: dict[str, Any]) -> None:
-        self._write([row.get(c, "") for c in BASE_COLUMNS])
+        self._write([row.get(c, "") for c in self.columns])
 
     def close(self) -> None:
         self.f.close()
@@ -365,7 +399,14 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def plan_resume(out_csv: Path, sha256: str, resume: bool, overwrite: bool) -> tuple[set[str], bool]:
+def plan_resume(
+    out_csv: Path,
+    sha256: str,
+    resume: bool,
+    overwrite: bool,
+    inputs: Mapping[str, str] | None = None,
+    options_sha: str | None = None,
+) -> tuple[set[str], bool]:
     """Decide what happens to an existing results file (call while holding its lock).
 
     Args:
@@ -373,6 +414,10 @@ def plan_resume(out_csv: Path, sha256: str, resume: bool, overwrite: bool) -> tu
         sha256: the bundle's sha256.
         resume: continue the file.
         overwrite: replace the file.
+        inputs: case id -> :func:`input_id` of this job's cases: a row of the same case id made from
+            another file (another folder, or the file changed since) is not resumed over.
+        options_sha: :func:`options_sha256` of this job's options: rows scored with other options
+            are not resumed over.
 
     Returns:
         The case ids already done, and whether the file is started afresh.
@@ -384,7 +429,7 @@ def plan_resume(out_csv: Path, sha256: str, resume: bool, overwrite: bool) -> tu
     header = read_header(out_csv)
     if header is None:
         return set(), True
-    ours = header == BASE_COLUMNS
+    ours = header in (BASE_COLUMNS, LEGACY_COLUMNS)
     if not resume and not overwrite:
         what = (
             f"{sum(1 for r in read_rows(out_csv, repair=False) if r.get('case'))} rows"
@@ -412,6 +457,24 @@ def plan_resume(out_csv: Path, sha256: str, resume: bool, overwrite: bool) -> tu
             f"{out_csv}: holds rows from another bundle (sha256 {other[0][:12]}...), not this one "
             f"({sha256[:12]}...); --resume would mix them: choose another --out or add --overwrite"
         )
+    if options_sha is not None:
+        other_opts = sorted({r.get("options_sha256") or "" for r in rows} - {options_sha, ""})
+        if other_opts:
+            if overwrite:
+                return set(), True
+            raise MedTransferError(
+                f"{out_csv}: holds rows scored with other --opt values; --resume would mix them: "
+                "give the same options, choose another --out or add --overwrite"
+            )
+    for r in rows if inputs else ():
+        was, now = r.get("input_id") or "", inputs.get(r.get("case") or "") if inputs else None
+        if was and now and was != now:
+            if overwrite:
+                return set(), True
+            raise MedTransferError(
+                f"{out_csv}: its row of case '{r['case']}' was scored from another file (another folder, or "
+                "the file changed since); --resume would keep it: choose another --out or add --overwrite"
+            )
     return {r["case"] for r in rows if r.get("case")}, False
 
 
@@ -493,7 +556,9 @@ def score(
         verified = load_bundle(bundle_dir)  # refuse a bad bundle before touching the output
         sha, prov = verified.sha256, verified.provenance()
         unique, aliases = unique_cases(cases)
-        done, fresh = plan_resume(out_csv, sha, resume, overwrite)
+        ids = {a: input_id(c) for c in unique for a in aliases[c.case_id]}
+        opt_sha = options_sha256(options)
+        done, fresh = plan_resume(out_csv, sha, resume, overwrite, ids, opt_sha)
         todo = [c for c in unique if not any(a in done for a in aliases[c.case_id])]
         counts = {"ok": 0, "error": 0}
         t0 = time.perf_counter()
@@ -519,7 +584,7 @@ def score(
         try:
             for i, res in run:
                 row = res if isinstance(res, dict) else _error_row(todo[i], prov, res)
-                writer.write(row)
+                writer.write({**row, "input_id": ids.get(todo[i].case_id, ""), "options_sha256": opt_sha})
                 counts[row["status"]] = counts.get(row["status"], 0) + 1
         finally:
             run.close()

@@ -53,6 +53,35 @@ def test_vector_mha_is_one_line(tmp_path):
         open_video(tmp_path / "rgb.mha")
 
 
+def test_a_metaimage_reads_pixels_from_itself_or_its_own_folder_only(tmp_path):
+    """A 400-byte .mha whose header pointed at ``../secret/other_patient.raw`` was read: the other
+    file's pixels came back as this input's answer (and ``/etc/passwd`` was opened)."""
+    import SimpleITK as sitk
+
+    frames = np.random.default_rng(0).integers(0, 255, (4, 32, 32), dtype=np.uint8)
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "other_patient.raw").write_bytes(frames.tobytes())
+    (tmp_path / "in").mkdir()
+    head = "ObjectType = Image\nNDims = 3\nDimSize = 32 32 4\nElementType = MET_UCHAR\nElementDataFile = {}\n"
+    for name, target in (
+        ("up.mha", "../secret/other_patient.raw"),
+        ("abs.mha", "/etc/passwd"),
+        ("list.mha", "LIST"),
+        ("gone.mhd", "missing.raw"),
+        ("none.mha", None),
+    ):
+        p = tmp_path / "in" / name
+        p.write_text(head.format(target) if target else "ObjectType = Image\nNDims = 3\n")
+        with pytest.raises(InputError) as e:
+            open_video(p)
+        msg = str(e.value)
+        assert name in msg and "\n" not in msg and "passwd" not in msg and "secret" not in msg, msg
+    sitk.WriteImage(sitk.GetImageFromArray(frames), str(tmp_path / "in" / "pair.mhd"))  # header + .raw beside it
+    assert (tmp_path / "in" / "pair.raw").is_file()
+    assert open_video(tmp_path / "in" / "pair.mhd").n_frames == 4
+    assert open_video(_mha(tmp_path / "in" / "local.mha", frames)).n_frames == 4  # LOCAL: pixels follow the header
+
+
 class FakeCapture:
     """cv2.VideoCapture stand-in declaring a geometry; it really holds up to 50 small frames."""
 

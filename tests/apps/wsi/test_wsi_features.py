@@ -152,3 +152,33 @@ def test_h5_features_equal_the_exported_onnx_encoder(slide_dir: Path, tmp_path: 
     onnx_feats = sess.run(None, {"tiles": tiles.transpose(0, 3, 1, 2).astype(np.float32)})[0]
     assert onnx_feats.shape == feats.shape
     np.testing.assert_allclose(onnx_feats, feats, rtol=1e-4, atol=1e-4)
+
+
+def test_a_random_init_encoder_is_the_same_in_every_job(slide_dir: Path, tmp_path: Path, tile_opts: dict) -> None:
+    """Two jobs of the default (random-init) encoder give equal features; bags record its identity."""
+    import torch
+
+    from medtransfer.apps.wsi.features import extraction_mismatch, random_init_digest
+    from medtransfer.apps.wsi.model import build_tile_encoder
+
+    single = slide_dir / "good_a.tif"
+    bags = []
+    for k, draws in enumerate((0, 500)):
+        torch.rand(draws)  # what the process drew before does not change the encoder
+        extract_many(
+            single,
+            tmp_path / f"o{k}",
+            "resnet18",
+            None,
+            tile_opts["target_mpp"],
+            tile_opts["patch_size"],
+            show_progress=False,
+        )
+        bags.append(read_bag(tmp_path / f"o{k}" / "good_a.h5"))
+    np.testing.assert_array_equal(bags[0][0], bags[1][0])
+    assert bags[0][2]["random_init_sha256"] == random_init_digest("resnet18")
+    other = {**bags[0][2], "random_init_sha256": "0" * 64}  # a bag of another random draw does not mix
+    assert "random_init_sha256" in (extraction_mismatch(bags[0][2], other) or "")
+    state = torch.random.get_rng_state()
+    build_tile_encoder("resnet18", None)
+    assert torch.equal(state, torch.random.get_rng_state())  # the caller's stream is left alone

@@ -266,3 +266,42 @@ def test_unknown_engine_touches_nothing(image_run, tmp_path):
     with pytest.raises(Exception, match="unknown engine"):
         score(image_run["bundle"], [], out, overwrite=True, engine=engine, progress=False)
     assert out.read_text() == "keep me\n"
+
+
+# ------------------------------------------------------------ a resume never keeps another input's row
+def test_resume_refuses_rows_of_other_files_or_other_options(image_run, tmp_path):
+    """siteA/x.png then siteB/x.png (another image, same case id) with --resume: siteB got siteA's
+    answer ("skipped"); a resume with other --opt values mixed two settings in one file."""
+    from medtransfer.shared.runtime.score import LEGACY_COLUMNS, input_id, score
+    from medtransfer.shared.utils.errors import MedTransferError
+
+    imgs = sorted(Path(image_run["root"]).rglob("*.png"))[:4]
+    for site, pick in (("siteA", imgs[:2]), ("siteB", imgs[2:])):
+        (tmp_path / site).mkdir()
+        for k, p in enumerate(pick):
+            (tmp_path / site / f"x{k}.png").write_bytes(p.read_bytes())
+    out = tmp_path / "r.csv"
+
+    def cases(site):
+        return [Case(f"x{k}.png", str(tmp_path / site / f"x{k}.png"), {}) for k in range(2)]
+
+    assert score(image_run["bundle"], cases("siteA"), out, progress=False)["ok"] == 2
+    got = rows(out)
+    assert [r["input_id"] for r in got] == [input_id(c) for c in cases("siteA")]
+    assert all(str(tmp_path) not in r["input_id"] for r in got)  # a digest, not the path
+    before = out.read_bytes()
+    with pytest.raises(MedTransferError, match="case 'x0.png' was scored from another file"):
+        score(image_run["bundle"], cases("siteB"), out, resume=True, progress=False)
+    with pytest.raises(MedTransferError, match="other --opt values"):
+        score(image_run["bundle"], cases("siteA"), out, resume=True, progress=False, options={"plot": True})
+    assert out.read_bytes() == before
+    assert score(image_run["bundle"], cases("siteA"), out, resume=True, progress=False)["skipped"] == 2
+    # a results file of an earlier version (no identity columns) still resumes, in its own columns
+    with open(out, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LEGACY_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerow(got[0])
+    s = score(image_run["bundle"], cases("siteA"), out, resume=True, progress=False)
+    assert s["skipped"] == 1 and s["ok"] == 1
+    with open(out, newline="") as f:
+        assert next(csv.reader(f)) == LEGACY_COLUMNS and len(rows(out)) == 2
