@@ -19,7 +19,7 @@ from medtransfer.apps.cardiac.io import ALL_SUFFIXES, list_inputs, read_frames, 
 from medtransfer.apps.cardiac.preprocess import contact_sheet, crop_sector, normalise
 from medtransfer.shared.runtime import gates
 from medtransfer.shared.runtime.bundle import Bundle
-from medtransfer.shared.runtime.predictor import Predictor, softmax
+from medtransfer.shared.runtime.predictor import Opt, Predictor, softmax
 
 
 def _truthy(v: Any) -> bool:
@@ -37,6 +37,13 @@ class CardiacPredictor(Predictor):
 
     suffixes = ALL_SUFFIXES
     modalities = ("image",)
+    options_spec = {
+        "max_frames": Opt("int", 1, 100_000),
+        "batch": Opt("int", 1, 4096),
+        "contact_sheet": Opt("flag"),
+        "msp_threshold": Opt("number", 0.0, 1.0),
+        "model": Opt("text"),
+    }
 
     def __init__(self, bundle: Bundle, **options: Any) -> None:
         require_readers()  # one line naming medtransfer[cardiac] when a reader is not installed

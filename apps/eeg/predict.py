@@ -13,7 +13,7 @@ import numpy as np
 
 from medtransfer.apps.eeg.io import SUFFIXES, preprocess_recording, require_readers
 from medtransfer.shared.runtime.gates import mark_unreliable
-from medtransfer.shared.runtime.predictor import Predictor, softmax
+from medtransfer.shared.runtime.predictor import Opt, Predictor, softmax
 from medtransfer.shared.utils.errors import InputError
 
 
@@ -32,12 +32,14 @@ class EEGPredictor(Predictor):
 
     suffixes = SUFFIXES
     modalities = ("eeg",)
+    options_spec = {"batch": Opt("int", 1, 4096), "threshold": Opt("number", 0.0, 1.0)}
 
     def __init__(self, bundle: Any, **options: Any) -> None:
         require_readers()  # one line naming medtransfer[eeg] when edfio is not installed
         super().__init__(bundle, **options)
         self.pp = {k: v for k, v in bundle.preprocessing.items() if k not in ("aggregation", "threshold")}
-        self.threshold = float(options.get("threshold") or bundle.preprocessing.get("threshold", 0.5))
+        thr = options.get("threshold")  # 0 is a threshold, not "unset"
+        self.threshold = float(bundle.preprocessing.get("threshold", 0.5) if thr is None else thr)
         self.labels = bundle.labels or ["normal", "abnormal"]
         self.gates = dict((getattr(bundle, "meta", None) or {}).get("gates") or {})
 

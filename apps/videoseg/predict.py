@@ -32,7 +32,7 @@ from medtransfer.apps.videoseg.io import VIDEO_SUFFIXES, open_video, overlay_gif
 from medtransfer.apps.videoseg.propagate import StreamingPropagator, check_box
 from medtransfer.shared.runtime import gates
 from medtransfer.shared.runtime.bundle import Bundle
-from medtransfer.shared.runtime.predictor import Predictor
+from medtransfer.shared.runtime.predictor import Opt, Predictor
 from medtransfer.shared.utils.errors import InputError
 
 #: per-graph ONNX Runtime settings of the fast backend: graph optimisation level (the
@@ -345,6 +345,18 @@ class VideoSegPredictor(Predictor):
     """
 
     suffixes = VIDEO_SUFFIXES
+    options_spec = {
+        "gif": Opt("flag"),
+        "box": Opt("box"),
+        "mask": Opt("text"),
+        "max_frames": Opt("int", 0, None),
+        "prefetch": Opt("flag"),
+        "fast": Opt("flag"),
+        "threads": Opt("int", 0, max(64, 4 * (os.cpu_count() or 1))),
+        "shared_pool": Opt("flag"),
+        "encoder": Opt("choice", choices=("auto", "fp32", "int8")),
+        "spin": Opt("flag"),
+    }
     accepts_folders = True  # frame folders are videos too (score's input check lets folders through)
     modalities = ("video",)
     #: score / estimate: a manifest's label (its masks file) comes as this case key; its first labelled

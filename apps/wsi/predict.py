@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from medtransfer.apps.wsi.slide import SLIDE_SUFFIXES
-from medtransfer.shared.runtime.predictor import Predictor
+from medtransfer.shared.runtime.predictor import Opt, Predictor
 from medtransfer.shared.utils.errors import InputError, MedTransferError
 
 
@@ -32,6 +32,11 @@ class WSIPredictor(Predictor):
 
     suffixes = (".h5",) + SLIDE_SUFFIXES
     modalities = ("features",)
+    options_spec = {
+        "mpp": Opt("number", 0.01, 100.0),
+        "batch_size": Opt("int", 1, 4096),
+        "max_patches": Opt("int", 0, None),
+    }
 
     def _features_from_slide(self, path: Path) -> tuple[np.ndarray, Any, Any, Any]:
         from medtransfer.apps.wsi.slide import iter_tile_batches, open_slide, plan_tiles

@@ -118,6 +118,7 @@ def pad_bags(
 def c_index(times: np.ndarray, events: np.ndarray, risk: np.ndarray) -> float:
     """Harrell's C-index (scikit-survival ``concordance_index_censored``); NaN when no pair is
     comparable (no event, e.g. a small validation split of censored patients only)."""
+    from sksurv.exceptions import NoComparablePairException
     from sksurv.metrics import concordance_index_censored
 
     ev = np.asarray(events).astype(bool)
@@ -125,7 +126,7 @@ def c_index(times: np.ndarray, events: np.ndarray, risk: np.ndarray) -> float:
         return float("nan")
     try:
         return float(concordance_index_censored(ev, np.asarray(times, float), np.asarray(risk, float))[0])
-    except ZeroDivisionError:  # events but no comparable pair
+    except (ZeroDivisionError, NoComparablePairException):  # events but no comparable pair (either sksurv)
         return float("nan")
 
 

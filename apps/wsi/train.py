@@ -36,7 +36,7 @@ from medtransfer.apps.wsi.survival import (
 from medtransfer.shared.config import resolve_config
 from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit
 from medtransfer.shared.rundir import RunDir, model_builder, model_spec
-from medtransfer.shared.utils.errors import InputError, MedTransferError
+from medtransfer.shared.utils.errors import ConfigError, InputError, MedTransferError
 
 APP, TASK = "wsi", "survival"
 
@@ -1029,8 +1029,11 @@ def bag_attrs(features: str | Path) -> dict[str, Any]:
     from medtransfer.apps.wsi.features import find_bags
 
     for p in find_bags(features).values():
-        with h5py.File(p, "r") as f:
-            a = dict(f.attrs)
+        try:
+            with h5py.File(p, "r") as f:
+                a = dict(f.attrs)
+        except (OSError, ValueError):  # an unreadable bag (training skips it with its own error): the next one
+            continue
         return {
             "encoder": str(a.get("encoder", "")) or None,
             # export must not pair the model with a random-init encoder when the bags were pretrained
@@ -1066,7 +1069,10 @@ def train_run(
     if fold is None:
         tr, te = coh.cases, []
     else:
-        tr_ids, te_ids = read_splits(labels_root, study)[fold]
+        folds = read_splits(labels_root, study)
+        if not 0 <= int(fold) < len(folds):
+            raise ConfigError(f"--fold {fold}: study '{study}' has folds 0 to {len(folds) - 1} (or -1 for all cases)")
+        tr_ids, te_ids = folds[fold]
         tr, te = coh.subset(tr_ids), coh.subset(te_ids)
     tr, val = split_val(tr, float(cfg["data"]["val_fraction"]), int(cfg["train"]["seed"]))
     dim = next(iter(coh.bags.values())).shape[1]

@@ -44,7 +44,7 @@ def audit(
     ),
     max_cases: int = typer.Option(0, "--max-cases", min=0, help="audit at most this many cases (0 = all)"),
     split: Optional[str] = typer.Option(None, "--split", help="only manifest rows of this split (e.g. test)"),
-    seed: int = typer.Option(0, "--seed", help="random seed of the perturbations"),
+    seed: int = typer.Option(0, "--seed", min=0, help="random seed of the perturbations"),
     run: Optional[Path] = typer.Option(
         None, "--run", help="also attack this run's model (FGSM / PGD; needs torch, the [train] extra)"
     ),
@@ -61,7 +61,7 @@ def audit(
     report the task metric, calibration (ECE, reliability plot), the share of answers that change and
     the share refused.  Torch-free on the ONNX bundle; `--run` adds FGSM / PGD on the run's model.
     """
-    from medtransfer.shared.runtime.audit import run_audit
+    from medtransfer.shared.runtime.audit import _finite, run_audit
 
     rep = run_audit(
         bundle,
@@ -86,4 +86,4 @@ def audit(
         "ece": rep["severity0"].get("ece"),
         "perturbations": len({r["perturbation"] for r in rep["results"]}),
     }
-    typer.echo(json.dumps(summary))
+    typer.echo(json.dumps(_finite(summary)))  # valid JSON: no bare NaN

@@ -132,7 +132,8 @@ def write_bundle(
     meta.update(extra or {})
     verdict = current_verdict()  # set by export_bundle: the run's trivial-baseline comparison
     if verdict:
-        meta["baseline"] = verdict
+        if "metric" in verdict:  # a forced run without any comparison has only its reason
+            meta["baseline"] = verdict
         if verdict.get("unreliable"):
             meta["unreliable"] = verdict["unreliable"]
     # JSON round trip (numpy scalars, paths -> JSON types), then the one typed description

@@ -62,14 +62,20 @@ def baseline_verdict(rec: Mapping[str, Any] | None, run_dir: str | Path, force: 
     """Check a run's baseline record before export.
 
     Returns:
-        The record (with ``unreliable`` set to the reason when forced below baseline), or None
-        when the run records no baseline.
+        The record (with ``unreliable`` set to the reason when forced below baseline, or when forced
+        without one).
 
     Raises:
-        BelowBaselineError: below baseline and not ``force``.
+        BelowBaselineError: below baseline, or no baseline recorded (the training stopped before it
+            compared the model with its trivial baseline, or had no validation split), and not ``force``.
     """
     if not rec:
-        return None
+        reason = (
+            "records no comparison with a trivial baseline (its training did not finish, or it had no validation split)"
+        )
+        if not force:
+            raise BelowBaselineError(f"{run_dir}: {reason}; export refused (--force exports it marked unreliable)")
+        return {"unreliable": f"the run {reason}"}
     rec = dict(rec)
     if rec.get("beats_baseline", True):
         return rec

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -67,6 +69,20 @@ class AuditCase:
     path: Path
     label: str
     extra: dict[str, str] = field(default_factory=dict)
+
+
+#: every file an audit report may write into its folder (``medtransfer audit -o``)
+REPORT_FILES = (
+    "audit.json",
+    "audit.md",
+    "audit_cases.csv",
+    "robustness.png",
+    "reliability.png",
+    "adversarial.png",
+    "audit_errors.csv",
+)
+#: where the error rows go when every case failed (no report; an earlier one is kept)
+ERRORS_FILE = "audit_errors.csv"
 
 
 def task_kind(bundle: Any) -> str:
@@ -135,12 +151,18 @@ def _survival_truth(case: AuditCase) -> tuple[float, bool]:
     ex = case.extra
     try:
         if ex.get("time", "") != "":
-            return float(ex["time"]), bool(int(float(ex.get("event", "1"))))
-        if ex.get("survival_months", "") != "":
-            return float(ex["survival_months"]), not bool(int(float(ex.get("censorship", "0"))))
+            t, flag, event_is = float(ex["time"]), float(ex.get("event", "1")), True
+        elif ex.get("survival_months", "") != "":
+            t, flag, event_is = float(ex["survival_months"]), float(ex.get("censorship", "0")), False
+        else:
+            raise ValueError
     except ValueError:
-        pass
-    raise InputError(case.path, "survival audits need time,event (or survival_months,censorship) columns")
+        raise InputError(case.path, "survival audits need time,event (or survival_months,censorship) columns") from None
+    if not math.isfinite(t) or t < 0:
+        raise InputError(case.path, f"survival time {t:g} is not a finite time >= 0")
+    if flag not in (0.0, 1.0):
+        raise InputError(case.path, f"{'event' if event_is else 'censorship'} must be 0 or 1 (got {flag:g})")
+    return t, bool(flag) == event_is
 
 
 def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -214,10 +236,14 @@ def metric_from_answers(kind: str, outcomes: list[dict[str, Any]], cases: list[A
     ev = np.array(events, bool)
     if n < 2 or not ev.any():
         return {"metric_name": "c_index", "metric": float("nan")}
+    from sksurv.exceptions import NoComparablePairException
     from sksurv.metrics import concordance_index_censored
 
     risk = np.array([o["risk"] for o in outcomes], float)
-    ci = concordance_index_censored(ev, np.array(times, float), risk)[0]
+    try:
+        ci = concordance_index_censored(ev, np.array(times, float), risk)[0]
+    except (ZeroDivisionError, NoComparablePairException):  # events, but no comparable pair
+        return {"metric_name": "c_index", "metric": float("nan")}
     return {"metric_name": "c_index", "metric": float(ci)}
 
 
@@ -251,7 +277,12 @@ def load_cases(manifest: str | Path, kind: str, max_cases: int = 0, split: str |
         where = f" of split '{split}'" if split else ""
         raise AuditError(f"{manifest}: no labelled case{where} (the audit needs a label per case)")
     cases = []
+    seen: set[str] = set()
     for r in recs:
+        key = os.path.realpath(r.path)
+        if key in seen:  # one file listed twice (or spelled two ways) is one case
+            continue
+        seen.add(key)
         label = str(r.label)
         if kind == "segmentation":
             lp = Path(label)
@@ -269,6 +300,24 @@ def load_cases(manifest: str | Path, kind: str, max_cases: int = 0, split: str |
                     picked.append(q.pop(0))
         cases = picked
     return cases
+
+
+def check_labels(cases: list[AuditCase], kind: str, labels: list[str], manifest: str | Path) -> None:
+    """Refuse, before any work, labels the bundle cannot answer and survival truths that cannot be
+    scored (a classification label outside the bundle's classes scored every answer wrong; NaN or
+    negative times, or no event at all, gave a traceback or a meaningless c-index).
+
+    Raises:
+        AuditError / InputError: one line naming the manifest (or the case) and the problem.
+    """
+    if kind == "classification" and labels:
+        bad = sorted({c.label for c in cases} - set(labels))
+        if bad:
+            raise AuditError(f"{manifest}: label {bad[0]!r} is not one of the bundle's classes ({', '.join(labels)})")
+    if kind == "survival":
+        truth = [_survival_truth(c) for c in cases]
+        if not any(e for _, e in truth):
+            raise AuditError(f"{manifest}: no case has an event; a c-index needs at least one")
 
 
 def _one_line(e: BaseException) -> str:
@@ -348,14 +397,58 @@ def run_audit(
         The ``audit.json`` content.
     """
     from medtransfer.shared.runtime.bundle import load_bundle
-    from medtransfer.shared.runtime.predictor import build_predictor
-    from medtransfer.shared.runtime.score import path_problem
+    from medtransfer.shared.runtime.outputs import report_folder
 
     t0 = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if seed < 0:
+        raise AuditError(f"--seed must be >= 0 (got {seed})")
+    if epsilons is not None and not all(math.isfinite(e) and e >= 0 for e in epsilons):
+        raise AuditError(f"--epsilon must be finite and >= 0 (got {', '.join(f'{e:g}' for e in epsilons)})")
     bundle = load_bundle(bundle_dir)
     kind = task_kind(bundle)
+    cases = load_cases(manifest, kind, max_cases, split)
+    check_labels(cases, kind, list(bundle.labels or []), manifest)
+    with report_folder(out, REPORT_FILES, "audit", [manifest, *(c.path for c in cases)]) as stage:
+        return _run_audit(
+            bundle,
+            kind,
+            cases,
+            manifest,
+            out,
+            stage,
+            perturbations,
+            severities,
+            seed,
+            options,
+            run_dir,
+            epsilons,
+            pgd_steps,
+            progress,
+            t0,
+        )
+
+
+def _run_audit(
+    bundle: Any,
+    kind: str,
+    cases: list[AuditCase],
+    manifest: str | Path,
+    out: Path,
+    stage: Path,
+    perturbations: list[str] | None,
+    severities: int | None,
+    seed: int,
+    options: dict[str, Any] | None,
+    run_dir: str | Path | None,
+    epsilons: list[float] | None,
+    pgd_steps: int,
+    progress: bool,
+    t0: float,
+) -> dict[str, Any]:
+    from medtransfer.shared.runtime.predictor import build_predictor
+    from medtransfer.shared.runtime.score import path_problem
+
     if run_dir is not None:  # refuse a wrong --run before any work
         from medtransfer.shared.rundir import RunDir
 
@@ -363,14 +456,11 @@ def run_audit(
         if run_app != bundle.app:
             raise AuditError(f"{run_dir}: a run of app '{run_app}', but the bundle is of app '{bundle.app}'")
     opts = dict(options or {})
-    work = None
     if kind == "segmentation":  # the predictor writes masks.npz under out_dir: a scratch folder
-        work = tempfile.TemporaryDirectory(prefix="audit_", dir=out)
-        opts.setdefault("out_dir", work.name)
+        opts.setdefault("out_dir", str(stage / "scratch"))
         opts.setdefault("gif", "false")
     opts.pop("plot", None)
     predictor = build_predictor(bundle, **opts)
-    cases = load_cases(manifest, kind, max_cases, split)
     perts = select_perturbations(tuple(getattr(predictor, "modalities", ()) or ()), perturbations)
     labels = list(bundle.labels or [])
     folders_ok = bool(getattr(predictor, "accepts_folders", False))
@@ -414,8 +504,11 @@ def run_audit(
             bar.advance(task)
         if real_run is not None:
             bundle.run = real_run
-        if not ok_cases:
-            raise AuditError(f"{manifest}: every case failed at severity 0 (see the error rows); nothing to audit")
+        if not ok_cases:  # the error rows are kept; an earlier report in -o is left as it was
+            _write_rows(out / ERRORS_FILE, rows)
+            raise AuditError(
+                f"{manifest}: every case failed at severity 0 (error rows: {out / ERRORS_FILE}); nothing to audit"
+            )
         sev0 = metric_from_answers(kind, [base[c.case_id] for c in ok_cases], ok_cases)
         risk_cut = float(np.median([base[c.case_id]["risk"] for c in ok_cases])) if kind == "survival" else 0.0
         results: list[dict[str, Any]] = []
@@ -463,12 +556,10 @@ def run_audit(
             run_dir, bundle, capture, [ok_cases[i].label for i, _ in capture], epsilons=epsilons, steps=pgd_steps
         )
     report["seconds"] = round(time.perf_counter() - t0, 2)
-    _write_rows(out / "audit_cases.csv", rows)
-    report["plots"] = _plots(out, report, sev0)
-    (out / "audit.json").write_text(json.dumps(_finite(report), indent=2, default=_jsonable))
-    (out / "audit.md").write_text(markdown(report))
-    if work is not None:
-        work.cleanup()
+    _write_rows(stage / "audit_cases.csv", rows)
+    report["plots"] = [str(out / Path(p).name) for p in _plots(stage, report, sev0)]
+    (stage / "audit.json").write_text(json.dumps(_finite(report), indent=2, default=_jsonable))
+    (stage / "audit.md").write_text(markdown(report))
     return report
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -639,7 +640,7 @@ def estimate(
     sc.check_out_path(rows, cases=cases)
     sc.check_out_path(out_json, cases=cases)
     t0 = time.perf_counter()
-    with sc.lock_output(rows):
+    with sc.lock_output(rows), sc.lock_output(out_json):  # two jobs on one --out: the second is refused
         unique, aliases = sc.unique_cases(cases)
         ids = {a: sc.input_id(c) for c in unique for a in aliases[c.case_id]}
         opt_sha = sc.options_sha256(options)
@@ -680,20 +681,24 @@ def estimate(
         finally:
             writer.close()
         all_rows = sc.read_rows(rows)
-    keep = {c.case_id for c in unique}
-    all_rows = [r for r in all_rows if r.get("case") in keep]
-    res = summarise(reference, all_rows, bundle.labels, _labels_of(manifest), n_boot=n_boot)
-    res.update(
-        bundle=prov,
-        rows=str(rows),
-        total_listed=len(cases),
-        duplicates=len(cases) - len(unique),
-        seconds=round(time.perf_counter() - t0, 3),
-    )
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_json.with_name(f".{out_json.name}.tmp")
-    tmp.write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(out_json)
+        keep = {c.case_id for c in unique}
+        all_rows = [r for r in all_rows if r.get("case") in keep]
+        res = summarise(reference, all_rows, bundle.labels, _labels_of(manifest), n_boot=n_boot)
+        if not res["n_cases"]:  # an estimate of nothing is not an estimate (the error rows stay)
+            raise MedTransferError(
+                f"{manifest or input_dir}: no case could be answered ({res['n_errors']} error rows in {rows}); "
+                "no estimate written"
+            )
+        res.update(
+            bundle=prov,
+            rows=str(rows),
+            total_listed=len(cases),
+            duplicates=len(cases) - len(unique),
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+        tmp = out_json.with_name(f".{out_json.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(res, indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.replace(out_json)
     return res
 
 

@@ -10,6 +10,10 @@ unless the user names that folder as the output.  Torch-free.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
@@ -83,3 +87,52 @@ def unique_keys(paths: Iterable[str | Path], root: str | Path | None = None) -> 
 def output_dir(out_root: str | Path, path: str | Path, root: str | Path | None = None) -> Path:
     """``out_root/<output key>`` for one input (not created)."""
     return Path(out_root) / output_key(path, root)
+
+
+@contextmanager
+def report_folder(
+    out: str | Path, names: Sequence[str], kind: str, inputs: Iterable[str | Path] = ()
+) -> Iterator[Path]:
+    """Write a report (a fixed set of file ``names``) into the folder ``out`` as one unit.
+
+    ``out`` may hold other files; only the report's ``names`` are replaced.  Refused before any work:
+    ``out`` inside a bundle (an unlisted file makes the bundle refused), or a report file that is
+    one of ``inputs`` (the manifest, a case).  Under the lock ``out/.<kind>.lock`` (a second job on
+    ``out`` is refused) the caller writes into the yielded staging folder; when the block ends
+    without error each staged file replaces its name in ``out`` and the report's other names, left
+    by an earlier report, are removed; when it fails ``out`` keeps the earlier report untouched.
+
+    Args:
+        out: the report folder (created).
+        names: every file name the report may write.
+        kind: the job, in the lock's name and the messages (``audit``).
+        inputs: files the job reads.
+
+    Raises:
+        MedTransferError: one line naming ``out`` and the collision, or the job holding it.
+    """
+    from medtransfer.shared.runtime.score import bundle_above
+    from medtransfer.shared.utils.locks import exclusive
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MedTransferError(f"{out}: -o is a file; the {kind} writes a folder")
+    inside = bundle_above(out)
+    if inside is not None:
+        raise MedTransferError(f"{out}: -o is inside the bundle {inside} (choose a folder outside it)")
+    ins = {os.path.realpath(p) for p in inputs}
+    for n in names:
+        if os.path.realpath(out / n) in ins:
+            raise MedTransferError(f"{out}: the {kind}'s {n} would overwrite an input of the job (choose another -o)")
+    out.mkdir(parents=True, exist_ok=True)
+    with exclusive(out / f".{kind}.lock", out, f"already being written by another {kind},"):
+        stage = Path(tempfile.mkdtemp(prefix=f".{kind}-", dir=out))
+        try:
+            yield stage
+            for n in names:
+                if (stage / n).is_file():
+                    os.replace(stage / n, out / n)
+                elif (out / n).is_file():
+                    (out / n).unlink()  # an earlier report's file this one does not have (a stale plot)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)

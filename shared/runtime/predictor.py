@@ -7,13 +7,120 @@ caller turns that into an error line or an error row.  Torch-free.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from medtransfer.shared.runtime.bundle import Bundle
+from medtransfer.shared.utils.errors import ConfigError
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One predictor option (``--opt key=value``): its kind and bounds, checked before any input.
+
+    Kinds: ``flag`` (true / false), ``int`` and ``number`` (finite, within ``lo`` .. ``hi``),
+    ``choice`` (one of ``choices``), ``box`` (``x0,y0,x1,y1``), ``text``.
+    """
+
+    kind: str
+    lo: float | None = None
+    hi: float | None = None
+    choices: tuple[str, ...] = ()
+
+    def check(self, key: str, value: Any) -> None:
+        """Raise :class:`ConfigError` (one line naming ``--opt key``) when ``value`` does not fit."""
+        shown = str(value)[:40]
+        want = self._want()
+        if self.kind == "flag":
+            if isinstance(value, bool) or str(value).lower() in _TRUE + _FALSE:
+                return
+        elif self.kind in ("int", "number"):
+            x = _number(value, self.kind == "int")
+            if x is not None and (self.lo is None or x >= self.lo) and (self.hi is None or x <= self.hi):
+                return
+        elif self.kind == "choice":
+            if str(value) in self.choices:
+                return
+        elif self.kind == "box":
+            parts = value.split(",") if isinstance(value, str) else value
+            if (
+                isinstance(parts, (list, tuple))
+                and len(parts) == 4
+                and all(_number(v, False) is not None for v in parts)
+            ):
+                return
+        elif isinstance(value, (str, int, float)) and str(value).strip():
+            return
+        raise ConfigError(f"--opt {key}={shown}: expected {want}")
+
+    def _want(self) -> str:
+        if self.kind == "flag":
+            return "true or false"
+        if self.kind == "choice":
+            return "one of " + ", ".join(self.choices)
+        if self.kind == "box":
+            return "a box x0,y0,x1,y1 (four numbers)"
+        if self.kind == "text":
+            return "a non-empty value"
+        what = "a whole number" if self.kind == "int" else "a finite number"
+        if self.lo is not None and self.hi is not None:
+            return f"{what} from {self.lo:g} to {self.hi:g}"
+        if self.lo is not None:
+            return f"{what} >= {self.lo:g}"
+        return what
+
+
+def _number(v: Any, integer: bool) -> float | None:
+    if isinstance(v, bool):
+        return None
+    try:
+        x = float(v) if not isinstance(v, str) else float(v.strip())
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(x) or (integer and x != int(x)):
+        return None
+    return x
+
+
+#: options every predictor takes (``predict`` / ``score`` / ``audit`` set them)
+COMMON_OPTIONS: dict[str, Opt] = {"out_dir": Opt("text"), "input_root": Opt("text"), "plot": Opt("flag")}
+
+
+def check_options(cls: type["Predictor"], options: Mapping[str, Any]) -> None:
+    """Refuse an option ``cls`` does not take, or a value out of its kind or range (None = not given).
+
+    Args:
+        cls: the predictor class (its :attr:`Predictor.options_spec` and :data:`COMMON_OPTIONS`).
+        options: the options.
+
+    Raises:
+        ConfigError: one line naming ``--opt KEY`` and what it expects (or the options there are).
+    """
+    spec = {**COMMON_OPTIONS, **cls.options_spec}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key not in spec:
+            raise ConfigError(
+                f"--opt {key}: not an option of this bundle's predictor (options: {', '.join(sorted(spec))})"
+            )
+        spec[key].check(key, value)
+
+
+def check_bundle_options(bundle: Bundle, options: Mapping[str, Any]) -> None:
+    """:func:`check_options` for the predictor of ``bundle``'s app, before any worker starts."""
+    from medtransfer.shared.plugins import get_app, load_object
+
+    ref = get_app(bundle.app).predictor
+    if ref:
+        check_options(load_object(ref), options)
 
 
 class Predictor:
@@ -26,10 +133,13 @@ class Predictor:
 
     #: suffixes this predictor accepts when ``score --input-dir`` walks a folder
     suffixes: tuple[str, ...] = ()
+    #: the ``--opt`` keys it takes beyond :data:`COMMON_OPTIONS` (an unknown key is refused)
+    options_spec: ClassVar[dict[str, Opt]] = {}
     #: ``shared.runtime.perturb`` modalities of the decoded input (what ``medtransfer audit`` perturbs)
     modalities: tuple[str, ...] = ()
 
     def __init__(self, bundle: Bundle, **options: Any) -> None:
+        check_options(type(self), options)
         self.bundle = bundle
         self.options = options
 

@@ -44,7 +44,7 @@ from typing import Any
 
 from medtransfer.shared.runtime.bundle import Bundle, load_bundle
 from medtransfer.shared.runtime.engines import ENGINES, run_map, worker_threads
-from medtransfer.shared.runtime.predictor import build_predictor
+from medtransfer.shared.runtime.predictor import build_predictor, check_bundle_options
 from medtransfer.shared.utils.errors import InputError, MedTransferError
 
 BASE_COLUMNS = [
@@ -257,7 +257,7 @@ def check_writable(out_csv: str | Path) -> None:
     """
     out_csv = Path(out_csv)
     if out_csv.is_dir():
-        raise MedTransferError(f"{out_csv}: --out is a folder, expected a CSV file")
+        raise MedTransferError(f"{out_csv}: --out is a folder, expected a file path")
     try:
         out_csv.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -285,6 +285,15 @@ def lock_output(out_csv: str | Path) -> Iterator[Path]:
         yield lp
 
 
+def bundle_above(path: str | Path) -> Path | None:
+    """The bundle folder (``metadata.json`` and ``checksums.sha256``) that holds ``path``, if any."""
+    p = Path(os.path.realpath(path))
+    for d in (p, *p.parents):
+        if (d / "checksums.sha256").is_file() and (d / "metadata.json").is_file():
+            return d
+    return None
+
+
 def check_out_path(
     out_csv: str | Path,
     manifest: str | Path | None = None,
@@ -306,6 +315,9 @@ def check_out_path(
     """
     out = Path(os.path.realpath(out_csv))
     lock = Path(os.path.realpath(lock_path(out_csv)))
+    inside = bundle_above(out)
+    if inside is not None:  # any bundle, not only this job's: an unlisted file makes it refused
+        raise MedTransferError(f"{out_csv}: --out is inside the bundle {inside} (choose a path outside it)")
     if manifest is not None and out == Path(os.path.realpath(manifest)):
         raise MedTransferError(f"{out_csv}: --out is the manifest; it would be overwritten (choose another --out)")
     for folder, what in ((input_dir, "the input folder"), (bundle_dir, "the bundle")):
@@ -554,6 +566,7 @@ def score(
     check_out_path(out_csv, manifest=manifest, input_dir=input_dir, bundle_dir=bundle_dir, cases=cases)
     with lock_output(out_csv):
         verified = load_bundle(bundle_dir)  # refuse a bad bundle before touching the output
+        check_bundle_options(verified, options or {})  # and an --opt its predictor does not take
         sha, prov = verified.sha256, verified.provenance()
         unique, aliases = unique_cases(cases)
         ids = {a: input_id(c) for c in unique for a in aliases[c.case_id]}

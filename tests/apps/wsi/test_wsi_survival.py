@@ -73,3 +73,25 @@ def test_metrics_and_km(tmp_path: Path) -> None:
     assert Path(km["png"]).stat().st_size > 5000 and km["logrank_p"] < 1e-3
     assert [g["name"] for g in km["groups"]] == ["low risk", "high risk"]
     assert mean_sd([0.7, 0.8, float("nan")]) == pytest.approx((0.75, 0.0707), abs=1e-3)
+
+
+def test_c_index_without_a_comparable_pair_is_nan_not_an_exception():
+    """One event after every censoring time: no comparable pair (scikit-survival >= 0.22 raises
+    NoComparablePairException; a wsi training died in its baseline step on it)."""
+    import math
+
+    from medtransfer.apps.wsi.survival import c_index
+
+    assert math.isnan(c_index(np.array([10.0, 5.0, 4.0]), np.array([1, 0, 0]), np.array([0.3, 0.1, 0.2])))
+
+
+def test_bag_attrs_skip_an_unreadable_first_bag(tmp_path):
+    import h5py
+
+    from medtransfer.apps.wsi.train import bag_attrs
+
+    (tmp_path / "a.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 20)  # sorts first, cannot be opened
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        f.create_dataset("features", data=np.zeros((2, 4), np.float32))
+        f.attrs.update(encoder="resnet18", patch_size=64, mpp=1.0, pretrained=False)
+    assert bag_attrs(tmp_path)["patch_size"] == 64

@@ -26,7 +26,24 @@ def test_verdict_refuses_unless_forced():
     ):
         baseline_verdict(rec, "RUN", force=False)
     assert "does not beat" in baseline_verdict(rec, "RUN", force=True)["unreliable"]
-    assert baseline_verdict(None, "RUN", force=False) is None
+
+
+def test_a_run_without_a_baseline_comparison_is_not_exported_as_if_it_passed(image_run, tmp_path, capsys):
+    """A wsi training that died after its checkpoints (before comparing with its baseline) exported
+    with exit 0, no baseline and no unreliable mark: a missing record read as a pass."""
+    from medtransfer.shared.runtime.bundle import load_bundle
+
+    with pytest.raises(BelowBaselineError, match="records no comparison with a trivial baseline"):
+        baseline_verdict(None, "RUN", force=False)
+    run = tmp_path / "run"
+    shutil.copytree(image_run["run"], run)
+    info = RunDir(run).info()
+    del info["baseline"]
+    RunDir(run).write_info(info)
+    code, _, err = run_main(["export", str(run), "--out", str(tmp_path / "b")], capsys)
+    assert code == 2 and "training did not finish" in err and not (tmp_path / "b").exists()
+    assert run_main(["export", str(run), "--out", str(tmp_path / "b"), "--force"], capsys)[0] == 0
+    assert "records no comparison" in load_bundle(tmp_path / "b").unreliable
 
 
 def test_image_run_records_its_baseline(image_run):

@@ -216,3 +216,69 @@ def test_demo_section_audits_each_bundle_of_a_demo_folder(image_run, tmp_path):
     with pytest.raises(InputError, match="run folder not found"):
         A.run_audit(demo / "bundles" / "image", demo / "work" / "image" / "audit_manifest.csv", tmp_path / "r",
                     run_dir=tmp_path / "no_run", progress=False)  # fmt: skip
+
+
+# ------------------------------------------------------------------ the report folder and the truth
+def test_the_report_folder_is_one_unit_and_never_an_input_or_a_bundle(image_run, tmp_path):
+    import shutil
+
+    from medtransfer.shared.utils.errors import MedTransferError
+
+    man = _manifest_with_labels(image_run, tmp_path)
+    kw = {"perturbations": ["image/gain"], "severities": 2, "progress": False}
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "adversarial.png").write_bytes(b"an earlier report's plot")
+    A.run_audit(image_run["bundle"], man, out, **kw)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["audit.json", "audit.md", "audit_cases.csv", "notes.txt", "reliability.png", "robustness.png"]
+    before = (out / "audit.json").read_bytes()
+    # every case fails: the error rows are kept beside the earlier report, which stays whole
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"path,label\n{tmp_path / 'nope.png'},circle\n")
+    with pytest.raises(A.AuditError, match="every case failed"):
+        A.run_audit(image_run["bundle"], bad, out, **kw)
+    assert (out / "audit.json").read_bytes() == before and (out / A.ERRORS_FILE).is_file()
+    assert not [p for p in out.iterdir() if p.name.startswith(".audit-")]  # no staging left
+    # -o inside a bundle (it would be refused for an unlisted file) or over the manifest
+    b = tmp_path / "b"
+    shutil.copytree(image_run["bundle"], b)
+    with pytest.raises(MedTransferError, match="inside the bundle"):
+        A.run_audit(b, man, b, **kw)
+    m2 = tmp_path / "m2"
+    m2.mkdir()
+    shutil.copy(man, m2 / "audit_cases.csv")
+    with pytest.raises(MedTransferError, match="audit_cases.csv would overwrite an input"):
+        A.run_audit(image_run["bundle"], m2 / "audit_cases.csv", m2, **kw)
+    assert sorted(p.name for p in m2.iterdir()) == ["audit_cases.csv"]
+
+
+def test_labels_the_bundle_cannot_answer_and_duplicates(image_run, tmp_path):
+    man = _manifest_with_labels(image_run, tmp_path)
+    text = man.read_text().splitlines()
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("\n".join([text[0], *(line.rsplit(",", 1)[0] + ",Circle" for line in text[1:])]) + "\n")
+    with pytest.raises(A.AuditError, match="label 'Circle' is not one of the bundle's classes"):
+        A.run_audit(image_run["bundle"], wrong, tmp_path / "o", progress=False)
+    assert not (tmp_path / "o").exists()
+    first = text[1].split(",")[0]
+    dup = tmp_path / "dup.csv"
+    dup.write_text("\n".join([*text, text[1], first.replace("/", "/./", 1) + "," + text[1].split(",")[1]]) + "\n")
+    rep = A.run_audit(
+        image_run["bundle"], dup, tmp_path / "d", perturbations=["image/gain"], severities=2, progress=False
+    )
+    assert rep["n_cases"] == len(text) - 1  # one file listed three ways is one case
+
+
+@pytest.mark.parametrize(
+    "time,event,words",
+    [("nan", "1", "not a finite time"), ("-5", "1", "not a finite time"), ("3", "2", "event must be 0 or 1")],
+)
+def test_survival_truth_that_cannot_be_scored_is_one_line(tmp_path, time, event, words):
+    case = A.AuditCase("c", tmp_path / "c.h5", "", {"time": time, "event": event})
+    with pytest.raises(A.InputError, match=words):
+        A._survival_truth(case)
+    censored = [A.AuditCase(f"c{i}", tmp_path / f"c{i}.h5", "", {"time": "3", "event": "0"}) for i in range(3)]
+    with pytest.raises(A.AuditError, match="no case has an event"):
+        A.check_labels(censored, "survival", [], tmp_path / "m.csv")
