@@ -111,6 +111,7 @@ def read_stack(path: Path, time_axis: str | int = "auto", overrides: Mapping[str
         raise InputError(path, f"image stack has an unsupported pixel layout ({arr.dtype.name}, {arr.ndim}-D)")
     if arr.dtype.kind == "b":
         arr = arr.astype(np.uint8)
+    gates.require_finite(arr, path, "pixel values")  # a few NaN pixels blanked every frame's scaling
     return mha_time_first(arr, time_axis)
 
 

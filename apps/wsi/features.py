@@ -730,6 +730,25 @@ class EncoderSpec:
         return enc
 
 
+def check_tiling_options(
+    target_mpp: float, patch_size: int, mpp: Optional[float] = None, tissue_fraction_min: float = 0.25
+) -> None:
+    """Refuse tiling options no slide can satisfy, before any slide is read (they were reported as
+    each slide's read failure: ``--target-mpp nan`` as "corrupt or unsupported data").
+
+    Raises:
+        ConfigError: one line naming the option.
+    """
+    if not (math.isfinite(float(target_mpp)) and 0.01 <= float(target_mpp) <= 100.0):
+        raise ConfigError(f"--target-mpp must be a finite µm per pixel from 0.01 to 100 (got {target_mpp})")
+    if int(patch_size) != patch_size or not 16 <= int(patch_size) <= 4096:
+        raise ConfigError(f"--patch-size must be a whole number of pixels from 16 to 4096 (got {patch_size})")
+    if mpp is not None and not (math.isfinite(float(mpp)) and 0.01 <= float(mpp) <= 100.0):
+        raise ConfigError(f"--mpp must be a finite µm per pixel from 0.01 to 100 (got {mpp})")
+    if not (math.isfinite(float(tissue_fraction_min)) and 0.0 <= float(tissue_fraction_min) <= 1.0):
+        raise ConfigError(f"--tissue-fraction-min must be from 0 to 1 (got {tissue_fraction_min})")
+
+
 @functools.cache
 def random_init_digest(name: str) -> str:
     """The digest (``shared.finetune.weights_digest``) of the random-init tile encoder ``name``:
@@ -1285,6 +1304,14 @@ def extract_many(
         raise ConfigError(f"--device must be one of {', '.join(DEVICES)} (got '{device}'; no device indices)")
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)} (got '{precision}')")
+    check_tiling_options(target_mpp, patch_size, mpp, tissue_fraction_min)
+    for name, v, lo in (
+        ("--batch-size", batch_size, 1),
+        ("--threads", threads, 0),
+        ("--read-workers", read_workers, 0),
+    ):
+        if int(v) != v or v < lo:
+            raise ConfigError(f"{name} must be a whole number >= {lo} (got {v})")
     slides = find_slides(source)
     if not slides:
         raise InputError(source, "no slide files found")

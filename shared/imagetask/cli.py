@@ -19,9 +19,9 @@ app = typer.Typer(help="Generic image classification on the shared core.", no_ar
 @app.command("synth")
 def synth(
     out: Path = out_option(help="folder to write <class>/<image>.png into"),
-    n_per_class: int = typer.Option(40, "--n-per-class", help="images per class"),
-    size: int = typer.Option(64, "--size", help="image side in pixels"),
-    seed: int = typer.Option(0, "--seed", help="random seed"),
+    n_per_class: int = typer.Option(40, "--n-per-class", min=1, help="images per class"),
+    size: int = typer.Option(64, "--size", min=16, max=4096, help="image side in pixels (16 to 4096)"),
+    seed: int = typer.Option(0, "--seed", min=0, help="random seed"),
 ) -> None:
     """Write noisy circle / square / triangle images (import with `medtransfer data import image-folder`)."""
     from medtransfer.shared.imagetask.data import make_shapes

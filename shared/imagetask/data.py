@@ -14,7 +14,7 @@ import numpy as np
 
 from medtransfer.shared.manifest import Record, assign_splits, write_manifest
 from medtransfer.shared.runtime import gates
-from medtransfer.shared.utils.errors import InputError
+from medtransfer.shared.utils.errors import ConfigError, InputError
 
 SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: kept for callers; the limit applied is ``gates.LIMITS["image_max_pixels"]`` (or the bundle's override)
@@ -104,8 +104,15 @@ CLASSES = ("circle", "square", "triangle")
 
 
 def make_shapes(root: str | Path, n_per_class: int = 40, size: int = 64, seed: int = 0) -> Path:
-    """Write ``root/<class>/<i>.png`` noisy shapes (the core demo/test fixture); returns root."""
+    """Write ``root/<class>/<i>.png`` noisy shapes (the core demo/test fixture); returns root.
+
+    Raises:
+        ConfigError: ``size`` below 16 px (no room for the shapes) or ``n_per_class`` below 1.
+    """
     import cv2
+
+    if int(size) < 16 or int(n_per_class) < 1:
+        raise ConfigError(f"shapes need size >= 16 px and n_per_class >= 1 (got {size}, {n_per_class})")
 
     rng = np.random.default_rng(seed)
     root = Path(root)

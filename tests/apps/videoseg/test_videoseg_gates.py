@@ -43,6 +43,14 @@ def test_mha_header_checked_before_pixels(tmp_path, monkeypatch, dims, words):
         assert "big.mha" in str(e.value) and words in str(e.value) and "\n" not in str(e.value)
 
 
+def test_nan_pixels_in_a_stack_are_an_error_not_a_blank_answer(tmp_path):
+    """100 NaN pixels in frame 0 of a float .mha gave status ok, 11 empty frames, a numpy warning."""
+    a = np.random.default_rng(0).normal(size=(12, 32, 32)).astype(np.float32)
+    a[0, :10, :10] = np.nan
+    with pytest.raises(InputError, match="nan.mha: pixel values contain 100 NaN/inf value"):
+        open_video(_mha(tmp_path / "nan.mha", a))
+
+
 def test_vector_mha_is_one_line(tmp_path):
     """A colour (3-component) stack used to escape the reader as a ValueError."""
     import SimpleITK as sitk

@@ -182,3 +182,23 @@ def test_a_random_init_encoder_is_the_same_in_every_job(slide_dir: Path, tmp_pat
     state = torch.random.get_rng_state()
     build_tile_encoder("resnet18", None)
     assert torch.equal(state, torch.random.get_rng_state())  # the caller's stream is left alone
+
+
+@pytest.mark.parametrize(
+    "kw,words",
+    [
+        ({"target_mpp": float("nan")}, "--target-mpp must be a finite"),
+        ({"target_mpp": 0.0}, "--target-mpp"),
+        ({"patch_size": 0}, "--patch-size must be a whole number"),
+        ({"mpp": float("inf")}, "--mpp must be a finite"),
+        ({"threads": -1}, "--threads must be a whole number >= 0"),
+        ({"batch_size": 0}, "--batch-size must be a whole number >= 1"),
+    ],
+)
+def test_options_no_slide_can_meet_are_refused_before_reading_any(slide_dir, tmp_path, kw, words):
+    from medtransfer.shared.utils.errors import ConfigError
+
+    args = {"target_mpp": 2.0, "patch_size": 64, **kw}
+    with pytest.raises(ConfigError, match=words):
+        extract_many(slide_dir, tmp_path / "o", "resnet18", None, show_progress=False, **args)
+    assert not (tmp_path / "o").exists()  # refused before anything was read or written
