@@ -335,6 +335,8 @@ def read_masks(path: str | Path, n_frames: int | None = None, time_axis: str | i
             frames = frames if frames is not None else list(range(arr.shape[0]))
             if len(frames) != arr.shape[0]:
                 raise InputError(path, "'frames' and 'masks' lengths differ")
+            if any(int(f) < 0 for f in frames):
+                raise InputError(path, "'frames' holds a negative frame index")
             out = {int(f): (arr[i] > 0).astype(np.uint8) for i, f in enumerate(frames)}
         elif path.suffix.lower() in (".mha", ".mhd", ".nii", ".gz"):
             arr = read_stack(path, time_axis)

@@ -319,6 +319,11 @@ def backend_options(options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+#: ``--opt time_axis``: where a 3-D ``.mha`` stack keeps its frames (``auto``: TrackRAD's time-last
+#: layout when the first two axes are equal and the last differs, else time first)
+_TIME_AXES: dict[str, str | int] = {"auto": "auto", "first": 0, "last": -1}
+
+
 def parse_box(box: Any) -> list[float]:
     """``"x0,y0,x1,y1"`` or a sequence -> four floats."""
     if isinstance(box, str):
@@ -338,7 +343,9 @@ class VideoSegPredictor(Predictor):
 
     Options: ``out_dir`` (masks.npz and the GIF go to ``out_dir/<input key>/``; none: nothing is
     written), ``input_root`` (set by predict / score), ``gif`` (default on),
-    ``box`` / ``mask`` (default prompt), ``max_frames`` (0 = all), ``prefetch`` (encode the next
+    ``box`` / ``mask`` (default prompt), ``time_axis`` (``auto`` / ``first`` / ``last``: where a 3-D
+    ``.mha`` keeps its frames; ``auto`` guesses TrackRAD's time-last layout from square frames),
+    ``max_frames`` (0 = all), ``prefetch`` (encode the next
     frame in a second thread while tracking this one, threads split; off by default,
     :func:`resolve_prefetch`), ``fast`` / ``threads`` / ``shared_pool`` / ``encoder`` (ONNX Runtime
     settings and the image encoder, :func:`backend_options`).
@@ -356,6 +363,7 @@ class VideoSegPredictor(Predictor):
         "shared_pool": Opt("flag"),
         "encoder": Opt("choice", choices=("auto", "fp32", "int8")),
         "spin": Opt("flag"),
+        "time_axis": Opt("choice", choices=("auto", "first", "last")),
     }
     accepts_folders = True  # frame folders are videos too (score's input check lets folders through)
     modalities = ("video",)
@@ -374,7 +382,8 @@ class VideoSegPredictor(Predictor):
             InputError: bad video, no prompt, prompt outside the image, empty or mis-sized mask.
         """
         path = Path(path)
-        reader = open_video(path, overrides=self.bundle.meta.get("gates") or None)
+        axis = _TIME_AXES[str(self.options.get("time_axis") or "auto")]
+        reader = open_video(path, time_axis=axis, overrides=self.bundle.meta.get("gates") or None)
         box = case.get("box") or self.options.get("box")
         mask_path = (
             case.get("mask") or (None if case.get("box") else case.get("label_mask")) or self.options.get("mask")
@@ -385,7 +394,9 @@ class VideoSegPredictor(Predictor):
             n = min(n, mf)
         mask, p = None, 0  # p: the prompt frame, where tracking starts (earlier frames stay empty)
         if mask_path:
-            p, first = prompt_mask(read_masks(mask_path), mask_path)  # only this frame of the file is used
+            p, first = prompt_mask(
+                read_masks(mask_path, time_axis=axis), mask_path
+            )  # only this frame of the file is used
             if p >= n:
                 raise InputError(mask_path, f"prompt mask on frame {p} but the video has {n} frames to track")
             if first.shape != reader.shape:

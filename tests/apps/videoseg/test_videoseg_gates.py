@@ -223,3 +223,21 @@ def test_blank_first_frame_is_unreliable(vs_bundle, tmp_path):
     p = _mha(tmp_path / "flat.mha", np.full((3, 64, 64), 40, np.uint8))
     res = VideoSegPredictor(Bundle(vs_bundle)).predict(p, box="8,8,50,50")
     assert res["unreliable"] is True and any("blank / constant" in r for r in res["reasons"])
+
+
+def test_time_axis_option_reads_a_generic_stack_whose_frames_look_square(vs_bundle, tmp_path):
+    """A (T=64, H=64, W=96) stack was read time-last (96 frames of 64 x 64) with no way to say otherwise."""
+    from medtransfer.apps.videoseg.predict import VideoSegPredictor
+    from medtransfer.shared.runtime.bundle import Bundle
+    from medtransfer.shared.utils.errors import ConfigError
+
+    p = _mha(tmp_path / "thw.mha", np.random.default_rng(0).integers(0, 255, (64, 64, 96), dtype=np.uint8))
+    guessed = VideoSegPredictor(Bundle(vs_bundle), max_frames=3).predict(p, box="8,8,40,40")
+    first = VideoSegPredictor(Bundle(vs_bundle), max_frames=3, time_axis="first").predict(p, box="8,8,40,40")
+    assert (guessed["height"], guessed["width"]) == (64, 64) and (first["height"], first["width"]) == (64, 96)
+    with pytest.raises(ConfigError, match="time_axis=middle: expected one of auto, first, last"):
+        VideoSegPredictor(Bundle(vs_bundle), time_axis="middle")
+    neg = tmp_path / "neg.npz"
+    np.savez(neg, masks=np.ones((1, 64, 96), np.uint8), frames=np.array([-1]))
+    with pytest.raises(InputError, match="neg.npz: 'frames' holds a negative frame index"):
+        VideoSegPredictor(Bundle(vs_bundle), time_axis="first").predict(p, mask=str(neg))
