@@ -33,6 +33,7 @@ class EEGPredictor(Predictor):
     suffixes = SUFFIXES
     modalities = ("eeg",)
     options_spec = {"batch": Opt("int", 1, 4096), "threshold": Opt("number", 0.0, 1.0)}
+    preprocessing_spec = {"threshold": Opt("number", 0.0, 1.0), "sfreq": Opt("number", 1.0, 100_000.0)}
 
     def __init__(self, bundle: Any, **options: Any) -> None:
         require_readers()  # one line naming medtransfer[eeg] when edfio is not installed

@@ -32,6 +32,16 @@ VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".mha", ".mhd")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
+def _is_dicom(p: Path) -> bool:
+    """Whether a file carries the DICOM preamble's ``DICM`` marker (bytes 128-131)."""
+    try:
+        with open(p, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
 def _frame_number(p: Path) -> int:
     nums = re.findall(r"\d+", p.stem)
     return int(nums[-1]) if nums else -1
@@ -184,6 +194,12 @@ class VideoReader:
             self.kind = "video"
             import cv2
 
+            if _is_dicom(self.path):  # OpenCV opens nothing of it: "video has no frames" misled
+                raise InputError(
+                    self.path,
+                    "a DICOM file: this app reads videos (.avi, .mp4, ...), .mha / .nii stacks or "
+                    "frame folders; export the cine to one of those",
+                )
             cap = open_capture(self.path)
             try:
                 if not cap.isOpened():

@@ -37,6 +37,13 @@ class WSIPredictor(Predictor):
         "batch_size": Opt("int", 1, 4096),
         "max_patches": Opt("int", 0, None),
     }
+    preprocessing_spec = {
+        "feature_dim": Opt("int", 1, 1_000_000),
+        "risk_threshold": Opt("number"),
+        "target_mpp": Opt("number", 0.01, 100.0),
+        "patch_size": Opt("int", 16, 4096),
+        "tissue_fraction_min": Opt("number", 0.0, 1.0),
+    }
 
     def _features_from_slide(self, path: Path) -> tuple[np.ndarray, Any, Any, Any]:
         from medtransfer.apps.wsi.slide import iter_tile_batches, open_slide, plan_tiles

@@ -121,6 +121,10 @@ class Bundle:
         """Why every answer of this bundle is unreliable ("" = nothing known), e.g. a run exported
         with ``--force`` below its trivial baseline (``metadata["unreliable"]``)."""
         reason = self.meta.get("unreliable") or ""
+        base = self.meta.get("baseline")
+        if not reason and isinstance(base, dict) and base.get("beats_baseline") is False:
+            # the flag taken out of an edited (and resealed) metadata: the record still says it
+            reason = f"its validation {base.get('metric', 'metric')} does not beat the trivial baseline"
         return " ".join(str(reason).split())[:300]
 
     @cached_property

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from medtransfer.shared.runtime.bundle import Bundle
-from medtransfer.shared.utils.errors import ConfigError
+from medtransfer.shared.utils.errors import BundleError, ConfigError
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
@@ -36,29 +36,26 @@ class Opt:
 
     def check(self, key: str, value: Any) -> None:
         """Raise :class:`ConfigError` (one line naming ``--opt key``) when ``value`` does not fit."""
-        shown = str(value)[:40]
-        want = self._want()
+        if not self.fits(value):
+            raise ConfigError(f"--opt {key}={str(value)[:40]}: expected {self._want()}")
+
+    def fits(self, value: Any) -> bool:
+        """Whether ``value`` (as the CLI or Python gives it) is of this kind and within its bounds."""
         if self.kind == "flag":
-            if isinstance(value, bool) or str(value).lower() in _TRUE + _FALSE:
-                return
-        elif self.kind in ("int", "number"):
+            return isinstance(value, bool) or str(value).lower() in _TRUE + _FALSE
+        if self.kind in ("int", "number"):
             x = _number(value, self.kind == "int")
-            if x is not None and (self.lo is None or x >= self.lo) and (self.hi is None or x <= self.hi):
-                return
-        elif self.kind == "choice":
-            if str(value) in self.choices:
-                return
-        elif self.kind == "box":
+            return x is not None and (self.lo is None or x >= self.lo) and (self.hi is None or x <= self.hi)
+        if self.kind == "choice":
+            return str(value) in self.choices
+        if self.kind == "box":
             parts = value.split(",") if isinstance(value, str) else value
-            if (
+            return (
                 isinstance(parts, (list, tuple))
                 and len(parts) == 4
                 and all(_number(v, False) is not None for v in parts)
-            ):
-                return
-        elif isinstance(value, (str, int, float)) and str(value).strip():
-            return
-        raise ConfigError(f"--opt {key}={shown}: expected {want}")
+            )
+        return isinstance(value, (str, int, float)) and bool(str(value).strip())
 
     def _want(self) -> str:
         if self.kind == "flag":
@@ -114,6 +111,24 @@ def check_options(cls: type["Predictor"], options: Mapping[str, Any]) -> None:
         spec[key].check(key, value)
 
 
+def check_preprocessing(cls: type["Predictor"], bundle: Any) -> None:
+    """Refuse a bundle whose ``metadata.json`` preprocessing holds a value the predictor cannot use
+    (an edited, resealed bundle: ``risk_threshold: "high"`` made every input an error row blamed on
+    the input).
+
+    Raises:
+        BundleError: one line naming the bundle's metadata and the field.
+    """
+    pre = getattr(bundle, "meta", {}).get("preprocessing") if bundle is not None else None
+    if not isinstance(pre, Mapping):
+        return
+    for key, opt in cls.preprocessing_spec.items():
+        if pre.get(key) is not None and not opt.fits(pre[key]):
+            raise BundleError(
+                f"{bundle.path / 'metadata.json'}: preprocessing.{key}={str(pre[key])[:40]}: expected {opt._want()}"
+            )
+
+
 def check_bundle_options(bundle: Bundle, options: Mapping[str, Any]) -> None:
     """:func:`check_options` for the predictor of ``bundle``'s app, before any worker starts."""
     from medtransfer.shared.plugins import get_app, load_object
@@ -135,11 +150,14 @@ class Predictor:
     suffixes: tuple[str, ...] = ()
     #: the ``--opt`` keys it takes beyond :data:`COMMON_OPTIONS` (an unknown key is refused)
     options_spec: ClassVar[dict[str, Opt]] = {}
+    #: what it reads from the bundle's ``metadata.json`` preprocessing, checked when it is built
+    preprocessing_spec: ClassVar[dict[str, Opt]] = {}
     #: ``shared.runtime.perturb`` modalities of the decoded input (what ``medtransfer audit`` perturbs)
     modalities: tuple[str, ...] = ()
 
     def __init__(self, bundle: Bundle, **options: Any) -> None:
         check_options(type(self), options)
+        check_preprocessing(type(self), bundle)
         self.bundle = bundle
         self.options = options
 

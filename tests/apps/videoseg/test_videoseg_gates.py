@@ -241,3 +241,9 @@ def test_time_axis_option_reads_a_generic_stack_whose_frames_look_square(vs_bund
     np.savez(neg, masks=np.ones((1, 64, 96), np.uint8), frames=np.array([-1]))
     with pytest.raises(InputError, match="neg.npz: 'frames' holds a negative frame index"):
         VideoSegPredictor(Bundle(vs_bundle), time_axis="first").predict(p, mask=str(neg))
+
+
+def test_a_dicom_cine_is_named_as_dicom_not_as_a_video_without_frames(tmp_path):
+    (tmp_path / "cine.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00" * 64)  # the preamble's marker
+    with pytest.raises(InputError, match="cine.dcm: a DICOM file: this app reads videos"):
+        open_video(tmp_path / "cine.dcm")

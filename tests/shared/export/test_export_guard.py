@@ -88,3 +88,19 @@ def test_below_baseline_export_refused_then_forced_and_flagged(image_run, tmp_pa
     assert ok.unreliable == "" and ok.meta["baseline"]["beats_baseline"]
     assert not any(str(x).startswith("bundle: ") for x in build_predictor(ok).answer(img).get("reasons", []))
     json.loads((tmp_path / "ok" / "metadata.json").read_text())
+
+
+def test_a_resealed_bundle_with_its_flag_taken_out_still_flags_every_answer(image_run, tmp_path, capsys):
+    from medtransfer.shared.export.bundle_writer import write_checksums
+    from medtransfer.shared.runtime.bundle import load_bundle
+
+    run = tmp_path / "run"
+    shutil.copytree(image_run["run"], run)
+    RunDir(run).update_info(baseline=baseline_record("accuracy", 0.3, 0.5, "majority class 'x'"))
+    assert run_main(["export", str(run), "--out", str(tmp_path / "b"), "--force"], capsys)[0] == 0
+    meta_path = tmp_path / "b" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["unreliable"]  # an edit that hides the flag; the checksums are made again by hand
+    meta_path.write_text(json.dumps(meta))
+    write_checksums(tmp_path / "b", [p.name for p in (tmp_path / "b").iterdir() if p.name != "checksums.sha256"])
+    assert "does not beat the trivial baseline" in load_bundle(tmp_path / "b").unreliable

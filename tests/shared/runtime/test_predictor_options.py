@@ -75,3 +75,22 @@ def test_predict_and_score_refuse_an_unknown_option_before_any_work(image_run, t
     assert not out.exists() or out.stat().st_size == 0  # nothing scored
     r = _cli("score", image_run["bundle"], "-i", img.parent, "--out", out, "--opt", "plot=false", "-q")
     assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["ok"] > 0, r.stderr[-2000:]
+
+
+def test_an_edited_bundles_preprocessing_is_blamed_on_the_bundle_not_the_input(tmp_path):
+    from types import SimpleNamespace
+
+    from medtransfer.shared.runtime.predictor import check_preprocessing
+    from medtransfer.shared.utils.errors import BundleError
+
+    class W(Predictor):
+        preprocessing_spec = {"feature_dim": Opt("int", 1, None), "risk_threshold": Opt("number")}
+
+    def bundle(**pre):
+        return SimpleNamespace(path=tmp_path / "b", meta={"preprocessing": pre})
+
+    check_preprocessing(W, bundle(feature_dim=512, risk_threshold=None))
+    with pytest.raises(BundleError, match=r"b/metadata.json: preprocessing.risk_threshold=high: expected a finite"):
+        W(bundle(feature_dim=512, risk_threshold="high"))
+    with pytest.raises(BundleError, match="preprocessing.feature_dim=lots"):
+        W(bundle(feature_dim="lots"))
