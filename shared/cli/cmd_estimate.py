@@ -43,8 +43,8 @@ def register(app: typer.Typer) -> None:
 
         if (manifest is None) == (input_dir is None):
             fail("give exactly one of --manifest or --input-dir")
-        if n_boot < 0:
-            fail("--bootstrap must be >= 0")
+        if n_boot != 0 and not 100 <= n_boot <= 100_000:  # a 95 % interval from fewer draws is not one
+            fail(f"--bootstrap must be 0 (no interval) or from 100 to 100000 resamples (got {n_boot})")
         res = estimate(
             bundle,
             out,
@@ -63,6 +63,8 @@ def register(app: typer.Typer) -> None:
         }
         if "estimate_reliable" in res:
             brief["estimate_reliable"] = res["estimate_reliable"]
+        if res.get("caution"):  # what the JSON says about trusting the estimate, said here too
+            brief["caution"] = res["caution"]
         if res.get("reason"):  # why there is no accuracy estimate (segmentation, survival: drift only)
             brief["reason"] = res["reason"]
         brief["drift"] = {"flag": res["drift"]["flag"], "summary": res["drift"]["summary"]}

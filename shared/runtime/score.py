@@ -135,7 +135,7 @@ def cases_from_dir(folder: str | Path, bundle: Bundle) -> list[Case]:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise InputError(folder, "input folder not found")
+        raise InputError(folder, "is a file, not an input folder" if folder.exists() else "input folder not found")
     pred = build_predictor(bundle)
     found = list(pred.list_inputs(folder))
     sfx = tuple(s.lower() for s in pred.suffixes)

@@ -237,7 +237,7 @@ def test_estimate_cli_is_torch_free_and_keeps_bad_cases_as_rows(eeg_case, tmp_pa
         from typer.testing import CliRunner
         from medtransfer.shared.cli.main import app
         r = CliRunner().invoke(app, ["estimate", r"{eeg_case["bundle"]}", "-m", r"{man}", "-o", r"{out}", "-q",
-                                     "--bootstrap", "50"])
+                                     "--bootstrap", "100"])
         assert r.exit_code == 0, r.output
         print(json.dumps({{"torch": "torch" in sys.modules}}))
     """)
@@ -302,3 +302,42 @@ def test_estimate_resumes_its_rows_and_refuses_to_clobber_them(eeg_case, tmp_pat
     with open(tmp_path / "e.cases.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 4  # the 3 done cases were not scored again
     assert (first["n_cases"], again["n_cases"]) == (3, 4)
+
+
+def test_estimate_of_nothing_and_outs_it_must_not_write_are_refused(eeg_case, tmp_path):
+    import shutil
+
+    from lockutil import lock_held_elsewhere
+
+    from medtransfer.shared.utils.errors import MedTransferError
+
+    bad = tmp_path / "broken.edf"
+    bad.write_bytes(b"0       not an edf header")
+    man = tmp_path / "site.csv"
+    man.write_text(f"path\n{bad}\n")
+    with pytest.raises(MedTransferError, match="no case could be answered \\(1 error rows"):
+        est.estimate(eeg_case["bundle"], tmp_path / "e.json", manifest=man, progress=False, n_boot=0)
+    assert not (tmp_path / "e.json").exists() and (tmp_path / "e.cases.csv").is_file()  # the error row stays
+    good = tmp_path / "good.csv"
+    good.write_text("path\n" + "".join(f"{r['path']}\n" for r in eeg_case["rows"]["test"][:2]))
+    other = tmp_path / "other_bundle"
+    shutil.copytree(eeg_case["bundle"], other)
+    with pytest.raises(MedTransferError, match="inside the bundle"):
+        est.estimate(
+            eeg_case["bundle"],
+            other / "metadata.json",
+            manifest=good,
+            rows_csv=tmp_path / "r.csv",
+            progress=False,
+            n_boot=0,
+        )
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(MedTransferError, match="--out is a folder"):
+        est.estimate(
+            eeg_case["bundle"], tmp_path / "adir", manifest=good, rows_csv=tmp_path / "r2.csv", progress=False, n_boot=0
+        )
+    out = tmp_path / "x.json"
+    with lock_held_elsewhere(tmp_path / "x.json.lock", out):  # another job writing this estimate
+        with pytest.raises(MedTransferError, match="already being written by pid"):
+            est.estimate(eeg_case["bundle"], out, manifest=good, rows_csv=tmp_path / "b.csv", progress=False, n_boot=0)
+    assert not out.exists()
