@@ -1371,11 +1371,20 @@ def extract_many(
             scratch.cleanup()
         results = [done[name] for name in keyed]
         rows = [r.row() for r in results]
+        log = out_dir / "extract_log.csv"
+        mine = {str(r.get("slide")) for r in rows}
+        try:  # the earlier jobs' rows of other slides stay (a job over one slide kept only its own)
+            with open(log, newline="", encoding="utf-8") as f:
+                rows = [r for r in csv.DictReader(f) if r.get("slide") not in mine] + rows
+        except (OSError, UnicodeDecodeError, csv.Error):
+            pass
         cols: list[str] = []
         for r in rows:
             cols += [k for k in r if k not in cols]
-        with open(out_dir / "extract_log.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=cols)
+        tmp = log.with_name(f".{log.name}.{os.getpid()}.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=cols, restval="")
             w.writeheader()
             w.writerows(rows)
+        os.replace(tmp, log)
         return results

@@ -202,3 +202,20 @@ def test_options_no_slide_can_meet_are_refused_before_reading_any(slide_dir, tmp
     with pytest.raises(ConfigError, match=words):
         extract_many(slide_dir, tmp_path / "o", "resnet18", None, show_progress=False, **args)
     assert not (tmp_path / "o").exists()  # refused before anything was read or written
+
+
+def test_the_extract_log_keeps_earlier_jobs_rows(slide_dir: Path, tmp_path: Path, tile_opts: dict) -> None:
+    for name in ("good_a", "good_b", "good_a"):
+        extract_many(
+            slide_dir / f"{name}.tif",
+            tmp_path / "o",
+            "resnet18",
+            None,
+            tile_opts["target_mpp"],
+            tile_opts["patch_size"],
+            show_progress=False,
+        )
+    with open(tmp_path / "o" / "extract_log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["slide"] for r in rows) == ["good_a", "good_b"]  # one row per slide, the latest
+    assert {r["slide"]: r["status"] for r in rows} == {"good_a": "skipped", "good_b": "done"}
