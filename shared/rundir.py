@@ -111,7 +111,9 @@ def load_checkpoint_file(
             raise CheckpointError(f"{path}: sha256 does not match run.json (file altered or replaced); refused")
     try:
         st = torch.load(str(path), map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():  # no code object named: not a pickle of code (a CSV, garbage)
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt)") from None
         raise CheckpointError(
             f"{path}: refused: holds objects other than tensors and plain data "
             "(a checkpoint from an untrusted source, or from an old medtransfer)"

@@ -116,6 +116,13 @@ def test_truncated_checkpoint_is_one_line(tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_a_file_that_is_no_pickle_is_called_unreadable_not_untrusted(tmp_path):
+    f = tmp_path / "labels.csv"  # e.g. a CSV given as --base
+    f.write_text("path,label\na.png,circle\n")
+    with pytest.raises(CheckpointError, match="labels.csv: not a readable PyTorch checkpoint"):
+        load_checkpoint_file(f)
+
+
 def test_planted_pickle_refused_by_loader(tmp_path):
     marker = tmp_path / "PWNED"
     f = tmp_path / "evil.pt"
