@@ -42,6 +42,14 @@ def _evil_run(root: Path, app: str, marker: Path, record_sha: bool = True) -> Pa
         _plant(run / "checkpoints" / f"{which}.pt", marker)
     sums = {w: {"sha256": sha256_file(run / "checkpoints" / f"{w}.pt")} for w in ("best", "last")}
     info = {"app": app, "task": "x", "wsi": {"in_dim": 8, "edges": [0.0, 1.0]}}
+    # it even claims to beat its baseline: export gets as far as opening the checkpoint
+    info["baseline"] = {
+        "metric": "accuracy",
+        "model": 0.9,
+        "baseline": 0.5,
+        "baseline_name": "m",
+        "beats_baseline": True,
+    }
     if record_sha:
         info["checkpoints"] = sums
     (run / "run.json").write_text(json.dumps(info))
