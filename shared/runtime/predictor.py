@@ -78,8 +78,10 @@ def _number(v: Any, integer: bool) -> float | None:
     if isinstance(v, bool):
         return None
     try:
+        if integer and isinstance(v, str):
+            return float(int(v.strip()))  # what int() of the predictor takes: "16", not "16.0"
         x = float(v) if not isinstance(v, str) else float(v.strip())
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     if not math.isfinite(x) or (integer and x != int(x)):
         return None
