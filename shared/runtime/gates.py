@@ -13,6 +13,8 @@ Torch-free; no message ever quotes file content.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -219,20 +221,27 @@ def check_metaimage_data_file(path: str | Path) -> None:
             head = f.read(_META_HEADER_MAX)
     except OSError as e:
         raise InputError(p, f"cannot be read ({e.strerror or type(e).__name__})") from None
-    for raw in head.split(b"\n"):
-        key, eq, value = raw.partition(b"=")
-        if eq and key.strip() == b"ElementDataFile":
-            name = value.strip().decode("utf-8", "replace")
-            if name == "LOCAL":
-                return
-            if name.upper() == "LIST" or " " in name or "%" in name:
-                raise InputError(p, "MetaImage header lists several data files; only one file is read")
-            if "/" in name or "\\" in name or name in (".", "..") or name.startswith("~"):
-                raise InputError(p, "MetaImage header points its pixel data at another folder; refused")
-            if not (p.parent / name).is_file():
-                raise InputError(p, "MetaImage header names a pixel data file that is not beside it")
-            return
-    raise InputError(p, "not a MetaImage file (no ElementDataFile in its header)")
+    names = []
+    for raw in head.replace(b"\r", b"\n").split(b"\n"):
+        m = re.match(rb"\s*ElementDataFile\s*[=:]\s*(.*?)\s*$", raw)  # MetaIO takes '=' or ':'
+        if m:
+            names.append(m.group(1).decode("utf-8", "replace"))
+    if not names:
+        raise InputError(p, "not a MetaImage file (no ElementDataFile in its header)")
+    if len(names) > 1:  # which one a reader takes is its own affair: refuse the ambiguity
+        raise InputError(p, "MetaImage header names its pixel data more than once; refused")
+    name = names[0]
+    if name.upper() == "LOCAL":
+        return
+    if name.upper() == "LIST" or "%" in name:
+        raise InputError(p, "MetaImage header lists several data files; only one file is read")
+    if "/" in name or "\\" in name or name in (".", "..") or name.startswith("~"):
+        raise InputError(p, "MetaImage header points its pixel data at another folder; refused")
+    data = p.parent / name
+    if not data.is_file():
+        raise InputError(p, "MetaImage header names a pixel data file that is not beside it")
+    if os.path.dirname(os.path.realpath(data)) != os.path.realpath(p.parent):  # a link beside it, to elsewhere
+        raise InputError(p, "MetaImage pixel data file is a link to another folder; refused")
 
 
 def check_decode_bytes(n_bytes: int, path: str | Path, overrides: Mapping[str, Any] | None = None) -> None:

@@ -84,6 +84,20 @@ def test_a_metaimage_reads_pixels_from_itself_or_its_own_folder_only(tmp_path):
             open_video(p)
         msg = str(e.value)
         assert name in msg and "\n" not in msg and "passwd" not in msg and "secret" not in msg, msg
+    (tmp_path / "in" / "twice.mhd").write_text(  # ITK reads the first name, a check of the last one passed it
+        head.format("../secret/other_patient.raw") + "ElementDataFile = twice.raw\n"
+    )
+    (tmp_path / "in" / "twice.raw").write_bytes(frames.tobytes())
+    (tmp_path / "in" / "link.raw").symlink_to(tmp_path / "secret" / "other_patient.raw")
+    (tmp_path / "in" / "link.mhd").write_text(head.format("link.raw"))
+    for name in ("twice.mhd", "link.mhd"):
+        with pytest.raises(InputError, match=name):
+            open_video(tmp_path / "in" / name)
+    # what MetaIO also writes and ITK reads: ':' for '=', Local / local, a name with a space, CRLF lines
+    (tmp_path / "in" / "my data.raw").write_bytes(frames.tobytes())
+    for k, (sep, target, nl) in enumerate(((":", "my data.raw", "\n"), ("=", "my data.raw", "\r\n"))):
+        (tmp_path / "in" / f"ok{k}.mhd").write_text(head.replace(" = ", f" {sep} ").format(target).replace("\n", nl))
+        assert open_video(tmp_path / "in" / f"ok{k}.mhd").n_frames == 4
     sitk.WriteImage(sitk.GetImageFromArray(frames), str(tmp_path / "in" / "pair.mhd"))  # header + .raw beside it
     assert (tmp_path / "in" / "pair.raw").is_file()
     assert open_video(tmp_path / "in" / "pair.mhd").n_frames == 4
