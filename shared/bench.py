@@ -816,7 +816,7 @@ def _main(argv: list[str]) -> None:
         work_dir=a.work,
         chunksize=a.chunksize,
         out_json=a.json,
-        options=parse_opts(a.opt),
+        options=parse_opts(a.opt, raw=True),
     )
     print(json.dumps(res, indent=2))
 
@@ -836,7 +836,7 @@ def _cold_main(argv: list[str]) -> None:
         ap.error("give BUNDLE SAMPLE pairs")
     from medtransfer.shared.cli.main import parse_opts
 
-    options = parse_opts(a.opt)
+    options = parse_opts(a.opt, raw=True)
     res = {}
     for b, smp in zip(a.pairs[::2], a.pairs[1::2]):
         meta = _bundle_meta(Path(b))

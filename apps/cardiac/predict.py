@@ -51,10 +51,11 @@ class CardiacPredictor(Predictor):
         self.params = bundle.preprocessing
         self.labels = bundle.labels
         ood = dict(bundle.meta.get("ood") or {})
-        self.msp_threshold = float(options.get("msp_threshold", ood.get("msp_threshold", 0.5)))
-        self.max_frames = int(options.get("max_frames", 32))
-        self.batch = int(options.get("batch", 16))
-        self.model_file = str(options.get("model", "model.onnx"))
+        opts = {k: v for k, v in self.options.items() if v is not None}  # checked and converted
+        self.msp_threshold = float(opts.get("msp_threshold", ood.get("msp_threshold", 0.5)))
+        self.max_frames = int(opts.get("max_frames", 32))
+        self.batch = int(opts.get("batch", 16))
+        self.model_file = str(opts.get("model", "model.onnx"))
         self.gates = dict(bundle.meta.get("gates") or {})
         outs = dict(bundle.meta.get("outputs") or {})
         # which heads the exported run trained (a CACTUS pure-transfer grade run did not train the view head)

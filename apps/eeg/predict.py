@@ -39,7 +39,7 @@ class EEGPredictor(Predictor):
         require_readers()  # one line naming medtransfer[eeg] when edfio is not installed
         super().__init__(bundle, **options)
         self.pp = {k: v for k, v in bundle.preprocessing.items() if k not in ("aggregation", "threshold")}
-        thr = options.get("threshold")  # 0 is a threshold, not "unset"
+        thr = self.options.get("threshold")  # 0 is a threshold, not "unset"
         self.threshold = float(bundle.preprocessing.get("threshold", 0.5) if thr is None else thr)
         self.labels = bundle.labels or ["normal", "abnormal"]
         self.gates = dict((getattr(bundle, "meta", None) or {}).get("gates") or {})

@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
             overwrite=overwrite,
             progress=not quiet,
             n_boot=n_boot,
-            options=parse_opts(opt),
+            options=parse_opts(opt, raw=True),
         )
         brief = {
             k: res.get(k)

@@ -92,22 +92,31 @@ def fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def parse_opts(pairs: Optional[List[str]]) -> dict[str, Any]:
-    """``--opt key=value`` pairs (values parsed as YAML scalars)."""
+def parse_opts(pairs: Optional[List[str]], raw: bool = False) -> dict[str, Any]:
+    """``--opt key=value`` pairs: values parsed as YAML scalars, or (``raw``) kept as the text given.
+
+    Predictor options go raw: each predictor converts them by the kind it declares
+    (``shared.runtime.predictor.Opt``), so ``out_dir=1.10`` stays ``"1.10"`` (YAML made it 1.1) and
+    ``max_frames=4`` / ``4`` are one value.
+    """
     out: dict[str, Any] = {}
     if not pairs:
         return out  # no YAML import on the common path (predict's cold start)
-    import yaml
-
     for p in pairs:
         if "=" not in p:
             fail(f"--opt expects key=value, got '{p}'")
         k, v = p.split("=", 1)
-        try:
-            out[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError:
-            out[k.strip()] = v
+        out[k.strip()] = v.strip() if raw else _yaml_scalar(v)
     return out
+
+
+def _yaml_scalar(v: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(v)
+    except yaml.YAMLError:
+        return v
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -266,7 +275,7 @@ def predict(
             "plot": plot,
             "mask": str(mask) if mask else None,
             "box": box,
-            **parse_opts(opt),
+            **parse_opts(opt, raw=True),
         }
         pred = build_predictor(b, **options)
     except MedTransferError as e:
@@ -341,7 +350,7 @@ def score_cmd(
         fail("give exactly one of --manifest or --input-dir")
     if engine not in sc.ENGINES:
         fail(f"unknown engine '{engine}' (local or ray)")
-    options = parse_opts(opt)
+    options = parse_opts(opt, raw=True)
     try:
         sc.check_out_path(out, manifest=manifest, input_dir=input_dir, bundle_dir=bundle)
         with sc.lock_output(out):  # before any work: unwritable or busy --out is refused first
@@ -433,7 +442,7 @@ def bench(
             sample,
             score_sizes=sizes,
             score_setups=setups,
-            options=parse_opts(opt),
+            options=parse_opts(opt, raw=True),
         )
     except MedTransferError as e:
         fail(str(e))

@@ -643,7 +643,9 @@ def estimate(
     with sc.lock_output(rows), sc.lock_output(out_json):  # two jobs on one --out: the second is refused
         unique, aliases = sc.unique_cases(cases)
         ids = {a: sc.input_id(c) for c in unique for a in aliases[c.case_id]}
-        opt_sha = sc.options_sha256(options)
+        from medtransfer.shared.runtime.predictor import check_bundle_options
+
+        opt_sha = sc.options_sha256(check_bundle_options(bundle, options or {}))
         done, fresh = sc.plan_resume(rows, bundle.sha256, resume, overwrite, ids, opt_sha)
         todo = [c for c in unique if not any(a in done for a in aliases[c.case_id])]
         predictor = build_predictor(bundle, **(options or {}))

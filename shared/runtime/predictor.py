@@ -57,6 +57,18 @@ class Opt:
             )
         return isinstance(value, (str, int, float)) and bool(str(value).strip())
 
+    def convert(self, value: Any) -> Any:
+        """``value`` (already :meth:`fits`) as the predictor uses it: a bool, an int, a float, or text
+        as the user wrote it (a box stays as given: ``x0,y0,x1,y1`` or four numbers)."""
+        if self.kind == "flag":
+            return value if isinstance(value, bool) else str(value).lower() in _TRUE
+        if self.kind in ("int", "number"):
+            x = _number(value, self.kind == "int")
+            return int(x) if self.kind == "int" and x is not None else x
+        if self.kind == "box":
+            return value
+        return str(value)
+
     def _want(self) -> str:
         if self.kind == "flag":
             return "true or false"
@@ -92,25 +104,35 @@ def _number(v: Any, integer: bool) -> float | None:
 COMMON_OPTIONS: dict[str, Opt] = {"out_dir": Opt("text"), "input_root": Opt("text"), "plot": Opt("flag")}
 
 
-def check_options(cls: type["Predictor"], options: Mapping[str, Any]) -> None:
-    """Refuse an option ``cls`` does not take, or a value out of its kind or range (None = not given).
+def check_options(cls: type["Predictor"], options: Mapping[str, Any]) -> dict[str, Any]:
+    """Refuse an option ``cls`` does not take, or a value out of its kind or range (None = not given);
+    return the options converted to their kinds (:meth:`Opt.convert`: ``"16"`` -> 16, ``"off"`` ->
+    False, text as written).
 
     Args:
         cls: the predictor class (its :attr:`Predictor.options_spec` and :data:`COMMON_OPTIONS`).
-        options: the options.
+        options: the options (text from the command line, or Python values).
+
+    Returns:
+        The converted options (None values kept as None).
 
     Raises:
         ConfigError: one line naming ``--opt KEY`` and what it expects (or the options there are).
     """
     spec = {**COMMON_OPTIONS, **cls.options_spec}
+    out: dict[str, Any] = {}
     for key, value in options.items():
         if value is None:
+            out[key] = None
             continue
         if key not in spec:
+            given = sorted(k for k in spec if k not in COMMON_OPTIONS) or ["none but out_dir and plot"]
             raise ConfigError(
-                f"--opt {key}: not an option of this bundle's predictor (options: {', '.join(sorted(spec))})"
+                f"--opt {key}: not an option of this bundle's predictor (its options: {', '.join(given)})"
             )
         spec[key].check(key, value)
+        out[key] = spec[key].convert(value)
+    return out
 
 
 def check_preprocessing(cls: type["Predictor"], bundle: Any) -> None:
@@ -131,13 +153,13 @@ def check_preprocessing(cls: type["Predictor"], bundle: Any) -> None:
             )
 
 
-def check_bundle_options(bundle: Bundle, options: Mapping[str, Any]) -> None:
-    """:func:`check_options` for the predictor of ``bundle``'s app, before any worker starts."""
+def check_bundle_options(bundle: Bundle, options: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`check_options` for the predictor of ``bundle``'s app, before any worker starts; returns
+    the converted options."""
     from medtransfer.shared.plugins import get_app, load_object
 
     ref = get_app(bundle.app).predictor
-    if ref:
-        check_options(load_object(ref), options)
+    return check_options(load_object(ref), options) if ref else dict(options)
 
 
 class Predictor:
@@ -158,10 +180,9 @@ class Predictor:
     modalities: tuple[str, ...] = ()
 
     def __init__(self, bundle: Bundle, **options: Any) -> None:
-        check_options(type(self), options)
+        self.options = check_options(type(self), options)  # converted: "16" -> 16, "off" -> False
         check_preprocessing(type(self), bundle)
         self.bundle = bundle
-        self.options = options
 
     def predict(self, path: Path, **case: Any) -> dict[str, Any]:
         """Answer one input.

@@ -77,8 +77,10 @@ def input_id(case: "Case") -> str:
 
 
 def options_sha256(options: Mapping[str, Any] | None) -> str:
-    """A short digest of the predictor options (``--opt``) a row was scored with."""
-    text = json.dumps(dict(options or {}), sort_keys=True, default=str)
+    """A short digest of the predictor options (``--opt``, as the predictor converted them) a row was
+    scored with; the input root (how the input folder was spelled) and options not given are left out."""
+    kept = {k: v for k, v in (options or {}).items() if v is not None and k != "input_root"}
+    text = json.dumps(kept, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -566,11 +568,11 @@ def score(
     check_out_path(out_csv, manifest=manifest, input_dir=input_dir, bundle_dir=bundle_dir, cases=cases)
     with lock_output(out_csv):
         verified = load_bundle(bundle_dir)  # refuse a bad bundle before touching the output
-        check_bundle_options(verified, options or {})  # and an --opt its predictor does not take
+        converted = check_bundle_options(verified, options or {})  # and an --opt its predictor does not take
         sha, prov = verified.sha256, verified.provenance()
         unique, aliases = unique_cases(cases)
         ids = {a: input_id(c) for c in unique for a in aliases[c.case_id]}
-        opt_sha = options_sha256(options)
+        opt_sha = options_sha256(converted)
         done, fresh = plan_resume(out_csv, sha, resume, overwrite, ids, opt_sha)
         todo = [c for c in unique if not any(a in done for a in aliases[c.case_id])]
         counts = {"ok": 0, "error": 0}

@@ -39,7 +39,7 @@ class _P(Predictor):
         ("encoder", "int4", "one of auto, fp32"),
         ("box", "1,2,3", "x0,y0,x1,y1"),
         ("box", "1,2,3,nan", "x0,y0,x1,y1"),
-        ("thresold", 0.5, "not an option of this bundle's predictor (options: batch, box, encoder, gif"),
+        ("thresold", 0.5, "not an option of this bundle's predictor (its options: batch, box, encoder, gif"),
     ],
 )
 def test_a_bad_option_is_one_line_naming_it(key, value, words):
@@ -47,6 +47,12 @@ def test_a_bad_option_is_one_line_naming_it(key, value, words):
         check_options(_P, {key: value})
     msg = str(e.value)
     assert msg.startswith(f"--opt {key}") and words in msg and "\n" not in msg, msg
+
+
+def test_options_come_to_the_predictor_converted_to_their_kinds():
+    got = check_options(_P, {"threshold": "0", "batch": " 16 ", "gif": "OFF", "encoder": "fp32", "out_dir": "1.10"})
+    assert got == {"threshold": 0.0, "batch": 16, "gif": False, "encoder": "fp32", "out_dir": "1.10"}
+    assert check_options(_P, {"batch": 16.0, "gif": True, "mask": None}) == {"batch": 16, "gif": True, "mask": None}
 
 
 def test_good_options_pass_as_the_cli_and_python_give_them():
@@ -67,7 +73,7 @@ def test_predict_and_score_refuse_an_unknown_option_before_any_work(image_run, t
     img = min(Path(image_run["root"]).rglob("*.png"))
     r = _cli("predict", image_run["bundle"], img, "--opt", "threshold=0.3")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "error: --opt threshold: not an option of this bundle's predictor (options: input_root, out_dir, plot)"
+        "error: --opt threshold: not an option of this bundle's predictor (its options: none but out_dir and plot)"
     ], r.stderr
     out = tmp_path / "r.csv"
     r = _cli("score", image_run["bundle"], "-i", img.parent, "--out", out, "--opt", "plot=sometimes", "-q")
