@@ -213,7 +213,10 @@ def train(
     init_report: dict[str, Any] = {}
     if init:
         src = Path(init)
-        info = load_pretrained(model, init_sd, strict=False)
+        try:
+            info = load_pretrained(model, init_sd, strict=False)
+        except MedTransferError as e:  # name the --init source, not "the starting weights"
+            raise InputError(src, str(e).split(": ", 1)[-1]) from None
         init_report = {"source": str(src), "missing": len(info["missing"]), "skipped": len(info["skipped"])}
     pp = pp_config(cfg["data"])
     extra = {"labels": list(LABELS), "preprocessing": pp, "model_name": cfg["model"]["name"]}
@@ -278,6 +281,8 @@ def _read_init(src: Path) -> dict[str, Any]:
 
     if src.is_dir():
         run = RunDir(src)
+        if run.info().get("app") not in (None, APP):
+            raise InputError(src, f"--init: a run of app '{run.info().get('app')}', not an EEG run")
         if not run.has_checkpoint("best"):
             raise InputError(src, "source run has no checkpoints/best.pt")
         return dict(run.load_checkpoint("best")["model"])

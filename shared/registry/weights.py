@@ -115,6 +115,11 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
+#: a starting point must give at least this share of the model's parameter elements (a new head or
+#: new adapters are a small share; a run of another app or architecture gave none or almost none)
+MIN_LOADED_SHARE = 0.5
+
+
 def load_pretrained(
     model, path: "Path | dict", strict: bool = False, skip_mismatch: bool = True
 ) -> dict[str, list[str]]:
@@ -146,9 +151,16 @@ def load_pretrained(
                     continue
                 skipped.append(k)
                 sd.pop(k)
+    params = dict(model.named_parameters())
+    total = sum(p.numel() for p in params.values())
+    share = sum(p.numel() for n, p in params.items() if n in sd) / total if total else 1.0
+    if not strict and own and share < MIN_LOADED_SHARE:  # checked before the model is touched
+        where = path if not isinstance(path, dict) else "the starting weights"
+        raise WeightsError(
+            f"{where}: only {100 * share:.0f}% of the model's weights match it by name and shape "
+            "(another architecture?); it is not a starting point for this model"
+        )
     res = model.load_state_dict(sd, strict=strict)
     missing = list(getattr(res, "missing_keys", []))
     unexpected = list(getattr(res, "unexpected_keys", []))
-    if not strict and own and len(missing) == len(own):
-        raise WeightsError(f"{path}: no tensor name matches the model (is it the right architecture?)")
     return {"missing": missing, "unexpected": unexpected, "skipped": skipped}

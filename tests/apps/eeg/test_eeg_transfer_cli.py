@@ -143,3 +143,17 @@ def test_top_level_cli_import_export_predict(tuab_root, trained_run, tmp_path):
     plot = Path(lines[0]["plot"])  # out_dir/<input path relative to the inputs' common folder>/trace.png
     assert plot.is_file() and plot.name == "trace.png" and plot.parent.name == f.stem
     assert tmp_path / "p" in plot.parents
+
+
+def test_eeg_init_from_another_apps_run_is_refused(tmp_path):
+    import json
+
+    import pytest
+
+    from medtransfer.apps.eeg.train import _read_init
+    from medtransfer.shared.utils.errors import InputError
+
+    (tmp_path / "cview").mkdir()
+    (tmp_path / "cview" / "run.json").write_text(json.dumps({"app": "cardiac", "task": "view"}))
+    with pytest.raises(InputError, match="cview: --init: a run of app 'cardiac', not an EEG run"):
+        _read_init(tmp_path / "cview")
