@@ -293,6 +293,7 @@ def _run(
             n_views=len(views),
         ),
         sampler_weights=weights,
+        data_files=[manifest],
     )
     run = RunDir(out)
     best = run.load_checkpoint("best")

@@ -234,6 +234,7 @@ def train(
         monitor="val_loss",
         mode="min",
         extra_state=extra,
+        data_files=[manifest],
         model_spec=model_spec(
             builder="medtransfer.apps.eeg.train:build_model",
             cfg={"data": pp_config(cfg["data"]), "model": dict(cfg["model"])},  # what it is, not where it ran

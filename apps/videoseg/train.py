@@ -329,6 +329,7 @@ def train(manifest: str | Path, run_dir: str | Path, cfg: dict[str, Any] | None 
         monitor="val_dice",
         mode="max",
         extra_state={"params": params},
+        data_files=[manifest],
         # weights come from the run checkpoint: the rebuilt model starts from no SAM2 file
         model_spec=model_spec(
             builder="medtransfer.apps.videoseg.model:build_model", mcfg={**cfg["model"], "checkpoint": ""}

@@ -17,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ParamSpec, Sequence
+from typing import Any, Callable, Mapping, ParamSpec, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from medtransfer.shared.config import check_ranges, save_yaml
 from medtransfer.shared.finetune.strategies import param_groups, setup_strategy, unfreeze_for_epoch
 from medtransfer.shared.rundir import RunDir, load_checkpoint_file
+from medtransfer.shared.utils.hashing import sha256_file
 from medtransfer.shared.utils.seed import seed_everything
 
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -256,6 +257,7 @@ def fit(
     extra_state: dict[str, Any] | None = None,
     model_spec: dict[str, Any] | None = None,
     sampler_weights: Sequence[float] | None = None,
+    data_files: Sequence[str | Path] = (),
 ) -> FitResult:
     """Train ``model`` and keep the best checkpoint by a validation metric.
 
@@ -279,6 +281,8 @@ def fit(
         model_spec: how to rebuild the model (``shared.rundir.model_spec``); saved in every checkpoint
             and run.json so ``RunDir.load_model`` rebuilds it without app code.
         sampler_weights: per-item weights for a weighted random sampler (class balance).
+        data_files: what the training reads its cases from (the manifest): their sha256 go into
+            ``run.json`` (``data_sha256``) and a resume on other contents is refused.
 
     Returns:
         FitResult with the checkpoint paths, the best validation metrics and the history.
@@ -297,14 +301,16 @@ def fit(
     device = resolve_device(str(tc["device"]))
     run = RunDir(run_dir, must_exist=False)
     last = run.load_checkpoint("last") if tc["resume"] and run.has_checkpoint("last") else None  # verified first
+    data_sha = {Path(f).name: sha256_file(f) for f in data_files}
     if last is not None:
         check_resume_config(run.path, cfg)
+        check_resume_data(run, data_sha)
     if main:
         _start_run(run, cfg, app, task, monitor, mode, world)
         if model_spec:
             run.update_info(model_spec=model_spec)
-        if last is None:  # a fresh start: which weights it started from (a resume keeps the first run's)
-            run.update_info(initial_weights_sha256=weights_digest(model))
+        if last is None:  # a fresh start: which weights and data it started from (a resume keeps them)
+            run.update_info(initial_weights_sha256=weights_digest(model), data_sha256=data_sha)
 
     setup_strategy(model, tc, head)
     model.to(device)
@@ -446,6 +452,26 @@ def check_resume_config(run_dir: Path, cfg: dict[str, Any]) -> None:
         raise ConfigError(
             f"{run_dir}: holds a run trained with another config ({shown}{more}); resuming would mix them: "
             "use a new --out, or --set train.resume=false to start this folder over"
+        )
+
+
+def check_resume_data(run: RunDir, data_sha: Mapping[str, str]) -> None:
+    """Refuse to resume a run on data other than what it started on (another manifest, or the same
+    one with rows changed): its earlier epochs, best checkpoint and validation came from the first.
+
+    Raises:
+        ConfigError: one line naming the run folder and the file that differs.
+    """
+    from medtransfer.shared.utils.errors import ConfigError
+
+    was = run.info().get("data_sha256")
+    if not isinstance(was, dict) or not data_sha:
+        return  # a run of an earlier version, or a caller that names no data file
+    if sorted(was.values()) != sorted(data_sha.values()):
+        names = ", ".join(sorted(data_sha))
+        raise ConfigError(
+            f"{run.path}: holds a run trained on other data than {names} (its sha256 differs from what the run "
+            "started on); resuming would mix them: use a new --out, or --set train.resume=false to start over"
         )
 
 

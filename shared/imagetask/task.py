@@ -160,6 +160,7 @@ def train(
         mode="max",
         extra_state={"labels": labels, "preprocessing": prep},
         model_spec=_spec(cfg, len(labels)),
+        data_files=[manifest],
     )
     # the trivial baseline beside the model, on the same validation cases: always the majority training class
     majority = max(labels, key=lambda c: sum(r.label == c for r in tr))

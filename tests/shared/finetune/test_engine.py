@@ -14,6 +14,7 @@ from torch.utils.data import TensorDataset
 
 from medtransfer.shared.finetune import TRAIN_DEFAULTS, fit, load_checkpoint, weights_digest
 from medtransfer.shared.finetune.strategies import param_groups, setup_strategy, stages
+from medtransfer.shared.utils.hashing import sha256_file
 
 
 class Net(nn.Module):
@@ -325,3 +326,20 @@ def test_one_training_per_run_folder(tmp_path):
         assert f"already being trained into by pid {holder.pid} on {socket.gethostname()}" in msg and "\n" not in msg
         assert sorted(p.name for p in run.iterdir()) == [".train.lock"]  # nothing written
     assert train().best_path.is_file() and not (run / ".train.lock").exists()
+
+
+def test_a_resume_on_other_data_is_refused(tmp_path):
+    """`eeg train --manifest tuab.csv --out R`, then `--manifest nmt.csv --out R`: the TUAB checkpoint went
+    on training on NMT, its best epoch chosen on another validation set."""
+    from medtransfer.shared.utils.errors import ConfigError
+
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("path,label\nx.png,0\n")
+    b.write_text("path,label\ny.png,1\n")
+    kw = dict(app="t", task="c", loss_fn=nn.functional.cross_entropy)
+    fit(Net(), data(32), None, cfg=cfg(epochs=1), run_dir=tmp_path / "r", data_files=[a], **kw)
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["data_sha256"] == {"a.csv": sha256_file(a)}
+    with pytest.raises(ConfigError, match="trained on other data than b.csv"):
+        fit(Net(), data(32), None, cfg=cfg(epochs=2), run_dir=tmp_path / "r", data_files=[b], **kw)
+    res = fit(Net(), data(32), None, cfg=cfg(epochs=2), run_dir=tmp_path / "r", data_files=[a], **kw)
+    assert [h["epoch"] for h in res.history] == [0, 1]  # the same data: resumed
