@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from medtransfer.shared.utils.errors import InputError
+from medtransfer.shared.utils.errors import ConfigError, InputError
 
 REQUIRED = ("path", "label")
 SPLITS = ("train", "val", "test")
@@ -111,7 +111,36 @@ def _read_rows(reader: "csv.DictReader[str]", csv_path: Path, base: Path, requir
         p = Path(rel)
         p = p if p.is_absolute() else (base / p)
         out.append(Record(path=p, label=label, split=split, group=group, extra=row, rel=rel))
+    check_no_leak(out, csv_path)
     return out
+
+
+def check_no_leak(records: Sequence[Record], csv_path: str | Path) -> None:
+    """Refuse a manifest in which one patient (group) or one file reaches two splits: a model would be
+    validated or tested on what it trained on.  (One file may be listed twice in one split: a video
+    with two objects to track is two cases.)
+
+    Args:
+        records: the manifest's records.
+        csv_path: the manifest, for the message.
+
+    Raises:
+        InputError: one line naming the group or the file and the two splits / labels.
+    """
+    group_split: dict[str, str] = {}
+    file_row: dict[str, Record] = {}
+    for r in records:
+        if r.group and r.split:
+            was = group_split.setdefault(r.group, r.split)
+            if was != r.split:
+                raise InputError(
+                    csv_path, f"group '{r.group}' (one patient) is in split '{was}' and '{r.split}'; keep it in one"
+                )
+        key = os.path.normpath(os.path.abspath(r.path))  # no file system access: a manifest is only text here
+        prev = file_row.setdefault(key, r)
+        if prev is not r:
+            if prev.split and r.split and prev.split != r.split:
+                raise InputError(csv_path, f"{r.rel} is listed in split '{prev.split}' and '{r.split}'")
 
 
 def csv_relative(path: str | Path, out_csv: str | Path) -> str:
@@ -245,6 +274,14 @@ def assign_splits(
     Returns:
         The same records, with ``split`` filled in.
     """
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ConfigError(
+            f"split fractions must be >= 0 and leave a training share (got val {val_fraction}, test {test_fraction})"
+        )
+    placed = {r.group: r.split for r in records if r.split and r.group}
+    for r in records:  # a group already placed keeps all its rows in that split (no patient in two)
+        if not r.split and r.group in placed:
+            r.split = placed[r.group]
     todo = [r for r in records if not r.split]
     units: dict[str, list[Record]] = {}
     for r in todo:

@@ -277,12 +277,15 @@ def load_cases(manifest: str | Path, kind: str, max_cases: int = 0, split: str |
         where = f" of split '{split}'" if split else ""
         raise AuditError(f"{manifest}: no labelled case{where} (the audit needs a label per case)")
     cases = []
-    seen: set[str] = set()
+    seen: dict[str, str] = {}
     for r in recs:
-        key = os.path.realpath(r.path)
-        if key in seen:  # one file listed twice (or spelled two ways) is one case
+        # one file listed twice (or spelled two ways) is one case; a video with two masks is two
+        key = os.path.realpath(r.path) + ("\0" + str(r.label) if kind == "segmentation" else "")
+        if key in seen:
+            if kind == "classification" and seen[key] != str(r.label):
+                raise AuditError(f"{manifest}: {r.rel} is listed with label '{seen[key]}' and '{r.label}'")
             continue
-        seen.add(key)
+        seen[key] = str(r.label)
         label = str(r.label)
         if kind == "segmentation":
             lp = Path(label)

@@ -103,3 +103,32 @@ def test_fuzz_manifest_csv(fuzz, tmp_path):
         "/abs/z.png,SC,test,,3\nq.png,,,,\n"
     ).encode("utf-8")
     fuzz.run(seed, ".csv", read_manifest, tmp_path)
+
+
+def test_a_patient_or_a_file_in_two_splits_is_refused(tmp_path):
+    from medtransfer.shared.utils.errors import InputError
+
+    m = tmp_path / "m.csv"
+    m.write_text("path,label,split,group\na.edf,normal,train,P1\nb.edf,normal,test,P1\n")
+    with pytest.raises(InputError, match="group 'P1' \\(one patient\\) is in split 'train' and 'test'"):
+        read_manifest(m)
+    m.write_text("path,label,split\na.edf,normal,train\n./a.edf,abnormal,val\n")
+    with pytest.raises(InputError, match="a.edf is listed in split 'train' and 'val'"):
+        read_manifest(m)
+    m.write_text("path,label,split\nv.avi,m1.npz,train\nv.avi,m2.npz,train\n")  # two objects of one video
+    assert len(read_manifest(m)) == 2
+
+
+def test_assign_splits_keeps_a_placed_patients_other_rows_with_it():
+    from medtransfer.shared.manifest import Record, assign_splits
+    from medtransfer.shared.utils.errors import ConfigError
+
+    recs = [
+        Record(Path(f"p{i}_{k}.edf"), "normal", "train" if k == 0 else "", f"P{i}") for i in range(8) for k in (0, 1)
+    ]
+    assign_splits(recs, 0.25, 0.25)
+    assert all(r.split == "train" for r in recs)  # every patient already had a row in train
+    with pytest.raises(ConfigError, match="split fractions"):
+        assign_splits(recs, float("nan"), 0.1)
+    with pytest.raises(ConfigError, match="split fractions"):
+        assign_splits(recs, 0.9, 0.9)
