@@ -746,7 +746,7 @@ def check_tiling_options(
     if mpp is not None and not (math.isfinite(float(mpp)) and 0.01 <= float(mpp) <= 100.0):
         raise ConfigError(f"--mpp must be a finite µm per pixel from 0.01 to 100 (got {mpp})")
     if not (math.isfinite(float(tissue_fraction_min)) and 0.0 <= float(tissue_fraction_min) <= 1.0):
-        raise ConfigError(f"--tissue-fraction-min must be from 0 to 1 (got {tissue_fraction_min})")
+        raise ConfigError(f"--tissue must be from 0 to 1 (got {tissue_fraction_min})")
 
 
 @functools.cache
@@ -1305,13 +1305,14 @@ def extract_many(
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)} (got '{precision}')")
     check_tiling_options(target_mpp, patch_size, mpp, tissue_fraction_min)
-    for name, v, lo in (
-        ("--batch-size", batch_size, 1),
-        ("--threads", threads, 0),
-        ("--read-workers", read_workers, 0),
+    most = max(64, 4 * (os.cpu_count() or 1))  # --threads 5000 hung creating thread pools
+    for name, v, lo, hi in (
+        ("--batch-size", batch_size, 1, 4096),
+        ("--threads", threads, 0, most),
+        ("--read-workers", read_workers, 0, most),
     ):
-        if int(v) != v or v < lo:
-            raise ConfigError(f"{name} must be a whole number >= {lo} (got {v})")
+        if int(v) != v or not lo <= v <= hi:
+            raise ConfigError(f"{name} must be a whole number from {lo} to {hi} (got {v})")
     slides = find_slides(source)
     if not slides:
         raise InputError(source, "no slide files found")

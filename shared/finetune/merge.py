@@ -614,5 +614,10 @@ def merge_runs(
 
 
 def _check_out(out: Path) -> None:
+    from medtransfer.shared.runtime.score import bundle_above
+
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InputError(out, "--out exists and is not empty; choose a new run folder")
+    inside = bundle_above(out.parent)
+    if inside is not None:  # an unlisted folder makes the bundle refused
+        raise InputError(out, f"--out is inside the bundle {inside}; choose a folder outside it")

@@ -191,8 +191,9 @@ def test_a_random_init_encoder_is_the_same_in_every_job(slide_dir: Path, tmp_pat
         ({"target_mpp": 0.0}, "--target-mpp"),
         ({"patch_size": 0}, "--patch-size must be a whole number"),
         ({"mpp": float("inf")}, "--mpp must be a finite"),
-        ({"threads": -1}, "--threads must be a whole number >= 0"),
-        ({"batch_size": 0}, "--batch-size must be a whole number >= 1"),
+        ({"threads": -1}, "--threads must be a whole number from 0 to"),
+        ({"threads": 5000}, "--threads must be a whole number from 0 to"),
+        ({"batch_size": 0}, "--batch-size must be a whole number from 1 to 4096"),
     ],
 )
 def test_options_no_slide_can_meet_are_refused_before_reading_any(slide_dir, tmp_path, kw, words):

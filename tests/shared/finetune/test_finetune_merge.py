@@ -267,6 +267,13 @@ def test_nonsense_merges_are_refused_and_write_nothing(sites, tmp_path, capsys):
         assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".m.")], "staging left behind"
 
 
+def test_a_merge_into_a_bundle_folder_is_refused(sites, image_run, tmp_path, capsys):
+    b = tmp_path / "b"
+    shutil.copytree(image_run["bundle"], b)
+    code, _, err = run_main(["merge", sites["a"], sites["b"], "--base", sites["base"], "-o", b / "merged"], capsys)
+    assert code == 2 and "inside the bundle" in err and not (b / "merged").exists(), err
+
+
 def test_a_second_merge_into_one_out_is_refused_while_the_first_runs(sites, tmp_path, capsys):
     from lockutil import lock_held_elsewhere
 
