@@ -65,15 +65,23 @@ LEGACY_COLUMNS = BASE_COLUMNS[:8]
 
 def input_id(case: "Case") -> str:
     """What a row records of its input: a short digest of its resolved path, size and modification
-    time (a resumed job redoes nothing for an unchanged file and refuses to mix in another one).
-    Neither the path nor any of the file's bytes appear in it."""
-    p = os.path.realpath(os.path.abspath(case.path))
+    time, and of the case's other columns (a prompt box, a mask file: its path, size and time), so a
+    resumed job redoes nothing for an unchanged case and refuses to mix in another one.  Neither a
+    path nor any of the file's bytes appear in it."""
+    ident: list[Any] = [_file_identity(case.path)]
+    for k, v in sorted((case.extra or {}).items()):  # the case's prompt (box, mask file), as the row was made
+        is_file = isinstance(v, str) and v and os.path.isfile(v)
+        ident.append([k, _file_identity(v) if is_file else str(v)])
+    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
+
+
+def _file_identity(path: str | Path) -> list[Any]:
+    p = os.path.realpath(os.path.abspath(path))
     try:
         st = os.stat(p)
-        ident = [p, st.st_size, st.st_mtime_ns]
+        return [p, st.st_size, st.st_mtime_ns]
     except OSError:
-        ident = [p, None, None]
-    return hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
+        return [p, None, None]
 
 
 def options_sha256(options: Mapping[str, Any] | None) -> str:
@@ -486,8 +494,8 @@ def plan_resume(
             if overwrite:
                 return set(), True
             raise MedTransferError(
-                f"{out_csv}: its row of case '{r['case']}' was scored from another file (another folder, or "
-                "the file changed since); --resume would keep it: choose another --out or add --overwrite"
+                f"{out_csv}: its row of case '{r['case']}' was scored from another input (another folder, "
+                "the file changed since, or another prompt column); --resume would keep it: choose another --out or add --overwrite"
             )
     return {r["case"] for r in rows if r.get("case")}, False
 

@@ -290,12 +290,17 @@ def test_resume_refuses_rows_of_other_files_or_other_options(image_run, tmp_path
     assert [r["input_id"] for r in got] == [input_id(c) for c in cases("siteA")]
     assert all(str(tmp_path) not in r["input_id"] for r in got)  # a digest, not the path
     before = out.read_bytes()
-    with pytest.raises(MedTransferError, match="case 'x0.png' was scored from another file"):
+    with pytest.raises(MedTransferError, match="case 'x0.png' was scored from another input"):
         score(image_run["bundle"], cases("siteB"), out, resume=True, progress=False)
     with pytest.raises(MedTransferError, match="other --opt values"):
         score(image_run["bundle"], cases("siteA"), out, resume=True, progress=False, options={"plot": True})
     assert out.read_bytes() == before
     assert score(image_run["bundle"], cases("siteA"), out, resume=True, progress=False)["skipped"] == 2
+    # the same file with another prompt column (a videoseg mask or box) is another case
+    other = [Case(c.case_id, c.path, {"note": "other prompt"}) for c in cases("siteA")]
+    assert input_id(other[0]) != input_id(cases("siteA")[0])
+    with pytest.raises(MedTransferError, match="was scored from another input"):
+        score(image_run["bundle"], other, out, resume=True, progress=False)
     # a results file of an earlier version (no identity columns) still resumes, in its own columns
     with open(out, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=LEGACY_COLUMNS, extrasaction="ignore")
