@@ -229,13 +229,14 @@ def import_nmt(root: str | Path, out_csv: str | Path, check: bool = True, **opts
         need = {"recordname", "label"}
         if not need <= set(rd.fieldnames or []):
             raise InputError(labels_csv, f"needs columns recordname,label (found {', '.join(rd.fieldnames or [])})")
-        table = {row["recordname"].strip(): row for row in rd}
+        table = {row["recordname"].strip().lower(): row for row in rd}  # 0000001.EDF is 0000001.edf
     recs, bad = [], []
-    for p in sorted(root.rglob("*.edf")):
+    found = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".edf" and p.is_file())  # .EDF too
+    for p in found:
         parts = [q.lower() for q in p.relative_to(root).parts[:-1]]
         folder_label = "abnormal" if "abnormal" in parts else "normal" if "normal" in parts else ""
         split = "test" if "eval" in parts else "train" if "train" in parts else ""
-        row = table.get(p.name)
+        row = table.get(p.name.lower())
         if row is None:
             bad.append(
                 {
@@ -275,6 +276,17 @@ def import_nmt(root: str | Path, out_csv: str | Path, check: bool = True, **opts
         )
     if not recs and not bad:
         raise InputError(root, "no NMT recordings found (expected {normal,abnormal}/{train,eval}/*.edf)")
+    on_disk = {p.name.lower() for p in found}
+    for name in sorted(set(table) - on_disk):  # listed, but no file: said in the report, not dropped silently
+        bad.append(
+            {
+                "path": name,
+                "label": table[name]["label"].strip().lower(),
+                "split": "",
+                "status": "skipped",
+                "reason": "listed in Labels.csv, no such file under the release folder",
+            }
+        )
     out = _finish(recs, Path(out_csv), opts, check)
     if bad:
         rp = report_path(Path(out_csv))

@@ -331,6 +331,10 @@ def edf_header(path: str | Path, data: bytes | memoryview | None = None) -> dict
         head = f.read(256)
         if len(head) < 256:
             raise InputError(path, "not an EDF/BDF file (shorter than its 256-byte header)")
+        bdf, sfx = head[:8] == b"\xffBIOSEMI", path.suffix.lower()
+        if sfx in (".edf", ".bdf") and bdf != (sfx == ".bdf"):  # 24- vs 16-bit samples: decoded wrongly
+            kind, right = ("a BDF (24-bit)", ".bdf") if bdf else ("an EDF (16-bit)", ".edf")
+            raise InputError(path, f"{kind} file named {sfx}: rename it {right}")
         try:
             n_header = int(head[184:192].decode("ascii").strip())
             n_records = int(head[236:244].decode("ascii").strip())

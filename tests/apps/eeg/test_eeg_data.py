@@ -77,6 +77,20 @@ def test_nmt_labels_csv_and_mismatch(nmt_root, nmt_csv, tmp_path):
         import_nmt(tmp_path, tmp_path / "x.csv")
 
 
+def test_nmt_upper_case_suffix_and_listed_but_missing_files_are_not_lost(nmt_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "nmt"
+    shutil.copytree(nmt_root, root)
+    edfs = sorted(root.rglob("*.edf"))
+    edfs[0].rename(edfs[0].with_suffix(".EDF"))  # as some copies of the release spell it
+    edfs[1].unlink()
+    out = import_nmt(root, tmp_path / "m.csv", **SMALL)
+    assert edfs[0].with_suffix(".EDF").name in {r.path.name for r in read_manifest(out)}
+    rep = {r["path"].split("/")[-1]: r for r in _report(out)}
+    assert rep[edfs[1].name]["status"] == "skipped" and "no such file" in rep[edfs[1].name]["reason"]
+
+
 def test_generic_folder_and_manifest_with_brainvision(tmp_path):
     rng = np.random.default_rng(3)
     for i, lab in enumerate(["normal", "abnormal", "normal", "abnormal"]):
