@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -32,6 +34,9 @@ from medtransfer.shared.manifest import read_manifest
 from medtransfer.shared.rundir import RunDir, model_spec
 from medtransfer.shared.utils.errors import InputError, MedTransferError
 from medtransfer.shared.utils.seed import seed_everything
+
+#: the CACTUS image-quality grades (the importer refuses others)
+GRADE_RANGE = (0.0, 10.0)
 
 DEFAULTS: dict[str, Any] = {
     # pretrained: "" (none) or a local weight file; views: the view classes, in head order
@@ -104,17 +109,37 @@ def load_split(
     if need_grade:
         recs = [r for r in recs if r.extra.get("grade", "") != ""]
     views = list(views)
+    folded = {v.strip().upper(): v for v in views}
+    for r in recs:  # 'a4c' or 'PL ' is a typo of a class, not another class: say so instead of dropping it
+        if r.label not in views and r.label.strip().upper() in folded:
+            raise InputError(
+                manifest, f"{r.rel}: label {r.label!r} is written differently from {folded[r.label.strip().upper()]!r}"
+            )
+    other = sorted({r.label for r in recs if r.label not in views})
+    if other:
+        n = sum(r.label not in views for r in recs)
+        sys.stderr.write(
+            f"{manifest}: {n} row(s) of split '{split}' with labels the model has no class for "
+            f"({', '.join(map(repr, other[:4]))}) left out\n"
+        )
     recs = [r for r in recs if r.label in views]
     if not recs:
-        raise InputError(manifest, f"no labelled rows in split '{split}'")
+        raise InputError(manifest, f"no rows of split '{split}' labelled with the model's views")
     crops, idx, grades = [], [], []
+    for r in recs:  # grades checked before any image is read
+        g = r.extra.get("grade", "")
+        try:
+            gv = float(g) if g != "" else np.nan
+        except ValueError:
+            raise InputError(manifest, f"{r.rel}: grade {g[:20]!r} is not a number") from None
+        if g != "" and not (math.isfinite(gv) and GRADE_RANGE[0] <= gv <= GRADE_RANGE[1]):
+            raise InputError(manifest, f"{r.rel}: grade {g[:20]} is outside {GRADE_RANGE[0]}-{GRADE_RANGE[1]}")
+        grades.append(gv)
     for r in track(recs, description=f"preprocess {split}", transient=True):
         frames, _ = read_frames(r.path, max_frames=1)
         c, _ = crop_sector(frames[0], params)
         crops.append(c)
         idx.append(views.index(r.label))
-        g = r.extra.get("grade", "")
-        grades.append(float(g) if g != "" else np.nan)
     return np.stack(crops), np.asarray(idx, np.int64), np.asarray(grades, np.float32)
 
 

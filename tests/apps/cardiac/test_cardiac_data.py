@@ -67,3 +67,32 @@ def test_import_folder(small):
     out = import_folder(small / "Cactus Dataset" / "Images Dataset", small / "f.csv")
     recs = read_manifest(out)
     assert len(recs) == 18 and {r.label for r in recs} == set(VIEWS)
+
+
+@pytest.mark.parametrize(
+    "edit,words",
+    [
+        (lambda r: {**r, "grade": "abc"}, "grade 'abc' is not a number"),
+        (lambda r: {**r, "grade": "nan"}, "grade nan is outside 0.0-10.0"),
+        (lambda r: {**r, "grade": "50"}, "grade 50 is outside"),
+        (lambda r: {**r, "label": r["label"].lower() + " "}, "is written differently from"),
+    ],
+)
+def test_grades_and_labels_a_training_cannot_use_are_one_line(manifest, tmp_path, edit, words):
+    """A grade 'abc' or inf was a traceback, nan became grade 0, 50 was accepted, 'a4c ' rows vanished."""
+    import csv
+
+    from medtransfer.apps.cardiac.preprocess import DEFAULT_PREPROC
+    from medtransfer.apps.cardiac.train import load_split
+    from medtransfer.shared.utils.errors import InputError
+
+    rows = list(csv.DictReader(open(manifest, newline="")))
+    k = next(i for i, r in enumerate(rows) if r["split"] == "train" and r.get("grade"))
+    rows[k] = edit(rows[k])
+    m = tmp_path / "m.csv"
+    with open(m, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({**r, "path": str((manifest.parent / r["path"]).resolve())} for r in rows)
+    with pytest.raises(InputError, match=words):
+        load_split(m, "train", dict(DEFAULT_PREPROC), need_grade=True)
