@@ -250,6 +250,7 @@ def transfer_cmd(
     if config is not None:
         renamed("eeg transfer --config FILE", "eeg transfer --recipe FILE")
     from medtransfer.apps.eeg.transfer import sweep
+    from medtransfer.shared.utils.cliargs import number_list
 
     data = _data_overrides(channels, sfreq, window_seconds, crop_start, crop_max, None, None, None, workers)
     cfg = _cfg(recipe, set_, data, model, epochs)
@@ -259,11 +260,11 @@ def transfer_cmd(
         out,
         cfg,
         strategies=[s.strip() for s in strategies.split(",") if s.strip()],
-        fractions=[float(f) for f in fractions.split(",") if f.strip()],
-        seeds=[int(s) for s in seeds.split(",") if s.strip()],
+        fractions=number_list(fractions, "--fractions", 0.0, 1.0, lo_open=True),
+        seeds=number_list(seeds, "--seeds", 0, 2**31 - 1, integer=True),
         source_run=source_run,
         baselines=[b.strip() for b in baselines.split(",") if b.strip()],
-        source_fractions=[float(f) for f in source_fractions.split(",") if f.strip()],
+        source_fractions=number_list(source_fractions, "--source-fractions", 0.0, 1.0, lo_open=True),
     )
     typer.echo(json.dumps({k: str(v) for k, v in res.items() if k in ("table", "plot", "summary")}))
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -138,9 +139,16 @@ def map_channels(ch_names: list[str], wanted: list[str]) -> tuple[dict[str, str]
 def pp_config(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The preprocessing keys of a ``data`` config (defaults filled in), in a stable form."""
     out = {k: data_cfg.get(k, DATA_DEFAULTS[k]) for k in PREPROCESS_KEYS}
+    if isinstance(out["channels"], str) or not isinstance(out["channels"], (list, tuple)):
+        raise InputError("config", "data.channels must be a list of channel names")
     out["channels"] = [canonical_channel(c) for c in out["channels"]]
     for k in ("sfreq", "window_seconds", "crop_start_s", "crop_max_s", "scale", "clip_uv", "min_sfreq"):
-        out[k] = float(out[k])
+        try:
+            out[k] = float(out[k])
+        except (TypeError, ValueError):
+            raise InputError("config", f"data.{k} must be a number (got {str(out[k])[:20]!r})") from None
+        if not math.isfinite(out[k]) or out[k] < 0:
+            raise InputError("config", f"data.{k} must be a finite number >= 0 (got {out[k]})")
     out["car"] = bool(out["car"])
     out["fill_missing"] = bool(out["fill_missing"])
     if not out["channels"]:

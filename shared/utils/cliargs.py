@@ -87,3 +87,33 @@ def choice_list(allowed: Sequence[str]) -> Callable[[str], str]:
         return text
 
     return check
+
+
+def number_list(
+    text: str, option: str, lo: float, hi: float, integer: bool = False, lo_open: bool = False
+) -> list[float] | list[int]:
+    """A comma-separated list of numbers for a typer option (``--fractions 0.1,0.5``), each finite and
+    within ``lo`` .. ``hi`` (``lo`` itself excluded with ``lo_open``); at least one.
+
+    Raises:
+        ConfigError: one line naming ``option`` and the value (a traceback, or rows of results for a
+            fraction of -0.5, otherwise).
+    """
+    import math
+
+    from medtransfer.shared.utils.errors import ConfigError
+
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    want = f"{'whole numbers' if integer else 'numbers'} {'above' if lo_open else 'from'} {lo:g} {'up ' if lo_open else ''}to {hi:g}"
+    if not parts:
+        raise ConfigError(f"{option} '{text}': expected comma-separated {want}")
+    out: list = []
+    for p in parts:
+        try:
+            v: float = int(p) if integer else float(p)
+        except ValueError:
+            raise ConfigError(f"{option} '{p}': expected {want}") from None
+        if not math.isfinite(v) or v > hi or v < lo or (lo_open and v == lo):
+            raise ConfigError(f"{option} '{p}': expected {want}")
+        out.append(v)
+    return out

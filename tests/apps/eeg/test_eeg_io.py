@@ -153,3 +153,12 @@ def test_a_bdf_named_edf_is_not_decoded_as_16_bit(name, first, words):
     head = first + b" " * 176 + b"512     " + b" " * 44 + b"1       " + b"1       " + b"1   "
     with pytest.raises(InputError, match=words):
         edf_header(name, head + b" " * 256)
+
+
+@pytest.mark.parametrize("key,value", [("window_seconds", "abc"), ("sfreq", float("nan")), ("crop_start_s", -10)])
+def test_a_preprocessing_value_that_is_no_plausible_number_is_one_line(key, value):
+    from medtransfer.apps.eeg.io import pp_config
+    from medtransfer.shared.utils.errors import InputError
+
+    with pytest.raises(InputError, match=f"data.{key} must be"):
+        pp_config({key: value})

@@ -77,3 +77,19 @@ def test_bench_command_lines_refuse_bad_values_before_running(module, argv, says
         main(argv)
     assert e.value.code == 2
     assert says in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("text", ["abc", "nan", "-0.5", "1.5", "0", ""])
+def test_number_list_refuses_what_is_no_fraction(text):
+    from medtransfer.shared.utils.cliargs import number_list
+    from medtransfer.shared.utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--fractions"):
+        number_list(text, "--fractions", 0.0, 1.0, lo_open=True)
+
+
+def test_number_list_reads_fractions_and_seeds():
+    from medtransfer.shared.utils.cliargs import number_list
+
+    assert number_list("0.1, 1.0", "--fractions", 0.0, 1.0, lo_open=True) == [0.1, 1.0]
+    assert number_list("0,1,2", "--seeds", 0, 100, integer=True) == [0, 1, 2]
