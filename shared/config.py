@@ -195,8 +195,10 @@ def check_ranges(
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
             raise ConfigError(f"config key '{name}' must be a number, got {v!r}")
-        if (kind == "gt" and not v > arg) or (kind == "ge" and not v >= arg):
-            raise ConfigError(f"config key '{name}' must be {'>' if kind == 'gt' else '>='} {arg}, got {v!r}")
+        ops = {"gt": (">", v > arg), "ge": (">=", v >= arg), "lt": ("<", v < arg), "le": ("<=", v <= arg)}
+        sign, ok = ops[kind]
+        if not ok:
+            raise ConfigError(f"config key '{name}' must be {sign} {arg}, got {v!r}")
 
 
 def resolve_config(

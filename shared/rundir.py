@@ -224,6 +224,18 @@ class RunDir:
             raise InputError(self.info_path, "has no 'app'")
         return app
 
+    def require_app(self, app: str) -> "RunDir":
+        """Refuse a run another app wrote (one line), before its config is read as this app's
+        (``eeg evaluate <a cardiac run>`` was a KeyError); a run that records no app passes.
+
+        Returns:
+            This run.
+        """
+        got = self.info().get("app")
+        if got is not None and got != app:
+            raise InputError(self.path, f"a run of app '{got}', not of app '{app}'")
+        return self
+
     # -- config ----------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
         """The resolved config saved beside the checkpoints (``config.yaml``)."""

@@ -20,7 +20,7 @@ from medtransfer.shared.utils.errors import MedTransferError
 
 def load_run_model(run_dir: str | Path) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
     """(model in eval mode, config, run.json) from a run's best checkpoint."""
-    run = RunDir(run_dir)
+    run = RunDir(run_dir).require_app("cardiac")
     if not run.has_checkpoint("best"):
         raise MedTransferError(f"{run_dir}: no checkpoints/best.pt (not a finished cardiac run)")
     model, st = run.load_model("best")  # rebuilt from the model spec the checkpoint records

@@ -64,11 +64,19 @@ def make_config(
     recipe: str | Path | None = None, overrides: Iterable[str] | dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Resolve the cardiac config (defaults <- recipe <- ``--set`` overrides)."""
+    from medtransfer.shared.config import check_ranges
     from medtransfer.shared.finetune import TRAIN_DEFAULTS
 
     schema = copy.deepcopy(DEFAULTS)
     schema["train"] = {**TRAIN_DEFAULTS, **schema["train"]}
-    return resolve_config(schema, recipe, overrides)
+    cfg = resolve_config(schema, recipe, overrides)
+    # before any data is read: size 0 was a traceback in letterbox, 100000 ran out of memory, an
+    # ood.quantile of 2 failed after the whole training
+    check_ranges(cfg, {"size": ("ge", 16)}, "preprocessing")
+    check_ranges(cfg, {"size": ("le", 1024)}, "preprocessing")
+    check_ranges(cfg, {"quantile": ("gt", 0.0)}, "ood")
+    check_ranges(cfg, {"quantile": ("lt", 0.5)}, "ood")
+    return cfg
 
 
 def run_views(cfg: dict[str, Any]) -> list[str]:
@@ -401,7 +409,7 @@ def train_grade(
     if init == "view":
         if not init_run:
             raise MedTransferError("grade.init=view needs the stage-1 run (--init RUN_DIR)")
-        st = RunDir(init_run).load_checkpoint("best")
+        st = RunDir(init_run).require_app("cardiac").load_checkpoint("best")
         vcfg = st["config"]
         cfg["model"] = dict(vcfg["model"])
         cfg["preprocessing"] = dict(vcfg["preprocessing"])
@@ -461,7 +469,7 @@ def add_view(
     from medtransfer.apps.cardiac.model import extend_view_head
     from medtransfer.shared.utils.errors import ConfigError
 
-    run = RunDir(init_run)
+    run = RunDir(init_run).require_app("cardiac")
     if not run.has_checkpoint("best"):
         raise InputError(init_run, "not a finished view run (no checkpoints/best.pt)")
     if str(run.info().get("stage", "view")) not in ("view", "add_view"):

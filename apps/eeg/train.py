@@ -281,9 +281,7 @@ def _read_init(src: Path) -> dict[str, Any]:
     from medtransfer.shared.registry.weights import read_state_dict
 
     if src.is_dir():
-        run = RunDir(src)
-        if run.info().get("app") not in (None, APP):
-            raise InputError(src, f"--init: a run of app '{run.info().get('app')}', not an EEG run")
+        run = RunDir(src).require_app(APP)
         if not run.has_checkpoint("best"):
             raise InputError(src, "source run has no checkpoints/best.pt")
         return dict(run.load_checkpoint("best")["model"])
@@ -295,7 +293,7 @@ def _read_init(src: Path) -> dict[str, Any]:
 def load_run(run_dir: str | Path, which: str = "best"):
     """(model in eval mode, resolved config) of a run; a cropped model answers one prediction per window."""
 
-    run = RunDir(run_dir)
+    run = RunDir(run_dir).require_app(APP)
     if not run.has_checkpoint(which):
         raise InputError(run_dir, f"not an eeg run folder (no checkpoints/{which}.pt)")
     model, st = run.load_model(which)  # rebuilt from the model spec the checkpoint records

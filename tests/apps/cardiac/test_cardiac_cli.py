@@ -105,3 +105,25 @@ def test_evaluate_cli_prints_baseline_beside_model(runs, manifest, capsys):
     assert code == 0, err
     assert got["baseline"]["grade"]["name"].startswith("mean training grade") and "mse" in got["baseline"]["grade"]
     assert got["baseline"]["view"]["name"].startswith("majority view") and got["val_baseline_record"]["split"] == "val"
+
+
+def test_another_apps_run_and_implausible_settings_are_one_line(tmp_path):
+    import json
+
+    import pytest
+
+    from medtransfer.apps.cardiac.export import load_run_model
+    from medtransfer.apps.cardiac.train import make_config
+    from medtransfer.shared.utils.errors import ConfigError, InputError
+
+    (tmp_path / "runA").mkdir()
+    (tmp_path / "runA" / "run.json").write_text(json.dumps({"app": "eeg", "task": "pathology"}))
+    with pytest.raises(InputError, match="runA: a run of app 'eeg', not of app 'cardiac'"):
+        load_run_model(tmp_path / "runA")  # `cardiac evaluate <an eeg run>` was KeyError 'preprocessing'
+    for bad, words in (
+        (["preprocessing.size=0"], ">= 16"),
+        (["preprocessing.size=100000"], "<= 1024"),
+        (["ood.quantile=2"], "< 0.5"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            make_config(overrides=bad)

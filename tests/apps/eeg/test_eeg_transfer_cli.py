@@ -155,5 +155,5 @@ def test_eeg_init_from_another_apps_run_is_refused(tmp_path):
 
     (tmp_path / "cview").mkdir()
     (tmp_path / "cview" / "run.json").write_text(json.dumps({"app": "cardiac", "task": "view"}))
-    with pytest.raises(InputError, match="cview: --init: a run of app 'cardiac', not an EEG run"):
+    with pytest.raises(InputError, match="cview: a run of app 'cardiac', not of app 'eeg'"):
         _read_init(tmp_path / "cview")
