@@ -29,7 +29,7 @@ from medtransfer.apps.eeg.io import (
     preprocess_recording,
 )
 from medtransfer.shared.manifest import Record, assign_splits, csv_relative, read_manifest, write_manifest
-from medtransfer.shared.utils.errors import InputError
+from medtransfer.shared.utils.errors import ConfigError, InputError
 
 LABELS = ("normal", "abnormal")
 REPORT_COLS = [
@@ -121,7 +121,10 @@ def report_path(out_csv: Path) -> Path:
 
 
 def _finish(records: list[Record], out_csv: Path, opts: Mapping[str, Any], check: bool = True) -> Path:
-    cfg = data_cfg({k: v for k, v in opts.items() if k in DATA_DEFAULTS})
+    unknown = sorted(k for k in opts if k not in DATA_DEFAULTS)
+    if unknown:  # --opt window_second=8 was dropped silently (then every recording was too short)
+        raise ConfigError(f"--opt {unknown[0]}: not an EEG data setting (settings: {', '.join(sorted(DATA_DEFAULTS))})")
+    cfg = data_cfg(dict(opts))
     kept, rows = _check_records(records, cfg, check, Path(out_csv))
     # validation comes from training recordings only; eval/test stays untouched
     from_train = [r for r in kept if r.split == "train"]

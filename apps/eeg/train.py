@@ -180,6 +180,8 @@ def train(
     cfg = copy.deepcopy(dict(cfg or make_config()))
     if not cfg["data"].get("cache_dir"):
         cfg["data"]["cache_dir"] = str(manifest.resolve().parent / ".eeg_cache")
+    else:  # recorded absolute: a relative one followed whatever folder the run was later evaluated from
+        cfg["data"]["cache_dir"] = str(Path(cfg["data"]["cache_dir"]).absolute())
     cfg["train"]["progress"] = bool(progress and cfg["train"].get("progress", True))
     torch.manual_seed(int(cfg["train"]["seed"]))
     init_sd = _read_init(Path(init)) if init else None  # verified before any data is read

@@ -112,6 +112,7 @@ def sweep(
     cfg = copy.deepcopy(dict(cfg))
     if not cfg["data"].get("cache_dir"):
         cfg["data"]["cache_dir"] = str(out / ".eeg_cache")
+    cfg["data"]["cache_dir"] = str(Path(cfg["data"]["cache_dir"]).absolute())  # recorded absolute
     bad = [s for s in strategies if s not in STRATEGY_ALIASES]
     if bad:
         raise MedTransferError(f"unknown strategy {bad[0]!r} (use {', '.join(STRATEGY_ALIASES)})")
