@@ -424,6 +424,7 @@ _RESUME_ONLY = ("optimizer", "scheduler", "rng")  # kept in last.pt only
 #: config keys a resumed run may change: how long and where it runs, not what it learns
 RESUME_MAY_CHANGE = frozenset(
     {"train.epochs", "train.progress", "train.device", "train.resume", "train.num_workers", "train.patience"}
+    | {"data.cache_dir", "data.workers", "data.engine"}  # where the data is prepared, not what it is
 )
 
 
