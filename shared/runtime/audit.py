@@ -150,14 +150,14 @@ def case_dice(masks: np.ndarray, label: Path) -> float:
 def _survival_truth(case: AuditCase) -> tuple[float, bool]:
     ex = case.extra
     try:
-        if ex.get("time", "") != "":
-            t, flag, event_is = float(ex["time"]), float(ex.get("event", "1")), True
+        if ex.get("time", "") != "":  # no event column is no truth: every case an event gave a c-index
+            t, flag, event_is = float(ex["time"]), float(ex["event"]), True
         elif ex.get("survival_months", "") != "":
-            t, flag, event_is = float(ex["survival_months"]), float(ex.get("censorship", "0")), False
+            t, flag, event_is = float(ex["survival_months"]), float(ex["censorship"]), False
         else:
             raise ValueError
-    except ValueError:
-        raise InputError(case.path, "survival audits need time,event (or survival_months,censorship) columns") from None
+    except (ValueError, KeyError):
+        raise InputError(case.path, "survival audits need time,event (or survival_months,censorship) values") from None
     if not math.isfinite(t) or t < 0:
         raise InputError(case.path, f"survival time {t:g} is not a finite time >= 0")
     if flag not in (0.0, 1.0):

@@ -273,10 +273,17 @@ def test_labels_the_bundle_cannot_answer_and_duplicates(image_run, tmp_path):
 
 @pytest.mark.parametrize(
     "time,event,words",
-    [("nan", "1", "not a finite time"), ("-5", "1", "not a finite time"), ("3", "2", "event must be 0 or 1")],
+    [
+        ("nan", "1", "not a finite time"),
+        ("-5", "1", "not a finite time"),
+        ("3", "2", "event must be 0 or 1"),
+        ("3", None, "need time,event"),
+        ("3", "", "need time,event"),
+    ],
 )
 def test_survival_truth_that_cannot_be_scored_is_one_line(tmp_path, time, event, words):
-    case = A.AuditCase("c", tmp_path / "c.h5", "", {"time": time, "event": event})
+    extra = {"time": time} if event is None else {"time": time, "event": event}
+    case = A.AuditCase("c", tmp_path / "c.h5", "", extra)
     with pytest.raises(A.InputError, match=words):
         A._survival_truth(case)
     censored = [A.AuditCase(f"c{i}", tmp_path / f"c{i}.h5", "", {"time": "3", "event": "0"}) for i in range(3)]
