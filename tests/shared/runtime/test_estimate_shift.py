@@ -80,11 +80,12 @@ def test_split_cases_resolve_file_columns_and_shifted_manifest_keeps_them(tmp_pa
     (tmp_path / "masks").mkdir()
     (tmp_path / "masks" / "m.npz").write_bytes(b"x")
     _avi(tmp_path / "v.avi", frames)
+    _avi(tmp_path / "w.avi", frames[::-1])  # another video for the train row (one file in two splits is refused)
     with open(tmp_path / "m.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label", "split", "mask", "ed_frame"])
         w.writerow(["v.avi", "masks/m.npz", "test", "masks/m.npz", "3"])
-        w.writerow(["v.avi", "masks/m.npz", "train", "", "1"])
+        w.writerow(["w.avi", "masks/m.npz", "train", "", "1"])
     rows = es.split_cases(tmp_path / "m.csv", "test")
     assert len(rows) == 1
     mask = str((tmp_path / "masks" / "m.npz").resolve())
