@@ -471,33 +471,34 @@ def plan_resume(
             "--out, or add --overwrite to replace it"
         )
     rows = read_rows(out_csv)  # under the lock: cut a torn last line
-    other = sorted({r.get("bundle_sha256") or "" for r in rows} - {sha256, ""})
-    if other:
+    problem = _resume_problem(rows, sha256, inputs, options_sha)
+    if problem:
         if overwrite:
             return set(), True
         raise MedTransferError(
-            f"{out_csv}: holds rows from another bundle (sha256 {other[0][:12]}...), not this one "
-            f"({sha256[:12]}...); --resume would mix them: choose another --out or add --overwrite"
+            f"{out_csv}: {problem}; --resume would mix them: choose another --out or add --overwrite"
         )
-    if options_sha is not None:
-        other_opts = sorted({r.get("options_sha256") or "" for r in rows} - {options_sha, ""})
-        if other_opts:
-            if overwrite:
-                return set(), True
-            raise MedTransferError(
-                f"{out_csv}: holds rows scored with other --opt values; --resume would mix them: "
-                "give the same options, choose another --out or add --overwrite"
-            )
-    for r in rows if inputs else ():
-        was, now = r.get("input_id") or "", inputs.get(r.get("case") or "") if inputs else None
-        if was and now and was != now:
-            if overwrite:
-                return set(), True
-            raise MedTransferError(
-                f"{out_csv}: its row of case '{r['case']}' was scored from another input (another folder, "
-                "the file changed since, or another prompt column); --resume would keep it: choose another --out or add --overwrite"
-            )
     return {r["case"] for r in rows if r.get("case")}, False
+
+
+def _resume_problem(
+    rows: list[dict[str, str]], sha256: str, inputs: Mapping[str, str] | None, options_sha: str | None
+) -> str:
+    """Why this job's rows may not join ``rows`` ('' when they may): another bundle, other options,
+    or a case scored from another input."""
+    other = sorted({r.get("bundle_sha256") or "" for r in rows} - {sha256, ""})
+    if other:
+        return f"holds rows from another bundle (sha256 {other[0][:12]}...), not this one ({sha256[:12]}...)"
+    if options_sha is not None and {r.get("options_sha256") or "" for r in rows} - {options_sha, ""}:
+        return "holds rows scored with other --opt values (give the same options)"
+    for r in rows if inputs else ():
+        was, now = r.get("input_id") or "", (inputs or {}).get(r.get("case") or "")
+        if was and now and was != now:
+            return (
+                f"its row of case '{r['case']}' was scored from another input (another folder, the file "
+                "changed since, or another prompt column)"
+            )
+    return ""
 
 
 # ----------------------------------------------------------------------------------- engines
