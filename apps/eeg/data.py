@@ -301,8 +301,9 @@ def import_nmt(root: str | Path, out_csv: str | Path, check: bool = True, **opts
 
 def import_generic(root: str | Path, out_csv: str | Path, check: bool = True, **opts: Any) -> Path:
     """A manifest CSV (``path,label[,split,group]``) or a folder of EDF/BDF/.set/.vhdr files under a
-    ``normal`` or ``abnormal`` folder.  The patient (group, kept in one split) is the folder right
-    under it (``abnormal/patient3/rec0.edf``), else the file itself (``abnormal/rec0.edf``).
+    ``normal`` or ``abnormal`` folder.  A folder gives each file its own group (a folder layout does
+    not say which recordings are one patient's: ``01_tcp_ar/`` is a montage, ``patient3/`` a patient);
+    give a manifest with a ``group`` column when patients have several recordings.
 
     Args:
         root: CSV manifest or folder.
@@ -322,12 +323,8 @@ def import_generic(root: str | Path, out_csv: str | Path, check: bool = True, **
         recs = []
         for p in sorted(root.rglob("*")):
             if p.suffix.lower() in SUFFIXES and p.is_file():
-                parts = p.relative_to(root).parts[:-1]
-                at = max((i for i, q in enumerate(parts) if q.lower() in LABELS), default=-1)
-                lab = parts[at].lower() if at >= 0 else ""
-                # the patient: the folder under the class folder (normal/patient3/rec0.edf), else the file
-                group = parts[at + 1] if at + 1 < len(parts) else p.stem
-                recs.append(Record(path=p.absolute(), label=lab, group=group))
+                lab = next((q.lower() for q in reversed(p.relative_to(root).parts[:-1]) if q.lower() in LABELS), "")
+                recs.append(Record(path=p.absolute(), label=lab, group=p.stem))
     else:
         raise InputError(root, "neither a manifest CSV nor a folder")
     if not recs:

@@ -845,10 +845,6 @@ def gate_reasons(
                 f"{len(empty)} channel(s) with an empty range in the EDF header (digital or physical "
                 f"min == max; samples cannot be scaled): {', '.join(empty[:8])}"
             )
-        with open(path, "rb") as f:  # the header's reserved field: EDF+D / BDF+D = interrupted recording
-            reserved = f.read(236)[192:236].decode("ascii", "replace").strip().upper()
-        if reserved.startswith(("EDF+D", "BDF+D")):
-            reasons.append("an interrupted (EDF+D) recording: its records are joined and windows may span the gaps")
     # MNE returns volts; the documented ranges are in microvolts
     reasons += eeg_reasons(np.asarray(x_volts, dtype=np.float64) * 1e6, names, overrides)
     return reasons

@@ -219,7 +219,12 @@ def train(
             info = load_pretrained(model, init_sd, strict=False)
         except MedTransferError as e:  # name the --init source, not "the starting weights"
             raise InputError(src, str(e).split(": ", 1)[-1]) from None
-        init_report = {"source": str(src), "missing": len(info["missing"]), "skipped": len(info["skipped"])}
+        init_report = {
+            "source": str(src),
+            "missing": len(info["missing"]),
+            "skipped": len(info["skipped"]),
+            "loaded_share": info["loaded_share"],  # how much of the model the source gave
+        }
     pp = pp_config(cfg["data"])
     extra = {"labels": list(LABELS), "preprocessing": pp, "model_name": cfg["model"]["name"]}
     res = fit(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -218,7 +219,12 @@ def _concat_row(
     from medtransfer.apps.eeg.train import evaluate, train
 
     src_train = [r for r in src if r.split == "train"]
-    man = write_manifest(list(src_train) + list(sub) + list(rest), out / "manifests" / f"concat_{tag}.csv")
+
+    def site(rs: Sequence[Record], name: str) -> list[Record]:  # patient ids are each dataset's own
+        return [dataclasses.replace(r, group=f"{name}:{r.group}" if r.group else "") for r in rs]
+
+    rows = site(src_train, "source") + site(list(sub) + list(rest), "target")
+    man = write_manifest(rows, out / "manifests" / f"concat_{tag}.csv")
     c = copy.deepcopy(dict(cfg))
     c["train"]["seed"] = int(seed)
     c["train"]["strategy"] = "full"

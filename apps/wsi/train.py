@@ -562,10 +562,9 @@ def record_reference(
     run = RunDir(run_dir)
     info = run.info()
     if not val_cases:
-        info.setdefault("wsi", {})["reference"] = {
-            "available": False,
-            "reason": no_val_reason or "the run holds out no validation patients",
-        }
+        reason = no_val_reason or "the run holds out no validation patients"
+        info.setdefault("wsi", {})["reference"] = {"available": False, "reason": reason}
+        info.setdefault("baseline", {"no_validation": reason})  # by design, said (export reads it)
         info.pop("manifest", None)
         run.write_info(info)
         return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextvars
 import math
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -69,6 +70,9 @@ def baseline_verdict(rec: Mapping[str, Any] | None, run_dir: str | Path, force: 
         BelowBaselineError: below baseline, or no baseline recorded (the training stopped before it
             compared the model with its trivial baseline, or had no validation split), and not ``force``.
     """
+    if rec and rec.get("no_validation") and "metric" not in rec:  # by design (e.g. a PKT source model)
+        sys.stderr.write(f"export: {run_dir}: no baseline comparison: {rec['no_validation']}\n")
+        return None
     if not rec:
         reason = (
             "records no comparison with a trivial baseline (its training did not finish, or it had no validation split)"

@@ -144,7 +144,10 @@ def create_model(
 
         path = resolve_weights(name, pretrained, entry.pretrained_cfg, weights_dir)
         info = load_pretrained(model, path, strict=strict)
-        model.pretrained_report = {"file": str(path), **{k: len(v) for k, v in info.items()}}
+        model.pretrained_report = {
+            "file": str(path),
+            **{k: v if isinstance(v, float) else len(v) for k, v in info.items()},
+        }
     model.registry_name = name
     if not hasattr(model, "transfer_head"):
         model.transfer_head = list(entry.head)

@@ -115,14 +115,13 @@ def read_state_dict(path: Path) -> dict[str, Any]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-#: a starting point must give at least this share of the model's parameter elements (a new head or
-#: new adapters are a small share; a run of another app or architecture gave none or almost none)
-MIN_LOADED_SHARE = 0.5
+#: a starting point must give at least this share of the model's parameter elements: a run of another
+#: app gave 0 %; an EEG run moved to another channel set gives ~8 % (its temporal filters), a new head
+#: or new adapters leave most of the model loaded
+MIN_LOADED_SHARE = 0.05
 
 
-def load_pretrained(
-    model, path: "Path | dict", strict: bool = False, skip_mismatch: bool = True
-) -> dict[str, list[str]]:
+def load_pretrained(model, path: "Path | dict", strict: bool = False, skip_mismatch: bool = True) -> dict[str, Any]:
     """Load weights into a model, skipping tensors whose shape differs (a new head, other in_chans).
 
     Args:
@@ -132,7 +131,8 @@ def load_pretrained(
         skip_mismatch: drop tensors whose shapes differ instead of failing.
 
     Returns:
-        ``{"missing": [...], "unexpected": [...], "skipped": [...]}``.
+        ``{"missing": [...], "unexpected": [...], "skipped": [...], "loaded_share": float}`` (the share
+        of the model's parameter elements the weights gave).
     """
     sd = dict(path) if isinstance(path, dict) else read_state_dict(Path(path))
     own = model.state_dict()
@@ -157,10 +157,10 @@ def load_pretrained(
     if not strict and own and share < MIN_LOADED_SHARE:  # checked before the model is touched
         where = path if not isinstance(path, dict) else "the starting weights"
         raise WeightsError(
-            f"{where}: only {100 * share:.0f}% of the model's weights match it by name and shape "
-            "(another architecture?); it is not a starting point for this model"
+            f"{where}: only {100 * share:.1f}% of the model's weights match it by name and shape (another "
+            "architecture, or other channels / input size?); it is not a starting point for this model"
         )
     res = model.load_state_dict(sd, strict=strict)
     missing = list(getattr(res, "missing_keys", []))
     unexpected = list(getattr(res, "unexpected_keys", []))
-    return {"missing": missing, "unexpected": unexpected, "skipped": skipped}
+    return {"missing": missing, "unexpected": unexpected, "skipped": skipped, "loaded_share": round(share, 4)}

@@ -13,7 +13,6 @@ Torch-free; no message ever quotes file content.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -237,11 +236,9 @@ def check_metaimage_data_file(path: str | Path) -> None:
         raise InputError(p, "MetaImage header lists several data files; only one file is read")
     if "/" in name or "\\" in name or name in (".", "..") or name.startswith("~"):
         raise InputError(p, "MetaImage header points its pixel data at another folder; refused")
-    data = p.parent / name
-    if not data.is_file():
+    # a link beside the header is the owner's own arrangement (git-annex / DataLad pairs): followed
+    if not (p.parent / name).is_file():
         raise InputError(p, "MetaImage header names a pixel data file that is not beside it")
-    if os.path.dirname(os.path.realpath(data)) != os.path.realpath(p.parent):  # a link beside it, to elsewhere
-        raise InputError(p, "MetaImage pixel data file is a link to another folder; refused")
 
 
 def check_decode_bytes(n_bytes: int, path: str | Path, overrides: Mapping[str, Any] | None = None) -> None:

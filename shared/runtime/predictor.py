@@ -49,7 +49,7 @@ class Opt:
         if self.kind == "choice":
             return str(value) in self.choices
         if self.kind == "box":
-            parts = value.split(",") if isinstance(value, str) else value
+            parts = _box_parts(value)
             return (
                 isinstance(parts, (list, tuple))
                 and len(parts) == 4
@@ -66,7 +66,7 @@ class Opt:
             x = _number(value, self.kind == "int")
             return int(x) if self.kind == "int" and x is not None else x
         if self.kind == "box":
-            return value
+            return ",".join(str(p).strip() for p in _box_parts(value))  # "x0,y0,x1,y1"
         return str(value)
 
     def _want(self) -> str:
@@ -86,13 +86,16 @@ class Opt:
         return what
 
 
+def _box_parts(value: Any) -> Any:
+    """A box as its parts: ``"1,2,3,4"``, ``"[1, 2, 3, 4]"`` or a sequence."""
+    return value.strip().strip("[]()").split(",") if isinstance(value, str) else value
+
+
 def _number(v: Any, integer: bool) -> float | None:
     if isinstance(v, bool):
         return None
     try:
-        if integer and isinstance(v, str):
-            return float(int(v.strip()))  # what int() of the predictor takes: "16", not "16.0"
-        x = float(v) if not isinstance(v, str) else float(v.strip())
+        x = float(v) if not isinstance(v, str) else float(v.strip())  # "8.0" is 8 (convert() gives an int)
     except (TypeError, ValueError, OverflowError):
         return None
     if not math.isfinite(x) or (integer and x != int(x)):

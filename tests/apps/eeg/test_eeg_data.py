@@ -172,19 +172,3 @@ def test_aggregate_and_metrics():
     assert ids.tolist() == [0, 1, 2] and np.allclose(prob, [0.8, 0.3, 0.35])
     m = recording_metrics(np.array([1, 0, 1]), prob)
     assert m["balanced_accuracy"] == pytest.approx(0.75) and m["auroc"] == pytest.approx(1.0)
-
-
-def test_generic_folder_groups_by_the_patient_folder_under_the_class(tmp_path):
-    """normal/patientN/rec{0,1}.edf was grouped by file stem: every rec0 one 'patient', patients split apart."""
-    rng = np.random.default_rng(5)
-    for i in range(8):
-        lab = ("normal", "abnormal")[i % 2]
-        for k in range(2):
-            x = S.synth_signals(rng, lab == "abnormal", 12.0, 250.0)
-            S.write_edf(
-                tmp_path / "d" / lab / f"patient{i}" / f"rec{k}.edf", x, 250.0, [f"EEG {c}-REF" for c in PAPER_CHANNELS]
-            )
-    recs = read_manifest(import_generic(tmp_path / "d", tmp_path / "g.csv", **SMALL))
-    groups = {r.group for r in recs}
-    assert groups == {f"patient{i}" for i in range(8)}
-    assert all(len({r.split for r in recs if r.group == g}) == 1 for g in groups)

@@ -56,16 +56,6 @@ def test_empty_range_channel_is_unreliable_not_confident(bundle, tmp_path):
     assert any("amplitude" in x for x in r["reasons"])  # the unscalable channel reads as volts
 
 
-def test_an_interrupted_edf_plus_d_recording_is_marked(tmp_path):
-    """EDF+D records with gaps were joined and answered as one continuous recording, unmarked."""
-    f = _edf(tmp_path / "gap.edf")
-    b = bytearray(f.read_bytes())
-    b[192:236] = b"EDF+D".ljust(44)
-    f.write_bytes(bytes(b))
-    _, info = preprocess_recording(f, SMALL, gates=True)
-    assert any("EDF+D" in x for x in info["reasons"]), info["reasons"]
-
-
 def test_empty_range_channel_with_free_text_label_is_not_named(tmp_path):
     """A channel label that is not a standard electrode name is free header text: never quoted."""
     chans = ["FP1", "FP2", "ZQ7SECRT"]

@@ -212,7 +212,10 @@ def test_transfer_concat_and_source_scaling_baselines(trained_run, tuab_csv, nmt
     rows = list(csv.DictReader(open(res["table"])))
     modes = [r["mode"] for r in rows]
     assert modes == ["scratch", "transfer_full", "concat", "source_scaling_0.25"]
-    n_src = sum(r.split == "train" for r in read_manifest(tmp_path / "sw" / "manifests" / "concat_f0.25_s0.csv"))
+    concat_recs = read_manifest(tmp_path / "sw" / "manifests" / "concat_f0.25_s0.csv")
+    n_src = sum(r.split == "train" for r in concat_recs)
+    # patient ids are each dataset's own: two sites' "p11" stay two patients (the leak check refused it)
+    assert {r.group.split(":")[0] for r in concat_recs if r.group} == {"source", "target"}
     concat, scaling = rows[2], rows[3]
     assert int(concat["n_source_train"]) + int(concat["n_target_train"]) == n_src
     assert 0 < int(scaling["n_source_train"]) < int(concat["n_source_train"])

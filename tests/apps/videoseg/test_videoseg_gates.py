@@ -88,9 +88,7 @@ def test_a_metaimage_reads_pixels_from_itself_or_its_own_folder_only(tmp_path):
         head.format("../secret/other_patient.raw") + "ElementDataFile = twice.raw\n"
     )
     (tmp_path / "in" / "twice.raw").write_bytes(frames.tobytes())
-    (tmp_path / "in" / "link.raw").symlink_to(tmp_path / "secret" / "other_patient.raw")
-    (tmp_path / "in" / "link.mhd").write_text(head.format("link.raw"))
-    for name in ("twice.mhd", "link.mhd"):
+    for name in ("twice.mhd",):
         with pytest.raises(InputError, match=name):
             open_video(tmp_path / "in" / name)
     # what MetaIO also writes and ITK reads: ':' for '=', Local / local, a name with a space, CRLF lines
@@ -99,6 +97,10 @@ def test_a_metaimage_reads_pixels_from_itself_or_its_own_folder_only(tmp_path):
         (tmp_path / "in" / f"ok{k}.mhd").write_text(head.replace(" = ", f" {sep} ").format(target).replace("\n", nl))
         assert open_video(tmp_path / "in" / f"ok{k}.mhd").n_frames == 4
     sitk.WriteImage(sitk.GetImageFromArray(frames), str(tmp_path / "in" / "pair.mhd"))  # header + .raw beside it
+    (tmp_path / "annex").mkdir()  # a git-annex / DataLad pair: both names are links into an object store
+    for n in ("pair.mhd", "pair.raw"):
+        (tmp_path / "annex" / n).symlink_to(tmp_path / "in" / n)
+    assert open_video(tmp_path / "annex" / "pair.mhd").n_frames == 4
     assert (tmp_path / "in" / "pair.raw").is_file()
     assert open_video(tmp_path / "in" / "pair.mhd").n_frames == 4
     assert open_video(_mha(tmp_path / "in" / "local.mha", frames)).n_frames == 4  # LOCAL: pixels follow the header

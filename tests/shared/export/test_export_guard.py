@@ -28,6 +28,12 @@ def test_verdict_refuses_unless_forced():
     assert "does not beat" in baseline_verdict(rec, "RUN", force=True)["unreliable"]
 
 
+def test_a_run_without_validation_by_design_says_so_and_exports(capsys):
+    """A PKT source model trains on every patient of its study: it records why, and exports."""
+    assert baseline_verdict({"no_validation": "a source model is trained on every patient"}, "RUN", False) is None
+    assert "no baseline comparison: a source model" in capsys.readouterr().err
+
+
 def test_a_run_without_a_baseline_comparison_is_not_exported_as_if_it_passed(image_run, tmp_path, capsys):
     """A wsi training that died after its checkpoints (before comparing with its baseline) exported
     with exit 0, no baseline and no unreliable mark: a missing record read as a pass."""
