@@ -234,4 +234,4 @@ def test_cli_transfer_baselines_option_reaches_the_sweep(tuab_csv, nmt_csv, tmp_
     code, _, err = run_main([*args, "--baselines", "concat,nope", "--source-run", str(tmp_path)], capsys)
     assert code == 2 and "unknown baseline 'nope'" in err and err.count("\n") == 1, err
     code, _, err = run_main([*args, "--baselines", "scaling", "--source-fractions", "0,1"], capsys)
-    assert code == 2 and "source fractions" in err, err
+    assert code == 2 and "--source-fractions" in err and err.count("\n") == 1, err
