@@ -426,6 +426,45 @@ def empty_range_signals(path: str | Path, header: Mapping[str, Any] | None = Non
     return bad, [s["label"] for s in sigs]
 
 
+def edf_gap_seconds(path: str | Path, header: Mapping[str, Any] | None = None) -> float:
+    """Seconds of gaps between the data records of an interrupted (EDF+D / BDF+D) recording, from the
+    onset each record's annotation signal states (its first time-keeping TAL, ``+onset\\x14\\x14``);
+    0 for a continuous file.  (Nihon Kohden writes EDF+D without gaps: the header alone says nothing.)
+
+    Args:
+        path: the ``.edf`` / ``.bdf`` file.
+        header: its :func:`edf_header` when already read.
+
+    Returns:
+        The summed gaps (0 when the file is continuous, not EDF+D, or its onsets cannot be read).
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        reserved = f.read(236)[192:236].decode("ascii", "replace").strip().upper()
+    if not reserved.startswith(("EDF+D", "BDF+D")):
+        return 0.0
+    h = header or edf_header(path)
+    sigs = h["signals"]
+    ann = next((i for i, s in enumerate(sigs) if s["annotation"]), None)
+    n, dur = int(h["n_records"]), float(h["record_s"])
+    if ann is None or n <= 1 or dur <= 0:
+        return 0.0
+    width = 3 if path.suffix.lower() == ".bdf" else 2
+    rec = sum(s["samples_per_record"] for s in sigs) * width
+    before, size = sum(s["samples_per_record"] for s in sigs[:ann]) * width, sigs[ann]["samples_per_record"] * width
+    onsets = []
+    with open(path, "rb") as f:
+        for r in range(n):
+            f.seek(int(h["n_header"]) + r * rec + before)
+            tal = f.read(size).split(b"\x14", 1)[0]
+            try:
+                onsets.append(float(tal.decode("ascii")))
+            except (UnicodeDecodeError, ValueError):
+                return 0.0  # not the time-keeping TAL this check reads: say nothing
+    steps = np.diff(np.asarray(onsets))
+    return float(np.clip(steps - dur, 0.0, None).sum())
+
+
 # ---------------------------------------------------------------------------------------------
 # one read per EDF recording (header + samples from one buffer, edfio decodes; MNE only as fallback)
 # ---------------------------------------------------------------------------------------------
@@ -845,6 +884,9 @@ def gate_reasons(
                 f"{len(empty)} channel(s) with an empty range in the EDF header (digital or physical "
                 f"min == max; samples cannot be scaled): {', '.join(empty[:8])}"
             )
+        gap = edf_gap_seconds(path, header)
+        if gap > 0:
+            reasons.append(f"an interrupted (EDF+D) recording: {gap:.1f} s of gaps joined; windows may span them")
     # MNE returns volts; the documented ranges are in microvolts
     reasons += eeg_reasons(np.asarray(x_volts, dtype=np.float64) * 1e6, names, overrides)
     return reasons

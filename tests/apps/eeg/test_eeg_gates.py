@@ -207,3 +207,26 @@ def test_bonn_importer_relative_from_another_cwd(eeg_real, tmp_path, monkeypatch
     paths = _check_relative(out)
     assert all(p.startswith("bonn_edf/") for p in paths)
     assert json.dumps(paths).count("..") == 0
+
+
+def test_edf_plus_d_is_marked_only_when_its_records_have_gaps(eeg_real, tmp_path):
+    """Nihon Kohden writes EDF+D without gaps (not marked); the same file with its records from 15 s
+    moved 1000 s later is marked (it was answered as one continuous recording)."""
+    from medtransfer.apps.eeg.io import edf_gap_seconds, edf_header
+
+    src = eeg_real / "mne_testing_data" / "NihonKohden" / "MB0400FU.EDF"
+    if not src.is_file():
+        pytest.skip("the Nihon Kohden sample is absent")
+    assert edf_gap_seconds(src) == 0.0
+    h = edf_header(src)
+    sigs = h["signals"]
+    ann = next(i for i, s in enumerate(sigs) if s["annotation"])
+    rec = sum(s["samples_per_record"] for s in sigs) * 2
+    before = sum(s["samples_per_record"] for s in sigs[:ann]) * 2
+    b = bytearray(src.read_bytes())
+    for r in range(15, h["n_records"]):
+        at = h["n_header"] + r * rec + before
+        b[at : at + 24] = f"+{r + 1000}.000000\x14\x14\x00".encode().ljust(24, b"\x00")
+    gap = tmp_path / "gap.edf"
+    gap.write_bytes(bytes(b))
+    assert edf_gap_seconds(gap) == pytest.approx(1000.0)
