@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -264,7 +265,7 @@ def predict(
 
     try:
         b = load_bundle(bundle)
-        from medtransfer.shared.runtime.outputs import input_root, unique_keys
+        from medtransfer.shared.runtime.outputs import artefact_lock, input_root, unique_keys
 
         root = input_root(inputs)  # per-input outputs: OUT/<path relative to this root, no suffix>
         if out:
@@ -278,25 +279,29 @@ def predict(
             **parse_opts(opt, raw=True),
         }
         pred = build_predictor(b, **options)
+        held = contextlib.ExitStack()
+        held.enter_context(artefact_lock(out))  # one job per artefact folder
     except MedTransferError as e:
         fail(str(e))
     rows = []
     failed = 0
-    for p in inputs:
-        try:
-            res = {"input": str(p), "status": "ok", **pred.answer(p)}
-        except MedTransferError as e:
-            res = {"input": str(p), "status": "error", "error": " ".join(str(e).split())}
-            failed += 1
-        except Exception as e:  # noqa: BLE001
-            res = {"input": str(p), "status": "error", "error": f"{p}: {type(e).__name__}: {' '.join(str(e).split())}"}
-            failed += 1
-        if fmt == "json":
-            typer.echo(json.dumps(res, default=_jsonable))
-        else:
-            rows.append(res)
-        if res["status"] == "error":
-            typer.echo(f"error: {res['error']}", err=True)
+    with held:
+        for p in inputs:
+            try:
+                res = {"input": str(p), "status": "ok", **pred.answer(p)}
+            except MedTransferError as e:
+                res = {"input": str(p), "status": "error", "error": " ".join(str(e).split())}
+                failed += 1
+            except Exception as e:  # noqa: BLE001
+                msg = " ".join(str(e).split())
+                res = {"input": str(p), "status": "error", "error": f"{p}: {type(e).__name__}: {msg}"}
+                failed += 1
+            if fmt == "json":
+                typer.echo(json.dumps(res, default=_jsonable))
+            else:
+                rows.append(res)
+            if res["status"] == "error":
+                typer.echo(f"error: {res['error']}", err=True)
     if fmt != "json":
         _table(rows)
     if failed:

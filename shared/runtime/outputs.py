@@ -136,3 +136,23 @@ def report_folder(
                     (out / n).unlink()  # an earlier report's file this one does not have (a stale plot)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextmanager
+def artefact_lock(out_dir: str | Path | None) -> Iterator[None]:
+    """Hold ``out_dir/.artefacts.lock`` while a job writes per-input artefacts there (masks, plots):
+    a second job writing into the same folder at the same time is refused in one line (two jobs'
+    ``case1/masks.npz`` overwrote each other, and a results file pointed at the other job's masks).
+    Nothing happens without ``out_dir``.
+
+    Raises:
+        MedTransferError: another job holds the folder.
+    """
+    if not out_dir:
+        yield
+        return
+    from medtransfer.shared.utils.locks import exclusive
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with exclusive(Path(out_dir) / ".artefacts.lock", out_dir, "already being written by another job,"):
+        yield

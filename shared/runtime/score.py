@@ -27,6 +27,7 @@ Torch-free.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import functools
@@ -44,6 +45,7 @@ from typing import Any
 
 from medtransfer.shared.runtime.bundle import Bundle, load_bundle
 from medtransfer.shared.runtime.engines import ENGINES, run_map, worker_threads
+from medtransfer.shared.runtime.outputs import artefact_lock
 from medtransfer.shared.runtime.predictor import build_predictor, check_bundle_options
 from medtransfer.shared.utils.errors import InputError, MedTransferError
 
@@ -575,9 +577,10 @@ def score(
     out_csv = Path(out_csv)
     cases = list(cases)
     check_out_path(out_csv, manifest=manifest, input_dir=input_dir, bundle_dir=bundle_dir, cases=cases)
-    with lock_output(out_csv):
+    with lock_output(out_csv), contextlib.ExitStack() as held:
         verified = load_bundle(bundle_dir)  # refuse a bad bundle before touching the output
         converted = check_bundle_options(verified, options or {})  # and an --opt its predictor does not take
+        held.enter_context(artefact_lock(converted.get("out_dir")))  # one job per artefact folder
         sha, prov = verified.sha256, verified.provenance()
         unique, aliases = unique_cases(cases)
         ids = {a: input_id(c) for c in unique for a in aliases[c.case_id]}

@@ -310,3 +310,35 @@ def test_resume_refuses_rows_of_other_files_or_other_options(image_run, tmp_path
     assert s["skipped"] == 1 and s["ok"] == 1
     with open(out, newline="") as f:
         assert next(csv.reader(f)) == LEGACY_COLUMNS and len(rows(out)) == 2
+
+
+def test_a_second_job_writing_artefacts_into_one_folder_is_refused(image_run, tmp_path):
+    """Two jobs' case1/masks.npz overwrote each other in one -o / --opt out_dir (rows then pointed at
+    the other job's masks): the artefact folder is one job's while it runs."""
+    from lockutil import lock_held_elsewhere
+
+    from medtransfer.shared.runtime.score import score
+    from medtransfer.shared.utils.errors import MedTransferError
+
+    img = min(Path(image_run["root"]).rglob("*.png"))
+    arts = tmp_path / "arts"
+    arts.mkdir()
+    with lock_held_elsewhere(arts / ".artefacts.lock", arts):
+        with pytest.raises(MedTransferError, match="already being written by another job"):
+            score(
+                image_run["bundle"],
+                [Case("a", str(img), {})],
+                tmp_path / "r.csv",
+                progress=False,
+                options={"out_dir": str(arts)},
+            )
+        msg = one_line_error(cli("predict", image_run["bundle"], img, "-o", arts))
+        assert "already being written by another job" in msg
+    s = score(
+        image_run["bundle"],
+        [Case("a", str(img), {})],
+        tmp_path / "r2.csv",
+        progress=False,
+        options={"out_dir": str(arts)},
+    )
+    assert s["ok"] == 1 and not (arts / ".artefacts.lock").exists()  # released, the file removed
