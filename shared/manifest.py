@@ -125,7 +125,7 @@ def check_no_leak(records: Sequence[Record], csv_path: str | Path) -> None:
         csv_path: the manifest, for the message.
 
     Raises:
-        InputError: one line naming the group or the file and the two splits / labels.
+        InputError: one line naming the group or the file and the two splits.
     """
     group_split: dict[str, str] = {}
     file_row: dict[str, Record] = {}

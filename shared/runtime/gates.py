@@ -220,16 +220,14 @@ def check_metaimage_data_file(path: str | Path) -> None:
             head = f.read(_META_HEADER_MAX)
     except OSError as e:
         raise InputError(p, f"cannot be read ({e.strerror or type(e).__name__})") from None
-    names = []
+    name = None
     for raw in head.replace(b"\r", b"\n").split(b"\n"):
         m = re.match(rb"\s*ElementDataFile\s*[=:]\s*(.*?)\s*$", raw)  # MetaIO takes '=' or ':'
-        if m:
-            names.append(m.group(1).decode("utf-8", "replace"))
-    if not names:
+        if m:  # the header's last field, and the one ITK follows; what comes after may be pixels
+            name = m.group(1).decode("utf-8", "replace")
+            break
+    if name is None:
         raise InputError(p, "not a MetaImage file (no ElementDataFile in its header)")
-    if len(names) > 1:  # which one a reader takes is its own affair: refuse the ambiguity
-        raise InputError(p, "MetaImage header names its pixel data more than once; refused")
-    name = names[0]
     if name.upper() == "LOCAL":
         return
     if name.upper() == "LIST" or "%" in name:

@@ -88,9 +88,8 @@ def test_a_metaimage_reads_pixels_from_itself_or_its_own_folder_only(tmp_path):
         head.format("../secret/other_patient.raw") + "ElementDataFile = twice.raw\n"
     )
     (tmp_path / "in" / "twice.raw").write_bytes(frames.tobytes())
-    for name in ("twice.mhd",):
-        with pytest.raises(InputError, match=name):
-            open_video(tmp_path / "in" / name)
+    with pytest.raises(InputError, match="twice.mhd: MetaImage header points its pixel data at another folder"):
+        open_video(tmp_path / "in" / "twice.mhd")
     # what MetaIO also writes and ITK reads: ':' for '=', Local / local, a name with a space, CRLF lines
     (tmp_path / "in" / "my data.raw").write_bytes(frames.tobytes())
     for k, (sep, target, nl) in enumerate(((":", "my data.raw", "\n"), ("=", "my data.raw", "\r\n"))):
