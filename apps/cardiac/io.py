@@ -20,6 +20,7 @@ import numpy as np
 from medtransfer.shared.runtime import gates
 from medtransfer.shared.utils.errors import InputError, MedTransferError
 from medtransfer.shared.utils.imports import module_available
+from medtransfer.shared.utils.sniff import is_dicom
 from medtransfer.shared.utils.video import open_capture
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -68,15 +69,6 @@ def _quiet_pydicom() -> Iterator[None]:
             yield
     finally:
         log.disabled = was
-
-
-def _is_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
 
 
 def _to_rgb(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -381,7 +373,7 @@ def read_frames(
     if path.stat().st_size == 0:
         raise InputError(path, "empty file")
     sfx = path.suffix.lower()
-    if _is_dicom(path) or sfx in (".dcm", ".dicom"):
+    if is_dicom(path) or sfx in (".dcm", ".dicom"):
         frames, info = read_dicom(path, max_frames, overrides)
         return frames, {"kind": "dicom", **info}
     if sfx in VIDEO_SUFFIXES:

@@ -26,20 +26,11 @@ import numpy as np
 
 from medtransfer.shared.runtime import gates
 from medtransfer.shared.utils.errors import InputError
+from medtransfer.shared.utils.sniff import is_dicom
 from medtransfer.shared.utils.video import open_capture
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".mha", ".mhd")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
-def _is_dicom(p: Path) -> bool:
-    """Whether a file carries the DICOM preamble's ``DICM`` marker (bytes 128-131)."""
-    try:
-        with open(p, "rb") as f:
-            f.seek(128)
-            return f.read(4) == b"DICM"
-    except OSError:
-        return False
 
 
 def _frame_number(p: Path) -> int:
@@ -194,7 +185,7 @@ class VideoReader:
             self.kind = "video"
             import cv2
 
-            if _is_dicom(self.path):  # OpenCV opens nothing of it: "video has no frames" misled
+            if is_dicom(self.path):  # OpenCV opens nothing of it: "video has no frames" misled
                 raise InputError(
                     self.path,
                     "a DICOM file: this app reads videos (.avi, .mp4, ...), .mha / .nii stacks or "
