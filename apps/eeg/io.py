@@ -324,9 +324,10 @@ def edf_header(path: str | Path, data: bytes | memoryview | None = None) -> dict
         data: the whole file's bytes when already read (one read per recording).
 
     Returns:
-        ``{"n_signals", "n_header", "n_records", "record_s", "signals": [{"label", "unit",
-        "physical_min", "physical_max", "digital_min", "digital_max", "samples_per_record"}, ...]}``
-        (``unit`` is the physical dimension: for scaling only, never for messages).
+        ``{"n_signals", "n_header", "n_records", "record_s", "sample_bytes", "continuity",
+        "signals": [{"label", "unit", "physical_min", "physical_max", "digital_min", "digital_max",
+        "samples_per_record"}, ...]}`` (``unit`` is the physical dimension: for scaling only, never for
+        messages; ``continuity`` the reserved field's ``EDF+C`` / ``EDF+D`` / ``BDF+D``, else "").
 
     Raises:
         InputError: not an EDF/BDF file, unreadable field, truncated file.
@@ -399,7 +400,15 @@ def edf_header(path: str | Path, data: bytes | memoryview | None = None) -> dict
             raise InputError(path, f"truncated file: {size} bytes, header promises {expected}")
     elif n_records == 0:
         raise InputError(path, "EDF header says the file holds no data records")
-    return {"n_signals": ns, "n_header": n_header, "n_records": n_records, "record_s": record_s, "signals": signals}
+    return {
+        "n_signals": ns,
+        "n_header": n_header,
+        "n_records": n_records,
+        "record_s": record_s,
+        "sample_bytes": width,
+        "continuity": head[192:236].decode("ascii", "replace").strip().upper()[:5],  # EDF+C / EDF+D / ""
+        "signals": signals,
+    }
 
 
 def _check_edf_size(path: Path) -> None:
@@ -439,17 +448,15 @@ def edf_gap_seconds(path: str | Path, header: Mapping[str, Any] | None = None) -
         The summed gaps (0 when the file is continuous, not EDF+D, or its onsets cannot be read).
     """
     path = Path(path)
-    with open(path, "rb") as f:
-        reserved = f.read(236)[192:236].decode("ascii", "replace").strip().upper()
-    if not reserved.startswith(("EDF+D", "BDF+D")):
-        return 0.0
     h = header or edf_header(path)
+    if h["continuity"] not in ("EDF+D", "BDF+D"):
+        return 0.0
     sigs = h["signals"]
     ann = next((i for i, s in enumerate(sigs) if s["annotation"]), None)
     n, dur = int(h["n_records"]), float(h["record_s"])
     if ann is None or n <= 1 or dur <= 0:
         return 0.0
-    width = 3 if path.suffix.lower() == ".bdf" else 2
+    width = int(h["sample_bytes"])
     rec = sum(s["samples_per_record"] for s in sigs) * width
     before, size = sum(s["samples_per_record"] for s in sigs[:ann]) * width, sigs[ann]["samples_per_record"] * width
     onsets = []
