@@ -12,6 +12,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from medtransfer.shared.metrics import c_index as c_index  # the app's survival metrics stay importable here
+
 
 # ---------------------------------------------------------------------------- time bins
 def make_bins(
@@ -115,21 +117,6 @@ def pad_bags(
 
 
 # ---------------------------------------------------------------------------- metrics
-def c_index(times: np.ndarray, events: np.ndarray, risk: np.ndarray) -> float:
-    """Harrell's C-index (scikit-survival ``concordance_index_censored``); NaN when no pair is
-    comparable (no event, e.g. a small validation split of censored patients only)."""
-    from sksurv.exceptions import NoComparablePairException
-    from sksurv.metrics import concordance_index_censored
-
-    ev = np.asarray(events).astype(bool)
-    if not ev.any():
-        return float("nan")
-    try:
-        return float(concordance_index_censored(ev, np.asarray(times, float), np.asarray(risk, float))[0])
-    except (ZeroDivisionError, NoComparablePairException):  # events but no comparable pair (either sksurv)
-        return float("nan")
-
-
 def td_auc(
     train_times: np.ndarray,
     train_events: np.ndarray,

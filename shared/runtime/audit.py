@@ -232,19 +232,14 @@ def metric_from_answers(kind: str, outcomes: list[dict[str, Any]], cases: list[A
     if kind == "segmentation":
         d = [case_dice(o["masks"], Path(c.label)) for o, c in zip(outcomes, cases)]
         return {"metric_name": "dice", "metric": float(np.mean(d)) if d else float("nan")}
-    times, events = zip(*[_survival_truth(c) for c in cases]) if n else ((), ())
-    ev = np.array(events, bool)
-    if n < 2 or not ev.any():
-        return {"metric_name": "c_index", "metric": float("nan")}
-    from sksurv.exceptions import NoComparablePairException
-    from sksurv.metrics import concordance_index_censored
+    from medtransfer.shared.metrics import c_index
 
-    risk = np.array([o["risk"] for o in outcomes], float)
-    try:
-        ci = concordance_index_censored(ev, np.array(times, float), risk)[0]
-    except (ZeroDivisionError, NoComparablePairException):  # events, but no comparable pair
-        return {"metric_name": "c_index", "metric": float("nan")}
-    return {"metric_name": "c_index", "metric": float(ci)}
+    times, events = zip(*[_survival_truth(c) for c in cases]) if n else ((), ())
+    risk = [o["risk"] for o in outcomes]
+    return {
+        "metric_name": "c_index",
+        "metric": c_index(np.array(times, float), np.array(events, bool), np.array(risk, float)),
+    }
 
 
 def _changed(kind: str, o: dict[str, Any], base: dict[str, Any], risk_cut: float) -> bool:
