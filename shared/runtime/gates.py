@@ -172,6 +172,8 @@ def row_quantiles(x: np.ndarray, qs: Iterable[float], stride: int = 32, margin: 
     x = np.asarray(x, dtype=np.float64)
     rows, n = x.shape
     qs = [float(q) for q in qs]
+    if not all(0.0 <= q <= 1.0 for q in qs):
+        raise ValueError(f"quantiles must lie in [0, 1], got {qs}")
     out = np.empty((len(qs), rows))
     if n == 0:
         out[:] = np.nan

@@ -37,6 +37,13 @@ def test_row_quantiles_equal_numpy_bit_for_bit(x: np.ndarray) -> None:
         np.testing.assert_array_equal(row_quantiles(x, qs), np.quantile(x, qs, axis=1))
 
 
+def test_row_quantiles_refuses_quantiles_outside_0_1() -> None:
+    with pytest.raises(ValueError, match="quantiles must lie in"):
+        row_quantiles(np.zeros((1, 10)), [1.5])
+    with pytest.raises(ValueError, match="quantiles must lie in"):
+        row_quantiles(np.zeros((1, 10)), [float("nan")])
+
+
 def test_row_quantiles_property() -> None:
     pytest.importorskip("hypothesis")
     from hypothesis import given, settings
