@@ -316,6 +316,20 @@ def _start_method(requested: str | None, preload: Sequence[str] = ()) -> str:
 
 
 # ------------------------------------------------------------------------------ the run
+def _local_workers(asked: int, n_items: int | None) -> int:
+    """Local processes to start for ``asked`` (> 1) workers: no more than the items, nor than the
+    cores this process may use (every worker is CPU-bound; ``--workers 100000`` used to fork
+    processes until the machine ran out of memory), and never fewer than 2, so that a job that
+    asked for workers keeps its items in processes apart from this one (a crash is one item's
+    error).  A cut to the cores is said in one line on stderr."""
+    use = min(asked, n_items) if n_items else asked
+    c = cores()
+    if use > c:
+        sys.stderr.write(f"--workers {asked}: this process may use {c} cores: using {max(2, c)}\n")
+        use = c
+    return max(2, use)
+
+
 class MapRun(Generic[Result]):
     """Iterator of ``(index, result_or_exception)`` from :func:`run_map`; ``stats`` describes the run."""
 
@@ -340,6 +354,9 @@ class MapRun(Generic[Result]):
         self.workers = max(1, int(workers))
         n = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
         self.total = n
+        asked = self.workers
+        if engine == "local" and asked > 1:
+            self.workers = _local_workers(asked, n)
         # Ray without a chunk size: guided chunks (big while much is left, shrinking at the end)
         self._guided = engine == "ray" and not chunksize and bool(n)
         if chunksize:
@@ -349,6 +366,8 @@ class MapRun(Generic[Result]):
         self._items = iter(enumerate(items))
         self.stats: dict[str, Any] = {"engine": engine, "workers": self.workers, "chunksize": self.chunksize}
         self.stats["chunking"] = "guided" if self._guided else "fixed"
+        if self.workers != asked:
+            self.stats["workers_asked"] = asked
         t0 = time.perf_counter()
         if engine == "ray":
             self._backend: _Backend = _RayBackend(init, fn, self.workers, object_store_mb, reuse_key)

@@ -940,3 +940,21 @@ def test_an_idle_pool_gives_its_cpus_to_work_that_waits_and_a_job_survives_a_poo
         if cluster is not None:
             cluster.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_local_workers_are_cut_to_the_items_and_the_cores(capsys: pytest.CaptureFixture) -> None:
+    """``--workers 100000`` forked processes until the machine ran out of memory (found by a hostile
+    audit: ~200 workers of one `wsi extract` on a 2-core machine, load 200, 24 GB used)."""
+    from medtransfer.shared.runtime.engines import cores
+
+    run = run_map(_init, _square, range(6), workers=16)  # (16: safe to run against the old code)
+    got = dict(run)
+    assert sorted(got) == list(range(6))
+    assert run.stats["workers_asked"] == 16
+    assert run.stats["workers"] == max(2, min(6, cores()))
+    assert len({v[0] for v in got.values() if isinstance(v, tuple)}) <= run.stats["workers"]
+    if cores() < 6:
+        assert f"--workers 16: this process may use {cores()} cores" in capsys.readouterr().err
+    one = run_map(_init, _square, range(1), workers=8)  # one item: two processes, not eight
+    assert dict(one)[0][2] == 0 and one.stats["workers"] == 2
+    assert one.stats["start_method"] != "inline"  # still apart from this process (a crash is one row)
