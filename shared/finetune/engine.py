@@ -306,7 +306,7 @@ def fit(
         check_resume_config(run.path, cfg)
         check_resume_data(run, data_sha)
     if main:
-        _start_run(run, cfg, app, task, monitor, mode, world)
+        _start_run(run, cfg, app, task, monitor, mode, world, fresh=last is None)
         if model_spec:
             run.update_info(model_spec=model_spec)
         if last is None:  # a fresh start: which weights and data it started from (a resume keeps them)
@@ -486,9 +486,30 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _start_run(run: RunDir, cfg: dict[str, Any], app: str, task: str, monitor: str, mode: str, world: int) -> None:
-    """Create the run folder: config.yaml beside the checkpoints and run.json (kept across resumes)."""
+#: what a finished run leaves beside its checkpoints that describes its results (removed when a
+#: fresh start reuses the folder, so that none of it is taken for the new run's)
+RESULT_FILES = ("summary.json", "metrics.json", "metrics.csv", "test_metrics.json")
+
+
+def _start_run(
+    run: RunDir, cfg: dict[str, Any], app: str, task: str, monitor: str, mode: str, world: int, fresh: bool = True
+) -> None:
+    """Create the run folder: config.yaml beside the checkpoints and run.json.
+
+    A resume keeps ``run.json``.  A fresh start into a used folder (``train.resume=false``, or no
+    ``last.pt``) starts ``run.json`` over and removes the earlier run's checkpoints and result files:
+    before, the earlier run's evaluation (``val``, ``test``, ``baseline``) stayed in ``run.json``, so
+    an interrupted restart exported the new weights under the old run's scores.
+    """
     run.checkpoint_path("last").parent.mkdir(parents=True, exist_ok=True)
+    prev = run.info()
+    if fresh and prev:
+        for which in ("best", "last"):
+            run.checkpoint_path(which).unlink(missing_ok=True)
+        for name in RESULT_FILES:
+            (run.path / name).unlink(missing_ok=True)
+        run.write_info({})
+        prev = {}
     save_yaml(cfg, run.path / "config.yaml")
     info = {
         "app": app,
@@ -500,7 +521,6 @@ def _start_run(run: RunDir, cfg: dict[str, Any], app: str, task: str, monitor: s
         "torch": torch.__version__,
         "world_size": world,
     }
-    prev = run.info()
     if prev:
         info = {**prev, **info, "created": prev.get("created")}
     run.write_info(info)

@@ -343,3 +343,37 @@ def test_a_resume_on_other_data_is_refused(tmp_path):
         fit(Net(), data(32), None, cfg=cfg(epochs=2), run_dir=tmp_path / "r", data_files=[b], **kw)
     res = fit(Net(), data(32), None, cfg=cfg(epochs=2), run_dir=tmp_path / "r", data_files=[a], **kw)
     assert [h["epoch"] for h in res.history] == [0, 1]  # the same data: resumed
+
+
+def test_a_fresh_start_into_a_used_folder_keeps_nothing_of_the_earlier_run(tmp_path):
+    """Found by a hostile audit: ``train.resume=false`` into a finished run, interrupted, kept the
+    earlier run's evaluation in run.json; export then shipped the new weights under the old scores."""
+    from medtransfer.shared.rundir import RunDir
+
+    kw = dict(app="t", task="cls", loss_fn=nn.functional.cross_entropy, metric_fn=acc, monitor="val_accuracy")
+    fit(Net(), data(), data(64, 1), cfg=cfg(epochs=2, patience=0), run_dir=tmp_path, mode="max", **kw)
+    RunDir(tmp_path).update_info(baseline={"beats_baseline": True}, test={"accuracy": 0.95})
+    (tmp_path / "summary.json").write_text("{}")
+    (tmp_path / "test_metrics.json").write_text("{}")
+
+    class Interrupted(Exception):
+        pass
+
+    def boom(out, y):  # the restart stops at its first validation
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        fit(
+            Net(),
+            data(),
+            data(64, 1),
+            cfg=cfg(epochs=2, patience=0, resume=False, lr=0.05),
+            run_dir=tmp_path,
+            mode="max",
+            **{**kw, "metric_fn": boom},
+        )
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert "baseline" not in info and "test" not in info  # export now finds no baseline record
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "test_metrics.json").exists()
+    assert not (tmp_path / "checkpoints" / "best.pt").exists()  # the earlier run's weights are gone too
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["lr"] == 0.05
