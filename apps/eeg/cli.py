@@ -71,7 +71,7 @@ _CM = typer.Option(None, "--crop-max", help="seconds kept after the start crop (
 _CAR = typer.Option(None, "--car/--no-car", help="common average reference (default on)")
 _FM = typer.Option(None, "--fill-missing/--no-fill-missing", help="zero-fill missing channels (default: refuse)")
 _CD = typer.Option(None, "--cache-dir", help="window cache folder (default <manifest folder>/.eeg_cache)")
-_WK = typer.Option(None, "--workers", help="preprocessing processes (default 2)")
+_WK = typer.Option(None, "--workers", min=1, help="preprocessing processes (default 2)")
 
 
 def _cfg(

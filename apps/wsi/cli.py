@@ -96,7 +96,7 @@ def extract(
         "(checked against fp32 on held-out tiles; features differ)",
     ),
     engine: str = typer.Option("local", "--engine", help="local (processes) or ray (actors; RAY_ADDRESS honoured)"),
-    workers: int = typer.Option(1, "--workers", help="slides in parallel (processes or Ray actors)"),
+    workers: int = typer.Option(1, "--workers", min=1, help="slides in parallel (processes or Ray actors)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="redo slides already done"),
 ) -> None:
     """Tile slides on tissue and write CLAM/TRIDENT-style h5 feature bags (resumable per slide)."""

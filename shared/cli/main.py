@@ -338,7 +338,7 @@ def score_cmd(
         "--overwrite",
         help="replace an existing --out (with --resume: only if its rows come from another bundle)",
     ),
-    workers: int = typer.Option(1, "--workers", "-w", help="processes (local) or actors (ray)"),
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="processes (local) or actors (ray)"),
     engine: str = typer.Option("local", "--engine", help="local or ray"),
     opt: Optional[List[str]] = typer.Option(None, "--opt", help="predictor option key=value"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
@@ -411,7 +411,7 @@ def bench(
         None, "--bundle", "-b", help="bundle to benchmark (default: build the demo image bundle)"
     ),
     app_name: Optional[str] = typer.Option(None, "--app", help="also run this app's own benchmark"),
-    workers: int = typer.Option(2, "--workers", help="N for the 1-vs-N score comparison"),
+    workers: int = typer.Option(2, "--workers", min=1, help="N for the 1-vs-N score comparison"),
     batch: int = typer.Option(16, "--batch", help="batch size for throughput"),
     threads: int = typer.Option(0, "--threads", help="threads for both engines (0 = all cores)"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the JSON here"),
