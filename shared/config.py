@@ -144,21 +144,22 @@ def parse_overrides(pairs: Iterable[str]) -> dict[str, Any]:
 #: Each entry: (kind, argument): ``gt`` / ``ge`` a number, ``in`` a set of names.
 TRAIN_RULES: dict[str, tuple[str, Any]] = {
     "lr": ("gt", 0.0),
-    "batch_size": ("ge", 1),
-    "epochs": ("ge", 1),
+    "batch_size": ("int_ge", 1),
+    "epochs": ("int_ge", 1),
     "weight_decay": ("ge", 0.0),
-    "warmup_epochs": ("ge", 0),
-    "patience": ("ge", 0),
-    "grad_accum": ("ge", 1),
-    "num_workers": ("ge", 0),
+    "warmup_epochs": ("int_ge", 0),
+    "patience": ("int_ge", 0),
+    "grad_accum": ("int_ge", 1),
+    "num_workers": ("int_ge", 0),
     "max_grad_norm": ("ge", 0.0),
     "llrd_decay": ("gt", 0.0),
-    "unfreeze_every": ("ge", 1),
-    "seed": ("ge", 0),
+    "unfreeze_every": ("int_ge", 1),
+    # numpy seeds below 2**32; every rank of a distributed run seeds with seed + rank
+    "seed": ("int_range", (0, 2**31 - 1)),
     "strategy": ("in", ("full", "linear_probe", "gradual_unfreeze", "llrd", "lora", "adapter")),
     "optimizer": ("in", ("adamw", "sgd")),
     "scheduler": ("in", ("cosine", "step", "none")),
-    "step_size": ("ge", 1),
+    "step_size": ("int_ge", 1),
     "gamma": ("gt", 0.0),
     "mode": ("in", ("", "min", "max")),
     "device": ("in", ("auto", "cpu", "cuda", "mps")),
@@ -195,6 +196,15 @@ def check_ranges(
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
             raise ConfigError(f"config key '{name}' must be a number, got {v!r}")
+        if kind.startswith("int_"):  # counts and seeds: 1.5 epochs used to run 1 and record 1.5
+            if v in (float("inf"), float("-inf")) or v != int(v):
+                raise ConfigError(f"config key '{name}' must be a whole number, got {v!r}")
+            kind = kind[4:]
+        if kind == "range":
+            lo, hi = arg
+            if not lo <= v <= hi:
+                raise ConfigError(f"config key '{name}' must be from {lo} to {hi}, got {v!r}")
+            continue
         ops = {"gt": (">", v > arg), "ge": (">=", v >= arg), "lt": ("<", v < arg), "le": ("<=", v <= arg)}
         sign, ok = ops[kind]
         if not ok:

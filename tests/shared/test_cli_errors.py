@@ -30,6 +30,10 @@ def _one_line(err: str) -> str:
         ("train.strategy=bogus", "'train.strategy' must be one of"),
         ("train.epochs=0", "'train.epochs' must be >= 1"),
         ("train.lr=.nan", "'train.lr' must be a number"),
+        ("train.epochs=1.5", "'train.epochs' must be a whole number, got 1.5"),
+        ("train.patience=2.5", "'train.patience' must be a whole number"),
+        ("train.seed=99999999999999999999", "'train.seed' must be from 0 to 2147483647"),
+        ("train.seed=-1", "'train.seed' must be from 0 to 2147483647"),
     ],
 )
 def test_out_of_range_config_is_one_line(tmp_path, capsys, image_run, setting, needle):
