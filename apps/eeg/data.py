@@ -24,6 +24,7 @@ from medtransfer.apps.eeg.io import (
     DATA_DEFAULTS,
     SUFFIXES,
     header_info,
+    not_a_file,
     pp_config,
     pp_hash,
     preprocess_recording,
@@ -573,7 +574,7 @@ def build_cache(
     cached, errors = [], []
     for r, k in zip(records, keys):
         if k is None:
-            errors.append({"path": r.case_id, "reason": "file not found"})
+            errors.append({"path": r.case_id, "reason": not_a_file(r.path)})
             continue
         ent = index[k]
         if not ent.get("ok"):

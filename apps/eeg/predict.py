@@ -52,8 +52,8 @@ class EEGPredictor(Predictor):
             ``channels_mapped`` and ``plot`` when asked.
 
         Raises:
-            InputError: unreadable file, missing channels, too short, NaN, flat channels, low rate,
-                non-finite model output.
+            InputError: unreadable file, missing channels, too short, NaN, low rate, non-finite model
+                output (flat and saturated channels are reasons, see the class notes).
         """
         path = Path(path)
         out_dir = self.artefact_dir(path) if self.options.get("plot") else None  # refuse a clash before any work

@@ -162,3 +162,37 @@ def test_a_preprocessing_value_that_is_no_plausible_number_is_one_line(key, valu
 
     with pytest.raises(InputError, match=f"data.{key} must be"):
         pp_config({key: value})
+
+
+def test_with_gates_a_dead_electrode_is_a_reason_not_an_error(tmp_path):
+    """Found by a hostile audit: predict refused a recording with one constant channel of 21, though
+    the predictor's contract (and the gate's 20 % rule) answers it marked unreliable."""
+    x = S.synth_signals(np.random.default_rng(1), False, 20.0, 250.0)
+    x[5] = 0.0  # F4 disconnected, recorded as zeros
+    flat = _rec(tmp_path, "flat.edf", data=x)
+    with pytest.raises(InputError, match="flat channel.*F4"):
+        preprocess_recording(flat, PP)  # training still leaves it out
+    win, info = preprocess_recording(flat, PP, gates=True)
+    assert win.shape[0] >= 1 and info["reasons"] == ["flat channel(s): F4"]
+    x[:6] = 0.0  # six of 21: past the gate's 20 %
+    many = _rec(tmp_path, "many.edf", data=x)
+    assert preprocess_recording(many, PP, gates=True)[1]["reasons"] == [
+        "6 of 21 channels flat or saturated (limit 20%)"
+    ]
+
+
+def test_a_folder_named_like_a_recording_and_absurd_header_ranges_are_one_line(tmp_path, capfd):
+    (tmp_path / "x.edf").mkdir()
+    with pytest.raises(InputError, match="x.edf: is a folder, expected a file"):
+        preprocess_recording(tmp_path / "x.edf", PP, gates=True)
+    f = _rec(tmp_path, "huge.edf")
+    raw = bytearray(f.read_bytes())
+    ns = int(raw[252:256])
+    for i in range(ns):  # physical min / max of every signal: -1e308 / 1e308 (MNE's overflow warnings)
+        raw[256 + ns * 104 + 8 * i : 256 + ns * 104 + 8 * i + 8] = b"-1e308  "
+        raw[256 + ns * 112 + 8 * i : 256 + ns * 112 + 8 * i + 8] = b"1e308   "
+    f.write_bytes(bytes(raw))
+    capfd.readouterr()
+    with pytest.raises(InputError, match="NaN/inf samples"):
+        preprocess_recording(f, PP, gates=True)
+    assert "Warning" not in capfd.readouterr().err  # one line, no library noise
