@@ -28,6 +28,7 @@ from medtransfer.apps.eeg.io import (
     pp_config,
     pp_hash,
     preprocess_recording,
+    window_samples,
 )
 from medtransfer.shared.manifest import Record, assign_splits, csv_relative, read_manifest, write_manifest
 from medtransfer.shared.utils.errors import ConfigError, InputError
@@ -430,6 +431,18 @@ def _chunk_init() -> None:
     warm_imports()
 
 
+def _cached_file_fits(path: Path, ent: Mapping[str, Any], pp: Mapping[str, Any]) -> bool:
+    """Whether a cached ``.npy`` is what its index entry says (float32, ``n_windows`` x channels x
+    window samples), read from its header only.  A file edited, truncated or swapped by hand is
+    then made again: before, it was reused and training failed on an index past its windows."""
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return False
+    want = (int(ent.get("n_windows", -1)), len(pp["channels"]), window_samples(pp))
+    return arr.dtype == np.float32 and tuple(arr.shape) == want
+
+
 def _work_many(state_or_jobs: Any, jobs: Any = None, advance: Any = None) -> list[dict[str, Any]]:
     """Preprocess recordings in order, reading the next file on a thread while this one is computed
     (I/O overlaps compute; at most two recordings in memory).
@@ -526,7 +539,7 @@ def build_cache(
         k = _rec_key(r.path)
         keys.append(k)
         ent = index.get(k)
-        if ent is None or (ent.get("ok") and not (root / f"{k}.npy").is_file()):
+        if ent is None or (ent.get("ok") and not _cached_file_fits(root / f"{k}.npy", ent, pp)):
             todo.append((k, str(r.path)))
     todo = list(dict(todo).items())
     n_workers = int(workers if workers is not None else cfg.get("workers", 1) or 1)

@@ -134,6 +134,28 @@ def test_cache_reuse_hash_and_parallel(tuab_csv, tmp_path):
     assert isinstance(np.load(c1[0].file, mmap_mode="r"), np.memmap)
 
 
+def test_a_cached_file_edited_by_hand_is_made_again(tuab_csv, tmp_path):
+    """Found by a hostile audit: a cached .npy cut to 2 of its windows was reused (its index still
+    said 8) and training stopped on an IndexError traceback."""
+    recs = read_manifest(tuab_csv)[:3]
+    for r in recs:
+        r.label = r.label.lower()
+    cfg = data_cfg({**SMALL, "cache_dir": str(tmp_path)})
+    root = cache_root(cfg)
+    c1, _ = build_cache(recs, cfg, root, workers=1, progress=False)
+    whole = [np.load(c.file) for c in c1]
+    np.save(c1[0].file, whole[0][:1])  # fewer windows than the index says
+    c1[1].file.write_bytes(b"not a numpy file")
+    untouched = c1[2].file.stat().st_mtime_ns
+    c2, err = build_cache(recs, cfg, root, workers=1, progress=False)
+    assert not err
+    for c, w in zip(c2, whole):
+        assert np.array_equal(np.load(c.file), w)
+    assert c2[2].file.stat().st_mtime_ns == untouched  # what fits its index is still reused
+    ds = WindowDataset(c2)
+    ds[len(ds) - 1]
+
+
 def test_cache_index_keeps_entries_another_job_wrote_meanwhile(tuab_csv, tmp_path, monkeypatch):
     """Two jobs on one cache (two trainings of one config): each read index.json at its start and
     wrote its own copy at its end, so the later one dropped the other's entries (recomputed by the
