@@ -321,7 +321,11 @@ class RunDir:
                 f"{self.info_path}: records no sha256 for checkpoints/{which}.pt; "
                 "refused (a run from an older medtransfer or edited by hand: retrain)"
             )
-        return load_checkpoint_file(path, map_location=map_location, sha256=want)
+        st = load_checkpoint_file(path, map_location=map_location, sha256=want)
+        ran, holds = self.info().get("app"), st.get("app")
+        if ran and holds and ran != holds:  # a digest edited into run.json does not make it this run's
+            raise CheckpointError(f"{path}: checkpoint of app '{holds}' in a run of app '{ran}'; refused")
+        return st
 
 
 def _json_default(x: Any) -> Any:

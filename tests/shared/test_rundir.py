@@ -87,6 +87,19 @@ def test_checkpoint_sha_recorded_and_verified(tmp_path):
         run.load_checkpoint("last")
 
 
+def test_a_checkpoint_of_another_app_is_refused_even_with_its_digest_recorded(tmp_path):
+    """Found by a hostile audit: an EEG best.pt copied into a cardiac run, its sha256 written into
+    run.json, was rebuilt as an EEG model and export crashed with a KeyError traceback."""
+    run = RunDir(tmp_path / "r", must_exist=False)
+    run.write_info({"app": "cardiac"})
+    p = run.save_checkpoint({"model": {"w": torch.zeros(2)}, "app": "eeg"}, "best")
+    assert run.info()["checkpoints"]["best"]["sha256"] == sha256_file(p)
+    with pytest.raises(CheckpointError, match=r"best\.pt: checkpoint of app 'eeg' in a run of app 'cardiac'"):
+        run.load_checkpoint("best")
+    run.save_checkpoint({"model": {"w": torch.zeros(2)}, "app": "cardiac"}, "best")
+    assert run.load_checkpoint("best")["app"] == "cardiac"
+
+
 def test_run_without_recorded_sha_is_refused(tmp_path):
     run = RunDir(tmp_path / "r", must_exist=False)
     run.write_info({"app": "image"})
