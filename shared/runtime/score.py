@@ -599,6 +599,7 @@ def score(
             engine=engine if todo else "local",
             workers=max(1, min(workers, len(todo))),
             chunksize=chunksize,
+            ordered=True,  # the results file in manifest order whatever the workers (a row waits for those before it)
             progress="scoring" if progress else False,
             preload=_predictor_module(verified),
             # a running Ray cluster keeps the actors (bundle open) warm for the next job on this

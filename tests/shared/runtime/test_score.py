@@ -90,13 +90,18 @@ def test_sigkill_and_resume_scores_every_case_exactly_once(image_run, tmp_path):
 
 
 def test_workers_equal_single_process(image_run, tmp_path):
-    cases = _cases(image_run, 10)
+    """The same file, row for row, in manifest order: parallel rows used to come in finishing order
+    (a hostile audit found error rows, which finish first, at the top)."""
+    cases = []
+    for i, c in enumerate(_cases(image_run, 10)):
+        bad = tmp_path / f"bad{i}.png"
+        bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+        cases += [c, Case(bad.name, str(bad), {})]
     score(image_run["bundle"], cases, tmp_path / "a.csv", progress=False)
-    score(image_run["bundle"], cases, tmp_path / "b.csv", workers=2, progress=False)
-    key = lambda r: r["case"]  # noqa: E731
-    a = sorted(rows(tmp_path / "a.csv"), key=key)
-    b = sorted(rows(tmp_path / "b.csv"), key=key)
+    score(image_run["bundle"], cases, tmp_path / "b.csv", workers=2, chunksize=1, progress=False)
+    a, b = rows(tmp_path / "a.csv"), rows(tmp_path / "b.csv")
     assert [(x["case"], x["status"], x["result"]) for x in a] == [(x["case"], x["status"], x["result"]) for x in b]
+    assert [x["case"] for x in b] == [c.case_id for c in cases]
 
 
 @pytest.mark.slow
