@@ -110,12 +110,17 @@ def test_generic_folder_and_manifest_with_brainvision(tmp_path):
     assert len(read_manifest(out2)) == 4
 
 
-def test_cache_reuse_hash_and_parallel(tuab_csv, tmp_path):
-    recs = read_manifest(tuab_csv)[:6]
+def _small_cache(tuab_csv, tmp_path, n):
+    """The first ``n`` records of the TUAB fixture, a small recipe cached under ``tmp_path``."""
+    recs = read_manifest(tuab_csv)[:n]
     for r in recs:
         r.label = r.label.lower()
     cfg = data_cfg({**SMALL, "cache_dir": str(tmp_path)})
-    root = cache_root(cfg)
+    return recs, cfg, cache_root(cfg)
+
+
+def test_cache_reuse_hash_and_parallel(tuab_csv, tmp_path):
+    recs, cfg, root = _small_cache(tuab_csv, tmp_path, 6)
     c1, err = build_cache(recs, cfg, root, workers=2, progress=False)
     assert not err and len(c1) == 6
     mtimes = {c.file: c.file.stat().st_mtime_ns for c in c1}
@@ -137,11 +142,7 @@ def test_cache_reuse_hash_and_parallel(tuab_csv, tmp_path):
 def test_a_cached_file_edited_by_hand_is_made_again(tuab_csv, tmp_path):
     """Found by a hostile audit: a cached .npy cut to 2 of its windows was reused (its index still
     said 8) and training stopped on an IndexError traceback."""
-    recs = read_manifest(tuab_csv)[:3]
-    for r in recs:
-        r.label = r.label.lower()
-    cfg = data_cfg({**SMALL, "cache_dir": str(tmp_path)})
-    root = cache_root(cfg)
+    recs, cfg, root = _small_cache(tuab_csv, tmp_path, 3)
     c1, _ = build_cache(recs, cfg, root, workers=1, progress=False)
     whole = [np.load(c.file) for c in c1]
     np.save(c1[0].file, whole[0][:1])  # fewer windows than the index says
