@@ -324,9 +324,10 @@ def _local_workers(asked: int, n_items: int | None) -> int:
     error).  A cut to the cores is said in one line on stderr."""
     use = min(asked, n_items) if n_items else asked
     c = cores()
-    if use > c:
-        sys.stderr.write(f"--workers {asked}: this process may use {c} cores: using {max(2, c)}\n")
-        use = c
+    cap = max(2, c)
+    if use > cap:
+        sys.stderr.write(f"--workers {asked}: this process may use {c} cores: using {cap}\n")
+        use = cap
     return max(2, use)
 
 
