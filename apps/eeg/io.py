@@ -332,7 +332,7 @@ def edf_header(path: str | Path, data: bytes | memoryview | None = None) -> dict
         data: the whole file's bytes when already read (one read per recording).
 
     Returns:
-        ``{"n_signals", "n_header", "n_records", "record_s", "sample_bytes", "continuity",
+        ``{"n_signals", "n_header", "n_records", "record_s", "sample_bytes", "record_bytes", "continuity",
         "signals": [{"label", "unit", "physical_min", "physical_max", "digital_min", "digital_max",
         "samples_per_record"}, ...]}`` (``unit`` is the physical dimension: for scaling only, never for
         messages; ``continuity`` the reserved field's ``EDF+C`` / ``EDF+D`` / ``BDF+D``, else "").
@@ -402,8 +402,9 @@ def edf_header(path: str | Path, data: bytes | memoryview | None = None) -> dict
     if not record_s > 0 and n_records != 0:
         raise InputError(path, "EDF header field 'duration of a data record' is not positive")
     width = 3 if path.suffix.lower() == ".bdf" else 2
+    record_bytes = sum(s["samples_per_record"] for s in signals) * width
     if n_records > 0:
-        expected = n_header + n_records * sum(s["samples_per_record"] for s in signals) * width
+        expected = n_header + n_records * record_bytes
         if size < expected:
             raise InputError(path, f"truncated file: {size} bytes, header promises {expected}")
     elif n_records == 0:
@@ -414,6 +415,7 @@ def edf_header(path: str | Path, data: bytes | memoryview | None = None) -> dict
         "n_records": n_records,
         "record_s": record_s,
         "sample_bytes": width,
+        "record_bytes": record_bytes,
         "continuity": head[192:236].decode("ascii", "replace").strip().upper()[:5],  # EDF+C / EDF+D / ""
         "signals": signals,
     }
@@ -464,8 +466,7 @@ def edf_gap_seconds(path: str | Path, header: Mapping[str, Any] | None = None) -
     n, dur = int(h["n_records"]), float(h["record_s"])
     if ann is None or n <= 1 or dur <= 0:
         return 0.0
-    width = int(h["sample_bytes"])
-    rec = sum(s["samples_per_record"] for s in sigs) * width
+    width, rec = int(h["sample_bytes"]), int(h["record_bytes"])
     before, size = sum(s["samples_per_record"] for s in sigs[:ann]) * width, sigs[ann]["samples_per_record"] * width
     onsets = []
     with open(path, "rb") as f:
