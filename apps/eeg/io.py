@@ -801,11 +801,12 @@ def preprocess_recording(
     if not rec["finite"] and not np.all(np.isfinite(x)):
         bad = [present_names[i] for i in range(x.shape[0]) if not np.all(np.isfinite(x[i]))]
         raise InputError(path, f"NaN/inf samples in channel(s): {', '.join(bad)}")
-    is_flat = rec["flat"] if rec["flat"] is not None else np.ptp(x, axis=1) == 0
-    flat = [c for c, f in zip(present_names, is_flat) if f]
-    if flat and not gates:  # training: a dead electrode's recording is left out; predict: the gates
-        # below name it and the answer is marked unreliable (one dead electrode of 21 was an error)
-        raise InputError(path, f"flat channel(s) (constant signal): {', '.join(flat)}")
+    if not gates:  # training: a dead electrode's recording is left out; predict: the gates below
+        # name it and the answer is marked unreliable (one dead electrode of 21 was an error)
+        is_flat = rec["flat"] if rec["flat"] is not None else np.ptp(x, axis=1) == 0
+        flat = [c for c, f in zip(present_names, is_flat) if f]
+        if flat:
+            raise InputError(path, f"flat channel(s) (constant signal): {', '.join(flat)}")
     reasons = (
         gate_reasons(
             path,
